@@ -1,0 +1,122 @@
+"""Orbax checkpoints: train state + Grain iterator state together, resume, fallback, transfer.
+
+Layout: ``WORKDIR/checkpoints/<step>/{state,data}``. Saves are asynchronous (the loop goes on
+while the arrays are written); only finalised checkpoints are listed, so a run killed mid-save
+resumes from the previous one. A checkpoint that fails to restore is moved aside to
+``WORKDIR/checkpoints_corrupt/<step>`` (nothing is deleted) and the next older one is tried.
+Restores always pass target shardings, so a checkpoint moves between meshes and device counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+  pass
+
+
+def abstract_like(state, shardings=None):
+  """ShapeDtypeStructs (with shardings) to restore ``state``'s structure into."""
+  if shardings is None:
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      state, shardings)
+
+
+class Checkpointer:
+  """Keeps the last ``keep`` checkpoints (and every ``keep_every``-th step, if set)."""
+
+  def __init__(self, workdir: str, *, keep: int = 3, keep_every: int | None = None,
+               async_save: bool = True):
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, "checkpoints")
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, keep_period=keep_every or None,
+        enable_async_checkpointing=async_save, create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, state, data_iter=None):
+    args = {"state": ocp.args.StandardSave(state)}
+    if data_iter is not None:
+      args["data"] = grain.checkpoint.CheckpointSave(data_iter)
+    self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+
+  def _restore(self, step, abstract_state, data_iter):
+    args = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iter is not None:
+      args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    return self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
+
+  def restore_latest(self, abstract_state, data_iter=None) -> tuple[int, Any] | None:
+    """Restores the newest checkpoint that reads back; None when there is none."""
+    for step in reversed(self.steps()):
+      try:
+        return step, self._restore(step, abstract_state, data_iter)
+      except Exception as e:  # noqa: BLE001  (any failure to read means a bad checkpoint)
+        msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        log.warning("checkpoint %s/%d does not restore (%s: %s); moving it aside and "
+                    "falling back to the previous one", self.directory, step,
+                    type(e).__name__, msg)
+        self._move_aside(step)
+    return None
+
+  def _move_aside(self, step: int):
+    src = os.path.join(self.directory, str(step))
+    if jax.process_index() == 0 and os.path.exists(src):
+      dst_dir = os.path.join(self.workdir, "checkpoints_corrupt")
+      os.makedirs(dst_dir, exist_ok=True)
+      dst = os.path.join(dst_dir, str(step))
+      if os.path.exists(dst):
+        shutil.rmtree(dst)
+      shutil.move(src, dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"checkpoint_move_aside_{step}")
+    self.manager.reload()
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def find_checkpoint(path: str) -> tuple[str, int]:
+  """A workdir, its checkpoints dir or one step dir -> (checkpoints dir, step)."""
+  path = os.path.abspath(path)
+  for d in (os.path.join(path, "checkpoints"), path):
+    if os.path.isdir(d):
+      steps = [int(s) for s in os.listdir(d) if s.isdigit()
+               and os.path.isdir(os.path.join(d, s, "state"))]
+      if steps:
+        return d, max(steps)
+  base = os.path.basename(path)
+  if base.isdigit() and os.path.isdir(os.path.join(path, "state")):
+    return os.path.dirname(path), int(base)
+  raise CheckpointError(f"no checkpoint found at {path!r} (expected a workdir, its "
+                        f"checkpoints/ directory or a checkpoints/<step> directory)")
+
+
+def load_params(path: str) -> tuple[dict, int]:
+  """Parameters only (host numpy), for transfer: returns (state['params'], step)."""
+  directory, step = find_checkpoint(path)
+  ckptr = ocp.StandardCheckpointer()
+  meta = ckptr.metadata(os.path.join(directory, str(step), "state"))
+  tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
+  restored = ckptr.restore(os.path.join(directory, str(step), "state"),
+                           jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree))
+  return restored["params"], step

@@ -1,0 +1,208 @@
+"""The config contract: defaults for every key, typed variant args, validation, durations.
+
+Every pre-training config starts from :func:`base_config` and is locked: a key that is not
+declared here (or by the config file) is rejected by ml_collections when overridden on the
+command line. :func:`validate` checks values (method, model, data spec, preprocessing strings,
+optimiser) and raises :class:`ConfigError` with one line naming the key, before anything compiles.
+Durations may be given in steps, epochs or examples; :func:`resolve_steps` turns them into steps
+in this one place.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+
+class ConfigError(ValueError):
+  pass
+
+
+def placeholder(t):
+  return config_dict.placeholder(t)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.method = "supervised"
+  c.model = "resnet50"
+  c.model_kwargs = ml_collections.ConfigDict()
+  # Data: a source spec (builtin:NAME, tfds:NAME[:SPLIT], arrayrecord:PATH[:SPLIT]).
+  c.data = "builtin:digits"
+  c.train_split = "train"
+  c.eval_data = ""  # '' = the training source at eval_split; 'none' = no evaluation
+  c.eval_split = "test"
+  c.num_classes = placeholder(int)  # default: from the source's class names
+  c.pp_train = "decode|inception_crop(224)|flip_lr|value_range(-1,1)"
+  c.pp_eval = "decode|resize_small(256)|central_crop(224)|value_range(-1,1)"
+  c.data_threads = 8  # Grain read threads per process
+  c.data_workers = 0  # Grain multiprocess workers (0: preprocess in threads)
+  # Duration: exactly one of these; resolved to steps by resolve_steps().
+  c.batch_size = 256  # global, over all processes and devices
+  c.total_steps = placeholder(int)
+  c.total_epochs = placeholder(float)
+  c.total_examples = placeholder(int)
+  c.eval_batch_size = placeholder(int)  # default: batch_size
+  # Loop cadence (steps).
+  c.log_every = 50
+  c.eval_every = placeholder(int)  # default: checkpoint_every
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 3
+  c.keep_every = placeholder(int)  # also keep every N-th step forever
+  c.seed = 0
+  c.dtype = "float32"  # compute dtype; parameters stay float32
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+  # Ordered (regex over 'a/b/kernel', how) rules; how: 'fsdp', 'replicate' or a spec tuple.
+  c.param_sharding = ((".*", "fsdp"),)
+  c.param_sharding_min_size = 2**14  # 'fsdp' leaves smaller arrays replicated
+  c.optimizer = ml_collections.ConfigDict({
+      "name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4,
+      "b1": 0.9, "b2": 0.999, "eps": 1e-8, "trust_coefficient": 0.001,
+      "schedule": "cosine", "warmup_steps": 0, "warmup_epochs": placeholder(float),
+      "end_factor": 0.0, "boundaries": (0.3, 0.6, 0.9), "decay_factor": 0.1,
+      "grad_clip_norm": 0.0,
+  })
+  c.ema_decay = 0.0  # > 0 keeps an exponential moving average of the weights
+  c.label_smoothing = 0.0
+  c.tensorboard = True
+  return c
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Typed variant args: ``'model=vit_s16,steps=100,runlocal'`` against typed defaults.
+
+  A bare name sets a bool default to True. Unknown names are errors listing the known ones.
+  """
+  out = ml_collections.ConfigDict(defaults)
+  if not arg:
+    return out
+  for item in arg.split(","):
+    if not item.strip():
+      continue
+    key, eq, value = item.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ConfigError(f"config arg {key!r} is not one of: {', '.join(sorted(defaults))}")
+    default = defaults[key]
+    if not eq:
+      if not isinstance(default, bool):
+        raise ConfigError(f"config arg {key!r} needs a value ({key}=...)")
+      out[key] = True
+    elif isinstance(default, bool):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ConfigError(f"config arg {key}={value!r}: expected true or false")
+      out[key] = value.lower() in ("true", "1")
+    elif isinstance(default, int):
+      out[key] = int(value)
+    elif isinstance(default, float):
+      out[key] = float(value)
+    else:
+      out[key] = value
+  return out
+
+
+def resolve_steps(total_steps, total_epochs, total_examples, *, batch_size: int,
+                  num_examples: int | None, what: str = "total") -> int:
+  """One of steps / epochs / examples -> steps."""
+  given = {k: v for k, v in (("steps", total_steps), ("epochs", total_epochs),
+                             ("examples", total_examples)) if v is not None}
+  if len(given) != 1:
+    raise ConfigError(f"config: set exactly one of {what}_steps, {what}_epochs, "
+                      f"{what}_examples (got {', '.join(given) or 'none'})")
+  (unit, v), = given.items()
+  if v <= 0:
+    raise ConfigError(f"config.{what}_{unit}={v}: must be positive")
+  if unit == "steps":
+    return int(v)
+  if unit == "examples":
+    return max(1, math.ceil(v / batch_size))
+  if num_examples is None:
+    raise ConfigError(f"config.{what}_epochs: the source's size is unknown; give steps")
+  return max(1, math.ceil(v * num_examples / batch_size))
+
+
+def validate(config) -> None:
+  """Checks values that would otherwise fail late; raises ConfigError with one line."""
+  from big_transfer import methods, models, optim
+  from big_transfer.data import ops, sources
+
+  if config.method not in methods.METHODS:
+    raise ConfigError(f"config.method={config.method!r}: not one of "
+                      f"{', '.join(sorted(methods.METHODS))}")
+  try:
+    cls, defaults = models.parse(config.model)
+  except ValueError as e:
+    raise ConfigError(f"config.model: {e}") from None
+  params = inspect.signature(cls.__init__).parameters
+  for k in config.model_kwargs:
+    if k not in params or k in ("self", "rngs", "num_classes", "dtype"):
+      known = [p for p in params if p not in ("self", "rngs", "num_classes", "dtype")]
+      raise ConfigError(f"config.model_kwargs.{k}: not an argument of {cls.__name__} "
+                        f"(known: {', '.join(known)})")
+  for key in ("data",) + (("eval_data",) if config.eval_data not in ("", "none") else ()):
+    try:
+      sources.parse_spec(config[key])
+    except sources.DataError as e:
+      raise ConfigError(f"config.{key}: {e}") from None
+  for key in ("pp_train", "pp_eval"):
+    try:
+      ops.parse(config[key])
+    except ops.PreprocessError as e:
+      raise ConfigError(f"config.{key}: {e}") from None
+  if config.optimizer.name not in optim.OPTIMIZERS:
+    raise ConfigError(f"config.optimizer.name={config.optimizer.name!r}: not one of "
+                      f"{', '.join(optim.OPTIMIZERS)}")
+  if config.optimizer.schedule not in optim.SCHEDULES:
+    raise ConfigError(f"config.optimizer.schedule={config.optimizer.schedule!r}: not one of "
+                      f"{', '.join(optim.SCHEDULES)}")
+  if config.dtype not in ("float32", "bfloat16"):
+    raise ConfigError(f"config.dtype={config.dtype!r}: not float32 or bfloat16")
+  for key in ("batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
+    if config[key] <= 0:
+      raise ConfigError(f"config.{key}={config[key]}: must be positive")
+  for i, rule in enumerate(config.param_sharding):
+    if len(rule) != 2 or not isinstance(rule[0], str):
+      raise ConfigError(f"config.param_sharding[{i}]={rule!r}: expected (regex, how)")
+
+
+def to_plain(config) -> dict[str, Any]:
+  """A JSON-able dict of a ConfigDict (placeholders resolved to None)."""
+  return config_dict.ConfigDict(config).to_dict()
+
+
+def _clean(e: BaseException) -> str:
+  text = str(e.args[0]) if e.args else str(e)
+  while len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+    text = text[1:-1]
+  return " ".join(text.replace("\\n", " ").replace("\\'", "'").split())
+
+
+def flags_parser(argv: list[str]) -> list[str]:
+  """absl flag parsing for entrypoints: a bad flag or config override is one line, exit 2."""
+  import sys
+  from absl import flags
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # noqa: BLE001  (absl and ml_collections raise many kinds)
+    cause = e
+    while cause.__context__ is not None and isinstance(cause, flags.Error):
+      cause = cause.__context__
+    text = _clean(cause)
+    bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")
+           and a.split("=")[0].rsplit(".", 1)[-1] in text]
+    if "Traceback" in text:  # an exception inside the config file: keep its last line
+      config_arg = next((a for a in argv[1:] if a.startswith("--config=")), "--config")
+      msg = f"{config_arg[2:]}: " + re.split(r"\b\w*(?:Error|Exception): ", text)[-1]
+    elif isinstance(cause, (KeyError, AttributeError)) and bad:
+      msg = f"unknown config key {bad[0][2:]!r} ({text})"
+    elif bad:
+      msg = f"bad value for {bad[0][2:]}: {text}"
+    else:
+      msg = text
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,275 @@
+"""Preprocessing as a small op language: ``decode|inception_crop(32)|flip_lr|value_range(-1,1)``.
+
+Each op is a registered numpy/PIL function factory: ``name(args) -> fn(example, rng) -> example``.
+``parse`` validates the whole string (unknown op, bad argument) at config load, before any data is
+read, and the error lists the known ops. Randomness comes from the ``rng`` passed in, which the
+pipeline seeds from (seed, global example index): the same example gets the same augmentation on
+any number of hosts and after a resume.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+Example = dict[str, Any]
+Op = Callable[[Example, np.random.Generator], Example]
+
+REGISTRY: dict[str, Callable[..., Op]] = {}
+
+
+class PreprocessError(ValueError):
+  pass
+
+
+def register(name: str):
+  def deco(factory):
+    REGISTRY[name] = factory
+    return factory
+  return deco
+
+
+def _parse_call(text: str) -> tuple[str, tuple, dict]:
+  try:
+    node = ast.parse(text.strip(), mode="eval").body
+  except SyntaxError:
+    raise PreprocessError(f"preprocessing op {text!r} is not NAME or NAME(args)") from None
+  if isinstance(node, ast.Name):
+    return node.id, (), {}
+  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+    try:
+      args = tuple(ast.literal_eval(a) for a in node.args)
+      kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+    except ValueError:
+      raise PreprocessError(f"preprocessing op {text!r}: arguments must be literals") from None
+    return node.func.id, args, kwargs
+  raise PreprocessError(f"preprocessing op {text!r} is not NAME or NAME(args)")
+
+
+def parse(spec: str) -> Op:
+  """Builds one function from an op string; raises PreprocessError naming the bad op."""
+  fns = []
+  for text in [t for t in spec.split("|") if t.strip()]:
+    name, args, kwargs = _parse_call(text)
+    if name not in REGISTRY:
+      raise PreprocessError(f"unknown preprocessing op {name!r} in {spec!r}; known ops: "
+                            f"{', '.join(sorted(REGISTRY))}")
+    try:
+      fns.append(REGISTRY[name](*args, **kwargs))
+    except (TypeError, ValueError) as e:
+      raise PreprocessError(f"preprocessing op {text.strip()!r}: bad argument ({e})") from None
+
+  def apply(example: Example, rng: np.random.Generator) -> Example:
+    example = dict(example)
+    for fn in fns:
+      example = fn(example, rng)
+    return example
+  return apply
+
+
+def _size2(size) -> tuple[int, int]:
+  if isinstance(size, int):
+    if size <= 0:
+      raise ValueError(f"size must be positive, got {size}")
+    return size, size
+  h, w = size
+  return int(h), int(w)
+
+
+def _keyed(fn, key):
+  def op(example, rng):
+    example[key] = fn(example[key], rng)
+    return example
+  return op
+
+
+@register("decode")
+def _decode(channels: int = 3, key: str = "image"):
+  """Encoded bytes -> HxWxC uint8; arrays pass through (built-in and TFDS images)."""
+  if channels not in (1, 3):
+    raise ValueError(f"channels must be 1 or 3, got {channels}")
+  def fn(img, rng):
+    if isinstance(img, (bytes, bytearray)):
+      with Image.open(io.BytesIO(img)) as im:
+        img = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+    img = np.asarray(img)
+    if img.ndim == 2:
+      img = img[..., None]
+    if channels == 3 and img.shape[-1] == 1:
+      img = np.repeat(img, 3, axis=-1)
+    return img
+  return _keyed(fn, key)
+
+
+@register("to_rgb")
+def _to_rgb(key: str = "image"):
+  def fn(img, rng):
+    img = np.asarray(img)
+    if img.ndim == 2:
+      img = img[..., None]
+    return np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img[..., :3]
+  return _keyed(fn, key)
+
+
+def _pil_resize(img: np.ndarray, h: int, w: int, method: str) -> np.ndarray:
+  resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
+              "area": Image.BOX}[method]
+  img = np.asarray(img)
+  if img.dtype != np.uint8:
+    # Float images: resize each channel in float mode.
+    chans = [np.asarray(Image.fromarray(img[..., c].astype(np.float32), mode="F").resize(
+        (w, h), resample)) for c in range(img.shape[-1])]
+    return np.stack(chans, axis=-1)
+  squeeze = img.shape[-1] == 1
+  im = Image.fromarray(img[..., 0] if squeeze else img)
+  out = np.asarray(im.resize((w, h), resample))
+  return out[..., None] if squeeze else out
+
+
+_METHODS = ("bilinear", "bicubic", "nearest", "area")
+
+
+def _check_method(method):
+  if method not in _METHODS:
+    raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+
+
+@register("resize")
+def _resize(size, method: str = "bilinear", key: str = "image"):
+  h, w = _size2(size)
+  _check_method(method)
+  return _keyed(lambda img, rng: _pil_resize(img, h, w, method), key)
+
+
+@register("resize_small")
+def _resize_small(size: int, method: str = "bilinear", key: str = "image"):
+  """Resizes so that the shorter side is ``size``, keeping the aspect ratio."""
+  _size2(size)
+  _check_method(method)
+  def fn(img, rng):
+    h, w = img.shape[:2]
+    s = size / min(h, w)
+    return _pil_resize(img, max(1, round(h * s)), max(1, round(w * s)), method)
+  return _keyed(fn, key)
+
+
+@register("central_crop")
+def _central_crop(size, key: str = "image"):
+  ch, cw = _size2(size)
+  def fn(img, rng):
+    h, w = img.shape[:2]
+    if h < ch or w < cw:
+      raise ValueError(f"central_crop({size}) of a {h}x{w} image")
+    t, l = (h - ch) // 2, (w - cw) // 2
+    return img[t:t + ch, l:l + cw]
+  return _keyed(fn, key)
+
+
+@register("random_crop")
+def _random_crop(size, key: str = "image"):
+  ch, cw = _size2(size)
+  def fn(img, rng):
+    h, w = img.shape[:2]
+    if h < ch or w < cw:
+      raise ValueError(f"random_crop({size}) of a {h}x{w} image")
+    t, l = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+    return img[t:t + ch, l:l + cw]
+  return _keyed(fn, key)
+
+
+def _inception_box(h, w, rng, area_min, area_max, ratio=(3 / 4, 4 / 3), tries=10):
+  area = h * w
+  for _ in range(tries):
+    target = area * rng.uniform(area_min, area_max)
+    log_r = rng.uniform(np.log(ratio[0]), np.log(ratio[1]))
+    r = np.exp(log_r)
+    cw, ch = int(round(np.sqrt(target * r))), int(round(np.sqrt(target / r)))
+    if 0 < cw <= w and 0 < ch <= h:
+      return rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1), ch, cw
+  # Fall back to a central crop at the clamped aspect ratio (as torchvision does).
+  r = w / h
+  if r < ratio[0]:
+    cw, ch = w, int(round(w / ratio[0]))
+  elif r > ratio[1]:
+    ch, cw = h, int(round(h * ratio[1]))
+  else:
+    ch, cw = h, w
+  return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+
+@register("inception_crop")
+def _inception_crop(size, area_min: float = 0.08, area_max: float = 1.0,
+                    method: str = "bilinear", key: str = "image"):
+  """Random resized crop: random area fraction and aspect ratio, resized to ``size``."""
+  oh, ow = _size2(size)
+  _check_method(method)
+  if not 0 < area_min <= area_max <= 1:
+    raise ValueError(f"need 0 < area_min <= area_max <= 1, got {area_min}, {area_max}")
+  def fn(img, rng):
+    h, w = img.shape[:2]
+    t, l, ch, cw = _inception_box(h, w, rng, area_min, area_max)
+    return _pil_resize(img[t:t + ch, l:l + cw], oh, ow, method)
+  return _keyed(fn, key)
+
+
+@register("flip_lr")
+def _flip_lr(p: float = 0.5, key: str = "image"):
+  return _keyed(lambda img, rng: img[:, ::-1] if rng.random() < p else img, key)
+
+
+@register("value_range")
+def _value_range(vmin: float = -1.0, vmax: float = 1.0, in_min: float = 0.0,
+                 in_max: float = 255.0, key: str = "image"):
+  scale = (vmax - vmin) / (in_max - in_min)
+  return _keyed(lambda img, rng: ((np.asarray(img, np.float32) - in_min) * scale + vmin
+                                  ).astype(np.float32), key)
+
+
+MEAN_STD = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+}
+
+
+@register("normalize")
+def _normalize(mean="imagenet", std=None, key: str = "image"):
+  """(x/255 - mean) / std, with named presets ('imagenet', 'clip') or explicit tuples."""
+  if isinstance(mean, str):
+    if mean not in MEAN_STD:
+      raise ValueError(f"unknown preset {mean!r} (known: {', '.join(MEAN_STD)})")
+    mean, std = MEAN_STD[mean]
+  if std is None:
+    raise ValueError("normalize needs std with an explicit mean")
+  m = np.asarray(mean, np.float32) * 255.0
+  s = np.asarray(std, np.float32) * 255.0
+  return _keyed(lambda img, rng: ((np.asarray(img, np.float32) - m) / s).astype(np.float32), key)
+
+
+@register("keep")
+def _keep(*keys):
+  if not keys:
+    raise ValueError("keep needs at least one key")
+  def op(example, rng):
+    missing = [k for k in keys if k not in example]
+    if missing:
+      raise KeyError(f"keep: example has no key {missing[0]!r} (has {sorted(example)})")
+    return {k: example[k] for k in keys}
+  return op
+
+
+@register("rename")
+def _rename(**mapping):
+  def op(example, rng):
+    example = dict(example)
+    for new, old in mapping.items():
+      example[new] = example.pop(old)
+    return example
+  return op
+
+
+def known_ops() -> list[str]:
+  return sorted(REGISTRY)

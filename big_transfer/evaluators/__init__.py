@@ -1,0 +1,1 @@
+"""Evaluators share one contract: built from config, ``run(state)`` yields ``(name, value)``."""

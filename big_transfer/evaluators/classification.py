@@ -1,0 +1,49 @@
+"""Exact held-out metrics: every example once across hosts, padding masked out."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from big_transfer import sharding
+from big_transfer.data import pipeline
+
+
+class Evaluator:
+  """Averages a method's per-example ``eval_metrics`` over a split, weighted by the mask.
+
+  ``apply(state, batch) -> {metric: per-example values}`` is jitted once and cached; sums and the
+  example count are reduced on device over the global batch, so the result is exact on any
+  number of hosts.
+  """
+
+  def __init__(self, name: str, make_dataset: Callable[[], object], apply, mesh,
+               state_shardings, num_examples: int):
+    self.name, self.make_dataset, self.mesh = name, make_dataset, mesh
+    self.num_examples = num_examples
+
+    def sums(state, batch):
+      per_example = apply(state, batch)
+      mask = batch[pipeline.MASK]
+      out = {k: jnp.sum(v.astype(jnp.float32) * mask) for k, v in per_example.items()}
+      out["_count"] = jnp.sum(mask)
+      return out
+
+    self._sums = jax.jit(sums, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                         out_shardings=sharding.replicated(mesh))
+
+  def run(self, state) -> Iterator[tuple[str, float]]:
+    total = None
+    for batch in self.make_dataset():
+      s = self._sums(state, sharding.to_global(batch, self.mesh))
+      total = s if total is None else jax.tree.map(jnp.add, total, s)
+    total = jax.device_get(total)
+    count = float(total.pop("_count"))
+    if int(round(count)) != self.num_examples:
+      raise RuntimeError(f"evaluator {self.name}: saw {count} examples, expected "
+                         f"{self.num_examples}")
+    for k, v in sorted(total.items()):
+      yield f"{self.name}/{k}", float(v) / count

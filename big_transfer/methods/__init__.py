@@ -1,0 +1,20 @@
+"""Pre-training methods as plug-ins to the one training loop.
+
+A method provides: ``batch_keys`` (what each example must carry after preprocessing),
+``create_model(rngs)``, ``loss(model, batch, rngs) -> (loss, metrics)`` for a training batch, and
+``eval_metrics(model, batch) -> {name: per-example values}`` that the evaluator averages with the
+padding mask. The loop, sharding, checkpoints, logging and evaluation are shared.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+METHODS = {"supervised": "big_transfer.methods.supervised"}
+
+
+def get(name: str, config, info):
+  """Builds the method ``name`` for a resolved config and the training data's ``info``."""
+  if name not in METHODS:
+    raise ValueError(f"unknown method {name!r} (known: {', '.join(sorted(METHODS))})")
+  return importlib.import_module(METHODS[name]).Method(config, info)

@@ -1,0 +1,49 @@
+"""Supervised pre-training: a classification head on the backbone, softmax cross-entropy."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from big_transfer import models
+
+
+class Method:
+  name = "supervised"
+  batch_keys = ("image", "label")
+
+  def __init__(self, config, info):
+    self.config = config
+    self.num_classes = info["num_classes"]
+    self.dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    self.label_smoothing = float(config.get("label_smoothing", 0.0))
+
+  def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
+    return models.create(self.config.model, num_classes=self.num_classes, rngs=rngs,
+                         dtype=self.dtype, **self.config.model_kwargs.to_dict())
+
+  def _logits(self, model, batch, train, rngs=None):
+    kwargs = {"rngs": rngs} if rngs is not None and "vit" in self.config.model else {}
+    logits, _ = model(batch["image"].astype(self.dtype), train=train, **kwargs)
+    return logits.astype(jnp.float32)
+
+  def loss(self, model, batch, rngs=None):
+    logits = self._logits(model, batch, True, rngs)
+    labels = jax.nn.one_hot(batch["label"], self.num_classes)
+    if self.label_smoothing:
+      labels = optax.smooth_labels(labels, self.label_smoothing)
+    loss = optax.softmax_cross_entropy(logits, labels).mean()
+    acc = (logits.argmax(-1) == batch["label"]).mean()
+    return loss, {"accuracy": acc}
+
+  def eval_metrics(self, model, batch):
+    logits = self._logits(model, batch, False)
+    labels = batch["label"]
+    out = {"accuracy": (logits.argmax(-1) == labels).astype(jnp.float32),
+           "loss": optax.softmax_cross_entropy_with_integer_labels(logits, labels)}
+    if self.num_classes > 5:
+      top5 = jax.lax.top_k(logits, 5)[1]
+      out["top5_accuracy"] = (top5 == labels[:, None]).any(-1).astype(jnp.float32)
+    return out

@@ -1,0 +1,64 @@
+"""Model registry: a name (``resnet50``, ``bit_r50x1``, ``clip_rn50``, ``vit_b16``) plus kwargs.
+
+Names follow the field: torchvision/timm's ``resnetD`` is the v1.5 BatchNorm ResNet, ``bit_rDxW``
+BiT's ResNet-v2 (GroupNorm + weight standardisation) at width multiplier W, ``clip_rnD`` CLIP's
+modified ResNet, ``vit_{ti,s,m,b,l,h}P`` a ViT with patch size P.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flax import nnx
+
+from big_transfer.models.resnet import DEPTHS, ResNet
+from big_transfer.models.vit import VARIANTS, ViT
+
+_PATTERNS = (
+    (r"resnet(\d+)", lambda m: (ResNet, dict(depth=int(m[1]), version="v1.5"))),
+    (r"bit_r(\d+)x(\d+)", lambda m: (ResNet, dict(depth=int(m[1]), version="v2",
+                                                  width=int(m[2])))),
+    (r"clip_rn(\d+)", lambda m: (ResNet, dict(depth=int(m[1]), version="clip"))),
+    (r"vit_(ti|s|m|b|l|h)(\d+)", lambda m: (ViT, dict(variant=m[1], patch=int(m[2])))),
+)
+
+EXAMPLES = ("resnet18", "resnet26", "resnet50", "resnet101", "bit_r50x1", "bit_r101x3",
+            "clip_rn50", "clip_rn101", "vit_ti16", "vit_s16", "vit_b16", "vit_b32",
+            "vit_l16", "vit_l14")
+
+
+def parse(name: str) -> tuple[type, dict[str, Any]]:
+  """Returns (class, kwargs) for a model name; raises ValueError naming the known forms."""
+  for pattern, build in _PATTERNS:
+    m = re.fullmatch(pattern, name)
+    if m:
+      cls, kwargs = build(m)
+      if "depth" in kwargs and kwargs["depth"] not in DEPTHS:
+        break
+      if "variant" in kwargs and kwargs["variant"] not in VARIANTS:
+        break
+      return cls, kwargs
+  raise ValueError(
+      f"unknown model {name!r}; known forms: resnetD, bit_rDxW, clip_rnD (D in "
+      f"{sorted(DEPTHS)}), vit_{{{','.join(VARIANTS)}}}P — e.g. {', '.join(EXAMPLES)}")
+
+
+def create(name: str, *, num_classes: int, rngs: nnx.Rngs, dtype=None, **kwargs) -> nnx.Module:
+  cls, defaults = parse(name)
+  return cls(**{**defaults, **kwargs}, num_classes=num_classes, dtype=dtype, rngs=rngs)
+
+
+def num_params(module_or_state) -> int:
+  state = module_or_state
+  if isinstance(module_or_state, nnx.Module):
+    state = nnx.state(module_or_state, nnx.Param)
+  import jax
+  return sum(int(x.size) for x in jax.tree.leaves(state))
+
+
+def count_params(name: str, num_classes: int = 1000, **kwargs) -> int:
+  """Parameter count of a named model without allocating it."""
+  model = nnx.eval_shape(lambda: create(name, num_classes=num_classes, rngs=nnx.Rngs(0),
+                                        **kwargs))
+  return num_params(model)

@@ -1,0 +1,265 @@
+"""ResNets in three forms, Flax NNX.
+
+- ``v1.5``: the classic torchvision/timm ResNet (BatchNorm, stride on the 3x3 conv).
+- ``v2``: BiT's pre-activation ResNet (GroupNorm + weight-standardised convs).
+- ``clip``: CLIP's modified ResNet (3-conv stem, anti-aliased strided convs via
+  average pooling, attention pooling instead of global average pooling).
+
+Paddings follow the PyTorch reference implementations exactly (symmetric ``k // 2``),
+so converted checkpoints give the same numbers. Every model returns
+``(logits, {"pre_logits": features, ...})``; ``logits`` is ``None`` when the model was
+built with ``num_classes=0``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Blocks per stage, and whether the stages use bottleneck blocks.
+DEPTHS = {
+    18: ((2, 2, 2, 2), False),
+    26: ((2, 2, 2, 2), True),
+    34: ((3, 4, 6, 3), False),
+    50: ((3, 4, 6, 3), True),
+    101: ((3, 4, 23, 3), True),
+    152: ((3, 8, 36, 3), True),
+}
+
+_he_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def _pad(k: int) -> list[tuple[int, int]]:
+  return [(k // 2, k // 2)] * 2
+
+
+class StdConv(nnx.Conv):
+  """Convolution with weight standardisation (BiT): kernel normalised per output channel."""
+
+  def __init__(self, *args, eps: float = 1e-8, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.eps = eps
+
+  def __call__(self, x):
+    w = self.kernel.value
+    mean = jnp.mean(w, axis=(0, 1, 2), keepdims=True)
+    var = jnp.var(w, axis=(0, 1, 2), keepdims=True)
+    w_std = (w - mean) * jax.lax.rsqrt(var + self.eps)
+    dtype = self.dtype or x.dtype
+    y = jax.lax.conv_general_dilated(
+        x.astype(dtype), w_std.astype(dtype), window_strides=self.strides,
+        padding=self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y
+
+
+def _conv(cin, cout, k, stride=1, *, std=False, dtype=None, rngs):
+  cls = StdConv if std else nnx.Conv
+  return cls(cin, cout, (k, k), strides=(stride, stride), padding=_pad(k), use_bias=False,
+             kernel_init=_he_init, dtype=dtype, rngs=rngs)
+
+
+def _max_pool(x, zero_pad: bool = False):
+  """3x3/2 max pool; torch pads with -inf, BiT's 'fixed' stem pads with zeros."""
+  if zero_pad:
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return nnx.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+  return nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+
+def _avg_pool(x, s):
+  return nnx.avg_pool(x, (s, s), strides=(s, s)) if s > 1 else x
+
+
+class Norm(nnx.Module):
+  """BatchNorm (v1.5, clip) or GroupNorm (v2), one call signature."""
+
+  def __init__(self, c, kind, *, zero_init=False, dtype=None, rngs):
+    scale_init = nnx.initializers.zeros if zero_init else nnx.initializers.ones
+    if kind == "bn":
+      # PyTorch's momentum 0.1 is Flax's 0.9; eps as torchvision.
+      self.norm = nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, scale_init=scale_init,
+                                dtype=dtype, rngs=rngs)
+    else:
+      self.norm = nnx.GroupNorm(c, num_groups=32, epsilon=1e-5, scale_init=scale_init,
+                                dtype=dtype, rngs=rngs)
+    self.kind = kind
+
+  def __call__(self, x, train: bool):
+    if self.kind == "bn":
+      return self.norm(x, use_running_average=not train)
+    return self.norm(x)
+
+
+class Block(nnx.Module):
+  """Basic (two 3x3) or bottleneck (1x1, 3x3, 1x1) residual block, in any of the three forms."""
+
+  def __init__(self, cin, c, stride, *, bottleneck, version, zero_init_last, dtype, rngs):
+    self.version, self.stride, self.bottleneck = version, stride, bottleneck
+    std = version == "v2"
+    norm = "gn" if std else "bn"
+    cout = c * 4 if bottleneck else c
+    # CLIP puts the stride in an avg-pool before the last conv (anti-aliasing).
+    conv_stride = 1 if version == "clip" else stride
+    if bottleneck:
+      self.conv1 = _conv(cin, c, 1, std=std, dtype=dtype, rngs=rngs)
+      self.conv2 = _conv(c, c, 3, conv_stride, std=std, dtype=dtype, rngs=rngs)
+      self.conv3 = _conv(c, cout, 1, std=std, dtype=dtype, rngs=rngs)
+      chans = (cin if std else c, c, c if std else cout)
+    else:
+      self.conv1 = _conv(cin, c, 3, conv_stride, std=std, dtype=dtype, rngs=rngs)
+      self.conv2 = _conv(c, c, 3, std=std, dtype=dtype, rngs=rngs)
+      self.conv3 = None
+      chans = (cin if std else c, c)
+    # v2 is pre-activation: its norms see the block input and the inner activations.
+    zero_last = zero_init_last and not std
+    self.norms = nnx.List([
+        Norm(ch, norm, zero_init=zero_last and i == len(chans) - 1, dtype=dtype, rngs=rngs)
+        for i, ch in enumerate(chans)])
+    needs_proj = stride != 1 or cin != cout
+    self.proj = _conv(cin, cout, 1, 1 if version == "clip" else stride, std=std, dtype=dtype,
+                      rngs=rngs) if needs_proj else None
+    self.proj_norm = Norm(cout, norm, dtype=dtype, rngs=rngs) if needs_proj and not std else None
+
+  def __call__(self, x, train):
+    convs = [self.conv1, self.conv2] + ([self.conv3] if self.conv3 is not None else [])
+    if self.version == "v2":
+      x = nnx.relu(self.norms[0](x, train))
+      shortcut = self.proj(x) if self.proj is not None else x
+      y = x
+      for i, conv in enumerate(convs):
+        if i > 0:
+          y = nnx.relu(self.norms[i](y, train))
+        y = conv(y)
+      return y + shortcut
+
+    shortcut = x
+    if self.proj is not None:
+      s = x
+      if self.version == "clip":
+        s = _avg_pool(s, self.stride)
+      shortcut = self.proj_norm(self.proj(s), train)
+    y = x
+    for i, conv in enumerate(convs):
+      if self.version == "clip" and i == len(convs) - 1:
+        y = _avg_pool(y, self.stride)
+      y = self.norms[i](conv(y), train)
+      if i < len(convs) - 1:
+        y = nnx.relu(y)
+    return nnx.relu(y + shortcut)
+
+
+class AttentionPool(nnx.Module):
+  """CLIP's attention pooling: the mean token attends over the spatial grid (+ itself)."""
+
+  def __init__(self, spatial, dim, heads, out_dim, *, dtype, rngs):
+    self.pos_embed = nnx.Param(
+        jax.random.normal(rngs.params(), (spatial * spatial + 1, dim)) / dim**0.5)
+    lin = lambda a, b: nnx.Linear(a, b, dtype=dtype, rngs=rngs)
+    self.q, self.k, self.v, self.c = lin(dim, dim), lin(dim, dim), lin(dim, dim), lin(dim, out_dim)
+    self.heads = heads
+
+  def __call__(self, x):
+    n, h, w, d = x.shape
+    x = x.reshape(n, h * w, d)
+    x = jnp.concatenate([x.mean(axis=1, keepdims=True), x], axis=1)
+    pos = self.pos_embed.value
+    if pos.shape[0] != x.shape[1]:
+      pos = resample_grid_embedding(pos, h, w, num_prefix=1)
+    x = x + pos.astype(x.dtype)
+    split = lambda t: t.reshape(n, t.shape[1], self.heads, d // self.heads)
+    q = split(self.q(x[:, :1]))
+    k, v = split(self.k(x)), split(self.v(x))
+    o = jax.nn.dot_product_attention(q, k, v)  # (n, 1, heads, d/heads)
+    return self.c(o.reshape(n, d))
+
+
+def resample_grid_embedding(pos, h, w, num_prefix=1):
+  """Bilinearly resizes a square grid of position embeddings to h x w (prefix tokens kept)."""
+  prefix, grid = pos[:num_prefix], pos[num_prefix:]
+  g = int(round(grid.shape[0] ** 0.5))
+  grid = grid.reshape(g, g, -1)
+  grid = jax.image.resize(grid, (h, w, grid.shape[-1]), method="bilinear")
+  return jnp.concatenate([prefix, grid.reshape(h * w, -1)], axis=0)
+
+
+class ResNet(nnx.Module):
+  """ResNet of a given depth and width multiplier in the 'v1.5', 'v2' (BiT) or 'clip' form."""
+
+  def __init__(self, depth: int = 50, *, version: str = "v1.5", width: float = 1.0,
+               num_classes: int = 1000, stem_width: int | None = None,
+               embed_dim: int = 1024, image_size: int = 224, attn_heads: int | None = None,
+               zero_init_last: bool = True, head_zero_init: bool = True,
+               dtype: Any = None, rngs: nnx.Rngs):
+    if depth not in DEPTHS:
+      raise ValueError(f"ResNet depth {depth} not in {sorted(DEPTHS)}")
+    if version not in ("v1.5", "v2", "clip"):
+      raise ValueError(f"ResNet version {version!r} not in ('v1.5', 'v2', 'clip')")
+    blocks, bottleneck = DEPTHS[depth]
+    self.version = version
+    c = int(64 * width)
+    std = version == "v2"
+    if version == "clip":
+      # Three 3x3 convs (c/2, c/2, c) then a 2x2 average pool.
+      cs = stem_width or c
+      self.stem = nnx.List([
+          _conv(3, cs // 2, 3, 2, dtype=dtype, rngs=rngs),
+          _conv(cs // 2, cs // 2, 3, dtype=dtype, rngs=rngs),
+          _conv(cs // 2, cs, 3, dtype=dtype, rngs=rngs)])
+      self.stem_norms = nnx.List([Norm(ch, "bn", dtype=dtype, rngs=rngs)
+                                  for ch in (cs // 2, cs // 2, cs)])
+      cin = cs
+    else:
+      cs = stem_width or c
+      self.stem = nnx.List([_conv(3, cs, 7, 2, std=std, dtype=dtype, rngs=rngs)])
+      self.stem_norms = nnx.List([] if std else [Norm(cs, "bn", dtype=dtype, rngs=rngs)])
+      cin = cs
+    stages = []
+    for i, n in enumerate(blocks):
+      ch = c * 2**i
+      stage = []
+      for j in range(n):
+        stride = 2 if (j == 0 and i > 0) else 1
+        stage.append(Block(cin, ch, stride, bottleneck=bottleneck, version=version,
+                           zero_init_last=zero_init_last, dtype=dtype, rngs=rngs))
+        cin = ch * 4 if bottleneck else ch
+      stages.append(nnx.List(stage))
+    self.stages = nnx.List(stages)
+    self.final_norm = Norm(cin, "gn", dtype=dtype, rngs=rngs) if std else None
+    # CLIP's heads: its width * 32 / 64 (32 for RN50, whose width is 64).
+    self.attnpool = AttentionPool(
+        image_size // 32, cin, attn_heads or max(1, c * 32 // 64), embed_dim, dtype=dtype,
+        rngs=rngs) if version == "clip" else None
+    self.num_features = embed_dim if version == "clip" else cin
+    init = nnx.initializers.zeros if head_zero_init else nnx.initializers.lecun_normal()
+    self.head = nnx.Linear(self.num_features, num_classes, kernel_init=init, dtype=dtype,
+                           rngs=rngs) if num_classes else None
+
+  def features(self, x, train: bool = False):
+    """Returns the spatial feature map before pooling."""
+    if self.version == "clip":
+      for conv, norm in zip(self.stem, self.stem_norms):
+        x = nnx.relu(norm(conv(x), train))
+      x = _avg_pool(x, 2)
+    else:
+      x = self.stem[0](x)
+      if self.version == "v1.5":
+        x = nnx.relu(self.stem_norms[0](x, train))
+      x = _max_pool(x, zero_pad=self.version == "v2")
+    for stage in self.stages:
+      for block in stage:
+        x = block(x, train)
+    if self.final_norm is not None:
+      x = nnx.relu(self.final_norm(x, train))
+    return x
+
+  def __call__(self, x, train: bool = False):
+    fmap = self.features(x, train)
+    if self.attnpool is not None:
+      pre_logits = self.attnpool(fmap)
+    else:
+      pre_logits = fmap.mean(axis=(1, 2))
+    logits = self.head(pre_logits) if self.head is not None else None
+    return logits, {"pre_logits": pre_logits, "feature_map": fmap}

@@ -1,0 +1,66 @@
+"""Optimisers and learning-rate schedules, built from config."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+OPTIMIZERS = ("sgd", "adamw", "lars")
+SCHEDULES = ("cosine", "linear", "step", "constant")
+
+
+def schedule(cfg, total_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0 to ``lr``, then ``cosine`` / ``linear`` to ``end_factor * lr``,
+  ``step`` (multiply by ``decay_factor`` at each of ``boundaries``: fractions of the run if < 1,
+  else steps) or ``constant``."""
+  lr, warmup = float(cfg.lr), int(cfg.get("warmup_steps", 0))
+  name = cfg.get("schedule", "cosine")
+  decay_steps = max(1, total_steps - warmup)
+  end = lr * float(cfg.get("end_factor", 0.0))
+  if name == "cosine":
+    main = optax.cosine_decay_schedule(lr, decay_steps, alpha=end / lr if lr else 0.0)
+  elif name == "linear":
+    main = optax.linear_schedule(lr, end, decay_steps)
+  elif name == "step":
+    bounds = [b if b >= 1 else b * total_steps for b in cfg.get("boundaries", (0.3, 0.6, 0.9))]
+    factor = float(cfg.get("decay_factor", 0.1))
+    main = optax.piecewise_constant_schedule(
+        lr, {int(b) - warmup: factor for b in bounds if int(b) > warmup})
+  elif name == "constant":
+    main = optax.constant_schedule(lr)
+  else:
+    raise ValueError(f"optimizer.schedule {name!r} not in {SCHEDULES}")
+  if warmup <= 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+
+
+def decay_mask(params):
+  """Weight decay on kernels only: biases, norm scales and 1-D parameters are not decayed."""
+  return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def build(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  name = cfg.name
+  sched = schedule(cfg, total_steps)
+  wd = float(cfg.get("weight_decay", 0.0))
+  parts = []
+  if cfg.get("grad_clip_norm"):
+    parts.append(optax.clip_by_global_norm(float(cfg.grad_clip_norm)))
+  if name == "sgd":
+    if wd:  # coupled L2, as torch.optim.SGD
+      parts.append(optax.add_decayed_weights(wd, decay_mask))
+    parts.append(optax.sgd(sched, momentum=cfg.get("momentum", 0.9) or None,
+                           nesterov=bool(cfg.get("nesterov", False))))
+  elif name == "adamw":
+    parts.append(optax.adamw(sched, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
+                             eps=cfg.get("eps", 1e-8), weight_decay=wd, mask=decay_mask))
+  elif name == "lars":
+    parts.append(optax.lars(sched, weight_decay=wd, weight_decay_mask=decay_mask,
+                            trust_coefficient=cfg.get("trust_coefficient", 0.001),
+                            momentum=cfg.get("momentum", 0.9),
+                            trust_ratio_mask=decay_mask))
+  else:
+    raise ValueError(f"optimizer.name {name!r} not in {OPTIMIZERS}")
+  return optax.chain(*parts), sched

@@ -1,0 +1,361 @@
+r"""Pre-training entrypoint: one loop for every method.
+
+  python -m big_transfer.train --config=configs/mini/supervised.py --workdir=/tmp/run \
+      [--config.total_steps=200] [--config.data=tfds:cifar10]
+
+Reads top to bottom: config → distributed → data → mesh → model and optimiser → shardings and
+init → update step → restore → evaluators → loop. The method (supervised, ...) only supplies the
+model, the loss and the eval metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file (configs/...py[:args]).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the config are written.")
+flags.DEFINE_string("coordinator_address", None,
+                    "Multi-process: host:port of process 0 (explicit jax.distributed setup).")
+flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+
+
+class UserError(ValueError):
+  """Bad input detected before any compile; printed as one line."""
+
+
+def maybe_initialize_distributed(coordinator_address=None, num_processes=None,
+                                 process_id=None) -> None:
+  """jax.distributed from explicit flags, SLURM's environment or a TPU pod's; else nothing."""
+  import jax
+  env = os.environ
+  explicit = coordinator_address is not None
+  slurm = int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env
+  tpu_pod = len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+  if not (explicit or slurm or tpu_pod):
+    return
+  if jax.distributed.is_initialized():
+    return
+  if explicit and "cpu" in env.get("JAX_PLATFORMS", "cpu"):
+    # CPU collectives across processes (tests, laptops): gloo over TCP.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = {}
+  if explicit:
+    kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
+                  process_id=process_id)
+  jax.distributed.initialize(**kwargs)
+
+
+def prepare(config, workdir: str) -> dict[str, Any]:
+  """Validates the config and opens the data; raises ConfigError/DataError before compiling."""
+  from big_transfer import config_lib
+  from big_transfer.data import sources
+
+  config_lib.validate(config)
+  train_source = sources.open_source(config.data, config.train_split)
+  if len(train_source) < config.batch_size:
+    raise config_lib.ConfigError(
+        f"config.batch_size={config.batch_size} is larger than the {len(train_source)} "
+        f"training examples of {config.data}")
+  num_classes = config.num_classes
+  class_names = getattr(train_source, "class_names", None)
+  if num_classes is None:
+    if not class_names:
+      raise config_lib.ConfigError(f"config.num_classes: {config.data} has no class names; "
+                                   f"set num_classes")
+    num_classes = len(class_names)
+  total_steps = config_lib.resolve_steps(
+      config.total_steps, config.total_epochs, config.total_examples,
+      batch_size=config.batch_size, num_examples=len(train_source))
+  warmup = config.optimizer.warmup_steps
+  if config.optimizer.warmup_epochs is not None:
+    warmup = int(round(config.optimizer.warmup_epochs * len(train_source) / config.batch_size))
+  eval_source = None
+  if config.eval_data != "none":
+    spec = config.eval_data or str(sources.parse_spec(config.data).with_split(config.eval_split))
+    eval_source = sources.open_source(spec, config.eval_split)
+  return dict(train_source=train_source, eval_source=eval_source, num_classes=num_classes,
+              class_names=class_names, total_steps=total_steps, warmup_steps=warmup,
+              num_examples=len(train_source))
+
+
+def write_config(config, workdir: str, resolved: dict[str, Any]):
+  import jax
+  from big_transfer import config_lib
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  out = {"config": config_lib.to_plain(config), "resolved": resolved}
+  path = os.path.join(workdir, "config.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(out, f, indent=1, sort_keys=True, default=str)
+  os.replace(path + ".tmp", path)
+
+
+def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
+  """Trains to ``config.total_steps`` (resuming from ``workdir``); returns the final state."""
+  # ---------------------------------------------------------------- config and data
+  # Everything a user can get wrong is checked here, before any array exists.
+  data = prepare(config, workdir)
+
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  from flax import nnx
+
+  from big_transfer import checkpoint as ckpt_lib
+  from big_transfer import logging as log_lib
+  from big_transfer import methods, optim, sharding
+  from big_transfer.data import pipeline
+  from big_transfer.evaluators.classification import Evaluator
+
+  total_steps = data["total_steps"]
+  log_lib.info(f"data: {config.data} ({data['num_examples']} examples, "
+               f"{data['num_classes']} classes); {total_steps} steps of batch "
+               f"{config.batch_size} ({total_steps * config.batch_size / data['num_examples']:.2f}"
+               f" epochs); workdir {workdir}")
+
+  # ---------------------------------------------------------------- mesh
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
+  n_dev = mesh.devices.size
+  if config.batch_size % n_dev:
+    raise UserError(f"config.batch_size={config.batch_size} is not divisible by {n_dev} "
+                    f"devices (mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})")
+  pid, pcount = jax.process_index(), jax.process_count()
+  log_lib.info(f"mesh: data={mesh.shape['data']} fsdp={mesh.shape['fsdp']} over {n_dev} "
+               f"{mesh.devices.flat[0].platform} devices, {pcount} process(es)")
+  write_config(config, workdir, {"total_steps": total_steps, "num_classes": data["num_classes"],
+                                 "warmup_steps": data["warmup_steps"],
+                                 "num_train_examples": data["num_examples"],
+                                 "mesh": dict(mesh.shape), "process_count": pcount})
+
+  # ---------------------------------------------------------------- input
+  method = methods.get(config.method, config, {"num_classes": data["num_classes"],
+                                               "class_names": data["class_names"]})
+  train_ds = pipeline.train_dataset(
+      data["train_source"], pp=config.pp_train, batch_size=config.batch_size, seed=config.seed,
+      keys=method.batch_keys, process_index=pid, process_count=pcount,
+      threads=config.data_threads, workers=config.data_workers)
+  train_iter = iter(train_ds)
+
+  # ---------------------------------------------------------------- model and optimiser
+  opt_cfg = config.optimizer.to_dict()
+  opt_cfg["warmup_steps"] = data["warmup_steps"]
+  tx, lr_schedule = optim.build(_Cfg(opt_cfg), total_steps)
+  try:
+    abstract_model = nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0)))
+  except (TypeError, ValueError) as e:
+    raise UserError(f"config.model={config.model!r} with model_kwargs="
+                    f"{config.model_kwargs.to_dict()}: {str(e).splitlines()[0]}") from None
+  graphdef, abs_params, abs_rest = nnx.split(abstract_model, nnx.Param, ...)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abs_params))
+  log_lib.info(f"model: {config.model} ({n_params / 1e6:.2f}M parameters), method "
+               f"{config.method}, {config.optimizer.name} lr {config.optimizer.lr}")
+
+  def merge(params, rest):
+    return nnx.merge(graphdef, params, rest)
+
+  def init_state(key):
+    model = method.create_model(nnx.Rngs(params=key))
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    params, rest = params.to_pure_dict(), rest.to_pure_dict()
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": rest,
+             "opt_state": tx.init(params),
+             "nonfinite_step": jnp.full((), -1, jnp.int32)}
+    if config.ema_decay:
+      state["ema_params"] = params
+    return state
+
+  # ---------------------------------------------------------------- shardings and init
+  # Shapes first, then shardings from name rules, then a jitted init that creates the
+  # parameters already sharded: nothing large is materialised on one device.
+  abstract = jax.eval_shape(init_state, jax.random.key(0))
+  rules = [tuple(r) for r in config.param_sharding]
+  min_size = config.param_sharding_min_size
+  param_sh = sharding.tree_shardings(abstract["params"], rules, mesh, min_size)
+  repl = sharding.replicated(mesh)
+  state_sh = {
+      "step": repl, "nonfinite_step": repl,
+      "params": param_sh,
+      "model_state": sharding.tree_shardings(abstract["model_state"], rules, mesh, min_size),
+      "opt_state": optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], param_sh,
+                                         transform_non_params=lambda _: repl),
+  }
+  if config.ema_decay:
+    state_sh["ema_params"] = param_sh
+  batch_sh = sharding.batch_sharding(mesh)
+
+  # ---------------------------------------------------------------- update step
+  base_key = jax.random.key(config.seed)
+
+  def train_step(state, batch):
+    step = state["step"]
+    rng = jax.random.fold_in(base_key, step)
+
+    def loss_fn(params):
+      model = merge(params, state["model_state"])
+      loss, aux = method.loss(model, batch, nnx.Rngs(dropout=rng))
+      _, _, new_rest = nnx.split(model, nnx.Param, ...)
+      return loss, (aux, new_rest.to_pure_dict())
+
+    (loss, (aux, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    grad_norm, param_norm = optax.global_norm(grads), optax.global_norm(params)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
+    new = {"step": step + 1, "params": params, "model_state": new_rest,
+           "opt_state": opt_state,
+           "nonfinite_step": jnp.where((state["nonfinite_step"] < 0) & ~finite, step + 1,
+                                       state["nonfinite_step"])}
+    if config.ema_decay:
+      d = config.ema_decay
+      new["ema_params"] = jax.tree.map(lambda e, p: d * e + (1 - d) * p,
+                                       state["ema_params"], params)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "param_norm": param_norm,
+               "lr": lr_schedule(step), **aux}
+    return new, metrics
+
+  train_step = jax.jit(train_step, in_shardings=(state_sh, batch_sh),
+                       out_shardings=(state_sh, repl), donate_argnums=(0,))
+
+  # ---------------------------------------------------------------- restore or init
+  ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
+                               keep_every=config.keep_every)
+  restored = ckpt.restore_latest(ckpt_lib.abstract_like(abstract, state_sh), train_iter)
+  if restored is not None:
+    start_step, state = restored
+    log_lib.info(f"resumed from {ckpt.directory}/{start_step}")
+  else:
+    start_step = 0
+    # Random initialisers compile slowly on XLA:CPU (16s for a small ResNet); the init runs
+    # once, so the CPU backend compiles it without optimisation (3s).
+    opts = ({"xla_backend_optimization_level": 0} if mesh.devices.flat[0].platform == "cpu"
+            else None)
+    state = jax.jit(init_state, out_shardings=state_sh, compiler_options=opts)(
+        jax.random.key(config.seed))
+  if int(state["step"]) != start_step:
+    raise RuntimeError(f"checkpoint step {start_step} holds state at step {int(state['step'])}")
+
+  # ---------------------------------------------------------------- evaluators
+  evaluators = []
+  if data["eval_source"] is not None:
+    eval_bs = config.eval_batch_size or config.batch_size
+    eval_source = data["eval_source"]
+
+    def eval_apply(state, batch):
+      params = state["ema_params"] if config.ema_decay else state["params"]
+      return method.eval_metrics(merge(params, state["model_state"]), batch)
+
+    def make_eval_ds():
+      return pipeline.eval_dataset(eval_source, pp=config.pp_eval, batch_size=eval_bs,
+                                   keys=method.batch_keys, process_index=pid,
+                                   process_count=pcount, threads=config.data_threads)
+    evaluators.append(Evaluator("eval", make_eval_ds, eval_apply, mesh, state_sh,
+                                len(eval_source)))
+  eval_every = config.eval_every or config.checkpoint_every
+
+  # ---------------------------------------------------------------- loop
+  writer = log_lib.MetricWriter(workdir, tensorboard=config.tensorboard)
+  progress = log_lib.Progress(total_steps, start_step, config.batch_size)
+  pending: list[dict] = []
+  t_compile = time.perf_counter()
+
+  def check_finite(step):
+    bad = int(state["nonfinite_step"])
+    if bad >= 0:
+      last = ckpt.steps()[-1] if ckpt.steps() else None
+      raise FloatingPointError(
+          f"non-finite loss or gradient at step {bad}; stopping. Last good checkpoint: "
+          f"{'step ' + str(last) if last is not None else 'none'} in {ckpt.directory}")
+
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      batch = sharding.to_global(next(train_iter), mesh)
+      state, metrics = train_step(state, batch)
+      pending.append(metrics)
+      if step == start_step + 1:
+        jax.block_until_ready(metrics)
+        log_lib.info(f"first step done in {time.perf_counter() - t_compile:.1f}s "
+                     f"(includes compile)")
+        progress = log_lib.Progress(total_steps, step, config.batch_size)
+
+      last = step == total_steps
+      if step % config.log_every == 0 or last:
+        rows = jax.device_get(pending)
+        pending = []
+        check_finite(step)
+        mean = {f"train/{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        rate = progress.update(step)
+        mean.update({"train/examples_per_sec": rate["examples_per_sec"],
+                     "train/steps_per_sec": rate["steps_per_sec"], "eta_s": rate["eta_s"]})
+        writer.write(step, mean)
+        log_lib.info(
+            f"step {step}/{total_steps} loss {mean['train/loss']:.4f} "
+            f"lr {mean['train/lr']:.3g} {rate['examples_per_sec']:.1f} img/s "
+            f"eta {log_lib.format_duration(rate['eta_s'])}")
+
+      if evaluators and (step % eval_every == 0 or last):
+        for ev in evaluators:
+          results = dict(ev.run(state))
+          writer.write(step, results)
+          log_lib.info(f"step {step} " + " ".join(f"{k} {v:.4f}" for k, v in results.items()))
+
+      if step % config.checkpoint_every == 0 or last:
+        check_finite(step)  # never save a state that has seen a non-finite value
+        ckpt.save(step, state, train_iter)
+  finally:
+    ckpt.close()
+    writer.close()
+  log_lib.info(f"done: {total_steps} steps; checkpoints in {ckpt.directory}")
+  return state
+
+
+class _Cfg(dict):
+  """dict with attribute access, for builders that read config-like objects."""
+
+  def __getattr__(self, k):
+    try:
+      return self[k]
+    except KeyError:
+      raise AttributeError(k) from None
+
+
+def main(argv):
+  del argv
+  from absl import logging as absl_logging
+  from big_transfer import config_lib
+  if not FLAGS["verbosity"].present:  # orbax/grain log every save at INFO
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  from big_transfer.data import sources
+  if FLAGS.config is None or FLAGS.workdir is None:
+    print("error: --config and --workdir are required", file=sys.stderr)
+    sys.exit(2)
+  try:
+    maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                 FLAGS.process_id)
+    run(FLAGS.config, FLAGS.workdir)
+  except (config_lib.ConfigError, sources.DataError, UserError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except FloatingPointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
+
+
+def entry():
+  from big_transfer import config_lib
+  app.run(main, flags_parser=config_lib.flags_parser)
+
+
+if __name__ == "__main__":
+  entry()
