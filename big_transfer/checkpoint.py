@@ -16,6 +16,7 @@ from typing import Any
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
@@ -111,12 +112,20 @@ def find_checkpoint(path: str) -> tuple[str, int]:
                         f"checkpoints/ directory or a checkpoints/<step> directory)")
 
 
-def load_params(path: str) -> tuple[dict, int]:
-  """Parameters only (host numpy), for transfer: returns (state['params'], step)."""
+def load_state(path: str) -> tuple[dict, int]:
+  """The full saved train state as host numpy arrays (any mesh it was saved from)."""
   directory, step = find_checkpoint(path)
+  item = os.path.join(directory, str(step), "state")
   ckptr = ocp.StandardCheckpointer()
-  meta = ckptr.metadata(os.path.join(directory, str(step), "state"))
+  meta = ckptr.metadata(item)
   tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
-  restored = ckptr.restore(os.path.join(directory, str(step), "state"),
-                           jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree))
-  return restored["params"], step
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+  restored = ckptr.restore(item, target)
+  return jax.tree.map(np.asarray, restored), step
+
+
+def load_params(path: str) -> tuple[dict, int]:
+  """Parameters only, for transfer: returns (state['params'], step)."""
+  state, step = load_state(path)
+  return state["params"], step

@@ -23,6 +23,22 @@ class ConfigError(ValueError):
   pass
 
 
+def load(path_and_arg: str) -> ml_collections.ConfigDict:
+  """Loads ``configs/...py[:arg]`` as the entrypoints do (``get_config(arg)``), locked."""
+  import importlib.util
+  import os
+  path, sep, arg = path_and_arg.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} does not exist")
+  spec = importlib.util.spec_from_file_location(
+      "_bt_config_" + os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg) if sep else module.get_config()
+  config.lock()
+  return config
+
+
 def placeholder(t):
   return config_dict.placeholder(t)
 

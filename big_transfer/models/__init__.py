@@ -49,6 +49,22 @@ def create(name: str, *, num_classes: int, rngs: nnx.Rngs, dtype=None, **kwargs)
   return cls(**{**defaults, **kwargs}, num_classes=num_classes, dtype=dtype, rngs=rngs)
 
 
+def init(name: str, *, num_classes: int, seed: int = 0, dtype=None, **kwargs) -> nnx.Module:
+  """Creates and initialises a model with one jitted init (eager init compiles every
+  initialiser separately: ~20 s for a small ResNet on CPU, against ~3 s here)."""
+  import jax
+
+  def make(key):
+    return create(name, num_classes=num_classes, rngs=nnx.Rngs(params=key), dtype=dtype,
+                  **kwargs)
+
+  graphdef, _ = nnx.split(nnx.eval_shape(lambda: make(jax.random.key(0))))
+  opts = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+  state = jax.jit(lambda key: nnx.split(make(key))[1], compiler_options=opts)(
+      jax.random.key(seed))
+  return nnx.merge(graphdef, state)
+
+
 def num_params(module_or_state) -> int:
   state = module_or_state
   if isinstance(module_or_state, nnx.Module):

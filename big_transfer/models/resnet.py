@@ -49,8 +49,10 @@ class StdConv(nnx.Conv):
     var = jnp.var(w, axis=(0, 1, 2), keepdims=True)
     w_std = (w - mean) * jax.lax.rsqrt(var + self.eps)
     dtype = self.dtype or x.dtype
+    strides = self.strides
+    strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
     y = jax.lax.conv_general_dilated(
-        x.astype(dtype), w_std.astype(dtype), window_strides=self.strides,
+        x.astype(dtype), w_std.astype(dtype), window_strides=strides,
         padding=self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
     return y
 

@@ -1,0 +1,58 @@
+"""Test setup: 8 simulated CPU devices, quiet logs, helpers for runs of the mini config."""
+
+import os
+import subprocess
+import sys
+
+# Before JAX is imported anywhere: 8 host devices for the sharding tests (the other tests use
+# a one-device mesh through train.run(devices=...)).
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MINI = os.path.join(ROOT, "configs", "mini", "supervised.py")
+
+# A small, fast variant of the mini config: ResNet-18 at 1/8 width, 32px digits, batch 32.
+FAST_ARG = "steps=6,batch=32,width=0.125"
+
+
+def mini_config(arg=FAST_ARG, **overrides):
+  from big_transfer import config_lib
+  c = config_lib.load(f"{MINI}:{arg}")
+  c.log_every = 1
+  c.tensorboard = False
+  c.eval_data = "none"
+  c.optimizer.warmup_steps = 0
+  for k, v in overrides.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def one_device():
+  import jax
+  return jax.devices()[:1]
+
+
+def run_cli(args, *, env=None, timeout=600, check=False):
+  """Runs ``python -m big_transfer.train ARGS`` with the test environment."""
+  full_env = {**os.environ, **(env or {})}
+  return subprocess.run([sys.executable, "-m", "big_transfer.train", *args], cwd=ROOT,
+                        env=full_env, capture_output=True, text=True, timeout=timeout,
+                        check=check)
+
+
+def losses(workdir):
+  from big_transfer.logging import read_metrics
+  return [r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r]
+
+
+@pytest.fixture
+def config_factory():
+  return mini_config

@@ -1,0 +1,193 @@
+"""Sources by spec, preprocessing ops, and the sharded, resumable Grain pipelines."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from big_transfer.data import ops, pipeline, sources
+
+
+def test_builtin_digits_are_real_and_split_disjointly():
+  train = sources.open_source("builtin:digits")
+  test = sources.open_source("builtin:digits:test")
+  assert (len(train), len(test)) == (1437, 360)
+  assert train.class_names == tuple("0123456789")
+  ex = train[0]
+  assert ex["image"].shape == (8, 8, 1) and ex["image"].dtype == np.uint8
+  seen = {train[i]["image"].tobytes() for i in range(len(train))}
+  overlap = sum(test[i]["image"].tobytes() in seen for i in range(len(test)))
+  assert overlap < 5  # a handful of digits are pixel-identical in the UCI data itself
+  assert sorted(set(int(train[i]["label"]) for i in range(len(train)))) == list(range(10))
+
+
+def test_split_slices():
+  src = sources.open_source("builtin:digits:train[:10%]")
+  assert len(src) == 144
+  src = sources.open_source("builtin:digits:train[100:110]")
+  assert len(src) == 10
+  full = sources.open_source("builtin:digits")
+  assert np.array_equal(src[0]["image"], full[100]["image"])
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("digits", "expected one of builtin"),
+    ("builtin:nope", "unknown built-in dataset 'nope'"),
+    ("builtin:digits:validation", "no split 'validation'"),
+    ("tfds:surely_not_a_dataset", "TFDS has no dataset"),
+    ("arrayrecord:/does/not/exist", "does not exist"),
+])
+def test_bad_specs_name_what_is_wrong(spec, message):
+  with pytest.raises(sources.DataError, match=message):
+    sources.open_source(spec)
+
+
+def test_tfds_source_through_mock_data():
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=12):
+    src = sources.open_source("tfds:mnist:train")
+    assert len(src) == 12
+    assert src.class_names == tuple(str(i) for i in range(10))
+    assert src[3]["image"].shape == (28, 28, 1)
+
+
+def _png(arr):
+  buf = io.BytesIO()
+  Image.fromarray(arr).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def test_arrayrecord_roundtrip(tmp_path):
+  rng = np.random.default_rng(0)
+  imgs = rng.integers(0, 255, (10, 12, 12, 3), dtype=np.uint8)
+  exs = [{"image": _png(im), "label": i % 3, "caption": f"photo {i}"} for i, im in enumerate(imgs)]
+  sources.write_arrayrecord(str(tmp_path), {"train": exs[:7], "test": exs[7:]},
+                            class_names=["a", "b", "c"], num_shards=2)
+  src = sources.open_source(f"arrayrecord:{tmp_path}")
+  assert len(src) == 7 and src.class_names == ("a", "b", "c")
+  decoded = ops.parse("decode")(src[0], np.random.default_rng(0))
+  labels = sorted(int(src[i]["label"]) for i in range(7))
+  assert labels == sorted(i % 3 for i in range(7))
+  assert decoded["image"].shape == (12, 12, 3)
+  test = sources.open_source(f"arrayrecord:{tmp_path}:test")
+  assert len(test) == 3 and {test[i]["caption"] for i in range(3)} == {"photo 7", "photo 8",
+                                                                      "photo 9"}
+  with pytest.raises(sources.DataError, match="no split 'val'"):
+    sources.open_source(f"arrayrecord:{tmp_path}:val")
+
+
+def test_unknown_op_lists_known_ops_and_bad_args_are_named():
+  with pytest.raises(ops.PreprocessError, match="known ops: .*inception_crop"):
+    ops.parse("decode|blur(3)")
+  with pytest.raises(ops.PreprocessError, match=r"resize\(-2\).*bad argument"):
+    ops.parse("resize(-2)")
+  with pytest.raises(ops.PreprocessError, match="bad argument"):
+    ops.parse("inception_crop(32, area_min=2.0)")
+
+
+def test_ops_shapes_ranges_and_determinism():
+  img = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+  fn = ops.parse("inception_crop(24)|flip_lr|value_range(-1,1)")
+  a = fn({"image": img}, np.random.default_rng(5))["image"]
+  b = fn({"image": img}, np.random.default_rng(5))["image"]
+  assert a.shape == (24, 24, 3) and a.dtype == np.float32
+  assert a.min() >= -1 and a.max() <= 1
+  np.testing.assert_array_equal(a, b)
+  out = ops.parse("resize_small(20)|central_crop(20)|normalize('imagenet')")(
+      {"image": img}, np.random.default_rng(0))["image"]
+  assert out.shape == (20, 20, 3)
+  flipped = ops.parse("flip_lr(p=1.0)")({"image": img}, np.random.default_rng(0))["image"]
+  np.testing.assert_array_equal(flipped, img[:, ::-1])
+
+
+class _Indexed:
+  """A source whose examples carry their own index as the label."""
+
+  class_names = None
+
+  def __init__(self, n):
+    self.n = n
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    return {"image": np.full((2, 2, 1), i % 256, np.uint8), "label": i}
+
+
+def _ids(batches):
+  return [int(x) for b in batches for x in b["label"]]
+
+
+def test_processes_see_disjoint_shards_whose_union_is_the_epoch():
+  src, n, b = _Indexed(40), 40, 8
+  per_proc = []
+  for p in range(2):
+    it = iter(pipeline.train_dataset(src, pp="", batch_size=b, seed=3, keys=("label",),
+                                     process_index=p, process_count=2))
+    per_proc.append([next(it) for _ in range(n // b)])
+  ids0, ids1 = _ids(per_proc[0]), _ids(per_proc[1])
+  assert not set(ids0) & set(ids1)
+  assert sorted(ids0 + ids1) == list(range(n))
+  # Global batch k is the same set of examples as a single process's batch k.
+  single = iter(pipeline.train_dataset(src, pp="", batch_size=b, seed=3, keys=("label",)))
+  for k in range(n // b):
+    assert sorted(_ids([next(single)])) == sorted(_ids([per_proc[0][k], per_proc[1][k]]))
+
+
+def test_same_seed_same_order_new_permutation_each_epoch():
+  src = _Indexed(16)
+  make = lambda seed: iter(pipeline.train_dataset(src, pp="", batch_size=4, seed=seed,
+                                                  keys=("label",)))
+  a, b, c = make(1), make(1), make(2)
+  ea = _ids([next(a) for _ in range(8)])
+  assert ea == _ids([next(b) for _ in range(8)])
+  assert ea != _ids([next(c) for _ in range(8)])
+  assert sorted(ea[:16]) == sorted(ea[16:]) == list(range(16))
+  assert ea[:16] != ea[16:]
+
+
+def test_iterator_state_resumes_exactly():
+  src = _Indexed(30)
+  pp = "inception_crop(2, area_min=0.5)|flip_lr"  # random ops: their rng must resume too
+  make = lambda: iter(pipeline.train_dataset(src, pp=pp, batch_size=4, seed=0,
+                                             keys=("image", "label")))
+  ref = make()
+  expected = [next(ref) for _ in range(10)]
+  it = make()
+  for _ in range(4):
+    next(it)
+  state = it.get_state()
+  resumed = make()
+  resumed.set_state(state)
+  for want in expected[4:]:
+    got = next(resumed)
+    np.testing.assert_array_equal(got["label"], want["label"])
+    np.testing.assert_array_equal(got["image"], want["image"])
+
+
+def test_eval_covers_every_example_once_across_processes():
+  src = _Indexed(23)
+  seen, total_mask = [], 0.0
+  for p in range(2):
+    for batch in pipeline.eval_dataset(src, pp="", batch_size=8, keys=("label",),
+                                       process_index=p, process_count=2):
+      assert batch["label"].shape == (4,)
+      m = batch[pipeline.MASK]
+      seen += [int(x) for x, keep in zip(batch["label"], m) if keep]
+      total_mask += m.sum()
+  assert sorted(seen) == list(range(23)) and total_mask == 23
+
+
+def test_corrupt_records_are_skipped_not_fatal():
+  class Broken(_Indexed):
+    def __getitem__(self, i):
+      ex = super().__getitem__(i)
+      if i == 5:
+        ex["image"] = b"not an image"
+      return ex
+  it = iter(pipeline.train_dataset(Broken(12), pp="decode(1)", batch_size=4, seed=0,
+                                   keys=("label",)))
+  ids = _ids([next(it) for _ in range(2)])  # 11 good records: the first 8 batch fine
+  assert 5 not in ids and len(ids) == 8
