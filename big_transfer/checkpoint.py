@@ -61,9 +61,27 @@ class Checkpointer:
       args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     return self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
 
+  def _check_structure(self, step, abstract_state):
+    """A checkpoint of another model or optimiser is a config error, not corruption."""
+    tree = _metadata_tree(os.path.join(self.directory, str(step), "state"))
+    mismatches = structure_mismatches(tree, abstract_state)
+    if mismatches:
+      raise CheckpointError(
+          f"checkpoint {self.directory}/{step} was written by a different model or optimiser "
+          f"than this config ({len(mismatches)} mismatches: {'; '.join(mismatches[:6])}"
+          f"{' ...' if len(mismatches) > 6 else ''}); use a new --workdir")
+
   def restore_latest(self, abstract_state, data_iter=None) -> tuple[int, Any] | None:
-    """Restores the newest checkpoint that reads back; None when there is none."""
+    """Restores the newest checkpoint that reads back; None when there is none.
+
+    Raises CheckpointError when the newest readable checkpoint has another structure."""
     for step in reversed(self.steps()):
+      try:
+        self._check_structure(step, abstract_state)
+      except CheckpointError:
+        raise
+      except Exception:  # noqa: BLE001  unreadable metadata: corrupt, handled below
+        pass
       try:
         return step, self._restore(step, abstract_state, data_iter)
       except Exception as e:  # noqa: BLE001  (any failure to read means a bad checkpoint)
@@ -112,13 +130,33 @@ def find_checkpoint(path: str) -> tuple[str, int]:
                         f"checkpoints/ directory or a checkpoints/<step> directory)")
 
 
+def _metadata_tree(item_dir: str):
+  meta = ocp.StandardCheckpointer().metadata(item_dir)
+  return meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
+
+
+def _shapes_by_name(tree) -> dict[str, tuple]:
+  from big_transfer.sharding import path_name
+  return {path_name(p): tuple(getattr(v, "shape", ()))
+          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def structure_mismatches(saved_tree, target_tree) -> list[str]:
+  """Names missing on either side and shape differences, as readable strings."""
+  saved, target = _shapes_by_name(saved_tree), _shapes_by_name(target_tree)
+  out = [f"{k}: not in checkpoint" for k in sorted(set(target) - set(saved))]
+  out += [f"{k}: not in this model" for k in sorted(set(saved) - set(target))]
+  out += [f"{k}: checkpoint {saved[k]} vs model {target[k]}" for k in sorted(set(saved) & set(target))
+          if saved[k] != target[k]]
+  return out
+
+
 def load_state(path: str) -> tuple[dict, int]:
   """The full saved train state as host numpy arrays (any mesh it was saved from)."""
   directory, step = find_checkpoint(path)
   item = os.path.join(directory, str(step), "state")
   ckptr = ocp.StandardCheckpointer()
-  meta = ckptr.metadata(item)
-  tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta.tree
+  tree = _metadata_tree(item)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
   restored = ckptr.restore(item, target)

@@ -333,6 +333,7 @@ class _Cfg(dict):
 def main(argv):
   del argv
   from absl import logging as absl_logging
+  from big_transfer import checkpoint as ckpt_lib
   from big_transfer import config_lib
   if not FLAGS["verbosity"].present:  # orbax/grain log every save at INFO
     absl_logging.set_verbosity(absl_logging.WARNING)
@@ -344,7 +345,7 @@ def main(argv):
     maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                  FLAGS.process_id)
     run(FLAGS.config, FLAGS.workdir)
-  except (config_lib.ConfigError, sources.DataError, UserError) as e:
+  except (config_lib.ConfigError, sources.DataError, UserError, ckpt_lib.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except FloatingPointError as e:

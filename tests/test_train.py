@@ -1,0 +1,244 @@
+"""The training loop end to end: outputs, sharding layouts, exact resume, failure modes."""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from big_transfer import checkpoint, train
+from big_transfer.logging import read_metrics
+from conftest import MINI, ROOT, losses, mini_config, one_device, run_cli
+
+
+def _by_name(tree):
+  from big_transfer.sharding import path_name
+  return {path_name(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _leaves_equal(a, b):
+  """Bitwise equality by parameter name (checkpoints store integer keys as strings)."""
+  na, nb = _by_name(a), _by_name(b)
+  assert sorted(na) == sorted(nb)
+  return all(np.array_equal(na[k], nb[k]) for k in na)
+
+
+def test_mini_run_writes_metrics_config_checkpoints_and_learns(tmp_path):
+  wd = str(tmp_path)
+  c = mini_config("steps=40,batch=32,width=0.125", log_every=10, eval_every=20,
+                  checkpoint_every=20, eval_data="", tensorboard=True)
+  train.run(c, wd, devices=one_device())
+  rows = read_metrics(wd)
+  train_rows = [r for r in rows if "train/loss" in r]
+  assert [r["step"] for r in train_rows] == [10, 20, 30, 40]
+  assert {"train/lr", "train/accuracy", "train/grad_norm", "train/examples_per_sec",
+          "eta_s"} <= set(train_rows[0])
+  assert train_rows[-1]["train/loss"] < 0.7 * train_rows[0]["train/loss"]
+  evals = [r for r in rows if "eval/accuracy" in r]
+  assert [r["step"] for r in evals] == [20, 40] and evals[-1]["eval/accuracy"] > 0.5
+  cfg = json.load(open(os.path.join(wd, "config.json")))
+  assert cfg["config"]["model"] == "resnet18" and cfg["resolved"]["total_steps"] == 40
+  assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["20", "40"]
+  assert glob.glob(os.path.join(wd, "tensorboard", "events.out.tfevents.*"))
+
+
+def test_durations_in_epochs_and_examples_resolve_to_steps(tmp_path):
+  c = mini_config(total_steps=None, total_epochs=0.1, eval_data="")
+  data = train.prepare(c, str(tmp_path))
+  assert data["total_steps"] == 5  # ceil(0.1 * 1437 / 32)
+  c = mini_config(total_steps=None, total_examples=100)
+  assert train.prepare(c, str(tmp_path))["total_steps"] == 4
+
+
+SHARDING_KW = dict(param_sharding_min_size=0, **{"optimizer.lr": 0.2})
+
+
+@pytest.fixture(scope="module")
+def one_device_reference(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("one_device"))
+  state = train.run(mini_config(**SHARDING_KW), wd, devices=one_device())
+  return losses(wd), jax.device_get(state["params"])
+
+
+@pytest.mark.parametrize("data,fsdp", [(8, 1), (4, 2), (1, 8)])
+def test_same_loss_trajectory_on_one_and_eight_devices(tmp_path, one_device_reference, data,
+                                                       fsdp):
+  ref, ref_params = one_device_reference
+  c = mini_config(**SHARDING_KW)
+  c.mesh.data, c.mesh.fsdp = data, fsdp
+  state = train.run(c, str(tmp_path), devices=jax.devices()[:8])
+  got = losses(str(tmp_path))
+  assert len(ref) == 6 and len(set(np.round(ref, 4))) > 3  # the loss really moves
+  np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5)
+  specs = {str(x.sharding.spec) for x in jax.tree.leaves(state["params"])}
+  if fsdp > 1:  # parameters really are sharded over the fsdp axis
+    assert any("fsdp" in s for s in specs)
+  for a, b in zip(jax.tree.leaves(jax.device_get(state["params"])), jax.tree.leaves(ref_params)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def _wait_for(path, proc, timeout=300):
+  t0 = time.time()
+  while not os.path.isdir(path):
+    if proc.poll() is not None:
+      raise AssertionError(f"run ended before {path} appeared: {proc.stderr.read()[-2000:]}")
+    if time.time() - t0 > timeout:
+      raise AssertionError(f"timeout waiting for {path}")
+    time.sleep(0.02)
+
+
+@pytest.mark.parametrize("total,every", [(40, 7), pytest.param(25, 4, marks=pytest.mark.slow)])
+def test_sigkill_after_a_checkpoint_resumes_bitwise_exactly(tmp_path, total, every):
+  args = [f"--config={MINI}:steps={total},batch=16,width=0.125", "--config.eval_data=none",
+          f"--config.checkpoint_every={every}", "--config.log_every=5",
+          "--config.tensorboard=false", "--config.keep_checkpoints=2"]
+  ref_wd, wd = str(tmp_path / "ref"), str(tmp_path / "killed")
+  run_cli(args + [f"--workdir={ref_wd}"], check=True)
+
+  proc = subprocess.Popen([sys.executable, "-m", "big_transfer.train", *args,
+                           f"--workdir={wd}"], cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  _wait_for(os.path.join(wd, "checkpoints", str(every)), proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert not os.path.isdir(os.path.join(wd, "checkpoints", str(total))), "killed too late"
+
+  out = run_cli(args + [f"--workdir={wd}"], check=True)
+  assert "resumed from" in out.stdout
+  ref_state, ref_step = checkpoint.load_state(ref_wd)
+  state, step = checkpoint.load_state(wd)
+  assert ref_step == step == total
+  assert _leaves_equal(state["params"], ref_state["params"])
+  assert _leaves_equal(state["opt_state"], ref_state["opt_state"])
+  assert _leaves_equal(state["model_state"], ref_state["model_state"])
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tmp_path):
+  wd = str(tmp_path)
+  train.run(mini_config(total_steps=4, checkpoint_every=2), wd, devices=one_device())
+  good, _ = checkpoint.load_state(wd)
+  c = mini_config(total_steps=12, checkpoint_every=2, log_every=3, **{"optimizer.lr": 1e30})
+  with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step \d+") as e:
+    train.run(c, wd, devices=one_device())
+  bad_step = int(str(e.value).split("at step ")[1].split(";")[0])
+  assert bad_step > 4
+  assert "Last good checkpoint: step 4" in str(e.value)
+  state, step = checkpoint.load_state(wd)
+  assert step == 4 and _leaves_equal(state, good)
+
+
+def test_checkpoint_of_another_optimiser_is_a_clear_error_not_corruption(tmp_path):
+  wd = str(tmp_path)
+  train.run(mini_config(total_steps=2, checkpoint_every=2), wd, devices=one_device())
+  c = mini_config(total_steps=4, **{"optimizer.momentum": 0.0})  # no momentum buffers
+  with pytest.raises(checkpoint.CheckpointError, match="different model or optimiser.*trace"):
+    train.run(c, wd, devices=one_device())
+  assert os.listdir(os.path.join(wd, "checkpoints")) == ["2"]  # nothing moved or deleted
+  assert not os.path.exists(os.path.join(wd, "checkpoints_corrupt"))
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous_and_resumes_exactly(tmp_path):
+  ref_wd, wd = str(tmp_path / "ref"), str(tmp_path / "run")
+  kw = dict(total_steps=8, checkpoint_every=2, keep_checkpoints=10)
+  train.run(mini_config(**kw), ref_wd, devices=one_device())
+  # The run that was stopped after step 6 (whose step 6 checkpoint was then damaged).
+  os.makedirs(os.path.join(wd, "checkpoints"))
+  for s in ("2", "4", "6"):
+    shutil.copytree(os.path.join(ref_wd, "checkpoints", s), os.path.join(wd, "checkpoints", s))
+  for f in glob.glob(os.path.join(wd, "checkpoints", "6", "state", "**", "*"), recursive=True):
+    if os.path.isfile(f) and ("ocdbt" in f or "/d/" in f):
+      open(f, "wb").close()  # truncate the array data
+  state = train.run(mini_config(**kw), wd, devices=one_device())
+  ref, _ = checkpoint.load_state(ref_wd)
+  assert _leaves_equal(jax.device_get(state["params"]), ref["params"])
+  assert os.path.isdir(os.path.join(wd, "checkpoints_corrupt", "6"))  # kept, not deleted
+  assert [r["step"] for r in read_metrics(wd) if "train/loss" in r] == [5, 6, 7, 8]
+
+
+def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
+  wd = str(tmp_path)
+  c = mini_config(total_steps=3, checkpoint_every=3, param_sharding_min_size=0)
+  c.mesh.data, c.mesh.fsdp = 2, 4
+  train.run(c, wd, devices=jax.devices()[:8])
+  saved, _ = checkpoint.load_state(wd)
+  c = mini_config(total_steps=5, checkpoint_every=5)
+  state = train.run(c, wd, devices=one_device())
+  assert int(state["step"]) == 5
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+  assert not _leaves_equal(jax.device_get(state["params"]), saved["params"])
+
+
+def test_tfds_dataset_trains(tmp_path):
+  import tensorflow_datasets as tfds
+  c = mini_config(data="tfds:mnist", eval_data="", eval_split="test",
+                  pp_train="to_rgb|resize(32)|value_range(-1,1)",
+                  pp_eval="to_rgb|resize(32)|value_range(-1,1)", total_steps=3,
+                  batch_size=8)
+  with tfds.testing.mock_data(num_examples=24):
+    train.run(c, str(tmp_path), devices=one_device())
+  rows = read_metrics(str(tmp_path))
+  assert any("eval/accuracy" in r for r in rows) and len(losses(str(tmp_path))) == 3
+
+
+def test_converted_arrayrecord_dataset_trains(tmp_path):
+  import io
+  from PIL import Image
+  from big_transfer.data import sources
+  digits = sources.open_source("builtin:digits")
+
+  def png(i):
+    buf = io.BytesIO()
+    Image.fromarray(digits[i]["image"][..., 0]).save(buf, format="PNG")
+    return {"image": buf.getvalue(), "label": int(digits[i]["label"])}
+  sources.write_arrayrecord(str(tmp_path / "data"), {"train": [png(i) for i in range(64)],
+                                                     "test": [png(i) for i in range(64, 80)]},
+                            class_names=[str(i) for i in range(10)])
+  c = mini_config(data=f"arrayrecord:{tmp_path / 'data'}", eval_data="",
+                  pp_train="decode|resize(32)|value_range(-1,1)",
+                  pp_eval="decode|resize(32)|value_range(-1,1)", total_steps=3, batch_size=16)
+  train.run(c, str(tmp_path / "run"), devices=one_device())
+  assert len(losses(str(tmp_path / "run"))) == 3
+
+
+def test_adamw_ema_bf16_clipping_and_lars_step_schedule_train(tmp_path):
+  c = mini_config("steps=8,batch=32,width=0.125", dtype="bfloat16", ema_decay=0.9,
+                  **{"optimizer.name": "adamw", "optimizer.lr": 3e-3,
+                     "optimizer.weight_decay": 0.05, "optimizer.grad_clip_norm": 1.0})
+  state = train.run(c, str(tmp_path / "adamw"), devices=one_device())
+  assert "ema_params" in state
+  assert not _leaves_equal(jax.device_get(state["ema_params"]),
+                           jax.device_get(state["params"]))
+  l = losses(str(tmp_path / "adamw"))
+  assert np.isfinite(l).all() and l[-1] < l[0]
+  c = mini_config("steps=8,batch=32,width=0.125",
+                  **{"optimizer.name": "lars", "optimizer.lr": 0.5,
+                     "optimizer.schedule": "step", "optimizer.boundaries": (4,)})
+  train.run(c, str(tmp_path / "lars"), devices=one_device())
+  lrs = [r["train/lr"] for r in read_metrics(str(tmp_path / "lars")) if "train/lr" in r]
+  np.testing.assert_allclose(lrs, [0.5] * 4 + [0.05] * 4, rtol=1e-6)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.bogus=1"], "unknown config key 'config.bogus'"),
+    (["--config.optimizer.lrr=0.1"], "unknown config key 'config.optimizer.lrr'"),
+    (["--config.data=tfds:no_such_dataset"], "TFDS has no dataset 'no_such_dataset'"),
+    (["--config.data=arrayrecord:/no/such/dir"], "'/no/such/dir' does not exist"),
+    (["--config.pp_train=decode|blur(2)"], "unknown preprocessing op 'blur'"),
+    (["--config.model=resnet7"], "unknown model 'resnet7'"),
+])
+def test_bad_input_is_one_line_before_any_compile(tmp_path, args, message):
+  out = run_cli([f"--config={MINI}", f"--workdir={tmp_path}", *args])
+  assert out.returncode == 2
+  err = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+  assert len(err) == 1 and message in err[0], out.stderr[-1500:]
+  assert "Traceback" not in out.stderr
+  assert "first step" not in out.stdout
+  assert not os.path.isdir(os.path.join(tmp_path, "checkpoints"))
