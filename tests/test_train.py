@@ -188,24 +188,22 @@ def test_tfds_dataset_trains(tmp_path):
   assert any("eval/accuracy" in r for r in rows) and len(losses(str(tmp_path))) == 3
 
 
-def test_converted_arrayrecord_dataset_trains(tmp_path):
-  import io
+def test_converted_image_folder_trains(tmp_path):
   from PIL import Image
-  from big_transfer.data import sources
+  from big_transfer.data import convert, sources
   digits = sources.open_source("builtin:digits")
-
-  def png(i):
-    buf = io.BytesIO()
-    Image.fromarray(digits[i]["image"][..., 0]).save(buf, format="PNG")
-    return {"image": buf.getvalue(), "label": int(digits[i]["label"])}
-  sources.write_arrayrecord(str(tmp_path / "data"), {"train": [png(i) for i in range(64)],
-                                                     "test": [png(i) for i in range(64, 80)]},
-                            class_names=[str(i) for i in range(10)])
+  for i in range(80):
+    d = tmp_path / "folder" / ("train" if i < 64 else "test") / str(int(digits[i]["label"]))
+    d.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(digits[i]["image"][..., 0]).save(d / f"{i}.png")
+  (tmp_path / "folder" / "train" / "3" / "broken.png").write_bytes(b"\x89PNG broken")
+  convert.main(["imagefolder", str(tmp_path / "folder"), str(tmp_path / "data"), "--workers=1"])
   c = mini_config(data=f"arrayrecord:{tmp_path / 'data'}", eval_data="",
                   pp_train="decode|resize(32)|value_range(-1,1)",
                   pp_eval="decode|resize(32)|value_range(-1,1)", total_steps=3, batch_size=16)
   train.run(c, str(tmp_path / "run"), devices=one_device())
   assert len(losses(str(tmp_path / "run"))) == 3
+  assert any("eval/accuracy" in r for r in read_metrics(str(tmp_path / "run")))
 
 
 def test_adamw_ema_bf16_clipping_and_lars_step_schedule_train(tmp_path):
