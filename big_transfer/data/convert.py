@@ -298,11 +298,11 @@ class LabelMap:
       ids = sorted({int(l) for l in labels})
       self.names = [str(i) for i in range(max(ids) + 1)] if ids else []
     else:
-      self.names = sorted(labels)
+      self.names = sorted(str(l) for l in labels)
     self.index = {n: i for i, n in enumerate(self.names)}
 
   def __call__(self, label) -> int:
-    return int(label) if self.numeric else self.index[label]
+    return int(label) if self.numeric else self.index[str(label)]
 
 
 def _relabel(dst: str, files: list[str], label_map: LabelMap):
@@ -317,8 +317,8 @@ def _relabel(dst: str, files: list[str], label_map: LabelMap):
     w = arm.ArrayRecordWriter(path + ".tmp", "group_size:1")
     for r in records:
       if "label" in r and not isinstance(r["label"], int):
-        r["label_name"] = r["label"]
-        r["label"] = label_map(r["label"])
+        r["label_name"] = str(r["label"])
+        r["label"] = label_map(r["label_name"])
       w.write(sources.encode_record(r))
     w.close()
     os.replace(path + ".tmp", path)
@@ -382,7 +382,7 @@ def run(kind: str, src: str, dst: str, args) -> dict:
       s["num_examples"] += r["counts"][split]
   labels = {k.split("\t", 1)[1] for k in label_counts}
   label_map = LabelMap(labels) if labels else None
-  if label_map is not None and not label_map.numeric:
+  if label_map is not None:  # class names (folders, CSV values, .cls text) -> integer ids
     _relabel(dst, [f for s in splits.values() for f in s["files"]], label_map)
   for split, s in splits.items():
     per_class = collections.Counter()
