@@ -162,7 +162,7 @@ def validate(config) -> None:
                         f"(known: {', '.join(known)})")
   for key in ("data",) + (("eval_data",) if config.eval_data not in ("", "none") else ()):
     try:
-      sources.parse_spec(config[key])
+      sources.check_spec(config[key])
     except sources.DataError as e:
       raise ConfigError(f"config.{key}: {e}") from None
   for key in ("pp_train", "pp_eval"):

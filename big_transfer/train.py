@@ -81,11 +81,24 @@ def prepare(config, workdir: str) -> dict[str, Any]:
     warmup = int(round(config.optimizer.warmup_epochs * len(train_source) / config.batch_size))
   eval_source = None
   if config.eval_data != "none":
-    spec = config.eval_data or str(sources.parse_spec(config.data).with_split(config.eval_split))
+    spec = config.eval_data or _eval_spec(config.data, config.eval_split)
     eval_source = sources.open_source(spec, config.eval_split)
   return dict(train_source=train_source, eval_source=eval_source, num_classes=num_classes,
               class_names=class_names, total_steps=total_steps, warmup_steps=warmup,
               num_examples=len(train_source))
+
+
+def _eval_spec(train_spec: str, eval_split: str) -> str:
+  """The training source at the eval split, without training-only options (subset size,
+  label noise and template captions apply to training data; filters are kept)."""
+  from big_transfer.data import sources
+  if train_spec.startswith("mix("):
+    raise sources.DataError(f"config.eval_data: set it explicitly for a mixture ({train_spec})")
+  base, _, query = train_spec.partition("?")
+  keep = [q for q in query.split("&") if q.split("=")[0] not in
+          ("size", "subset_seed", "label_noise", "noise_seed", "captions", "caption_seed")]
+  spec = str(sources.parse_spec(base).with_split(eval_split))
+  return spec + ("?" + "&".join(keep) if keep else "")
 
 
 def write_config(config, workdir: str, resolved: dict[str, Any]):

@@ -191,3 +191,72 @@ def test_corrupt_records_are_skipped_not_fatal():
                                    keys=("label",)))
   ids = _ids([next(it) for _ in range(2)])  # 11 good records: the first 8 batch fine
   assert 5 not in ids and len(ids) == 8
+
+
+# ----------------------------------------------------------------------------- study knobs
+
+def test_size_subsets_are_nested_and_deterministic():
+  small = sources.open_source("builtin:glyphs?n=2000&size=300")
+  large = sources.open_source("builtin:glyphs?n=2000&size=1200")
+  again = sources.open_source("builtin:glyphs?n=2000&size=300")
+  assert (len(small), len(large)) == (300, 1200)
+  assert set(small.indices) <= set(large.indices)
+  np.testing.assert_array_equal(small.indices, again.indices)
+  assert len(sources.open_source("builtin:digits?size=10%")) == 144
+  other = sources.open_source("builtin:glyphs?n=2000&size=300&subset_seed=1")
+  assert set(other.indices) != set(small.indices)
+
+
+def test_symmetric_label_noise_rate_and_determinism():
+  src = sources.open_source("builtin:digits?label_noise=0.3&noise_seed=5")
+  flips = [int(src[i]["label"]) != int(src[i]["clean_label"]) for i in range(len(src))]
+  assert abs(np.mean(flips) - 0.3) < 0.05
+  again = sources.open_source("builtin:digits?label_noise=0.3&noise_seed=5")
+  assert all(int(src[i]["label"]) == int(again[i]["label"]) for i in range(50))
+  # Symmetric: wrong labels spread over all the other classes.
+  wrong = [int(src[i]["label"]) for i in range(len(src)) if flips[i]]
+  assert len(set(wrong)) == 10
+  clean = sources.open_source("builtin:digits?label_noise=0")
+  assert all(int(clean[i]["label"]) == int(clean[i]["clean_label"]) for i in range(50))
+
+
+def test_template_captions_replace_web_text():
+  raw = sources.open_source("builtin:glyphs?n=50&caption_noise=1.0")
+  tmpl = sources.open_source("builtin:glyphs?n=50&caption_noise=1.0&captions=template")
+  for i in range(20):
+    ex = tmpl[i]
+    name = raw.class_names[int(ex["label"])]
+    assert ex["caption"].endswith(f" {name}.") and ex["raw_caption"] == raw[i]["caption"]
+  # The raw captions of a noisy source mostly do not name the right class.
+  names_right = sum(f" {raw.class_names[int(raw[i]['label'])]}" in raw[i]["caption"]
+                    for i in range(50))
+  assert names_right < 35
+
+
+def test_metadata_filters_and_mixtures():
+  small = sources.open_source("builtin:shapes?n=300&where=label<3")
+  assert len(small) > 0 and all(int(small[i]["label"]) < 3 for i in range(len(small)))
+  both = sources.open_source("builtin:shapes?n=300&where=label>=2&where=label<=4")
+  assert {int(both[i]["label"]) for i in range(len(both))} == {2, 3, 4}
+  mix = sources.open_source("mix(builtin:glyphs?n=600@3, builtin:shapes?n=200@1)")
+  share = np.mean([mix[i]["source_index"] == 0 for i in range(len(mix))])
+  assert len(mix) == 800 and abs(share - 0.75) < 0.05
+  assert mix.class_names is None  # different label spaces
+  with pytest.raises(sources.DataError, match="needs SPEC@WEIGHT"):
+    sources.open_source("mix(builtin:digits)")
+  with pytest.raises(sources.DataError, match="unknown option 'sizes'"):
+    sources.open_source("builtin:digits?sizes=10")
+
+
+def test_generated_sources_are_deterministic_and_differ_in_controlled_ways():
+  g1, g2 = sources.open_source("builtin:glyphs?n=100"), sources.open_source("builtin:glyphs?n=100")
+  np.testing.assert_array_equal(g1[7]["image"], g2[7]["image"])
+  assert g1[0]["image"].shape == (8, 8, 1)  # the digits' format: a related source
+  g3 = sources.open_source("builtin:glyphs?n=100&seed=1")
+  assert not np.array_equal(g1[7]["image"], g3[7]["image"])
+  letters = sources.open_source("builtin:glyphs?classes=letters&n=10")
+  assert letters.class_names[0] == "A" and len(letters.class_names) == 26
+  shapes = sources.open_source("builtin:shapes?n=10")
+  assert shapes[0]["image"].shape == (32, 32, 3) and len(shapes.class_names) == 10
+  test = sources.open_source("builtin:glyphs:test?n=100")
+  assert not np.array_equal(test[0]["image"], g1[0]["image"])

@@ -41,6 +41,16 @@ class Spec:
 KINDS = ("builtin", "tfds", "arrayrecord")
 
 
+def check_spec(spec: str) -> None:
+  """Syntax check of a full spec (options and mixtures included), without opening data."""
+  spec = spec.strip()
+  if spec.startswith("mix(") and spec.endswith(")"):
+    for part in _split_top_level(spec[4:-1]):
+      check_spec(part.rpartition("@")[0] or part)
+    return
+  parse_spec(spec.partition("?")[0])
+
+
 def parse_spec(spec: str) -> Spec:
   """``kind:name[:split]``. For arrayrecord the name is a path; a split suffix is recognised
   when it names a split of the manifest (``arrayrecord:/data/cifar:test``)."""
@@ -189,8 +199,7 @@ def write_arrayrecord(path: str, splits: dict[str, Sequence[dict[str, Any]]], *,
   return manifest
 
 
-def open_source(spec: str | Spec, default_split: str = "train"):
-  """Opens a spec; raises DataError with one line naming what is wrong."""
+def _open_base(spec: "str | Spec", default_split: str = "train", builtin_options=None):
   spec = parse_spec(spec) if isinstance(spec, str) else spec
   split, lo, hi = _split_and_slice(spec.split or default_split, spec)
   if spec.kind == "builtin":
@@ -200,7 +209,10 @@ def open_source(spec: str | Spec, default_split: str = "train"):
     cls = builtin.BUILTINS[spec.name]
     if split not in cls.SPLITS:
       raise DataError(f"data spec {spec}: no split {split!r} (splits: {', '.join(cls.SPLITS)})")
-    source = cls(split)
+    try:
+      source = cls(split, **(builtin_options or {}))
+    except (TypeError, ValueError) as e:
+      raise DataError(f"data spec {spec}: {e}") from None
   elif spec.kind == "tfds":
     import tensorflow_datasets as tfds
     # tfds handles its own slicing syntax; hand it the split string unchanged.
@@ -226,3 +238,267 @@ def open_source(spec: str | Spec, default_split: str = "train"):
   if not 0 <= a < b <= n:
     raise DataError(f"data spec {spec}: slice [{lo}:{hi}] is empty or outside 0..{n}")
   return Sliced(source, a, b)
+
+
+# ----------------------------------------------------------------------------- study knobs
+# Options after '?' turn one source into the study's variants without forking it:
+#   builtin:glyphs?n=20000&seed=1            built-in generator options
+#   arrayrecord:/data/laion?size=2.7M        a nested, deterministic subset
+#   tfds:cifar100?label_noise=0.2            symmetric label noise at rate p
+#   arrayrecord:/data/in1k?captions=template class-name template captions
+#   arrayrecord:/data/cc12m?where=width>=256 metadata filters (curation), ANDed
+#   mix(builtin:glyphs@0.7,builtin:shapes@0.3)  a weighted mixture of sources
+
+CAPTION_TEMPLATES = ("a photo of a {}.", "a bad photo of a {}.", "a photo of the {}.",
+                     "a close-up photo of a {}.", "a good photo of the {}.", "itap of a {}.",
+                     "a drawing of a {}.", "a photo of one {}.")
+
+OPTIONS = {"size": str, "subset_seed": int, "label_noise": float, "noise_seed": int,
+           "captions": str, "caption_seed": int, "where": str}
+
+
+def _parse_size(value: str, n: int, spec) -> int:
+  v = value.strip().upper()
+  try:
+    if v.endswith("%"):
+      k = round(n * float(v[:-1]) / 100)
+    elif v[-1:] in ("K", "M", "B"):
+      k = round(float(v[:-1]) * {"K": 1e3, "M": 1e6, "B": 1e9}[v[-1]])
+    else:
+      k = int(float(v))
+  except ValueError:
+    raise DataError(f"data spec {spec}: size={value!r} is not a count (1000, 2.7M, 10%)") from None
+  if not 0 < k <= n:
+    raise DataError(f"data spec {spec}: size={value} is outside 1..{n} (the source's size)")
+  return k
+
+
+def _parse_options(query: str, spec: str, extra: dict) -> tuple[dict, dict]:
+  """'a=1&b=2' -> (study options, source-specific options), typed; unknown names rejected."""
+  study, specific = {}, {}
+  for item in [q for q in query.split("&") if q]:
+    key, eq, value = item.partition("=")
+    if not eq:
+      raise DataError(f"data spec {spec}: option {item!r} needs a value ({item}=...)")
+    if key in OPTIONS:
+      typ = OPTIONS[key]
+      target = study
+    elif key in extra:
+      typ = extra[key]
+      target = specific
+    else:
+      known = sorted(OPTIONS) + sorted(extra)
+      raise DataError(f"data spec {spec}: unknown option {key!r} (known: {', '.join(known)})")
+    try:
+      v = typ(value)
+    except ValueError:
+      raise DataError(f"data spec {spec}: option {key}={value!r} is not a {typ.__name__}"
+                      ) from None
+    if key == "where":
+      target.setdefault("where", []).append(v)
+    else:
+      target[key] = v
+  return study, specific
+
+
+class Subset:
+  """A random-access view of ``indices`` of a source."""
+
+  def __init__(self, source, indices):
+    self.source, self.indices = source, np.asarray(indices, np.int64)
+    self.class_names = getattr(source, "class_names", None)
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[int(self.indices[i])]
+
+
+def nested_subset(source, size: int, seed: int = 0) -> Subset:
+  """The first ``size`` of one fixed permutation: every smaller subset is inside every
+  larger one (the 1M subset inside the 2.7M one), on any machine."""
+  perm = np.random.default_rng([seed, len(source)]).permutation(len(source))
+  return Subset(source, np.sort(perm[:size]))
+
+
+class NoisyLabels:
+  """Symmetric label noise: with probability p a label becomes a uniformly chosen *other*
+  class. Deterministic per example from (seed, index); the clean label is kept."""
+
+  def __init__(self, source, p: float, seed: int, num_classes: int):
+    self.source, self.p, self.seed, self.num_classes = source, p, seed, num_classes
+    self.class_names = getattr(source, "class_names", None)
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    ex = dict(self.source[i])
+    rng = np.random.default_rng([self.seed, 7, int(i)])
+    clean = int(ex["label"])
+    ex["clean_label"] = clean
+    if rng.random() < self.p:
+      ex["label"] = (clean + int(rng.integers(1, self.num_classes))) % self.num_classes
+    return ex
+
+
+class TemplateCaptions:
+  """Replaces web captions with class-name templates ("a photo of a {label}."); the
+  original text is kept as ``raw_caption``."""
+
+  def __init__(self, source, class_names, seed: int = 0, templates=CAPTION_TEMPLATES):
+    self.source, self.names, self.seed, self.templates = source, class_names, seed, templates
+    self.class_names = class_names
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    ex = dict(self.source[i])
+    if "caption" in ex:
+      ex["raw_caption"] = ex["caption"]
+    t = self.templates[np.random.default_rng([self.seed, 11, int(i)]).integers(
+        len(self.templates))]
+    ex["caption"] = t.format(self.names[int(ex["label"])].replace("_", " "))
+    return ex
+
+
+_COMPARE = re.compile(r"^([\w.]+)\s*(>=|<=|==|!=|>|<)\s*(.+)$")
+
+
+def _predicate(expr: str, spec):
+  m = _COMPARE.match(expr.strip())
+  if not m:
+    raise DataError(f"data spec {spec}: where={expr!r} is not FIELD OP VALUE "
+                    f"(OP one of >= <= == != > <)")
+  field, op, value = m[1], m[2], m[3].strip()
+  try:
+    num = float(value)
+  except ValueError:
+    num = None
+
+  def get(ex):
+    if field in ex:
+      return ex[field]
+    meta = ex.get("meta")
+    if isinstance(meta, (str, bytes)):
+      try:
+        meta = json.loads(meta)
+      except ValueError:
+        meta = None
+    return meta.get(field) if isinstance(meta, dict) else None
+
+  def pred(ex):
+    v = get(ex)
+    if v is None:
+      return False
+    if num is not None:
+      try:
+        a, b = float(v), num
+      except (TypeError, ValueError):
+        return False
+    else:
+      a, b = str(v), value
+    return {">=": a >= b, "<=": a <= b, "==": a == b, "!=": a != b, ">": a > b, "<": a < b}[op]
+  return pred
+
+
+class Mixture:
+  """Examples drawn from several sources with given weights, in a fixed interleaving from a
+  seed; each component is cycled through in order, so every example of a component appears
+  before any repeats. Class names are kept when all components share them."""
+
+  def __init__(self, sources_, weights, seed: int = 0):
+    w = np.asarray(weights, np.float64)
+    if (w <= 0).any():
+      raise ValueError("mixture weights must be positive")
+    self.sources, self.weights = list(sources_), w / w.sum()
+    n = sum(len(s) for s in self.sources)
+    rng = np.random.default_rng([seed, 13])
+    self.component = rng.choice(len(self.sources), size=n, p=self.weights).astype(np.int32)
+    self.position = np.zeros(n, np.int64)
+    for k in range(len(self.sources)):
+      where = np.flatnonzero(self.component == k)
+      self.position[where] = np.arange(len(where)) % len(self.sources[k])
+    names = [getattr(s, "class_names", None) for s in self.sources]
+    self.class_names = names[0] if all(x == names[0] for x in names) else None
+
+  def __len__(self):
+    return len(self.component)
+
+  def __getitem__(self, i):
+    k = int(self.component[i])
+    ex = dict(self.sources[k][int(self.position[i])])
+    ex["source_index"] = k
+    return ex
+
+
+def _split_top_level(text: str, sep: str = ",") -> list[str]:
+  parts, depth, cur = [], 0, []
+  for ch in text:
+    if ch == "(":
+      depth += 1
+    elif ch == ")":
+      depth -= 1
+    if ch == sep and depth == 0:
+      parts.append("".join(cur))
+      cur = []
+    else:
+      cur.append(ch)
+  parts.append("".join(cur))
+  return [p.strip() for p in parts if p.strip()]
+
+
+def open_source(spec: str, default_split: str = "train"):
+  """Opens a spec string with its options; raises DataError with one line naming what is
+  wrong (the spec, the option, the value)."""
+  spec = str(spec).strip()
+  if spec.startswith("mix(") and spec.endswith(")"):
+    comps, weights = [], []
+    for part in _split_top_level(spec[4:-1]):
+      sub, at, w = part.rpartition("@")
+      try:
+        weight = float(w) if at else None
+      except ValueError:
+        weight = None
+      if weight is None or weight <= 0:
+        raise DataError(f"data spec {spec}: mixture part {part!r} needs SPEC@WEIGHT with a "
+                        f"positive weight")
+      comps.append(open_source(sub, default_split))
+      weights.append(weight)
+    if not comps:
+      raise DataError(f"data spec {spec}: empty mixture")
+    return Mixture(comps, weights)
+
+  base, _, query = spec.partition("?")
+  parsed = parse_spec(base)
+  extra = {}
+  if parsed.kind == "builtin" and parsed.name in builtin.BUILTINS:
+    extra = getattr(builtin.BUILTINS[parsed.name], "OPTIONS", {})
+  opts, specific = _parse_options(query, spec, extra)
+  source = _open_base(parsed, default_split, builtin_options=specific)
+  names = getattr(source, "class_names", None)
+  for expr in opts.get("where", []):
+    pred = _predicate(expr, spec)
+    source = Subset(source, [i for i in range(len(source)) if pred(source[i])])
+    if not len(source):
+      raise DataError(f"data spec {spec}: where={expr!r} keeps no examples")
+  if "size" in opts:
+    source = nested_subset(source, _parse_size(opts["size"], len(source), spec),
+                           opts.get("subset_seed", 0))
+  if "label_noise" in opts:
+    p = opts["label_noise"]
+    if not 0 <= p <= 1:
+      raise DataError(f"data spec {spec}: label_noise={p} is not in [0, 1]")
+    if not names:
+      raise DataError(f"data spec {spec}: label_noise needs a labelled source with class names")
+    source = NoisyLabels(source, p, opts.get("noise_seed", 0), len(names))
+  if "captions" in opts:
+    if opts["captions"] == "template":
+      if not names:
+        raise DataError(f"data spec {spec}: captions=template needs class names")
+      source = TemplateCaptions(source, names, opts.get("caption_seed", 0))
+    elif opts["captions"] != "raw":
+      raise DataError(f"data spec {spec}: captions={opts['captions']!r} is not raw or template")
+  return source
