@@ -260,3 +260,32 @@ def test_generated_sources_are_deterministic_and_differ_in_controlled_ways():
   assert shapes[0]["image"].shape == (32, 32, 3) and len(shapes.class_names) == 10
   test = sources.open_source("builtin:glyphs:test?n=100")
   assert not np.array_equal(test[0]["image"], g1[0]["image"])
+
+
+def test_colour_and_simclr_ops():
+  rng = lambda s=0: np.random.default_rng(s)
+  img = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+  run = lambda pp, s=0: ops.parse(pp)({"image": img, "label": 1}, rng(s))
+  g = run("grayscale(p=1.0)")["image"]
+  assert g.shape == img.shape and (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
+  np.testing.assert_array_equal(run("grayscale(p=0.0)")["image"], img)
+  s = run("solarize(threshold=128, p=1.0)")["image"]
+  np.testing.assert_array_equal(s, np.where(img >= 128, 255 - img, img))
+  j1, j2 = run("color_jitter(p=1.0)", 3)["image"], run("color_jitter(p=1.0)", 3)["image"]
+  np.testing.assert_array_equal(j1, j2)
+  assert not np.array_equal(j1, img) and j1.dtype == np.uint8
+  b = run("gaussian_blur(1.5, 1.5, p=1.0)")["image"].astype(np.float32)
+  assert np.abs(np.diff(b, axis=1)).mean() < 0.5 * np.abs(np.diff(img.astype(np.float32), axis=1)).mean()
+  ra = run("randaugment(2, 9, 0.5)", 4)["image"]
+  assert ra.shape == img.shape and ra.dtype == np.uint8
+  np.testing.assert_array_equal(ra, run("randaugment(2, 9, 0.5)", 4)["image"])
+  e = run("value_range(-1,1)|random_erasing(p=1.0)")["image"]
+  assert (e != run("value_range(-1,1)")["image"]).mean() > 0.01
+  views = run("two_views('inception_crop(16)|flip_lr|color_jitter(p=0.8)|value_range(-1,1)')")
+  assert set(views) == {"image1", "image2", "label"} and views["label"] == 1
+  assert views["image1"].shape == views["image2"].shape == (16, 16, 3)
+  assert not np.array_equal(views["image1"], views["image2"])
+  with pytest.raises(ops.PreprocessError, match="unknown preprocessing op 'blur'"):
+    ops.parse("two_views('blur(1)')")
+  with pytest.raises(ops.PreprocessError, match="bad argument"):
+    ops.parse("color_jitter(hue=0.9)")

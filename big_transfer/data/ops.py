@@ -50,16 +50,39 @@ def _parse_call(text: str) -> tuple[str, tuple, dict]:
   raise PreprocessError(f"preprocessing op {text!r} is not NAME or NAME(args)")
 
 
+def _split_ops(spec: str) -> list[str]:
+  """Splits on '|' outside quotes and parentheses (two_views takes op strings)."""
+  parts, cur, depth, quote = [], [], 0, None
+  for ch in spec:
+    if quote:
+      quote = None if ch == quote else quote
+    elif ch in "'\"":
+      quote = ch
+    elif ch == "(":
+      depth += 1
+    elif ch == ")":
+      depth -= 1
+    elif ch == "|" and depth == 0:
+      parts.append("".join(cur))
+      cur = []
+      continue
+    cur.append(ch)
+  parts.append("".join(cur))
+  return parts
+
+
 def parse(spec: str) -> Op:
   """Builds one function from an op string; raises PreprocessError naming the bad op."""
   fns = []
-  for text in [t for t in spec.split("|") if t.strip()]:
+  for text in [t for t in _split_ops(spec) if t.strip()]:
     name, args, kwargs = _parse_call(text)
     if name not in REGISTRY:
       raise PreprocessError(f"unknown preprocessing op {name!r} in {spec!r}; known ops: "
                             f"{', '.join(sorted(REGISTRY))}")
     try:
       fns.append(REGISTRY[name](*args, **kwargs))
+    except PreprocessError:
+      raise
     except (TypeError, ValueError) as e:
       raise PreprocessError(f"preprocessing op {text.strip()!r}: bad argument ({e})") from None
 
@@ -267,6 +290,205 @@ def _rename(**mapping):
     example = dict(example)
     for new, old in mapping.items():
       example[new] = example.pop(old)
+    return example
+  return op
+
+
+# ----------------------------------------------------------------------------- colour and
+# geometry augmentations (uint8 in, uint8 out; SimCLR / RandAugment building blocks)
+
+def _check_p(p):
+  if not 0 <= p <= 1:
+    raise ValueError(f"probability p={p} is not in [0, 1]")
+
+
+def _as_uint8_rgb(img):
+  img = np.asarray(img)
+  if img.dtype != np.uint8:
+    raise ValueError("colour ops expect uint8 images: put them before value_range/normalize")
+  return img
+
+
+def _gray(img):
+  f = img.astype(np.float32)
+  g = f[..., 0] * 0.299 + f[..., 1] * 0.587 + f[..., 2] * 0.114 if img.shape[-1] == 3 else f[..., 0]
+  return g[..., None]
+
+
+def _blend(a, b, factor):
+  """factor * a + (1 - factor) * b, as PIL's ImageEnhance: factor 1 keeps a."""
+  return np.clip(b + factor * (a.astype(np.float32) - b), 0, 255)
+
+
+def _adjust_hue(img, delta):
+  from PIL import Image
+  hsv = np.asarray(Image.fromarray(img).convert("HSV")).copy()
+  hsv[..., 0] = (hsv[..., 0].astype(np.int32) + int(round(delta * 255))) % 256
+  return np.asarray(Image.fromarray(hsv, mode="HSV").convert("RGB"))
+
+
+@register("color_jitter")
+def _color_jitter(brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.4,
+                  hue: float = 0.1, p: float = 1.0, key: str = "image"):
+  """SimCLR's colour distortion: brightness, contrast, saturation, hue in a random order."""
+  _check_p(p)
+  if not 0 <= hue <= 0.5:
+    raise ValueError(f"hue={hue} is not in [0, 0.5]")
+  def fn(img, rng):
+    img = _as_uint8_rgb(img)
+    if rng.random() >= p:
+      return img
+    out = img.astype(np.float32)
+    for t in rng.permutation(4):
+      if t == 0 and brightness:
+        out = _blend(out, 0.0, rng.uniform(1 - brightness, 1 + brightness))
+      elif t == 1 and contrast:
+        out = _blend(out, _gray(out.astype(np.uint8)).mean(),
+                     rng.uniform(1 - contrast, 1 + contrast))
+      elif t == 2 and saturation and out.shape[-1] == 3:
+        out = _blend(out, _gray(out.astype(np.uint8)), rng.uniform(1 - saturation,
+                                                                   1 + saturation))
+      elif t == 3 and hue and out.shape[-1] == 3:
+        out = _adjust_hue(out.astype(np.uint8), rng.uniform(-hue, hue)).astype(np.float32)
+    return out.astype(np.uint8)
+  return _keyed(fn, key)
+
+
+@register("grayscale")
+def _grayscale(p: float = 1.0, key: str = "image"):
+  """Random grayscale (3 channels kept)."""
+  _check_p(p)
+  def fn(img, rng):
+    img = _as_uint8_rgb(img)
+    if rng.random() >= p:
+      return img
+    return np.repeat(np.round(_gray(img)), img.shape[-1], axis=-1).astype(np.uint8)
+  return _keyed(fn, key)
+
+
+@register("gaussian_blur")
+def _gaussian_blur(sigma_min: float = 0.1, sigma_max: float = 2.0, p: float = 0.5,
+                   key: str = "image"):
+  """Blur with sigma drawn uniformly from [sigma_min, sigma_max] (SimCLR: 10% of the side)."""
+  _check_p(p)
+  if not 0 < sigma_min <= sigma_max:
+    raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
+  def fn(img, rng):
+    from PIL import Image, ImageFilter
+    img = _as_uint8_rgb(img)
+    if rng.random() >= p:
+      return img
+    squeeze = img.shape[-1] == 1
+    im = Image.fromarray(img[..., 0] if squeeze else img)
+    out = np.asarray(im.filter(ImageFilter.GaussianBlur(rng.uniform(sigma_min, sigma_max))))
+    return out[..., None] if squeeze else out
+  return _keyed(fn, key)
+
+
+@register("solarize")
+def _solarize(threshold: int = 128, p: float = 0.2, key: str = "image"):
+  _check_p(p)
+  def fn(img, rng):
+    img = _as_uint8_rgb(img)
+    if rng.random() >= p:
+      return img
+    return np.where(img >= threshold, 255 - img, img).astype(np.uint8)
+  return _keyed(fn, key)
+
+
+def _ra_ops():
+  from PIL import Image, ImageEnhance, ImageOps
+
+  def enhance(cls):
+    return lambda im, m, rng: cls(im).enhance(1 + m * 0.9 * rng.choice((-1, 1)))
+
+  def affine(kind):
+    def op(im, m, rng):
+      v = m * rng.choice((-1, 1))
+      w, h = im.size
+      coeffs = {"shear_x": (1, v * 0.3, 0, 0, 1, 0), "shear_y": (1, 0, 0, v * 0.3, 1, 0),
+                "translate_x": (1, 0, v * 0.45 * w, 0, 1, 0),
+                "translate_y": (1, 0, 0, 0, 1, v * 0.45 * h)}[kind]
+      return im.transform(im.size, Image.AFFINE, coeffs, fillcolor=(128,) * len(im.getbands()))
+    return op
+
+  return {
+      "identity": lambda im, m, rng: im,
+      "autocontrast": lambda im, m, rng: ImageOps.autocontrast(im),
+      "equalize": lambda im, m, rng: ImageOps.equalize(im),
+      "rotate": lambda im, m, rng: im.rotate(m * 30 * rng.choice((-1, 1)),
+                                             fillcolor=(128,) * len(im.getbands())),
+      "solarize": lambda im, m, rng: ImageOps.solarize(im, int(256 - m * 256)),
+      "posterize": lambda im, m, rng: ImageOps.posterize(im, max(1, int(round(8 - m * 4)))),
+      "color": enhance(ImageEnhance.Color),
+      "contrast": enhance(ImageEnhance.Contrast),
+      "brightness": enhance(ImageEnhance.Brightness),
+      "sharpness": enhance(ImageEnhance.Sharpness),
+      "shear_x": affine("shear_x"), "shear_y": affine("shear_y"),
+      "translate_x": affine("translate_x"), "translate_y": affine("translate_y"),
+  }
+
+
+@register("randaugment")
+def _randaugment(num_layers: int = 2, magnitude: float = 9, magnitude_std: float = 0.5,
+                 key: str = "image"):
+  """RandAugment (Cubuk et al.) as timm's ``rand-m9-mstd0.5``: ``num_layers`` ops drawn
+  uniformly, each at magnitude ~ N(m, mstd) out of 10."""
+  if not 0 <= magnitude <= 10 or num_layers < 1:
+    raise ValueError(f"need num_layers >= 1 and magnitude in [0, 10], got {num_layers}, "
+                     f"{magnitude}")
+  table = _ra_ops()
+  names = sorted(table)
+  def fn(img, rng):
+    from PIL import Image
+    img = _as_uint8_rgb(img)
+    squeeze = img.shape[-1] == 1
+    im = Image.fromarray(img[..., 0] if squeeze else img)
+    for _ in range(num_layers):
+      m = float(np.clip(rng.normal(magnitude, magnitude_std) if magnitude_std else magnitude,
+                        0, 10)) / 10
+      im = table[names[rng.integers(len(names))]](im, m, rng)
+    out = np.asarray(im)
+    return out[..., None] if squeeze else out
+  return _keyed(fn, key)
+
+
+@register("random_erasing")
+def _random_erasing(p: float = 0.25, area_min: float = 0.02, area_max: float = 1 / 3,
+                    key: str = "image"):
+  """Erases a random rectangle with per-pixel normal noise (timm's mode 'pixel'); use after
+  normalisation, on float images."""
+  _check_p(p)
+  def fn(img, rng):
+    img = np.array(img, np.float32)
+    if rng.random() >= p:
+      return img
+    h, w = img.shape[:2]
+    for _ in range(10):
+      area = h * w * rng.uniform(area_min, area_max)
+      r = np.exp(rng.uniform(np.log(0.3), np.log(1 / 0.3)))
+      eh, ew = int(round(np.sqrt(area * r))), int(round(np.sqrt(area / r)))
+      if 0 < eh < h and 0 < ew < w:
+        t, l = rng.integers(0, h - eh + 1), rng.integers(0, w - ew + 1)
+        img[t:t + eh, l:l + ew] = rng.normal(size=(eh, ew, img.shape[-1]))
+        break
+    return img
+  return _keyed(fn, key)
+
+
+@register("two_views")
+def _two_views(pp: str, pp2: str | None = None, key: str = "image",
+               out: tuple = ("image1", "image2")):
+  """Two independently augmented views of ``key`` (SimCLR): ``pp`` for the first, ``pp2``
+  (default: ``pp``) for the second, each with its own randomness."""
+  first = parse(pp)
+  second = parse(pp2) if pp2 else first
+  def op(example, rng):
+    example = dict(example)
+    src = example.pop(key)
+    v1 = first({key: src}, np.random.default_rng(rng.integers(2**63)))[key]
+    v2 = second({key: src}, np.random.default_rng(rng.integers(2**63)))[key]
+    example[out[0]], example[out[1]] = v1, v2
     return example
   return op
 
