@@ -289,3 +289,22 @@ def test_colour_and_simclr_ops():
     ops.parse("two_views('blur(1)')")
   with pytest.raises(ops.PreprocessError, match="bad argument"):
     ops.parse("color_jitter(hue=0.9)")
+
+
+def test_fused_reduced_dct_decode_matches_the_plain_chain():
+  from big_transfer import bench
+  jpegs = bench.synthetic_jpegs(6, 600, 800)
+  pp = "decode|inception_crop(64)|flip_lr|value_range(0,1)"
+  fused, plain = ops.parse(pp), ops.parse(pp, fuse=False)
+  for i, data in enumerate(jpegs):
+    a = fused({"image": data}, np.random.default_rng(i))["image"]
+    b = plain({"image": data}, np.random.default_rng(i))["image"]
+    assert a.shape == b.shape == (64, 64, 3)
+    # Same crop box from the same rng; pixels differ only by DCT-scaled decoding.
+    assert np.abs(a - b).mean() < 0.03, i
+  ev = ops.parse("decode|resize_small(40)|central_crop(40)")({"image": jpegs[0]}, None)["image"]
+  assert ev.shape == (40, 40, 3)
+  png = io.BytesIO()
+  Image.fromarray(np.zeros((30, 50, 3), np.uint8)).save(png, format="PNG")
+  out = ops.parse("decode|inception_crop(16)")({"image": png.getvalue()}, np.random.default_rng(0))
+  assert out["image"].shape == (16, 16, 3)  # non-JPEG bytes take the plain path
