@@ -34,3 +34,18 @@ def test_two_processes_match_the_single_process_run(tmp_path):
   # Metrics come from process 0 only: one row per logged step.
   steps = [r["step"] for r in read_metrics(mp_wd) if "train/loss" in r]
   assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_two_jax_processes_read_disjoint_shards_covering_the_epoch(tmp_path):
+  import json
+  import sys
+  cmd = [os.path.join(ROOT, "launch", "local.sh"), "2", "--", sys.executable,
+         os.path.join(ROOT, "tests", "mp_reader.py"), str(tmp_path)]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stdout[-3000:]
+  seen = [json.load(open(tmp_path / f"process_{i}.json")) for i in range(2)]
+  assert all(s["process_count"] == 2 for s in seen)
+  a, b = seen[0]["ids"], seen[1]["ids"]
+  assert len(a) == len(b) == 24 and not set(a) & set(b)
+  assert sorted(a + b) == list(range(48))

@@ -240,3 +240,13 @@ def test_bad_input_is_one_line_before_any_compile(tmp_path, args, message):
   assert "Traceback" not in out.stderr
   assert "first step" not in out.stdout
   assert not os.path.isdir(os.path.join(tmp_path, "checkpoints"))
+
+
+def test_multiprocess_data_workers_feed_the_same_batches(tmp_path):
+  ref_wd, wd = str(tmp_path / "threads"), str(tmp_path / "workers")
+  train.run(mini_config(), ref_wd, devices=one_device())
+  out = run_cli([f"--config={MINI}:{'steps=6,batch=32,width=0.125'}", f"--workdir={wd}",
+                 "--config.data_workers=2", "--config.log_every=1", "--config.eval_data=none",
+                 "--config.tensorboard=false", "--config.optimizer.warmup_steps=0"])
+  assert out.returncode == 0, out.stderr[-2000:]
+  np.testing.assert_allclose(losses(wd), losses(ref_wd), rtol=1e-5, atol=1e-6)

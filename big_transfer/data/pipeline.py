@@ -70,11 +70,12 @@ def train_dataset(source, *, pp: str, batch_size: int, seed: int, keys: Sequence
   ds = ds[process_index::process_count]
   ds = ds.map(_Preprocess(pp, seed, keys))
   it = ds.to_iter_dataset(_read_options(threads))
-  it = it.filter(_not_none)
-  it = it.batch(batch_size // process_count, drop_remainder=True)
   if workers > 0:
+    # Workers preprocess interleaved single examples; batching happens after them, in this
+    # process, so batches do not depend on the number of workers.
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-  return it
+  it = it.filter(_not_none)
+  return it.batch(batch_size // process_count, drop_remainder=True)
 
 
 class _Padded:
