@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 AXES = ("data", "fsdp")
@@ -28,9 +29,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
     sizes[sizes.index(-1)] = n // known
   if int(np.prod(sizes)) != n:
     raise ValueError(f"mesh: data={sizes[0]} x fsdp={sizes[1]} != {n} devices")
-  try:
-    arr = jax.experimental.mesh_utils.create_device_mesh(sizes, devices)
-  except Exception:  # noqa: BLE001  (odd topologies): keep the given order
+  try:  # topology-aware order on TPU/GPU slices
+    arr = mesh_utils.create_device_mesh(sizes, devices)
+  except (ValueError, NotImplementedError, AssertionError):  # odd topologies: given order
     arr = np.asarray(devices).reshape(sizes)
   return Mesh(arr, AXES, axis_types=(AxisType.Auto,) * len(AXES))
 

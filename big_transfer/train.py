@@ -122,6 +122,7 @@ def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
 
   import jax
   import jax.numpy as jnp
+  import ml_collections
   import numpy as np
   import optax
   from flax import nnx
@@ -155,16 +156,17 @@ def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
   # ---------------------------------------------------------------- input
   method = methods.get(config.method, config, {"num_classes": data["num_classes"],
                                                "class_names": data["class_names"]})
+  skipped = pipeline.SkipCounter()
   train_ds = pipeline.train_dataset(
       data["train_source"], pp=config.pp_train, batch_size=config.batch_size, seed=config.seed,
       keys=method.batch_keys, process_index=pid, process_count=pcount,
-      threads=config.data_threads, workers=config.data_workers)
+      threads=config.data_threads, workers=config.data_workers, skipped=skipped)
   train_iter = iter(train_ds)
 
   # ---------------------------------------------------------------- model and optimiser
-  opt_cfg = config.optimizer.to_dict()
-  opt_cfg["warmup_steps"] = data["warmup_steps"]
-  tx, lr_schedule = optim.build(_Cfg(opt_cfg), total_steps)
+  opt_cfg = ml_collections.ConfigDict(config.optimizer.to_dict())
+  opt_cfg.warmup_steps = data["warmup_steps"]  # resolved from warmup_epochs when given
+  tx, lr_schedule = optim.build(opt_cfg, total_steps)
   try:
     abstract_model = nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0)))
   except (TypeError, ValueError) as e:
@@ -310,7 +312,8 @@ def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
         mean = {f"train/{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]}
         rate = progress.update(step)
         mean.update({"train/examples_per_sec": rate["examples_per_sec"],
-                     "train/steps_per_sec": rate["steps_per_sec"], "eta_s": rate["eta_s"]})
+                     "train/steps_per_sec": rate["steps_per_sec"], "eta_s": rate["eta_s"],
+                     "train/skipped_records": skipped.count})
         writer.write(step, mean)
         log_lib.info(
             f"step {step}/{total_steps} loss {mean['train/loss']:.4f} "
@@ -329,18 +332,9 @@ def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
   finally:
     ckpt.close()
     writer.close()
-  log_lib.info(f"done: {total_steps} steps; checkpoints in {ckpt.directory}")
+  log_lib.info(f"done: {total_steps} steps; checkpoints in {ckpt.directory}; skipped "
+               f"{skipped.count} corrupt records (process {pid})")
   return state
-
-
-class _Cfg(dict):
-  """dict with attribute access, for builders that read config-like objects."""
-
-  def __getattr__(self, k):
-    try:
-      return self[k]
-    except KeyError:
-      raise AttributeError(k) from None
 
 
 def main(argv):

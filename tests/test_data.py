@@ -187,10 +187,13 @@ def test_corrupt_records_are_skipped_not_fatal():
       if i == 5:
         ex["image"] = b"not an image"
       return ex
+  counter = pipeline.SkipCounter()
   it = iter(pipeline.train_dataset(Broken(12), pp="decode(1)", batch_size=4, seed=0,
-                                   keys=("label",)))
+                                   keys=("label",), skipped=counter))
   ids = _ids([next(it) for _ in range(2)])  # 11 good records: the first 8 batch fine
   assert 5 not in ids and len(ids) == 8
+  ids += _ids([next(it) for _ in range(4)])  # further epochs meet record 5 again
+  assert 5 not in ids and counter.count >= 1
 
 
 # ----------------------------------------------------------------------------- study knobs

@@ -73,7 +73,31 @@ def _noisy_caption(rng, true_caption: str, names, templates, noise: float) -> st
   return templates[rng.integers(len(templates))].format(names[rng.integers(len(names))])
 
 
-class GlyphsSource:
+class _Generated:
+  """A generated source: ``n`` examples per split, each a pure function of
+  (seed, stream + split, index)."""
+
+  SPLITS = {"train": 0, "test": 1}
+  STREAM = 0  # keeps the randomness of different generators apart
+
+  def __init__(self, split, n, seed, caption_noise):
+    if n <= 0:
+      raise ValueError(f"n={n} must be positive")
+    if not 0 <= caption_noise <= 1:
+      raise ValueError(f"caption_noise={caption_noise} not in [0, 1]")
+    self.n, self.seed, self.noise = n, seed, caption_noise
+    self.split_id = self.SPLITS[split]
+
+  def __len__(self):
+    return self.n
+
+  def _rng(self, i) -> np.random.Generator:
+    if not 0 <= i < self.n:
+      raise IndexError(i)
+    return np.random.default_rng([self.seed, self.STREAM + self.split_id, int(i)])
+
+
+class GlyphsSource(_Generated):
   """Rendered characters, binarised at 32x32 and reduced to 8x8 by counting pixels in 4x4
   blocks, as the UCI digits were made: a source related to ``digits`` by construction.
 
@@ -82,7 +106,6 @@ class GlyphsSource:
   class). Every example is a pure function of (seed, split, index).
   """
 
-  SPLITS = {"train": 0, "test": 1}
   OPTIONS = {"classes": str, "n": int, "seed": int, "res": int, "caption_noise": float}
 
   def __init__(self, split="train", classes="digits", n=10000, seed=0, res=8,
@@ -91,20 +114,13 @@ class GlyphsSource:
       raise ValueError(f"classes={classes!r} not in {sorted(GLYPH_SETS)}")
     if res not in (8, 32):
       raise ValueError(f"res={res} not in (8, 32)")
-    if not 0 <= caption_noise <= 1:
-      raise ValueError(f"caption_noise={caption_noise} not in [0, 1]")
+    super().__init__(split, n, seed, caption_noise)
     self.class_names = GLYPH_SETS[classes]
-    self.n, self.seed, self.res, self.noise = n, seed, res, caption_noise
-    self.split_id = self.SPLITS[split]
-
-  def __len__(self):
-    return self.n
+    self.res = res
 
   def __getitem__(self, i):
     from PIL import Image, ImageDraw
-    if not 0 <= i < self.n:
-      raise IndexError(i)
-    rng = np.random.default_rng([self.seed, self.split_id, int(i)])
+    rng = self._rng(i)
     label = int(rng.integers(len(self.class_names)))
     ch = self.class_names[label]
     im = Image.new("L", (64, 64))
@@ -174,29 +190,26 @@ def _shape_polygon(kind, cx, cy, r, angle):
   raise ValueError(kind)
 
 
-class ShapesSource:
+class ShapesSource(_Generated):
   """Coloured geometric shapes on textured backgrounds, 32x32 RGB, 10 classes: a source
   unrelated to digits. Captions name the colour and shape; ``caption_noise`` as for glyphs.
 
   Options: ``n``, ``seed``, ``caption_noise``, ``texture`` (background noise level 0..1).
   """
 
-  SPLITS = {"train": 0, "test": 1}
   OPTIONS = {"n": int, "seed": int, "caption_noise": float, "texture": float}
+  STREAM = 100
 
   def __init__(self, split="train", n=10000, seed=0, caption_noise=0.0, texture=0.5):
+    if not 0 <= texture <= 1:
+      raise ValueError(f"texture={texture} not in [0, 1]")
+    super().__init__(split, n, seed, caption_noise)
     self.class_names = SHAPES
-    self.n, self.seed, self.noise, self.texture = n, seed, caption_noise, texture
-    self.split_id = self.SPLITS[split]
-
-  def __len__(self):
-    return self.n
+    self.texture = texture
 
   def __getitem__(self, i):
     from PIL import Image, ImageDraw
-    if not 0 <= i < self.n:
-      raise IndexError(i)
-    rng = np.random.default_rng([self.seed, 100 + self.split_id, int(i)])
+    rng = self._rng(i)
     label = int(rng.integers(len(SHAPES)))
     kind = SHAPES[label]
     names = list(COLOURS)

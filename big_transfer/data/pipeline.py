@@ -21,6 +21,7 @@ import numpy as np
 from big_transfer.data import ops
 
 MASK = "_mask"
+SKIPPED = "_skipped"
 
 
 class _Tag:
@@ -31,7 +32,8 @@ class _Tag:
 
 
 class _Preprocess:
-  """Applies the op string with an rng from (seed, position); bad records become None."""
+  """Applies the op string with an rng from (seed, position); bad records become a
+  ``{SKIPPED: reason}`` marker that the pipeline filters out and counts."""
 
   def __init__(self, pp: str, seed: int, keys: Sequence[str]):
     self.pp, self.seed, self.keys = pp, seed, tuple(keys)
@@ -47,12 +49,27 @@ class _Preprocess:
     except Exception as e:  # a corrupt record must not kill a long run
       logging.warning("skipping record at stream position %d: %s: %s", index,
                       type(e).__name__, e)
-      return None
+      # A marker, not None: grain drops Nones silently before anything could count them.
+      return {SKIPPED: f"{type(e).__name__}: {e}"}
     return {k: np.asarray(out[k]) for k in self.keys}
 
 
-def _not_none(x):
-  return x is not None
+class SkipCounter:
+  """Drops the records preprocessing rejected and counts them. It runs in the main process
+  (after any workers), so ``count`` is this process's total since it started."""
+
+  def __init__(self):
+    self.count = 0
+
+  def __call__(self, x) -> bool:
+    if SKIPPED in x:
+      self.count += 1
+      return False
+    return True
+
+
+def _good(x) -> bool:
+  return SKIPPED not in x
 
 
 def _read_options(threads: int):
@@ -61,7 +78,7 @@ def _read_options(threads: int):
 
 def train_dataset(source, *, pp: str, batch_size: int, seed: int, keys: Sequence[str],
                   process_index: int = 0, process_count: int = 1, threads: int = 8,
-                  workers: int = 0) -> grain.IterDataset:
+                  workers: int = 0, skipped: SkipCounter | None = None) -> grain.IterDataset:
   """The per-process training stream of batches of ``batch_size // process_count`` examples."""
   if batch_size % process_count:
     raise ValueError(f"batch_size {batch_size} is not divisible by {process_count} processes")
@@ -74,7 +91,7 @@ def train_dataset(source, *, pp: str, batch_size: int, seed: int, keys: Sequence
     # Workers preprocess interleaved single examples; batching happens after them, in this
     # process, so batches do not depend on the number of workers.
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-  it = it.filter(_not_none)
+  it = it.filter(skipped if skipped is not None else _good)
   return it.batch(batch_size // process_count, drop_remainder=True)
 
 
@@ -102,4 +119,4 @@ def eval_dataset(source, *, pp: str, batch_size: int, keys: Sequence[str],
   ds = ds[process_index::process_count]
   ds = ds.map(_Preprocess(pp, 0, tuple(keys) + (MASK,)))
   it = ds.to_iter_dataset(_read_options(threads))
-  return it.filter(_not_none).batch(batch_size // process_count, drop_remainder=False)
+  return it.filter(_good).batch(batch_size // process_count, drop_remainder=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import jax
 from flax import nnx
 
 from big_transfer.models.resnet import DEPTHS, ResNet
@@ -52,7 +53,6 @@ def create(name: str, *, num_classes: int, rngs: nnx.Rngs, dtype=None, **kwargs)
 def init(name: str, *, num_classes: int, seed: int = 0, dtype=None, **kwargs) -> nnx.Module:
   """Creates and initialises a model with one jitted init (eager init compiles every
   initialiser separately: ~20 s for a small ResNet on CPU, against ~3 s here)."""
-  import jax
 
   def make(key):
     return create(name, num_classes=num_classes, rngs=nnx.Rngs(params=key), dtype=dtype,
@@ -69,7 +69,6 @@ def num_params(module_or_state) -> int:
   state = module_or_state
   if isinstance(module_or_state, nnx.Module):
     state = nnx.state(module_or_state, nnx.Param)
-  import jax
   return sum(int(x.size) for x in jax.tree.leaves(state))
 
 
