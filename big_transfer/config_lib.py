@@ -85,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
   })
   c.ema_decay = 0.0  # > 0 keeps an exponential moving average of the weights
   c.label_smoothing = 0.0
+  # Contrastive methods (SimCLR): NT-Xent temperature and the projection MLP after pre_logits.
+  c.temperature = 0.1
+  c.projection_dims = (4096, 4096, 256)
   c.tensorboard = True
   return c
 

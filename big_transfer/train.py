@@ -68,7 +68,7 @@ def prepare(config, workdir: str) -> dict[str, Any]:
         f"training examples of {config.data}")
   num_classes = config.num_classes
   class_names = getattr(train_source, "class_names", None)
-  if num_classes is None:
+  if num_classes is None and config.method == "supervised":
     if not class_names:
       raise config_lib.ConfigError(f"config.num_classes: {config.data} has no class names; "
                                    f"set num_classes")
@@ -135,7 +135,7 @@ def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
 
   total_steps = data["total_steps"]
   log_lib.info(f"data: {config.data} ({data['num_examples']} examples, "
-               f"{data['num_classes']} classes); {total_steps} steps of batch "
+               f"{data['num_classes'] or 'no'} classes); {total_steps} steps of batch "
                f"{config.batch_size} ({total_steps * config.batch_size / data['num_examples']:.2f}"
                f" epochs); workdir {workdir}")
 
@@ -263,7 +263,7 @@ def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
 
   # ---------------------------------------------------------------- evaluators
   evaluators = []
-  if data["eval_source"] is not None:
+  if data["eval_source"] is not None and hasattr(method, "eval_metrics"):
     eval_bs = config.eval_batch_size or config.batch_size
     eval_source = data["eval_source"]
 

@@ -2,15 +2,16 @@
 
 A method provides: ``batch_keys`` (what each example must carry after preprocessing),
 ``create_model(rngs)``, ``loss(model, batch, rngs) -> (loss, metrics)`` for a training batch, and
-``eval_metrics(model, batch) -> {name: per-example values}`` that the evaluator averages with the
-padding mask. The loop, sharding, checkpoints, logging and evaluation are shared.
+optionally ``eval_metrics(model, batch) -> {name: per-example values}`` that the held-out
+evaluator averages with the padding mask. The loop, sharding, checkpoints, logging and evaluation are shared.
 """
 
 from __future__ import annotations
 
 import importlib
 
-METHODS = {"supervised": "big_transfer.methods.supervised"}
+METHODS = {"supervised": "big_transfer.methods.supervised",
+           "simclr": "big_transfer.methods.simclr"}
 
 
 def get(name: str, config, info):

@@ -1,0 +1,68 @@
+"""SimCLR (Chen et al., 2020): two augmented views per image, a projection MLP with
+BatchNorm, NT-Xent over the global batch.
+
+The views come from the ``two_views(...)`` preprocessing op (keys ``image1``/``image2``). Both
+views go through the network as one batch, so BatchNorm statistics (and the NT-Xent
+similarities) span the whole global batch: synchronised across devices and hosts, since the
+step is jitted over global arrays.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from big_transfer import models
+from big_transfer.methods import losses
+
+
+class ProjectionHead(nnx.Module):
+  """Linear -> BN -> ReLU, repeated, then a final Linear (no BN on the output)."""
+
+  def __init__(self, dims, *, dtype=None, rngs: nnx.Rngs):
+    self.layers = nnx.List([nnx.Linear(a, b, use_bias=False, dtype=dtype, rngs=rngs)
+                            for a, b in zip(dims[:-1], dims[1:])])
+    self.norms = nnx.List([nnx.BatchNorm(d, momentum=0.9, dtype=dtype, rngs=rngs)
+                           for d in dims[1:-1]])
+
+  def __call__(self, x, train: bool):
+    for i, layer in enumerate(self.layers):
+      x = layer(x)
+      if i < len(self.norms):
+        x = nnx.relu(self.norms[i](x, use_running_average=not train))
+    return x
+
+
+class SimCLRModel(nnx.Module):
+  def __init__(self, backbone, projection):
+    self.backbone = backbone
+    self.projection = projection
+
+  def __call__(self, x, train: bool = False):
+    _, out = self.backbone(x, train=train)
+    return self.projection(out["pre_logits"], train), out
+
+
+class Method:
+  name = "simclr"
+  batch_keys = ("image1", "image2")
+
+  def __init__(self, config, info):
+    self.config = config
+    self.dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    self.temperature = float(config.get("temperature", 0.1))
+    self.proj_dims = tuple(config.get("projection_dims", (4096, 4096, 256)))
+
+  def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
+    backbone = models.create(self.config.model, num_classes=0, rngs=rngs, dtype=self.dtype,
+                             **self.config.model_kwargs.to_dict())
+    head = ProjectionHead((backbone.num_features,) + self.proj_dims, dtype=self.dtype,
+                          rngs=rngs)
+    return SimCLRModel(backbone, head)
+
+  def loss(self, model, batch, rngs=None):
+    n = batch["image1"].shape[0]
+    x = jnp.concatenate([batch["image1"], batch["image2"]], axis=0).astype(self.dtype)
+    z, _ = model(x, train=True)
+    loss, acc = losses.nt_xent(z[:n], z[n:], self.temperature)
+    return loss, {"contrastive_accuracy": acc}
