@@ -127,14 +127,15 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 def resolve_steps(total_steps, total_epochs, total_examples, *, batch_size: int,
                   num_examples: int | None, what: str = "total") -> int:
-  """One of steps / epochs / examples -> steps."""
+  """One of steps / epochs / examples -> steps. 0 counts as unset, so a command line can
+  switch units: ``--config.total_steps=0 --config.total_epochs=20``."""
   given = {k: v for k, v in (("steps", total_steps), ("epochs", total_epochs),
-                             ("examples", total_examples)) if v is not None}
+                             ("examples", total_examples)) if v}
   if len(given) != 1:
     raise ConfigError(f"config: set exactly one of {what}_steps, {what}_epochs, "
                       f"{what}_examples (got {', '.join(given) or 'none'})")
   (unit, v), = given.items()
-  if v <= 0:
+  if v < 0:
     raise ConfigError(f"config.{what}_{unit}={v}: must be positive")
   if unit == "steps":
     return int(v)

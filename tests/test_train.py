@@ -55,6 +55,11 @@ def test_durations_in_epochs_and_examples_resolve_to_steps(tmp_path):
   assert data["total_steps"] == 5  # ceil(0.1 * 1437 / 32)
   c = mini_config(total_steps=None, total_examples=100)
   assert train.prepare(c, str(tmp_path))["total_steps"] == 4
+  c = mini_config(total_steps=0, total_epochs=1.0)  # 0 unsets, as on a command line
+  assert train.prepare(c, str(tmp_path))["total_steps"] == 45
+  from big_transfer.config_lib import ConfigError
+  with pytest.raises(ConfigError, match="exactly one of total_steps, total_epochs"):
+    train.prepare(mini_config(total_epochs=1.0), str(tmp_path))
 
 
 SHARDING_KW = dict(param_sharding_min_size=0, **{"optimizer.lr": 0.2})
