@@ -214,7 +214,8 @@ _CV2_METHODS = {"bilinear": "INTER_LINEAR", "bicubic": "INTER_CUBIC", "nearest":
                 "area": "INTER_AREA"}
 
 
-def _pil_resize(img: np.ndarray, h: int, w: int, method: str) -> np.ndarray:
+def _resize_image(img: np.ndarray, h: int, w: int, method: str) -> np.ndarray:
+  """Resizes HxWxC to h x w: OpenCV when installed (the fast path), else PIL."""
   img = np.asarray(img)
   if _cv2 is not None and img.dtype in (np.uint8, np.float32) and img.shape[-1] <= 4:
     interp = getattr(_cv2, _CV2_METHODS[method])
@@ -222,10 +223,10 @@ def _pil_resize(img: np.ndarray, h: int, w: int, method: str) -> np.ndarray:
       interp = _cv2.INTER_AREA  # strong downscaling: average, do not alias
     out = _cv2.resize(img, (w, h), interpolation=interp)
     return out[..., None] if out.ndim == 2 else out
-  return _pil_resize_slow(img, h, w, method)
+  return _resize_pil(img, h, w, method)
 
 
-def _pil_resize_slow(img: np.ndarray, h: int, w: int, method: str) -> np.ndarray:
+def _resize_pil(img: np.ndarray, h: int, w: int, method: str) -> np.ndarray:
   resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
               "area": Image.BOX}[method]
   img = np.asarray(img)
@@ -252,7 +253,7 @@ def _check_method(method):
 def _resize(size, method: str = "bilinear", key: str = "image"):
   h, w = _size2(size)
   _check_method(method)
-  return _keyed(lambda img, rng: _pil_resize(img, h, w, method), key)
+  return _keyed(lambda img, rng: _resize_image(img, h, w, method), key)
 
 
 @register("resize_small")
@@ -263,7 +264,7 @@ def _resize_small(size: int, method: str = "bilinear", key: str = "image"):
   def fn(img, rng):
     h, w = img.shape[:2]
     s = size / min(h, w)
-    return _pil_resize(img, max(1, round(h * s)), max(1, round(w * s)), method)
+    return _resize_image(img, max(1, round(h * s)), max(1, round(w * s)), method)
   return _keyed(fn, key)
 
 
@@ -322,7 +323,7 @@ def _inception_crop(size, area_min: float = 0.08, area_max: float = 1.0,
   def fn(img, rng):
     h, w = img.shape[:2]
     t, l, ch, cw = _inception_box(h, w, rng, area_min, area_max)
-    return _pil_resize(img[t:t + ch, l:l + cw], oh, ow, method)
+    return _resize_image(img[t:t + ch, l:l + cw], oh, ow, method)
   return _keyed(fn, key)
 
 
@@ -646,7 +647,7 @@ def _decode_inception_crop(size, area_min: float = 0.08, area_max: float = 1.0,
     sh, sw = img.shape[0] / h, img.shape[1] / w
     t2, l2 = int(t * sh), int(l * sw)
     ch2, cw2 = max(1, int(round(ch * sh))), max(1, int(round(cw * sw)))
-    example[key] = _pil_resize(img[t2:t2 + ch2, l2:l2 + cw2], oh, ow, method)
+    example[key] = _resize_image(img[t2:t2 + ch2, l2:l2 + cw2], oh, ow, method)
     return example
   return op
 
