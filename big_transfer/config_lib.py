@@ -88,6 +88,12 @@ def base_config() -> ml_collections.ConfigDict:
   # Contrastive methods (SimCLR): NT-Xent temperature and the projection MLP after pre_logits.
   c.temperature = 0.1
   c.projection_dims = (4096, 4096, 256)
+  # Closed-form few-shot linear evaluation on frozen pre_logits during pre-training
+  # (evaluators/fewshot_linear.py); off while data is ''.
+  c.fewshot = ml_collections.ConfigDict({
+      "data": "", "pp": "", "shots": (1, 5, 10, 25), "seeds": (0, 1, 2), "l2_reg": 0.1,
+      "every": placeholder(int),  # default: eval_every
+  })
   c.tensorboard = True
   return c
 
@@ -169,6 +175,12 @@ def validate(config) -> None:
       sources.check_spec(config[key])
     except sources.DataError as e:
       raise ConfigError(f"config.{key}: {e}") from None
+  if config.fewshot.data:
+    try:
+      sources.check_spec(config.fewshot.data)
+      ops.parse(config.fewshot.pp)
+    except (sources.DataError, ops.PreprocessError) as e:
+      raise ConfigError(f"config.fewshot: {e}") from None
   for key in ("pp_train", "pp_eval"):
     try:
       ops.parse(config[key])

@@ -278,6 +278,20 @@ def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
     evaluators.append(Evaluator("eval", make_eval_ds, eval_apply, mesh, state_sh,
                                 len(eval_source)))
   eval_every = config.eval_every or config.checkpoint_every
+  if config.fewshot.data:
+    from big_transfer.evaluators.fewshot_linear import FewShotLinear
+
+    def features(state, batch):
+      params = state["ema_params"] if config.ema_decay else state["params"]
+      return method.features(merge(params, state["model_state"]), batch["image"])
+    fs_name = config.fewshot.data.partition("?")[0].split(":")[1].split("/")[-1]
+    fewshot_eval = FewShotLinear(
+        fs_name, config.fewshot.data, pp=config.fewshot.pp, shots=config.fewshot.shots,
+        seeds=config.fewshot.seeds, l2_reg=config.fewshot.l2_reg, features=features,
+        mesh=mesh, state_shardings=state_sh,
+        batch_size=config.eval_batch_size or config.batch_size, process_index=pid,
+        process_count=pcount)
+    evaluators.append(_Every(fewshot_eval, config.fewshot.every or eval_every))
 
   # ---------------------------------------------------------------- loop
   writer = log_lib.MetricWriter(workdir, tensorboard=config.tensorboard)
@@ -320,8 +334,8 @@ def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
             f"lr {mean['train/lr']:.3g} {rate['examples_per_sec']:.1f} img/s "
             f"eta {log_lib.format_duration(rate['eta_s'])}")
 
-      if evaluators and (step % eval_every == 0 or last):
-        for ev in evaluators:
+      for ev in evaluators:
+        if step % getattr(ev, "every", eval_every) == 0 or last:
           results = dict(ev.run(state))
           writer.write(step, results)
           log_lib.info(f"step {step} " + " ".join(f"{k} {v:.4f}" for k, v in results.items()))
@@ -335,6 +349,16 @@ def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
   log_lib.info(f"done: {total_steps} steps; checkpoints in {ckpt.directory}; skipped "
                f"{skipped.count} corrupt records (process {pid})")
   return state
+
+
+class _Every:
+  """An evaluator with its own cadence (steps)."""
+
+  def __init__(self, evaluator, every: int):
+    self.evaluator, self.every = evaluator, every
+
+  def run(self, state):
+    return self.evaluator.run(state)
 
 
 def main(argv):

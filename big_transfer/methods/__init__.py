@@ -1,8 +1,8 @@
 """Pre-training methods as plug-ins to the one training loop.
 
 A method provides: ``batch_keys`` (what each example must carry after preprocessing),
-``create_model(rngs)``, ``loss(model, batch, rngs) -> (loss, metrics)`` for a training batch, and
-optionally ``eval_metrics(model, batch) -> {name: per-example values}`` that the held-out
+``create_model(rngs)``, ``loss(model, batch, rngs) -> (loss, metrics)`` for a training batch,
+``features(model, images) -> pre_logits`` (for the few-shot evaluators), and optionally ``eval_metrics(model, batch) -> {name: per-example values}`` that the held-out
 evaluator averages with the padding mask. The loop, sharding, checkpoints, logging and evaluation are shared.
 """
 

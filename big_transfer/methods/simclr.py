@@ -60,6 +60,10 @@ class Method:
                           rngs=rngs)
     return SimCLRModel(backbone, head)
 
+  def features(self, model, images):
+    """The backbone's pre_logits (the projection head is for pre-training only)."""
+    return model.backbone(images.astype(self.dtype), train=False)[1]["pre_logits"]
+
   def loss(self, model, batch, rngs=None):
     n = batch["image1"].shape[0]
     x = jnp.concatenate([batch["image1"], batch["image2"]], axis=0).astype(self.dtype)

@@ -29,6 +29,10 @@ class Method:
     logits, _ = model(batch["image"].astype(self.dtype), train=train, **kwargs)
     return logits.astype(jnp.float32)
 
+  def features(self, model, images):
+    """pre_logits of a batch of images (what transfer builds on)."""
+    return model(images.astype(self.dtype), train=False)[1]["pre_logits"]
+
   def loss(self, model, batch, rngs=None):
     logits = self._logits(model, batch, True, rngs)
     labels = jax.nn.one_hot(batch["label"], self.num_classes)

@@ -31,5 +31,9 @@ def get_config(arg=None):
   c.checkpoint_every = 100
   c.optimizer.update(name="adamw", lr=2e-3, b2=0.98, weight_decay=0.1, warmup_steps=20,
                      schedule="cosine")
+  # The transfer curve as it trains: 1/5/10/25-shot linear probes on held-out shapes.
+  c.fewshot.data = "builtin:shapes?n=2000"
+  c.fewshot.pp = "decode|to_rgb|value_range(-1, 1)"
+  c.fewshot.every = 100
   c.data_threads = 2
   return c

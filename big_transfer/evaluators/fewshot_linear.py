@@ -1,0 +1,98 @@
+"""Closed-form few-shot linear evaluation on frozen pre_logits (as big_vision runs during
+pre-training): every pre-training run shows a transfer curve as it trains.
+
+For each (shots, seed): k images per class from a labelled training pool (the same subset for
+every model: see data/fewshot.py), ridge regression from features to +-1 class targets solved in
+closed form, accuracy on the held-out split. Features of every image needed are extracted once
+per run (one jitted forward, cached across calls), then all (shots, seed) pairs are solved on the
+host in float64.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from big_transfer import sharding
+from big_transfer.data import fewshot, pipeline, sources
+
+
+def ridge_fit(x: np.ndarray, y: np.ndarray, num_classes: int, l2_reg: float):
+  """Least squares from features to +-1 one-hot targets with an L2 penalty on the weights
+  (not the bias). Returns (w, b)."""
+  x = np.asarray(x, np.float64)
+  t = 2.0 * np.eye(num_classes)[y] - 1.0
+  mx, mt = x.mean(0), t.mean(0)
+  xc, tc = x - mx, t - mt
+  n, d = xc.shape
+  if d <= n:
+    w = np.linalg.solve(xc.T @ xc + l2_reg * np.eye(d), xc.T @ tc)
+  else:  # the dual is smaller with few shots and wide features
+    w = xc.T @ np.linalg.solve(xc @ xc.T + l2_reg * np.eye(n), tc)
+  return w, mt - mx @ w
+
+
+def normalize_features(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+  """Centre on the pool's mean, then unit length: makes one l2_reg fit every model."""
+  x = np.asarray(x, np.float64) - mean
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class FewShotLinear:
+  """``run(state)`` yields ``fewshot/<name>/<k>shot`` (mean test accuracy over seeds)."""
+
+  def __init__(self, name: str, data: str, *, pp: str, shots: Sequence[int],
+               seeds: Sequence[int], l2_reg: float, features: Callable, mesh, state_shardings,
+               batch_size: int, train_split: str = "train", test_split: str = "test",
+               process_index: int = 0, process_count: int = 1):
+    if process_count > 1:  # features come back in a per-process interleaved order
+      raise NotImplementedError("few-shot linear evaluation runs on one process for now")
+    base, _, query = data.partition("?")
+    spec = sources.parse_spec(base)
+    opts = ("?" + query) if query else ""
+    pool = sources.open_source(str(spec.with_split(spec.split or train_split)) + opts)
+    self.test = sources.open_source(str(spec.with_split(test_split)) + opts)
+    self.name, self.shots, self.seeds, self.l2_reg = name, tuple(shots), tuple(seeds), l2_reg
+    labels = fewshot.labels_of(pool)
+    self.num_classes = int(max(labels.max(), fewshot.labels_of(self.test).max())) + 1
+    self.subsets = {(k, s): fewshot.sample_shots(labels, k, s) for k in self.shots
+                    for s in self.seeds}
+    needed = np.unique(np.concatenate(list(self.subsets.values())))
+    self.pool = sources.Subset(pool, needed)
+    self.position = {int(i): p for p, i in enumerate(needed)}
+    self.pool_labels = labels[needed]
+    self.test_labels = fewshot.labels_of(self.test)
+    self.pp, self.mesh, self.batch_size = pp, mesh, batch_size
+    self.pid, self.pcount = process_index, process_count
+
+    def feats(state, batch):
+      return {"x": features(state, batch).astype(jnp.float32), "_mask": batch[pipeline.MASK]}
+    self._feats = jax.jit(feats, in_shardings=(state_shardings,
+                                               sharding.batch_sharding(mesh)),
+                          out_shardings=sharding.replicated(mesh))
+
+  def _extract(self, state, source) -> np.ndarray:
+    out = []
+    for batch in pipeline.eval_dataset(source, pp=self.pp, batch_size=self.batch_size,
+                                       keys=("image",), process_index=self.pid,
+                                       process_count=self.pcount):
+      f = jax.device_get(self._feats(state, sharding.to_global(batch, self.mesh)))
+      out.append(f["x"][f["_mask"] > 0])
+    return np.concatenate(out)
+
+  def run(self, state) -> Iterator[tuple[str, float]]:
+    pool_x = self._extract(state, self.pool)
+    test_x = self._extract(state, self.test)
+    mean = pool_x.mean(0)
+    pool_x, test_x = normalize_features(pool_x, mean), normalize_features(test_x, mean)
+    for k in self.shots:
+      accs = []
+      for s in self.seeds:
+        rows = np.array([self.position[int(i)] for i in self.subsets[(k, s)]])
+        w, b = ridge_fit(pool_x[rows], self.pool_labels[rows], self.num_classes, self.l2_reg)
+        pred = np.argmax(test_x @ w + b, axis=-1)
+        accs.append(float(np.mean(pred == self.test_labels)))
+      yield f"fewshot/{self.name}/{k}shot", float(np.mean(accs))
