@@ -278,7 +278,9 @@ def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
     evaluators.append(Evaluator("eval", make_eval_ds, eval_apply, mesh, state_sh,
                                 len(eval_source)))
   eval_every = config.eval_every or config.checkpoint_every
-  if config.fewshot.data:
+  if config.fewshot.data and pcount > 1:
+    log_lib.info("fewshot: skipped (the few-shot evaluator runs on one process for now)")
+  elif config.fewshot.data:
     from big_transfer.evaluators.fewshot_linear import FewShotLinear
 
     def features(state, batch):
