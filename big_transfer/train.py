@@ -81,24 +81,14 @@ def prepare(config, workdir: str) -> dict[str, Any]:
     warmup = int(round(config.optimizer.warmup_epochs * len(train_source) / config.batch_size))
   eval_source = None
   if config.eval_data != "none":
-    spec = config.eval_data or _eval_spec(config.data, config.eval_split)
+    # The training source at the eval split, without training-only options (subset size,
+    # label noise, template captions); filters are kept.
+    spec = config.eval_data or sources.spec_at_split(config.data, config.eval_split,
+                                                     drop=sources.TRAINING_ONLY_OPTIONS)
     eval_source = sources.open_source(spec, config.eval_split)
   return dict(train_source=train_source, eval_source=eval_source, num_classes=num_classes,
               class_names=class_names, total_steps=total_steps, warmup_steps=warmup,
               num_examples=len(train_source))
-
-
-def _eval_spec(train_spec: str, eval_split: str) -> str:
-  """The training source at the eval split, without training-only options (subset size,
-  label noise and template captions apply to training data; filters are kept)."""
-  from big_transfer.data import sources
-  if train_spec.startswith("mix("):
-    raise sources.DataError(f"config.eval_data: set it explicitly for a mixture ({train_spec})")
-  base, _, query = train_spec.partition("?")
-  keep = [q for q in query.split("&") if q.split("=")[0] not in
-          ("size", "subset_seed", "label_noise", "noise_seed", "captions", "caption_seed")]
-  spec = str(sources.parse_spec(base).with_split(eval_split))
-  return spec + ("?" + "&".join(keep) if keep else "")
 
 
 def write_config(config, workdir: str, resolved: dict[str, Any]):
@@ -262,7 +252,8 @@ def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
     raise RuntimeError(f"checkpoint step {start_step} holds state at step {int(state['step'])}")
 
   # ---------------------------------------------------------------- evaluators
-  evaluators = []
+  eval_every = config.eval_every or config.checkpoint_every
+  evaluators = []  # (evaluator, every N steps)
   if data["eval_source"] is not None and hasattr(method, "eval_metrics"):
     eval_bs = config.eval_batch_size or config.batch_size
     eval_source = data["eval_source"]
@@ -275,9 +266,8 @@ def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
       return pipeline.eval_dataset(eval_source, pp=config.pp_eval, batch_size=eval_bs,
                                    keys=method.batch_keys, process_index=pid,
                                    process_count=pcount, threads=config.data_threads)
-    evaluators.append(Evaluator("eval", make_eval_ds, eval_apply, mesh, state_sh,
-                                len(eval_source)))
-  eval_every = config.eval_every or config.checkpoint_every
+    evaluators.append((Evaluator("eval", make_eval_ds, eval_apply, mesh, state_sh,
+                                 len(eval_source)), eval_every))
   if config.fewshot.data and pcount > 1:
     log_lib.info("fewshot: skipped (the few-shot evaluator runs on one process for now)")
   elif config.fewshot.data:
@@ -286,14 +276,13 @@ def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
     def features(state, batch):
       params = state["ema_params"] if config.ema_decay else state["params"]
       return method.features(merge(params, state["model_state"]), batch["image"])
-    fs_name = config.fewshot.data.partition("?")[0].split(":")[1].split("/")[-1]
     fewshot_eval = FewShotLinear(
-        fs_name, config.fewshot.data, pp=config.fewshot.pp, shots=config.fewshot.shots,
+        config.fewshot.data, pp=config.fewshot.pp, shots=config.fewshot.shots,
         seeds=config.fewshot.seeds, l2_reg=config.fewshot.l2_reg, features=features,
         mesh=mesh, state_shardings=state_sh,
         batch_size=config.eval_batch_size or config.batch_size, process_index=pid,
         process_count=pcount)
-    evaluators.append(_Every(fewshot_eval, config.fewshot.every or eval_every))
+    evaluators.append((fewshot_eval, config.fewshot.every or eval_every))
 
   # ---------------------------------------------------------------- loop
   writer = log_lib.MetricWriter(workdir, tensorboard=config.tensorboard)
@@ -336,8 +325,8 @@ def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
             f"lr {mean['train/lr']:.3g} {rate['examples_per_sec']:.1f} img/s "
             f"eta {log_lib.format_duration(rate['eta_s'])}")
 
-      for ev in evaluators:
-        if step % getattr(ev, "every", eval_every) == 0 or last:
+      for ev, every in evaluators:
+        if step % every == 0 or last:
           results = dict(ev.run(state))
           writer.write(step, results)
           log_lib.info(f"step {step} " + " ".join(f"{k} {v:.4f}" for k, v in results.items()))
@@ -351,16 +340,6 @@ def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
   log_lib.info(f"done: {total_steps} steps; checkpoints in {ckpt.directory}; skipped "
                f"{skipped.count} corrupt records (process {pid})")
   return state
-
-
-class _Every:
-  """An evaluator with its own cadence (steps)."""
-
-  def __init__(self, evaluator, every: int):
-    self.evaluator, self.every = evaluator, every
-
-  def run(self, state):
-    return self.evaluator.run(state)
 
 
 def main(argv):

@@ -450,6 +450,19 @@ def _split_top_level(text: str, sep: str = ",") -> list[str]:
   return [p.strip() for p in parts if p.strip()]
 
 
+TRAINING_ONLY_OPTIONS = ("size", "subset_seed", "label_noise", "noise_seed", "captions",
+                         "caption_seed")
+
+
+def spec_at_split(spec: str, split: str, drop: tuple = ()) -> str:
+  """The same source and options at another split; options named in ``drop`` removed."""
+  if spec.startswith("mix("):
+    raise DataError(f"data spec {spec}: a mixture has no single split; give the split's spec")
+  base, _, query = spec.partition("?")
+  keep = [q for q in query.split("&") if q and q.split("=")[0] not in drop]
+  return str(parse_spec(base).with_split(split)) + ("?" + "&".join(keep) if keep else "")
+
+
 def open_source(spec: str, default_split: str = "train"):
   """Opens a spec string with its options; raises DataError with one line naming what is
   wrong (the spec, the option, the value)."""

@@ -44,27 +44,26 @@ def normalize_features(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
 class FewShotLinear:
   """``run(state)`` yields ``fewshot/<name>/<k>shot`` (mean test accuracy over seeds)."""
 
-  def __init__(self, name: str, data: str, *, pp: str, shots: Sequence[int],
+  def __init__(self, data: str, *, pp: str, shots: Sequence[int],
                seeds: Sequence[int], l2_reg: float, features: Callable, mesh, state_shardings,
                batch_size: int, train_split: str = "train", test_split: str = "test",
                process_index: int = 0, process_count: int = 1):
     if process_count > 1:  # features come back in a per-process interleaved order
       raise NotImplementedError("few-shot linear evaluation runs on one process for now")
-    base, _, query = data.partition("?")
-    spec = sources.parse_spec(base)
-    opts = ("?" + query) if query else ""
-    pool = sources.open_source(str(spec.with_split(spec.split or train_split)) + opts)
-    self.test = sources.open_source(str(spec.with_split(test_split)) + opts)
-    self.name, self.shots, self.seeds, self.l2_reg = name, tuple(shots), tuple(seeds), l2_reg
+    spec = sources.parse_spec(data.partition("?")[0])
+    pool = sources.open_source(sources.spec_at_split(data, spec.split or train_split))
+    self.test = sources.open_source(sources.spec_at_split(data, test_split))
+    self.name = spec.name.rstrip("/").split("/")[-1]  # 'digits', or a converted dir's name
+    self.shots, self.seeds, self.l2_reg = tuple(shots), tuple(seeds), l2_reg
     labels = fewshot.labels_of(pool)
-    self.num_classes = int(max(labels.max(), fewshot.labels_of(self.test).max())) + 1
+    self.test_labels = fewshot.labels_of(self.test)
+    self.num_classes = int(max(labels.max(), self.test_labels.max())) + 1
     self.subsets = {(k, s): fewshot.sample_shots(labels, k, s) for k in self.shots
                     for s in self.seeds}
     needed = np.unique(np.concatenate(list(self.subsets.values())))
     self.pool = sources.Subset(pool, needed)
     self.position = {int(i): p for p, i in enumerate(needed)}
     self.pool_labels = labels[needed]
-    self.test_labels = fewshot.labels_of(self.test)
     self.pp, self.mesh, self.batch_size = pp, mesh, batch_size
     self.pid, self.pcount = process_index, process_count
 
