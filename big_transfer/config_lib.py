@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import re
 from typing import Any
 
@@ -93,6 +94,29 @@ def base_config() -> ml_collections.ConfigDict:
   c.fewshot = ml_collections.ConfigDict({
       "data": "", "pp": "", "shots": (1, 5, 10, 25), "seeds": (0, 1, 2), "l2_reg": 0.1,
       "every": placeholder(int),  # default: eval_every
+  })
+  # Image-text methods (clip, slip). The tokenizer is a merges file (CLIP's
+  # bpe_simple_vocab_16e6.txt.gz, or one written by big_transfer.data.tokenizer) or
+  # 'train:SIZE': learn a SIZE-token BPE from the training captions, stored in the workdir.
+  c.text = ml_collections.ConfigDict({
+      "tokenizer": "", "context_length": 77, "width": 512, "layers": 12, "heads": 8,
+      "act": "gelu", "max_captions": 200_000,
+  })
+  c.clip = ml_collections.ConfigDict({
+      "loss": "softmax",  # or 'sigmoid' (SigLIP)
+      "embed_dim": 1024,  # the shared image-text embedding
+      "logit_scale_init": 1 / 0.07, "logit_scale_max": 100.0,
+      "logit_bias_init": -10.0,  # sigmoid loss only (SigLIP: scale 10, bias -10)
+      "ssl_weight": 1.0,  # slip: weight of the SimCLR loss beside the CLIP loss
+  })
+  # Zero-shot classification (prompt-ensembled class names) and image<->text retrieval,
+  # run periodically during pre-training of image-text methods; off while data is ''.
+  c.zeroshot = ml_collections.ConfigDict({
+      "data": "", "split": "test", "pp": "", "templates": "clip7", "every": placeholder(int),
+  })
+  c.retrieval = ml_collections.ConfigDict({
+      "data": "", "split": "test", "pp": "", "max_examples": 1000,
+      "every": placeholder(int),
   })
   c.tensorboard = True
   return c
@@ -181,11 +205,30 @@ def validate(config) -> None:
       ops.parse(config.fewshot.pp)
     except (sources.DataError, ops.PreprocessError) as e:
       raise ConfigError(f"config.fewshot: {e}") from None
-  for key in ("pp_train", "pp_eval"):
+  for key in ("pp_train", "pp_eval", "zeroshot.pp", "retrieval.pp"):
+    group, _, leaf = key.rpartition(".")
+    pp = (config[group] if group else config)[leaf]
     try:
-      ops.parse(config[key])
+      ops.parse(pp)
     except ops.PreprocessError as e:
       raise ConfigError(f"config.{key}: {e}") from None
+    if "tokenize" in pp and not config.text.tokenizer and "vocab=" not in pp:
+      raise ConfigError(f"config.{key} tokenizes text: set config.text.tokenizer (a merges "
+                        f"file, or 'train:SIZE' to learn one from the captions)")
+  for key in ("zeroshot", "retrieval"):
+    if config[key].data:
+      try:
+        sources.check_spec(config[key].data)
+      except sources.DataError as e:
+        raise ConfigError(f"config.{key}.data: {e}") from None
+  if config.clip.loss not in ("softmax", "sigmoid"):
+    raise ConfigError(f"config.clip.loss={config.clip.loss!r}: not softmax or sigmoid")
+  tok = config.text.tokenizer
+  if tok.startswith("train:"):
+    if not tok[6:].isdigit() or int(tok[6:]) < 514:
+      raise ConfigError(f"config.text.tokenizer={tok!r}: expected train:SIZE with SIZE >= 514")
+  elif tok and not os.path.exists(tok):
+    raise ConfigError(f"config.text.tokenizer={tok!r}: no such file")
   if config.optimizer.name not in optim.OPTIMIZERS:
     raise ConfigError(f"config.optimizer.name={config.optimizer.name!r}: not one of "
                       f"{', '.join(optim.OPTIMIZERS)}")

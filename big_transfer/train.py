@@ -79,6 +79,7 @@ def prepare(config, workdir: str) -> dict[str, Any]:
   warmup = config.optimizer.warmup_steps
   if config.optimizer.warmup_epochs is not None:
     warmup = int(round(config.optimizer.warmup_epochs * len(train_source) / config.batch_size))
+  vocab = resolve_tokenizer(config, workdir, train_source)
   eval_source = None
   if config.eval_data != "none":
     # The training source at the eval split, without training-only options (subset size,
@@ -88,7 +89,40 @@ def prepare(config, workdir: str) -> dict[str, Any]:
     eval_source = sources.open_source(spec, config.eval_split)
   return dict(train_source=train_source, eval_source=eval_source, num_classes=num_classes,
               class_names=class_names, total_steps=total_steps, warmup_steps=warmup,
-              num_examples=len(train_source))
+              num_examples=len(train_source), vocab=vocab)
+
+
+def resolve_tokenizer(config, workdir: str, train_source) -> str | None:
+  """The run's vocabulary file: ``config.text.tokenizer`` itself, or for 'train:SIZE' a BPE
+  learnt from the training captions and kept in the workdir (a resumed run reuses it)."""
+  from big_transfer import config_lib, methods
+  from big_transfer.data import tokenizer
+  spec = config.text.tokenizer
+  if not spec:
+    if config.method in methods.TEXT_METHODS:
+      raise config_lib.ConfigError(f"config.method={config.method} needs a tokenizer: set "
+                                   f"config.text.tokenizer (a merges file or 'train:SIZE')")
+    return None
+  if not spec.startswith("train:"):
+    try:
+      tokenizer.load(spec)
+    except (OSError, ValueError) as e:
+      raise config_lib.ConfigError(f"config.text.tokenizer: {e}") from None
+    return spec
+  path = os.path.join(workdir, "tokenizer_bpe.txt")
+  if not os.path.exists(path):
+    texts = tokenizer.captions_of(train_source, config.text.max_captions)
+    if not texts:
+      raise config_lib.ConfigError(f"config.text.tokenizer={spec}: {config.data} has no "
+                                   f"captions to learn a vocabulary from")
+    t0 = time.perf_counter()
+    tok = tokenizer.train(texts, int(spec[len("train:"):]))
+    os.makedirs(workdir, exist_ok=True)
+    tok.save(path, note=f"learnt from {len(texts)} captions of {config.data}")
+    from big_transfer import logging as log_lib
+    log_lib.info(f"tokenizer: {tok.vocab_size} tokens learnt from {len(texts)} captions in "
+                 f"{time.perf_counter() - t0:.1f}s -> {path}")
+  return path
 
 
 def write_config(config, workdir: str, resolved: dict[str, Any]):
@@ -144,13 +178,20 @@ def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
                                  "mesh": dict(mesh.shape), "process_count": pcount})
 
   # ---------------------------------------------------------------- input
+  tok = None
+  bind = None  # run-level preprocessing arguments: the tokenizer's file and context length
+  if data["vocab"]:
+    from big_transfer.data import tokenizer as tokenizer_lib
+    tok = tokenizer_lib.load(data["vocab"])
+    bind = {"vocab": data["vocab"], "max_len": config.text.context_length}
   method = methods.get(config.method, config, {"num_classes": data["num_classes"],
-                                               "class_names": data["class_names"]})
+                                               "class_names": data["class_names"],
+                                               "tokenizer": tok})
   skipped = pipeline.SkipCounter()
   train_ds = pipeline.train_dataset(
       data["train_source"], pp=config.pp_train, batch_size=config.batch_size, seed=config.seed,
       keys=method.batch_keys, process_index=pid, process_count=pcount,
-      threads=config.data_threads, workers=config.data_workers, skipped=skipped)
+      threads=config.data_threads, workers=config.data_workers, skipped=skipped, bind=bind)
   train_iter = iter(train_ds)
 
   # ---------------------------------------------------------------- model and optimiser
@@ -265,7 +306,8 @@ def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
     def make_eval_ds():
       return pipeline.eval_dataset(eval_source, pp=config.pp_eval, batch_size=eval_bs,
                                    keys=method.batch_keys, process_index=pid,
-                                   process_count=pcount, threads=config.data_threads)
+                                   process_count=pcount, threads=config.data_threads,
+                                   bind=bind)
     evaluators.append((Evaluator("eval", make_eval_ds, eval_apply, mesh, state_sh,
                                  len(eval_source)), eval_every))
   if config.fewshot.data and pcount > 1:
@@ -283,6 +325,29 @@ def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
         batch_size=config.eval_batch_size or config.batch_size, process_index=pid,
         process_count=pcount)
     evaluators.append((fewshot_eval, config.fewshot.every or eval_every))
+  if hasattr(method, "encode_text"):
+    from big_transfer.evaluators.retrieval import Retrieval
+    from big_transfer.evaluators.zeroshot import ZeroShot
+
+    def eval_params(state):
+      return merge(state["ema_params"] if config.ema_decay else state["params"],
+                   state["model_state"])
+    enc_image = lambda state, images: method.encode_image(eval_params(state), images)
+    enc_text = lambda state, tokens: method.encode_text(eval_params(state), tokens)
+    common = dict(encode_image=enc_image, mesh=mesh, state_shardings=state_sh,
+                  batch_size=config.eval_batch_size or config.batch_size, process_index=pid,
+                  process_count=pcount, bind=bind)
+    if config.zeroshot.data:
+      zs = ZeroShot(config.zeroshot.data, split=config.zeroshot.split, pp=config.zeroshot.pp,
+                    templates=config.zeroshot.templates, tokenizer=tok,
+                    context_length=config.text.context_length,
+                    encode_text=enc_text, **common)
+      evaluators.append((zs, config.zeroshot.every or eval_every))
+    if config.retrieval.data:
+      rt = Retrieval(config.retrieval.data, split=config.retrieval.split,
+                     pp=config.retrieval.pp, max_examples=config.retrieval.max_examples,
+                     encode_text=enc_text, **common)
+      evaluators.append((rt, config.retrieval.every or eval_every))
 
   # ---------------------------------------------------------------- loop
   writer = log_lib.MetricWriter(workdir, tensorboard=config.tensorboard)

@@ -67,7 +67,8 @@ def test_global_batch_loss_and_gradients_are_the_same_on_one_and_eight_devices()
   x1, x2 = rng.normal(size=(32, 8)).astype(np.float32), rng.normal(size=(32, 8)).astype(np.float32)
 
   def loss(w, x1, x2):
-    return losses.nt_xent(x1 @ w, x2 @ w, 0.1)[0] + losses.clip_softmax(x1 @ w, x2 @ w, 10.0)[0]
+    return (losses.nt_xent(x1 @ w, x2 @ w, 0.1)[0] + losses.clip_softmax(x1 @ w, x2 @ w, 10.0)[0]
+            + 0.1 * losses.siglip_sigmoid(x1 @ w, x2 @ w, 10.0, -10.0)[0])
   ref_loss, ref_grad = jax.value_and_grad(loss)(w, x1, x2)
 
   mesh = sharding.make_mesh(8, 1, devices=jax.devices()[:8])

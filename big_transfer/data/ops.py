@@ -10,6 +10,7 @@ any number of hosts and after a resume.
 from __future__ import annotations
 
 import ast
+import inspect
 import io
 from typing import Any, Callable
 
@@ -71,16 +72,30 @@ def _split_ops(spec: str) -> list[str]:
   return parts
 
 
-def parse(spec: str, fuse: bool = True) -> Op:
+def _bind(name: str, args: tuple, kwargs: dict, bind: dict) -> dict:
+  """Fills the op's arguments named in ``bind`` that the op string left out (the trainer
+  binds run-level values such as the tokenizer's vocabulary file)."""
+  params = list(inspect.signature(REGISTRY[name]).parameters)
+  kwargs = dict(kwargs)
+  for k, v in bind.items():
+    if k in params and k not in kwargs and params.index(k) >= len(args):
+      kwargs[k] = v
+  return kwargs
+
+
+def parse(spec: str, fuse: bool = True, bind: dict | None = None) -> Op:
   """Builds one function from an op string; raises PreprocessError naming the bad op.
 
-  ``fuse`` lets ``decode`` merge into a following crop (see ``_fuse``)."""
+  ``fuse`` lets ``decode`` merge into a following crop (see ``_fuse``); ``bind`` supplies
+  arguments the string leaves out (see ``_bind``)."""
   fns = []
   calls = [(*_parse_call(t), t.strip()) for t in _split_ops(spec) if t.strip()]
   for name, _, _, _ in calls:
     if name not in REGISTRY or name.startswith("_"):
       raise PreprocessError(f"unknown preprocessing op {name!r} in {spec!r}; known ops: "
                             f"{', '.join(known_ops())}")
+  if bind:
+    calls = [(n, a, _bind(n, a, k, bind), t) for n, a, k, t in calls]
   for name, args, kwargs, text in (_fuse(calls) if fuse else calls):
     try:
       fns.append(REGISTRY[name](*args, **kwargs))
@@ -405,6 +420,20 @@ def _keep(*keys):
   return op
 
 
+@register("copy")
+def _copy(**mapping):
+  """copy(new='old'): the value of ``old`` also under ``new`` (e.g. to augment an image for
+  two purposes, as SLIP does)."""
+  if not mapping:
+    raise ValueError("copy needs new='old' pairs")
+  def op(example, rng):
+    example = dict(example)
+    for new, old in mapping.items():
+      example[new] = example[old]
+    return example
+  return op
+
+
 @register("rename")
 def _rename(**mapping):
   def op(example, rng):
@@ -607,9 +636,37 @@ def _two_views(pp: str, pp2: str | None = None, key: str = "image",
   def op(example, rng):
     example = dict(example)
     src = example.pop(key)
-    v1 = first({key: src}, np.random.default_rng(rng.integers(2**63)))[key]
-    v2 = second({key: src}, np.random.default_rng(rng.integers(2**63)))[key]
+    # The view op strings are written for an image under 'image', whatever ``key`` is.
+    v1 = first({"image": src}, np.random.default_rng(rng.integers(2**63)))["image"]
+    v2 = second({"image": src}, np.random.default_rng(rng.integers(2**63)))["image"]
     example[out[0]], example[out[1]] = v1, v2
+    return example
+  return op
+
+
+@register("tokenize")
+def _tokenize(max_len: int | None = None, vocab: str | None = None, key: str = "caption",
+              out: str = "text"):
+  """Caption text -> ``max_len`` int32 BPE ids ([SOT] ids [EOT], truncated with EOT kept,
+  0-padded). ``vocab``: a merges file; the trainer binds ``vocab`` and ``max_len`` from
+  ``config.text`` when the op string leaves them out."""
+  if max_len is not None and max_len < 2:
+    raise ValueError(f"max_len={max_len} leaves no room for the start and end tokens")
+  if vocab is not None and not isinstance(vocab, str):
+    raise ValueError(f"vocab must be a path, got {vocab!r}")
+
+  def op(example, rng):
+    if vocab is None or max_len is None:
+      raise PreprocessError("tokenize: no vocabulary or length (set config.text.tokenizer "
+                            "and config.text.context_length, or tokenize(77, vocab='PATH'))")
+    from big_transfer.data import tokenizer
+    text = example.pop(key) if key != out else example[key]
+    if isinstance(text, (bytes, np.bytes_)):
+      text = bytes(text).decode("utf-8", "replace")
+    text = str(text)
+    if not text.strip():
+      raise ValueError(f"empty {key!r}")
+    example[out] = tokenizer.load(vocab).tokenize(text, max_len)[0]
     return example
   return op
 

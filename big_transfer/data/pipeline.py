@@ -35,13 +35,13 @@ class _Preprocess:
   """Applies the op string with an rng from (seed, position); bad records become a
   ``{SKIPPED: reason}`` marker that the pipeline filters out and counts."""
 
-  def __init__(self, pp: str, seed: int, keys: Sequence[str]):
-    self.pp, self.seed, self.keys = pp, seed, tuple(keys)
+  def __init__(self, pp: str, seed: int, keys: Sequence[str], bind: dict | None = None):
+    self.pp, self.seed, self.keys, self.bind = pp, seed, tuple(keys), dict(bind or {})
     self._fn = None
 
   def __call__(self, tagged):
     if self._fn is None:  # built lazily: picklable for multiprocess workers
-      self._fn = ops.parse(self.pp)
+      self._fn = ops.parse(self.pp, bind=self.bind)
     index, example = tagged
     rng = np.random.default_rng([self.seed, int(index)])
     try:
@@ -78,14 +78,16 @@ def _read_options(threads: int):
 
 def train_dataset(source, *, pp: str, batch_size: int, seed: int, keys: Sequence[str],
                   process_index: int = 0, process_count: int = 1, threads: int = 8,
-                  workers: int = 0, skipped: SkipCounter | None = None) -> grain.IterDataset:
-  """The per-process training stream of batches of ``batch_size // process_count`` examples."""
+                  workers: int = 0, skipped: SkipCounter | None = None,
+                  bind: dict | None = None) -> grain.IterDataset:
+  """The per-process training stream of batches of ``batch_size // process_count`` examples.
+  ``bind``: run-level op arguments (see ``ops.parse``)."""
   if batch_size % process_count:
     raise ValueError(f"batch_size {batch_size} is not divisible by {process_count} processes")
   ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
   ds = ds.map_with_index(_Tag())
   ds = ds[process_index::process_count]
-  ds = ds.map(_Preprocess(pp, seed, keys))
+  ds = ds.map(_Preprocess(pp, seed, keys, bind))
   it = ds.to_iter_dataset(_read_options(threads))
   if workers > 0:
     # Workers preprocess interleaved single examples; batching happens after them, in this
@@ -112,11 +114,11 @@ class _Padded:
 
 def eval_dataset(source, *, pp: str, batch_size: int, keys: Sequence[str],
                  process_index: int = 0, process_count: int = 1, threads: int = 8,
-                 ) -> grain.IterDataset:
+                 bind: dict | None = None) -> grain.IterDataset:
   """Every example once across processes; batches padded to ``batch_size`` with ``_mask``."""
   n_padded = -(-len(source) // batch_size) * batch_size
   ds = grain.MapDataset.source(_Padded(source, n_padded)).map_with_index(_Tag())
   ds = ds[process_index::process_count]
-  ds = ds.map(_Preprocess(pp, 0, tuple(keys) + (MASK,)))
+  ds = ds.map(_Preprocess(pp, 0, tuple(keys) + (MASK,), bind))
   it = ds.to_iter_dataset(_read_options(threads))
   return it.filter(_good).batch(batch_size // process_count, drop_remainder=False)

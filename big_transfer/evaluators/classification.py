@@ -22,24 +22,27 @@ class Evaluator:
   """
 
   def __init__(self, name: str, make_dataset: Callable[[], object], apply, mesh,
-               state_shardings, num_examples: int):
+               state_shardings, num_examples: int, num_extra: int = 0):
+    """``num_extra``: replicated arrays that ``run(state, *extra)`` passes on to ``apply``
+    after the batch (e.g. zero-shot class embeddings computed once per evaluation)."""
     self.name, self.make_dataset, self.mesh = name, make_dataset, mesh
     self.num_examples = num_examples
 
-    def sums(state, batch):
-      per_example = apply(state, batch)
+    def sums(state, batch, *extra):
+      per_example = apply(state, batch, *extra)
       mask = batch[pipeline.MASK]
       out = {k: jnp.sum(v.astype(jnp.float32) * mask) for k, v in per_example.items()}
       out["_count"] = jnp.sum(mask)
       return out
 
-    self._sums = jax.jit(sums, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                         out_shardings=sharding.replicated(mesh))
+    repl = sharding.replicated(mesh)
+    self._sums = jax.jit(sums, in_shardings=(state_shardings, sharding.batch_sharding(mesh))
+                         + (repl,) * num_extra, out_shardings=repl)
 
-  def run(self, state) -> Iterator[tuple[str, float]]:
+  def run(self, state, *extra) -> Iterator[tuple[str, float]]:
     total = None
     for batch in self.make_dataset():
-      s = self._sums(state, sharding.to_global(batch, self.mesh))
+      s = self._sums(state, sharding.to_global(batch, self.mesh), *extra)
       total = s if total is None else jax.tree.map(jnp.add, total, s)
     total = jax.device_get(total)
     count = float(total.pop("_count"))

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import importlib
 
-METHODS = {"supervised": "big_transfer.methods.supervised",
-           "simclr": "big_transfer.methods.simclr"}
+METHODS = {"supervised": "big_transfer.methods.supervised:Method",
+           "simclr": "big_transfer.methods.simclr:Method",
+           "clip": "big_transfer.methods.clip:Method",
+           "slip": "big_transfer.methods.clip:SLIPMethod"}
+
+TEXT_METHODS = ("clip", "slip")  # methods with a text tower (tokenizer, zero-shot, retrieval)
 
 
 def get(name: str, config, info):
   """Builds the method ``name`` for a resolved config and the training data's ``info``."""
   if name not in METHODS:
     raise ValueError(f"unknown method {name!r} (known: {', '.join(sorted(METHODS))})")
-  return importlib.import_module(METHODS[name]).Method(config, info)
+  module, _, cls = METHODS[name].partition(":")
+  return getattr(importlib.import_module(module), cls)(config, info)

@@ -39,8 +39,19 @@ class MultiHeadSelfAttention(nnx.Module):
     return self.proj(o.reshape(n, t, d))
 
 
+def quick_gelu(x):
+  """OpenAI CLIP's GELU approximation, x * sigmoid(1.702 x) (its checkpoints need it)."""
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"gelu": lambda x: nnx.gelu(x, approximate=False), "quick_gelu": quick_gelu}
+
+
 class MlpBlock(nnx.Module):
-  def __init__(self, dim, hidden, *, dtype=None, rngs):
+  def __init__(self, dim, hidden, *, act: str = "gelu", dtype=None, rngs):
+    if act not in ACTIVATIONS:
+      raise ValueError(f"activation {act!r} not in {tuple(ACTIVATIONS)}")
+    self.act = act
     init_b = nnx.initializers.normal(1e-6)
     self.fc1 = nnx.Linear(dim, hidden, kernel_init=_xavier, bias_init=init_b, dtype=dtype,
                           rngs=rngs)
@@ -48,15 +59,16 @@ class MlpBlock(nnx.Module):
                           rngs=rngs)
 
   def __call__(self, x):
-    return self.fc2(nnx.gelu(self.fc1(x), approximate=False))
+    return self.fc2(ACTIVATIONS[self.act](self.fc1(x)))
 
 
 class EncoderBlock(nnx.Module):
-  def __init__(self, dim, mlp_dim, heads, *, dropout=0.0, eps=1e-6, dtype=None, rngs):
+  def __init__(self, dim, mlp_dim, heads, *, dropout=0.0, eps=1e-6, act="gelu", dtype=None,
+               rngs):
     self.norm1 = nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, rngs=rngs)
     self.attn = MultiHeadSelfAttention(dim, heads, dtype=dtype, rngs=rngs)
     self.norm2 = nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, rngs=rngs)
-    self.mlp = MlpBlock(dim, mlp_dim, dtype=dtype, rngs=rngs)
+    self.mlp = MlpBlock(dim, mlp_dim, act=act, dtype=dtype, rngs=rngs)
     self.dropout = dropout
 
   def _drop(self, x, train, rngs):

@@ -1,0 +1,107 @@
+"""Zero-shot classification for image-text models: each class's text embedding is the mean of
+its prompts' (``templates`` filled with the evaluation dataset's class names, each normalised,
+the mean normalised again); an image is assigned the class of the most similar embedding.
+Exact over hosts (the classification Evaluator's padding mask)."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from big_transfer import sharding
+from big_transfer.data import pipeline, sources
+from big_transfer.evaluators.classification import Evaluator
+
+# Prompt ensembles. 'clip7' is the 7-template subset OpenAI's CLIP notebook recommends for
+# ImageNet (about as good as its 80 templates).
+TEMPLATES = {
+    "simple": ("a photo of a {}.",),
+    "clip7": ("itap of a {}.", "a bad photo of the {}.", "a origami {}.",
+              "a photo of the large {}.", "a {} in a video game.", "art of the {}.",
+              "a photo of the small {}."),
+}
+
+
+def templates_of(spec) -> tuple[str, ...]:
+  """A named ensemble, or a sequence of templates with one ``{}`` each; or 'a;b;c'."""
+  if isinstance(spec, str) and spec in TEMPLATES:
+    return TEMPLATES[spec]
+  items = tuple(spec.split(";")) if isinstance(spec, str) else tuple(spec)
+  bad = [t for t in items if t.count("{}") != 1]
+  if not items or bad:
+    raise ValueError(f"zero-shot templates {spec!r}: each needs exactly one '{{}}' (or name "
+                     f"one of {', '.join(TEMPLATES)})")
+  return items
+
+
+def encode_texts(encode, state, tokens: np.ndarray, mesh, chunk: int = 256) -> np.ndarray:
+  """Text embeddings of many token rows, in fixed-size chunks (one compile), on every host."""
+  repl = sharding.replicated(mesh)
+  out = []
+  for i in range(0, len(tokens), chunk):
+    part = tokens[i:i + chunk]
+    padded = np.zeros((chunk, tokens.shape[1]), np.int32)
+    padded[:len(part)] = part
+    x = jax.make_array_from_process_local_data(repl, padded)
+    out.append(np.asarray(jax.device_get(encode(state, x)))[:len(part)])
+  return np.concatenate(out)
+
+
+def _normalize(x, axis=-1):
+  return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), 1e-12)
+
+
+class ZeroShot:
+  """``run(state)`` yields ``zeroshot/<name>/accuracy`` (and ``top5_accuracy`` with > 5
+  classes)."""
+
+  def __init__(self, data: str, *, split: str, pp: str, templates, tokenizer,
+               context_length: int, encode_image: Callable, encode_text: Callable, mesh,
+               state_shardings, batch_size: int, process_index: int = 0,
+               process_count: int = 1, bind: dict | None = None,
+               class_names: Sequence[str] | None = None):
+    self.source = sources.open_source(sources.spec_at_split(data, split))
+    names = class_names or getattr(self.source, "class_names", None)
+    if not names:
+      raise sources.DataError(f"zero-shot data {data}: no class names to build prompts from")
+    self.names = [str(n).replace("_", " ") for n in names]
+    self.templates = templates_of(templates)
+    self.name = sources.parse_spec(data.partition("?")[0]).name.rstrip("/").split("/")[-1]
+    prompts = [t.format(n) for n in self.names for t in self.templates]
+    self.tokens = tokenizer.tokenize(prompts, context_length)
+    self.mesh = mesh
+    repl = sharding.replicated(mesh)
+    self._encode_text = jax.jit(encode_text, in_shardings=(state_shardings, repl),
+                                out_shardings=repl)
+    top5 = len(self.names) > 5
+
+    def apply(state, batch, classifier):
+      img = encode_image(state, batch["image"])
+      img = img / jnp.maximum(jnp.linalg.norm(img, axis=-1, keepdims=True), 1e-12)
+      logits = img @ classifier.T
+      out = {"accuracy": (logits.argmax(-1) == batch["label"]).astype(jnp.float32)}
+      if top5:
+        out["top5_accuracy"] = (jax.lax.top_k(logits, 5)[1] == batch["label"][:, None]).any(
+            -1).astype(jnp.float32)
+      return out
+
+    def make_ds():
+      return pipeline.eval_dataset(self.source, pp=pp, batch_size=batch_size,
+                                   keys=("image", "label"), process_index=process_index,
+                                   process_count=process_count, bind=bind)
+    self._eval = Evaluator(f"zeroshot/{self.name}", make_ds, apply, mesh, state_shardings,
+                           len(self.source), num_extra=1)
+
+  def classifier(self, state) -> np.ndarray:
+    """(classes, dim) unit-length class embeddings, prompt-ensembled."""
+    emb = encode_texts(self._encode_text, state, self.tokens, self.mesh)
+    emb = _normalize(emb.reshape(len(self.names), len(self.templates), -1))
+    return _normalize(emb.mean(1)).astype(np.float32)
+
+  def run(self, state) -> Iterator[tuple[str, float]]:
+    w = jax.make_array_from_process_local_data(sharding.replicated(self.mesh),
+                                               self.classifier(state))
+    yield from self._eval.run(state, w)

@@ -1,0 +1,143 @@
+"""CLIP (Radford et al., 2021): an image tower and a text tower trained so that each image's
+embedding finds its own caption's among all captions of the global batch, and back.
+
+Options: SigLIP's pairwise sigmoid loss (``config.clip.loss='sigmoid'``, with a learnable bias),
+and SLIP (``method='slip'``): CLIP plus SimCLR's NT-Xent on two augmented views through the same
+image tower, weighted by ``config.clip.ssl_weight``.
+
+The logit scale is learnt as log(scale), initialised at 1/0.07 (CLIP) or 10 (SigLIP) and clamped
+at ``logit_scale_max`` (100) in the forward pass; 0-d parameters are never weight-decayed. The
+losses see the global batch (see losses.py): every device's embeddings against every other's,
+across hosts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from big_transfer import models
+from big_transfer.methods import losses
+from big_transfer.methods.simclr import ProjectionHead
+from big_transfer.models.text import TextTransformer
+
+
+class CLIPModel(nnx.Module):
+  """Image tower (+ a projection unless it ends in CLIP's attention pool), text tower, logit
+  scale (and bias for the sigmoid loss); ``ssl_projection`` for SLIP."""
+
+  def __init__(self, image, text, *, embed_dim: int, logit_scale_init: float,
+               logit_bias_init: float | None, ssl_dims=None, dtype=None, rngs: nnx.Rngs):
+    self.image, self.text = image, text
+    width = image.num_features
+    pooled = getattr(image, "attnpool", None) is not None  # CLIP's ResNet: already projected
+    if pooled and width != embed_dim:
+      raise ValueError(f"the attention pool outputs {width}, not embed_dim {embed_dim}")
+    # ViT, v1.5/v2 ResNets: a linear projection of pre_logits (no bias, as CLIP's).
+    self.image_projection = None if pooled else nnx.Param(
+        width**-0.5 * jax.random.normal(rngs.params(), (width, embed_dim)))
+    self.logit_scale = nnx.Param(jnp.asarray(math.log(logit_scale_init), jnp.float32))
+    self.logit_bias = (nnx.Param(jnp.asarray(logit_bias_init, jnp.float32))
+                       if logit_bias_init is not None else None)
+    self.ssl_projection = (ProjectionHead((width,) + tuple(ssl_dims), dtype=dtype, rngs=rngs)
+                           if ssl_dims else None)
+
+  def encode_image(self, images, train: bool = False, rngs=None):
+    """(embedding, pre_logits) of a batch of images."""
+    kwargs = {"rngs": rngs} if rngs is not None and hasattr(self.image, "blocks") else {}
+    _, out = self.image(images, train=train, **kwargs)
+    x = out["pre_logits"]
+    emb = x @ self.image_projection.value.astype(x.dtype) if self.image_projection is not None \
+        else x
+    return emb, x
+
+  def encode_text(self, tokens):
+    return self.text(tokens)
+
+
+class Method:
+  name = "clip"
+  batch_keys = ("image", "text")
+
+  def __init__(self, config, info):
+    self.config = config
+    tok = info.get("tokenizer")
+    if tok is None:
+      raise ValueError(f"method {config.method} needs a tokenizer: set config.text.tokenizer")
+    self.tokenizer = tok
+    self.dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    self.sigmoid = config.clip.loss == "sigmoid"
+    self.scale_max = float(config.clip.logit_scale_max)
+
+  def _ssl_dims(self):
+    return None
+
+  def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
+    c = self.config
+    kwargs = c.model_kwargs.to_dict()
+    if models.parse(c.model)[1].get("version") == "clip":  # attention pool = the projection
+      kwargs.setdefault("embed_dim", c.clip.embed_dim)
+    image = models.create(c.model, num_classes=0, rngs=rngs, dtype=self.dtype, **kwargs)
+    text = TextTransformer(
+        vocab_size=self.tokenizer.vocab_size, context_length=c.text.context_length,
+        width=c.text.width, layers=c.text.layers, heads=c.text.heads,
+        embed_dim=c.clip.embed_dim, eot_id=self.tokenizer.eot_id, act=c.text.act,
+        dtype=self.dtype, rngs=rngs)
+    scale_init = c.clip.logit_scale_init
+    if self.sigmoid and scale_init == 1 / 0.07:  # the CLIP default: take SigLIP's own
+      scale_init = 10.0
+    return CLIPModel(image, text, embed_dim=c.clip.embed_dim, logit_scale_init=scale_init,
+                     logit_bias_init=c.clip.logit_bias_init if self.sigmoid else None,
+                     ssl_dims=self._ssl_dims(), dtype=self.dtype, rngs=rngs)
+
+  def logit_scale(self, model):
+    return jnp.exp(jnp.minimum(model.logit_scale.value, math.log(self.scale_max)))
+
+  def features(self, model, images):
+    """The image tower's pre_logits (what transfer builds on)."""
+    return model.encode_image(images.astype(self.dtype))[1]
+
+  def encode_image(self, model, images):
+    return model.encode_image(images.astype(self.dtype))[0].astype(jnp.float32)
+
+  def encode_text(self, model, tokens):
+    return model.encode_text(tokens).astype(jnp.float32)
+
+  def _contrastive(self, model, img, txt):
+    scale = self.logit_scale(model)
+    if self.sigmoid:
+      loss, acc = losses.siglip_sigmoid(img, txt, scale, model.logit_bias.value)
+    else:
+      loss, acc = losses.clip_softmax(img, txt, scale)
+    return loss, {"contrastive_accuracy": acc, "logit_scale": scale}
+
+  def loss(self, model, batch, rngs=None):
+    img, _ = model.encode_image(batch["image"].astype(self.dtype), train=True, rngs=rngs)
+    txt = model.encode_text(batch["text"])
+    return self._contrastive(model, img, txt)
+
+
+class SLIPMethod(Method):
+  """SLIP (Mu et al., 2022): CLIP's loss on (image, text) plus SimCLR's NT-Xent on two more
+  views of the image, one image tower for all three (one forward, so BatchNorm sees all)."""
+
+  name = "slip"
+  batch_keys = ("image", "text", "image1", "image2")
+
+  def _ssl_dims(self):
+    return tuple(self.config.projection_dims)
+
+  def loss(self, model, batch, rngs=None):
+    n = batch["image"].shape[0]
+    x = jnp.concatenate([batch["image"], batch["image1"], batch["image2"]]).astype(self.dtype)
+    emb, pre = model.encode_image(x, train=True, rngs=rngs)
+    txt = model.encode_text(batch["text"])
+    clip_loss, metrics = self._contrastive(model, emb[:n], txt)
+    z = model.ssl_projection(pre[n:], True)
+    ssl_loss, ssl_acc = losses.nt_xent(z[:n], z[n:], float(self.config.temperature))
+    w = float(self.config.clip.ssl_weight)
+    metrics.update(clip_loss=clip_loss, ssl_loss=ssl_loss, ssl_accuracy=ssl_acc)
+    return clip_loss + w * ssl_loss, metrics

@@ -1,0 +1,240 @@
+"""CLIP, SigLIP and SLIP: tokenizer, text tower, global-batch losses across processes, the mini
+run (falling loss, zero-shot above chance), webdataset training, exact resume."""
+
+import gzip
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from big_transfer import checkpoint, config_lib, train
+from big_transfer.data import ops, tokenizer
+from big_transfer.evaluators import retrieval, zeroshot
+from big_transfer.logging import read_metrics
+from big_transfer.models.text import TextTransformer
+from conftest import ROOT, losses, one_device
+
+CLIP_MINI = os.path.join(ROOT, "configs", "mini", "clip.py")
+CAPTIONS = ["a photo of a dog", "A Photo of a Cat!", "two dogs and a cat", "a dog's toy",
+            "photos of dogs &amp; cats", "the cat sat on the mat", "dogs dogs dogs"]
+
+
+# ------------------------------------------------------------------------------ tokenizer
+
+def test_trained_bpe_is_deterministic_round_trips_and_saves(tmp_path):
+  tok = tokenizer.train(CAPTIONS * 3, vocab_size=560)
+  again = tokenizer.train(CAPTIONS * 3, vocab_size=560)
+  assert tok.ranks == again.ranks and 514 < tok.vocab_size <= 560
+  assert tok.eot_id == tok.vocab_size - 1 and tok.sot_id == tok.vocab_size - 2
+  # Frequent words become single tokens; text decodes back (cleaned: lower case, unescaped).
+  assert len(tok.encode("dogs")) == 1 and len(tok.encode("photo")) == 1
+  assert tok.decode(tok.encode("Photos of  dogs &amp; cats")) == "photos of dogs & cats"
+  # Unseen words and unicode fall back to bytes, losslessly.
+  assert tok.decode(tok.encode("zebra über 東京")) == "zebra über 東京"
+  path = str(tmp_path / "v.txt")
+  tok.save(path)
+  loaded = tokenizer.Tokenizer.from_file(path)
+  assert loaded.vocab_size == tok.vocab_size
+  np.testing.assert_array_equal(loaded.tokenize(CAPTIONS, 12), tok.tokenize(CAPTIONS, 12))
+
+
+def test_tokenize_truncates_keeping_end_of_text_and_pads():
+  tok = tokenizer.train(CAPTIONS, vocab_size=530)
+  rows = tok.tokenize(["a dog", "the cat sat on the mat " * 10], context_length=8)
+  assert rows.shape == (2, 8) and rows.dtype == np.int32
+  short, long = rows
+  n = len(tok.encode("a dog"))
+  assert short[0] == tok.sot_id and short[n + 1] == tok.eot_id and (short[n + 2:] == 0).all()
+  assert long[0] == tok.sot_id and long[-1] == tok.eot_id and tok.eot_id not in long[:-1]
+
+
+def test_clip_format_vocabulary_file_layout(tmp_path):
+  # A CLIP-style merges file (gzip, '#version' header, more merges than the vocabulary uses).
+  merges = ["d o", "do g</w>", "c a", "ca t</w>", "a </w>", "x y"]
+  path = str(tmp_path / "bpe.txt.gz")
+  with gzip.open(path, "wt", encoding="utf-8") as f:
+    f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+  tok = tokenizer.Tokenizer.from_file(path, vocab_size=512 + 4 + 2)  # uses 4 merges
+  assert tok.vocab_size == 518 and tok.sot_id == 516 and tok.eot_id == 517
+  # ids: 256 bytes, 256 bytes+</w>, then merges in order: 'do'=512, 'dog</w>'=513, ...
+  assert tok.encode("dog cat") == [513, 515]
+  assert tok.encode("a") == [256 + ord("a") - 33]  # 'a</w>' (bytes with </w> start at 256)
+  with pytest.raises(ValueError, match="needs"):
+    tokenizer.Tokenizer.from_file(path, vocab_size=600)
+  with pytest.raises(FileNotFoundError, match="no such file"):
+    tokenizer.Tokenizer.from_file(str(tmp_path / "missing.txt"))
+
+
+def test_tokenize_op_is_bound_by_the_trainer_and_rejects_empty_captions(tmp_path):
+  tok = tokenizer.train(CAPTIONS, vocab_size=530)
+  path = str(tmp_path / "v.txt")
+  tok.save(path)
+  fn = ops.parse("tokenize", bind={"vocab": path, "max_len": 10})
+  out = fn({"caption": "a dog", "image": 1}, np.random.default_rng(0))
+  np.testing.assert_array_equal(out["text"], tok.tokenize("a dog", 10)[0])
+  assert "caption" not in out and out["image"] == 1
+  with pytest.raises(ValueError, match="empty"):
+    fn({"caption": "  "}, np.random.default_rng(0))
+  unbound = ops.parse("tokenize")
+  with pytest.raises(ops.PreprocessError, match="config.text.tokenizer"):
+    unbound({"caption": "a"}, np.random.default_rng(0))
+
+
+# ------------------------------------------------------------------------------ text tower
+
+def test_text_tower_is_causal_and_reads_the_end_of_text_token():
+  m = TextTransformer(vocab_size=100, context_length=8, width=32, layers=2, heads=4,
+                      embed_dim=16, eot_id=99, rngs=nnx.Rngs(0))
+  t = jnp.array([[98, 5, 6, 99, 0, 0, 0, 0],
+                 [98, 5, 6, 99, 7, 8, 9, 1],   # tokens after the end: invisible
+                 [98, 5, 7, 99, 0, 0, 0, 0],   # an earlier token changed: visible
+                 [98, 5, 6, 3, 99, 0, 0, 0]])  # a longer text: read at its own end
+  y = np.asarray(m(t))
+  np.testing.assert_allclose(y[0], y[1], atol=1e-6)
+  assert np.abs(y[0] - y[2]).max() > 1e-3 and np.abs(y[0] - y[3]).max() > 1e-3
+
+
+# ------------------------------------------------------------------------------ evaluators
+
+def test_recall_at_k_against_brute_force():
+  rng = np.random.default_rng(0)
+  img, txt = rng.normal(size=(30, 5)), rng.normal(size=(30, 5))
+  txt[:10] = img[:10] + 0.01 * rng.normal(size=(10, 5))  # the first 10 pairs match well
+  got = retrieval.recall_at_k(img, txt)
+  n = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+  sim = n(img) @ n(txt).T
+  for k in (1, 5, 10):
+    i2t = np.mean([i in np.argsort(-sim[i])[:k] for i in range(30)])
+    t2i = np.mean([i in np.argsort(-sim[:, i])[:k] for i in range(30)])
+    assert got[f"image_to_text_r{k}"] == pytest.approx(i2t)
+    assert got[f"text_to_image_r{k}"] == pytest.approx(t2i)
+  assert got["image_to_text_r1"] >= 1 / 3
+
+
+def test_zeroshot_templates():
+  assert zeroshot.templates_of("simple") == ("a photo of a {}.",)
+  assert zeroshot.templates_of("a {};the {} photo") == ("a {}", "the {} photo")
+  with pytest.raises(ValueError, match="exactly one"):
+    zeroshot.templates_of("no placeholder")
+
+
+# ------------------------------------------------------------------------------ losses
+
+def test_global_batch_losses_and_gradients_are_the_same_across_two_processes(tmp_path):
+  sys.path.insert(0, os.path.join(ROOT, "tests"))
+  import mp_loss
+  w, x1, x2 = mp_loss.data()
+  cmd = [os.path.join(ROOT, "launch", "local.sh"), "2", "2", "--", sys.executable,
+         os.path.join(ROOT, "tests", "mp_loss.py"), str(tmp_path)]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stdout[-3000:]
+  got = json.load(open(tmp_path / "losses.json"))
+  assert got["processes"] == 2 and got["devices"] == 4
+  for name, fn in mp_loss.loss_fns().items():
+    ref_loss, ref_grad = jax.value_and_grad(fn)(w, x1, x2)  # one device, the whole batch
+    np.testing.assert_allclose(got[name]["loss"], ref_loss, rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(got[name]["grad"], ref_grad, rtol=1e-4, atol=1e-6,
+                               err_msg=name)
+
+
+# ------------------------------------------------------------------------------ training
+
+def clip_config(arg="steps=6,batch=32,width=0.125", **overrides):
+  c = config_lib.load(f"{CLIP_MINI}:{arg}")
+  c.log_every = 1
+  c.tensorboard = False
+  c.optimizer.warmup_steps = 0
+  c.retrieval.data = ""
+  for k, v in overrides.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def test_mini_clip_learns_and_zero_shot_rises_above_chance(tmp_path):
+  wd = str(tmp_path)
+  c = clip_config("steps=150,batch=64", log_every=10, eval_every=150,
+                  checkpoint_every=150, **{"optimizer.warmup_steps": 10,
+                                           "retrieval.data": "builtin:glyphs?n=6000",
+                                           "retrieval.max_examples": 200})
+  train.run(c, wd, devices=one_device())
+  ls = losses(wd)
+  assert ls[-1] < 0.85 * ls[0], ls
+  rows = read_metrics(wd)
+  zs = [r["zeroshot/digits/accuracy"] for r in rows if "zeroshot/digits/accuracy" in r]
+  assert zs[-1] > 0.2, zs  # ten classes of real handwritten digits: chance is 0.1
+  r10 = [r["retrieval/glyphs/image_to_text_r10"] for r in rows
+         if "retrieval/glyphs/image_to_text_r10" in r]
+  assert r10[-1] > 0.1  # 200 candidates: chance is 0.05
+  assert open(os.path.join(wd, "tokenizer_bpe.txt")).readline().startswith("#version")
+  scales = [r["train/logit_scale"] for r in rows if "train/logit_scale" in r]
+  assert scales[0] == pytest.approx(1 / 0.07, rel=0.05)
+
+
+def test_siglip_and_slip_train(tmp_path):
+  c = clip_config("steps=3,batch=16,width=0.125,loss=sigmoid,method=slip",
+                  **{"zeroshot.data": ""})
+  state = train.run(c, str(tmp_path), devices=one_device())
+  rows = [r for r in read_metrics(str(tmp_path)) if "train/loss" in r]
+  assert all(np.isfinite(r["train/loss"]) for r in rows)
+  assert {"train/clip_loss", "train/ssl_loss", "train/logit_scale"} <= set(rows[0])
+  assert rows[0]["train/logit_scale"] == pytest.approx(10.0, rel=0.05)  # SigLIP's init
+  assert "logit_bias" in state["params"] and "ssl_projection" in state["params"]
+
+
+def _jpeg(rng, size=20):
+  from PIL import Image
+  buf = io.BytesIO()
+  Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG")
+  return buf.getvalue()
+
+
+def test_clip_trains_on_a_converted_webdataset_and_resumes_exactly(tmp_path):
+  from big_transfer.data import convert
+  rng = np.random.default_rng(0)
+  shards = tmp_path / "shards"
+  shards.mkdir()
+  with tarfile.open(shards / "00000.tar", "w") as tar:
+    for i in range(40):
+      for ext, data in (("jpg", _jpeg(rng)), ("txt", f"a photo of thing {i % 7}".encode())):
+        info = tarfile.TarInfo(f"{i:05d}.{ext}")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+  dst = tmp_path / "converted"
+  convert.main(["webdataset", str(shards), str(dst), "--workers=1"])
+  kw = {"zeroshot.data": "", "data": f"arrayrecord:{dst}", "batch_size": 16,
+        "total_steps": 4, "checkpoint_every": 2, "keep_checkpoints": 5,
+        "text.tokenizer": "train:600",
+        "pp_train": "decode|resize(32)|value_range(-1, 1)|tokenize"}
+  ref_wd, wd = str(tmp_path / "ref"), str(tmp_path / "run")
+  ref = train.run(clip_config(**kw), ref_wd, devices=one_device())
+  assert len(losses(ref_wd)) == 4
+  tok = tokenizer.Tokenizer.from_file(os.path.join(ref_wd, "tokenizer_bpe.txt"))
+  assert len(tok.encode("thing")) == 1  # learnt from the shards' captions
+
+  # Exact resume: a second run, its last checkpoint removed (as if stopped after step 2),
+  # resumed, ends bitwise equal to the uninterrupted one.
+  train.run(clip_config(**kw), wd, devices=one_device())
+  shutil.rmtree(os.path.join(wd, "checkpoints", "4"))
+  state = train.run(clip_config(**kw), wd, devices=one_device())
+  for a, b in zip(jax.tree.leaves(jax.device_get(ref)), jax.tree.leaves(jax.device_get(state))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_clip_without_tokenizer_is_a_config_error(tmp_path):
+  c = clip_config(**{"text.tokenizer": ""})
+  with pytest.raises(config_lib.ConfigError, match="config.text.tokenizer"):
+    train.run(c, str(tmp_path), devices=one_device())
