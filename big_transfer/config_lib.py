@@ -96,8 +96,9 @@ def base_config() -> ml_collections.ConfigDict:
       "every": placeholder(int),  # default: eval_every
   })
   # Image-text methods (clip, slip). The tokenizer is a merges file (CLIP's
-  # bpe_simple_vocab_16e6.txt.gz, or one written by big_transfer.data.tokenizer) or
-  # 'train:SIZE': learn a SIZE-token BPE from the training captions, stored in the workdir.
+  # bpe_simple_vocab_16e6.txt.gz, or one written by big_transfer.data.tokenizer), 'clip' (that
+  # file from the installed open_clip_torch package) or 'train:SIZE': learn a SIZE-token BPE
+  # from the training captions, stored in the workdir.
   c.text = ml_collections.ConfigDict({
       "tokenizer": "", "context_length": 77, "width": 512, "layers": 12, "heads": 8,
       "act": "gelu", "max_captions": 200_000,
@@ -227,7 +228,7 @@ def validate(config) -> None:
   if tok.startswith("train:"):
     if not tok[6:].isdigit() or int(tok[6:]) < 514:
       raise ConfigError(f"config.text.tokenizer={tok!r}: expected train:SIZE with SIZE >= 514")
-  elif tok and not os.path.exists(tok):
+  elif tok and tok != "clip" and not os.path.exists(tok):
     raise ConfigError(f"config.text.tokenizer={tok!r}: no such file")
   if config.optimizer.name not in optim.OPTIMIZERS:
     raise ConfigError(f"config.optimizer.name={config.optimizer.name!r}: not one of "

@@ -105,10 +105,11 @@ def resolve_tokenizer(config, workdir: str, train_source) -> str | None:
     return None
   if not spec.startswith("train:"):
     try:
-      tokenizer.load(spec)
+      path = tokenizer.resolve(spec)
+      tokenizer.load(path)
     except (OSError, ValueError) as e:
       raise config_lib.ConfigError(f"config.text.tokenizer: {e}") from None
-    return spec
+    return path
   path = os.path.join(workdir, "tokenizer_bpe.txt")
   if not os.path.exists(path):
     texts = tokenizer.captions_of(train_source, config.text.max_captions)

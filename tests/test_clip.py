@@ -238,3 +238,31 @@ def test_clip_without_tokenizer_is_a_config_error(tmp_path):
   c = clip_config(**{"text.tokenizer": ""})
   with pytest.raises(config_lib.ConfigError, match="config.text.tokenizer"):
     train.run(c, str(tmp_path), devices=one_device())
+
+
+def test_paper_pretraining_configs_carry_the_published_settings():
+  clip = config_lib.load(os.path.join(ROOT, "configs/pretrain/clip.py") +
+                         ":data=arrayrecord:/data/laion,size=2.7M")
+  assert clip.data == "arrayrecord:/data/laion?size=2.7M" and clip.model == "clip_rn50"
+  assert (clip.batch_size, clip.total_epochs, clip.optimizer.lr, clip.optimizer.weight_decay,
+          clip.optimizer.b2, clip.optimizer.warmup_steps) == (1024, 16, 1e-3, 0.1, 0.999, 5000)
+  assert (clip.text.width, clip.text.layers, clip.text.heads, clip.text.context_length,
+          clip.clip.embed_dim) == (512, 12, 8, 77, 1024)
+  assert clip.clip.logit_scale_init == pytest.approx(1 / 0.07) and clip.clip.logit_scale_max == 100
+  simclr = config_lib.load(os.path.join(ROOT, "configs/pretrain/simclr.py") + ":size=2.7M")
+  assert (simclr.batch_size, simclr.total_epochs, simclr.optimizer.b2,
+          simclr.optimizer.warmup_epochs, simclr.temperature) == (1024, 16, 0.98, 2, 0.1)
+  assert tuple(simclr.projection_dims) == (4096, 4096, 256)
+  for c in (clip, simclr):
+    ops.parse(c.pp_train, bind={"vocab": None, "max_len": 77})
+
+
+def test_clip_vocabulary_comes_from_open_clip_or_a_clear_message():
+  path = tokenizer.packaged_clip_vocab()
+  if path is None:
+    with pytest.raises(FileNotFoundError, match="pip install open_clip_torch"):
+      tokenizer.resolve("clip")
+  else:  # the real vocabulary: CLIP's known ids
+    tok = tokenizer.load(tokenizer.resolve("clip"))
+    assert tok.vocab_size == 49408
+    assert tok.tokenize("a diagram", 5)[0].tolist() == [49406, 320, 22697, 49407, 0]

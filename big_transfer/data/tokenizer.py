@@ -58,7 +58,7 @@ def clean(text: str) -> str:
   except ImportError:  # optional: only mojibake repair is lost
     pass
   text = html.unescape(html.unescape(text)).strip()
-  return regex.sub(r"\s+", " ", text).strip().lower()
+  return " ".join(text.split()).lower()
 
 
 def _words(text: str) -> list[str]:
@@ -241,6 +241,33 @@ def captions_of(source, limit: int = 200_000, key: str = "caption") -> list[str]
     if text:
       out.append(str(text))
   return out
+
+
+def packaged_clip_vocab() -> str | None:
+  """The path of OpenAI's BPE vocabulary file as OpenCLIP ships it, when open_clip_torch is
+  installed (found without importing it: that would import torch)."""
+  import importlib.util
+  spec = importlib.util.find_spec("open_clip")
+  if spec is None or not spec.submodule_search_locations:
+    return None
+  for folder in spec.submodule_search_locations:
+    path = os.path.join(folder, "bpe_simple_vocab_16e6.txt.gz")
+    if os.path.exists(path):
+      return path
+  return None
+
+
+def resolve(spec: str) -> str:
+  """A vocabulary spec -> a file: 'clip' is OpenAI's (from the open_clip_torch package), else a
+  path. Raises FileNotFoundError with what to do."""
+  if spec == "clip":
+    path = packaged_clip_vocab()
+    if path is None:
+      raise FileNotFoundError("tokenizer 'clip': OpenAI's bpe_simple_vocab_16e6.txt.gz was not "
+                              "found; pip install open_clip_torch (no torch needed to read it) "
+                              "or give the file's path")
+    return path
+  return spec
 
 
 @functools.lru_cache(maxsize=8)
