@@ -123,6 +123,51 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+PROTOCOLS = ("ft", "lp", "lp_ft", "zeroshot", "wise_ft")
+
+
+def transfer_config():
+  """Transfer defaults: the study's published fine-tuning settings (AdamW, weight decay 0.1,
+  cosine with 500 warm-up steps, batch 128, 128 epochs, lr grid {1e-4, 3e-4, 1e-3, 3e-3},
+  224px bicubic, RandAugment m9 mstd0.5, colour jitter 0.4, random erasing 0.25)."""
+  c = base_config()
+  c.method = "supervised"  # the transfer loss is supervised cross-entropy
+  c.model = ""  # '' = the pre-trained run's model
+  c.pretrained = ""  # a pre-training workdir or checkpoint; '' = from scratch
+  c.protocol = "ft"
+  c.shots = "full"  # images per class, or 'full'
+  c.shot_seed = placeholder(int)  # default: seed
+  c.val_fraction = 0.1
+  c.val_split = ""  # a named validation split instead of carving one from train
+  c.test_split = "test"
+  c.eval_data = "none"
+  c.lrs = (1e-4, 3e-4, 1e-3, 3e-3)
+  c.head_init = "auto"  # auto: text for CLIP/SLIP (ft, wise_ft), probe for lp_ft, else zero
+  c.lp = ml_collections.ConfigDict({
+      "solver": "closed_form",  # or 'sgd'
+      "l2_grid": (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
+      "sgd_steps": 500, "sgd_lr": 0.1,
+  })
+  c.wise_ft = ml_collections.ConfigDict({"alphas": (0.0, 0.25, 0.5, 0.75, 1.0)})
+  c.schedule_rule = ""  # 'bit': BiT-HyperRule (steps, schedule, batch, MixUp, resolution)
+  c.mixup_alpha = 0.0
+  c.results_file = ""  # also append rows here (the study's results table)
+  c.tags = ""  # 'k=v;k2=v2': labels copied into every row (study arm names, ...)
+  c.batch_size = 128
+  c.total_epochs = 128.0
+  c.optimizer.update(name="adamw", lr=1e-3, weight_decay=0.1, b1=0.9, b2=0.999,
+                     schedule="cosine", warmup_steps=500)
+  c.pp_train = ("decode|inception_crop(224, method='bicubic')|flip_lr|randaugment(2, 9, 0.5)"
+                "|color_jitter(0.4, 0.4, 0.4, 0.0)|normalize('imagenet')|random_erasing(0.25)")
+  c.pp_eval = ("decode|resize_small(256, method='bicubic')|central_crop(224)"
+               "|normalize('imagenet')")
+  c.checkpoint_every = 1000
+  c.log_every = 50
+  c.keep_checkpoints = 1
+  return c
+
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Typed variant args: ``'model=vit_s16,steps=100,runlocal'`` against typed defaults.
 

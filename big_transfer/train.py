@@ -55,14 +55,18 @@ def maybe_initialize_distributed(coordinator_address=None, num_processes=None,
   jax.distributed.initialize(**kwargs)
 
 
-def prepare(config, workdir: str) -> dict[str, Any]:
-  """Validates the config and opens the data; raises ConfigError/DataError before compiling."""
+def prepare(config, workdir: str, train_source=None) -> dict[str, Any]:
+  """Validates the config and opens the data; raises ConfigError/DataError before compiling.
+  ``train_source``: an already opened source instead of ``config.data`` (transfer runs pass
+  their k-shot subsets)."""
   from big_transfer import config_lib
   from big_transfer.data import sources
 
   config_lib.validate(config)
-  train_source = sources.open_source(config.data, config.train_split)
-  if len(train_source) < config.batch_size:
+  given = train_source is not None
+  if not given:
+    train_source = sources.open_source(config.data, config.train_split)
+  if len(train_source) < config.batch_size and not given:
     raise config_lib.ConfigError(
         f"config.batch_size={config.batch_size} is larger than the {len(train_source)} "
         f"training examples of {config.data}")
@@ -139,11 +143,16 @@ def write_config(config, workdir: str, resolved: dict[str, Any]):
   os.replace(path + ".tmp", path)
 
 
-def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
-  """Trains to ``config.total_steps`` (resuming from ``workdir``); returns the final state."""
+def run(config, workdir: str, *, devices=None, method=None, train_source=None,
+        initialize=None) -> dict[str, Any]:
+  """Trains to ``config.total_steps`` (resuming from ``workdir``); returns the final state.
+
+  Transfer runs (finetune.py) reuse this loop with their own ``method`` object, an opened
+  ``train_source`` (a k-shot subset) and ``initialize(state) -> state``, applied once to a fresh
+  state (not to a resumed one) to load pre-trained weights."""
   # ---------------------------------------------------------------- config and data
   # Everything a user can get wrong is checked here, before any array exists.
-  data = prepare(config, workdir)
+  data = prepare(config, workdir, train_source)
 
   import jax
   import jax.numpy as jnp
@@ -185,9 +194,10 @@ def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
     from big_transfer.data import tokenizer as tokenizer_lib
     tok = tokenizer_lib.load(data["vocab"])
     bind = {"vocab": data["vocab"], "max_len": config.text.context_length}
-  method = methods.get(config.method, config, {"num_classes": data["num_classes"],
-                                               "class_names": data["class_names"],
-                                               "tokenizer": tok})
+  if method is None:
+    method = methods.get(config.method, config, {"num_classes": data["num_classes"],
+                                                 "class_names": data["class_names"],
+                                                 "tokenizer": tok})
   skipped = pipeline.SkipCounter()
   train_ds = pipeline.train_dataset(
       data["train_source"], pp=config.pp_train, batch_size=config.batch_size, seed=config.seed,
@@ -290,6 +300,8 @@ def run(config, workdir: str, *, devices=None) -> dict[str, Any]:
             else None)
     state = jax.jit(init_state, out_shardings=state_sh, compiler_options=opts)(
         jax.random.key(config.seed))
+    if initialize is not None:
+      state = initialize(state)
   if int(state["step"]) != start_step:
     raise RuntimeError(f"checkpoint step {start_step} holds state at step {int(state['step'])}")
 

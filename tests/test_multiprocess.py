@@ -4,12 +4,14 @@ import os
 import subprocess
 
 import numpy as np
+import pytest
 
 from big_transfer import train
 from big_transfer.logging import read_metrics
 from conftest import MINI, ROOT, losses, mini_config, one_device
 
 
+@pytest.mark.slow  # ~90 s; the contrastive losses across 2 processes run by default (test_clip)
 def test_two_processes_match_the_single_process_run(tmp_path):
   mp_wd, ref_wd = str(tmp_path / "two_processes"), str(tmp_path / "one_process")
   cmd = [os.path.join(ROOT, "launch", "local.sh"), "2", "2", "--", "python", "-m",

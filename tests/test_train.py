@@ -72,7 +72,7 @@ def one_device_reference(tmp_path_factory):
   return losses(wd), jax.device_get(state["params"])
 
 
-@pytest.mark.parametrize("data,fsdp", [(8, 1), (4, 2), (1, 8)])
+@pytest.mark.parametrize("data,fsdp", [(8, 1), pytest.param(4, 2, marks=pytest.mark.slow), (1, 8)])
 def test_same_loss_trajectory_on_one_and_eight_devices(tmp_path, one_device_reference, data,
                                                        fsdp):
   ref, ref_params = one_device_reference
@@ -252,6 +252,7 @@ def test_bad_input_is_one_line_before_any_compile(tmp_path, args, message):
   assert not os.path.isdir(os.path.join(tmp_path, "checkpoints"))
 
 
+@pytest.mark.slow  # ~50 s: spawns Grain worker processes
 def test_multiprocess_data_workers_feed_the_same_batches(tmp_path):
   ref_wd, wd = str(tmp_path / "threads"), str(tmp_path / "workers")
   train.run(mini_config(), ref_wd, devices=one_device())

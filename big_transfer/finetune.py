@@ -1,0 +1,438 @@
+r"""Transfer entrypoint: restore a pre-training checkpoint, run one protocol, append one results row.
+
+  python -m big_transfer.finetune --config=configs/finetune/default.py:pretrained=/runs/clip,data=tfds:cifar100,protocol=ft,shots=5 \
+      --workdir=/runs/clip/ft_cifar100_5shot_s0
+
+Protocols (``config.protocol``):
+  ft        full fine-tuning, one run per learning rate in ``config.lrs``, chosen on validation
+  lp        linear probe on frozen features: closed-form ridge over an L2 grid (or SGD), chosen on
+            validation
+  lp_ft     the probe, then fine-tuning from it (head initialised by the probe)
+  zeroshot  CLIP/SLIP only: the text-initialised head, no training
+  wise_ft   fine-tune, then interpolate initial and fine-tuned weights over ``wise_ft.alphas``
+
+Data: ``config.data`` at ``train_split`` is the pool; a stratified ``val_fraction`` of it is held
+out for every choice (learning rate, L2, alpha) unless ``val_split`` names a split; ``shots``
+(an integer per class, or 'full') are drawn from the rest with ``shot_seed`` (default: ``seed``),
+the same images for every pre-trained model. The test split is evaluated once per candidate and
+is never used for a choice: rows report the validation-selected run's ``test_accuracy``, and the
+best test accuracy over the grid beside it as ``test_selected_accuracy`` (what the paper's numbers
+are), labelled as such.
+
+Every invocation appends one row per result to ``WORKDIR/results.jsonl`` (and to
+``config.results_file``, the study's table), and writes ``WORKDIR/done.json``: run again, it
+returns the finished rows without recomputing; stopped midway, finished learning rates are kept
+and an unfinished one resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from absl import app, flags
+
+# The same flags as the pre-training entrypoint (--config, --workdir, multi-process flags):
+# defined once, in train.py.
+from big_transfer import train as _train
+
+FLAGS = flags.FLAGS
+from big_transfer.config_lib import PROTOCOLS, transfer_config  # noqa: F401 (re-exported)
+
+
+class TransferError(ValueError):
+  """A transfer config that cannot run; printed as one line."""
+
+
+def parse_shots(shots) -> int | None:
+  if isinstance(shots, int):
+    k = shots
+  elif str(shots).strip().lower() == "full":
+    return None
+  else:
+    try:
+      k = int(str(shots).strip())
+    except ValueError:
+      raise TransferError(f"config.shots={shots!r}: an integer per class or 'full'") from None
+  if k <= 0:
+    raise TransferError(f"config.shots={shots!r}: must be positive")
+  return k
+
+
+def parse_tags(text: str) -> dict[str, str]:
+  """'arm=related;source=glyphs' -> {'arm': 'related', 'source': 'glyphs'}."""
+  out = {}
+  for item in filter(None, (t.strip() for t in str(text).split(";"))):
+    k, eq, v = item.partition("=")
+    if not eq or not k.strip():
+      raise TransferError(f"config.tags={text!r}: expected 'key=value;key=value'")
+    out[k.strip()] = v.strip()
+  return out
+
+
+def transfer_data(config) -> dict[str, Any]:
+  """Pool, validation, k-shot training subset and test sources (seeded, model-independent)."""
+  import numpy as np
+  from big_transfer.data import fewshot, sources
+  pool = sources.open_source(sources.spec_at_split(config.data, config.train_split))
+  names = getattr(pool, "class_names", None)
+  labels = fewshot.labels_of(pool)
+  seed = config.seed if config.shot_seed is None else config.shot_seed
+  if config.val_split:
+    val = sources.open_source(sources.spec_at_split(config.data, config.val_split,
+                                                    drop=sources.TRAINING_ONLY_OPTIONS))
+    train_idx = np.arange(len(pool))
+  else:
+    train_idx, val_idx = fewshot.train_val_split(labels, config.val_fraction, seed)
+    val = sources.Subset(pool, val_idx)
+  k = parse_shots(config.shots)
+  if k is not None:
+    train_idx = train_idx[fewshot.sample_shots(labels[train_idx], k, seed)]
+  test = sources.open_source(sources.spec_at_split(config.data, config.test_split,
+                                                   drop=sources.TRAINING_ONLY_OPTIONS))
+  num_classes = config.num_classes or (len(names) if names else int(labels.max()) + 1)
+  return dict(train=sources.Subset(pool, train_idx), val=val, test=test, class_names=names,
+              num_classes=num_classes, shots=k, shot_seed=seed)
+
+
+def _apply_bit_rule(config, num_train: int, image_size: int | None):
+  from big_transfer.transfer import bit_hyperrule
+  r = bit_hyperrule(num_train, image_size)
+  config.total_steps, config.total_epochs, config.total_examples = r["total_steps"], None, None
+  config.batch_size = r["batch_size"]
+  config.mixup_alpha = r["mixup_alpha"]
+  config.optimizer.update(**r["optimizer"])
+  config.lrs = (r["optimizer"]["lr"],)
+  config.pp_train = (f"decode|to_rgb|resize({r['resize']})|random_crop({r['crop']})|flip_lr"
+                     f"|value_range(-1, 1)")
+  config.pp_eval = f"decode|to_rgb|resize({r['crop']})|value_range(-1, 1)"
+
+
+class Session:
+  """One invocation: the pre-trained run, data, mesh, and evaluation of weights on a split."""
+
+  def __init__(self, config, workdir: str, devices=None):
+    from flax import nnx
+    from big_transfer import config_lib, sharding, transfer
+    from big_transfer.data import sources
+    self.workdir = workdir
+    if config.protocol not in PROTOCOLS:
+      raise TransferError(f"config.protocol={config.protocol!r}: not one of "
+                          f"{', '.join(PROTOCOLS)}")
+    self.pre = transfer.load_pretrained(config.pretrained) if config.pretrained else None
+    config = copy.deepcopy(config)
+    config.unlock()
+    if not config.model:
+      if self.pre is None:
+        raise TransferError("config.model: empty and no config.pretrained to take it from")
+      config.model = self.pre.config.model
+    self.data = transfer_data(config)
+    if config.schedule_rule == "bit":
+      img = self.data["train"][0]["image"]
+      side = min(img.shape[:2]) if hasattr(img, "shape") and len(img.shape) >= 2 else None
+      _apply_bit_rule(config, len(self.data["train"]), side)
+    elif config.schedule_rule:
+      raise TransferError(f"config.schedule_rule={config.schedule_rule!r}: '' or 'bit'")
+    config.num_classes = self.data["num_classes"]
+    try:
+      config_lib.validate(config)
+    except config_lib.ConfigError as e:
+      raise TransferError(str(e)) from None
+    is_clip = self.pre is not None and self.pre.method in ("clip", "slip")
+    if config.protocol == "zeroshot" and not is_clip:
+      raise TransferError(f"config.protocol=zeroshot needs a CLIP/SLIP pre-trained run (got "
+                          f"{self.pre.method if self.pre else 'none'})")
+    head = config.head_init
+    if head == "auto":
+      head = ("text" if is_clip and config.protocol in ("ft", "wise_ft", "zeroshot")
+              else "probe" if config.protocol in ("lp_ft", "wise_ft") else "zero")
+    if head == "text" and not is_clip:
+      raise TransferError("config.head_init=text needs a CLIP/SLIP pre-trained run")
+    if head not in ("zero", "text", "probe"):
+      raise TransferError(f"config.head_init={config.head_init!r}: auto, zero, text or probe")
+    if head == "text" and not self.data["class_names"]:
+      raise sources.DataError(f"{config.data}: no class names for a text-initialised head")
+    self.head_init = head
+    self.config = config
+    self.method = transfer.TransferMethod(config, self.pre, self.data["num_classes"])
+    self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
+    self.devices = devices
+    abstract = nnx.eval_shape(lambda: self.method.create_model(nnx.Rngs(0)))
+    self.graphdef, abs_params, abs_rest = nnx.split(abstract, nnx.Param, ...)
+    self.abstract = {"params": abs_params.to_pure_dict(), "model_state": abs_rest.to_pure_dict()}
+    rules = [tuple(r) for r in config.param_sharding]
+    self.shardings = {k: sharding.tree_shardings(v, rules, self.mesh,
+                                                 config.param_sharding_min_size)
+                      for k, v in self.abstract.items()}
+    self._evaluators = {}
+    self._features = None
+
+  # --------------------------------------------------------------- weights
+  def initial_weights(self, head=None) -> dict:
+    """Host (params, model_state): fresh init, pre-trained tower loaded, head set."""
+    import jax
+    from flax import nnx
+    from big_transfer import transfer
+    opts = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+
+    def init(key):
+      _, p, r = nnx.split(self.method.create_model(nnx.Rngs(params=key)), nnx.Param, ...)
+      return p.to_pure_dict(), r.to_pure_dict()
+    params, rest = jax.device_get(jax.jit(init, compiler_options=opts)(
+        jax.random.key(self.config.seed)))
+    params, rest = transfer.initial_weights(self.method, params, rest, head)
+    return {"params": params, "model_state": rest}
+
+  def to_device(self, host: dict) -> dict:
+    import jax
+    import numpy as np
+    def put(h, sh, a):
+      h = np.asarray(h, a.dtype)
+      return jax.make_array_from_callback(a.shape, sh, lambda idx: h[idx])
+    return jax.tree.map(put, host, self.shardings, self.abstract)
+
+  # --------------------------------------------------------------- evaluation
+  def accuracy(self, weights: dict, split: str) -> float:
+    """Top-1 accuracy of device ``weights`` ({params, model_state}) on 'val' or 'test'."""
+    from flax import nnx
+    from big_transfer.data import pipeline
+    from big_transfer.evaluators.classification import Evaluator
+    if split not in self._evaluators:
+      source = self.data[split]
+      bs = self.config.eval_batch_size or self.config.batch_size
+      bs = max(self.mesh.devices.size, bs - bs % self.mesh.devices.size)
+
+      def apply(state, batch):
+        return self.method.eval_metrics(
+            nnx.merge(self.graphdef, state["params"], state["model_state"]), batch)
+
+      def make_ds(source=source, bs=bs):
+        import jax
+        return pipeline.eval_dataset(source, pp=self.config.pp_eval, batch_size=bs,
+                                     keys=("image", "label"), process_index=jax.process_index(),
+                                     process_count=jax.process_count(),
+                                     threads=self.config.data_threads)
+      self._evaluators[split] = Evaluator(split, make_ds, apply, self.mesh, self.shardings,
+                                          len(source))
+    return dict(self._evaluators[split].run(weights))[f"{split}/accuracy"]
+
+  def features(self, weights: dict, split: str):
+    """(features, labels) of a split as the head sees them (frozen tower), host float32."""
+    import jax
+    import numpy as np
+    from flax import nnx
+    from big_transfer import sharding
+    from big_transfer.data import pipeline
+    if jax.process_count() > 1:
+      raise TransferError("linear probes run on one process for now (features come back "
+                          "interleaved by process)")
+    if self._features is None:
+      def feats(state, batch):
+        model = nnx.merge(self.graphdef, state["params"], state["model_state"])
+        return {"x": self.method.features(model, batch["image"]), "y": batch["label"],
+                "m": batch[pipeline.MASK]}
+      self._features = jax.jit(feats, in_shardings=(self.shardings,
+                                                    sharding.batch_sharding(self.mesh)),
+                               out_shardings=sharding.replicated(self.mesh))
+    bs = self.config.eval_batch_size or self.config.batch_size
+    bs = max(self.mesh.devices.size, bs - bs % self.mesh.devices.size)
+    xs, ys = [], []
+    for batch in pipeline.eval_dataset(self.data[split], pp=self.config.pp_eval, batch_size=bs,
+                                       keys=("image", "label"),
+                                       threads=self.config.data_threads):
+      out = jax.device_get(self._features(weights, sharding.to_global(batch, self.mesh)))
+      keep = out["m"] > 0
+      xs.append(out["x"][keep])
+      ys.append(out["y"][keep])
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
+
+  # --------------------------------------------------------------- protocols
+  def probe(self, weights: dict):
+    """The linear probe on frozen features: (kernel, bias, chosen value, {value: val acc})."""
+    from big_transfer import transfer
+    tx, ty = self.features(weights, "train")
+    vx, vy = self.features(weights, "val")
+    c = self.config.lp
+    n = self.data["num_classes"]
+    if c.solver == "closed_form":
+      return transfer.ridge_probe(tx, ty, vx, vy, n, c.l2_grid)
+    if c.solver == "sgd":
+      return transfer.sgd_probe(tx, ty, vx, vy, n, c.l2_grid, steps=c.sgd_steps, lr=c.sgd_lr,
+                                seed=self.config.seed)
+    raise TransferError(f"config.lp.solver={c.solver!r}: closed_form or sgd")
+
+  def finetune(self, lr: float, head) -> tuple[dict, int]:
+    """One fine-tuning run at ``lr`` in WORKDIR/lr_<lr> (resumable); returns (device weights,
+    steps)."""
+    from big_transfer import config_lib, train
+    c = copy.deepcopy(self.config)
+    n_train, n_dev = len(self.data["train"]), self.mesh.devices.size
+    # Few-shot sets can be smaller than a batch: shrink it (a multiple of the device count).
+    c.batch_size = max(n_dev, min(c.batch_size, n_train - n_train % n_dev or n_dev))
+    steps = config_lib.resolve_steps(c.total_steps, c.total_epochs, c.total_examples,
+                                     batch_size=c.batch_size, num_examples=n_train)
+    c.total_steps, c.total_epochs, c.total_examples = steps, None, None
+    c.optimizer.lr = float(lr)
+    # The published 500 warm-up steps are most of a few-shot run: at most a fifth of it.
+    c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, steps // 5)
+    c.optimizer.warmup_epochs = None
+    c.checkpoint_every = min(c.checkpoint_every, steps)
+    c.eval_data = "none"
+    c.fewshot.data = ""
+    init = self.initial_weights(head)
+
+    def initialize(state):
+      state = dict(state)
+      state["params"] = self.to_device_like(init["params"], state["params"])
+      state["model_state"] = self.to_device_like(init["model_state"], state["model_state"])
+      if "ema_params" in state:
+        state["ema_params"] = self.to_device_like(init["params"], state["ema_params"])
+      return state
+    state = train.run(c, os.path.join(self.workdir, f"lr_{lr:g}"), devices=self.devices,
+                      method=self.method, train_source=self.data["train"],
+                      initialize=initialize)
+    return {"params": state["params"], "model_state": state["model_state"]}, steps
+
+  @staticmethod
+  def to_device_like(host, like):
+    from big_transfer.transfer import put_like
+    return put_like(host, like)
+
+
+def _pretrain_fields(pre) -> dict[str, Any]:
+  if pre is None:
+    return {"pretrain_method": "scratch", "pretrain_data": "", "pretrain_size": "",
+            "pretrain_steps": 0, "pretrained": ""}
+  base, _, query = pre.config.data.partition("?")
+  opts = dict(kv.split("=", 1) for kv in query.split("&") if "=" in kv) if query else {}
+  return {"pretrain_method": pre.method, "pretrain_data": base,
+          "pretrain_size": opts.get("size", ""), "pretrain_options": opts,
+          "pretrain_steps": pre.step, "pretrained": pre.path}
+
+
+def run(config, workdir: str, devices=None) -> list[dict]:
+  """Runs the configured protocol; returns (and appends) the result rows."""
+  import jax
+  import numpy as np
+  from big_transfer import logging as log_lib
+  from big_transfer import transfer
+  done_path = os.path.join(workdir, "done.json")
+  if os.path.exists(done_path):
+    with open(done_path) as f:
+      rows = json.load(f)["rows"]
+    log_lib.info(f"already done: {done_path} ({len(rows)} rows)")
+    return rows
+  t0 = time.time()
+  s = Session(config, workdir, devices)
+  c, d = s.config, s.data
+  log_lib.info(f"transfer: {c.protocol} of {c.model} "
+               f"({s.pre.method + ' ' + s.pre.path if s.pre else 'from scratch'}) on {c.data}: "
+               f"{len(d['train'])} train ({'full' if d['shots'] is None else d['shots']} shots), "
+               f"{len(d['val'])} val, {len(d['test'])} test, {d['num_classes']} classes")
+  base = {"time": transfer.now(), **_pretrain_fields(s.pre), "model": c.model, "data": c.data,
+          "protocol": c.protocol, "shots": "full" if d["shots"] is None else d["shots"],
+          "seed": c.seed, "shot_seed": d["shot_seed"], "num_train": len(d["train"]),
+          "num_val": len(d["val"]), "num_test": len(d["test"]), "head_init": s.head_init,
+          "selection": "val", "tags": parse_tags(c.tags), "workdir": os.path.abspath(workdir)}
+
+  head = None
+  if s.head_init == "text":
+    head = transfer.text_head(s.pre, d["class_names"], c.zeroshot.templates)
+  rows = []
+  if c.protocol == "zeroshot":
+    w = s.to_device(s.initial_weights(head))
+    rows.append({**base, "hyperparameters": {"templates": c.zeroshot.templates},
+                 "val_accuracy": s.accuracy(w, "val"), "test_accuracy": s.accuracy(w, "test"),
+                 "steps": 0})
+  elif c.protocol == "lp":
+    w = s.to_device(s.initial_weights())
+    kernel, bias, chosen, scores = s.probe(w)
+    tx, ty = s.features(w, "test")
+    test = float(np.mean(np.argmax(tx @ kernel + bias, -1) == ty))
+    rows.append({**base, "hyperparameters": {"solver": c.lp.solver, "l2": chosen},
+                 "grid": [{"l2": k, "val_accuracy": v} for k, v in scores.items()],
+                 "val_accuracy": scores[chosen], "test_accuracy": test, "steps": 0})
+  else:  # ft, lp_ft, wise_ft
+    init_host = None
+    if s.head_init == "probe":
+      kernel, bias, chosen, _ = s.probe(s.to_device(s.initial_weights()))
+      head = (kernel, bias)
+      log_lib.info(f"probe head: l2 {chosen:g}")
+    grid = []
+    for lr in c.lrs:
+      w, steps = s.finetune(lr, head)
+      val, test = s.accuracy(w, "val"), s.accuracy(w, "test")
+      grid.append({"lr": float(lr), "val_accuracy": val, "test_accuracy": test,
+                   "steps": steps, "weights": w})
+      log_lib.info(f"lr {lr:g}: val {val:.4f}")
+    best = max(grid, key=lambda g: (g["val_accuracy"], -g["lr"]))
+    public = [{k: v for k, v in g.items() if k != "weights"} for g in grid]
+    hp = {"lr": best["lr"], "optimizer": c.optimizer.name, "batch_size": c.batch_size,
+          "weight_decay": c.optimizer.weight_decay, "schedule": c.optimizer.schedule,
+          "schedule_rule": c.schedule_rule or "config", "mixup_alpha": c.mixup_alpha}
+    if c.protocol != "wise_ft":
+      rows.append({**base, "hyperparameters": hp, "grid": public,
+                   "val_accuracy": best["val_accuracy"], "test_accuracy": best["test_accuracy"],
+                   "test_selected_accuracy": max(g["test_accuracy"] for g in grid),
+                   "steps": best["steps"]})
+    else:  # WiSE-FT: theta(alpha) = (1 - alpha) theta_0 + alpha theta_ft, each alpha reported
+      init_host = s.initial_weights(head)
+      ft = jax.device_get(best["weights"])
+      for alpha in c.wise_ft.alphas:
+        mixed = jax.tree.map(lambda a, b: (1 - alpha) * np.asarray(a, np.float32)
+                             + alpha * np.asarray(b, np.float32), init_host, ft)
+        w = s.to_device(mixed)
+        rows.append({**base, "hyperparameters": {**hp, "alpha": float(alpha)}, "grid": public,
+                     "val_accuracy": s.accuracy(w, "val"),
+                     "test_accuracy": s.accuracy(w, "test"), "steps": best["steps"]})
+  wall = time.time() - t0
+  for r in rows:
+    r["wall_time_s"] = round(wall, 2)
+  if jax.process_index() == 0:
+    transfer.append_results(rows, os.path.join(workdir, "results.jsonl"), c.results_file)
+    os.makedirs(workdir, exist_ok=True)
+    with open(done_path + ".tmp", "w") as f:
+      json.dump({"rows": rows}, f, indent=1, default=transfer._json_default)
+    os.replace(done_path + ".tmp", done_path)
+  for r in rows:
+    extra = f" alpha {r['hyperparameters']['alpha']}" if "alpha" in r["hyperparameters"] else ""
+    log_lib.info(f"result: {r['protocol']}{extra} val {r['val_accuracy']:.4f} test "
+                 f"{r['test_accuracy']:.4f} ({log_lib.format_duration(wall)})")
+  return rows
+
+
+def main(argv):
+  del argv
+  from absl import logging as absl_logging
+  from big_transfer import checkpoint as ckpt_lib
+  from big_transfer import config_lib, train
+  from big_transfer.data import sources
+  if not FLAGS["verbosity"].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  if FLAGS.config is None or FLAGS.workdir is None:
+    print("error: --config and --workdir are required", file=sys.stderr)
+    sys.exit(2)
+  try:
+    train.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                       FLAGS.process_id)
+    run(FLAGS.config, FLAGS.workdir)
+  except (TransferError, config_lib.ConfigError, sources.DataError, train.UserError,
+          ckpt_lib.CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except FloatingPointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
+
+
+def entry():
+  from big_transfer import config_lib
+  app.run(main, flags_parser=config_lib.flags_parser)
+
+
+if __name__ == "__main__":
+  entry()

@@ -1,0 +1,444 @@
+"""Transfer building blocks: pre-trained checkpoints restored by name, the classifier that
+transfer trains, heads (zero, text-initialised, probe), the linear probe solvers, the
+BiT-HyperRule, and the results table. The entrypoint that runs a protocol is finetune.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from big_transfer import checkpoint as ckpt_lib
+from big_transfer import models
+from big_transfer.methods import losses
+from big_transfer.sharding import path_name
+
+# Where each pre-training method keeps the image tower inside its parameters.
+IMAGE_TOWER = {"supervised": "", "simclr": "backbone", "clip": "image", "slip": "image"}
+# Pre-training heads, dropped on transfer (a supervised head names the pre-training classes).
+PRETRAINING_HEADS = ("head",)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+@dataclasses.dataclass
+class Pretrained:
+  """A pre-training run's checkpoint and config, host-side."""
+  path: str
+  step: int
+  workdir: str
+  config: ml_collections.ConfigDict
+  state: dict  # params, model_state (and ema_params), host numpy, string keys
+
+  @property
+  def method(self) -> str:
+    return self.config.method
+
+  @property
+  def tower(self) -> str:
+    return IMAGE_TOWER[self.method]
+
+  def params(self) -> dict:
+    """The weights to transfer: the EMA weights when the run kept them."""
+    return self.state.get("ema_params") or self.state["params"]
+
+  def tokenizer_path(self) -> str | None:
+    from big_transfer.data import tokenizer
+    spec = self.config.text.tokenizer if "text" in self.config else ""
+    if not spec:
+      return None
+    if spec.startswith("train:"):
+      return os.path.join(self.workdir, "tokenizer_bpe.txt")
+    return tokenizer.resolve(spec)
+
+
+def _workdir_of(checkpoints_dir: str) -> str:
+  return (os.path.dirname(checkpoints_dir) if os.path.basename(checkpoints_dir) == "checkpoints"
+          else checkpoints_dir)
+
+
+def load_pretrained(path: str) -> Pretrained:
+  """A pre-training workdir, its checkpoints/ dir or one checkpoints/<step> dir."""
+  directory, step = ckpt_lib.find_checkpoint(path)
+  workdir = _workdir_of(directory)
+  cfg_path = os.path.join(workdir, "config.json")
+  if not os.path.exists(cfg_path):
+    raise ckpt_lib.CheckpointError(f"{path}: no config.json in {workdir} (the pre-training "
+                                   f"run's config says which model and method made it)")
+  with open(cfg_path) as f:
+    config = ml_collections.ConfigDict(json.load(f)["config"])
+  if config.method not in IMAGE_TOWER:
+    raise ckpt_lib.CheckpointError(f"{path}: method {config.method!r} has no image tower to "
+                                   f"transfer (known: {', '.join(IMAGE_TOWER)})")
+  state, step = ckpt_lib.load_state(os.path.join(directory, str(step)))
+  keep = {k: state[k] for k in ("params", "model_state", "ema_params") if k in state}
+  return Pretrained(path=path, step=step, workdir=workdir, config=config, state=keep)
+
+
+def flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
+  out = {}
+  for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    name = path_name(p)
+    if prefix:
+      if not name.startswith(prefix + "/"):
+        continue
+      name = name[len(prefix) + 1:]
+    out[name] = v
+  return out
+
+
+def _resample_positions(value: np.ndarray, shape: tuple) -> np.ndarray | None:
+  """ViT/CLIP position embeddings at another resolution: (prefix + g*g, w) -> (prefix + h*h,
+  w), bilinear on the grid. None when the shapes are not two such grids."""
+  from big_transfer.models.resnet import resample_grid_embedding
+  if value.ndim != 2 or len(shape) != 2 or value.shape[1] != shape[1]:
+    return None
+  for prefix in (1, 0):
+    g, h = (value.shape[0] - prefix) ** 0.5, (shape[0] - prefix) ** 0.5
+    if g == int(g) and h == int(h) and g > 0 and h > 0:
+      return np.asarray(resample_grid_embedding(jnp.asarray(value), int(h), int(h), prefix))
+  return None
+
+
+def load_by_name(target: dict, source: dict, *, prefix: str = "", keep: Sequence[str] = (),
+                 what: str = "checkpoint") -> tuple[dict, list[str]]:
+  """Fills ``target`` (a pure-dict tree, e.g. fresh parameters) from ``source[prefix/...]`` by
+  name. Leaves named in ``keep`` (prefixes, e.g. the new head) keep their target value; position
+  embeddings of another grid size are resampled. Returns (tree, resampled names); raises
+  CheckpointError listing every name or shape that does not match, and every source weight
+  that would be dropped."""
+  src = flatten(source, prefix)
+  used, problems, resampled = set(), [], []
+
+  def fill(path, leaf):
+    name = path_name(path)
+    if any(name == k or name.startswith(k + "/") for k in keep):
+      return leaf
+    if name not in src:
+      problems.append(f"{name}: not in the {what}")
+      return leaf
+    used.add(name)
+    value = np.asarray(src[name])
+    if value.shape != tuple(leaf.shape):
+      if name.endswith("pos_embed"):
+        r = _resample_positions(value, tuple(leaf.shape))
+        if r is not None:
+          resampled.append(f"{name} {value.shape} -> {tuple(leaf.shape)}")
+          return r.astype(leaf.dtype)
+      problems.append(f"{name}: {what} {value.shape} vs model {tuple(leaf.shape)}")
+      return leaf
+    return value.astype(leaf.dtype)
+
+  out = jax.tree_util.tree_map_with_path(fill, target)
+  dropped = sorted(n for n in set(src) - used
+                   if not any(n == h or n.startswith(h + "/") for h in PRETRAINING_HEADS))
+  problems += [f"{n}: in the {what}, not in this model" for n in dropped]
+  if problems:
+    more = f" (and {len(problems) - 12} more)" if len(problems) > 12 else ""
+    raise ckpt_lib.CheckpointError(
+        f"the {what} does not fit the model ({len(problems)} mismatches): "
+        + "; ".join(problems[:12]) + more)
+  return out, resampled
+
+
+# ----------------------------------------------------------------------------- the model
+
+class Classifier(nnx.Module):
+  """An image tower and a linear head on its features. CLIP image towers keep their projection
+  to the shared embedding and L2-normalise it, so a head of (scaled) class-name text
+  embeddings reproduces zero-shot classification exactly."""
+
+  def __init__(self, backbone, num_classes: int, *, projection_dim: int = 0,
+               normalize: bool = False, dtype=None, rngs: nnx.Rngs):
+    self.backbone = backbone
+    width = backbone.num_features
+    self.projection = nnx.Param(jnp.zeros((width, projection_dim))) if projection_dim else None
+    self.normalize = normalize
+    dim = projection_dim or width
+    self.head = nnx.Linear(dim, num_classes, kernel_init=nnx.initializers.zeros, dtype=dtype,
+                           rngs=rngs)
+    self.num_features = dim
+
+  def features(self, x, train: bool = False, rngs=None):
+    kwargs = {"rngs": rngs} if rngs is not None and hasattr(self.backbone, "blocks") else {}
+    _, out = self.backbone(x, train=train, **kwargs)
+    f = out["pre_logits"]
+    if self.projection is not None:
+      f = f @ self.projection.value.astype(f.dtype)
+    if self.normalize:
+      f = losses.l2_normalize(f).astype(f.dtype)
+    return f
+
+  def __call__(self, x, train: bool = False, rngs=None):
+    f = self.features(x, train, rngs)
+    return self.head(f), {"pre_logits": f}
+
+
+def backbone_spec(config, pre: Pretrained | None) -> tuple[str, dict]:
+  """(model name, kwargs) of the image tower: the pre-trained run's unless the transfer config
+  names one; transfer's model_kwargs override (e.g. a ViT's image_size)."""
+  name = config.model or (pre.config.model if pre else "")
+  if not name:
+    raise ValueError("config.model: empty, and no pre-trained run to take it from")
+  kwargs = dict(pre.config.model_kwargs) if pre and name == pre.config.model else {}
+  kwargs.update(config.model_kwargs.to_dict())
+  if pre is not None and pre.method in ("clip", "slip"):
+    if models.parse(name)[1].get("version") == "clip":
+      kwargs.setdefault("embed_dim", pre.config.clip.embed_dim)
+  return name, kwargs
+
+
+class TransferMethod:
+  """Supervised fine-tuning of a Classifier (softmax cross-entropy, label smoothing, MixUp);
+  plugs into train.run like a pre-training method."""
+
+  name = "transfer"
+  batch_keys = ("image", "label")
+
+  def __init__(self, config, pre: Pretrained | None, num_classes: int):
+    self.config, self.pre, self.num_classes = config, pre, num_classes
+    self.dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    self.model_name, self.model_kwargs = backbone_spec(config, pre)
+    is_clip = pre is not None and pre.method in ("clip", "slip")
+    has_proj = is_clip and pre.params().get("image_projection") is not None
+    self.projection_dim = pre.config.clip.embed_dim if has_proj else 0
+    self.normalize = is_clip
+    self.mixup = float(config.mixup_alpha)
+    self.label_smoothing = float(config.label_smoothing)
+
+  def create_model(self, rngs: nnx.Rngs) -> Classifier:
+    backbone = models.create(self.model_name, num_classes=0, rngs=rngs, dtype=self.dtype,
+                             **self.model_kwargs)
+    return Classifier(backbone, self.num_classes, projection_dim=self.projection_dim,
+                      normalize=self.normalize, dtype=self.dtype, rngs=rngs)
+
+  def features(self, model, images):
+    return model.features(images.astype(self.dtype)).astype(jnp.float32)
+
+  def loss(self, model, batch, rngs=None):
+    x, y = batch["image"].astype(self.dtype), jax.nn.one_hot(batch["label"], self.num_classes)
+    if self.label_smoothing:
+      y = optax.smooth_labels(y, self.label_smoothing)
+    if self.mixup and rngs is not None:  # MixUp (BiT: alpha 0.1): one lambda per batch
+      lam = jax.random.beta(rngs.dropout(), self.mixup, self.mixup)
+      x = (lam * x + (1 - lam) * x[::-1]).astype(self.dtype)
+      y = lam * y + (1 - lam) * y[::-1]
+    logits, _ = model(x, train=True, rngs=rngs)
+    logits = logits.astype(jnp.float32)
+    loss = optax.softmax_cross_entropy(logits, y).mean()
+    return loss, {"accuracy": (logits.argmax(-1) == batch["label"]).mean()}
+
+  def eval_metrics(self, model, batch):
+    logits = model(batch["image"].astype(self.dtype))[0].astype(jnp.float32)
+    return {"accuracy": (logits.argmax(-1) == batch["label"]).astype(jnp.float32)}
+
+
+def initial_weights(method: TransferMethod, params: dict, model_state: dict,
+                    head: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict, dict]:
+  """Fresh (params, model_state) host trees with the pre-trained image tower loaded by name
+  and the head set to ``head`` (kernel, bias) or left at zero."""
+  pre = method.pre
+  params = jax.tree.map(np.asarray, params)
+  model_state = jax.tree.map(np.asarray, model_state)
+  if pre is not None:
+    source = pre.params()
+    tower = pre.tower
+    loaded, resampled = load_by_name(params["backbone"], source, prefix=tower,
+                                     what=f"{pre.method} checkpoint {pre.path}")
+    params = {**params, "backbone": loaded}
+    if method.projection_dim:
+      params["projection"] = np.asarray(source["image_projection"], np.float32)
+    if model_state.get("backbone"):
+      ms, _ = load_by_name(model_state["backbone"], pre.state.get("model_state", {}),
+                           prefix=tower, what=f"{pre.method} checkpoint {pre.path} (statistics)")
+      model_state = {**model_state, "backbone": ms}
+    if resampled:
+      from big_transfer import logging as log_lib
+      log_lib.info("resampled " + ", ".join(resampled))
+  if head is not None:
+    k, b = head
+    params = {**params, "head": {"kernel": np.asarray(k, np.float32),
+                                 "bias": np.asarray(b, np.float32)}}
+  return params, model_state
+
+
+def put_like(host_tree, like_tree):
+  """Host arrays -> global arrays with the shardings of ``like_tree`` (every process holds the
+  full host value, so this works across hosts)."""
+  def put(h, like):
+    h = np.asarray(h, like.dtype)
+    return jax.make_array_from_callback(like.shape, like.sharding, lambda idx: h[idx])
+  return jax.tree.map(put, host_tree, like_tree)
+
+
+# ----------------------------------------------------------------------------- CLIP text head
+
+def text_head(pre: Pretrained, class_names: Sequence[str], templates) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+  """CLIP's zero-shot classifier as a head: kernel (dim, classes) = logit_scale x the
+  prompt-ensembled, normalised text embeddings of the class names; bias 0."""
+  from big_transfer import methods
+  from big_transfer.data import tokenizer
+  from big_transfer.evaluators.zeroshot import templates_of
+  path = pre.tokenizer_path()
+  if path is None:
+    raise ValueError(f"{pre.path}: a {pre.method} run without a tokenizer")
+  tok = tokenizer.load(path)
+  method = methods.get(pre.method, pre.config, {"tokenizer": tok, "num_classes": None,
+                                                "class_names": None})
+  abstract = nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0)))
+  graphdef, abs_params, abs_rest = nnx.split(abstract, nnx.Param, ...)
+  params, _ = load_by_name(abs_params.to_pure_dict(), pre.params(), what="checkpoint")
+  rest = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abs_rest.to_pure_dict())
+  if pre.state.get("model_state"):
+    rest, _ = load_by_name(rest, pre.state["model_state"], what="checkpoint")
+  names = [str(n).replace("_", " ") for n in class_names]
+  temps = templates_of(templates)
+  tokens = tok.tokenize([t.format(n) for n in names for t in temps],
+                        pre.config.text.context_length)
+
+  @jax.jit
+  def encode(params, rest, tokens):
+    return method.encode_text(nnx.merge(graphdef, params, rest), tokens)
+  emb = np.concatenate([np.asarray(encode(params, rest, tokens[i:i + 256]))
+                        for i in range(0, len(tokens), 256)])
+  emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+  emb = emb.reshape(len(names), len(temps), -1).mean(1)
+  emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
+  scale = min(float(np.exp(params["logit_scale"])), float(pre.config.clip.logit_scale_max))
+  return (scale * emb.T).astype(np.float32), np.zeros(len(names), np.float32)
+
+
+# ----------------------------------------------------------------------------- linear probes
+
+def ridge_probe(train_x, train_y, val_x, val_y, num_classes: int, l2_grid: Sequence[float]):
+  """Closed-form ridge (+-1 targets, unpenalised bias) for each L2 in the grid, scaled by the
+  features' mean squared norm (so one grid fits every model); picks the best on validation.
+  Returns (kernel, bias, chosen l2, {l2: val accuracy})."""
+  from big_transfer.evaluators.fewshot_linear import ridge_fit
+  scale = float(np.mean(np.sum(np.asarray(train_x, np.float64) ** 2, -1))) or 1.0
+  scores, fits = {}, {}
+  for l2 in l2_grid:
+    w, b = ridge_fit(train_x, train_y, num_classes, l2 * scale)
+    fits[l2] = (w, b)
+    scores[l2] = float(np.mean(np.argmax(val_x @ w + b, -1) == val_y))
+  best = max(l2_grid, key=lambda l2: (scores[l2], l2))  # ties: the stronger regulariser
+  w, b = fits[best]
+  return w.astype(np.float32), b.astype(np.float32), best, scores
+
+
+def sgd_probe(train_x, train_y, val_x, val_y, num_classes: int, wd_grid: Sequence[float], *,
+              steps: int = 500, lr: float = 0.1, batch: int = 256, seed: int = 0):
+  """Softmax regression on frozen features by SGD with momentum and a cosine schedule, one run
+  per weight decay in the grid; picks the best on validation. Same return as ridge_probe."""
+  x = jnp.asarray(train_x, jnp.float32)
+  y = jnp.asarray(train_y)
+  x_mean = x.mean(0)
+  x_scale = jnp.sqrt(jnp.mean(jnp.sum((x - x_mean) ** 2, -1))) + 1e-12
+
+  def fit(wd):
+    tx = optax.chain(optax.add_decayed_weights(wd),
+                     optax.sgd(optax.cosine_decay_schedule(lr, steps), momentum=0.9))
+    p = {"w": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros(num_classes)}
+
+    def loss(p, xb, yb):
+      logits = ((xb - x_mean) / x_scale) @ p["w"] + p["b"]
+      return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+    def step(carry, key):
+      p, s = carry
+      idx = jax.random.randint(key, (min(batch, x.shape[0]),), 0, x.shape[0])
+      g = jax.grad(loss)(p, x[idx], y[idx])
+      u, s = tx.update(g, s, p)
+      return (optax.apply_updates(p, u), s), None
+    (p, _), _ = jax.lax.scan(step, (p, tx.init(p)),
+                             jax.random.split(jax.random.key(seed), steps))
+    w = p["w"] / x_scale  # fold the standardisation into the head
+    return w, p["b"] - x_mean @ w
+
+  fit = jax.jit(fit)
+  scores, fits = {}, {}
+  for wd in wd_grid:
+    w, b = (np.asarray(a) for a in fit(wd))
+    fits[wd] = (w, b)
+    scores[wd] = float(np.mean(np.argmax(np.asarray(val_x) @ w + b, -1) == val_y))
+  best = max(wd_grid, key=lambda v: (scores[v], v))
+  w, b = fits[best]
+  return w.astype(np.float32), b.astype(np.float32), best, scores
+
+
+# ----------------------------------------------------------------------------- BiT-HyperRule
+
+def bit_hyperrule(num_examples: int, image_size: int | None = None) -> dict[str, Any]:
+  """BiT's fine-tuning rule (Kolesnikov et al., 2020) from the training set's size and image
+  size: SGD momentum 0.9, lr 0.003, batch 512, no weight decay, zero-init head; < 20k examples:
+  500 steps (warm-up 100, /10 at 200, 300, 400); < 500k: 10k steps (warm-up 500, decays at 3k,
+  6k, 9k); else 20k steps (decays at 6k, 12k, 18k); MixUp 0.1 from 20k examples; images below
+  96x96 resized to 160 and cropped to 128, else 512 and 480."""
+  if num_examples < 20_000:
+    steps, warmup, bounds = 500, 100, (200, 300, 400)
+  elif num_examples < 500_000:
+    steps, warmup, bounds = 10_000, 500, (3000, 6000, 9000)
+  else:
+    steps, warmup, bounds = 20_000, 500, (6000, 12000, 18000)
+  small = image_size is not None and image_size < 96
+  return {"total_steps": steps, "batch_size": 512, "mixup_alpha": 0.1 if num_examples >= 20_000
+          else 0.0, "resize": 160 if small else 512, "crop": 128 if small else 480,
+          "optimizer": {"name": "sgd", "lr": 0.003, "momentum": 0.9, "weight_decay": 0.0,
+                        "schedule": "step", "warmup_steps": warmup, "boundaries": bounds,
+                        "decay_factor": 0.1}}
+
+
+# ----------------------------------------------------------------------------- results
+
+def append_results(rows: Sequence[dict], *paths: str) -> None:
+  """Appends JSON lines (one write per file, so concurrent runs do not interleave rows)."""
+  text = "".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n" for r in rows)
+  for path in paths:
+    if not path:
+      continue
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+      f.write(text)
+
+
+def _json_default(v):
+  if isinstance(v, (np.integer,)):
+    return int(v)
+  if isinstance(v, (np.floating,)):
+    return float(v)
+  if isinstance(v, (tuple, set)):
+    return list(v)
+  return str(v)
+
+
+def read_results(path: str) -> list[dict]:
+  rows = []
+  if os.path.isdir(path):
+    files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(path) for f in fs
+                   if f.startswith("results") and f.endswith(".jsonl"))
+  else:
+    files = [path] if os.path.exists(path) else []
+  for fp in files:
+    with open(fp) as f:
+      for i, line in enumerate(f):
+        if line.strip():
+          try:
+            rows.append(json.loads(line))
+          except json.JSONDecodeError:  # a line cut by a crash: skip it, say where
+            print(f"warning: {fp}:{i + 1}: not JSON, skipped")
+  return rows
+
+
+def now() -> str:
+  return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,184 @@
+"""Transfer: restore from every pre-training method, the protocols, validation-only selection,
+the study's acceptance numbers on built-in digits, results rows."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from big_transfer import checkpoint, config_lib, finetune, train, transfer
+from big_transfer.logging import read_metrics
+from conftest import ROOT, one_device
+
+FT_MINI = os.path.join(ROOT, "configs", "mini", "finetune.py")
+
+
+def ft_config(arg="", **overrides):
+  c = config_lib.load(f"{FT_MINI}:{arg}" if arg else FT_MINI)
+  c.log_every = 100
+  for k, v in overrides.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def run_ft(tmp_path, name, arg="", **overrides):
+  return finetune.run(ft_config(arg, **overrides), str(tmp_path / name), devices=one_device())
+
+
+# ---------------------------------------------------------------- pre-trained runs (once)
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+  """Small runs of the three methods: supervised on glyphs (a source related to digits),
+  SimCLR and CLIP (a few steps each; CLIP's zero-shot evaluator runs at its last step)."""
+  root = tmp_path_factory.mktemp("pretrained")
+  out = {}
+  c = config_lib.load(os.path.join(ROOT, "configs/mini/supervised.py") + ":steps=150,batch=64")
+  c.data, c.eval_data, c.tensorboard, c.log_every = "builtin:glyphs?n=4000", "none", False, 50
+  train.run(c, str(root / "supervised"), devices=one_device())
+  out["supervised"] = str(root / "supervised")
+  c = config_lib.load(os.path.join(ROOT, "configs/mini/simclr.py") +
+                      ":steps=2,batch=16,width=0.125")
+  c.fewshot.data, c.tensorboard = "", False
+  train.run(c, str(root / "simclr"), devices=one_device())
+  out["simclr"] = str(root / "simclr")
+  c = config_lib.load(os.path.join(ROOT, "configs/mini/clip.py") + ":steps=30,batch=32,width=0.125")
+  c.retrieval.data, c.tensorboard, c.eval_every = "", False, 30
+  train.run(c, str(root / "clip"), devices=one_device())
+  out["clip"] = str(root / "clip")
+  return out
+
+
+# ---------------------------------------------------------------- restore
+
+@pytest.mark.parametrize("method", ["supervised", "simclr", "clip"])
+def test_restores_the_image_tower_of_every_method_by_name(pretrained, method):
+  pre = transfer.load_pretrained(pretrained[method])
+  assert pre.method == method
+  s = finetune.Session(ft_config(f"pretrained={pretrained[method]}"), "/nonexistent")
+  w = s.initial_weights()
+  tower = transfer.flatten(pre.params(), pre.tower)
+  got = transfer.flatten(w["params"]["backbone"])
+  assert got and set(got) <= set(tower)
+  for name, value in got.items():
+    np.testing.assert_array_equal(value, tower[name], err_msg=name)
+  stats = transfer.flatten(pre.state["model_state"], pre.tower)
+  for name, value in transfer.flatten(w["model_state"]["backbone"]).items():
+    np.testing.assert_array_equal(value, stats[name], err_msg=name)
+  # The new head starts at zero; the pre-training head/projection/text tower are not in it.
+  assert not np.any(w["params"]["head"]["kernel"])
+  assert ("projection" in w["params"]) == (method == "clip")
+
+
+def test_a_checkpoint_of_another_model_lists_what_does_not_match(pretrained):
+  c = ft_config(f"pretrained={pretrained['supervised']}", model="resnet26")
+  s = finetune.Session(c, "/nonexistent")
+  with pytest.raises(checkpoint.CheckpointError, match="does not fit the model.*not in the"):
+    s.initial_weights()
+
+
+def test_position_embeddings_are_resampled_for_another_resolution():
+  rng = np.random.default_rng(0)
+  src = {"enc": {"pos_embed": rng.normal(size=(1 + 16, 8)), "w": np.ones((3, 3))}}
+  target = {"pos_embed": np.zeros((1 + 36, 8), np.float32), "w": np.zeros((3, 3), np.float32)}
+  out, resampled = transfer.load_by_name(target, src, prefix="enc")
+  assert out["pos_embed"].shape == (37, 8) and resampled
+  np.testing.assert_allclose(out["pos_embed"][0], src["enc"]["pos_embed"][0], rtol=1e-6)
+  with pytest.raises(checkpoint.CheckpointError, match=r"w: checkpoint \(3, 3\) vs model"):
+    transfer.load_by_name({**target, "w": np.zeros((2, 2))}, src, prefix="enc")
+
+
+# ---------------------------------------------------------------- protocols and acceptance
+
+def test_full_finetuning_from_a_related_source_reaches_97_percent(pretrained, tmp_path):
+  rows = run_ft(tmp_path, "ft", f"pretrained={pretrained['supervised']}")
+  assert len(rows) == 1 and rows[0]["test_accuracy"] >= 0.97, rows
+  assert rows[0]["pretrain_method"] == "supervised" and rows[0]["shots"] == "full"
+
+
+def test_related_pretraining_beats_scratch_at_5_and_10_shots(pretrained, tmp_path):
+  for shots in (5, 10):
+    arg = f"shots={shots},epochs=30"
+    pre = run_ft(tmp_path, f"pre{shots}", f"pretrained={pretrained['supervised']},{arg}")[0]
+    scratch = run_ft(tmp_path, f"scratch{shots}", arg)[0]
+    assert pre["num_train"] == scratch["num_train"] == 10 * shots
+    assert pre["test_accuracy"] > scratch["test_accuracy"] + 0.1, (pre, scratch)
+
+
+def test_closed_form_probe_matches_scikit_learn_ridge(pretrained):
+  from sklearn.linear_model import RidgeClassifier
+  s = finetune.Session(ft_config(f"pretrained={pretrained['supervised']},protocol=lp,shots=10"),
+                       "/nonexistent")
+  w = s.to_device(s.initial_weights())
+  tx, ty = s.features(w, "train")
+  vx, vy = s.features(w, "val")
+  x, y = s.features(w, "test")
+  kernel, bias, l2, scores = transfer.ridge_probe(tx, ty, vx, vy, 10, (1e-3, 1e-1, 10.0))
+  ours = np.mean(np.argmax(x @ kernel + bias, -1) == y)
+  scale = float(np.mean(np.sum(tx.astype(np.float64) ** 2, -1)))
+  ref = RidgeClassifier(alpha=l2 * scale).fit(tx, ty)
+  assert abs(ours - ref.score(x, y)) <= 0.005, (ours, ref.score(x, y))
+  assert ours > 0.6
+  # The SGD probe (softmax regression) learns too.
+  kernel, bias, _, _ = transfer.sgd_probe(tx, ty, vx, vy, 10, (1e-4,), steps=300)
+  assert np.mean(np.argmax(x @ kernel + bias, -1) == y) > 0.6
+
+
+def test_lp_ft_selects_on_validation_only_and_rerun_is_free(pretrained, tmp_path):
+  table = tmp_path / "study" / "results.jsonl"
+  wd = tmp_path / "lpft"
+  c = ft_config(f"pretrained={pretrained['supervised']},protocol=lp_ft,shots=5,epochs=20,"
+                f"lrs=1e-5;3e-3", results_file=str(table), tags="arm=related")
+  rows = finetune.run(c, str(wd), devices=one_device())
+  (row,) = rows
+  grid = row["grid"]
+  chosen = max(grid, key=lambda g: g["val_accuracy"])
+  assert row["hyperparameters"]["lr"] == chosen["lr"] and row["head_init"] == "probe"
+  assert row["test_accuracy"] == chosen["test_accuracy"]  # the val-chosen run's test number
+  assert row["test_selected_accuracy"] == max(g["test_accuracy"] for g in grid)
+  assert row["tags"] == {"arm": "related"} and row["selection"] == "val"
+  # One row in the run's own results file and in the study table.
+  assert [json.loads(x)["test_accuracy"] for x in open(wd / "results.jsonl")] == \
+      [row["test_accuracy"]]
+  assert transfer.read_results(str(table)) == [json.loads(open(wd / "results.jsonl").read())]
+  # Each learning rate ran in its own resumable sub-run.
+  assert sorted(os.listdir(wd)) == ["done.json", "lr_0.003", "lr_1e-05", "results.jsonl"]
+  assert rows == finetune.run(c, str(wd), devices=one_device())  # done: nothing recomputed
+  assert len(transfer.read_results(str(table))) == 1
+
+
+def test_clip_zero_shot_text_head_and_wise_ft(pretrained, tmp_path):
+  # The zero-shot protocol's text-initialised head gives exactly the accuracy the
+  # pre-training run's zero-shot evaluator logged for the same checkpoint and digits test set.
+  logged = [r["zeroshot/digits/accuracy"] for r in read_metrics(pretrained["clip"])
+            if "zeroshot/digits/accuracy" in r][-1]
+  zs = run_ft(tmp_path, "zs", f"pretrained={pretrained['clip']},protocol=zeroshot")[0]
+  assert zs["test_accuracy"] == pytest.approx(logged, abs=1e-6) and zs["head_init"] == "text"
+  rows = run_ft(tmp_path, "wise", f"pretrained={pretrained['clip']},protocol=wise_ft,shots=5,"
+                f"epochs=10", **{"wise_ft.alphas": (0.0, 0.5, 1.0)})
+  assert [r["hyperparameters"]["alpha"] for r in rows] == [0.0, 0.5, 1.0]
+  assert rows[0]["test_accuracy"] == pytest.approx(zs["test_accuracy"], abs=1e-6)
+  assert rows[-1]["test_accuracy"] == pytest.approx(rows[-1]["grid"][0]["test_accuracy"])
+
+
+def test_zero_shot_needs_a_clip_run_and_bad_shots_are_one_line(pretrained, tmp_path):
+  with pytest.raises(finetune.TransferError, match="zeroshot needs a CLIP"):
+    run_ft(tmp_path, "x", f"pretrained={pretrained['supervised']},protocol=zeroshot")
+  with pytest.raises(finetune.TransferError, match="config.shots='five'"):
+    run_ft(tmp_path, "y", "shots=five")
+
+
+def test_bit_hyperrule():
+  small = transfer.bit_hyperrule(1_000, image_size=8)
+  assert (small["total_steps"], small["optimizer"]["warmup_steps"], small["mixup_alpha"],
+          small["resize"], small["crop"]) == (500, 100, 0.0, 160, 128)
+  assert small["optimizer"]["boundaries"] == (200, 300, 400)
+  assert small["optimizer"]["lr"] == 0.003 and small["optimizer"]["weight_decay"] == 0.0
+  mid = transfer.bit_hyperrule(50_000, image_size=224)
+  assert (mid["total_steps"], mid["mixup_alpha"], mid["crop"]) == (10_000, 0.1, 480)
+  assert transfer.bit_hyperrule(1_281_167)["total_steps"] == 20_000
