@@ -156,7 +156,13 @@ def load_state(path: str) -> tuple[dict, int]:
   directory, step = find_checkpoint(path)
   item = os.path.join(directory, str(step), "state")
   ckptr = ocp.StandardCheckpointer()
-  tree = _metadata_tree(item)
+  from absl import logging as absl_logging
+  level = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns about optional metadata files
+  try:
+    tree = _metadata_tree(item)
+  finally:
+    absl_logging.set_verbosity(level)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
   restored = ckptr.restore(item, target)

@@ -152,6 +152,7 @@ def transfer_config():
   c.schedule_rule = ""  # 'bit': BiT-HyperRule (steps, schedule, batch, MixUp, resolution)
   c.mixup_alpha = 0.0
   c.results_file = ""  # also append rows here (the study's results table)
+  c.feature_cache = ""  # a directory: frozen features per pre-trained model, shared by LP runs
   c.tags = ""  # 'k=v;k2=v2': labels copied into every row (study arm names, ...)
   c.batch_size = 128
   c.total_epochs = 128.0

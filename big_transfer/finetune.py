@@ -36,10 +36,6 @@ from typing import Any
 
 from absl import app, flags
 
-# The same flags as the pre-training entrypoint (--config, --workdir, multi-process flags):
-# defined once, in train.py.
-from big_transfer import train as _train
-
 FLAGS = flags.FLAGS
 from big_transfer.config_lib import PROTOCOLS, transfer_config  # noqa: F401 (re-exported)
 
@@ -220,7 +216,45 @@ class Session:
                                           len(source))
     return dict(self._evaluators[split].run(weights))[f"{split}/accuracy"]
 
-  def features(self, weights: dict, split: str):
+  def _cache_key(self) -> str:
+    import hashlib
+    c = self.config
+    parts = [os.path.abspath(self.pre.path) if self.pre else "scratch",
+             str(self.pre.step) if self.pre else str(c.seed), c.model,
+             json.dumps(self.method.model_kwargs, sort_keys=True), c.data, c.train_split,
+             c.test_split, c.val_split, c.pp_eval, c.dtype]
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+  def frozen_weights(self) -> dict:
+    """Device weights of the pre-trained tower with a zero head (built once, on demand)."""
+    if getattr(self, "_frozen", None) is None:
+      self._frozen = self.to_device(self.initial_weights())
+    return self._frozen
+
+  def frozen_features(self, split: str):
+    """``features`` of the pre-trained (initial) weights, through ``config.feature_cache``
+    when set: each underlying source (the training pool, the test split) is embedded once per
+    pre-trained model and reused by every shots/seed/protocol run on it."""
+    import numpy as np
+    if not self.config.feature_cache:
+      return self.features(self.frozen_weights(), split)
+    source = self.data[split]
+    base, idx = (source.source, source.indices) if split in ("train", "val") and hasattr(
+        source, "indices") else (source, None)
+    name = "pool" if idx is not None else split
+    path = os.path.join(self.config.feature_cache, f"{self._cache_key()}_{name}.npz")
+    if os.path.exists(path):
+      with np.load(path) as f:
+        x, y = f["x"], f["y"]
+    else:
+      x, y = self.features(self.frozen_weights(), split, source=base)
+      os.makedirs(self.config.feature_cache, exist_ok=True)
+      tmp = f"{path}.{os.getpid()}.tmp.npz"
+      np.savez(tmp, x=x, y=y)
+      os.replace(tmp, path)
+    return (x[idx], y[idx]) if idx is not None else (x, y)
+
+  def features(self, weights: dict, split: str, source=None):
     """(features, labels) of a split as the head sees them (frozen tower), host float32."""
     import jax
     import numpy as np
@@ -241,7 +275,8 @@ class Session:
     bs = self.config.eval_batch_size or self.config.batch_size
     bs = max(self.mesh.devices.size, bs - bs % self.mesh.devices.size)
     xs, ys = [], []
-    for batch in pipeline.eval_dataset(self.data[split], pp=self.config.pp_eval, batch_size=bs,
+    source = self.data[split] if source is None else source
+    for batch in pipeline.eval_dataset(source, pp=self.config.pp_eval, batch_size=bs,
                                        keys=("image", "label"),
                                        threads=self.config.data_threads):
       out = jax.device_get(self._features(weights, sharding.to_global(batch, self.mesh)))
@@ -251,11 +286,12 @@ class Session:
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
 
   # --------------------------------------------------------------- protocols
-  def probe(self, weights: dict):
-    """The linear probe on frozen features: (kernel, bias, chosen value, {value: val acc})."""
+  def probe(self):
+    """The linear probe on the pre-trained tower's frozen features: (kernel, bias, chosen
+    value, {value: val accuracy})."""
     from big_transfer import transfer
-    tx, ty = self.features(weights, "train")
-    vx, vy = self.features(weights, "val")
+    tx, ty = self.frozen_features("train")
+    vx, vy = self.frozen_features("val")
     c = self.config.lp
     n = self.data["num_classes"]
     if c.solver == "closed_form":
@@ -349,9 +385,8 @@ def run(config, workdir: str, devices=None) -> list[dict]:
                  "val_accuracy": s.accuracy(w, "val"), "test_accuracy": s.accuracy(w, "test"),
                  "steps": 0})
   elif c.protocol == "lp":
-    w = s.to_device(s.initial_weights())
-    kernel, bias, chosen, scores = s.probe(w)
-    tx, ty = s.features(w, "test")
+    kernel, bias, chosen, scores = s.probe()
+    tx, ty = s.frozen_features("test")
     test = float(np.mean(np.argmax(tx @ kernel + bias, -1) == ty))
     rows.append({**base, "hyperparameters": {"solver": c.lp.solver, "l2": chosen},
                  "grid": [{"l2": k, "val_accuracy": v} for k, v in scores.items()],
@@ -359,7 +394,7 @@ def run(config, workdir: str, devices=None) -> list[dict]:
   else:  # ft, lp_ft, wise_ft
     init_host = None
     if s.head_init == "probe":
-      kernel, bias, chosen, _ = s.probe(s.to_device(s.initial_weights()))
+      kernel, bias, chosen, _ = s.probe()
       head = (kernel, bias)
       log_lib.info(f"probe head: l2 {chosen:g}")
     grid = []
@@ -430,7 +465,9 @@ def main(argv):
 
 
 def entry():
-  from big_transfer import config_lib
+  from big_transfer import config_lib, train
+  # The same flags as the pre-training entrypoint (--config, --workdir, multi-process flags).
+  train.define_flags("Config file (configs/finetune/...py[:args]).")
   app.run(main, flags_parser=config_lib.flags_parser)
 
 

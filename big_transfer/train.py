@@ -20,13 +20,20 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file (configs/...py[:args]).",
-                                lock_config=True)
-flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the config are written.")
-flags.DEFINE_string("coordinator_address", None,
-                    "Multi-process: host:port of process 0 (explicit jax.distributed setup).")
-flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
-flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+
+
+def define_flags(config_help: str = "Config file (configs/...py[:args]).",
+                 lock_config: bool = True) -> None:
+  """The entrypoints' flags (train, finetune, study), defined by the one that runs: modules
+  import each other, and absl allows each flag once."""
+  if "config" in FLAGS:
+    return
+  config_flags.DEFINE_config_file("config", None, config_help, lock_config=lock_config)
+  flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the config are written.")
+  flags.DEFINE_string("coordinator_address", None,
+                      "Multi-process: host:port of process 0 (explicit jax.distributed setup).")
+  flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+  flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 
 
 class UserError(ValueError):
@@ -445,6 +452,7 @@ def main(argv):
 
 def entry():
   from big_transfer import config_lib
+  define_flags()
   app.run(main, flags_parser=config_lib.flags_parser)
 
 

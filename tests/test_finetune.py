@@ -103,7 +103,7 @@ def test_full_finetuning_from_a_related_source_reaches_97_percent(pretrained, tm
 
 def test_related_pretraining_beats_scratch_at_5_and_10_shots(pretrained, tmp_path):
   for shots in (5, 10):
-    arg = f"shots={shots},epochs=30"
+    arg = f"shots={shots},epochs=20"
     pre = run_ft(tmp_path, f"pre{shots}", f"pretrained={pretrained['supervised']},{arg}")[0]
     scratch = run_ft(tmp_path, f"scratch{shots}", arg)[0]
     assert pre["num_train"] == scratch["num_train"] == 10 * shots
@@ -132,7 +132,7 @@ def test_closed_form_probe_matches_scikit_learn_ridge(pretrained):
 def test_lp_ft_selects_on_validation_only_and_rerun_is_free(pretrained, tmp_path):
   table = tmp_path / "study" / "results.jsonl"
   wd = tmp_path / "lpft"
-  c = ft_config(f"pretrained={pretrained['supervised']},protocol=lp_ft,shots=5,epochs=20,"
+  c = ft_config(f"pretrained={pretrained['supervised']},protocol=lp_ft,shots=5,epochs=10,"
                 f"lrs=1e-5;3e-3", results_file=str(table), tags="arm=related")
   rows = finetune.run(c, str(wd), devices=one_device())
   (row,) = rows

@@ -216,6 +216,7 @@ def test_converted_image_folder_trains(tmp_path):
   assert any("eval/accuracy" in r for r in read_metrics(str(tmp_path / "run")))
 
 
+@pytest.mark.slow  # ~40 s of optimiser and dtype variants
 def test_adamw_ema_bf16_clipping_and_lars_step_schedule_train(tmp_path):
   c = mini_config("steps=8,batch=32,width=0.125", dtype="bfloat16", ema_decay=0.9,
                   **{"optimizer.name": "adamw", "optimizer.lr": 3e-3,

@@ -41,6 +41,9 @@ class DigitsSource:
   def __getitem__(self, i):
     return {"image": self.images[i], "label": self.labels[i]}
 
+  def labels_array(self) -> np.ndarray:
+    return self.labels
+
 
 BUILTINS = {"digits": DigitsSource}
 
@@ -90,6 +93,11 @@ class _Generated:
 
   def __len__(self):
     return self.n
+
+  def labels_array(self) -> np.ndarray:
+    """Every example's label without rendering it (the label is each rng's first draw)."""
+    k = len(self.class_names)
+    return np.asarray([self._rng(i).integers(k) for i in range(self.n)], np.int64)
 
   def _rng(self, i) -> np.random.Generator:
     if not 0 <= i < self.n:

@@ -10,7 +10,14 @@ import numpy as np
 
 
 def labels_of(source) -> np.ndarray:
-  """All labels of a random-access source, in order."""
+  """All labels of a random-access source, in order (without decoding images when the source
+  can say them directly)."""
+  fast = getattr(source, "labels_array", None)
+  if callable(fast):
+    return np.asarray(fast(), np.int64)
+  inner = getattr(getattr(source, "source", None), "labels_array", None)
+  if callable(inner) and hasattr(source, "indices") and type(source).__name__ == "Subset":
+    return np.asarray(inner(), np.int64)[source.indices]
   return np.asarray([int(source[i]["label"]) for i in range(len(source))], np.int64)
 
 

@@ -1,0 +1,274 @@
+r"""The study's report from its results table only: Markdown tables and PNG figures.
+
+  python -m big_transfer.report --workdir=runs/mini_study
+
+Reads ``WORKDIR/results.jsonl`` (one row per transfer result, written by finetune.py) and writes
+``WORKDIR/report/report.md`` with:
+  - per downstream set and protocol: test accuracy (mean ± std over seeds) for every
+    pre-training arm and shots, the published number beside ours where an arm matches a
+    published one (``tags.published``);
+  - figures: accuracy against shots per arm for each downstream set; the spread across
+    pre-training sources against shots (the paper's main finding); accuracy against
+    pre-training size with the supervised reference; web vs. template captions; SimCLR vs. CLIP.
+Which arms form a comparison is read from the rows' ``tags.group`` (set by the study config:
+``sources``, ``size``, ``reference``, ``captions``, ``method``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections import defaultdict
+from typing import Any, Sequence
+
+import numpy as np
+
+from big_transfer import published
+
+SHOT_ORDER = ("1", "5", "10", "20", "25", "50", "100", "200", "full")
+
+
+def shot_key(s) -> float:
+  return math.inf if str(s) == "full" else float(s)
+
+
+def groups_of(row) -> set[str]:
+  return set(filter(None, str(row.get("tags", {}).get("group", "")).split("+")))
+
+
+def aggregate(rows: Sequence[dict]) -> dict[tuple, dict[str, Any]]:
+  """(arm, downstream, protocol, shots) -> {mean, std, n, val, tags}: test accuracy over seeds
+  (WiSE-FT rows: the validation-chosen alpha of each seed)."""
+  by_seed: dict[tuple, dict[Any, dict]] = defaultdict(dict)
+  for r in rows:
+    tags = r.get("tags", {})
+    key = (tags.get("arm", r.get("pretrain_method", "?")), tags.get("downstream", r["data"]),
+           r["protocol"], str(r["shots"]))
+    prev = by_seed[key].get(r["seed"])
+    if prev is None or r["val_accuracy"] > prev["val_accuracy"]:
+      by_seed[key][r["seed"]] = r
+  out = {}
+  for key, seeds in by_seed.items():
+    test = np.array([r["test_accuracy"] for r in seeds.values()])
+    val = np.array([r["val_accuracy"] for r in seeds.values()])
+    any_row = next(iter(seeds.values()))
+    out[key] = {"mean": float(test.mean()), "std": float(test.std()), "n": len(test),
+                "val": float(val.mean()), "tags": any_row.get("tags", {}),
+                "pretrain_size": any_row.get("pretrain_size", ""),
+                "pretrain_method": any_row.get("pretrain_method", "")}
+  return out
+
+
+def _size_value(text) -> float | None:
+  t = str(text).strip().upper()
+  if not t:
+    return None
+  mult = {"K": 1e3, "M": 1e6, "B": 1e9}.get(t[-1], 1.0)
+  try:
+    return float(t[:-1] if t[-1] in "KMB" else t) * mult
+  except ValueError:
+    return None
+
+
+def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
+  """What each figure shows, as data: panels with axis labels and series of (x, y, err). The
+  PNGs are drawn from these, and tests check them."""
+  downstreams = sorted({k[1] for k in agg})
+  protocols = sorted({k[2] for k in agg if k[2] != "zeroshot"})
+  main = "ft" if "ft" in protocols else (protocols[0] if protocols else "zeroshot")
+  specs: dict[str, dict] = {}
+
+  def shots_axis(keys):
+    return sorted({k[3] for k in keys}, key=shot_key)
+
+  # 1. accuracy against shots, one series per arm
+  panels = []
+  for ds in downstreams:
+    keys = [k for k in agg if k[1] == ds and k[2] == main]
+    xs = shots_axis(keys)
+    series = {}
+    for arm in sorted({k[0] for k in keys}):
+      pts = [(x, agg[(arm, ds, main, x)]) for x in xs if (arm, ds, main, x) in agg]
+      series[arm] = {"x": [p[0] for p in pts], "y": [p[1]["mean"] for p in pts],
+                     "err": [p[1]["std"] for p in pts]}
+    panels.append({"title": f"{ds} ({main})", "xlabel": "shots per class",
+                   "ylabel": "test accuracy", "xcategories": xs, "series": series})
+  specs["accuracy_vs_shots"] = {"title": "Transfer accuracy against shots", "panels": panels}
+
+  # 2. spread across pre-training sources against shots (max - min of the source arms)
+  panels = []
+  for ds in downstreams:
+    keys = [k for k in agg if k[1] == ds and k[2] == main and "sources" in groups_of(agg[k])]
+    xs = shots_axis(keys)
+    spread = []
+    for x in xs:
+      vals = [agg[k]["mean"] for k in keys if k[3] == x]
+      spread.append(max(vals) - min(vals) if len(vals) >= 2 else float("nan"))
+    panels.append({"title": f"{ds} ({main})", "xlabel": "shots per class",
+                   "ylabel": "spread across sources (max - min accuracy)", "xcategories": xs,
+                   "series": {"spread": {"x": xs, "y": spread, "err": [0.0] * len(xs)}},
+                   "n_sources": len({k[0] for k in keys})})
+  specs["spread_vs_shots"] = {"title": "How much the pre-training source matters",
+                              "panels": panels}
+
+  # 3. accuracy against pre-training size, supervised reference as a line
+  panels = []
+  for ds in downstreams:
+    keys = [k for k in agg if k[1] == ds and k[2] == main and "size" in groups_of(agg[k])]
+    series, refs = {}, {}
+    for x in shots_axis(keys):
+      pts = sorted((_size_value(agg[k]["pretrain_size"] or agg[k]["tags"].get("size")),
+                    agg[k]) for k in keys if k[3] == x)
+      pts = [p for p in pts if p[0] is not None]
+      if pts:
+        series[f"{x} shots"] = {"x": [p[0] for p in pts], "y": [p[1]["mean"] for p in pts],
+                                "err": [p[1]["std"] for p in pts]}
+      ref = [agg[k]["mean"] for k in agg if k[1] == ds and k[2] == main and k[3] == x
+             and "reference" in groups_of(agg[k])]
+      if ref and pts:
+        refs[f"reference, {x} shots"] = float(np.mean(ref))
+    if series:
+      panels.append({"title": f"{ds} ({main})", "xlabel": "pre-training examples",
+                     "ylabel": "test accuracy", "xscale": "log", "series": series,
+                     "hlines": refs})
+  specs["accuracy_vs_size"] = {"title": "Pre-training size (supervised reference dashed)",
+                               "panels": panels}
+
+  # 4./5. paired comparisons as grouped bars: captions (web vs template), method (SimCLR vs CLIP)
+  for group, name, title in (("captions", "captions", "Web vs. template captions"),
+                             ("method", "method", "SimCLR vs. CLIP on the same data")):
+    panels = []
+    for ds in downstreams:
+      keys = [k for k in agg if k[1] == ds and k[2] == main and group in groups_of(agg[k])]
+      if not keys:
+        continue
+      xs = shots_axis(keys)
+      series = {}
+      for arm in sorted({k[0] for k in keys}):
+        series[arm] = {"x": xs, "y": [agg[(arm, ds, main, x)]["mean"] if (arm, ds, main, x)
+                                      in agg else float("nan") for x in xs],
+                       "err": [agg[(arm, ds, main, x)]["std"] if (arm, ds, main, x) in agg
+                               else 0.0 for x in xs]}
+      panels.append({"title": f"{ds} ({main})", "xlabel": "shots per class",
+                     "ylabel": "test accuracy", "xcategories": xs, "series": series,
+                     "kind": "bar"})
+    specs[name] = {"title": title, "panels": panels}
+  return {k: v for k, v in specs.items() if v["panels"]}
+
+
+def draw(spec: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  panels = spec["panels"]
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+  for ax, p in zip(axes[0], panels):
+    cats = p.get("xcategories")
+    if p.get("kind") == "bar":
+      n = max(1, len(p["series"]))
+      width = 0.8 / n
+      for i, (label, s) in enumerate(p["series"].items()):
+        pos = [cats.index(x) + (i - (n - 1) / 2) * width for x in s["x"]]
+        ax.bar(pos, s["y"], width, yerr=s["err"], label=label, capsize=2)
+    else:
+      for label, s in p["series"].items():
+        xs = [cats.index(x) for x in s["x"]] if cats else s["x"]
+        ax.errorbar(xs, s["y"], yerr=s["err"], marker="o", capsize=2, label=label)
+      for label, y in p.get("hlines", {}).items():
+        ax.axhline(y, linestyle="--", linewidth=1, color="gray")
+        ax.annotate(label, (0.01, y), xycoords=("axes fraction", "data"), fontsize=7,
+                    va="bottom", color="gray")
+    if cats:
+      ax.set_xticks(range(len(cats)), cats)
+    if p.get("xscale"):
+      ax.set_xscale(p["xscale"])
+    ax.set_title(p["title"], fontsize=10)
+    ax.set_xlabel(p["xlabel"])
+    ax.set_ylabel(p["ylabel"])
+    ax.grid(alpha=0.3)
+    if p["series"]:
+      ax.legend(fontsize=7)
+  fig.suptitle(spec["title"])
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _cell(a: dict | None) -> str:
+  if a is None:
+    return ""
+  return f"{100 * a['mean']:.1f} ± {100 * a['std']:.1f}" + (f" ({a['n']})" if a["n"] != 1 else "")
+
+
+def tables(agg: dict[tuple, dict]) -> str:
+  out = []
+  for ds in sorted({k[1] for k in agg}):
+    for protocol in sorted({k[2] for k in agg if k[1] == ds}):
+      keys = [k for k in agg if k[1] == ds and k[2] == protocol]
+      xs = sorted({k[3] for k in keys}, key=shot_key)
+      out.append(f"### {ds} — {protocol} (test accuracy %, mean ± std over seeds)\n")
+      out.append("| pre-training | " + " | ".join(f"{x} shots" if x != "full" else "full"
+                                                 for x in xs) + " |")
+      out.append("|---" * (len(xs) + 1) + "|")
+      for arm in sorted({k[0] for k in keys}):
+        cells = []
+        for x in xs:
+          a = agg.get((arm, ds, protocol, x))
+          cell = _cell(a)
+          pub = published.lookup(a["tags"].get("published"), ds, x) if a else None
+          if pub is not None:
+            cell += f" [paper {pub:.1f}]"
+          cells.append(cell)
+        out.append(f"| {arm} | " + " | ".join(cells) + " |")
+      out.append("")
+  return "\n".join(out)
+
+
+def write_report(workdir: str, study=None) -> str:
+  from big_transfer import transfer
+  path = os.path.join(workdir, "results.jsonl")
+  rows = transfer.read_results(path)
+  if not rows:
+    raise ValueError(f"{path}: no results rows")
+  agg = aggregate(rows)
+  out_dir = os.path.join(workdir, "report")
+  os.makedirs(out_dir, exist_ok=True)
+  specs = figure_specs(agg)
+  lines = [f"# Study report: {study.get('name', '') if study else os.path.basename(workdir)}",
+           "", f"{len(rows)} result rows from `{path}`; every number is the test accuracy of "
+           "the run chosen on validation (never on test). `[paper x]`: the published number "
+           "of the matching arm.", ""]
+  for name, spec in specs.items():
+    draw(spec, os.path.join(out_dir, f"{name}.png"))
+    lines += [f"## {spec['title']}", "", f"![{name}]({name}.png)", ""]
+    if name == "spread_vs_shots":
+      for p in spec["panels"]:
+        vals = ", ".join(f"{x}: {100 * y:.1f}" for x, y in zip(p["series"]["spread"]["x"],
+                                                               p["series"]["spread"]["y"]))
+        lines.append(f"- {p['title']}: spread over {p['n_sources']} sources (points) — {vals}")
+      lines.append("")
+  lines += ["## Tables", "", tables(agg)]
+  with open(os.path.join(out_dir, "specs.json"), "w") as f:
+    json.dump(specs, f, indent=1, default=str)
+  md = os.path.join(out_dir, "report.md")
+  with open(md, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return md
+
+
+def main(argv=None):
+  import argparse
+  p = argparse.ArgumentParser(prog="python -m big_transfer.report")
+  p.add_argument("--workdir", required=True)
+  args = p.parse_args(argv)
+  try:
+    print(write_report(args.workdir))
+  except (ValueError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,320 @@
+r"""The study runner: expands a study config into pre-training and transfer runs and runs them.
+
+  python -m big_transfer.study --config=configs/mini/study.py --workdir=runs/mini_study
+  python -m big_transfer.study --config=configs/study/paper.py --workdir=gs://... --dry_run
+  python -m big_transfer.study --config=configs/study/paper.py --workdir=DIR --print_commands
+
+A study config lists pre-training arms (a pre-training config with its variant args, and labels
+such as source, size and method), downstream datasets, shots, seeds, protocols and the transfer
+config. Every transfer run depends on its arm's pre-training run. Locally the runs go one after
+another in this process (one JAX runtime, compiled programs cached on disk under
+``WORKDIR/.jax_cache``); ``--print_commands`` prints each run's command instead, in dependency
+order, for a cluster's scheduler (see launch/). Finished runs are skipped (a pre-training run is
+finished when its last checkpoint exists, a transfer run when its ``done.json`` does), so a
+stopped study picks up where it was; a failed run is reported and its dependants are skipped,
+the others go on. Transfer rows accumulate in ``WORKDIR/results.jsonl``, which
+``python -m big_transfer.report`` reads; the runner ends by writing the report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import time
+from typing import Any
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  config_flags.DEFINE_config_file("config", None, "Study config (configs/study/...py[:args]).",
+                                  lock_config=False)
+  flags.DEFINE_string("workdir", None, "The study's directory: runs, results.jsonl, report/.")
+  flags.DEFINE_bool("dry_run", False, "List every run and the compute estimate; run nothing.")
+  flags.DEFINE_bool("print_commands", False, "Print each run's command (dependency order).")
+  flags.DEFINE_string("only", "", "Run only runs whose name contains this string (and their "
+                      "pre-training dependencies).")
+  flags.DEFINE_bool("report", True, "Write the report when the runs are done.")
+
+
+@dataclasses.dataclass
+class Run:
+  kind: str  # 'pretrain' or 'transfer'
+  name: str
+  workdir: str
+  config: str  # path[:arg]
+  overrides: dict[str, Any]
+  deps: list[str]
+  fields: dict[str, Any]
+  images: float = 0.0  # examples processed (compute estimate)
+
+  def command(self) -> list[str]:
+    module = "big_transfer.train" if self.kind == "pretrain" else "big_transfer.finetune"
+    return (["python", "-m", module, f"--config={self.config}",
+             f"--workdir={self.workdir}"]
+            + [f"--config.{k}={_flag_value(v)}" for k, v in self.overrides.items()])
+
+  def done(self) -> bool:
+    if self.kind == "transfer":
+      return os.path.exists(os.path.join(self.workdir, "done.json"))
+    return pretrain_finished(self.workdir)
+
+
+def _flag_value(v) -> str:
+  if isinstance(v, bool):
+    return "true" if v else "false"
+  if isinstance(v, (tuple, list)):
+    return "(" + ",".join(_flag_value(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+  return str(v)
+
+
+def pretrain_finished(workdir: str) -> bool:
+  """The resolved total step count (config.json) has a checkpoint."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    total = json.load(f)["resolved"]["total_steps"]
+  return os.path.isdir(os.path.join(workdir, "checkpoints", str(total), "state"))
+
+
+def apply_overrides(config, overrides: dict[str, Any]):
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    if isinstance(node[leaf], tuple) and isinstance(value, list):
+      value = tuple(value)
+    node[leaf] = value
+  return config
+
+
+def _slug(v) -> str:
+  return str(v).replace("/", "_").replace(":", "_").replace("?", "_").replace("=", "-") \
+      .replace("&", "_").replace(" ", "")
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def resolve_config_path(spec: str) -> str:
+  """configs/... relative to the working directory, else to the repository."""
+  path, sep, arg = spec.partition(":")
+  if path and not os.path.exists(path) and os.path.exists(os.path.join(REPO, path)):
+    path = os.path.join(REPO, path)
+  return path + sep + arg
+
+
+def expand(study, workdir: str) -> list[Run]:
+  """Every run of the study, pre-training first; transfer runs name their dependency."""
+  from big_transfer import config_lib
+  runs = []
+  arms = {}
+  for arm in study.pretrain:
+    arm = dict(arm)
+    name = arm["name"]
+    if name in arms:
+      raise ValueError(f"study: two pre-training arms named {name!r}")
+    arms[name] = arm
+    if arm.get("config"):
+      wd = arm.get("workdir") or os.path.join(workdir, "pretrain", name)
+      overrides = dict(arm.get("overrides", {}))
+      images = 0.0
+      try:  # the compute estimate: steps x batch from the resolved config
+        c = apply_overrides(config_lib.load(resolve_config_path(arm["config"])), overrides)
+        steps = c.total_steps or 0
+        if not steps and c.total_epochs:
+          size = arm.get("num_examples") or 0
+          steps = c.total_epochs * size / c.batch_size
+        images = float(steps) * c.batch_size
+      except Exception:  # noqa: BLE001 - an estimate only; the run validates itself
+        pass
+      runs.append(Run("pretrain", f"pretrain/{name}", wd, resolve_config_path(arm["config"]),
+                      overrides, [],
+                      {"method": arm.get("method", ""), "data": arm.get("source", ""),
+                       "size": arm.get("size", ""), "model": arm.get("model", "")}, images))
+      arm["workdir"] = wd
+    else:  # from scratch
+      arm["workdir"] = ""
+  for arm in arms.values():
+    protocols = tuple(arm.get("protocols") or study.protocols)
+    for ds in study.downstream:
+      ds = dict(ds)
+      for protocol in protocols:
+        shots_list = tuple(arm.get("shots") or ds.get("shots") or study.shots)
+        seeds = tuple(study.seeds)
+        if protocol == "zeroshot":
+          if arm.get("method") not in ("clip", "slip"):
+            continue  # zero-shot needs a text tower
+          shots_list, seeds = ("full",), seeds[:1]  # no training images, nothing random
+        for shots in shots_list:
+          for seed in seeds:
+            name = f"transfer/{arm['name']}/{ds['name']}/{protocol}_{shots}shot_s{seed}"
+            tags = {"arm": arm["name"], "downstream": ds["name"],
+                    **{k: arm[k] for k in ("source", "size", "method", "group", "published")
+                       if arm.get(k) not in (None, "")}}
+            args = [f"pretrained={arm['workdir']}", f"data={ds['data']}",
+                    f"protocol={protocol}", f"shots={shots}", f"seed={seed}"]
+            overrides = {**dict(study.get("transfer_overrides", {})),
+                         **dict(ds.get("overrides", {})),
+                         **dict(arm.get("transfer_overrides", {})),
+                         "results_file": os.path.join(workdir, "results.jsonl"),
+                         "feature_cache": os.path.join(workdir, "features"),
+                         "tags": ";".join(f"{k}={v}" for k, v in tags.items())}
+            deps = [f"pretrain/{arm['name']}"] if arm["workdir"] else []
+            runs.append(Run("transfer", name, os.path.join(workdir, name),
+                            resolve_config_path(f"{study.transfer_config}:{','.join(args)}"),
+                            overrides, deps,
+                            {"method": arm.get("method", "scratch"),
+                             "data": arm.get("source", ""), "size": arm.get("size", ""),
+                             "model": arm.get("model", ""), "downstream": ds["name"],
+                             "protocol": protocol, "shots": shots, "seed": seed},
+                            _transfer_images(study, ds, shots, protocol)))
+  return runs
+
+
+def _transfer_images(study, ds, shots, protocol) -> float:
+  """Examples a transfer run processes: train size x epochs x grid size (0 when unknown)."""
+  if protocol in ("zeroshot", "lp"):
+    return 0.0
+  n = ds.get("num_train", 0) if str(shots) == "full" else int(shots) * ds.get("num_classes", 0)
+  return float(n) * float(study.get("transfer_epochs", 128)) * int(study.get("num_lrs", 4))
+
+
+def _run_one(run: Run):
+  from big_transfer import config_lib, finetune, train
+  config = config_lib.load(run.config)
+  config.unlock()
+  apply_overrides(config, run.overrides)
+  config.lock()
+  if run.kind == "pretrain":
+    train.run(config, run.workdir)
+  else:
+    finetune.run(config, run.workdir)
+
+
+def _table(runs: list[Run]) -> str:
+  cols = ("kind", "method", "data", "size", "model", "downstream", "protocol", "shots", "seed")
+  rows = [[r.kind] + [str(r.fields.get(c, "")) or "-" for c in cols[1:]] for r in runs]
+  widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c)
+            for i, c in enumerate(cols)]
+  line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()
+  return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def summary(runs: list[Run], throughput: float) -> str:
+  pre = [r for r in runs if r.kind == "pretrain"]
+  tr = [r for r in runs if r.kind == "transfer"]
+  images = sum(r.images for r in runs)
+  by = {}
+  for r in tr:
+    by.setdefault(r.fields["downstream"], 0)
+    by[r.fields["downstream"]] += 1
+  methods = sorted({r.fields["method"] for r in runs if r.fields.get("method")})
+  return (f"{len(runs)} runs: {len(pre)} pre-training, {len(tr)} transfer over "
+          f"{len(by)} downstream sets ({', '.join(f'{k} {v}' for k, v in by.items())}); methods: "
+          f"{', '.join(methods)}\ncompute estimate: {images:.3g} images processed "
+          f"(~{images / throughput / 3600:.3g} accelerator-hours at {throughput:g} images/s)")
+
+
+def main(argv):
+  del argv
+  from absl import logging as absl_logging
+  from big_transfer import logging as log_lib
+  if not FLAGS["verbosity"].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  if FLAGS.config is None or FLAGS.workdir is None:
+    print("error: --config and --workdir are required", file=sys.stderr)
+    sys.exit(2)
+  study, workdir = FLAGS.config, FLAGS.workdir
+  try:
+    runs = expand(study, workdir)
+  except (ValueError, KeyError) as e:
+    print(f"error: study config: {e}", file=sys.stderr)
+    sys.exit(2)
+  if FLAGS.only:
+    keep = [r for r in runs if FLAGS.only in r.name]
+    needed = {d for r in keep for d in r.deps}
+    runs = [r for r in runs if r in keep or r.name in needed]
+  throughput = float(study.get("throughput", 1000.0))
+  if FLAGS.dry_run:
+    print(_table(runs))
+    print(summary(runs, throughput))
+    return
+  if FLAGS.print_commands:
+    for r in runs:
+      if not r.done():
+        print(shlex.join(r.command()))
+    return
+  # Compiled programs persist across runs (and restarts): most runs share shapes.
+  os.makedirs(workdir, exist_ok=True)
+  import jax
+  jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, ".jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  status: dict[str, str] = {}
+  t0 = time.time()
+  todo = [r for r in runs if not r.done()]
+  for r in runs:
+    if r.done():
+      status[r.name] = "done"
+  log_lib.info(f"study {study.get('name', '')}: {len(runs)} runs, {len(runs) - len(todo)} "
+               f"already finished, {len(todo)} to run")
+  durations: dict[str, list[float]] = {"pretrain": [], "transfer": []}
+
+  def eta(rest: list[Run]) -> float:
+    """Remaining time from the mean duration of finished runs of each kind."""
+    seen = [d for ds in durations.values() for d in ds]
+    if not seen:
+      return float("nan")
+    mean = {k: (sum(v) / len(v) if v else sum(seen) / len(seen)) for k, v in durations.items()}
+    return sum(mean[r.kind] for r in rest)
+
+  for i, r in enumerate(todo):
+    failed_dep = [d for d in r.deps if status.get(d) in ("failed", "skipped")]
+    if failed_dep:
+      status[r.name] = "skipped"
+      log_lib.info(f"[{i + 1}/{len(todo)}] {r.name}: skipped ({failed_dep[0]} failed)")
+      continue
+    t = time.time()
+    log_lib.info(f"[{i + 1}/{len(todo)}] {r.name} ...")
+    try:
+      _run_one(r)
+      status[r.name] = "done"
+    except Exception as e:  # noqa: BLE001 - one run's failure must not stop the study
+      status[r.name] = "failed"
+      log_lib.info(f"[{i + 1}/{len(todo)}] {r.name}: FAILED: {type(e).__name__}: "
+                   f"{str(e).splitlines()[0] if str(e) else ''}")
+      continue
+    durations[r.kind].append(time.time() - t)
+    done_n = sum(1 for v in status.values() if v == "done")
+    log_lib.info(f"[{i + 1}/{len(todo)}] {r.name}: ok in "
+                 f"{log_lib.format_duration(time.time() - t)} | {done_n}/{len(runs)} done, "
+                 f"elapsed {log_lib.format_duration(time.time() - t0)}, eta "
+                 f"{log_lib.format_duration(eta(todo[i + 1:]))}")
+  failed = [k for k, v in status.items() if v in ("failed", "skipped")]
+  if FLAGS.report and os.path.exists(os.path.join(workdir, "results.jsonl")):
+    from big_transfer import report
+    out = report.write_report(workdir, study)
+    log_lib.info(f"report: {out}")
+  if failed:
+    print(f"error: {len(failed)} runs failed or were skipped: {', '.join(failed[:5])}",
+          file=sys.stderr)
+    sys.exit(1)
+  log_lib.info(f"study done: {len(runs)} runs in {log_lib.format_duration(time.time() - t0)}")
+
+
+def entry():
+  from big_transfer import config_lib
+  define_flags()
+  app.run(main, flags_parser=config_lib.flags_parser)
+
+
+if __name__ == "__main__":
+  entry()

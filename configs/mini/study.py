@@ -1,0 +1,56 @@
+r"""The whole study in miniature, offline on built-in data: the main job's default.
+
+  python -m big_transfer.study --config=configs/mini/study.py --workdir=runs/mini_study
+
+Six pre-training runs — CLIP on three sources (glyphs: related to the downstream digits;
+letters: glyphs of another alphabet; shapes: unrelated), CLIP on a 1k subset of glyphs (the size
+contrast), SimCLR on glyphs (the method contrast) and supervised glyphs (the reference) — plus a
+random-init reference, then transfer to two downstream sets (the real handwritten digits; shapes)
+by linear probes at 1/5/10/full shots with two seeds, and CLIP zero-shot. Ends with the report
+(runs/mini_study/report/report.md and its figures). About 10 minutes on 2 CPU cores.
+"""
+
+import ml_collections
+
+STEPS = "steps=100,batch=64"
+GLYPHS = "builtin:glyphs?n=4000"
+
+
+def clip_arm(name, data, **tags):
+  return dict(name=name, config=f"configs/mini/clip.py:{STEPS}", method="clip",
+              overrides={"data": data, "retrieval.data": "", "zeroshot.data": "",
+                         "tensorboard": False}, **tags)
+
+
+def get_config(arg=None):
+  del arg
+  c = ml_collections.ConfigDict()
+  c.name = "mini"
+  c.pretrain = [
+      clip_arm("clip_glyphs", GLYPHS, source="glyphs", size="4000", group="sources+size+method"),
+      clip_arm("clip_glyphs_1k", GLYPHS + "&size=1000", source="glyphs", size="1000",
+               group="size"),
+      clip_arm("clip_letters", "builtin:glyphs?classes=letters&n=4000", source="letters",
+               size="4000", group="sources"),
+      clip_arm("clip_shapes", "builtin:shapes?n=4000", source="shapes", size="4000",
+               group="sources"),
+      dict(name="simclr_glyphs", config=f"configs/mini/simclr.py:{STEPS}", method="simclr",
+           source="glyphs", size="4000", group="method",
+           overrides={"data": GLYPHS, "fewshot.data": "", "tensorboard": False}),
+      dict(name="supervised_glyphs", config=f"configs/mini/supervised.py:{STEPS}",
+           method="supervised", source="glyphs", size="4000", group="reference",
+           overrides={"data": GLYPHS, "eval_data": "none", "tensorboard": False}),
+      dict(name="scratch", config="", method="scratch", group="reference", protocols=("lp",)),
+  ]
+  c.downstream = [
+      dict(name="digits", data="builtin:digits", num_train=1437, num_classes=10),
+      dict(name="shapes", data="builtin:shapes?n=1500", num_train=1500, num_classes=10),
+  ]
+  c.transfer_config = "configs/mini/finetune.py"
+  c.protocols = ("lp", "zeroshot")  # zero-shot applies to the CLIP arms only
+  c.shots = ("1", "5", "10", "full")
+  c.seeds = (0, 1)
+  c.transfer_epochs = 10
+  c.num_lrs = 1
+  c.throughput = 500.0  # images/s of these small models on 2 CPU cores
+  return c

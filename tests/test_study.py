@@ -1,0 +1,219 @@
+"""The study runner (expansion, dry run, stop and restart), the launchers' commands, and the
+report's figures checked by content."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from big_transfer import report, study
+from conftest import ROOT
+
+SMALL_STUDY = '''
+import ml_collections
+
+def get_config(arg=None):
+  c = ml_collections.ConfigDict()
+  c.name = "small"
+  tiny = {"eval_data": "none", "tensorboard": False, "checkpoint_every": 4}
+  c.pretrain = [
+      dict(name="supervised_glyphs", method="supervised", source="glyphs", size="800",
+           group="sources+reference", config="configs/mini/supervised.py:steps=4,batch=16,width=0.125",
+           overrides={**tiny, "data": "builtin:glyphs?n=800"}),
+      dict(name="supervised_letters", method="supervised", source="letters", size="800",
+           group="sources", config="configs/mini/supervised.py:steps=4,batch=16,width=0.125",
+           overrides={**tiny, "data": "builtin:glyphs?classes=letters&n=800"}),
+      dict(name="scratch", method="scratch", config="", group="reference"),
+  ]
+  c.downstream = [dict(name="digits", data="builtin:digits")]
+  c.transfer_config = "configs/mini/finetune.py"
+  c.transfer_overrides = {"batch_size": 32}
+  c.protocols = ("lp",)
+  c.shots = ("2", "full")
+  c.seeds = (0, 1)
+  return c
+'''
+
+
+def _env():
+  return {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+
+def _study(args, **kw):
+  return subprocess.run([sys.executable, "-m", "big_transfer.study", *args], cwd=ROOT,
+                        env=_env(), capture_output=True, text=True, **kw)
+
+
+def test_paper_study_dry_run_lists_every_downstream_set_and_method(tmp_path):
+  out = _study([f"--config={ROOT}/configs/study/paper.py", f"--workdir={tmp_path}",
+                "--dry_run"], timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.splitlines()
+  header = lines[0].split()
+  assert header == ["kind", "method", "data", "size", "model", "downstream", "protocol", "shots",
+                    "seed"]
+  rows = [ln.split() for ln in lines[2:] if ln.startswith(("pretrain", "transfer"))]
+  downstream = {r[-4] for r in rows if r[0] == "transfer"}
+  assert downstream == {"cifar100", "dtd", "caltech101", "pets", "domainnet_real",
+                        "domainnet_clipart", "eurosat", "cassava", "caltech_camera_traps"}
+  assert {r[1] for r in rows if r[0] == "pretrain"} == {"clip", "simclr", "supervised"}
+  assert {r[1] for r in rows if r[0] == "transfer"} >= {"clip", "simclr", "supervised",
+                                                         "scratch"}
+  assert "compute estimate:" in out.stdout and "accelerator-hours" in out.stdout
+  assert not os.listdir(tmp_path)  # a dry run writes nothing
+
+
+def test_expansion_dependencies_and_commands(tmp_path):
+  cfg = tmp_path / "small.py"
+  cfg.write_text(SMALL_STUDY)
+  from big_transfer import config_lib
+  runs = study.expand(config_lib.load(str(cfg)), str(tmp_path / "wd"))
+  pre = [r for r in runs if r.kind == "pretrain"]
+  tr = [r for r in runs if r.kind == "transfer"]
+  assert [r.name for r in pre] == ["pretrain/supervised_glyphs", "pretrain/supervised_letters"]
+  assert len(tr) == 3 * 2 * 2  # arms x shots x seeds
+  scratch = [r for r in tr if "/scratch/" in r.name]
+  assert all(not r.deps for r in scratch)
+  assert all(r.deps == ["pretrain/supervised_glyphs"] for r in tr if "/supervised_glyphs/" in r.name)
+  cmd = " ".join(tr[0].command())
+  assert cmd.startswith("python -m big_transfer.finetune --config=") and "--config.tags=" in cmd
+
+
+def _done(wd):
+  return sorted(os.path.join(dp, "done.json") for dp, _, fs in os.walk(wd) if "done.json" in fs)
+
+
+def test_small_study_stopped_halfway_restarts_without_redoing_runs(tmp_path):
+  cfg = tmp_path / "small.py"
+  cfg.write_text(SMALL_STUDY)
+  wd = tmp_path / "wd"
+  args = [f"--config={cfg}", f"--workdir={wd}"]
+  proc = subprocess.Popen([sys.executable, "-m", "big_transfer.study", *args], cwd=ROOT,
+                          env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 400
+  while len(_done(wd)) < 3 and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGKILL)  # stopped halfway, mid-run
+  proc.wait()
+  finished = {p: os.path.getmtime(p) for p in _done(wd)}
+  assert 3 <= len(finished) < 12, "stopped too late to test a restart"
+
+  out = _study(args, timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+  assert f"{len(finished) + 2} already finished" in out.stdout  # + the two pre-training runs
+  assert {p: os.path.getmtime(p) for p in finished} == finished  # not redone
+  rows = [json.loads(x) for x in open(wd / "results.jsonl")]
+  keys = [(r["tags"]["arm"], r["shots"], r["seed"]) for r in rows]
+  assert len(rows) == 12 and len(set(keys)) == 12  # every run once: none lost, none twice
+  # The report was written from the table, with its figures.
+  assert (wd / "report" / "report.md").exists()
+  assert (wd / "report" / "accuracy_vs_shots.png").exists()
+  # Once more: nothing to do.
+  out = _study(args, timeout=300)
+  assert "14 already finished, 0 to run" in out.stdout
+
+
+# ------------------------------------------------------------------------------ report
+
+def _rows():
+  rows = []
+  acc = {"src_a": {"1": 0.5, "5": 0.7, "full": 0.9}, "src_b": {"1": 0.3, "5": 0.6, "full": 0.88},
+         "src_c": {"1": 0.2, "5": 0.5, "full": 0.87}}
+  for arm, by_shots in acc.items():
+    for shots, a in by_shots.items():
+      for seed in (0, 1):
+        rows.append({"protocol": "ft", "shots": shots, "seed": seed, "data": "builtin:digits",
+                     "val_accuracy": a, "test_accuracy": a + (0.01 if seed else -0.01),
+                     "pretrain_size": "", "pretrain_method": "clip",
+                     "tags": {"arm": arm, "downstream": "digits", "group": "sources",
+                              **({"published": "cc3m"} if arm == "src_a" else {})}})
+  for size, a in (("1000", 0.6), ("4000", 0.8)):
+    rows.append({"protocol": "ft", "shots": "5", "seed": 0, "data": "d", "val_accuracy": a,
+                 "test_accuracy": a, "pretrain_size": size, "pretrain_method": "clip",
+                 "tags": {"arm": f"size_{size}", "downstream": "digits", "group": "size"}})
+  rows.append({"protocol": "ft", "shots": "5", "seed": 0, "data": "d", "val_accuracy": 0.75,
+               "test_accuracy": 0.75, "pretrain_size": "", "pretrain_method": "supervised",
+               "tags": {"arm": "sup", "downstream": "digits", "group": "reference"}})
+  return rows
+
+
+def test_report_figures_show_the_series_they_claim(tmp_path):
+  specs = report.figure_specs(report.aggregate(_rows()))
+  (panel,) = specs["accuracy_vs_shots"]["panels"]
+  assert panel["xlabel"] == "shots per class" and panel["ylabel"] == "test accuracy"
+  assert set(panel["series"]) == {"src_a", "src_b", "src_c", "size_1000", "size_4000", "sup"}
+  assert panel["series"]["src_a"]["x"] == ["1", "5", "full"]
+  np.testing.assert_allclose(panel["series"]["src_a"]["y"], [0.5, 0.7, 0.9])
+  np.testing.assert_allclose(panel["series"]["src_a"]["err"], [0.01, 0.01, 0.01])
+  (spread,) = specs["spread_vs_shots"]["panels"]
+  assert spread["n_sources"] == 3 and spread["xcategories"] == ["1", "5", "full"]
+  np.testing.assert_allclose(spread["series"]["spread"]["y"], [0.3, 0.2, 0.03], atol=1e-9)
+  (size,) = specs["accuracy_vs_size"]["panels"]
+  assert size["xscale"] == "log" and size["series"]["5 shots"]["x"] == [1000.0, 4000.0]
+  assert size["hlines"] == {"reference, 5 shots": 0.75}
+  assert "method" not in specs and "captions" not in specs  # no such arms: no empty figure
+
+  wd = tmp_path / "study"
+  wd.mkdir()
+  with open(wd / "results.jsonl", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in _rows())
+  md = open(report.write_report(str(wd))).read()
+  import matplotlib.image
+  for name in ("accuracy_vs_shots", "spread_vs_shots", "accuracy_vs_size"):
+    img = matplotlib.image.imread(wd / "report" / f"{name}.png")
+    assert img.shape[0] > 200 and img.shape[1] > 300 and img.std() > 0.01
+    assert f"![{name}]({name}.png)" in md
+  assert "| src_a | 50.0 ± 1.0 (2) [paper" not in md  # digits has no published number
+  assert "| src_a | 50.0 ± 1.0 (2) | 70.0 ± 1.0 (2) | 90.0 ± 1.0 (2) |" in md
+
+
+def test_report_puts_published_numbers_beside_matching_arms(tmp_path):
+  rows = [{"protocol": "ft", "shots": "full", "seed": 0, "data": "tfds:cifar100",
+           "val_accuracy": 0.8, "test_accuracy": 0.81, "pretrain_size": "2.7M",
+           "tags": {"arm": "clip_laion_2.7m", "downstream": "cifar100",
+                    "published": "laion_2.7m"}}]
+  assert "| clip_laion_2.7m | 81.0 ± 0.0 [paper 83.7] |" in report.tables(report.aggregate(rows))
+
+
+# ------------------------------------------------------------------------------ launchers
+
+def test_launchers_print_what_they_run():
+  env = {**_env(), "BT_DRY_RUN": "1"}
+  out = subprocess.run([os.path.join(ROOT, "launch", "tpu_pod.sh"), "my-tpu", "us-central2-b",
+                        "--", "python", "-m", "big_transfer.train", "--config=c.py",
+                        "--workdir=gs://b/r"], env=env, capture_output=True, text=True,
+                       check=True)
+  assert "gcloud compute tpus tpu-vm ssh my-tpu --zone=us-central2-b --worker=all" in out.stdout
+  assert "python\\ -m\\ big_transfer.train\\ --config=c.py\\ --workdir=gs://b/r" in out.stdout
+  script = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bt_test_{os.getpid()}.sbatch")
+  out = subprocess.run([os.path.join(ROOT, "launch", "slurm.sh"), "4", "8", "--time=1:00:00",
+                        "--", "python", "-m", "big_transfer.train", "--config=c.py",
+                        "--workdir=/shared/r"], env={**env, "BT_SBATCH_SCRIPT": script},
+                       capture_output=True, text=True, check=True)
+  text = open(script).read()
+  for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
+               "#SBATCH --time=1:00:00",
+               "srun python -m big_transfer.train --config=c.py --workdir=/shared/r"):
+    assert line in text and line in out.stdout
+  os.remove(script)
+  bad = subprocess.run([os.path.join(ROOT, "launch", "slurm.sh"), "4"], env=env,
+                       capture_output=True, text=True)
+  assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+@pytest.mark.slow  # ~10 minutes: the README's main job
+def test_mini_study_end_to_end(tmp_path):
+  out = _study([f"--config={ROOT}/configs/mini/study.py", f"--workdir={tmp_path}"],
+               timeout=1800)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+  rows = [json.loads(x) for x in open(tmp_path / "results.jsonl")]
+  assert {r["tags"]["arm"] for r in rows} >= {"clip_glyphs", "simclr_glyphs",
+                                              "supervised_glyphs", "scratch"}
+  assert {r["tags"]["downstream"] for r in rows} == {"digits", "shapes"}
+  specs = json.load(open(tmp_path / "report" / "specs.json"))
+  assert {"accuracy_vs_shots", "spread_vs_shots", "accuracy_vs_size", "method"} <= set(specs)
