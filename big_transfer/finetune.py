@@ -30,14 +30,13 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
 import time
 from typing import Any
 
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-from big_transfer.config_lib import PROTOCOLS, transfer_config  # noqa: F401 (re-exported)
+from big_transfer.config_lib import PROTOCOLS
 
 
 class TransferError(ValueError):
@@ -440,35 +439,11 @@ def run(config, workdir: str, devices=None) -> list[dict]:
   return rows
 
 
-def main(argv):
-  del argv
-  from absl import logging as absl_logging
-  from big_transfer import checkpoint as ckpt_lib
-  from big_transfer import config_lib, train
-  from big_transfer.data import sources
-  if not FLAGS["verbosity"].present:
-    absl_logging.set_verbosity(absl_logging.WARNING)
-  if FLAGS.config is None or FLAGS.workdir is None:
-    print("error: --config and --workdir are required", file=sys.stderr)
-    sys.exit(2)
-  try:
-    train.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                       FLAGS.process_id)
-    run(FLAGS.config, FLAGS.workdir)
-  except (TransferError, config_lib.ConfigError, sources.DataError, train.UserError,
-          ckpt_lib.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except FloatingPointError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
-
-
 def entry():
   from big_transfer import config_lib, train
   # The same flags as the pre-training entrypoint (--config, --workdir, multi-process flags).
   train.define_flags("Config file (configs/finetune/...py[:args]).")
-  app.run(main, flags_parser=config_lib.flags_parser)
+  app.run(train.main_of(run, (TransferError,)), flags_parser=config_lib.flags_parser)
 
 
 if __name__ == "__main__":

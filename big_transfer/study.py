@@ -156,7 +156,9 @@ def expand(study, workdir: str) -> list[Run]:
           shots_list, seeds = ("full",), seeds[:1]  # no training images, nothing random
         for shots in shots_list:
           for seed in seeds:
-            name = f"transfer/{arm['name']}/{ds['name']}/{protocol}_{shots}shot_s{seed}"
+            what = protocol if protocol == "zeroshot" else (
+                f"{protocol}_full" if str(shots) == "full" else f"{protocol}_{shots}shot")
+            name = f"transfer/{arm['name']}/{ds['name']}/{what}_s{seed}"
             tags = {"arm": arm["name"], "downstream": ds["name"],
                     **{k: arm[k] for k in ("source", "size", "method", "group", "published")
                        if arm.get(k) not in (None, "")}}
@@ -269,11 +271,9 @@ def main(argv):
   durations: dict[str, list[float]] = {"pretrain": [], "transfer": []}
 
   def eta(rest: list[Run]) -> float:
-    """Remaining time from the mean duration of finished runs of each kind."""
-    seen = [d for ds in durations.values() for d in ds]
-    if not seen:
-      return float("nan")
-    mean = {k: (sum(v) / len(v) if v else sum(seen) / len(seen)) for k, v in durations.items()}
+    """Remaining time from the mean duration of finished runs of each kind ('?' until a run
+    of every remaining kind has finished)."""
+    mean = {k: sum(v) / len(v) if v else float("nan") for k, v in durations.items()}
     return sum(mean[r.kind] for r in rest)
 
   for i, r in enumerate(todo):

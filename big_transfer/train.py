@@ -427,33 +427,39 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
   return state
 
 
-def main(argv):
-  del argv
-  from absl import logging as absl_logging
-  from big_transfer import checkpoint as ckpt_lib
-  from big_transfer import config_lib
-  if not FLAGS["verbosity"].present:  # orbax/grain log every save at INFO
-    absl_logging.set_verbosity(absl_logging.WARNING)
-  from big_transfer.data import sources
-  if FLAGS.config is None or FLAGS.workdir is None:
-    print("error: --config and --workdir are required", file=sys.stderr)
-    sys.exit(2)
-  try:
-    maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                 FLAGS.process_id)
-    run(FLAGS.config, FLAGS.workdir)
-  except (config_lib.ConfigError, sources.DataError, UserError, ckpt_lib.CheckpointError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except FloatingPointError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
+def main_of(run_fn, extra_user_errors: tuple = ()):
+  """An absl main for an entrypoint ``run_fn(config, workdir)``: quiet library logs, the
+  required flags, jax.distributed, and bad input as one ``error:`` line (exit 2; a non-finite
+  loss exits 3)."""
+  def main(argv):
+    del argv
+    from absl import logging as absl_logging
+    from big_transfer import checkpoint as ckpt_lib
+    from big_transfer import config_lib
+    from big_transfer.data import sources
+    if not FLAGS["verbosity"].present:  # orbax/grain log every save at INFO
+      absl_logging.set_verbosity(absl_logging.WARNING)
+    if FLAGS.config is None or FLAGS.workdir is None:
+      print("error: --config and --workdir are required", file=sys.stderr)
+      sys.exit(2)
+    try:
+      maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id)
+      run_fn(FLAGS.config, FLAGS.workdir)
+    except (config_lib.ConfigError, sources.DataError, UserError, ckpt_lib.CheckpointError,
+            *extra_user_errors) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+    except FloatingPointError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(3)
+  return main
 
 
 def entry():
   from big_transfer import config_lib
   define_flags()
-  app.run(main, flags_parser=config_lib.flags_parser)
+  app.run(main_of(run), flags_parser=config_lib.flags_parser)
 
 
 if __name__ == "__main__":

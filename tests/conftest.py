@@ -32,13 +32,18 @@ def mini_config(arg=FAST_ARG, **overrides):
   c.tensorboard = False
   c.eval_data = "none"
   c.optimizer.warmup_steps = 0
+  return override(c, **overrides)
+
+
+def override(config, **overrides):
+  """Sets dotted keys: override(c, **{"optimizer.lr": 0.1})."""
   for k, v in overrides.items():
-    node = c
+    node = config
     *parents, leaf = k.split(".")
     for p in parents:
       node = node[p]
     node[leaf] = v
-  return c
+  return config
 
 
 def one_device():

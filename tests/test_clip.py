@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from big_transfer import checkpoint, config_lib, train
+from big_transfer import config_lib, train
 from big_transfer.data import ops, tokenizer
 from big_transfer.evaluators import retrieval, zeroshot
 from big_transfer.logging import read_metrics
 from big_transfer.models.text import TextTransformer
-from conftest import ROOT, losses, one_device
+from conftest import ROOT, override, losses, one_device
 
 CLIP_MINI = os.path.join(ROOT, "configs", "mini", "clip.py")
 CAPTIONS = ["a photo of a dog", "A Photo of a Cat!", "two dogs and a cat", "a dog's toy",
@@ -155,13 +155,7 @@ def clip_config(arg="steps=6,batch=32,width=0.125", **overrides):
   c.tensorboard = False
   c.optimizer.warmup_steps = 0
   c.retrieval.data = ""
-  for k, v in overrides.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return override(c, **overrides)
 
 
 def test_mini_clip_learns_and_zero_shot_rises_above_chance(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from big_transfer import checkpoint, config_lib, finetune, train, transfer
 from big_transfer.logging import read_metrics
-from conftest import ROOT, one_device
+from conftest import ROOT, override, one_device
 
 FT_MINI = os.path.join(ROOT, "configs", "mini", "finetune.py")
 
@@ -17,13 +17,7 @@ FT_MINI = os.path.join(ROOT, "configs", "mini", "finetune.py")
 def ft_config(arg="", **overrides):
   c = config_lib.load(f"{FT_MINI}:{arg}" if arg else FT_MINI)
   c.log_every = 100
-  for k, v in overrides.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return override(c, **overrides)
 
 
 def run_ft(tmp_path, name, arg="", **overrides):

@@ -1,10 +1,8 @@
 """Contrastive losses against plain NumPy, and the same global-batch loss on 1 and 8 devices."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from big_transfer import sharding
 from big_transfer.methods import losses

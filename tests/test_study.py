@@ -214,6 +214,6 @@ def test_mini_study_end_to_end(tmp_path):
   rows = [json.loads(x) for x in open(tmp_path / "results.jsonl")]
   assert {r["tags"]["arm"] for r in rows} >= {"clip_glyphs", "simclr_glyphs",
                                               "supervised_glyphs", "scratch"}
-  assert {r["tags"]["downstream"] for r in rows} == {"digits", "shapes"}
+  assert {r["tags"]["downstream"] for r in rows} == {"digits", "letters"}
   specs = json.load(open(tmp_path / "report" / "specs.json"))
   assert {"accuracy_vs_shots", "spread_vs_shots", "accuracy_vs_size", "method"} <= set(specs)

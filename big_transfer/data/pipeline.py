@@ -13,7 +13,7 @@ Evaluation: every example exactly once across processes; the last batch is padde
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import grain
 import numpy as np

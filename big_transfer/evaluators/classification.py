@@ -7,7 +7,6 @@ from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from big_transfer import sharding
 from big_transfer.data import pipeline

@@ -5,9 +5,13 @@ r"""The whole study in miniature, offline on built-in data: the main job's defau
 Six pre-training runs — CLIP on three sources (glyphs: related to the downstream digits;
 letters: glyphs of another alphabet; shapes: unrelated), CLIP on a 1k subset of glyphs (the size
 contrast), SimCLR on glyphs (the method contrast) and supervised glyphs (the reference) — plus a
-random-init reference, then transfer to two downstream sets (the real handwritten digits; shapes)
-by linear probes at 1/5/10/full shots with two seeds, and CLIP zero-shot. Ends with the report
-(runs/mini_study/report/report.md and its figures). About 10 minutes on 2 CPU cores.
+random-init reference, then transfer to two downstream sets (the real handwritten digits;
+held-out letters) by linear probes at 1/5/10/full shots with two seeds, and CLIP zero-shot.
+Ends with the report (runs/mini_study/report/report.md and its figures). About 8 minutes on
+2 CPU cores.
+
+(The built-in shapes are not a downstream set here: at this scale every model's linear probe on
+them stays at chance.)
 """
 
 import ml_collections
@@ -44,7 +48,9 @@ def get_config(arg=None):
   ]
   c.downstream = [
       dict(name="digits", data="builtin:digits", num_train=1437, num_classes=10),
-      dict(name="shapes", data="builtin:shapes?n=1500", num_train=1500, num_classes=10),
+      # Letters rendered with another seed than the pre-training glyphs (no shared images).
+      dict(name="letters", data="builtin:glyphs?classes=letters&n=2600&seed=7", num_train=2600,
+           num_classes=26),
   ]
   c.transfer_config = "configs/mini/finetune.py"
   c.protocols = ("lp", "zeroshot")  # zero-shot applies to the CLIP arms only
