@@ -182,6 +182,13 @@ def expand(study, workdir: str) -> list[Run]:
   return runs
 
 
+def select(runs: list[Run], text: str) -> list[Run]:
+  """The runs whose name contains ``text``, and the pre-training runs they depend on."""
+  keep = {r.name for r in runs if text in r.name}
+  keep |= {d for r in runs if r.name in keep for d in r.deps}
+  return [r for r in runs if r.name in keep]
+
+
 def _transfer_images(study, ds, shots, protocol) -> float:
   """Examples a transfer run processes: train size x epochs x grid size (0 when unknown)."""
   if protocol in ("zeroshot", "lp"):
@@ -242,9 +249,7 @@ def main(argv):
     print(f"error: study config: {e}", file=sys.stderr)
     sys.exit(2)
   if FLAGS.only:
-    keep = [r for r in runs if FLAGS.only in r.name]
-    needed = {d for r in keep for d in r.deps}
-    runs = [r for r in runs if r in keep or r.name in needed]
+    runs = select(runs, FLAGS.only)
   throughput = float(study.get("throughput", 1000.0))
   if FLAGS.dry_run:
     print(_table(runs))

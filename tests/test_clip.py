@@ -57,6 +57,20 @@ def test_tokenize_truncates_keeping_end_of_text_and_pads():
   assert long[0] == tok.sot_id and long[-1] == tok.eot_id and tok.eot_id not in long[:-1]
 
 
+def test_tokenizer_command_learns_a_vocabulary_from_a_source(tmp_path, capsys):
+  out = str(tmp_path / "glyphs_bpe.txt")
+  tokenizer.main(["train", "builtin:glyphs?n=300", "--vocab_size=600", f"--out={out}"])
+  assert "wrote" in capsys.readouterr().out
+  tok = tokenizer.Tokenizer.from_file(out)
+  assert len(tok.encode("handwritten")) == 1  # a caption word became one token
+  tokenizer.main(["encode", out, "a handwritten 7", "--context_length=6"])
+  ids = [int(x) for x in capsys.readouterr().out.split()]
+  assert ids[0] == tok.sot_id and tok.eot_id in ids and len(ids) == 6
+  with pytest.raises(SystemExit):
+    tokenizer.main(["train", "builtin:digits", "--vocab_size=600", f"--out={out}"])
+  assert "no captions" in capsys.readouterr().err
+
+
 def test_clip_format_vocabulary_file_layout(tmp_path):
   # A CLIP-style merges file (gzip, '#version' header, more merges than the vocabulary uses).
   merges = ["d o", "do g</w>", "c a", "ca t</w>", "a </w>", "x y"]

@@ -80,6 +80,10 @@ def test_expansion_dependencies_and_commands(tmp_path):
   scratch = [r for r in tr if "/scratch/" in r.name]
   assert all(not r.deps for r in scratch)
   assert all(r.deps == ["pretrain/supervised_glyphs"] for r in tr if "/supervised_glyphs/" in r.name)
+  only = study.select(runs, "supervised_letters/digits/lp_2shot")
+  assert [r.name for r in only] == ["pretrain/supervised_letters",
+                                    "transfer/supervised_letters/digits/lp_2shot_s0",
+                                    "transfer/supervised_letters/digits/lp_2shot_s1"]
   cmd = " ".join(tr[0].command())
   assert cmd.startswith("python -m big_transfer.finetune --config=") and "--config.tags=" in cmd
 
