@@ -192,6 +192,7 @@ def test_mini_clip_learns_and_zero_shot_rises_above_chance(tmp_path):
   assert scales[0] == pytest.approx(1 / 0.07, rel=0.05)
 
 
+@pytest.mark.slow  # ~30 s: two more model variants (the losses are tested by default)
 def test_siglip_and_slip_train(tmp_path):
   c = clip_config("steps=3,batch=16,width=0.125,loss=sigmoid,method=slip",
                   **{"zeroshot.data": ""})

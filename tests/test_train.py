@@ -173,6 +173,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous_and_resumes_exactly(tm
   assert [r["step"] for r in read_metrics(wd) if "train/loss" in r] == [5, 6, 7, 8]
 
 
+@pytest.mark.slow  # ~40 s; 1-device resume of an 8-device run (CI runs it)
 def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
   wd = str(tmp_path)
   c = mini_config(total_steps=3, checkpoint_every=3, param_sharding_min_size=0)
