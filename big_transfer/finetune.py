@@ -183,12 +183,12 @@ class Session:
     return {"params": params, "model_state": rest}
 
   def to_device(self, host: dict) -> dict:
+    """Host weights -> global arrays with this session's shardings."""
     import jax
-    import numpy as np
-    def put(h, sh, a):
-      h = np.asarray(h, a.dtype)
-      return jax.make_array_from_callback(a.shape, sh, lambda idx: h[idx])
-    return jax.tree.map(put, host, self.shardings, self.abstract)
+    from big_transfer.transfer import put_like
+    like = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                        self.abstract, self.shardings)
+    return put_like(host, like)
 
   # --------------------------------------------------------------- evaluation
   def accuracy(self, weights: dict, split: str) -> float:
@@ -260,6 +260,7 @@ class Session:
     from flax import nnx
     from big_transfer import sharding
     from big_transfer.data import pipeline
+    from big_transfer.evaluators.classification import gather_masked
     if jax.process_count() > 1:
       raise TransferError("linear probes run on one process for now (features come back "
                           "interleaved by process)")
@@ -267,22 +268,17 @@ class Session:
       def feats(state, batch):
         model = nnx.merge(self.graphdef, state["params"], state["model_state"])
         return {"x": self.method.features(model, batch["image"]), "y": batch["label"],
-                "m": batch[pipeline.MASK]}
+                pipeline.MASK: batch[pipeline.MASK]}
       self._features = jax.jit(feats, in_shardings=(self.shardings,
                                                     sharding.batch_sharding(self.mesh)),
                                out_shardings=sharding.replicated(self.mesh))
     bs = self.config.eval_batch_size or self.config.batch_size
     bs = max(self.mesh.devices.size, bs - bs % self.mesh.devices.size)
-    xs, ys = [], []
     source = self.data[split] if source is None else source
-    for batch in pipeline.eval_dataset(source, pp=self.config.pp_eval, batch_size=bs,
-                                       keys=("image", "label"),
-                                       threads=self.config.data_threads):
-      out = jax.device_get(self._features(weights, sharding.to_global(batch, self.mesh)))
-      keep = out["m"] > 0
-      xs.append(out["x"][keep])
-      ys.append(out["y"][keep])
-    return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
+    batches = pipeline.eval_dataset(source, pp=self.config.pp_eval, batch_size=bs,
+                                    keys=("image", "label"), threads=self.config.data_threads)
+    out = gather_masked(self._features, weights, batches, self.mesh)
+    return out["x"].astype(np.float32), out["y"]
 
   # --------------------------------------------------------------- protocols
   def probe(self):
@@ -304,6 +300,7 @@ class Session:
     """One fine-tuning run at ``lr`` in WORKDIR/lr_<lr> (resumable); returns (device weights,
     steps)."""
     from big_transfer import config_lib, train
+    from big_transfer.transfer import put_like
     c = copy.deepcopy(self.config)
     n_train, n_dev = len(self.data["train"]), self.mesh.devices.size
     # Few-shot sets can be smaller than a batch: shrink it (a multiple of the device count).
@@ -322,20 +319,15 @@ class Session:
 
     def initialize(state):
       state = dict(state)
-      state["params"] = self.to_device_like(init["params"], state["params"])
-      state["model_state"] = self.to_device_like(init["model_state"], state["model_state"])
+      state["params"] = put_like(init["params"], state["params"])
+      state["model_state"] = put_like(init["model_state"], state["model_state"])
       if "ema_params" in state:
-        state["ema_params"] = self.to_device_like(init["params"], state["ema_params"])
+        state["ema_params"] = put_like(init["params"], state["ema_params"])
       return state
     state = train.run(c, os.path.join(self.workdir, f"lr_{lr:g}"), devices=self.devices,
                       method=self.method, train_source=self.data["train"],
                       initialize=initialize)
     return {"params": state["params"], "model_state": state["model_state"]}, steps
-
-  @staticmethod
-  def to_device_like(host, like):
-    from big_transfer.transfer import put_like
-    return put_like(host, like)
 
 
 def _pretrain_fields(pre) -> dict[str, Any]:

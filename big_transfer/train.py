@@ -315,13 +315,18 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
   # ---------------------------------------------------------------- evaluators
   eval_every = config.eval_every or config.checkpoint_every
   evaluators = []  # (evaluator, every N steps)
+
+  def eval_model(state):
+    """The model evaluators see: the EMA weights when the run keeps them."""
+    return merge(state["ema_params"] if config.ema_decay else state["params"],
+                 state["model_state"])
+
   if data["eval_source"] is not None and hasattr(method, "eval_metrics"):
     eval_bs = config.eval_batch_size or config.batch_size
     eval_source = data["eval_source"]
 
     def eval_apply(state, batch):
-      params = state["ema_params"] if config.ema_decay else state["params"]
-      return method.eval_metrics(merge(params, state["model_state"]), batch)
+      return method.eval_metrics(eval_model(state), batch)
 
     def make_eval_ds():
       return pipeline.eval_dataset(eval_source, pp=config.pp_eval, batch_size=eval_bs,
@@ -336,8 +341,7 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
     from big_transfer.evaluators.fewshot_linear import FewShotLinear
 
     def features(state, batch):
-      params = state["ema_params"] if config.ema_decay else state["params"]
-      return method.features(merge(params, state["model_state"]), batch["image"])
+      return method.features(eval_model(state), batch["image"])
     fewshot_eval = FewShotLinear(
         config.fewshot.data, pp=config.fewshot.pp, shots=config.fewshot.shots,
         seeds=config.fewshot.seeds, l2_reg=config.fewshot.l2_reg, features=features,
@@ -349,11 +353,8 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
     from big_transfer.evaluators.retrieval import Retrieval
     from big_transfer.evaluators.zeroshot import ZeroShot
 
-    def eval_params(state):
-      return merge(state["ema_params"] if config.ema_decay else state["params"],
-                   state["model_state"])
-    enc_image = lambda state, images: method.encode_image(eval_params(state), images)
-    enc_text = lambda state, tokens: method.encode_text(eval_params(state), tokens)
+    enc_image = lambda state, images: method.encode_image(eval_model(state), images)
+    enc_text = lambda state, tokens: method.encode_text(eval_model(state), tokens)
     common = dict(encode_image=enc_image, mesh=mesh, state_shardings=state_sh,
                   batch_size=config.eval_batch_size or config.batch_size, process_index=pid,
                   process_count=pcount, bind=bind)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from big_transfer import sharding
 from big_transfer.data import pipeline
@@ -53,3 +54,18 @@ class Evaluator:
                       self.num_examples - int(round(count)), self.num_examples)
     for k, v in sorted(total.items()):
       yield f"{self.name}/{k}", float(v) / count
+
+
+def gather_masked(fn, state, batches: Iterable[dict], mesh) -> dict[str, np.ndarray]:
+  """Runs the jitted ``fn(state, global_batch) -> {name: per-example array}`` (replicated
+  output, including the batch's padding mask under ``pipeline.MASK``, so every host can read
+  it) over eval batches and returns each output's rows for the real examples, concatenated
+  on the host."""
+  out: dict[str, list] = {}
+  for batch in batches:
+    values = jax.device_get(fn(state, sharding.to_global(batch, mesh)))
+    keep = np.asarray(values.pop(pipeline.MASK)) > 0
+    for k, v in values.items():
+      out.setdefault(k, []).append(np.asarray(v)[keep])
+  return {k: np.concatenate(v) for k, v in out.items()}
+

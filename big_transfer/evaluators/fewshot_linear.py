@@ -18,6 +18,7 @@ import numpy as np
 
 from big_transfer import sharding
 from big_transfer.data import fewshot, pipeline, sources
+from big_transfer.evaluators.classification import gather_masked
 
 
 def ridge_fit(x: np.ndarray, y: np.ndarray, num_classes: int, l2_reg: float):
@@ -68,19 +69,17 @@ class FewShotLinear:
     self.pid, self.pcount = process_index, process_count
 
     def feats(state, batch):
-      return {"x": features(state, batch).astype(jnp.float32), "_mask": batch[pipeline.MASK]}
+      return {"x": features(state, batch).astype(jnp.float32),
+              pipeline.MASK: batch[pipeline.MASK]}
     self._feats = jax.jit(feats, in_shardings=(state_shardings,
                                                sharding.batch_sharding(mesh)),
                           out_shardings=sharding.replicated(mesh))
 
   def _extract(self, state, source) -> np.ndarray:
-    out = []
-    for batch in pipeline.eval_dataset(source, pp=self.pp, batch_size=self.batch_size,
-                                       keys=("image",), process_index=self.pid,
-                                       process_count=self.pcount):
-      f = jax.device_get(self._feats(state, sharding.to_global(batch, self.mesh)))
-      out.append(f["x"][f["_mask"] > 0])
-    return np.concatenate(out)
+    batches = pipeline.eval_dataset(source, pp=self.pp, batch_size=self.batch_size,
+                                    keys=("image",), process_index=self.pid,
+                                    process_count=self.pcount)
+    return gather_masked(self._feats, state, batches, self.mesh)["x"]
 
   def run(self, state) -> Iterator[tuple[str, float]]:
     pool_x = self._extract(state, self.pool)

@@ -11,6 +11,7 @@ import numpy as np
 
 from big_transfer import sharding
 from big_transfer.data import pipeline, sources
+from big_transfer.evaluators.classification import gather_masked
 
 
 def recall_at_k(img: np.ndarray, txt: np.ndarray, ks=(1, 5, 10)) -> dict[str, float]:
@@ -45,18 +46,14 @@ class Retrieval:
 
     def embed(state, batch):
       return {"image": encode_image(state, batch["image"]),
-              "text": encode_text(state, batch["text"]), "_mask": batch[pipeline.MASK]}
+              "text": encode_text(state, batch["text"]), pipeline.MASK: batch[pipeline.MASK]}
     self._embed = jax.jit(embed, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                           out_shardings=sharding.replicated(mesh))
 
   def run(self, state) -> Iterator[tuple[str, float]]:
-    imgs, txts = [], []
-    for batch in pipeline.eval_dataset(self.source, pp=self.pp, batch_size=self.batch_size,
-                                       keys=("image", "text"), process_index=self.pid,
-                                       process_count=self.pcount, bind=self.bind):
-      e = jax.device_get(self._embed(state, sharding.to_global(batch, self.mesh)))
-      keep = e["_mask"] > 0
-      imgs.append(e["image"][keep])
-      txts.append(e["text"][keep])
-    for k, v in recall_at_k(np.concatenate(imgs), np.concatenate(txts)).items():
+    batches = pipeline.eval_dataset(self.source, pp=self.pp, batch_size=self.batch_size,
+                                    keys=("image", "text"), process_index=self.pid,
+                                    process_count=self.pcount, bind=self.bind)
+    e = gather_masked(self._embed, state, batches, self.mesh)
+    for k, v in recall_at_k(e["image"], e["text"]).items():
       yield f"retrieval/{self.name}/{k}", v
