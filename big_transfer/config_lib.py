@@ -72,6 +72,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.keep_every = placeholder(int)  # also keep every N-th step forever
   c.seed = 0
+  # Start from another checkpoint of the same model (e.g. one made by convert_checkpoint), by
+  # name, instead of random weights; init_skip: comma-separated name prefixes kept fresh.
+  c.init_from = ""
+  c.init_skip = ""
   c.dtype = "float32"  # compute dtype; parameters stay float32
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
   # Ordered (regex over 'a/b/kernel', how) rules; how: 'fsdp', 'replicate' or a spec tuple.

@@ -150,6 +150,31 @@ def write_config(config, workdir: str, resolved: dict[str, Any]):
   os.replace(path + ".tmp", path)
 
 
+def init_from_checkpoint(state, path: str, skip: str = ""):
+  """A fresh train state's params and model_state from another checkpoint of the same model
+  (e.g. one made by convert_checkpoint, to continue pre-training), by name; ``skip``: comma-
+  separated name prefixes that keep their fresh values (e.g. 'head' for other classes). Every
+  other difference is a CheckpointError listing it."""
+  import jax
+  from big_transfer import checkpoint as ckpt_lib
+  from big_transfer import transfer
+  saved, _ = ckpt_lib.load_state(path)
+  keep = [k.strip() for k in skip.split(",") if k.strip()]
+  new = dict(state)
+  for part in ("params", "model_state"):
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state[part])
+    if not jax.tree.leaves(shapes):
+      continue
+    host, _ = transfer.load_by_name(shapes, saved.get(part, {}), keep=keep,
+                                    what=f"checkpoint {path} ({part})")
+    new[part] = jax.tree.map(
+        lambda h, fresh: fresh if isinstance(h, jax.ShapeDtypeStruct)
+        else transfer.put_like(h, fresh), host, state[part])
+  if state.get("ema_params") is not None:
+    new["ema_params"] = jax.tree.map(lambda x: x.copy(), new["params"])
+  return new
+
+
 def run(config, workdir: str, *, devices=None, method=None, train_source=None,
         initialize=None) -> dict[str, Any]:
   """Trains to ``config.total_steps`` (resuming from ``workdir``); returns the final state.
@@ -309,6 +334,9 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
         jax.random.key(config.seed))
     if initialize is not None:
       state = initialize(state)
+    elif config.get("init_from"):
+      state = init_from_checkpoint(state, config.init_from, config.get("init_skip", ""))
+      log_lib.info(f"initialised from {config.init_from}")
   if int(state["step"]) != start_step:
     raise RuntimeError(f"checkpoint step {start_step} holds state at step {int(state['step'])}")
 

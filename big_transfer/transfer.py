@@ -281,27 +281,39 @@ def put_like(host_tree, like_tree):
   return jax.tree.map(put, host_tree, like_tree)
 
 
-# ----------------------------------------------------------------------------- CLIP text head
-
-def text_head(pre: Pretrained, class_names: Sequence[str], templates) -> tuple[np.ndarray,
-                                                                             np.ndarray]:
-  """CLIP's zero-shot classifier as a head: kernel (dim, classes) = logit_scale x the
-  prompt-ensembled, normalised text embeddings of the class names; bias 0."""
+def restore_model(pre: Pretrained, tokenizer=None):
+  """The pre-training run's whole model, host-side: (method, graphdef, params, model_state)
+  (``nnx.merge(graphdef, params, model_state)`` is the module). ``tokenizer``: the run's, for
+  image-text methods."""
   from big_transfer import methods
-  from big_transfer.data import tokenizer
-  from big_transfer.evaluators.zeroshot import templates_of
-  path = pre.tokenizer_path()
-  if path is None:
-    raise ValueError(f"{pre.path}: a {pre.method} run without a tokenizer")
-  tok = tokenizer.load(path)
-  method = methods.get(pre.method, pre.config, {"tokenizer": tok, "num_classes": None,
-                                                "class_names": None})
+  info = {"tokenizer": tokenizer, "num_classes": pre.config.get("num_classes") or 0,
+          "class_names": None}
+  if pre.method == "supervised" and not info["num_classes"]:
+    head = flatten(pre.params()).get("head/bias")
+    info["num_classes"] = 0 if head is None else int(head.shape[0])
+  method = methods.get(pre.method, pre.config, info)
   abstract = nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0)))
   graphdef, abs_params, abs_rest = nnx.split(abstract, nnx.Param, ...)
   params, _ = load_by_name(abs_params.to_pure_dict(), pre.params(), what="checkpoint")
   rest = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), abs_rest.to_pure_dict())
   if pre.state.get("model_state"):
     rest, _ = load_by_name(rest, pre.state["model_state"], what="checkpoint")
+  return method, graphdef, params, rest
+
+
+# ----------------------------------------------------------------------------- CLIP text head
+
+def text_head(pre: Pretrained, class_names: Sequence[str], templates) -> tuple[np.ndarray,
+                                                                             np.ndarray]:
+  """CLIP's zero-shot classifier as a head: kernel (dim, classes) = logit_scale x the
+  prompt-ensembled, normalised text embeddings of the class names; bias 0."""
+  from big_transfer.data import tokenizer
+  from big_transfer.evaluators.zeroshot import templates_of
+  path = pre.tokenizer_path()
+  if path is None:
+    raise ValueError(f"{pre.path}: a {pre.method} run without a tokenizer")
+  tok = tokenizer.load(path)
+  method, graphdef, params, rest = restore_model(pre, tok)
   names = [str(n).replace("_", " ") for n in class_names]
   temps = templates_of(templates)
   tokens = tok.tokenize([t.format(n) for n in names for t in temps],

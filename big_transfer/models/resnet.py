@@ -128,9 +128,9 @@ class Block(nnx.Module):
   def __call__(self, x, train):
     convs = [self.conv1, self.conv2] + ([self.conv3] if self.conv3 is not None else [])
     if self.version == "v2":
-      x = nnx.relu(self.norms[0](x, train))
-      shortcut = self.proj(x) if self.proj is not None else x
-      y = x
+      # BiT: the projection sees the pre-activated input, the identity shortcut the raw one.
+      y = nnx.relu(self.norms[0](x, train))
+      shortcut = self.proj(y) if self.proj is not None else x
       for i, conv in enumerate(convs):
         if i > 0:
           y = nnx.relu(self.norms[i](y, train))

@@ -44,7 +44,11 @@ def quick_gelu(x):
   return x * jax.nn.sigmoid(1.702 * x)
 
 
-ACTIVATIONS = {"gelu": lambda x: nnx.gelu(x, approximate=False), "quick_gelu": quick_gelu}
+# 'gelu' is exact (PyTorch's nn.GELU, timm); 'gelu_tanh' is Flax's default approximation, which
+# big_vision's ViTs were trained with; 'quick_gelu' is OpenAI CLIP's.
+ACTIVATIONS = {"gelu": lambda x: nnx.gelu(x, approximate=False),
+               "gelu_tanh": lambda x: nnx.gelu(x, approximate=True),
+               "quick_gelu": quick_gelu}
 
 
 class MlpBlock(nnx.Module):
@@ -82,20 +86,31 @@ class EncoderBlock(nnx.Module):
     return x + self._drop(self.mlp(self.norm2(x)), train, rngs)
 
 
+# OpenAI CLIP's ViT form (add act='quick_gelu' for OpenAI's own weights).
+CLIP_VIT_KWARGS = {"eps": 1e-5, "patch_bias": False, "ln_pre": True}
+
+
 class ViT(nnx.Module):
-  """ViT with a class token ('tok' pooling) or global average pooling ('gap')."""
+  """ViT with a class token ('tok' pooling) or global average pooling ('gap').
+
+  The defaults are big_vision/timm's ViT (LayerNorm eps 1e-6, exact GELU, a patch embedding with
+  a bias). OpenAI/OpenCLIP's CLIP ViT is ``act='quick_gelu'`` (OpenAI's weights) or ``'gelu'``,
+  ``eps=1e-5``, ``patch_bias=False``, ``ln_pre=True`` (a LayerNorm after the position
+  embeddings): CLIP_VIT_KWARGS."""
 
   def __init__(self, variant: str = "b", patch: int = 16, *, num_classes: int = 1000,
                image_size: int = 224, pool: str = "tok", width: int | None = None,
                depth: int | None = None, mlp_dim: int | None = None, heads: int | None = None,
-               dropout: float = 0.0, head_zero_init: bool = True, dtype: Any = None,
-               rngs: nnx.Rngs):
+               dropout: float = 0.0, head_zero_init: bool = True, act: str = "gelu",
+               eps: float = 1e-6, patch_bias: bool = True, ln_pre: bool = False,
+               dtype: Any = None, rngs: nnx.Rngs):
     w, d, m, h = VARIANTS[variant]
     w, d, m, h = width or w, depth or d, mlp_dim or m, heads or h
     if pool not in ("tok", "gap"):
       raise ValueError(f"ViT pool {pool!r} not in ('tok', 'gap')")
     self.patch, self.pool = patch, pool
     self.patch_embed = nnx.Conv(3, w, (patch, patch), strides=(patch, patch), padding="VALID",
+                                use_bias=patch_bias,
                                 kernel_init=nnx.initializers.lecun_normal(), dtype=dtype,
                                 rngs=rngs)
     grid = image_size // patch
@@ -103,9 +118,10 @@ class ViT(nnx.Module):
     self.cls_token = nnx.Param(jnp.zeros((1, 1, w))) if pool == "tok" else None
     self.pos_embed = nnx.Param(
         0.02 * jax.random.normal(rngs.params(), (grid * grid + n_prefix, w)))
-    self.blocks = nnx.List([EncoderBlock(w, m, h, dropout=dropout, dtype=dtype, rngs=rngs)
-                            for _ in range(d)])
-    self.norm = nnx.LayerNorm(w, epsilon=1e-6, dtype=dtype, rngs=rngs)
+    self.ln_pre = nnx.LayerNorm(w, epsilon=eps, dtype=dtype, rngs=rngs) if ln_pre else None
+    self.blocks = nnx.List([EncoderBlock(w, m, h, dropout=dropout, eps=eps, act=act, dtype=dtype,
+                                         rngs=rngs) for _ in range(d)])
+    self.norm = nnx.LayerNorm(w, epsilon=eps, dtype=dtype, rngs=rngs)
     self.num_features = w
     init = nnx.initializers.zeros if head_zero_init else _xavier
     self.head = nnx.Linear(w, num_classes, kernel_init=init, dtype=dtype,
@@ -123,6 +139,8 @@ class ViT(nnx.Module):
       cls = jnp.broadcast_to(self.cls_token.value, (n, 1, c)).astype(x.dtype)
       x = jnp.concatenate([cls, x], axis=1)
     x = x + pos.astype(x.dtype)
+    if self.ln_pre is not None:
+      x = self.ln_pre(x)
     for block in self.blocks:
       x = block(x, train=train, rngs=rngs)
     return self.norm(x)

@@ -14,6 +14,7 @@ few steps at batch 8: a smoke run of the real pipeline on a workstation).
 """
 
 from big_transfer import config_lib
+from big_transfer.models.vit import CLIP_VIT_KWARGS
 
 PP_TRAIN = "decode|inception_crop(224, area_min=0.9, method='bicubic')|normalize('clip')|tokenize"
 PP_EVAL = "decode|resize_small(224, method='bicubic')|central_crop(224)|normalize('clip')"
@@ -34,6 +35,8 @@ def get_config(arg=None):
   c = config_lib.base_config()
   c.method = "clip"
   c.model = a.model
+  if a.model.startswith("vit_"):  # CLIP's ViT form (ln_pre, no patch bias): exports to OpenCLIP
+    c.model_kwargs.update(CLIP_VIT_KWARGS)
   c.data = with_options(a.data, size=a.size, captions=a.captions)
   c.eval_data = "none"
   c.pp_train = PP_TRAIN

@@ -1,0 +1,220 @@
+"""Public checkpoints -> this codebase's Orbax checkpoints, and CLIP checkpoints back to OpenCLIP.
+
+  python -m big_transfer.convert_checkpoint --from=openclip ViT-B-32.pt --model=ViT-B-32-quickgelu --out=DIR
+  python -m big_transfer.convert_checkpoint --from=bit BiT-M-R50x1.npz --out=DIR
+  python -m big_transfer.convert_checkpoint --from=timm model.safetensors --model=vit_base_patch16_224 --out=DIR
+  python -m big_transfer.convert_checkpoint --from=big_vision augreg.npz --out=DIR
+  python -m big_transfer.convert_checkpoint --to=openclip RUN_WORKDIR --out=model.pt
+
+DIR is a workdir like a pre-training run's (``config.json`` + ``checkpoints/0``): give it to
+``finetune`` as ``pretrained=DIR`` or to ``train`` as ``--config.init_from=DIR``. The
+architecture is read from the tensors where they say it; ``--model`` names it otherwise (timm)
+and is checked against them. OpenAI's CLIP weights use QuickGELU: ``--model=RN50-quickgelu`` /
+``ViT-B-32-quickgelu`` (OpenCLIP's names) or ``--act=quick_gelu``. Exports write the OpenCLIP
+state dict (``.pt`` with torch installed, else ``.safetensors``) and ``<out>.json``, the
+``open_clip.CLIP(**cfg)`` model config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import types
+from typing import Any
+
+import numpy as np
+
+from big_transfer import interop
+from big_transfer.interop import ConversionError, Spec
+
+
+def _model_shapes(spec: Spec):
+  """(config, {name: shape} of params, {name: shape} of model_state, abstract pure dicts)."""
+  import jax
+  import ml_collections
+  from flax import nnx
+
+  from big_transfer import config_lib, methods
+  from big_transfer.sharding import path_name
+
+  config = config_lib.base_config()
+  config.method = spec.method
+  config.model = spec.model
+  config.model_kwargs = ml_collections.ConfigDict(spec.model_kwargs)
+  config.num_classes = spec.num_classes
+  info: dict[str, Any] = {"num_classes": spec.num_classes, "class_names": None}
+  if spec.method == "clip":
+    config.text.update(spec.text)
+    config.clip.embed_dim = spec.embed_dim
+    # Shapes only: the vocabulary size is the embedding's; CLIP's end-of-text id is its last.
+    info["tokenizer"] = types.SimpleNamespace(vocab_size=spec.vocab_size,
+                                              eot_id=spec.vocab_size - 1)
+  method = methods.get(spec.method, config, info)
+  abstract = nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0)))
+  _, params, rest = nnx.split(abstract, nnx.Param, ...)
+  trees = {"params": params.to_pure_dict(), "model_state": rest.to_pure_dict()}
+  shapes = {part: {path_name(p): tuple(v.shape)
+                   for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+            for part, tree in trees.items()}
+  return config, shapes, trees
+
+
+def _nest(tree, flat: dict[str, np.ndarray]):
+  import jax
+  from big_transfer.sharding import path_name
+  return jax.tree_util.tree_map_with_path(lambda p, _: flat[path_name(p)], tree)
+
+
+def _rule_and_spec(fmt: str, sd: dict, model: str | None, act: str | None):
+  """(spec, rule, source dict) for a source format."""
+  if fmt == "openclip":
+    ours, name_act = interop.resolve_openclip_name(model)
+    spec = interop.openclip_spec(sd, act or name_act or "quick_gelu")
+    _check_model(ours, spec)
+    return spec, interop.openclip_rule, sd
+  if fmt == "bit":
+    sd = interop.strip_prefix(sd, ("params/", "opt/target/"))
+    if "resnet/root_block/standardized_conv2d/kernel" not in sd:
+      raise ConversionError("not a BiT .npz (no resnet/root_block/standardized_conv2d/kernel)")
+    spec = interop.bit_spec(sd)
+    _check_model(model, spec)
+    return spec, interop.bit_rule, sd
+  if fmt == "big_vision":
+    sd = interop.unstack_scan(interop.strip_prefix(sd, ("opt/target/", "params/img/",
+                                                        "params/")))
+    if "embedding/kernel" not in sd:
+      raise ConversionError("not a big_vision ViT .npz (no embedding/kernel)")
+    spec, layout, heads = interop.big_vision_spec(sd)
+    if act:
+      spec.model_kwargs["act"] = act
+    _check_model(model, spec)
+    return spec, interop.big_vision_rule(layout, spec.model_kwargs["pool"], heads), sd
+  if fmt == "timm":
+    if not model:
+      raise ConversionError("--from=timm needs --model (e.g. resnet50, vit_base_patch16_224, "
+                            "resnetv2_50x1_bit)")
+    spec, kind = interop.timm_spec(sd, model)
+    if act:
+      spec.model_kwargs["act"] = act
+    return spec, interop.timm_rule(kind), sd
+  raise ConversionError(f"--from={fmt!r}: one of {', '.join(interop.FORMATS)}")
+
+
+def _check_model(model: str | None, spec: Spec):
+  if model and model != spec.model:
+    raise ConversionError(f"--model={model}, but the checkpoint's tensors are a {spec.model} "
+                          f"({spec.model_kwargs})")
+
+
+def source_param_count(sd: dict) -> int:
+  """Weights in a source state dict (BatchNorm statistics and int buffers excluded)."""
+  stats = ("running_mean", "running_var")
+  return sum(int(np.size(v)) for k, v in sd.items()
+             if not interop.IGNORED.search(k) and not k.endswith(stats)
+             and np.asarray(v).dtype.kind == "f")
+
+
+def convert(fmt: str, src: str, out: str, *, model: str | None = None,
+            act: str | None = None) -> dict[str, Any]:
+  """Converts ``src`` into the workdir ``out``; returns a summary (spec, tensors, params)."""
+  sd = interop.read_source(src)
+  spec, rule, sd = _rule_and_spec(fmt, sd, model, act)
+  config, shapes, trees = _model_shapes(spec)
+  names = {**shapes["params"], **shapes["model_state"]}
+  flat = interop.convert(names, sd, rule, what=f"{fmt} checkpoint", path=src)
+  state = {part: _nest(trees[part], flat) for part in ("params", "model_state")
+           if shapes[part]}
+  n_params = sum(int(np.prod(s)) for s in shapes["params"].values())
+  summary = {"from": fmt, "source": os.path.abspath(src), "model": spec.model,
+             "model_kwargs": spec.model_kwargs, "method": spec.method,
+             "num_classes": spec.num_classes, "tensors": len(flat), "params": n_params}
+  write(out, config, state, summary)
+  return summary
+
+
+def write(out: str, config, state: dict, summary: dict):
+  """A workdir finetune/train accept: config.json + checkpoints/0/state (Orbax)."""
+  from big_transfer import checkpoint as ckpt_lib
+  from big_transfer.train import write_config
+  if os.path.exists(os.path.join(out, "checkpoints")):
+    raise ConversionError(f"--out={out}: already holds checkpoints; choose a new directory")
+  write_config(config, out, {"converted_from": summary})
+  ckptr = ckpt_lib.Checkpointer(out, keep=1, async_save=False)
+  ckptr.save(0, state)
+  ckptr.close()
+
+
+def export_openclip(workdir: str, out: str) -> dict[str, Any]:
+  """A CLIP run of ours -> an OpenCLIP state dict (+ ``out``.json, its model config)."""
+  from big_transfer import transfer
+  pre = transfer.load_pretrained(workdir)
+  if pre.method not in ("clip", "slip"):
+    raise ConversionError(f"{workdir}: a {pre.method} run; only CLIP runs export to OpenCLIP")
+  c = pre.config
+  from big_transfer.data import tokenizer
+  tok_path = pre.tokenizer_path()
+  vocab = tokenizer.load(tok_path).vocab_size if tok_path else None
+  flat = {**transfer.flatten(pre.params()), **transfer.flatten(pre.state.get("model_state", {}))}
+  flat = {k: v for k, v in flat.items() if not k.startswith("ssl_projection/")}
+  if "logit_bias" in flat:
+    raise ConversionError("a SigLIP run (logit_bias): OpenCLIP's CLIP class has no bias; use "
+                          "its CustomTextCLIP/SigLIP configs by hand")
+  spec = Spec("clip", c.model, c.model_kwargs.to_dict(), text=c.text.to_dict(),
+              embed_dim=c.clip.embed_dim,
+              vocab_size=vocab or int(flat["text/token_embed/embedding"].shape[0]))
+  cfg = interop.openclip_config(spec)
+  sd = interop.export(flat, interop.openclip_rule, what="OpenCLIP")
+  for k in list(sd):  # BatchNorm step counters, which torch's strict loading expects
+    if k.endswith(".running_mean"):
+      sd[k[:-len("running_mean")] + "num_batches_tracked"] = np.zeros((), np.int64)
+  save_state_dict(sd, out)
+  with open(os.path.splitext(out)[0] + ".json", "w") as f:
+    json.dump(cfg, f, indent=1)
+  return {"to": "openclip", "out": out, "tensors": len(sd), "config": cfg}
+
+
+def save_state_dict(sd: dict[str, np.ndarray], out: str):
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  if out.endswith(".safetensors"):
+    from safetensors.numpy import save_file
+    save_file(sd, out)
+    return
+  try:
+    import torch
+  except ImportError:
+    raise ConversionError(f"--out={out}: writing .pt needs torch; use a .safetensors name"
+                          ) from None
+  torch.save({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, out)
+
+
+def main(argv=None) -> int:
+  import argparse
+  p = argparse.ArgumentParser(prog="python -m big_transfer.convert_checkpoint",
+                              description=__doc__.split("\n\n")[0])
+  p.add_argument("src", help="checkpoint file (or, with --to, a run's workdir)")
+  g = p.add_mutually_exclusive_group(required=True)
+  g.add_argument("--from", dest="fmt", choices=interop.FORMATS)
+  g.add_argument("--to", choices=("openclip",))
+  p.add_argument("--model", default=None,
+                 help="ours (vit_b16, resnet50, bit_r50x1, clip_rn50) or the source's name "
+                      "(ViT-B-32-quickgelu, vit_base_patch16_224, resnetv2_50x1_bit)")
+  p.add_argument("--act", default=None, choices=("gelu", "gelu_tanh", "quick_gelu"),
+                 help="override the transformer activation (not stored in checkpoints)")
+  p.add_argument("--out", required=True)
+  args = p.parse_args(argv)
+  from big_transfer.checkpoint import CheckpointError
+  try:
+    if args.to:
+      summary = export_openclip(args.src, args.out)
+    else:
+      summary = convert(args.fmt, args.src, args.out, model=args.model, act=args.act)
+  except (ConversionError, CheckpointError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(json.dumps(summary, default=str))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

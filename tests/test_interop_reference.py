@@ -1,0 +1,201 @@
+"""Our models are the reference networks: OpenCLIP and timm models with random weights,
+converted, give the same features and logits in float32 (relative error <= 1e-4) with the same
+parameter counts; OpenCLIP state dicts round-trip; CLIP's tokenizer gives OpenCLIP's ids; timm's
+own .npz loaders read the BiT and big_vision layouts we read.
+
+Needs requirements-dev.txt (torch, open_clip_torch, timm); skipped without it. Marked
+``interop``: ``python -m pytest -m interop`` (CI runs it after installing the dev requirements).
+"""
+
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+open_clip = pytest.importorskip("open_clip")
+timm = pytest.importorskip("timm")
+
+from big_transfer import convert_checkpoint as cc  # noqa: E402
+from big_transfer import config_lib, interop, train, transfer  # noqa: E402
+from big_transfer.data import tokenizer as tok_lib  # noqa: E402
+from conftest import ROOT, one_device  # noqa: E402
+from test_interop import random_weights  # noqa: E402
+
+pytestmark = pytest.mark.interop
+
+TOL = 1e-4
+
+
+def rel_err(ours, ref):
+  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+  return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
+
+
+def randomize(model, seed=0):
+  """Random values in every weight and BatchNorm statistic (a fresh model's zero-initialised
+  residual branches and unit statistics would hide mistakes)."""
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name.endswith("logit_scale"):
+        continue
+      if p.ndim >= 2:
+        p.normal_(0, p[0].numel() ** -0.5, generator=g)
+      else:
+        p.add_(0.1 * torch.randn(p.shape, generator=g))
+    for name, b in model.named_buffers():
+      if name.endswith("running_mean"):
+        b.copy_(0.1 * torch.randn(b.shape, generator=g))
+      elif name.endswith("running_var"):
+        b.copy_(torch.rand(b.shape, generator=g) + 0.5)
+  return model.eval()
+
+
+def restore(workdir):
+  """Our whole model from a converted workdir (and its tokenizer for CLIP)."""
+  from flax import nnx
+  pre = transfer.load_pretrained(workdir)
+  tok = tok_lib.load(pre.tokenizer_path()) if pre.method == "clip" else None
+  method, graphdef, params, rest = transfer.restore_model(pre, tok)
+  return nnx.merge(graphdef, params, rest), tok, pre
+
+
+def nhwc(x):
+  return jnp.asarray(x.numpy().transpose(0, 2, 3, 1))
+
+
+def param_count(model):
+  return sum(p.numel() for p in model.parameters())
+
+
+CAPTIONS = [
+    "a photo of a cat.", "A DOG!!! running, fast?", "naïve café — déjà vu 😀 ünïcode",
+    "don't   stop  &amp; think\n\ttwice", "the number 3.14159 and $100", "日本語のキャプション",
+    "mojibake: Ã©tÃ© Ã  Paris", "word " * 120,  # truncated: end-of-text kept as the last token
+    "", "x",
+]
+
+
+@pytest.fixture(scope="module")
+def images():
+  return torch.from_numpy(np.random.RandomState(0).randn(2, 3, 224, 224).astype(np.float32))
+
+
+def test_clip_tokenizer_ids_equal_openclip():
+  ours = tok_lib.load(tok_lib.resolve("clip")).tokenize(CAPTIONS, 77)
+  ref = open_clip.get_tokenizer("RN50")(CAPTIONS).numpy()
+  np.testing.assert_array_equal(ours, ref)
+  assert ref[7, -1] == 49407 and (ours[7] != 0).all()  # truncated with end-of-text last
+
+
+@pytest.mark.parametrize("name", ["RN50", "ViT-B-32"])
+def test_openclip_model_equals_ours_and_round_trips(name, images, tmp_path):
+  ref = randomize(open_clip.create_model_and_transforms(name, pretrained=None)[0])
+  sd = {k: v.clone() for k, v in ref.state_dict().items()}
+  torch.save(sd, tmp_path / "ref.pt")
+  summary = cc.convert("openclip", str(tmp_path / "ref.pt"), str(tmp_path / "ours"), model=name)
+  assert summary["params"] == param_count(ref)
+  model, tok, pre = restore(str(tmp_path / "ours"))
+  assert pre.method == "clip" and pre.config.text.act == "gelu"  # create_model(name): nn.GELU
+
+  tokens = tok.tokenize(CAPTIONS[:4], pre.config.text.context_length)
+  with torch.no_grad():
+    ri = ref.encode_image(images).numpy()
+    rt = ref.encode_text(torch.from_numpy(tokens)).numpy()
+    r_img, r_txt, r_scale = ref(images, torch.from_numpy(tokens))[:3]
+    r_logits = (r_scale * r_img @ r_txt.T).numpy()
+  oi = jax.jit(lambda m, x: m.encode_image(x)[0])(model, nhwc(images))
+  ot = jax.jit(lambda m, t: m.encode_text(t))(model, jnp.asarray(tokens))
+  assert rel_err(oi, ri) < TOL and rel_err(ot, rt) < TOL
+  oi, ot = (np.asarray(a) / np.linalg.norm(a, axis=-1, keepdims=True) for a in (oi, ot))
+  logits = float(np.exp(transfer.flatten(pre.params())["logit_scale"])) * oi @ ot.T
+  assert rel_err(logits, r_logits) < TOL
+
+  # Round trip: ours -> OpenCLIP state dict gives back the very tensors.
+  cc.export_openclip(str(tmp_path / "ours"), str(tmp_path / "back.pt"))
+  back = torch.load(tmp_path / "back.pt")
+  assert set(back) == set(sd)
+  for k, v in sd.items():
+    assert torch.equal(back[k], v), k
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnetv2_50x1_bit", "vit_base_patch16_224"])
+def test_timm_model_equals_ours(name, images, tmp_path):
+  from safetensors.torch import save_file
+  ref = randomize(timm.create_model(name, pretrained=False))
+  save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "m.safetensors")
+  summary = cc.convert("timm", str(tmp_path / "m.safetensors"), str(tmp_path / "ours"),
+                       model=name)
+  assert summary["params"] == param_count(ref)
+  model, _, _ = restore(str(tmp_path / "ours"))
+  with torch.no_grad():
+    r_feat = ref.forward_head(ref.forward_features(images), pre_logits=True).numpy()
+    r_logits = ref(images).numpy()
+  logits, out = jax.jit(lambda m, x: m(x))(model, nhwc(images))
+  assert rel_err(out["pre_logits"], r_feat) < TOL and rel_err(logits, r_logits) < TOL
+
+
+def test_bit_npz_we_write_is_read_by_timm_as_the_same_network(images, tmp_path):
+  """Our BiT .npz layout is the one timm's BiT loader reads: the .npz of a random BiT, read by
+  timm and by us, gives one network."""
+  from timm.models.resnetv2 import _load_weights
+  np.savez(tmp_path / "bit.npz", **interop.export(random_weights("bit_r50x1", 1000),
+                                                  interop.bit_rule))
+  ref = timm.create_model("resnetv2_50x1_bit", pretrained=False).eval()
+  _load_weights(ref, str(tmp_path / "bit.npz"))
+  cc.convert("bit", str(tmp_path / "bit.npz"), str(tmp_path / "ours"))
+  model, _, _ = restore(str(tmp_path / "ours"))
+  with torch.no_grad():
+    r_logits = ref(images).numpy()
+  logits, _ = jax.jit(lambda m, x: m(x))(model, nhwc(images))
+  assert rel_err(logits, r_logits) < TOL
+
+
+@pytest.mark.parametrize("layout", ["vit_jax", "bv"])
+def test_big_vision_npz_we_read_is_the_network_timm_reads(layout, images, tmp_path):
+  """A ViT .npz in the original vit_jax layout (position embeddings include the class token)
+  and in big_vision's (patches only: timm's no_embed_class), read by timm's loader and by us:
+  one network (timm's ViTs use exact GELU, hence --act=gelu)."""
+  from timm.models.vision_transformer import _load_weights
+  ours = random_weights("vit_s16", 1000)
+  if layout == "bv":
+    ours["pos_embed"][0] = 0
+  prefix = "params/" if layout == "bv" else ""  # how each codebase saved them
+  np.savez(tmp_path / "vit.npz", **{prefix + k: v for k, v in interop.export(
+      ours, interop.big_vision_rule(layout, "tok", heads=6)).items()})
+  ref = timm.create_model("vit_small_patch16_224", pretrained=False,
+                          **({"no_embed_class": True} if layout == "bv" else {})).eval()
+  _load_weights(ref, str(tmp_path / "vit.npz"))
+  cc.convert("big_vision", str(tmp_path / "vit.npz"), str(tmp_path / "ours"), act="gelu")
+  model, _, _ = restore(str(tmp_path / "ours"))
+  with torch.no_grad():
+    r_logits = ref(images).numpy()
+  logits, _ = jax.jit(lambda m, x: m(x))(model, nhwc(images))
+  assert rel_err(logits, r_logits) < TOL
+
+
+def test_a_clip_trained_here_exports_to_openclip(tmp_path):
+  """A mini CLIP run (CLIP ResNet tower, a vocabulary learnt from its captions) exported as an
+  OpenCLIP state dict: open_clip.CLIP(**cfg) loads it strictly and computes our features."""
+  c = config_lib.load(f"{ROOT}/configs/mini/clip.py:model=clip_rn26,steps=2,batch=16,width=0.25")
+  c.zeroshot.data = c.retrieval.data = ""
+  c.tensorboard, c.checkpoint_every = False, 2
+  train.run(c, str(tmp_path / "run"), devices=one_device())
+  summary = cc.export_openclip(str(tmp_path / "run"), str(tmp_path / "exported.pt"))
+  ref = open_clip.CLIP(**summary["config"]).eval()
+  ref.load_state_dict(torch.load(tmp_path / "exported.pt"), strict=True)
+  model, tok, pre = restore(str(tmp_path / "run"))
+  x = torch.from_numpy(np.random.RandomState(1).randn(3, 3, 32, 32).astype(np.float32))
+  tokens = tok.tokenize(["a handwritten 7", "the glyph q", "zero"], pre.config.text.context_length)
+  with torch.no_grad():
+    ri = ref.encode_image(x).numpy()
+    rt = ref.encode_text(torch.from_numpy(tokens)).numpy()
+  oi = jax.jit(lambda m, a: m.encode_image(a)[0])(model, nhwc(x))
+  ot = jax.jit(lambda m, t: m.encode_text(t))(model, jnp.asarray(tokens))
+  assert rel_err(oi, ri) < TOL and rel_err(ot, rt) < TOL
+  shutil.rmtree(tmp_path / "run")
+  assert os.path.exists(tmp_path / "exported.json")
