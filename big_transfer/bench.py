@@ -106,15 +106,327 @@ def bench_pipeline(images: int, height: int, width: int, seconds: float) -> list
   return rows
 
 
+# ----------------------------------------------------------------------------- model
+
+class SyntheticSource:
+  """``n`` random images at ``resolution`` (uint8 arrays, or JPEGs for the real decode chain),
+  labels and captions: the training data of a benchmark."""
+
+  def __init__(self, n: int, resolution: int, num_classes: int, jpeg: bool = False,
+               seed: int = 0):
+    rng = np.random.default_rng(seed)
+    self.num_classes = num_classes
+    self.class_names = [f"class {i}" for i in range(num_classes)]
+    if jpeg:
+      side = max(resolution * 3 // 2, 32)
+      self.images = synthetic_jpegs(min(n, 64), side, side * 4 // 3, seed=seed)
+    else:
+      self.images = [rng.integers(0, 256, (resolution, resolution, 3), np.uint8)
+                     for _ in range(min(n, 64))]
+    self.n = n
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    c = i % self.num_classes
+    return {"image": self.images[i % len(self.images)], "label": c,
+            "text": f"a photo of a {self.class_names[c]}, number {i}"}
+
+
+TIMM_REFERENCE = (
+    (r"resnet(\d+)", lambda m: f"resnet{m[1]}"),
+    (r"bit_r(\d+)x(\d+)", lambda m: f"resnetv2_{m[1]}x{m[2]}_bit"),
+    (r"vit_(ti|s|b|l)(\d+)", lambda m: "vit_{}_patch{}_224".format(
+        dict(ti="tiny", s="small", b="base", l="large")[m[1]], m[2])),
+)
+
+
+def bench_config(model: str, method: str, batch_size: int, resolution: int, steps: int,
+                 dtype: str, data: str, model_kwargs: dict | None = None):
+  from big_transfer import config_lib
+  c = config_lib.base_config()
+  c.method, c.model, c.batch_size, c.dtype = method, model, batch_size, dtype
+  c.model_kwargs.update(model_kwargs or {})
+  c.total_steps = steps + 1  # the loop's first step compiles; its rate counts the rest
+  if model.startswith(("vit_", "clip_")):
+    c.model_kwargs.image_size = resolution
+  c.num_classes = 1000
+  c.eval_data = "none"
+  c.log_every = steps + 1
+  c.checkpoint_every = 10**9
+  c.tensorboard = False
+  c.data_threads = max(2, os.cpu_count() or 2)
+  if data == "pipeline":
+    c.pp_train = f"decode|inception_crop({resolution})|flip_lr|normalize('imagenet')"
+  else:  # ready-made arrays: the loop's own cost, not decoding
+    c.pp_train = "decode|value_range(-1, 1)"
+  if method in ("clip", "slip"):
+    c.pp_train += "|tokenize"
+    c.optimizer.update(name="adamw", lr=1e-3, weight_decay=0.1)
+    c.clip.embed_dim = 1024 if model.startswith("clip_rn") else 512
+  elif method == "simclr":
+    view = (f"inception_crop({resolution})|flip_lr|value_range(-1, 1)" if data == "pipeline"
+            else "value_range(-1, 1)")
+    c.pp_train = f"decode|two_views('{view}')"
+    c.optimizer.update(name="lars", lr=0.3)
+  return c
+
+
+def _tokenizer(c, source):
+  from big_transfer.data import tokenizer
+  if c.method not in ("clip", "slip"):
+    return None
+  try:
+    c.text.tokenizer = tokenizer.resolve("clip")
+  except Exception:  # noqa: BLE001  (no open_clip_torch: a vocabulary learnt from the captions)
+    import tempfile
+    path = os.path.join(tempfile.mkdtemp(prefix="bt_bench_"), "bpe.txt")
+    tokenizer.train([source[i]["text"] for i in range(200)], 1000).save(path)
+    c.text.tokenizer = path
+  return tokenizer.load(c.text.tokenizer)
+
+
+def peak_matmul_flops(dtype: str) -> float:
+  """The device's measured matmul rate (FLOP/s): a large square matmul, best of several."""
+  import jax
+  import jax.numpy as jnp
+  on_cpu = jax.default_backend() == "cpu"
+  n = 2048 if on_cpu else 8192
+  dt = jnp.float32 if (dtype == "float32" or on_cpu) else jnp.bfloat16
+  a = jnp.ones((n, n), dt)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(5 if on_cpu else 20):
+    t0 = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n**3 / best
+
+
+def _sig(x: float, digits: int = 4) -> float:
+  return float(f"{x:.{digits}g}")
+
+
+def _cost_flops(compiled) -> float | None:
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # noqa: BLE001
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float(cost.get("flops", 0.0)) or None
+
+
+def bench_model(model: str, batch_size: int, resolution: int, steps: int, method: str,
+                dtype: str, data: str, torch_ref: bool = True, checkpoint: bool = True,
+                model_kwargs: dict | None = None) -> list[dict]:
+  import tempfile
+
+  import jax
+  from flax import nnx
+
+  from big_transfer import logging as log_lib
+  from big_transfer import methods, optim, sharding, train
+  from big_transfer.data import pipeline
+
+  c = bench_config(model, method, batch_size, resolution, steps, dtype, data, model_kwargs)
+  source = SyntheticSource(max(4096, batch_size * (steps + 8)), resolution, c.num_classes,
+                           jpeg=data == "pipeline")
+  tok = _tokenizer(c, source)
+  bind = {"vocab": c.text.tokenizer, "max_len": c.text.context_length} if tok else None
+  meth = methods.get(method, c, {"num_classes": c.num_classes, "class_names": source.class_names,
+                                 "tokenizer": tok})
+  mesh = sharding.make_mesh(-1, 1)
+  tx, schedule = optim.build(c.optimizer, c.total_steps)
+  abstract_model = nnx.eval_shape(lambda: meth.create_model(nnx.Rngs(0)))
+  graphdef, _, _ = nnx.split(abstract_model, nnx.Param, ...)
+  init_state = train.make_init_state(meth, tx)
+  abstract = jax.eval_shape(init_state, jax.random.key(0))
+  state_sh = train.state_shardings(abstract, c, mesh, tx)
+  repl = sharding.replicated(mesh)
+  state = jax.jit(init_state, out_shardings=state_sh)(jax.random.key(0))
+  step_fn = jax.jit(train.make_train_step(meth, graphdef, tx, schedule, seed=0),
+                    in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+                    out_shardings=(state_sh, repl), donate_argnums=(0,))
+
+  # The input pipeline alone (the loop's own, same threads): images/s it can deliver.
+  ds = pipeline.train_dataset(source, pp=c.pp_train, batch_size=batch_size, seed=0,
+                              keys=meth.batch_keys, threads=c.data_threads, bind=bind)
+  it = iter(ds)
+  batch = sharding.to_global(next(it), mesh)
+  n_pipe = max(4, min(steps, 50))
+  t0 = time.perf_counter()
+  for _ in range(n_pipe):
+    next(it)
+  pipeline_rate = n_pipe * batch_size / (time.perf_counter() - t0)
+  del it, ds
+
+  # The bare jitted step: compile, then `steps` dispatched back to back on one batch.
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  flops = _cost_flops(compiled)
+
+  def bare():
+    nonlocal state
+    for _ in range(2):
+      state, m = compiled(state, batch)
+    jax.block_until_ready(m)
+    t = time.perf_counter()
+    for _ in range(steps):
+      state, m = compiled(state, batch)
+    jax.block_until_ready(m)
+    return (time.perf_counter() - t) / steps
+
+  bare_before = bare()
+
+  # The training loop itself (train.run: data pipeline, sharded batches, metrics, progress).
+  with tempfile.TemporaryDirectory(prefix="bt_bench_") as wd:
+    c_loop = c.copy_and_resolve_references()
+    if tok:
+      c_loop.text.tokenizer = c.text.tokenizer
+    train.run(c_loop, wd, train_source=source)
+    rows = [r for r in log_lib.read_metrics(wd) if "train/steps_per_sec" in r]
+    loop_step = 1.0 / rows[-1]["train/steps_per_sec"]
+  bare_after = bare()
+  bare_step = (bare_before + bare_after) / 2  # either side of the loop: drift shows as spread
+
+  peak = peak_matmul_flops(dtype)
+  device = jax.devices()[0]
+  row = {
+      "bench": "model", "model": model, "method": method, "batch_size": batch_size,
+      "resolution": resolution, "dtype": dtype, "data": data, "steps": steps,
+      "images_per_sec": round(batch_size / loop_step, 2),
+      "bare_images_per_sec": round(batch_size / bare_step, 2),
+      "step_time_s": round(bare_step, 5), "loop_step_time_s": round(loop_step, 5),
+      "bare_step_spread": round(abs(bare_after - bare_before) / bare_step, 4),
+      "loop_overhead": round(loop_step / bare_step - 1, 4),
+      "compile_time_s": round(compile_s, 2),
+      "flops_per_step": flops, "peak_matmul_tflops": _sig(peak / 1e12),
+      "mfu": _sig(flops / bare_step / peak) if flops else None,
+      "pipeline_images_per_sec": round(pipeline_rate, 1),
+      "device": f"{device.device_kind} x{len(jax.devices())} ({device_description()})",
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+  if torch_ref:
+    ref = torch_reference(model, method, batch_size, resolution, steps, dtype)
+    if ref is not None:
+      row.update(ref)
+      row["ratio_to_torch"] = round(row["bare_images_per_sec"] / ref["torch_images_per_sec"], 3)
+  out = [row]
+  if checkpoint:
+    out.append(bench_checkpoint(state, abstract, state_sh, row))
+  return out
+
+
+def torch_reference(model: str, method: str, batch_size: int, resolution: int, steps: int,
+                    dtype: str) -> dict | None:
+  """The same architecture and batch as plain PyTorch (timm's modules, SGD with momentum,
+  cross-entropy) on the same kind of device, or None when torch/timm are not installed or the
+  case has no reference (only supervised image models here)."""
+  import re
+  try:
+    import timm
+    import torch
+  except ImportError:
+    return None
+  if method != "supervised":
+    return None
+  name = None
+  for pattern, ref in TIMM_REFERENCE:
+    m = re.fullmatch(pattern, model)
+    if m:
+      name = ref(m)
+  if name is None:
+    return None
+  cuda = torch.cuda.is_available()
+  dev = torch.device("cuda" if cuda else "cpu")
+  kwargs = {"img_size": resolution} if name.startswith("vit") else {}
+  net = timm.create_model(name, pretrained=False, num_classes=1000, **kwargs).to(dev).train()
+  opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+  x = torch.randn(batch_size, 3, resolution, resolution, device=dev)
+  y = torch.randint(0, 1000, (batch_size,), device=dev)
+  amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    with amp:
+      loss = torch.nn.functional.cross_entropy(net(x), y)
+    loss.backward()
+    opt.step()
+
+  for _ in range(2):
+    step()
+  if cuda:
+    torch.cuda.synchronize()
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    step()
+  if cuda:
+    torch.cuda.synchronize()
+  dt = (time.perf_counter() - t0) / steps
+  return {"torch_model": name, "torch_images_per_sec": round(batch_size / dt, 2),
+          "torch_step_time_s": round(dt, 5), "torch_version": torch.__version__,
+          "torch_threads": torch.get_num_threads()}
+
+
+def bench_checkpoint(state, abstract, shardings, row) -> dict:
+  """Save and restore of the benchmarked train state (params, optimiser state): GB/s."""
+  import tempfile
+
+  import jax
+
+  from big_transfer import checkpoint as ckpt_lib
+  nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
+  with tempfile.TemporaryDirectory(prefix="bt_ckpt_") as wd:
+    ck = ckpt_lib.Checkpointer(wd, keep=1, async_save=False)
+    t0 = time.perf_counter()
+    ck.save(1, state)
+    ck.wait()
+    save_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    step, restored = ck.restore_latest(ckpt_lib.abstract_like(abstract, shardings))
+    jax.block_until_ready(restored)
+    restore_s = time.perf_counter() - t0
+    ck.close()
+  return {"bench": "checkpoint", "model": row["model"], "bytes": nbytes,
+          "save_gb_per_sec": round(nbytes / save_s / 1e9, 3),
+          "restore_gb_per_sec": round(nbytes / restore_s / 1e9, 3),
+          "save_s": round(save_s, 3), "restore_s": round(restore_s, 3),
+          "device": row["device"]}
+
+
 def main(argv=None):
-  p = argparse.ArgumentParser(prog="python -m big_transfer.bench")
-  p.add_argument("--what", choices=("pipeline",), default="pipeline")
+  p = argparse.ArgumentParser(prog="python -m big_transfer.bench", description=__doc__)
+  p.add_argument("--what", choices=("model", "pipeline"), default=None,
+                 help="default: model when --model is given, else pipeline")
+  p.add_argument("--model", default=None, help="e.g. resnet50, vit_s16, vit_b16, clip_rn50")
+  p.add_argument("--method", default="supervised",
+                 choices=("supervised", "clip", "simclr", "slip"))
+  p.add_argument("--batch_size", type=int, default=16)
+  p.add_argument("--resolution", type=int, default=224)
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--data", default="synthetic", choices=("synthetic", "pipeline"))
+  p.add_argument("--torch", default="auto", choices=("auto", "off"),
+                 help="the PyTorch side-by-side when torch and timm are installed")
   p.add_argument("--images", type=int, default=200)
   p.add_argument("--height", type=int, default=375)
   p.add_argument("--width", type=int, default=500)
   p.add_argument("--seconds", type=float, default=3.0, help="about this much time per case")
   args = p.parse_args(argv)
-  rows = bench_pipeline(args.images, args.height, args.width, args.seconds)
+  what = args.what or ("model" if args.model else "pipeline")
+  if what == "model":
+    if not args.model:
+      p.error("--what=model needs --model")
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    rows = bench_model(args.model, args.batch_size, args.resolution, args.steps, args.method,
+                       args.dtype, args.data, torch_ref=args.torch == "auto")
+  else:
+    rows = bench_pipeline(args.images, args.height, args.width, args.seconds)
   for row in rows:
     print(json.dumps(row), flush=True)
   return rows

@@ -175,6 +175,85 @@ def init_from_checkpoint(state, path: str, skip: str = ""):
   return new
 
 
+def make_init_state(method, tx, ema_decay: float = 0.0):
+  """key -> a fresh train state (params, model_state, opt_state, step, nonfinite_step, and
+  ema_params when ``ema_decay``), as pure dicts."""
+  import jax.numpy as jnp
+  from flax import nnx
+
+  def init_state(key):
+    model = method.create_model(nnx.Rngs(params=key))
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    params, rest = params.to_pure_dict(), rest.to_pure_dict()
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": rest,
+             "opt_state": tx.init(params),
+             "nonfinite_step": jnp.full((), -1, jnp.int32)}
+    if ema_decay:
+      state["ema_params"] = params
+    return state
+  return init_state
+
+
+def state_shardings(abstract, config, mesh, tx):
+  """Shardings of a train state from the config's name rules (parameters and their optimiser
+  state alike; scalars replicated)."""
+  import optax
+  from big_transfer import sharding
+  rules = [tuple(r) for r in config.param_sharding]
+  min_size = config.param_sharding_min_size
+  param_sh = sharding.tree_shardings(abstract["params"], rules, mesh, min_size)
+  repl = sharding.replicated(mesh)
+  out = {
+      "step": repl, "nonfinite_step": repl,
+      "params": param_sh,
+      "model_state": sharding.tree_shardings(abstract["model_state"], rules, mesh, min_size),
+      "opt_state": optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], param_sh,
+                                         transform_non_params=lambda _: repl),
+  }
+  if "ema_params" in abstract:
+    out["ema_params"] = param_sh
+  return out
+
+
+def make_train_step(method, graphdef, tx, lr_schedule, *, seed: int, ema_decay: float = 0.0):
+  """(state, batch) -> (state, metrics): one optimiser step of ``method``'s loss, with the
+  gradient and parameter norms, a non-finite sentinel and the EMA update. Pure: the loop jits
+  it with shardings (and bench times it bare)."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from flax import nnx
+  base_key = jax.random.key(seed)
+
+  def train_step(state, batch):
+    step = state["step"]
+    rng = jax.random.fold_in(base_key, step)
+
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params, state["model_state"])
+      loss, aux = method.loss(model, batch, nnx.Rngs(dropout=rng))
+      _, _, new_rest = nnx.split(model, nnx.Param, ...)
+      return loss, (aux, new_rest.to_pure_dict())
+
+    (loss, (aux, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    grad_norm, param_norm = optax.global_norm(grads), optax.global_norm(params)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
+    new = {"step": step + 1, "params": params, "model_state": new_rest,
+           "opt_state": opt_state,
+           "nonfinite_step": jnp.where((state["nonfinite_step"] < 0) & ~finite, step + 1,
+                                       state["nonfinite_step"])}
+    if ema_decay:
+      d = ema_decay
+      new["ema_params"] = jax.tree.map(lambda e, p: d * e + (1 - d) * p,
+                                       state["ema_params"], params)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "param_norm": param_norm,
+               "lr": lr_schedule(step), **aux}
+    return new, metrics
+  return train_step
+
+
 def run(config, workdir: str, *, devices=None, method=None, train_source=None,
         initialize=None) -> dict[str, Any]:
   """Trains to ``config.total_steps`` (resuming from ``workdir``); returns the final state.
@@ -187,10 +266,8 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
   data = prepare(config, workdir, train_source)
 
   import jax
-  import jax.numpy as jnp
   import ml_collections
   import numpy as np
-  import optax
   from flax import nnx
 
   from big_transfer import checkpoint as ckpt_lib
@@ -254,66 +331,19 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
   def merge(params, rest):
     return nnx.merge(graphdef, params, rest)
 
-  def init_state(key):
-    model = method.create_model(nnx.Rngs(params=key))
-    _, params, rest = nnx.split(model, nnx.Param, ...)
-    params, rest = params.to_pure_dict(), rest.to_pure_dict()
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": rest,
-             "opt_state": tx.init(params),
-             "nonfinite_step": jnp.full((), -1, jnp.int32)}
-    if config.ema_decay:
-      state["ema_params"] = params
-    return state
+  init_state = make_init_state(method, tx, config.ema_decay)
 
   # ---------------------------------------------------------------- shardings and init
   # Shapes first, then shardings from name rules, then a jitted init that creates the
   # parameters already sharded: nothing large is materialised on one device.
   abstract = jax.eval_shape(init_state, jax.random.key(0))
-  rules = [tuple(r) for r in config.param_sharding]
-  min_size = config.param_sharding_min_size
-  param_sh = sharding.tree_shardings(abstract["params"], rules, mesh, min_size)
-  repl = sharding.replicated(mesh)
-  state_sh = {
-      "step": repl, "nonfinite_step": repl,
-      "params": param_sh,
-      "model_state": sharding.tree_shardings(abstract["model_state"], rules, mesh, min_size),
-      "opt_state": optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], param_sh,
-                                         transform_non_params=lambda _: repl),
-  }
-  if config.ema_decay:
-    state_sh["ema_params"] = param_sh
+  state_sh = state_shardings(abstract, config, mesh, tx)
   batch_sh = sharding.batch_sharding(mesh)
+  repl = sharding.replicated(mesh)
 
   # ---------------------------------------------------------------- update step
-  base_key = jax.random.key(config.seed)
-
-  def train_step(state, batch):
-    step = state["step"]
-    rng = jax.random.fold_in(base_key, step)
-
-    def loss_fn(params):
-      model = merge(params, state["model_state"])
-      loss, aux = method.loss(model, batch, nnx.Rngs(dropout=rng))
-      _, _, new_rest = nnx.split(model, nnx.Param, ...)
-      return loss, (aux, new_rest.to_pure_dict())
-
-    (loss, (aux, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    grad_norm, param_norm = optax.global_norm(grads), optax.global_norm(params)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
-    new = {"step": step + 1, "params": params, "model_state": new_rest,
-           "opt_state": opt_state,
-           "nonfinite_step": jnp.where((state["nonfinite_step"] < 0) & ~finite, step + 1,
-                                       state["nonfinite_step"])}
-    if config.ema_decay:
-      d = config.ema_decay
-      new["ema_params"] = jax.tree.map(lambda e, p: d * e + (1 - d) * p,
-                                       state["ema_params"], params)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "param_norm": param_norm,
-               "lr": lr_schedule(step), **aux}
-    return new, metrics
-
+  train_step = make_train_step(method, graphdef, tx, lr_schedule, seed=config.seed,
+                               ema_decay=config.ema_decay)
   train_step = jax.jit(train_step, in_shardings=(state_sh, batch_sh),
                        out_shardings=(state_sh, repl), donate_argnums=(0,))
 
