@@ -221,7 +221,7 @@ def _cost_flops(compiled) -> float | None:
 
 def bench_model(model: str, batch_size: int, resolution: int, steps: int, method: str,
                 dtype: str, data: str, torch_ref: bool = True, checkpoint: bool = True,
-                model_kwargs: dict | None = None) -> list[dict]:
+                model_kwargs: dict | None = None, loop: bool = True) -> list[dict]:
   import tempfile
 
   import jax
@@ -283,13 +283,15 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
   bare_before = bare()
 
   # The training loop itself (train.run: data pipeline, sharded batches, metrics, progress).
-  with tempfile.TemporaryDirectory(prefix="bt_bench_") as wd:
-    c_loop = c.copy_and_resolve_references()
-    if tok:
-      c_loop.text.tokenizer = c.text.tokenizer
-    train.run(c_loop, wd, train_source=source)
-    rows = [r for r in log_lib.read_metrics(wd) if "train/steps_per_sec" in r]
-    loop_step = 1.0 / rows[-1]["train/steps_per_sec"]
+  loop_step = None
+  if loop:
+    with tempfile.TemporaryDirectory(prefix="bt_bench_") as wd:
+      c_loop = c.copy_and_resolve_references()
+      if tok:
+        c_loop.text.tokenizer = c.text.tokenizer
+      train.run(c_loop, wd, train_source=source)
+      rows = [r for r in log_lib.read_metrics(wd) if "train/steps_per_sec" in r]
+      loop_step = 1.0 / rows[-1]["train/steps_per_sec"]
   bare_after = bare()
   bare_step = (bare_before + bare_after) / 2  # either side of the loop: drift shows as spread
 
@@ -298,11 +300,12 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
   row = {
       "bench": "model", "model": model, "method": method, "batch_size": batch_size,
       "resolution": resolution, "dtype": dtype, "data": data, "steps": steps,
-      "images_per_sec": round(batch_size / loop_step, 2),
+      "images_per_sec": round(batch_size / (loop_step or bare_step), 2),
       "bare_images_per_sec": round(batch_size / bare_step, 2),
-      "step_time_s": round(bare_step, 5), "loop_step_time_s": round(loop_step, 5),
+      "step_time_s": round(bare_step, 5),
+      "loop_step_time_s": round(loop_step, 5) if loop_step else None,
       "bare_step_spread": round(abs(bare_after - bare_before) / bare_step, 4),
-      "loop_overhead": round(loop_step / bare_step - 1, 4),
+      "loop_overhead": round(loop_step / bare_step - 1, 4) if loop_step else None,
       "compile_time_s": round(compile_s, 2),
       "flops_per_step": flops, "peak_matmul_tflops": _sig(peak / 1e12),
       "mfu": _sig(flops / bare_step / peak) if flops else None,
@@ -410,6 +413,8 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--data", default="synthetic", choices=("synthetic", "pipeline"))
+  p.add_argument("--loop", default="on", choices=("on", "off"),
+                 help="off: the bare step only (quick comparisons of XLA flags)")
   p.add_argument("--torch", default="auto", choices=("auto", "off"),
                  help="the PyTorch side-by-side when torch and timm are installed")
   p.add_argument("--images", type=int, default=200)
@@ -424,7 +429,8 @@ def main(argv=None):
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)
     rows = bench_model(args.model, args.batch_size, args.resolution, args.steps, args.method,
-                       args.dtype, args.data, torch_ref=args.torch == "auto")
+                       args.dtype, args.data, torch_ref=args.torch == "auto",
+                       checkpoint=args.loop == "on", loop=args.loop == "on")
   else:
     rows = bench_pipeline(args.images, args.height, args.width, args.seconds)
   for row in rows:
