@@ -326,15 +326,17 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
 
 def torch_reference(model: str, method: str, batch_size: int, resolution: int, steps: int,
                     dtype: str) -> dict | None:
-  """The same architecture and batch as plain PyTorch (timm's modules, SGD with momentum,
-  cross-entropy) on the same kind of device, or None when torch/timm are not installed or the
-  case has no reference (only supervised image models here)."""
+  """The same architecture and batch as plain PyTorch on the same kind of device: timm's
+  module with SGD + momentum and cross-entropy (supervised), OpenCLIP's model, ClipLoss and
+  AdamW (clip). None when torch/timm/open_clip are not installed or the case has none."""
   import re
   try:
     import timm
     import torch
   except ImportError:
     return None
+  if method == "clip":
+    return _openclip_reference(model, batch_size, resolution, steps, dtype)
   if method != "supervised":
     return None
   name = None
@@ -360,6 +362,18 @@ def torch_reference(model: str, method: str, batch_size: int, resolution: int, s
     loss.backward()
     opt.step()
 
+  dt = _time_torch(step, steps, cuda)
+  return {"torch_model": name, "torch_images_per_sec": round(batch_size / dt, 2),
+          "torch_step_time_s": round(dt, 5), "torch_version": torch.__version__,
+          "torch_threads": torch.get_num_threads()}
+
+
+OPENCLIP_REFERENCE = {"clip_rn50": "RN50", "clip_rn101": "RN101", "vit_b32": "ViT-B-32",
+                      "vit_b16": "ViT-B-16"}
+
+
+def _time_torch(step, steps: int, cuda: bool) -> float:
+  import torch
   for _ in range(2):
     step()
   if cuda:
@@ -369,8 +383,42 @@ def torch_reference(model: str, method: str, batch_size: int, resolution: int, s
     step()
   if cuda:
     torch.cuda.synchronize()
-  dt = (time.perf_counter() - t0) / steps
-  return {"torch_model": name, "torch_images_per_sec": round(batch_size / dt, 2),
+  return (time.perf_counter() - t0) / steps
+
+
+def _openclip_reference(model: str, batch_size: int, resolution: int, steps: int,
+                        dtype: str) -> dict | None:
+  """OpenCLIP's own training step for the same CLIP (its model, ClipLoss, AdamW): the
+  reference for CLIP throughput."""
+  try:
+    import open_clip
+    import torch
+  except ImportError:
+    return None
+  name = OPENCLIP_REFERENCE.get(model)
+  if name is None:
+    return None
+  cuda = torch.cuda.is_available()
+  dev = torch.device("cuda" if cuda else "cpu")
+  net = open_clip.create_model(name, pretrained=None, force_image_size=resolution).to(dev)
+  net.train()
+  loss_fn = open_clip.ClipLoss()
+  opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.1)
+  x = torch.randn(batch_size, 3, resolution, resolution, device=dev)
+  tokens = open_clip.get_tokenizer(name)(
+      [f"a photo of a class {i % 1000}, number {i}" for i in range(batch_size)]).to(dev)
+  amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    with amp:
+      img, txt, scale = net(x, tokens)[:3]
+      loss = loss_fn(img, txt, scale)
+    loss.backward()
+    opt.step()
+
+  dt = _time_torch(step, steps, cuda)
+  return {"torch_model": f"open_clip {name}", "torch_images_per_sec": round(batch_size / dt, 2),
           "torch_step_time_s": round(dt, 5), "torch_version": torch.__version__,
           "torch_threads": torch.get_num_threads()}
 

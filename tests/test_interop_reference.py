@@ -92,7 +92,7 @@ def test_clip_tokenizer_ids_equal_openclip():
   assert ref[7, -1] == 49407 and (ours[7] != 0).all()  # truncated with end-of-text last
 
 
-@pytest.mark.parametrize("name", ["RN50", "ViT-B-32"])
+@pytest.mark.parametrize("name", ["RN50", "RN101", "ViT-B-32", "ViT-B-16"])
 def test_openclip_model_equals_ours_and_round_trips(name, images, tmp_path):
   ref = randomize(open_clip.create_model_and_transforms(name, pretrained=None)[0])
   sd = {k: v.clone() for k, v in ref.state_dict().items()}
@@ -123,7 +123,37 @@ def test_openclip_model_equals_ours_and_round_trips(name, images, tmp_path):
     assert torch.equal(back[k], v), k
 
 
-@pytest.mark.parametrize("name", ["resnet50", "resnetv2_50x1_bit", "vit_base_patch16_224"])
+def test_openai_torchscript_archives_convert_like_state_dicts(tmp_path):
+  """OpenAI distributes CLIP as TorchScript archives: read through torch.jit, same tensors."""
+  cfg = dict(embed_dim=64, quick_gelu=True,
+             vision_cfg=dict(layers=2, width=128, patch_size=8, image_size=32),
+             text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=1))
+  ref = randomize(open_clip.CLIP(**cfg))
+  tokens = open_clip.get_tokenizer("RN50")(["a cat"])
+  traced = torch.jit.trace(ref, (torch.zeros(1, 3, 32, 32), tokens), strict=False,
+                           check_trace=False)
+  traced.save(str(tmp_path / "openai.pt"))
+  torch.save(ref.state_dict(), tmp_path / "sd.pt")
+  a = cc.convert("openclip", str(tmp_path / "openai.pt"), str(tmp_path / "a"),
+                 model=None, act="quick_gelu")
+  b = cc.convert("openclip", str(tmp_path / "sd.pt"), str(tmp_path / "b"), act="quick_gelu")
+  assert a["model"] == b["model"] == "vit_b8"  # width 128: an off-grid ViT, dims spelled out
+  assert a["model_kwargs"]["width"] == 128 and a["model_kwargs"]["act"] == "quick_gelu"
+  ta, tb = (transfer.flatten(transfer.load_pretrained(str(tmp_path / d)).params())
+            for d in "ab")
+  assert set(ta) == set(tb)
+  for k in ta:
+    np.testing.assert_array_equal(ta[k], tb[k], err_msg=k)
+  model, tok, pre = restore(str(tmp_path / "a"))
+  x = torch.from_numpy(np.random.RandomState(2).randn(2, 3, 32, 32).astype(np.float32))
+  with torch.no_grad():
+    ri = ref.encode_image(x).numpy()
+  oi = jax.jit(lambda m, a: m.encode_image(a)[0])(model, nhwc(x))
+  assert rel_err(oi, ri) < TOL
+
+
+@pytest.mark.parametrize("name", ["resnet50", "resnetv2_50x1_bit", "vit_base_patch16_224",
+                                  "vit_base_patch32_224"])
 def test_timm_model_equals_ours(name, images, tmp_path):
   from safetensors.torch import save_file
   ref = randomize(timm.create_model(name, pretrained=False))
