@@ -292,8 +292,9 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
       train.run(c_loop, wd, train_source=source)
       rows = [r for r in log_lib.read_metrics(wd) if "train/steps_per_sec" in r]
       loop_step = 1.0 / rows[-1]["train/steps_per_sec"]
-  bare_after = bare()
-  bare_step = (bare_before + bare_after) / 2  # either side of the loop: drift shows as spread
+  # Either side of the loop: drift during the run shows as spread.
+  bare_after = bare() if loop else bare_before
+  bare_step = (bare_before + bare_after) / 2
 
   peak = peak_matmul_flops(dtype)
   device = jax.devices()[0]
@@ -449,6 +450,52 @@ def bench_checkpoint(state, abstract, shardings, row) -> dict:
           "device": row["device"]}
 
 
+def bench_variants(base_args: list[str], variants: list[str], rounds: int) -> list[dict]:
+  """The bare step under each variant — ``xla:FLAGS`` (XLA_FLAGS, which need a process each)
+  or ``args:--dtype=bfloat16 ...`` (bench arguments) — in fresh processes, round-robin over
+  ``rounds`` rounds so that a noisy spell slows every variant alike; median images/s and the
+  ratio to the first variant (the baseline)."""
+  import subprocess
+  import sys
+  rates: dict[str, list[float]] = {v: [] for v in variants}
+  last: dict[str, dict] = {}
+  for r in range(rounds):
+    for v in variants:
+      kind, _, value = v.partition(":")
+      env = dict(os.environ)
+      args = list(base_args)
+      if kind == "xla":
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + value).strip()
+      elif kind == "args":
+        args += value.split()
+      else:
+        raise ValueError(f"variant {v!r}: 'xla:FLAGS' or 'args:ARGS'")
+      out = subprocess.run([sys.executable, "-m", "big_transfer.bench", *args,
+                            "--loop=off", "--torch=off"], env=env, capture_output=True,
+                           text=True)
+      rows = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
+      if out.returncode or not rows:
+        err = (out.stderr.strip().splitlines() or ["?"])[-1][:200]
+        last[v] = {"error": err}
+        print(f"variant {v!r} round {r + 1}: failed ({err})", file=sys.stderr, flush=True)
+        continue
+      rates[v].append(rows[0]["bare_images_per_sec"])
+      last[v] = rows[0]
+      print(f"variant {v!r} round {r + 1}: {rates[v][-1]} img/s", file=sys.stderr, flush=True)
+  base = float(np.median(rates[variants[0]])) if rates[variants[0]] else None
+  out_rows = []
+  for v in variants:
+    med = round(float(np.median(rates[v])), 3) if rates[v] else None
+    row = {"bench": "variant", "variant": v or "baseline", "images_per_sec": med,
+           "rounds": rates[v], "ratio_to_baseline": round(med / base, 3) if med and base
+           else None}
+    row.update({k: last[v].get(k) for k in ("model", "batch_size", "resolution", "dtype",
+                                            "compile_time_s", "mfu", "device", "error")
+                if k in last.get(v, {})})
+    out_rows.append(row)
+  return out_rows
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(prog="python -m big_transfer.bench", description=__doc__)
   p.add_argument("--what", choices=("model", "pipeline"), default=None,
@@ -469,16 +516,29 @@ def main(argv=None):
   p.add_argument("--height", type=int, default=375)
   p.add_argument("--width", type=int, default=500)
   p.add_argument("--seconds", type=float, default=3.0, help="about this much time per case")
+  p.add_argument("--variants", default=None,
+                 help="';'-separated 'xla:FLAGS' / 'args:ARGS' variants of the bare step, each "
+                      "in its own process, baseline first (e.g. 'xla:;xla:--xla_cpu_use_xnnpack"
+                      "=true;args:--dtype=bfloat16')")
+  p.add_argument("--rounds", type=int, default=2)
+  p.add_argument("--model_kwargs", default="{}", help='JSON, e.g. \'{"width": 0.5}\'')
   args = p.parse_args(argv)
   what = args.what or ("model" if args.model else "pipeline")
-  if what == "model":
+  if what == "model" and args.variants is not None:
+    base = [f"--model={args.model}", f"--method={args.method}",
+            f"--batch_size={args.batch_size}", f"--resolution={args.resolution}",
+            f"--steps={args.steps}", f"--dtype={args.dtype}", f"--data={args.data}",
+            f"--model_kwargs={args.model_kwargs}"]
+    rows = bench_variants(base, args.variants.split(";"), args.rounds)
+  elif what == "model":
     if not args.model:
       p.error("--what=model needs --model")
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)
     rows = bench_model(args.model, args.batch_size, args.resolution, args.steps, args.method,
                        args.dtype, args.data, torch_ref=args.torch == "auto",
-                       checkpoint=args.loop == "on", loop=args.loop == "on")
+                       checkpoint=args.loop == "on", loop=args.loop == "on",
+                       model_kwargs=json.loads(args.model_kwargs))
   else:
     rows = bench_pipeline(args.images, args.height, args.width, args.seconds)
   for row in rows:

@@ -10,9 +10,8 @@ from big_transfer import bench
 from conftest import ROOT
 
 
-@pytest.mark.parametrize("method,data", [
-    ("supervised", "synthetic"),
-    pytest.param("simclr", "pipeline", marks=pytest.mark.slow)])
+@pytest.mark.slow  # two compiles and a training run per case: ~1 min each on 2 cores
+@pytest.mark.parametrize("method,data", [("supervised", "synthetic"), ("simclr", "pipeline")])
 def test_model_bench_reports_throughput_mfu_overhead_and_checkpoint_rates(method, data):
   rows = bench.bench_model("resnet18", 8, 32, 3, method, "float32", data, torch_ref=False,
                            model_kwargs={"width": 0.125})
@@ -41,3 +40,18 @@ def test_bench_cli_prints_json_lines():
   rows = [json.loads(x) for x in r.stdout.splitlines()]
   assert {x["case"] for x in rows} >= {"raw_decode_simplejpeg", "train_chain_fused"}
   assert rows[0]["ratio_to_raw_decode"] == 1.0
+
+
+@pytest.mark.slow
+def test_variants_run_each_in_its_own_process_and_report_ratios():
+  r = subprocess.run([sys.executable, "-m", "big_transfer.bench", "--model=resnet18",
+                      "--resolution=32", "--batch_size=4", "--steps=2", "--rounds=1",
+                      '--model_kwargs={"width": 0.125}',
+                      "--variants=xla:;xla:--xla_cpu_enable_fast_math=true;xla:--no_such_flag"],
+                     cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr
+  rows = {x["variant"]: x for x in map(json.loads, r.stdout.splitlines())}
+  assert rows["xla:"]["ratio_to_baseline"] == 1.0 and rows["xla:"]["images_per_sec"] > 0
+  assert rows["xla:--xla_cpu_enable_fast_math=true"]["ratio_to_baseline"] > 0
+  assert rows["xla:--no_such_flag"]["images_per_sec"] is None  # reported, not fatal
+  assert "no_such_flag" in r.stderr
