@@ -131,7 +131,7 @@ class SyntheticSource:
   def __getitem__(self, i):
     c = i % self.num_classes
     return {"image": self.images[i % len(self.images)], "label": c,
-            "text": f"a photo of a {self.class_names[c]}, number {i}"}
+            "caption": f"a photo of a {self.class_names[c]}, number {i}"}
 
 
 TIMM_REFERENCE = (
@@ -182,7 +182,7 @@ def _tokenizer(c, source):
   except Exception:  # noqa: BLE001  (no open_clip_torch: a vocabulary learnt from the captions)
     import tempfile
     path = os.path.join(tempfile.mkdtemp(prefix="bt_bench_"), "bpe.txt")
-    tokenizer.train([source[i]["text"] for i in range(200)], 1000).save(path)
+    tokenizer.train([source[i]["caption"] for i in range(200)], 1000).save(path)
     c.text.tokenizer = path
   return tokenizer.load(c.text.tokenizer)
 
