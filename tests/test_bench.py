@@ -44,8 +44,9 @@ def test_bench_cli_prints_json_lines():
 
 @pytest.mark.slow
 def test_variants_run_each_in_its_own_process_and_report_ratios():
+  # (The suite's 8 simulated devices reach the subprocesses: a batch of 8.)
   r = subprocess.run([sys.executable, "-m", "big_transfer.bench", "--model=resnet18",
-                      "--resolution=32", "--batch_size=4", "--steps=2", "--rounds=1",
+                      "--resolution=32", "--batch_size=8", "--steps=2", "--rounds=1",
                       '--model_kwargs={"width": 0.125}',
                       "--variants=xla:;xla:--xla_cpu_enable_fast_math=true;xla:--no_such_flag"],
                      cwd=ROOT, capture_output=True, text=True, timeout=600)
