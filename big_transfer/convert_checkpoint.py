@@ -107,14 +107,6 @@ def _check_model(model: str | None, spec: Spec):
                           f"({spec.model_kwargs})")
 
 
-def source_param_count(sd: dict) -> int:
-  """Weights in a source state dict (BatchNorm statistics and int buffers excluded)."""
-  stats = ("running_mean", "running_var")
-  return sum(int(np.size(v)) for k, v in sd.items()
-             if not interop.IGNORED.search(k) and not k.endswith(stats)
-             and np.asarray(v).dtype.kind == "f")
-
-
 def convert(fmt: str, src: str, out: str, *, model: str | None = None,
             act: str | None = None) -> dict[str, Any]:
   """Converts ``src`` into the workdir ``out``; returns a summary (spec, tensors, params)."""
