@@ -156,13 +156,9 @@ def load_state(path: str) -> tuple[dict, int]:
   directory, step = find_checkpoint(path)
   item = os.path.join(directory, str(step), "state")
   ckptr = ocp.StandardCheckpointer()
-  from absl import logging as absl_logging
-  level = absl_logging.get_verbosity()
-  absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns about optional metadata files
-  try:
+  from big_transfer.logging import quiet_absl
+  with quiet_absl():  # orbax warns about optional metadata files
     tree = _metadata_tree(item)
-  finally:
-    absl_logging.set_verbosity(level)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
   restored = ckptr.restore(item, target)

@@ -51,6 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model_kwargs = ml_collections.ConfigDict()
   # Data: a source spec (builtin:NAME, tfds:NAME[:SPLIT], arrayrecord:PATH[:SPLIT]).
   c.data = "builtin:digits"
+  # Where tfds: specs are read from ('' = $TFDS_DATA_DIR, else ~/tensorflow_datasets); prepare
+  # them there first with `python -m big_transfer.data.prepare NAME --data_dir=DIR`.
+  c.data_dir = ""
   c.train_split = "train"
   c.eval_data = ""  # '' = the training source at eval_split; 'none' = no evaluation
   c.eval_split = "test"

@@ -73,7 +73,10 @@ def transfer_data(config) -> dict[str, Any]:
   """Pool, validation, k-shot training subset and test sources (seeded, model-independent)."""
   import numpy as np
   from big_transfer.data import fewshot, sources
-  pool = sources.open_source(sources.spec_at_split(config.data, config.train_split))
+  sources.set_tfds_data_dir(config.data_dir)
+  # The pool is the spec's own split and slice when it names one (tfds:eurosat/rgb:train[:80%]
+  # with test_split train[80%:]): never the whole split that the test slice comes from.
+  pool = sources.open_source(sources.spec_with_default_split(config.data, config.train_split))
   names = getattr(pool, "class_names", None)
   labels = fewshot.labels_of(pool)
   seed = config.seed if config.shot_seed is None else config.shot_seed

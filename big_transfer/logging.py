@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -92,3 +93,16 @@ def info(msg: str):
   """Progress output: process 0 only, flushed (visible under log collectors)."""
   if jax.process_index() == 0:
     print(msg, file=sys.stdout, flush=True)
+
+
+@contextlib.contextmanager
+def quiet_absl():
+  """absl logs at ERROR only inside the block: TFDS warns about every folder it probes, Orbax
+  about optional metadata files."""
+  from absl import logging as absl_logging
+  level = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(level)

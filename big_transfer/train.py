@@ -70,6 +70,7 @@ def prepare(config, workdir: str, train_source=None) -> dict[str, Any]:
   from big_transfer.data import sources
 
   config_lib.validate(config)
+  sources.set_tfds_data_dir(config.data_dir)
   given = train_source is not None
   if not given:
     train_source = sources.open_source(config.data, config.train_split)

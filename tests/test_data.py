@@ -75,6 +75,15 @@ def test_arrayrecord_roundtrip(tmp_path):
                                                                       "photo 9"}
   with pytest.raises(sources.DataError, match="no split 'val'"):
     sources.open_source(f"arrayrecord:{tmp_path}:val")
+  # A slice of a converted set parses (the path ends at the split, not at the slice's colon),
+  # and complementary slices are disjoint views of one base split.
+  head = sources.open_source(f"arrayrecord:{tmp_path}:train[:50%]")
+  tail = sources.open_source(f"arrayrecord:{tmp_path}:train[50%:]")
+  assert (len(head), len(tail)) == (4, 3)
+  (b1, i1), (b2, i2) = sources.provenance(head), sources.provenance(tail)
+  assert sources.identity_of(b1) == sources.identity_of(b2)
+  assert not set(i1) & set(i2) and sorted(set(i1) | set(i2)) == list(range(7))
+  assert head[0]["caption"] == src[0]["caption"] and tail[0]["caption"] == src[4]["caption"]
 
 
 def test_unknown_op_lists_known_ops_and_bad_args_are_named():

@@ -19,6 +19,7 @@ import msgpack
 import numpy as np
 
 from big_transfer.data import builtin
+from big_transfer.logging import quiet_absl
 
 
 class DataError(ValueError):
@@ -60,15 +61,17 @@ def parse_spec(spec: str) -> Spec:
                     f"{', '.join(k + ':...' for k in KINDS)} (e.g. builtin:digits, "
                     f"tfds:cifar100:train, arrayrecord:/path/to/converted)")
   if kind == "arrayrecord":
-    path, _, split = rest.rpartition(":")
-    if path and not os.sep in split and re.fullmatch(r"[\w\[\]:%+-]+", split):
-      return Spec(kind, path, split)
+    # The path may hold colons (gs://...): a split is a trailing ':NAME' or ':NAME[a:b]'.
+    m = _PATH_AND_SPLIT.match(rest)
+    if m:
+      return Spec(kind, m["path"], m["split"])
     return Spec(kind, rest, None)
   name, _, split = rest.partition(":")
   return Spec(kind, name, split or None)
 
 
 _SLICE = re.compile(r"^(\w+)(?:\[(-?\d*%?):(-?\d*%?)\])?$")
+_PATH_AND_SPLIT = re.compile(r"^(?P<path>.+):(?P<split>\w+(?:\[-?\d*%?:-?\d*%?\])?)$")
 
 
 def _split_and_slice(split: str, spec: Spec) -> tuple[str, str | None, str | None]:
@@ -104,22 +107,83 @@ class Sliced:
     return self.source[self.lo + i]
 
 
+# Where TFDS datasets are read from: config.data_dir when a run sets it (see
+# ``set_tfds_data_dir``), else $TFDS_DATA_DIR, else TFDS's own default.
+_TFDS_DATA_DIR: str | None = None
+
+
+def set_tfds_data_dir(path: str | None) -> None:
+  """The directory ``tfds:`` specs read from (``config.data_dir``); '' or None: the default."""
+  global _TFDS_DATA_DIR
+  _TFDS_DATA_DIR = os.path.expanduser(path) if path else None
+
+
+def tfds_data_dir() -> str:
+  return (_TFDS_DATA_DIR or os.environ.get("TFDS_DATA_DIR")
+          or os.path.expanduser("~/tensorflow_datasets"))
+
+
+def prepare_command(name: str, data_dir: str | None = None) -> str:
+  return (f"python -m big_transfer.data.prepare {name} "
+          f"--data_dir={data_dir or tfds_data_dir()}")
+
+
 class TfdsSource:
-  """A TFDS dataset through ``tfds.data_source`` (ArrayRecord, no TensorFlow needed)."""
+  """A prepared TFDS dataset through ``tfds.data_source`` (ArrayRecord, no TensorFlow needed).
+
+  Never downloads or prepares inside a run (that needs TensorFlow and can take hours): a
+  dataset that is not prepared is a DataError naming the command that prepares it."""
 
   def __init__(self, name: str, split: str, data_dir: str | None = None):
     import tensorflow_datasets as tfds
-    self.source = tfds.data_source(name, split=split, data_dir=data_dir)
+    self.name, self.split = name, split
+    self.data_dir = data_dir or tfds_data_dir()
+    try:
+      with quiet_absl():  # tfds warns about every version folder it looks into
+        self.source = tfds.data_source(name, split=split, data_dir=self.data_dir,
+                                       download=False)
+    except tfds.core.registered.DatasetNotFoundError:
+      raise DataError(f"data spec tfds:{name}: TFDS has no dataset {name!r}") from None
+    except Exception as e:  # noqa: BLE001  tfds raises several kinds for "not prepared"
+      with quiet_absl():
+        raise DataError(_not_prepared_message(name, split, self.data_dir, e)) from None
     self.class_names = None
     feats = self.source.dataset_info.features
     if "label" in feats and hasattr(feats["label"], "names"):
       self.class_names = tuple(feats["label"].names)
+    self.identity = ("tfds", name, split)
 
   def __len__(self):
     return len(self.source)
 
   def __getitem__(self, i):
     return dict(self.source[i])
+
+
+def _not_prepared_message(name: str, split: str, data_dir: str, error: Exception) -> str:
+  """One line: what is missing and the command that prepares it (with the manual-download
+  step for datasets TFDS cannot fetch itself)."""
+  import tensorflow_datasets as tfds
+  head = f"data spec tfds:{name}:{split}"
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception:  # noqa: BLE001
+    return f"{head}: {str(error).splitlines()[0][:200]}"
+  split_names = list(builder.info.splits.keys()) if builder.is_prepared() else []
+  if split_names and split not in split_names:
+    return f"{head}: no split {split!r} (splits: {', '.join(sorted(split_names))})"
+  if builder.is_prepared():
+    what = (f"is prepared in {builder.data_dir} as {builder.info.file_format.value}, not "
+            f"array_record (what tfds.data_source reads)")
+  else:
+    what = f"is not prepared in {data_dir}"
+  manual = ""
+  instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+  if instructions:
+    manual = (f" after a manual download into {data_dir}/downloads/manual (TFDS cannot fetch "
+              f"it: {' '.join(str(instructions).split())[:300]})")
+  return f"{head}: TFDS dataset {name!r} {what}; prepare it with: " \
+         f"{prepare_command(name, data_dir)}{manual}"
 
 
 MANIFEST = "manifest.json"
@@ -165,6 +229,7 @@ class ArrayRecordSource:
     if missing:
       raise DataError(f"data spec arrayrecord:{path}: missing shard {missing[0]!r}")
     self.source = ards.ArrayRecordDataSource(files)
+    self.identity = ("arrayrecord", os.path.abspath(path), split)
     self.class_names = tuple(self.manifest["class_names"]) if self.manifest.get(
         "class_names") else None
 
@@ -213,20 +278,12 @@ def _open_base(spec: "str | Spec", default_split: str = "train", builtin_options
       source = cls(split, **(builtin_options or {}))
     except (TypeError, ValueError) as e:
       raise DataError(f"data spec {spec}: {e}") from None
+    source.identity = ("builtin", spec.name, split,
+                       tuple(sorted((builtin_options or {}).items())))
   elif spec.kind == "tfds":
-    import tensorflow_datasets as tfds
-    # tfds handles its own slicing syntax; hand it the split string unchanged.
-    try:
-      source = TfdsSource(spec.name, spec.split or default_split)
-    except tfds.core.registered.DatasetNotFoundError:
-      raise DataError(f"data spec {spec}: TFDS has no dataset {spec.name!r}") from None
-    except (FileNotFoundError, AssertionError) as e:
-      raise DataError(f"data spec {spec}: TFDS dataset {spec.name!r} is not prepared "
-                      f"({str(e).splitlines()[0][:200]}); run tfds build or set TFDS_DATA_DIR"
-                      ) from None
-    except ValueError as e:
-      raise DataError(f"data spec {spec}: {str(e).splitlines()[0][:200]}") from None
-    return source
+    # The split's slice is taken here, as for every kind (not by TFDS): complementary slices
+    # such as train[:80%] and train[80%:] are then disjoint by construction.
+    source = TfdsSource(spec.name, split)
   else:
     if not os.path.isdir(spec.name):
       raise DataError(f"data spec {spec}: directory {spec.name!r} does not exist")
@@ -461,6 +518,43 @@ def spec_at_split(spec: str, split: str, drop: tuple = ()) -> str:
   base, _, query = spec.partition("?")
   keep = [q for q in query.split("&") if q and q.split("=")[0] not in drop]
   return str(parse_spec(base).with_split(split)) + ("?" + "&".join(keep) if keep else "")
+
+
+def spec_with_default_split(spec: str, split: str) -> str:
+  """``spec`` as written when it names a split (its slice included: ``train[:80%]`` stays
+  80% of train), else ``spec`` at ``split``."""
+  if spec.startswith("mix("):
+    return spec
+  base, _, _ = spec.partition("?")
+  return spec if parse_spec(base).split else spec_at_split(spec, split)
+
+
+def provenance(source) -> tuple[Any, np.ndarray]:
+  """(base source, indices into it) of a view: slices and subsets composed, wrappers that
+  keep positions (label noise, template captions) seen through. Two views of one base with
+  disjoint indices share no example (how splits are checked for leaks)."""
+  idx = None
+  while True:
+    if isinstance(source, Sliced):
+      step = np.arange(source.lo, source.hi)
+    elif isinstance(source, Subset):
+      step = source.indices
+    elif isinstance(source, (NoisyLabels, TemplateCaptions)):
+      step = None
+    else:
+      break
+    if step is not None:
+      idx = step if idx is None else step[idx]
+    source = source.source
+  return source, (np.arange(len(source)) if idx is None else np.asarray(idx, np.int64))
+
+
+def identity_of(source) -> tuple:
+  """What a base source reads: (kind, name or path, split[, options])."""
+  ident = getattr(source, "identity", None)
+  if ident is not None:
+    return tuple(ident)
+  return (type(source).__name__, id(source))
 
 
 def open_source(spec: str, default_split: str = "train"):

@@ -52,7 +52,7 @@ class FewShotLinear:
     if process_count > 1:  # features come back in a per-process interleaved order
       raise NotImplementedError("few-shot linear evaluation runs on one process for now")
     spec = sources.parse_spec(data.partition("?")[0])
-    pool = sources.open_source(sources.spec_at_split(data, spec.split or train_split))
+    pool = sources.open_source(sources.spec_with_default_split(data, train_split))
     self.test = sources.open_source(sources.spec_at_split(data, test_split))
     self.name = spec.name.rstrip("/").split("/")[-1]  # 'digits', or a converted dir's name
     self.shots, self.seeds, self.l2_reg = tuple(shots), tuple(seeds), l2_reg
