@@ -69,20 +69,32 @@ def parse_tags(text: str) -> dict[str, str]:
   return out
 
 
+def transfer_sources(config) -> dict[str, Any]:
+  """The pool, the named validation split (None: carved from the pool) and the test split,
+  opened; no record is read. The pool is the spec's own split and slice when it names one
+  (``tfds:eurosat/rgb:train[:80%]`` with ``test_split=train[80%:]``): never the whole split the
+  test slice comes from."""
+  from big_transfer.data import sources
+  sources.set_tfds_data_dir(config.data_dir)
+  pool = sources.open_source(sources.spec_with_default_split(config.data, config.train_split))
+  val = None
+  if config.val_split:
+    val = sources.open_source(sources.spec_at_split(config.data, config.val_split,
+                                                    drop=sources.TRAINING_ONLY_OPTIONS))
+  test = sources.open_source(sources.spec_at_split(config.data, config.test_split,
+                                                   drop=sources.TRAINING_ONLY_OPTIONS))
+  return dict(pool=pool, val=val, test=test, class_names=getattr(pool, "class_names", None))
+
+
 def transfer_data(config) -> dict[str, Any]:
   """Pool, validation, k-shot training subset and test sources (seeded, model-independent)."""
   import numpy as np
   from big_transfer.data import fewshot, sources
-  sources.set_tfds_data_dir(config.data_dir)
-  # The pool is the spec's own split and slice when it names one (tfds:eurosat/rgb:train[:80%]
-  # with test_split train[80%:]): never the whole split that the test slice comes from.
-  pool = sources.open_source(sources.spec_with_default_split(config.data, config.train_split))
-  names = getattr(pool, "class_names", None)
+  opened = transfer_sources(config)
+  pool, val, test, names = opened["pool"], opened["val"], opened["test"], opened["class_names"]
   labels = fewshot.labels_of(pool)
   seed = config.seed if config.shot_seed is None else config.shot_seed
-  if config.val_split:
-    val = sources.open_source(sources.spec_at_split(config.data, config.val_split,
-                                                    drop=sources.TRAINING_ONLY_OPTIONS))
+  if val is not None:
     train_idx = np.arange(len(pool))
   else:
     train_idx, val_idx = fewshot.train_val_split(labels, config.val_fraction, seed)
@@ -90,8 +102,6 @@ def transfer_data(config) -> dict[str, Any]:
   k = parse_shots(config.shots)
   if k is not None:
     train_idx = train_idx[fewshot.sample_shots(labels[train_idx], k, seed)]
-  test = sources.open_source(sources.spec_at_split(config.data, config.test_split,
-                                                   drop=sources.TRAINING_ONLY_OPTIONS))
   num_classes = config.num_classes or (len(names) if names else int(labels.max()) + 1)
   return dict(train=sources.Subset(pool, train_idx), val=val, test=test, class_names=names,
               num_classes=num_classes, shots=k, shot_seed=seed)
@@ -110,51 +120,72 @@ def _apply_bit_rule(config, num_train: int, image_size: int | None):
   config.pp_eval = f"decode|to_rgb|resize({r['crop']})|value_range(-1, 1)"
 
 
+def check_protocol(config) -> None:
+  if config.protocol not in PROTOCOLS:
+    raise TransferError(f"config.protocol={config.protocol!r}: not one of "
+                        f"{', '.join(PROTOCOLS)}")
+
+
+def with_model(config, pre_model: str | None):
+  """A copy of ``config`` whose ``model`` is set: its own, else the pre-trained run's."""
+  config = copy.deepcopy(config)
+  config.unlock()
+  if not config.model:
+    if not pre_model:
+      raise TransferError("config.model: empty and no config.pretrained to take it from (a run "
+                          "from scratch names its architecture)")
+    config.model = pre_model
+  return config
+
+
+def resolve(config, pre_method: str | None, pre_model: str | None, data) -> tuple[Any, str]:
+  """The run's config (model, BiT-HyperRule, class count filled in) and its head
+  initialisation, checked: every user error here, before any weights are loaded. Used by
+  Session and by ``study --check`` (which has no checkpoint yet, only the arm's config)."""
+  from big_transfer import config_lib
+  from big_transfer.data import sources
+  check_protocol(config)
+  config = with_model(config, pre_model)
+  if config.schedule_rule == "bit":
+    img = data["train"][0]["image"]
+    side = min(img.shape[:2]) if hasattr(img, "shape") and len(img.shape) >= 2 else None
+    _apply_bit_rule(config, len(data["train"]), side)
+  elif config.schedule_rule:
+    raise TransferError(f"config.schedule_rule={config.schedule_rule!r}: '' or 'bit'")
+  config.num_classes = data["num_classes"]
+  try:
+    config_lib.validate(config)
+  except config_lib.ConfigError as e:
+    raise TransferError(str(e)) from None
+  is_clip = pre_method in ("clip", "slip")
+  if config.protocol == "zeroshot" and not is_clip:
+    raise TransferError(f"config.protocol=zeroshot needs a CLIP/SLIP pre-trained run (got "
+                        f"{pre_method or 'none'})")
+  head = config.head_init
+  if head == "auto":
+    head = ("text" if is_clip and config.protocol in ("ft", "wise_ft", "zeroshot")
+            else "probe" if config.protocol in ("lp_ft", "wise_ft") else "zero")
+  if head == "text" and not is_clip:
+    raise TransferError("config.head_init=text needs a CLIP/SLIP pre-trained run")
+  if head not in ("zero", "text", "probe"):
+    raise TransferError(f"config.head_init={config.head_init!r}: auto, zero, text or probe")
+  if head == "text" and not data["class_names"]:
+    raise sources.DataError(f"{config.data}: no class names for a text-initialised head")
+  return config, head
+
+
 class Session:
   """One invocation: the pre-trained run, data, mesh, and evaluation of weights on a split."""
 
   def __init__(self, config, workdir: str, devices=None):
     from flax import nnx
-    from big_transfer import config_lib, sharding, transfer
-    from big_transfer.data import sources
+    from big_transfer import sharding, transfer
     self.workdir = workdir
-    if config.protocol not in PROTOCOLS:
-      raise TransferError(f"config.protocol={config.protocol!r}: not one of "
-                          f"{', '.join(PROTOCOLS)}")
+    check_protocol(config)
     self.pre = transfer.load_pretrained(config.pretrained) if config.pretrained else None
-    config = copy.deepcopy(config)
-    config.unlock()
-    if not config.model:
-      if self.pre is None:
-        raise TransferError("config.model: empty and no config.pretrained to take it from")
-      config.model = self.pre.config.model
-    self.data = transfer_data(config)
-    if config.schedule_rule == "bit":
-      img = self.data["train"][0]["image"]
-      side = min(img.shape[:2]) if hasattr(img, "shape") and len(img.shape) >= 2 else None
-      _apply_bit_rule(config, len(self.data["train"]), side)
-    elif config.schedule_rule:
-      raise TransferError(f"config.schedule_rule={config.schedule_rule!r}: '' or 'bit'")
-    config.num_classes = self.data["num_classes"]
-    try:
-      config_lib.validate(config)
-    except config_lib.ConfigError as e:
-      raise TransferError(str(e)) from None
-    is_clip = self.pre is not None and self.pre.method in ("clip", "slip")
-    if config.protocol == "zeroshot" and not is_clip:
-      raise TransferError(f"config.protocol=zeroshot needs a CLIP/SLIP pre-trained run (got "
-                          f"{self.pre.method if self.pre else 'none'})")
-    head = config.head_init
-    if head == "auto":
-      head = ("text" if is_clip and config.protocol in ("ft", "wise_ft", "zeroshot")
-              else "probe" if config.protocol in ("lp_ft", "wise_ft") else "zero")
-    if head == "text" and not is_clip:
-      raise TransferError("config.head_init=text needs a CLIP/SLIP pre-trained run")
-    if head not in ("zero", "text", "probe"):
-      raise TransferError(f"config.head_init={config.head_init!r}: auto, zero, text or probe")
-    if head == "text" and not self.data["class_names"]:
-      raise sources.DataError(f"{config.data}: no class names for a text-initialised head")
-    self.head_init = head
+    self.data = transfer_data(with_model(config, self.pre and self.pre.config.model))
+    config, self.head_init = resolve(config, self.pre and self.pre.method,
+                                     self.pre and self.pre.config.model, self.data)
     self.config = config
     self.method = transfer.TransferMethod(config, self.pre, self.data["num_classes"])
     self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)

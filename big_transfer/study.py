@@ -41,20 +41,26 @@ def define_flags():
   flags.DEFINE_string("only", "", "Run only runs whose name contains this string (and their "
                       "pre-training dependencies).")
   flags.DEFINE_bool("report", True, "Write the report when the runs are done.")
+  flags.DEFINE_bool("check", False, "Resolve and validate every run's config and open its data "
+                    "(no training); list every problem once; exit 1 if there is any.")
 
 
 @dataclasses.dataclass
 class Run:
-  kind: str  # 'pretrain' or 'transfer'
+  kind: str  # 'pretrain', 'convert' (a public checkpoint into a workdir) or 'transfer'
   name: str
   workdir: str
-  config: str  # path[:arg]
+  config: str  # path[:arg]; for 'convert': '' (see convert_args)
   overrides: dict[str, Any]
   deps: list[str]
   fields: dict[str, Any]
   images: float = 0.0  # examples processed (compute estimate)
+  convert_args: tuple = ()  # convert_checkpoint's arguments, --out excluded
 
   def command(self) -> list[str]:
+    if self.kind == "convert":
+      return (["python", "-m", "big_transfer.convert_checkpoint", *self.convert_args,
+               f"--out={self.workdir}"])
     module = "big_transfer.train" if self.kind == "pretrain" else "big_transfer.finetune"
     return (["python", "-m", module, f"--config={self.config}",
              f"--workdir={self.workdir}"]
@@ -63,6 +69,8 @@ class Run:
   def done(self) -> bool:
     if self.kind == "transfer":
       return os.path.exists(os.path.join(self.workdir, "done.json"))
+    if self.kind == "convert":
+      return os.path.isdir(os.path.join(self.workdir, "checkpoints", "0", "state"))
     return pretrain_finished(self.workdir)
 
 
@@ -123,7 +131,14 @@ def expand(study, workdir: str) -> list[Run]:
     if name in arms:
       raise ValueError(f"study: two pre-training arms named {name!r}")
     arms[name] = arm
-    if arm.get("config"):
+    if arm.get("convert"):  # a public checkpoint, converted (transfer-only reference arm)
+      wd = arm.get("workdir") or os.path.join(workdir, "pretrain", name)
+      runs.append(Run("convert", f"pretrain/{name}", wd, "", {}, [],
+                      {"method": arm.get("method", ""), "data": arm.get("source", ""),
+                       "size": arm.get("size", ""), "model": arm.get("model", "")},
+                      convert_args=tuple(arm["convert"])))
+      arm["workdir"] = wd
+    elif arm.get("config"):
       wd = arm.get("workdir") or os.path.join(workdir, "pretrain", name)
       overrides = dict(arm.get("overrides", {}))
       images = 0.0
@@ -134,6 +149,7 @@ def expand(study, workdir: str) -> list[Run]:
           size = arm.get("num_examples") or 0
           steps = c.total_epochs * size / c.batch_size
         images = float(steps) * c.batch_size
+        arm.setdefault("model", c.model)
       except Exception:  # noqa: BLE001 - an estimate only; the run validates itself
         pass
       runs.append(Run("pretrain", f"pretrain/{name}", wd, resolve_config_path(arm["config"]),
@@ -164,6 +180,8 @@ def expand(study, workdir: str) -> list[Run]:
                        if arm.get(k) not in (None, "")}}
             args = [f"pretrained={arm['workdir']}", f"data={ds['data']}",
                     f"protocol={protocol}", f"shots={shots}", f"seed={seed}"]
+            if not arm["workdir"] and arm.get("model"):  # from scratch: its architecture
+              args.append(f"model={arm['model']}")
             overrides = {**dict(study.get("transfer_overrides", {})),
                          **dict(ds.get("overrides", {})),
                          **dict(arm.get("transfer_overrides", {})),
@@ -198,15 +216,76 @@ def _transfer_images(study, ds, shots, protocol) -> float:
 
 
 def _run_one(run: Run):
-  from big_transfer import config_lib, finetune, train
-  config = config_lib.load(run.config)
-  config.unlock()
-  apply_overrides(config, run.overrides)
+  from big_transfer import finetune, train
+  if run.kind == "convert":
+    from big_transfer import convert_checkpoint
+    rc = convert_checkpoint.main([*run.convert_args, f"--out={run.workdir}"])
+    if rc:
+      raise RuntimeError(f"convert_checkpoint exited with {rc} (its error is above)")
+    return
+  config = _load_run_config(run)
   config.lock()
   if run.kind == "pretrain":
     train.run(config, run.workdir)
   else:
     finetune.run(config, run.workdir)
+
+
+def _load_run_config(run: Run):
+  from big_transfer import config_lib
+  config = config_lib.load(run.config)
+  config.unlock()
+  apply_overrides(config, run.overrides)
+  return config
+
+
+def check(runs: list[Run]) -> list[tuple[str, list[str]]]:
+  """Every run's config resolved and validated and its data opened, as the run itself would
+  before compiling — nothing trained, nothing written. Returns [(problem, run names)], one
+  entry per distinct problem."""
+  from big_transfer import checkpoint, config_lib, finetune, train
+  from big_transfer.data import sources
+  errors = (config_lib.ConfigError, sources.DataError, finetune.TransferError,
+            train.UserError, checkpoint.CheckpointError, ValueError, KeyError)
+  problems: dict[str, list[str]] = {}
+  arm_of: dict[str, tuple] = {}  # pre-training run name -> (method, model)
+  opened: dict[tuple, Any] = {}  # downstream data, opened once for all its runs
+
+  def note(run, e):
+    msg = f"{type(e).__name__}: {e}" if isinstance(e, KeyError) else str(e)
+    problems.setdefault(msg.splitlines()[0] if msg else type(e).__name__, []).append(run.name)
+
+  for run in runs:
+    try:
+      if run.kind == "convert":
+        src = next((a for a in run.convert_args if not a.startswith("-")), "")
+        if not run.done() and not os.path.isfile(src):
+          raise checkpoint.CheckpointError(
+              f"public checkpoint {src!r} not found (download it first: docs/DATA.md, "
+              f"'Reference checkpoints')")
+        arm_of[run.name] = (run.fields["method"], run.fields["model"])
+        continue
+      config = _load_run_config(run)
+      if run.kind == "pretrain":
+        train.prepare(config, None)
+        arm_of[run.name] = (config.method, config.model)
+        continue
+      if run.deps and run.deps[0] not in arm_of:
+        raise ValueError("depends on a pre-training run with a problem (listed above)")
+      pre_method, pre_model = arm_of[run.deps[0]] if run.deps else (None, None)
+      finetune.check_protocol(config)  # config problems first: they hold with or without data
+      finetune.with_model(config, pre_model)
+      key = (config.data, config.train_split, config.val_split, config.test_split,
+             config.data_dir)
+      if key not in opened:
+        opened[key] = finetune.transfer_sources(config)
+      names = opened[key]["class_names"]
+      data = {"train": opened[key]["pool"], "class_names": names,
+              "num_classes": config.num_classes or (len(names) if names else 2)}
+      finetune.resolve(config, pre_method, pre_model, data)
+    except errors as e:
+      note(run, e)
+  return sorted(problems.items(), key=lambda kv: kv[1][0])
 
 
 def _table(runs: list[Run]) -> str:
@@ -220,6 +299,7 @@ def _table(runs: list[Run]) -> str:
 
 def summary(runs: list[Run], throughput: float) -> str:
   pre = [r for r in runs if r.kind == "pretrain"]
+  conv = [r for r in runs if r.kind == "convert"]
   tr = [r for r in runs if r.kind == "transfer"]
   images = sum(r.images for r in runs)
   by = {}
@@ -227,7 +307,9 @@ def summary(runs: list[Run], throughput: float) -> str:
     by.setdefault(r.fields["downstream"], 0)
     by[r.fields["downstream"]] += 1
   methods = sorted({r.fields["method"] for r in runs if r.fields.get("method")})
-  return (f"{len(runs)} runs: {len(pre)} pre-training, {len(tr)} transfer over "
+  return (f"{len(runs)} runs: {len(pre)} pre-training, "
+          + (f"{len(conv)} public checkpoints converted, " if conv else "")
+          + f"{len(tr)} transfer over "
           f"{len(by)} downstream sets ({', '.join(f'{k} {v}' for k, v in by.items())}); methods: "
           f"{', '.join(methods)}\ncompute estimate: {images:.3g} images processed "
           f"(~{images / throughput / 3600:.3g} accelerator-hours at {throughput:g} images/s)")
@@ -251,6 +333,15 @@ def main(argv):
   if FLAGS.only:
     runs = select(runs, FLAGS.only)
   throughput = float(study.get("throughput", 1000.0))
+  if FLAGS.check:
+    problems = check(runs)
+    for msg, names in problems:
+      more = f" and {len(names) - 1} more run(s)" if len(names) > 1 else ""
+      print(f"error: {names[0]}{more}: {msg}", file=sys.stderr)
+    bad = sum(len(n) for _, n in problems)
+    print(f"checked {len(runs)} runs: {len(runs) - bad} ok, {bad} with {len(problems)} "
+          f"distinct problem(s)")
+    sys.exit(1 if problems else 0)
   if FLAGS.dry_run:
     print(_table(runs))
     print(summary(runs, throughput))
@@ -273,7 +364,7 @@ def main(argv):
       status[r.name] = "done"
   log_lib.info(f"study {study.get('name', '')}: {len(runs)} runs, {len(runs) - len(todo)} "
                f"already finished, {len(todo)} to run")
-  durations: dict[str, list[float]] = {"pretrain": [], "transfer": []}
+  durations: dict[str, list[float]] = {"pretrain": [], "convert": [], "transfer": []}
 
   def eta(rest: list[Run]) -> float:
     """Remaining time from the mean duration of finished runs of each kind ('?' until a run

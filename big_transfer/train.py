@@ -62,10 +62,11 @@ def maybe_initialize_distributed(coordinator_address=None, num_processes=None,
   jax.distributed.initialize(**kwargs)
 
 
-def prepare(config, workdir: str, train_source=None) -> dict[str, Any]:
+def prepare(config, workdir: str | None, train_source=None) -> dict[str, Any]:
   """Validates the config and opens the data; raises ConfigError/DataError before compiling.
   ``train_source``: an already opened source instead of ``config.data`` (transfer runs pass
-  their k-shot subsets)."""
+  their k-shot subsets). ``workdir`` None: a check only (``study --check``): nothing is written
+  and a vocabulary to learn is not learnt."""
   from big_transfer import config_lib
   from big_transfer.data import sources
 
@@ -92,6 +93,10 @@ def prepare(config, workdir: str, train_source=None) -> dict[str, Any]:
   if config.optimizer.warmup_epochs is not None:
     warmup = int(round(config.optimizer.warmup_epochs * len(train_source) / config.batch_size))
   vocab = resolve_tokenizer(config, workdir, train_source)
+  for key in ("fewshot", "zeroshot", "retrieval"):  # evaluators' data: there, or say so now
+    if config[key].data:
+      sources.open_source(sources.spec_with_default_split(
+          config[key].data, config[key].get("split", "train")))
   eval_source = None
   if config.eval_data != "none":
     # The training source at the eval split, without training-only options (subset size,
@@ -122,6 +127,8 @@ def resolve_tokenizer(config, workdir: str, train_source) -> str | None:
     except (OSError, ValueError) as e:
       raise config_lib.ConfigError(f"config.text.tokenizer: {e}") from None
     return path
+  if workdir is None:  # a check: the vocabulary is learnt when the run starts
+    return None
   path = os.path.join(workdir, "tokenizer_bpe.txt")
   if not os.path.exists(path):
     texts = tokenizer.captions_of(train_source, config.text.max_captions)

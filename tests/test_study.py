@@ -221,3 +221,82 @@ def test_mini_study_end_to_end(tmp_path):
   assert {r["tags"]["downstream"] for r in rows} == {"digits", "letters"}
   specs = json.load(open(tmp_path / "report" / "specs.json"))
   assert {"accuracy_vs_shots", "spread_vs_shots", "accuracy_vs_size", "method"} <= set(specs)
+
+
+# ------------------------------------------------------------------------------ fidelity
+
+def _paper_runs(root, workdir):
+  from big_transfer import config_lib
+  return study.expand(config_lib.load(f"{ROOT}/configs/study/paper.py:root={root}"), workdir)
+
+
+def test_no_downstream_set_of_the_paper_leaks_test_images_into_the_training_pool(tmp_path):
+  """For every downstream set of configs/study/paper.py (TFDS mocked, Camera Traps as a
+  converted set), the k-shot training subset, the validation split and the test split share
+  no example: compared by index into the same base split."""
+  import tensorflow_datasets as tfds
+  from big_transfer import finetune
+  from big_transfer.data import sources
+  rng = np.random.default_rng(0)
+  cct = [{"image": rng.integers(0, 255, (4, 4, 3), dtype=np.uint8), "label": i % 15}
+         for i in range(60)]
+  sources.write_arrayrecord(str(tmp_path / "caltech_camera_traps"),
+                            {"train": cct[:45], "test": cct[45:]},
+                            class_names=[f"c{i}" for i in range(15)])
+  runs = [r for r in _paper_runs(tmp_path, str(tmp_path / "wd")) if r.kind == "transfer"
+          and r.fields["protocol"] == "ft" and r.fields["seed"] == 0
+          and r.fields["shots"] in ("5", "full") and r.fields["method"] == "clip"
+          and "/clip_cc3m/" in r.name]
+  checked = set()
+  with tfds.testing.mock_data(num_examples=60):
+    for run in runs:
+      config = study._load_run_config(run)
+      d = finetune.transfer_data(config)
+      views = {k: sources.provenance(d[k]) for k in ("train", "val", "test")}
+      for a, b in (("train", "test"), ("val", "test"), ("train", "val")):
+        (base_a, idx_a), (base_b, idx_b) = views[a], views[b]
+        if sources.identity_of(base_a) == sources.identity_of(base_b):
+          shared = set(idx_a.tolist()) & set(idx_b.tolist())
+          assert not shared, f"{run.name}: {a} and {b} share examples {sorted(shared)[:5]}"
+      checked.add(run.fields["downstream"])
+      if run.fields["downstream"] == "eurosat":  # one split carved in two: 80% pool, 20% test
+        (pool_base, pool_idx), (test_base, test_idx) = (
+            sources.provenance(d["train"].source), views["test"])
+        assert sources.identity_of(pool_base) == sources.identity_of(test_base)
+        assert len(pool_idx) == 48 and len(test_idx) == 12
+  assert checked == {"cifar100", "dtd", "caltech101", "pets", "domainnet_real",
+                     "domainnet_clipart", "eurosat", "cassava", "caltech_camera_traps"}
+
+
+def test_study_check_resolves_every_run_and_lists_each_problem_once(tmp_path):
+  cfg = tmp_path / "small.py"
+  cfg.write_text(SMALL_STUDY.replace(
+      'dict(name="scratch", method="scratch", config="", group="reference")',
+      'dict(name="scratch", method="scratch", config="", group="reference"),\n'
+      '      dict(name="scratch_unnamed", method="scratch", config="",\n'
+      '           transfer_overrides={"model": ""})').replace(
+      'c.downstream = [dict(name="digits", data="builtin:digits")]',
+      'c.downstream = [dict(name="digits", data="builtin:digits"),\n'
+      '                dict(name="missing", data="tfds:cifar10")]'))
+  out = _study([f"--config={cfg}", f"--workdir={tmp_path / 'wd'}", "--check"], timeout=300)
+  assert out.returncode == 1, out.stderr[-2000:]
+  errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
+  # The model-less scratch arm (its 4 runs on digits) and the unprepared TFDS set (the 16 runs
+  # on it): one line each, with the command that prepares the data.
+  assert any("scratch_unnamed/digits" in l and "config.model: empty" in l for l in errors)
+  assert any("python -m big_transfer.data.prepare cifar10" in l for l in errors)
+  assert len(errors) == 2, errors
+  assert "checked 34 runs: 14 ok, 20 with 2 distinct problem(s)" in out.stdout
+  assert not (tmp_path / "wd").exists()  # nothing written
+
+
+def test_paper_study_checks_clean_where_its_data_would_be():
+  """Every arm of the paper's study resolves (the scratch arm names its architecture); only
+  missing data is reported when nothing is prepared."""
+  runs = _paper_runs("/nonexistent_root", "/nonexistent_wd")
+  problems = study.check(runs)
+  for msg, names in problems:
+    assert ("is not prepared" in msg or "does not exist" in msg or "not found" in msg
+            or "with a problem" in msg), (msg, names[:3])
+  scratch = [r for r in runs if "/scratch/" in r.name]
+  assert scratch and all("model=clip_rn50" in r.config for r in scratch)

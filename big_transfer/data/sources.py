@@ -286,7 +286,8 @@ def _open_base(spec: "str | Spec", default_split: str = "train", builtin_options
     source = TfdsSource(spec.name, split)
   else:
     if not os.path.isdir(spec.name):
-      raise DataError(f"data spec {spec}: directory {spec.name!r} does not exist")
+      raise DataError(f"data spec {spec}: directory {spec.name!r} does not exist (write it with "
+                      f"`python -m big_transfer.data.convert`; docs/DATA.md has each source)")
     source = ArrayRecordSource(spec.name, split)
   n = len(source)
   if lo is None and hi is None:

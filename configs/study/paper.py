@@ -75,8 +75,9 @@ def get_config(arg=None):
     for arm in arms:
       if arm["name"] == f"clip_{src}_2.7m":
         arm["group"] += "+method"
-  arms.append(dict(name="scratch", method="scratch", config="", group="reference",
-                   published="scratch", protocols=("ft",), shots=("full",)))
+  # From scratch: CLIP's ResNet-50 trained on the downstream set alone.
+  arms.append(dict(name="scratch", method="scratch", config="", model="clip_rn50",
+                   group="reference", published="scratch", protocols=("ft",), shots=("full",)))
   c.pretrain = arms
 
   def ds(name, data, num_train, num_classes, test_split="test", val_split="", shots=None):
