@@ -43,7 +43,7 @@ def test_imagefolder_with_splits_and_broken_files(tmp_path, capsys):
   (src / "test" / "dog" / "huge.jpg").write_bytes(_jpeg(120, 120))
   dst = tmp_path / "dst"
   manifest, last = _convert(["imagefolder", str(src), str(dst), "--workers=2",
-                             "--num_shards=3", "--max_pixels=5000"], capsys)
+                             "--output_shards=3", "--max_pixels=5000"], capsys)
   assert last.endswith("skipped 4 (decompression_bomb 1, empty 1, truncated 1, undecodable 1)")
   assert manifest["skipped"] == {"decompression_bomb": 1, "empty": 1, "truncated": 1,
                                  "undecodable": 1}
@@ -153,10 +153,144 @@ def test_interrupted_conversion_redoes_only_unfinished_shards(tmp_path, capsys, 
       raise KeyboardInterrupt  # the machine went away while writing shard 2
     return real(job, opts)
   monkeypatch.setattr(convert, "convert_shard", flaky)
-  args = ["imagefolder", str(src), str(dst), "--num_shards=4", "--workers=1"]
+  args = ["imagefolder", str(src), str(dst), "--output_shards=4", "--workers=1"]
   with pytest.raises(KeyboardInterrupt):
     convert.main(args)
   assert calls == [0, 1, 2]
   manifest, last = _convert(args, capsys)
   assert calls == [0, 1, 2, 0, 1, 2, 3]  # 0 and 1 return their saved stats at once
   assert manifest["splits"]["train"]["num_examples"] == 12 and last.endswith("skipped 0")
+
+
+def _records(dst):
+  src = sources.open_source(f"arrayrecord:{dst}")
+  return sorted((r["key"], int(r.get("label", -1)), r["image"]) for r in
+                (src[i] for i in range(len(src))))
+
+
+def test_imagefolder_accounts_for_every_file_and_keeps_empty_classes(tmp_path, capsys):
+  src = tmp_path / "src"
+  for split in ("train", "test"):
+    for cls in ("cat", "dog"):
+      (src / split / cls).mkdir(parents=True)
+      for i in range(3):
+        (src / split / cls / f"{i}.jpg").write_bytes(_jpeg())
+  (src / "train" / "bird").mkdir()  # a class with no images yet
+  (src / ".ipynb_checkpoints" / "cat").mkdir(parents=True)  # a stray folder beside the splits
+  for i in range(2):
+    (src / ".ipynb_checkpoints" / "cat" / f"{i}-checkpoint.jpg").write_bytes(_jpeg())
+  (src / "README.md").write_text("notes")
+  (src / "train" / "cat" / "more").mkdir()
+  (src / "train" / "cat" / "more" / "x.jpg").write_bytes(_jpeg())  # nested in a class
+  manifest, last = _convert(["imagefolder", str(src), str(tmp_path / "dst"), "--workers=1"],
+                            capsys)
+  assert manifest["splits"]["train"]["num_examples"] == 6
+  assert manifest["skipped"] == {"nested": 1, "stray_dir": 2, "stray_file": 1}
+  assert last.endswith("skipped 4 (nested 1, stray_dir 2, stray_file 1); empty classes kept "
+                       "in class_names: bird")
+  assert manifest["class_names"] == ["bird", "cat", "dog"] and manifest["empty_classes"] == ["bird"]
+  assert manifest["splits"]["train"]["per_class"] == {"cat": 3, "dog": 3}
+  labels = {(k.split("/")[0], y) for k, y, _ in _records(tmp_path / "dst")}
+  assert labels == {("cat", 1), ("dog", 2)}  # ids are the class's place, empty classes included
+  manifest, _ = _convert(["imagefolder", str(src), str(tmp_path / "rec"), "--workers=1",
+                          "--recursive"], capsys)
+  assert manifest["splits"]["train"]["per_class"] == {"cat": 4, "dog": 3}
+
+
+def test_csv_rows_with_bad_labels_short_rows_or_path_like_splits_are_counted_not_written(
+    tmp_path, capsys):
+  (tmp_path / "img").mkdir()
+  for i in range(5):
+    (tmp_path / "img" / f"{i}.jpg").write_bytes(_jpeg())
+  lines = ["path,y,split", "img/0.jpg,0,train", "img/1.jpg,1,test", "img/2.jpg,-1,train",
+           "img/3.jpg,1", "img/4.jpg,0,../../escape", "img/4.jpg,0,/abs/x", "img/1.jpg,,train",
+           "img/0.jpg,1,train,extra"]
+  (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+  dst = tmp_path / "out" / "dst"
+  manifest, last = _convert(["csv", str(tmp_path / "m.csv"), str(dst), "--image_column=path",
+                             "--label_column=y", "--split_column=split", "--workers=1"], capsys)
+  assert manifest["skipped"] == {"bad_label": 2, "bad_split": 2, "long_row": 1, "short_row": 1}
+  assert last.endswith("skipped 6 (bad_label 2, bad_split 2, long_row 1, short_row 1)")
+  assert sorted(manifest["splits"]) == ["test", "train"]
+  assert manifest["splits"]["train"]["per_class"] == {"0": 1}
+  assert sorted(os.listdir(tmp_path / "out")) == ["dst"] and not os.path.exists("/abs/x")
+
+
+def test_webdataset_duplicate_keys_are_skipped_and_keys_are_unique_across_tars(tmp_path, capsys):
+  shards = tmp_path / "shards"
+  shards.mkdir()
+  for s in range(2):
+    with tarfile.open(shards / f"part{s}.tar", "w") as tar:
+      for key in ("a", "b"):
+        _add(tar, f"{key}.jpg", _jpeg())
+        _add(tar, f"{key}.txt", f"{key} in tar {s}".encode())
+      if s == 0:
+        _add(tar, "a.jpg", _jpeg())  # key 'a' again, later: a second sample under one key
+        _add(tar, "a.txt", b"another a")
+        _add(tar, "c.jpg", _jpeg())
+        _add(tar, "c.jpg", _jpeg())  # one sample with two images
+        _add(tar, "c.txt", b"c")
+  manifest, last = _convert(["webdataset", str(shards), str(tmp_path / "dst"), "--workers=1"],
+                            capsys)
+  assert manifest["skipped"] == {"duplicate_key": 2}
+  keys = [k for k, _, _ in _records(tmp_path / "dst")]
+  assert keys == ["part0/a", "part0/b", "part1/a", "part1/b"]
+
+
+def _coco(path, images, anns, cats):
+  path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+
+
+def test_coco_annotations_camera_traps_style(tmp_path, capsys):
+  img = tmp_path / "images"
+  img.mkdir()
+  for i in range(8):
+    (img / f"{i}.jpg").write_bytes(_jpeg())
+  cats = [{"id": 1, "name": "opossum"}, {"id": 3, "name": "empty"}, {"id": 5, "name": "bobcat"},
+          {"id": 9, "name": "badger"}]  # badger: a category with no images here
+  ims = [{"id": f"i{i}", "file_name": f"{i}.jpg", "location": i % 2} for i in range(8)]
+  ims.append({"id": "gone", "file_name": "missing.jpg"})
+  anns = ([{"image_id": f"i{i}", "category_id": 1 if i < 3 else 5} for i in range(5)]
+          + [{"image_id": "i5", "category_id": 3},  # empty frame
+             {"image_id": "i6", "category_id": 1}, {"image_id": "i6", "category_id": 5},
+             {"image_id": "gone", "category_id": 1}])  # i7: no annotation
+  _coco(tmp_path / "train.json", ims[:7] + ims[8:], anns, cats)
+  _coco(tmp_path / "test.json", [ims[7], {"id": "t", "file_name": "0.jpg"}],
+        [{"image_id": "t", "category_id": 5}], cats)
+  manifest, last = _convert(
+      ["coco", f"train={tmp_path / 'train.json'},test={tmp_path / 'test.json'}",
+       str(tmp_path / "dst"), f"--images={img}", "--skip_categories=empty", "--workers=1"],
+      capsys)
+  assert manifest["class_names"] == ["badger", "bobcat", "opossum"]
+  assert manifest["empty_classes"] == ["badger"]
+  assert manifest["splits"]["train"]["per_class"] == {"bobcat": 2, "opossum": 3}
+  assert manifest["splits"]["test"]["per_class"] == {"bobcat": 1}
+  assert manifest["skipped"] == {"multi_label": 1, "no_label": 1, "skipped_category": 1,
+                                 "unreadable_file": 1}
+  ex = sources.open_source(f"arrayrecord:{tmp_path / 'dst'}")[0]
+  assert json.loads(ex["meta"])["location"] in (0, 1) and ex["label_name"] in ("bobcat",
+                                                                                "opossum")
+
+
+def test_a_conversion_split_across_two_hosts_then_merged_equals_one_run(tmp_path, capsys):
+  src = tmp_path / "src"
+  for cls in ("a", "b", "c"):
+    (src / cls).mkdir(parents=True)
+    for i in range(5):
+      (src / cls / f"{i}.jpg").write_bytes(_jpeg())
+  (src / "b" / "broken.jpg").write_bytes(b"nope")
+  base = ["imagefolder", str(src)]
+  one, _ = _convert(base + [str(tmp_path / "one"), "--output_shards=5", "--workers=1"], capsys)
+  multi = str(tmp_path / "multi")
+  assert convert.main(base + [multi, "--output_shards=5", "--workers=1", "--num_shards=2",
+                              "--shard_index=1"]) is None
+  assert "convert merge" in capsys.readouterr().out
+  with pytest.raises(SystemExit, match="3 of 5 shards are not done yet"):
+    convert.main(["merge", multi])
+  convert.main(base + [multi, "--output_shards=5", "--workers=1", "--num_shards=2",
+                       "--shard_index=0"])
+  merged = convert.main(["merge", multi])
+  assert merged == one
+  assert _records(multi) == _records(tmp_path / "one")
+  with pytest.raises(SystemExit, match="holds a conversion of other inputs"):
+    convert.main(base + [multi, "--output_shards=4", "--workers=1"])

@@ -1,19 +1,27 @@
-r"""Convert image folders, webdataset tar shards and CSV manifests to ArrayRecord shards.
+r"""Convert image folders, webdataset tar shards, CSV manifests and COCO-style annotations to
+ArrayRecord shards.
 
   python -m big_transfer.data.convert imagefolder SRC DST [--split_fraction=0.1]
   python -m big_transfer.data.convert webdataset 'SRC/*.tar' DST [--max_side=512]
   python -m big_transfer.data.convert csv manifest.csv DST --image_column=path --label_column=y
+  python -m big_transfer.data.convert coco train=train.json,test=test.json DST --images=IMAGES
 
 Output: ``DST/<split>-NNNNN-of-MMMMM.array_record`` (records as ``sources.encode_record``: image
 bytes, label, caption, key, metadata) and ``DST/manifest.json`` with per-split and per-class
-counts, class names, the record schema and what was skipped and why. Every image is fully
-decoded once to check it: empty, truncated, undecodable and oversized (decompression-bomb)
-images, pairs without text (webdataset) and tar members with absolute or ``..`` paths are
-skipped and counted, never fatal. The final line says how many were skipped.
+counts, class names, the record schema and what was skipped and why. Every input is accounted
+for: each image is fully decoded once to check it, and empty, truncated, undecodable and
+oversized (decompression-bomb) images, pairs without text, tar members with absolute or ``..``
+paths, duplicate sample keys, files outside the expected layout (``stray_dir``, ``nested``),
+CSV rows with missing fields or bad labels or split names are skipped with a reason and counted
+in the final line and the manifest. Class folders (or categories) without images keep their
+place in ``class_names``, so later class ids never shift.
 
 Shards are written by ``--workers`` processes, each to a temporary file renamed when complete,
 with its statistics beside it: an interrupted conversion run again with the same arguments
-redoes only the unfinished shards.
+redoes only the unfinished shards. For hundreds of millions of pairs the work splits across
+hosts: every host runs the same command with ``--num_shards=N --shard_index=I`` (a SLURM array
+task, a TPU VM worker), then one runs ``python -m big_transfer.data.convert merge DST``, which
+writes the same manifest a single run would have written.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import json
 import multiprocessing
 import os
 import posixpath
+import re
 import sys
 import tarfile
 import time
@@ -41,6 +50,12 @@ from big_transfer.data import sources
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
 SPLIT_NAMES = ("train", "test", "val", "validation")
+PLAN = ".plan.json"
+_SAFE_SPLIT = re.compile(r"^\w+$")  # split names become file names: never paths
+
+
+def safe_split(name: str) -> bool:
+  return bool(_SAFE_SPLIT.match(name or ""))
 
 
 @dataclasses.dataclass
@@ -102,9 +117,15 @@ def _safe_member(name: str) -> bool:
 
 
 def read_tar(path: str, split: str) -> Iterator[Item]:
-  """Groups a webdataset tar's members by key (path up to the first dot of the basename)."""
-  groups: dict[str, dict[str, Any]] = collections.OrderedDict()
+  """A webdataset tar's samples: consecutive members sharing a key (the path up to the first
+  dot of the basename). A key that comes back later, or one extension twice in a sample, is a
+  ``duplicate_key`` (which sample is right cannot be known). Keys are prefixed with the tar's
+  name, so they are unique across the shards of a dataset."""
+  prefix = os.path.splitext(os.path.basename(path))[0]
+  samples: list[list] = []  # [key, {ext: bytes}, duplicate]
+  seen: set[str] = set()
   unsafe = []
+  truncated = False
   try:
     tar = tarfile.open(path)
   except (tarfile.TarError, OSError):
@@ -121,15 +142,22 @@ def read_tar(path: str, split: str) -> Iterator[Item]:
         d, base = posixpath.split(m.name)
         stem, _, ext = base.partition(".")
         key = posixpath.join(d, stem)
+        if not samples or samples[-1][0] != key:
+          samples.append([key, {}, key in seen])
+          seen.add(key)
         f = tar.extractfile(m)
-        groups.setdefault(key, {})[ext.lower()] = f.read() if f else b""
+        ext = ext.lower()
+        if ext in samples[-1][1]:
+          samples[-1][2] = True
+        samples[-1][1][ext] = f.read() if f else b""
     except (tarfile.TarError, OSError, EOFError):
-      groups.setdefault("__truncated_tar__", {})["truncated"] = b""
+      truncated = True
   for name in unsafe:
-    yield Item(key=name, split=split, problem="unsafe_path")
-  for key, parts in groups.items():
-    if "truncated" in parts:
-      yield Item(key=f"{os.path.basename(path)}:rest", split=split, problem="truncated_tar")
+    yield Item(key=f"{prefix}/{name}", split=split, problem="unsafe_path")
+  for key, parts, duplicate in samples:
+    key = f"{prefix}/{key}"
+    if duplicate:
+      yield Item(key=key, split=split, problem="duplicate_key")
       continue
     img_ext = next((e for e in IMAGE_EXTS if e in parts), None)
     meta = None
@@ -151,38 +179,65 @@ def read_tar(path: str, split: str) -> Iterator[Item]:
       continue
     yield Item(key=key, split=split, data=parts[img_ext], label=label, caption=caption or None,
                meta=meta)
+  if truncated:
+    yield Item(key=f"{prefix}:rest", split=split, problem="truncated_tar")
 
 
-def list_imagefolder(src: str, split_fraction: float) -> list[Item]:
-  entries = sorted(d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d)))
-  if not entries:
+def _files_under(root: str) -> list[str]:
+  return sorted(os.path.relpath(os.path.join(dp, f), root)
+                for dp, _, fs in os.walk(root) for f in fs)
+
+
+def list_imagefolder(src: str, split_fraction: float,
+                     recursive: bool = False) -> tuple[list[Item], list[str]]:
+  """(items, class names). ``SRC/<split>/<class>/<image>`` when any top-level folder is a split
+  name, else ``SRC/<class>/<image>``. Anything else is listed as a skipped item with its
+  reason: ``stray_dir`` (every file under a top-level folder that is not a split, e.g.
+  ``.ipynb_checkpoints``), ``stray_file`` (a file where folders were expected), ``nested``
+  (images in folders inside a class folder, unless ``recursive``: then they belong to it).
+  Every class folder is a class, empty or not."""
+  entries = sorted(os.listdir(src))
+  dirs = [e for e in entries if os.path.isdir(os.path.join(src, e))]
+  if not dirs:
     raise SystemExit(f"error: imagefolder {src!r} has no class or split subdirectories")
-  layouts = []
-  if all(e in SPLIT_NAMES for e in entries):
-    for split in entries:
-      layouts.append((split, os.path.join(src, split)))
+  items: list[Item] = []
+  split_dirs = [e for e in dirs if e in SPLIT_NAMES]
+  if split_dirs:
+    layouts = [(split, os.path.join(src, split)) for split in split_dirs]
+    for e in dirs:
+      if e not in SPLIT_NAMES:
+        items += [Item(key=f"{e}/{f}", split="train", problem="stray_dir")
+                  for f in _files_under(os.path.join(src, e))]
   else:
-    layouts.append((None, src))
-  items = []
+    layouts = [(None, src)]
+  items += [Item(key=e, split="train", problem="stray_file") for e in entries
+            if os.path.isfile(os.path.join(src, e))]
+  classes: set[str] = set()
   for split, root in layouts:
+    if split is not None:
+      items += [Item(key=f"{split}/{e}", split="train", problem="stray_file")
+                for e in sorted(os.listdir(root)) if os.path.isfile(os.path.join(root, e))]
     for cls in sorted(os.listdir(root)):
       cdir = os.path.join(root, cls)
       if not os.path.isdir(cdir):
         continue
-      for fname in sorted(os.listdir(cdir)):
-        path = os.path.join(cdir, fname)
-        if not os.path.isfile(path):
-          continue
+      classes.add(cls)
+      for rel in _files_under(cdir):
+        nested = os.sep in rel
         s = split
         if s is None:  # a stable, per-file split: same answer on every run and machine
-          h = zlib.crc32(f"{cls}/{fname}".encode()) / 2**32
+          h = zlib.crc32(f"{cls}/{rel}".encode()) / 2**32
           s = "test" if h < split_fraction else "train"
-        items.append(Item(key=f"{cls}/{fname}", split=s, path=path, label=cls))
-  return items
+        items.append(Item(key=f"{cls}/{rel}", split=s, path=os.path.join(cdir, rel),
+                          label=cls, problem="nested" if nested and not recursive else None))
+  return items, sorted(classes)
 
 
 def list_csv(path: str, image_column: str, label_column: str | None,
              caption_column: str | None, split_column: str | None) -> list[Item]:
+  """One item per row; rows with fewer fields than the header (``short_row``) or more
+  (``long_row``), an empty or negative numeric label (``bad_label``) or a split value that is
+  not a plain name (``bad_split``: it would become a file name) are skipped items."""
   base = os.path.dirname(os.path.abspath(path))
   with open(path, newline="") as f:
     reader = csv.DictReader(f)
@@ -194,13 +249,74 @@ def list_csv(path: str, image_column: str, label_column: str | None,
                          f"(columns: {', '.join(cols)})")
     items = []
     for i, row in enumerate(reader):
-      p = row[image_column]
+      p = row.get(image_column) or ""
+      key = f"{i}:{p}"
+      problem = None
+      if None in row.values():
+        problem = "short_row"
+      elif None in row:
+        problem = "long_row"
+      label = row[label_column].strip() if label_column and row.get(label_column) else None
+      split = (row.get(split_column) or "").strip() if split_column else "train"
+      if problem is None and label_column and (
+          not label or (label.lstrip("-").isdigit() and int(label) < 0)):
+        problem = "bad_label"
+      if problem is None and not safe_split(split):
+        problem = "bad_split"
       full = p if os.path.isabs(p) else os.path.join(base, p)
       items.append(Item(
-          key=f"{i}:{p}", split=row[split_column] if split_column else "train", path=full,
-          label=row[label_column] if label_column else None,
-          caption=(row[caption_column] or "").strip() or None if caption_column else None))
+          key=key, split=split if safe_split(split) else "train", path=full, label=label,
+          problem=problem,
+          caption=((row.get(caption_column) or "").strip() or None) if caption_column else None))
   return items
+
+
+def list_coco(annotations: str, images: str, skip_categories: str = ""
+              ) -> tuple[list[Item], list[str]]:
+  """COCO-style annotation files (Caltech Camera Traps, iNaturalist, LILA): ``SPLIT=FILE[,...]``
+  or one FILE (split 'train'); image paths are ``file_name`` under ``images``. One label per
+  image: an image whose annotations name several categories is ``multi_label``, one without
+  any ``no_label``, one of a category in ``skip_categories`` (e.g. 'empty') ``skipped_category``.
+  Class names are every category of the files (sorted by name), images or not."""
+  pairs = [a.partition("=") for a in annotations.split(",") if a.strip()]
+  files = [(split if eq else "train", f if eq else split) for split, eq, f in pairs]
+  skip = {c.strip() for c in skip_categories.split(",") if c.strip()}
+  items: list[Item] = []
+  names: set[str] = set()
+  for split, path in files:
+    if not safe_split(split):
+      raise SystemExit(f"error: coco: split name {split!r} is not a plain name")
+    try:
+      with open(path) as f:
+        coco = json.load(f)
+    except (OSError, ValueError) as e:
+      raise SystemExit(f"error: coco {path!r}: {e}") from None
+    for k in ("images", "annotations", "categories"):
+      if not isinstance(coco.get(k), list):
+        raise SystemExit(f"error: coco {path!r}: no {k!r} list (not a COCO annotation file)")
+    cats = {c["id"]: str(c["name"]) for c in coco["categories"]}
+    names |= {n for n in cats.values() if n not in skip}
+    by_image: dict[Any, set] = collections.defaultdict(set)
+    for a in coco["annotations"]:
+      by_image[a.get("image_id")].add(a.get("category_id"))
+    for im in coco["images"]:
+      found = by_image.get(im.get("id"), set())
+      labels = {cats.get(c, f"unknown:{c}") for c in found}
+      problem = None
+      if not labels:
+        problem = "no_label"
+      elif len(labels) > 1:
+        problem = "multi_label"
+      elif labels <= skip:
+        problem = "skipped_category"
+      elif any(l.startswith("unknown:") for l in labels):
+        problem = "bad_label"
+      meta = {k: v for k, v in im.items() if k not in ("file_name",)}
+      fname = str(im.get("file_name", ""))
+      items.append(Item(key=f"{split}/{im.get('id')}:{fname}", split=split,
+                        path=os.path.join(images, fname), label=next(iter(labels), None),
+                        meta=meta, problem=problem))
+  return items, sorted(names)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -231,6 +347,7 @@ def convert_shard(job: ShardJob, opts: dict) -> dict:
     with open(done) as f:
       return json.load(f)
   items = job.items if job.items is not None else read_tar(job.tar_path, job.tar_split)
+  label_map = LabelMap(set(opts["class_names"])) if opts.get("class_names") else None
   writers, tmp_paths = {}, {}
   stats = {"shard": job.index, "files": {}, "counts": collections.Counter(),
            "labels": collections.Counter(), "skipped": collections.Counter(), "captions": 0}
@@ -255,6 +372,8 @@ def convert_shard(job: ShardJob, opts: dict) -> dict:
     record = {"image": data, "key": item.key, "height": h, "width": w}
     if item.label is not None:
       record["label"] = item.label  # names mapped to ids when the manifest is assembled
+      if label_map is not None:  # classes known from the listing: ids written at once
+        record["label"], record["label_name"] = label_map(item.label), str(item.label)
     if item.caption:
       record["caption"] = item.caption
       stats["captions"] += 1
@@ -326,64 +445,128 @@ def _relabel(dst: str, files: list[str], label_map: LabelMap):
 
 # ----------------------------------------------------------------------------- main
 
-def plan(kind: str, src: str, args) -> list[ShardJob]:
+def plan(kind: str, src: str, args) -> tuple[list[ShardJob], list[str] | None]:
+  """(jobs, class names when the listing knows them). Deterministic: every host of a
+  multi-host conversion computes the same plan."""
   if kind == "webdataset":
     tars = sorted(glob.glob(src) if any(c in src for c in "*?[") else (
         glob.glob(os.path.join(src, "*.tar")) if os.path.isdir(src) else [src]))
     if not tars:
       raise SystemExit(f"error: webdataset {src!r}: no .tar files")
-    return [ShardJob(i, len(tars), tar_path=t, tar_split=args.split) for i, t in enumerate(tars)]
+    return [ShardJob(i, len(tars), tar_path=t, tar_split=args.split)
+            for i, t in enumerate(tars)], None
+  names = None
   if kind == "imagefolder":
     if not os.path.isdir(src):
       raise SystemExit(f"error: imagefolder {src!r} is not a directory")
-    items = list_imagefolder(src, args.split_fraction)
+    items, names = list_imagefolder(src, args.split_fraction, args.recursive)
+  elif kind == "coco":
+    if not args.images:
+      raise SystemExit("error: coco needs --images=DIR (where the files named in the JSON are)")
+    items, names = list_coco(src, args.images, args.skip_categories)
   else:
     if not os.path.isfile(src):
       raise SystemExit(f"error: csv {src!r} does not exist")
     items = list_csv(src, args.image_column, args.label_column, args.caption_column,
                      args.split_column)
-  n = max(1, min(args.num_shards or max(1, len(items) // 10000), max(1, len(items))))
-  return [ShardJob(i, n, items=items[i::n]) for i in range(n)]
+    labels = {i.label for i in items if i.label is not None and i.problem is None}
+    names = LabelMap(labels).names if labels else None
+  n = max(1, min(args.output_shards or max(1, len(items) // 10000), max(1, len(items))))
+  return [ShardJob(i, n, items=items[i::n]) for i in range(n)], names
 
 
-def run(kind: str, src: str, dst: str, args) -> dict:
+def _write_json(path: str, obj) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+def run(kind: str, src: str, dst: str, args) -> dict | None:
+  """Converts this host's share of the jobs (all of them on one host) and, on one host,
+  writes the manifest; returns it (None on a host of a multi-host conversion)."""
   t0 = time.time()
+  if not 0 <= args.shard_index < args.num_shards:
+    raise SystemExit(f"error: --shard_index={args.shard_index} is not in "
+                     f"0..{args.num_shards - 1} (--num_shards={args.num_shards})")
   os.makedirs(dst, exist_ok=True)
-  jobs = plan(kind, src, args)
+  jobs, class_names = plan(kind, src, args)
   opts = {"dst": dst, "max_side": args.max_side, "quality": args.quality,
-          "max_pixels": args.max_pixels,
+          "max_pixels": args.max_pixels, "class_names": class_names,
           "require_text": kind == "webdataset" and not args.allow_missing_text}
-  already = sum(os.path.exists(_done_path(dst, j)) for j in jobs)
-  print(f"converting {kind} {src} -> {dst}: {len(jobs)} shard(s)"
+  the_plan = {"kind": kind, "src": src, "num_jobs": len(jobs), "class_names": class_names,
+              "options": {k: v for k, v in opts.items() if k not in ("dst", "class_names")}}
+  plan_path = os.path.join(dst, PLAN)
+  if os.path.exists(plan_path):
+    with open(plan_path) as f:
+      before = json.load(f)
+    if before != the_plan:
+      raise SystemExit(f"error: {dst} holds a conversion of other inputs or options "
+                       f"({plan_path}); use a new DST")
+  else:
+    _write_json(plan_path, the_plan)
+  mine = [j for j in jobs if j.index % args.num_shards == args.shard_index]
+  already = sum(os.path.exists(_done_path(dst, j)) for j in mine)
+  host = (f" (host shard {args.shard_index}/{args.num_shards}: {len(mine)} of them)"
+          if args.num_shards > 1 else "")
+  print(f"converting {kind} {src} -> {dst}: {len(jobs)} shard(s){host}"
         + (f", {already} already done (resuming)" if already else ""), flush=True)
-  results = []
-  work = [(j, opts) for j in jobs]
-  if args.workers > 1 and len(jobs) > 1:
+  work = [(j, opts) for j in mine]
+  if args.workers > 1 and len(mine) > 1:
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(args.workers) as pool:
-      for i, r in enumerate(pool.imap_unordered(_run_job, work), 1):
-        results.append(r)
-        _progress(i, len(jobs), t0)
+      for i, _ in enumerate(pool.imap_unordered(_run_job, work), 1):
+        _progress(i, len(mine), t0)
   else:
     for i, w in enumerate(work, 1):
-      results.append(_run_job(w))
-      _progress(i, len(jobs), t0)
-  results.sort(key=lambda r: r["shard"])
+      _run_job(w)
+      _progress(i, len(mine), t0)
+  if args.num_shards > 1:
+    print(f"host shard {args.shard_index}/{args.num_shards} done ({len(mine)} output shards); "
+          f"when every host is done: python -m big_transfer.data.convert merge {dst}",
+          flush=True)
+    return None
+  return merge(dst)
 
+
+def merge(dst: str) -> dict:
+  """Assembles ``DST/manifest.json`` from the finished shards' statistics (every shard of the
+  plan must be done); maps class names to ids where the listing did not know them."""
+  plan_path = os.path.join(dst, PLAN)
+  if not os.path.exists(plan_path):
+    raise SystemExit(f"error: merge {dst}: no {PLAN} (not a conversion's output directory)")
+  with open(plan_path) as f:
+    the_plan = json.load(f)
+  n = the_plan["num_jobs"]
+  missing = [i for i in range(n) if not os.path.exists(_done_path(dst, ShardJob(i, n)))]
+  if missing:
+    raise SystemExit(f"error: merge {dst}: {len(missing)} of {n} shards are not done yet "
+                     f"(e.g. {', '.join(str(i) for i in missing[:5])}): run their hosts first")
+  results = []
+  for i in range(n):
+    with open(_done_path(dst, ShardJob(i, n))) as f:
+      results.append(json.load(f))
+  kind = the_plan["kind"]
   splits: dict[str, dict] = {}
   skipped = collections.Counter()
   label_counts = collections.Counter()
   for r in results:
     skipped.update(r["skipped"])
     label_counts.update(r["labels"])
-    for split, fname in r["files"].items():
+    for split, fname in sorted(r["files"].items()):
       s = splits.setdefault(split, {"files": [], "num_examples": 0})
       s["files"].append(fname)
       s["num_examples"] += r["counts"][split]
+  class_names = the_plan["class_names"]
   labels = {k.split("\t", 1)[1] for k in label_counts}
-  label_map = LabelMap(labels) if labels else None
-  if label_map is not None:  # class names (folders, CSV values, .cls text) -> integer ids
-    _relabel(dst, [f for s in splits.values() for f in s["files"]], label_map)
+  label_map = None
+  if class_names:
+    label_map = LabelMap(set(class_names))
+  elif labels:  # webdataset .cls labels: known only now; records rewritten with ids
+    label_map = LabelMap(labels)
+    relabelled = os.path.join(dst, ".relabelled.json")
+    if not os.path.exists(relabelled):
+      _relabel(dst, [f for s in splits.values() for f in s["files"]], label_map)
+      _write_json(relabelled, {"class_names": label_map.names})
   for split, s in splits.items():
     per_class = collections.Counter()
     for k, v in label_counts.items():
@@ -392,28 +575,30 @@ def run(kind: str, src: str, dst: str, args) -> dict:
         per_class[label_map.names[label_map(lab)]] += v
     if per_class:
       s["per_class"] = dict(sorted(per_class.items()))
+  seen = {c for s in splits.values() for c in s.get("per_class", {})}
+  empty = [c for c in (label_map.names if label_map else []) if c not in seen]
   schema = {"image": "encoded image bytes", "key": "str", "height": "int", "width": "int"}
   if label_map is not None:
     schema["label"] = "int (index into class_names)"
+    schema["label_name"] = "str"
   if any(r["captions"] for r in results):
     schema["caption"] = "str"
-  if kind == "webdataset":
-    schema["meta"] = "json str (the sample's .json, when present)"
+  if kind in ("webdataset", "coco"):
+    schema["meta"] = "json str (the sample's .json / the COCO image entry)"
   manifest = {
-      "format": "big_transfer.arrayrecord/1", "source": {"kind": kind, "path": src},
+      "format": "big_transfer.arrayrecord/1", "source": {"kind": kind, "path": the_plan["src"]},
       "splits": splits, "class_names": label_map.names if label_map else None,
-      "schema": schema, "skipped": dict(sorted(skipped.items())),
-      "num_skipped": sum(skipped.values()),
-      "options": {"max_side": args.max_side, "max_pixels": args.max_pixels},
+      "empty_classes": empty, "schema": schema, "skipped": dict(sorted(skipped.items())),
+      "num_skipped": sum(skipped.values()), "options": the_plan["options"],
   }
-  with open(os.path.join(dst, sources.MANIFEST) + ".tmp", "w") as f:
-    json.dump(manifest, f, indent=1)
-  os.replace(os.path.join(dst, sources.MANIFEST) + ".tmp", os.path.join(dst, sources.MANIFEST))
+  _write_json(os.path.join(dst, sources.MANIFEST), manifest)
   counts = ", ".join(f"{k}: {v['num_examples']}" for k, v in sorted(splits.items()))
   why = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()))
   total = sum(s["num_examples"] for s in splits.values())
   print(f"wrote {total} examples ({counts}) to {dst}; skipped {sum(skipped.values())}"
-        + (f" ({why})" if why else ""), flush=True)
+        + (f" ({why})" if why else "")
+        + (f"; empty classes kept in class_names: {', '.join(empty)}" if empty else ""),
+        flush=True)
   return manifest
 
 
@@ -423,34 +608,59 @@ def _progress(i, n, t0):
   print(f"  shard {i}/{n} done, {i / dt:.2f} shards/s, eta {eta:.0f}s", flush=True)
 
 
+def _split_name(text: str) -> str:
+  if not safe_split(text):
+    raise argparse.ArgumentTypeError(f"{text!r} is not a plain split name (letters, digits, _)")
+  return text
+
+
 def parse_args(argv):
   p = argparse.ArgumentParser(prog="python -m big_transfer.data.convert",
-                              description=__doc__.split("\n\n")[0])
-  p.add_argument("kind", choices=("imagefolder", "webdataset", "csv"))
-  p.add_argument("src", help="image folder, tar file / directory / glob, or CSV file")
+                              description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  p.add_argument("kind", choices=("imagefolder", "webdataset", "csv", "coco"))
+  p.add_argument("src", help="image folder, tar file / directory / glob, CSV file, or COCO "
+                             "annotations (FILE or SPLIT=FILE,SPLIT=FILE)")
   p.add_argument("dst", help="output directory (ArrayRecord shards + manifest.json)")
   p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-  p.add_argument("--num_shards", type=int, default=0,
-                 help="output shards (imagefolder/csv; default ~10k examples each)")
+  p.add_argument("--output_shards", type=int, default=0,
+                 help="output shards (imagefolder/csv/coco; default ~10k examples each; "
+                      "webdataset: one per input tar)")
+  p.add_argument("--num_shards", type=int, default=1,
+                 help="hosts sharing this conversion (each runs it with its --shard_index; "
+                      "then `convert merge DST` on one)")
+  p.add_argument("--shard_index", type=int, default=0, help="this host's index")
   p.add_argument("--max_side", type=int, default=0,
-                 help="re-encode images whose longer side exceeds this (JPEG)")
+                 help="re-encode images whose longer side exceeds this (JPEG); 0: never")
   p.add_argument("--quality", type=int, default=95)
   p.add_argument("--max_pixels", type=int, default=89_478_485,
                  help="refuse larger images (decompression bombs)")
   p.add_argument("--split_fraction", type=float, default=0.0,
                  help="imagefolder SRC/<class>/<image>: fraction of images put in 'test'")
-  p.add_argument("--split", default="train", help="webdataset: the split these shards form")
+  p.add_argument("--recursive", action="store_true",
+                 help="imagefolder: images in folders inside a class folder belong to it "
+                      "(default: skipped as 'nested')")
+  p.add_argument("--split", default="train", type=_split_name,
+                 help="webdataset: the split these shards form")
   p.add_argument("--allow_missing_text", action="store_true",
                  help="webdataset: keep images without a caption")
   p.add_argument("--image_column", default="image")
   p.add_argument("--label_column", default=None)
   p.add_argument("--caption_column", default=None)
   p.add_argument("--split_column", default=None)
+  p.add_argument("--images", default=None, help="coco: the directory file_name is relative to")
+  p.add_argument("--skip_categories", default="",
+                 help="coco: comma-separated category names to leave out (e.g. empty)")
   return p.parse_args(argv)
 
 
 def main(argv=None):
-  args = parse_args(sys.argv[1:] if argv is None else argv)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if argv[:1] == ["merge"]:
+    if len(argv) != 2:
+      raise SystemExit("usage: python -m big_transfer.data.convert merge DST")
+    return merge(argv[1])
+  args = parse_args(argv)
   args.max_side = args.max_side or None
   return run(args.kind, args.src, args.dst, args)
 
