@@ -100,11 +100,19 @@ def transfer_data(config) -> dict[str, Any]:
     train_idx, val_idx = fewshot.train_val_split(labels, config.val_fraction, seed)
     val = sources.Subset(pool, val_idx)
   k = parse_shots(config.shots)
+  # Full-data runs may retrain on train + val once the hyperparameters are chosen: the pool.
+  refit = (sources.Subset(pool, np.arange(len(pool)))
+           if k is None and opened["val"] is None else None)
   if k is not None:
     train_idx = train_idx[fewshot.sample_shots(labels[train_idx], k, seed)]
+  test_subsampled = None
+  if k is not None and config.test_shots:  # as the authors' five sets: k test images per class
+    test = sources.Subset(test, fewshot.sample_shots(fewshot.labels_of(test), k, seed + 1))
+    test_subsampled = k
   num_classes = config.num_classes or (len(names) if names else int(labels.max()) + 1)
   return dict(train=sources.Subset(pool, train_idx), val=val, test=test, class_names=names,
-              num_classes=num_classes, shots=k, shot_seed=seed)
+              num_classes=num_classes, shots=k, shot_seed=seed, refit=refit,
+              test_subsampled=test_subsampled)
 
 
 def _apply_bit_rule(config, num_train: int, image_size: int | None):
@@ -225,8 +233,8 @@ class Session:
     return put_like(host, like)
 
   # --------------------------------------------------------------- evaluation
-  def accuracy(self, weights: dict, split: str) -> float:
-    """Top-1 accuracy of device ``weights`` ({params, model_state}) on 'val' or 'test'."""
+  def evaluator(self, split: str):
+    """The (cached) exact evaluator of {params, model_state} on 'val' or 'test'."""
     from flax import nnx
     from big_transfer.data import pipeline
     from big_transfer.evaluators.classification import Evaluator
@@ -247,7 +255,11 @@ class Session:
                                      threads=self.config.data_threads)
       self._evaluators[split] = Evaluator(split, make_ds, apply, self.mesh, self.shardings,
                                           len(source))
-    return dict(self._evaluators[split].run(weights))[f"{split}/accuracy"]
+    return self._evaluators[split]
+
+  def accuracy(self, weights: dict, split: str) -> float:
+    """Top-1 accuracy of device ``weights`` ({params, model_state}) on 'val' or 'test'."""
+    return dict(self.evaluator(split).run(weights))[f"{split}/accuracy"]
 
   def _cache_key(self) -> str:
     import hashlib
@@ -330,21 +342,35 @@ class Session:
                                 seed=self.config.seed)
     raise TransferError(f"config.lp.solver={c.solver!r}: closed_form or sgd")
 
-  def finetune(self, lr: float, head) -> tuple[dict, int]:
-    """One fine-tuning run at ``lr`` in WORKDIR/lr_<lr> (resumable); returns (device weights,
-    steps)."""
-    from big_transfer import config_lib, train
+  def finetune(self, lr: float, head, *, batch_size: int | None = None,
+               epochs: float | None = None, train=None, name: str | None = None,
+               test_every_epoch: bool = False) -> tuple[dict, dict]:
+    """One fine-tuning run (resumable) at ``lr`` — and ``batch_size`` / ``epochs`` when given,
+    else the config's — on ``train`` (default: the k-shot training subset), in
+    WORKDIR/``name`` (default ``lr_<lr>[_b<batch>_e<epochs>]``). Returns (device weights,
+    {steps, batch_size, epochs, test_by_epoch}); ``test_by_epoch`` (test accuracy after every
+    epoch, the authors' selection) only with ``test_every_epoch``."""
+    import math
+    from big_transfer import config_lib
+    from big_transfer import train as train_lib
     from big_transfer.transfer import put_like
     c = copy.deepcopy(self.config)
-    n_train, n_dev = len(self.data["train"]), self.mesh.devices.size
+    source = self.data["train"] if train is None else train
+    n_train, n_dev = len(source), self.mesh.devices.size
+    if batch_size:
+      c.batch_size = int(batch_size)
+    if epochs:
+      c.total_steps, c.total_epochs, c.total_examples = None, float(epochs), None
     # Few-shot sets can be smaller than a batch: shrink it (a multiple of the device count).
     c.batch_size = max(n_dev, min(c.batch_size, n_train - n_train % n_dev or n_dev))
     steps = config_lib.resolve_steps(c.total_steps, c.total_epochs, c.total_examples,
                                      batch_size=c.batch_size, num_examples=n_train)
     c.total_steps, c.total_epochs, c.total_examples = steps, None, None
     c.optimizer.lr = float(lr)
-    # The published 500 warm-up steps are most of a few-shot run: at most a fifth of it.
-    c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, steps // 5)
+    # The published 500 warm-up steps are most of a few-shot run: capped at warmup_cap of it
+    # (0: uncapped, as the authors ran; their short runs never reach the peak lr).
+    if c.warmup_cap > 0:
+      c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, int(steps * c.warmup_cap))
     c.optimizer.warmup_epochs = None
     c.checkpoint_every = min(c.checkpoint_every, steps)
     c.eval_data = "none"
@@ -358,10 +384,47 @@ class Session:
       if "ema_params" in state:
         state["ema_params"] = put_like(init["params"], state["ema_params"])
       return state
-    state = train.run(c, os.path.join(self.workdir, f"lr_{lr:g}"), devices=self.devices,
-                      method=self.method, train_source=self.data["train"],
-                      initialize=initialize)
-    return {"params": state["params"], "model_state": state["model_state"]}, steps
+    name = name or (f"lr_{lr:g}" + (f"_b{batch_size}" if batch_size else "")
+                    + (f"_e{epochs:g}" if epochs else ""))
+    workdir = os.path.join(self.workdir, name)
+    per_epoch = max(1, math.ceil(n_train / c.batch_size))
+    evaluators = [(_OnWeights(self.evaluator("test")), per_epoch)] if test_every_epoch else []
+    state = train_lib.run(c, workdir, devices=self.devices, method=self.method,
+                          train_source=source, initialize=initialize, evaluators=evaluators)
+    info = {"steps": steps, "batch_size": c.batch_size, "epochs": steps * c.batch_size / n_train}
+    if test_every_epoch:
+      from big_transfer.logging import read_metrics
+      by_step = {r["step"]: r["test/accuracy"] for r in read_metrics(workdir)
+                 if "test/accuracy" in r}
+      info["test_by_epoch"] = [by_step[k] for k in sorted(by_step)]
+    return {"params": state["params"], "model_state": state["model_state"]}, info
+
+
+class _OnWeights:
+  """An evaluator of {params, model_state}, run on a training state (train.run's evaluators)."""
+
+  def __init__(self, evaluator):
+    self.evaluator = evaluator
+
+  def run(self, state):
+    return self.evaluator.run({"params": state["params"], "model_state": state["model_state"]})
+
+
+def grid_points(config) -> tuple[list[tuple[float, int | None, float | None]], str]:
+  """The hyperparameter grid of a fine-tuning protocol: (lr, batch or None, epochs or None)
+  points (None: the config's) and its description. ``config.paper_grid`` names a downstream
+  set of the authors' log: their grid on it (lr x batch x epochs)."""
+  if not config.paper_grid:
+    return [(float(lr), None, None) for lr in config.lrs], "config.lrs"
+  from big_transfer import published
+  protocol = "lp_ft" if config.protocol == "lp_ft" else "ft"
+  points = published.authors_grid(config.paper_grid, protocol)
+  if not points:
+    known = sorted({r.downstream for r in published.runs() if r.protocol == protocol})
+    raise TransferError(f"config.paper_grid={config.paper_grid!r}: the authors' log has no "
+                        f"{protocol} runs on it (known: {', '.join(known)})")
+  return ([(lr, b, float(e)) for lr, b, e in points],
+          f"the authors' log ({config.paper_grid}, {protocol}, {len(points)} points)")
 
 
 def _pretrain_fields(pre) -> dict[str, Any]:
@@ -399,6 +462,8 @@ def run(config, workdir: str, devices=None) -> list[dict]:
           "seed": c.seed, "shot_seed": d["shot_seed"], "num_train": len(d["train"]),
           "num_val": len(d["val"]), "num_test": len(d["test"]), "head_init": s.head_init,
           "selection": "val", "tags": parse_tags(c.tags), "workdir": os.path.abspath(workdir)}
+  if d["test_subsampled"]:
+    base["test_subsampled"] = d["test_subsampled"]  # k test images per class (the authors')
 
   head = None
   if s.head_init == "text":
@@ -417,36 +482,56 @@ def run(config, workdir: str, devices=None) -> list[dict]:
                  "grid": [{"l2": k, "val_accuracy": v} for k, v in scores.items()],
                  "val_accuracy": scores[chosen], "test_accuracy": test, "steps": 0})
   else:  # ft, lp_ft, wise_ft
-    init_host = None
     if s.head_init == "probe":
       kernel, bias, chosen, _ = s.probe()
       head = (kernel, bias)
       log_lib.info(f"probe head: l2 {chosen:g}")
-    grid = []
-    for lr in c.lrs:
-      w, steps = s.finetune(lr, head)
-      val, test = s.accuracy(w, "val"), s.accuracy(w, "test")
-      grid.append({"lr": float(lr), "val_accuracy": val, "test_accuracy": test,
-                   "steps": steps, "weights": w})
-      log_lib.info(f"lr {lr:g}: val {val:.4f}")
-    best = max(grid, key=lambda g: (g["val_accuracy"], -g["lr"]))
-    public = [{k: v for k, v in g.items() if k != "weights"} for g in grid]
-    hp = {"lr": best["lr"], "optimizer": c.optimizer.name, "batch_size": c.batch_size,
-          "weight_decay": c.optimizer.weight_decay, "schedule": c.optimizer.schedule,
-          "schedule_rule": c.schedule_rule or "config", "mixup_alpha": c.mixup_alpha}
+    points, grid_name = grid_points(c)
+    by_epoch = bool(c.paper_grid)  # the authors' selection: best test over epochs too
+    grid, best, best_weights = [], None, None
+    for i, (lr, batch, epochs) in enumerate(points, 1):
+      w, info = s.finetune(lr, head, batch_size=batch, epochs=epochs,
+                           test_every_epoch=by_epoch)
+      g = {"lr": float(lr), "batch_size": info["batch_size"],
+           "epochs": float(epochs) if epochs else round(info["epochs"], 3),
+           "val_accuracy": s.accuracy(w, "val"),
+           "test_accuracy": s.accuracy(w, "test"), "steps": info["steps"]}
+      if by_epoch:
+        g["test_by_epoch"] = info["test_by_epoch"]
+      grid.append(g)
+      if best is None or (g["val_accuracy"], -g["lr"]) > (best["val_accuracy"], -best["lr"]):
+        best, best_weights = g, w  # only the best weights are kept (device memory)
+      log_lib.info(f"[{i}/{len(points)}] lr {lr:g} batch {info['batch_size']} "
+                   f"{g['epochs']:g} epochs: val {g['val_accuracy']:.4f}")
+    hp = {"lr": best["lr"], "batch_size": best["batch_size"], "epochs": best["epochs"],
+          "optimizer": c.optimizer.name, "weight_decay": c.optimizer.weight_decay,
+          "schedule": c.optimizer.schedule, "schedule_rule": c.schedule_rule or "config",
+          "mixup_alpha": c.mixup_alpha, "warmup_cap": c.warmup_cap, "grid": grid_name}
+    test_selected = max(max(g.get("test_by_epoch") or [g["test_accuracy"]]) for g in grid)
     if c.protocol != "wise_ft":
-      rows.append({**base, "hyperparameters": hp, "grid": public,
-                   "val_accuracy": best["val_accuracy"], "test_accuracy": best["test_accuracy"],
-                   "test_selected_accuracy": max(g["test_accuracy"] for g in grid),
-                   "steps": best["steps"]})
+      row = {**base, "hyperparameters": hp, "grid": grid,
+             "val_accuracy": best["val_accuracy"], "test_accuracy": best["test_accuracy"],
+             "test_selected_accuracy": test_selected,
+             "test_selected_by": "best test over the grid" + (" and epochs" if by_epoch else ""),
+             "steps": best["steps"]}
+      if c.refit_full and d["refit"] is not None:
+        # Chosen on validation; then trained once more on train + val (all of the pool).
+        w, info = s.finetune(best["lr"], head, batch_size=best["batch_size"],
+                             epochs=best["epochs"], train=d["refit"], name="refit")
+        row["refit"] = {"on": "train+val", "num_train": len(d["refit"]),
+                        "steps": info["steps"], "test_accuracy_before": best["test_accuracy"]}
+        row["test_accuracy"] = s.accuracy(w, "test")
+        log_lib.info(f"refit on train+val ({len(d['refit'])} examples): test "
+                     f"{row['test_accuracy']:.4f} (before: {best['test_accuracy']:.4f})")
+      rows.append(row)
     else:  # WiSE-FT: theta(alpha) = (1 - alpha) theta_0 + alpha theta_ft, each alpha reported
       init_host = s.initial_weights(head)
-      ft = jax.device_get(best["weights"])
+      ft = jax.device_get(best_weights)
       for alpha in c.wise_ft.alphas:
         mixed = jax.tree.map(lambda a, b: (1 - alpha) * np.asarray(a, np.float32)
                              + alpha * np.asarray(b, np.float32), init_host, ft)
         w = s.to_device(mixed)
-        rows.append({**base, "hyperparameters": {**hp, "alpha": float(alpha)}, "grid": public,
+        rows.append({**base, "hyperparameters": {**hp, "alpha": float(alpha)}, "grid": grid,
                      "val_accuracy": s.accuracy(w, "val"),
                      "test_accuracy": s.accuracy(w, "test"), "steps": best["steps"]})
   wall = time.time() - t0

@@ -263,12 +263,13 @@ def make_train_step(method, graphdef, tx, lr_schedule, *, seed: int, ema_decay: 
 
 
 def run(config, workdir: str, *, devices=None, method=None, train_source=None,
-        initialize=None) -> dict[str, Any]:
+        initialize=None, evaluators=()) -> dict[str, Any]:
   """Trains to ``config.total_steps`` (resuming from ``workdir``); returns the final state.
 
   Transfer runs (finetune.py) reuse this loop with their own ``method`` object, an opened
-  ``train_source`` (a k-shot subset) and ``initialize(state) -> state``, applied once to a fresh
-  state (not to a resumed one) to load pre-trained weights."""
+  ``train_source`` (a k-shot subset), ``initialize(state) -> state``, applied once to a fresh
+  state (not to a resumed one) to load pre-trained weights, and more ``evaluators``
+  ((evaluator, every N steps) pairs; ``evaluator.run(state)`` yields (name, value))."""
   # ---------------------------------------------------------------- config and data
   # Everything a user can get wrong is checked here, before any array exists.
   data = prepare(config, workdir, train_source)
@@ -380,7 +381,7 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
 
   # ---------------------------------------------------------------- evaluators
   eval_every = config.eval_every or config.checkpoint_every
-  evaluators = []  # (evaluator, every N steps)
+  evaluators = list(evaluators)  # (evaluator, every N steps)
 
   def eval_model(state):
     """The model evaluators see: the EMA weights when the run keeps them."""

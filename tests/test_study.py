@@ -159,7 +159,7 @@ def test_report_figures_show_the_series_they_claim(tmp_path):
   np.testing.assert_allclose(spread["series"]["spread"]["y"], [0.3, 0.2, 0.03], atol=1e-9)
   (size,) = specs["accuracy_vs_size"]["panels"]
   assert size["xscale"] == "log" and size["series"]["5 shots"]["x"] == [1000.0, 4000.0]
-  assert size["hlines"] == {"reference, 5 shots": 0.75}
+  assert size["hlines"] == {"sup, 5 shots": 0.75}  # each reference arm its own line
   assert "method" not in specs and "captions" not in specs  # no such arms: no empty figure
 
   wd = tmp_path / "study"
@@ -176,12 +176,33 @@ def test_report_figures_show_the_series_they_claim(tmp_path):
   assert "| src_a | 50.0 ± 1.0 (2) | 70.0 ± 1.0 (2) | 90.0 ± 1.0 (2) |" in md
 
 
-def test_report_puts_published_numbers_beside_matching_arms(tmp_path):
-  rows = [{"protocol": "ft", "shots": "full", "seed": 0, "data": "tfds:cifar100",
-           "val_accuracy": 0.8, "test_accuracy": 0.81, "pretrain_size": "2.7M",
-           "tags": {"arm": "clip_laion_2.7m", "downstream": "cifar100",
-                    "published": "laion_2.7m"}}]
-  assert "| clip_laion_2.7m | 81.0 ± 0.0 [paper 83.7] |" in report.tables(report.aggregate(rows))
+def test_report_puts_published_numbers_beside_runs_of_the_same_protocol_only(tmp_path):
+  def row(protocol, shots, arm, published, **extra):
+    return {"protocol": protocol, "shots": shots, "seed": 0, "data": "tfds:x",
+            "val_accuracy": 0.8, "test_accuracy": 0.81, "test_selected_accuracy": 0.83,
+            "pretrain_size": "2.7M", "hyperparameters": {"grid": "config.lrs"},
+            "tags": {"arm": arm, "downstream": extra.pop("ds", "cifar100"),
+                     "published": published}, **extra}
+  agg = report.aggregate([
+      row("ft", "full", "clip_laion_2.7m", "laion_2.7m", refit={"on": "train+val"}),
+      row("lp", "full", "clip_laion_2.7m", "laion_2.7m"),  # no published linear probe
+      row("ft", "full", "simclr_cc12m", "simclr_cc12m_2.7m"),  # theirs is LP-FT only
+      row("lp_ft", "full", "simclr_cc12m", "simclr_cc12m_2.7m", ds="domainnet_real"),
+      row("ft", "5", "clip_cc3m", "cc3m", ds="domainnet_clipart"),
+      row("ft", "5", "clip_cc3m", "cc3m", ds="dtd")])
+  text = report.comparison(agg)
+  lines = [l for l in text.splitlines()[2:]]
+  assert len(lines) == 4, text
+  laion, real, clipart, dtd = sorted(lines, key=lambda l: ("laion" not in l, "real" not in l,
+                                                           "dtd" in l))
+  assert laion.startswith("| cifar100 | ft | clip_laion_2.7m | full | 81.0 | 83.0 | 83.7 | ")
+  assert "our grid: config.lrs" in laion and "no refit" not in laion
+  assert real.startswith("| domainnet_real | lp_ft | simclr_cc12m | full | 81.0 | 83.0 | 77.0 |")
+  assert "no refit" in real  # trained on train minus validation
+  assert "paper's test subsampled to 5 per class, ours the full test split" in clipart
+  assert "only outside the text's grid" not in clipart
+  assert "only outside the text's grid (lr 0.0001, batch 32, 128 epochs)" in dtd
+  assert "81.0 ± 0.0" not in report.tables(agg)  # one seed: no spread shown
 
 
 # ------------------------------------------------------------------------------ launchers

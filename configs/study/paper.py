@@ -1,18 +1,27 @@
 r"""Entezari et al. (2023), "The Role of Pre-training Data in Transfer Learning", as a study.
 
+  python -m big_transfer.study --config=configs/study/paper.py:root=/data --workdir=/runs/paper --check
   python -m big_transfer.study --config=configs/study/paper.py:root=/data --workdir=/runs/paper --dry_run
-  python -m big_transfer.study --config=configs/study/paper.py:root=/data --workdir=/runs/paper --print_commands
+  python -m big_transfer.study --config=configs/study/paper.py:root=/data,paper_grid=true --workdir=/runs/paper_grid
 
-Args: root (where the converted sources live: ROOT/<source> as ArrayRecord written by
-big_transfer.data.convert; ImageNet and most downstream sets come from TFDS), seeds (e.g. 3),
-protocols ('ft;lp').
+Args: root (ROOT/<source>: the sources converted to ArrayRecord by big_transfer.data.convert,
+docs/DATA.md says how for each; ROOT/checkpoints: the public ViT-B/32 CLIP checkpoints; TFDS
+sets are read from tfds_data_dir, or $TFDS_DATA_DIR), seeds (e.g. 3), protocols ('ft;lp'),
+paper_grid (run the authors' real grid — batch, epochs and learning rates from their results
+log — with their best-over-epochs test selection recorded beside our validation-selected
+numbers, and their uncapped warm-up), test_subsample (subsample few-shot test sets to k per
+class on the five sets where their code did).
 
 Arms (PAPER.md): CLIP on seven 2.7M-sample sources; the LAION and YFCC size sweeps (nested
 subsets); supervised ImageNet-1K; ImageNet with web vs. template captions; SimCLR vs. CLIP on
-CC-12M, RedCaps and Shutterstock; a from-scratch reference. Downstream: CIFAR-100, DTD,
-Caltech-101, Pets, DomainNet-Real, DomainNet-Clipart, EuroSAT, Cassava (TFDS) and Caltech Camera
-Traps (an image folder converted to ArrayRecord), at 1/5/10/20/full shots (CIFAR-100 also
-100 and 200).
+CC-12M, RedCaps and Shutterstock (these also run LP-FT: the published SimCLR numbers are
+LP-FT); from scratch; and the public ViT-B/32 CLIP checkpoints (OpenAI, LAION-400M, LAION-2B)
+as transfer-only references. Downstream: CIFAR-100, DTD, Caltech-101, Pets, DomainNet-Real,
+DomainNet-Clipart, EuroSAT, Cassava (TFDS) and Caltech Camera Traps (COCO annotations converted
+to ArrayRecord), at 1/5/10/20/full shots (CIFAR-100 also 100 and 200).
+
+Full-data runs choose hyperparameters on 10% of the training split, then retrain on all of it
+(refit_full); EuroSAT has no test split in TFDS: its last 20% is the test set, never in the pool.
 """
 
 import ml_collections
@@ -28,8 +37,13 @@ def _size_n(size: str) -> float:
   return float(size[:-1]) * 1e6
 
 
+_TRANSFER = config_lib.transfer_config()
+TRAIN_PP, EVAL_PP = _TRANSFER.pp_train, _TRANSFER.pp_eval
+
+
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, root="/data", seeds=3, protocols="ft;lp")
+  a = config_lib.parse_arg(arg, root="/data", seeds=3, protocols="ft;lp", paper_grid=False,
+                           test_subsample=False, tfds_data_dir="")
   c = ml_collections.ConfigDict()
   c.name = "paper"
   arms = []
@@ -47,7 +61,7 @@ def get_config(arg=None):
   for src in SOURCES_2_7M:
     size = "all" if src == "cc3m" else "2.7M"
     clip(f"clip_{src}_2.7m" if src != "cc3m" else "clip_cc3m", src, size,
-         group="sources" + ("+size" if src == "laion" else ""),
+         group="sources" + {"laion": "+size", "yfcc": "+size_yfcc"}.get(src, ""),
          published="cc3m" if src == "cc3m" else f"{src}_2.7m")
   # Size sweeps (nested subsets; 32 epochs on small YFCC as published).
   for size in LAION_SIZES:
@@ -57,27 +71,50 @@ def get_config(arg=None):
   for size in YFCC_SIZES:
     if size != "2.7M":
       clip(f"clip_yfcc_{size.lower()}", "yfcc", size,
-           epochs=32 if _size_n(size) <= 2.7e6 else 16, group="size_yfcc")
+           epochs=32 if _size_n(size) <= 2.7e6 else 16, group="size_yfcc",
+           published=f"yfcc_{size.lower()}")
   # Supervised ImageNet-1K, the reference line of the size plots.
   arms.append(dict(name="supervised_in1k", method="supervised", source="imagenet2012",
                    size="1.28M", group="reference", published="supervised_in1k",
                    num_examples=1.28e6, config="configs/pretrain/supervised.py"))
   # Text quality: ImageNet images with web captions vs. class-name templates.
-  clip("clip_in1k_web_captions", "in1k_captions", "all", epochs=32, group="captions")
+  clip("clip_in1k_web_captions", "in1k_captions", "all", epochs=32, group="captions",
+       published="in1k_web_captions")
   clip("clip_in1k_template_captions", "in1k_captions?captions=template", "all", epochs=90,
-       group="captions")
-  # Method: SimCLR vs. CLIP on the same 2.7M images.
+       group="captions", published="in1k_template_captions")
+  # Method: SimCLR vs. CLIP on the same 2.7M images; both also LP-FT (the published SimCLR
+  # numbers are LP-FT, and the log has CLIP LP-FT few-shot runs on these sources).
+  protocols = tuple(a.protocols.split(";"))
   for src in ("cc12m", "redcaps", "shutterstock"):
     arms.append(dict(name=f"simclr_{src}_2.7m", method="simclr", source=src, size="2.7M",
                      group="method", published=f"simclr_{src}_2.7m", num_examples=2.7e6,
+                     protocols=protocols + ("lp_ft",),
                      config=f"configs/pretrain/simclr.py:data=arrayrecord:{a.root}/{src},"
                             f"size=2.7M"))
     for arm in arms:
       if arm["name"] == f"clip_{src}_2.7m":
         arm["group"] += "+method"
+        arm["protocols"] = protocols + ("lp_ft", "zeroshot")
   # From scratch: CLIP's ResNet-50 trained on the downstream set alone.
   arms.append(dict(name="scratch", method="scratch", config="", model="clip_rn50",
                    group="reference", published="scratch", protocols=("ft",), shots=("full",)))
+  # Public ViT-B/32 CLIP checkpoints (docs/DATA.md, "Reference checkpoints"), converted once
+  # into workdirs by convert_checkpoint and transferred like the runs above.
+  for name, source, size, fname, model, pub in (
+      ("clip_vitb32_openai", "openai", "400M", "ViT-B-32.pt", "ViT-B-32-quickgelu",
+       "openai_400m_vitb32"),
+      ("clip_vitb32_laion400m", "laion", "400M", "vit_b_32-quickgelu-laion400m_e32-46683a32.pt",
+       "ViT-B-32-quickgelu", "laion_400m_vitb32"),
+      ("clip_vitb32_laion2b", "laion", "2B", "CLIP-ViT-B-32-laion2B-s34B-b79K.safetensors",
+       "ViT-B-32", "laion_2b_vitb32")):
+    arms.append(dict(name=name, method="clip", source=source, size=size, model="vit_b32",
+                     group="vit_b32", published=pub,
+                     convert=["--from=openclip", f"{a.root}/checkpoints/{fname}",
+                              f"--model={model}"],
+                     # CLIP's own normalisation: these weights were trained with it.
+                     transfer_overrides={
+                         "pp_train": TRAIN_PP.replace("imagenet", "clip"),
+                         "pp_eval": EVAL_PP.replace("imagenet", "clip")}))
   c.pretrain = arms
 
   def ds(name, data, num_train, num_classes, test_split="test", val_split="", shots=None):
@@ -100,7 +137,16 @@ def get_config(arg=None):
       ds("caltech_camera_traps", f"arrayrecord:{a.root}/caltech_camera_traps", 13553, 15),
   ]
   c.transfer_config = "configs/finetune/default.py"
-  c.protocols = tuple(a.protocols.split(";")) + ("zeroshot",)
+  c.transfer_overrides = {"data_dir": a.tfds_data_dir}
+  if a.paper_grid:  # the authors' grid per downstream set, their uncapped warm-up
+    for d in c.downstream:
+      d["overrides"].update(paper_grid=d["name"], warmup_cap=0.0)
+  if a.test_subsample:
+    for d in c.downstream:
+      if d["name"] in ("domainnet_real", "domainnet_clipart", "eurosat", "cassava",
+                       "caltech_camera_traps"):
+        d["overrides"]["test_shots"] = True
+  c.protocols = protocols + ("zeroshot",)
   c.shots = ("1", "5", "10", "20", "full")
   c.seeds = tuple(range(a.seeds))
   c.transfer_epochs = 128
