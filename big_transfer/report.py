@@ -91,30 +91,36 @@ def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
   def shots_axis(keys):
     return sorted({k[3] for k in keys}, key=shot_key)
 
+  # Figures 1 and 2: a panel per downstream set and protocol (fine-tuning and probes side by
+  # side: the paper's finding is how the source's effect changes between them).
+  pairs = [(ds, p) for ds in downstreams for p in protocols
+           if any(k[1] == ds and k[2] == p for k in agg)]
+
   # 1. accuracy against shots, one series per arm
   panels = []
-  for ds in downstreams:
-    keys = [k for k in agg if k[1] == ds and k[2] == main]
+  for ds, protocol in pairs:
+    keys = [k for k in agg if k[1] == ds and k[2] == protocol]
     xs = shots_axis(keys)
     series = {}
     for arm in sorted({k[0] for k in keys}):
-      pts = [(x, agg[(arm, ds, main, x)]) for x in xs if (arm, ds, main, x) in agg]
+      pts = [(x, agg[(arm, ds, protocol, x)]) for x in xs if (arm, ds, protocol, x) in agg]
       series[arm] = {"x": [p[0] for p in pts], "y": [p[1]["mean"] for p in pts],
                      "err": [p[1]["std"] for p in pts]}
-    panels.append({"title": f"{ds} ({main})", "xlabel": "shots per class",
+    panels.append({"title": f"{ds} ({protocol})", "xlabel": "shots per class",
                    "ylabel": "test accuracy", "xcategories": xs, "series": series})
   specs["accuracy_vs_shots"] = {"title": "Transfer accuracy against shots", "panels": panels}
 
   # 2. spread across pre-training sources against shots (max - min of the source arms)
   panels = []
-  for ds in downstreams:
-    keys = [k for k in agg if k[1] == ds and k[2] == main and "sources" in groups_of(agg[k])]
+  for ds, protocol in pairs:
+    keys = [k for k in agg if k[1] == ds and k[2] == protocol
+            and "sources" in groups_of(agg[k])]
     xs = shots_axis(keys)
     spread = []
     for x in xs:
       vals = [agg[k]["mean"] for k in keys if k[3] == x]
       spread.append(max(vals) - min(vals) if len(vals) >= 2 else float("nan"))
-    panels.append({"title": f"{ds} ({main})", "xlabel": "shots per class",
+    panels.append({"title": f"{ds} ({protocol})", "xlabel": "shots per class",
                    "ylabel": "spread across sources (max - min accuracy)", "xcategories": xs,
                    "series": {"spread": {"x": xs, "y": spread, "err": [0.0] * len(xs)}},
                    "n_sources": len({k[0] for k in keys})})
@@ -176,7 +182,10 @@ def draw(spec: dict, path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   panels = spec["panels"]
-  fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+  # One y scale across panels that show the same quantity: panels compare at a glance.
+  share = len({p["ylabel"] for p in panels}) == 1 and not any(p.get("kind") for p in panels)
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False,
+                           sharey=share)
   for ax, p in zip(axes[0], panels):
     cats = p.get("xcategories")
     if p.get("kind") == "bar":

@@ -159,13 +159,20 @@ def expand(study, workdir: str) -> list[Run]:
       arm["workdir"] = wd
     else:  # from scratch
       arm["workdir"] = ""
+  # Per-protocol limits (e.g. full fine-tuning on fewer shots, seeds or downstream sets than
+  # the cheap linear probes): {protocol: {shots, seeds, downstream}}.
+  limits = {k: dict(v) for k, v in dict(study.get("protocol_settings", {})).items()}
   for arm in arms.values():
     protocols = tuple(arm.get("protocols") or study.protocols)
     for ds in study.downstream:
       ds = dict(ds)
       for protocol in protocols:
-        shots_list = tuple(arm.get("shots") or ds.get("shots") or study.shots)
-        seeds = tuple(study.seeds)
+        limit = limits.get(protocol, {})
+        if limit.get("downstream") and ds["name"] not in limit["downstream"]:
+          continue
+        shots_list = tuple(arm.get("shots") or limit.get("shots") or ds.get("shots")
+                           or study.shots)
+        seeds = tuple(limit.get("seeds") or study.seeds)
         if protocol == "zeroshot":
           if arm.get("method") not in ("clip", "slip"):
             continue  # zero-shot needs a text tower
@@ -183,6 +190,7 @@ def expand(study, workdir: str) -> list[Run]:
             if not arm["workdir"] and arm.get("model"):  # from scratch: its architecture
               args.append(f"model={arm['model']}")
             overrides = {**dict(study.get("transfer_overrides", {})),
+                         **dict(limit.get("overrides", {})),
                          **dict(ds.get("overrides", {})),
                          **dict(arm.get("transfer_overrides", {})),
                          "results_file": os.path.join(workdir, "results.jsonl"),

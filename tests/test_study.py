@@ -240,7 +240,12 @@ def test_mini_study_end_to_end(tmp_path):
   assert {r["tags"]["arm"] for r in rows} >= {"clip_glyphs", "simclr_glyphs",
                                               "supervised_glyphs", "scratch"}
   assert {r["tags"]["downstream"] for r in rows} == {"digits", "letters"}
+  assert {r["protocol"] for r in rows} == {"lp", "ft", "zeroshot"}
+  ft = {(r["tags"]["arm"], r["shots"]) for r in rows if r["protocol"] == "ft"}
+  assert len(ft) == 7 * 2  # every arm, random init included, fine-tuned at 5 shots and full
   specs = json.load(open(tmp_path / "report" / "specs.json"))
+  titles = [p["title"] for p in specs["spread_vs_shots"]["panels"]]
+  assert titles == ["digits (ft)", "digits (lp)", "letters (lp)"]
   assert {"accuracy_vs_shots", "spread_vs_shots", "accuracy_vs_size", "method"} <= set(specs)
 
 

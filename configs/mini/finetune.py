@@ -33,6 +33,9 @@ def get_config(arg=None):
   c.pp_train = "to_rgb|resize(36)|random_crop(32)|value_range(-1, 1)"
   c.pp_eval = "to_rgb|resize(36)|central_crop(32)|value_range(-1, 1)"
   c.optimizer.update(name="adamw", weight_decay=0.05, warmup_steps=20, schedule="cosine")
+  # Full-data runs train on the 90% of train left after the validation split (no refit on
+  # train + val afterwards, which configs/finetune/default.py does): half the time.
+  c.refit_full = False
   c.zeroshot.templates = "a handwritten {};a scan of a {};the character {} written by hand"
   c.log_every = 20
   c.checkpoint_every = 200
