@@ -261,6 +261,7 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
   for _ in range(n_pipe):
     next(it)
   pipeline_rate = n_pipe * batch_size / (time.perf_counter() - t0)
+  it.close()
   del it, ds
 
   # The bare jitted step: compile, then `steps` dispatched back to back on one batch.
@@ -439,7 +440,7 @@ def bench_checkpoint(state, abstract, shardings, row) -> dict:
     ck.wait()
     save_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    step, restored = ck.restore_latest(ckpt_lib.abstract_like(abstract, shardings))
+    step, restored, _, _ = ck.restore_latest(ckpt_lib.abstract_like(abstract, shardings))
     jax.block_until_ready(restored)
     restore_s = time.perf_counter() - t0
     ck.close()

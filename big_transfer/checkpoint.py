@@ -1,25 +1,45 @@
-"""Orbax checkpoints: train state + Grain iterator state together, resume, fallback, transfer.
+"""Orbax checkpoints: train state and loader position together, verified, resume, fallback.
 
-Layout: ``WORKDIR/checkpoints/<step>/{state,data}``. Saves are asynchronous (the loop goes on
-while the arrays are written); only finalised checkpoints are listed, so a run killed mid-save
-resumes from the previous one. A checkpoint that fails to restore is moved aside to
-``WORKDIR/checkpoints_corrupt/<step>`` (nothing is deleted) and the next older one is tried.
-Restores always pass target shardings, so a checkpoint moves between meshes and device counts.
+Layout: ``WORKDIR/checkpoints/<step>/{state,loader,CHECKSUMS.json}``. Saves are asynchronous
+(the loop goes on while the arrays are written); only finalised checkpoints are listed, so a run
+killed mid-save resumes from the previous one. When a save is finalised, a CRC32 of every file
+it wrote goes into ``CHECKSUMS.json``; a restore checks them first.
+
+Restoring tells three failures apart:
+  - corrupt (a checksum that does not match, a file missing, a checkpoint that does not read
+    back): moved aside to ``WORKDIR/checkpoints_corrupt/<step>`` (nothing is deleted) and the
+    next older one is tried;
+  - incompatible (written by another model or optimiser): a CheckpointError naming the
+    mismatched parameters; nothing is moved;
+  - transient (an I/O error a retry may not see: a timeout, an unavailable file system): retried,
+    then a CheckpointError; nothing is moved.
+The loader's position is the step itself (batches are a function of their index), so a
+checkpoint resumes on any number of processes, devices or data workers. Restores always pass
+target shardings, so a checkpoint moves between meshes and device counts.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
 import os
 import shutil
+import time
+import zlib
 from typing import Any
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+
+CHECKSUMS = "CHECKSUMS.json"
+TRANSIENT_ERRNOS = {errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED,
+                    errno.EMFILE, errno.ENFILE, errno.EBUSY, errno.ESTALE, errno.EINTR}
+TRANSIENT_WORDS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
+                   "Too many open files", "Connection reset", "timed out")
 
 
 class CheckpointError(RuntimeError):
@@ -34,6 +54,81 @@ def abstract_like(state, shardings=None):
                       state, shardings)
 
 
+def _chain(e: BaseException):
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    yield e
+    e = e.__cause__ or e.__context__
+
+
+def is_transient(e: BaseException) -> bool:
+  for x in _chain(e):
+    if isinstance(x, OSError) and x.errno in TRANSIENT_ERRNOS:
+      return True
+    if isinstance(x, TimeoutError) or any(w in str(x) for w in TRANSIENT_WORDS):
+      return True
+  return False
+
+
+def is_disk_full(e: BaseException) -> bool:
+  return any((isinstance(x, OSError) and x.errno == errno.ENOSPC)
+             or "No space left on device" in str(x) for x in _chain(e))
+
+
+def _first_line(e: BaseException) -> str:
+  text = str(e).strip()
+  return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+
+
+def _crc32(path: str) -> str:
+  crc = 0
+  with open(path, "rb") as f:
+    while chunk := f.read(1 << 22):
+      crc = zlib.crc32(chunk, crc)
+  return f"{crc:08x}"
+
+
+# Orbax may rewrite its own bookkeeping after a save; the data and array files it may not.
+_UNCHECKED = (CHECKSUMS, "_CHECKPOINT_METADATA")
+
+
+def _files(step_dir: str) -> list[str]:
+  return sorted(os.path.relpath(os.path.join(dp, f), step_dir)
+                for dp, _, fs in os.walk(step_dir) for f in fs if f not in _UNCHECKED)
+
+
+def seal(step_dir: str) -> None:
+  """Writes the checksums of a finalised checkpoint's files (once)."""
+  path = os.path.join(step_dir, CHECKSUMS)
+  if os.path.exists(path):
+    return
+  sums = {f: _crc32(os.path.join(step_dir, f)) for f in _files(step_dir)}
+  with open(path + ".tmp", "w") as f:
+    json.dump({"crc32": sums}, f, indent=0, sort_keys=True)
+  os.replace(path + ".tmp", path)
+
+
+def verify(step_dir: str) -> str | None:
+  """None when every file matches its checksum (or the checkpoint was never sealed), else
+  what is wrong, in one line."""
+  path = os.path.join(step_dir, CHECKSUMS)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      sums = json.load(f)["crc32"]
+  except (OSError, ValueError, KeyError) as e:
+    return f"{CHECKSUMS} unreadable ({_first_line(e)})"
+  for rel, want in sums.items():
+    full = os.path.join(step_dir, rel)
+    if not os.path.exists(full):
+      return f"{rel} is missing"
+    if _crc32(full) != want:
+      return f"{rel} does not match its checksum (bytes changed after the save)"
+  return None
+
+
 class Checkpointer:
   """Keeps the last ``keep`` checkpoints (and every ``keep_every``-th step, if set)."""
 
@@ -43,23 +138,62 @@ class Checkpointer:
     self.directory = os.path.join(self.workdir, "checkpoints")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_every or None,
-        enable_async_checkpointing=async_save, create=True)
+        enable_async_checkpointing=async_save, create=True,
+        async_options=(ocp.AsyncOptions(post_finalization_callback=self._seal_finished)
+                       if async_save else None))
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self.failed = False
+
+  def _seal_finished(self):
+    """After every finalised save: checksums for the checkpoints that have none yet."""
+    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+      return
+    for name in os.listdir(self.directory):
+      step_dir = os.path.join(self.directory, name)
+      if name.isdigit() and os.path.isdir(step_dir):
+        try:
+          seal(step_dir)
+        except OSError as e:  # a checkpoint deleted by keep-last-N meanwhile, a full disk
+          log.warning("checkpoint %s: checksums not written (%s)", step_dir, _first_line(e))
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def save(self, step: int, state, data_iter=None):
-    args = {"state": ocp.args.StandardSave(state)}
-    if data_iter is not None:
-      args["data"] = grain.checkpoint.CheckpointSave(data_iter)
-    self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+  def _save_error(self, step: int | None, e: BaseException) -> CheckpointError:
+    # An asynchronous save fails in the background; the error surfaces at a later call. The
+    # failing step is the one its path names.
+    import re
+    named = [m for x in _chain(e) for m in re.findall(r"checkpoints/(\d+)", str(x))]
+    where = f"{self.directory}/{named[0] if named else step}"
+    self.failed = True
+    if is_disk_full(e):
+      usage = shutil.disk_usage(self.directory)
+      return CheckpointError(
+          f"saving checkpoint {where} failed: no space left on device ({usage.free / 2**30:.2f} "
+          f"GiB free of {usage.total / 2**30:.2f} GiB); the previous checkpoints are intact; "
+          f"free space and run the same command again to resume")
+    return CheckpointError(f"saving checkpoint {where} failed: {_first_line(e)}; the previous "
+                           f"checkpoints are intact")
 
-  def _restore(self, step, abstract_state, data_iter):
+  def save(self, step: int, state, loader: dict | None = None):
+    """Saves (asynchronously) the state and the loader's bookkeeping (``next_batch``,
+    ``skipped``); a failure — this save's or an earlier asynchronous one's — is one
+    CheckpointError line."""
+    args = {"state": ocp.args.StandardSave(state)}
+    if loader is not None:
+      args["loader"] = ocp.args.JsonSave(loader)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+    except Exception as e:  # noqa: BLE001  one line, the cause named
+      raise self._save_error(step, e) from None
+
+  def _restore(self, step, abstract_state) -> tuple[Any, dict]:
     args = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None:
-      args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
-    return self.manager.restore(step, args=ocp.args.Composite(**args))["state"]
+    has_loader = os.path.isdir(os.path.join(self.directory, str(step), "loader"))
+    if has_loader:
+      args["loader"] = ocp.args.JsonRestore()
+    out = self.manager.restore(step, args=ocp.args.Composite(**args))
+    return out["state"], (dict(out["loader"]) if has_loader else {})
 
   def _check_structure(self, step, abstract_state):
     """A checkpoint of another model or optimiser is a config error, not corruption."""
@@ -71,26 +205,46 @@ class Checkpointer:
           f"than this config ({len(mismatches)} mismatches: {'; '.join(mismatches[:6])}"
           f"{' ...' if len(mismatches) > 6 else ''}); use a new --workdir")
 
-  def restore_latest(self, abstract_state, data_iter=None) -> tuple[int, Any] | None:
-    """Restores the newest checkpoint that reads back; None when there is none.
+  def restore_latest(self, abstract_state, retries: int = 3, backoff_s: float = 2.0
+                     ) -> tuple[int | None, Any, dict, list[str]]:
+    """The newest checkpoint that verifies and reads back: (step, state, loader info, problems
+    with newer ones). (None, None, {}, problems) when none does — ``problems`` says for each
+    checkpoint why (empty: there were none).
 
-    Raises CheckpointError when the newest readable checkpoint has another structure."""
+    Raises CheckpointError for an incompatible checkpoint or a transient failure that
+    outlasts ``retries``: neither is corruption, and nothing is moved aside."""
+    problems: list[str] = []
     for step in reversed(self.steps()):
-      try:
-        self._check_structure(step, abstract_state)
-      except CheckpointError:
-        raise
-      except Exception:  # noqa: BLE001  unreadable metadata: corrupt, handled below
-        pass
-      try:
-        return step, self._restore(step, abstract_state, data_iter)
-      except Exception as e:  # noqa: BLE001  (any failure to read means a bad checkpoint)
-        msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-        log.warning("checkpoint %s/%d does not restore (%s: %s); moving it aside and "
-                    "falling back to the previous one", self.directory, step,
-                    type(e).__name__, msg)
-        self._move_aside(step)
-    return None
+      step_dir = os.path.join(self.directory, str(step))
+      bad = verify(step_dir)
+      if bad is None:
+        try:
+          self._check_structure(step, abstract_state)
+        except CheckpointError:
+          raise
+        except Exception:  # noqa: BLE001  unreadable metadata: the restore below says more
+          pass
+        for attempt in range(retries + 1):
+          try:
+            state, loader = self._restore(step, abstract_state)
+            return step, state, loader, problems
+          except Exception as e:  # noqa: BLE001  classified below
+            if not is_transient(e):
+              bad = f"does not restore ({_first_line(e)})"
+              break
+            if attempt == retries:
+              raise CheckpointError(
+                  f"checkpoint {step_dir} could not be read after {retries + 1} tries "
+                  f"({_first_line(e)}); a transient failure, not corruption: nothing moved "
+                  f"aside; run again when the file system is back") from None
+            log.warning("checkpoint %s: %s; retrying in %.0fs", step_dir, _first_line(e),
+                        backoff_s * 2 ** attempt)
+            time.sleep(backoff_s * 2 ** attempt)
+      problems.append(f"step {step}: {bad}")
+      log.warning("checkpoint %s %s; moving it aside to checkpoints_corrupt/ and falling "
+                  "back to the previous one", step_dir, bad)
+      self._move_aside(step)
+    return None, None, {}, problems
 
   def _move_aside(self, step: int):
     src = os.path.join(self.directory, str(step))
@@ -106,28 +260,54 @@ class Checkpointer:
       multihost_utils.sync_global_devices(f"checkpoint_move_aside_{step}")
     self.manager.reload()
 
+  def check(self):
+    """Raises (one CheckpointError line) if an asynchronous save has failed meanwhile: the
+    loop stops at once instead of training on without checkpoints."""
+    try:
+      self.manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001
+      raise self._save_error(self.manager.latest_step(), e) from None
+
   def wait(self):
-    self.manager.wait_until_finished()
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self._save_error(self.manager.latest_step(), e) from None
 
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    if self.failed:  # a failed save's threads are left to the exit: closing them only adds
+      return         # tracebacks ("Event loop is closed") after the one error line
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self._save_error(self.manager.latest_step(), e) from None
+    finally:
+      if not self.failed:
+        self.manager.close()
+    self._seal_finished()  # synchronous saves (async_save=False) have no callback
 
 
-def find_checkpoint(path: str) -> tuple[str, int]:
-  """A workdir, its checkpoints dir or one step dir -> (checkpoints dir, step)."""
+def find_checkpoints(path: str) -> tuple[str, list[int]]:
+  """A workdir, its checkpoints dir or one step dir -> (checkpoints dir, steps newest first;
+  only the given one for a step dir)."""
   path = os.path.abspath(path)
   for d in (os.path.join(path, "checkpoints"), path):
     if os.path.isdir(d):
       steps = [int(s) for s in os.listdir(d) if s.isdigit()
                and os.path.isdir(os.path.join(d, s, "state"))]
       if steps:
-        return d, max(steps)
+        return d, sorted(steps, reverse=True)
   base = os.path.basename(path)
   if base.isdigit() and os.path.isdir(os.path.join(path, "state")):
-    return os.path.dirname(path), int(base)
+    return os.path.dirname(path), [int(base)]
   raise CheckpointError(f"no checkpoint found at {path!r} (expected a workdir, its "
                         f"checkpoints/ directory or a checkpoints/<step> directory)")
+
+
+def find_checkpoint(path: str) -> tuple[str, int]:
+  """(checkpoints dir, newest step) of a workdir, its checkpoints dir or one step dir."""
+  directory, steps = find_checkpoints(path)
+  return directory, steps[0]
 
 
 def _metadata_tree(item_dir: str):
@@ -151,18 +331,37 @@ def structure_mismatches(saved_tree, target_tree) -> list[str]:
   return out
 
 
-def load_state(path: str) -> tuple[dict, int]:
-  """The full saved train state as host numpy arrays (any mesh it was saved from)."""
-  directory, step = find_checkpoint(path)
+def _load_step(directory: str, step: int) -> dict:
   item = os.path.join(directory, str(step), "state")
-  ckptr = ocp.StandardCheckpointer()
   from big_transfer.logging import quiet_absl
   with quiet_absl():  # orbax warns about optional metadata files
     tree = _metadata_tree(item)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
-  restored = ckptr.restore(item, target)
-  return jax.tree.map(np.asarray, restored), step
+  return jax.tree.map(np.asarray, ocp.StandardCheckpointer().restore(item, target))
+
+
+def load_state(path: str) -> tuple[dict, int]:
+  """The full saved train state as host numpy arrays (any mesh it was saved from), from the
+  newest checkpoint that verifies and reads back (an older one, with a warning, when the newest
+  is corrupt; a given step directory: that one only). Nothing is moved: this reads another
+  run's checkpoints."""
+  directory, steps = find_checkpoints(path)
+  problems = []
+  for step in steps:
+    bad = verify(os.path.join(directory, str(step)))
+    if bad is None:
+      try:
+        state = _load_step(directory, step)
+      except Exception as e:  # noqa: BLE001  a transient error is not retried here
+        bad = f"does not restore ({_first_line(e)})"
+      else:
+        if problems:
+          log.warning("%s: using checkpoint %d; newer ones are unusable: %s", directory, step,
+                      "; ".join(problems))
+        return state, step
+    problems.append(f"step {step}: {bad}")
+  raise CheckpointError(f"no usable checkpoint in {directory}: " + "; ".join(problems))
 
 
 def load_params(path: str) -> tuple[dict, int]:

@@ -60,8 +60,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_classes = placeholder(int)  # default: from the source's class names
   c.pp_train = "decode|inception_crop(224)|flip_lr|value_range(-1,1)"
   c.pp_eval = "decode|resize_small(256)|central_crop(224)|value_range(-1,1)"
-  c.data_threads = 8  # Grain read threads per process
-  c.data_workers = 0  # Grain multiprocess workers (0: preprocess in threads)
+  # Input: `data_workers` spawned processes per JAX process each build whole batches (0: this
+  # process builds them, in a background thread); `data_threads` preprocess a batch's
+  # examples concurrently (split among the workers when there are some).
+  c.data_threads = 8
+  c.data_workers = 0
   # Duration: exactly one of these; resolved to steps by resolve_steps().
   c.batch_size = 256  # global, over all processes and devices
   c.total_steps = placeholder(int)
@@ -74,6 +77,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
   c.keep_every = placeholder(int)  # also keep every N-th step forever
+  # When checkpoints exist but none restores (all corrupt), a run stops with an error naming
+  # each; True starts again from step 0 instead (saying so).
+  c.allow_fresh_start = False
+  # Stop (one error line) when more than this share of recent records fail preprocessing.
+  c.max_skip_fraction = 0.5
   c.seed = 0
   # Start from another checkpoint of the same model (e.g. one made by convert_checkpoint), by
   # name, instead of random weights; init_skip: comma-separated name prefixes kept fresh.
@@ -307,6 +315,13 @@ def validate(config) -> None:
                       f"{', '.join(optim.SCHEDULES)}")
   if config.dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"config.dtype={config.dtype!r}: not float32 or bfloat16")
+  for key, value in config.optimizer.items():
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"config.optimizer.{key}={value}: must be a finite number")
+  if config.optimizer.lr < 0:
+    raise ConfigError(f"config.optimizer.lr={config.optimizer.lr}: must not be negative")
+  if not 0 < config.max_skip_fraction <= 1:
+    raise ConfigError(f"config.max_skip_fraction={config.max_skip_fraction}: must be in (0, 1]")
   for key in ("batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
     if config[key] <= 0:
       raise ConfigError(f"config.{key}={config[key]}: must be positive")

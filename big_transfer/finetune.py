@@ -439,17 +439,34 @@ def _pretrain_fields(pre) -> dict[str, Any]:
 
 
 def run(config, workdir: str, devices=None) -> list[dict]:
-  """Runs the configured protocol; returns (and appends) the result rows."""
+  """Runs the configured protocol; returns (and appends, exactly once) the result rows. The
+  workdir is locked for the run."""
+  import jax
+  from big_transfer import logging as log_lib
+  from big_transfer import runlock, transfer
+  done_path = os.path.join(workdir, "done.json")
+  lock = (runlock.WorkdirLock(workdir, log_lib.info).acquire() if jax.process_index() == 0
+          else None)
+  try:
+    if os.path.exists(done_path):
+      with open(done_path) as f:
+        rows = json.load(f)["rows"]
+      log_lib.info(f"already done: {done_path} ({len(rows)} rows)")
+    else:
+      rows = _run(config, workdir, devices, done_path)
+    if jax.process_index() == 0:  # idempotent: also heals a stop between done.json and here
+      transfer.append_results(rows, os.path.join(workdir, "results.jsonl"), config.results_file)
+    return rows
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run(config, workdir: str, devices, done_path: str) -> list[dict]:
   import jax
   import numpy as np
   from big_transfer import logging as log_lib
   from big_transfer import transfer
-  done_path = os.path.join(workdir, "done.json")
-  if os.path.exists(done_path):
-    with open(done_path) as f:
-      rows = json.load(f)["rows"]
-    log_lib.info(f"already done: {done_path} ({len(rows)} rows)")
-    return rows
   t0 = time.time()
   s = Session(config, workdir, devices)
   c, d = s.config, s.data
@@ -535,10 +552,11 @@ def run(config, workdir: str, devices=None) -> list[dict]:
                      "val_accuracy": s.accuracy(w, "val"),
                      "test_accuracy": s.accuracy(w, "test"), "steps": best["steps"]})
   wall = time.time() - t0
-  for r in rows:
+  run_id = os.path.abspath(workdir)
+  for i, r in enumerate(rows):
     r["wall_time_s"] = round(wall, 2)
-  if jax.process_index() == 0:
-    transfer.append_results(rows, os.path.join(workdir, "results.jsonl"), c.results_file)
+    r["row_id"] = f"{run_id}#{i}"  # results files hold each row once, whatever reruns happen
+  if jax.process_index() == 0:  # the done marker first: the rows are appended from it
     os.makedirs(workdir, exist_ok=True)
     with open(done_path + ".tmp", "w") as f:
       json.dump({"rows": rows}, f, indent=1, default=transfer._json_default)

@@ -20,22 +20,44 @@ def _scalar(v):
 
 
 class MetricWriter:
-  """Writes ``WORKDIR/metrics.jsonl`` (one object per logged step) and TensorBoard events."""
+  """Writes ``WORKDIR/metrics.jsonl`` (one object per logged step) and TensorBoard events.
 
-  def __init__(self, workdir: str, tensorboard: bool = True):
+  ``resume_step``: the step the run (re)starts from. Rows of later steps — written after that
+  checkpoint by a run that was then killed — are dropped, so every step appears once."""
+
+  def __init__(self, workdir: str, tensorboard: bool = True, resume_step: int = 0):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._file = None
     self._tb = None
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
+      self._drop_after(resume_step)
       self._file = open(self.path, "a")
       if tensorboard:
         try:
           from tensorboardX import SummaryWriter
-          self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+          self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                   purge_step=resume_step + 1 if resume_step else None)
         except ImportError:
           self._tb = None
+
+  def _drop_after(self, step: int):
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      lines = f.readlines()
+    keep = []
+    for line in lines:
+      try:
+        if json.loads(line).get("step", 0) <= step:
+          keep.append(line)
+      except ValueError:  # a line cut by a kill: dropped with the rest of that attempt
+        pass
+    if len(keep) != len(lines):
+      with open(self.path + ".tmp", "w") as f:
+        f.writelines(keep)
+      os.replace(self.path + ".tmp", self.path)
 
   def write(self, step: int, metrics: dict[str, Any]):
     if not self.enabled:
@@ -106,3 +128,35 @@ def quiet_absl():
     yield
   finally:
     absl_logging.set_verbosity(level)
+
+
+class _DropOrbaxSaveFailure:
+  """Drops the log records Orbax writes (with whole tracebacks) when a background save fails:
+  the save's caller reports the failure as one line naming its cause."""
+  NEEDLES = ("_SignalingThread.run() raised", "Handler Commit operations",
+             "Save Finalize thread", "exception was never retrieved")
+
+  def filter(self, record) -> bool:
+    try:
+      text = record.getMessage()
+    except Exception:  # noqa: BLE001
+      return True
+    if not any(n in text for n in self.NEEDLES):
+      return True
+    return "orbax" not in text + str(record.pathname) + str(record.exc_info)
+
+
+def quiet_library_noise():
+  """Known-benign console noise silenced at its source (``--verbosity`` keeps it): Orbax logs
+  a failed background save several times with whole tracebacks before the save's caller
+  reports it (as one line); after such a failure, tensorstore callbacks into the save's closed
+  event loop raise "Event loop is closed", one unraisable traceback each."""
+  import logging as py_logging
+  for handler in py_logging.getLogger().handlers:
+    handler.addFilter(_DropOrbaxSaveFailure())
+  default = sys.unraisablehook
+
+  def on_unraisable(u):
+    if not (isinstance(u.exc_value, RuntimeError) and "Event loop is closed" in str(u.exc_value)):
+      default(u)
+  sys.unraisablehook = on_unraisable

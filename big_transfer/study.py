@@ -83,13 +83,15 @@ def _flag_value(v) -> str:
 
 
 def pretrain_finished(workdir: str) -> bool:
-  """The resolved total step count (config.json) has a checkpoint."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  """The run wrote its done marker for the resolved total step count (config.json): its last
+  checkpoint is saved and complete (a workdir that merely exists is not a finished run)."""
+  paths = [os.path.join(workdir, n) for n in ("config.json", "done.json")]
+  if not all(os.path.exists(p) for p in paths):
     return False
-  with open(path) as f:
+  with open(paths[0]) as f:
     total = json.load(f)["resolved"]["total_steps"]
-  return os.path.isdir(os.path.join(workdir, "checkpoints", str(total), "state"))
+  with open(paths[1]) as f:
+    return json.load(f).get("step") == total
 
 
 def apply_overrides(config, overrides: dict[str, Any]):
@@ -327,6 +329,7 @@ def main(argv):
   del argv
   from absl import logging as absl_logging
   from big_transfer import logging as log_lib
+  from big_transfer import runlock
   if not FLAGS["verbosity"].present:
     absl_logging.set_verbosity(absl_logging.WARNING)
   if FLAGS.config is None or FLAGS.workdir is None:
@@ -391,6 +394,9 @@ def main(argv):
     try:
       _run_one(r)
       status[r.name] = "done"
+    except runlock.Preempted as e:  # stop the study too; run it again to go on
+      print(f"stopped: {r.name}: {e} (exit {runlock.PREEMPTED_EXIT})", file=sys.stderr)
+      sys.exit(runlock.PREEMPTED_EXIT)
     except Exception as e:  # noqa: BLE001 - one run's failure must not stop the study
       status[r.name] = "failed"
       log_lib.info(f"[{i + 1}/{len(todo)}] {r.name}: FAILED: {type(e).__name__}: "

@@ -269,11 +269,26 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
   Transfer runs (finetune.py) reuse this loop with their own ``method`` object, an opened
   ``train_source`` (a k-shot subset), ``initialize(state) -> state``, applied once to a fresh
   state (not to a resumed one) to load pre-trained weights, and more ``evaluators``
-  ((evaluator, every N steps) pairs; ``evaluator.run(state)`` yields (name, value))."""
-  # ---------------------------------------------------------------- config and data
+  ((evaluator, every N steps) pairs; ``evaluator.run(state)`` yields (name, value)).
+
+  The workdir is locked for the run (one run per workdir). SIGTERM / SIGINT finish the step,
+  save a checkpoint and raise runlock.Preempted."""
   # Everything a user can get wrong is checked here, before any array exists.
   data = prepare(config, workdir, train_source)
+  import jax
+  from big_transfer import logging as log_lib
+  from big_transfer import runlock
+  lock = runlock.WorkdirLock(workdir, log_lib.info).acquire() if jax.process_index() == 0 \
+      else None
+  try:
+    return _train(config, workdir, data, devices=devices, method=method, initialize=initialize,
+                  evaluators=evaluators)
+  finally:
+    if lock is not None:
+      lock.release()
 
+
+def _train(config, workdir: str, data: dict, *, devices, method, initialize, evaluators):
   import jax
   import ml_collections
   import numpy as np
@@ -281,7 +296,7 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
 
   from big_transfer import checkpoint as ckpt_lib
   from big_transfer import logging as log_lib
-  from big_transfer import methods, optim, sharding
+  from big_transfer import methods, optim, runlock, sharding
   from big_transfer.data import pipeline
   from big_transfer.evaluators.classification import Evaluator
 
@@ -292,7 +307,10 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
                f" epochs); workdir {workdir}")
 
   # ---------------------------------------------------------------- mesh
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
+  try:
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
+  except ValueError as e:
+    raise UserError(f"config.mesh: {str(e).removeprefix('mesh: ')}") from None
   n_dev = mesh.devices.size
   if config.batch_size % n_dev:
     raise UserError(f"config.batch_size={config.batch_size} is not divisible by {n_dev} "
@@ -316,12 +334,6 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
     method = methods.get(config.method, config, {"num_classes": data["num_classes"],
                                                  "class_names": data["class_names"],
                                                  "tokenizer": tok})
-  skipped = pipeline.SkipCounter()
-  train_ds = pipeline.train_dataset(
-      data["train_source"], pp=config.pp_train, batch_size=config.batch_size, seed=config.seed,
-      keys=method.batch_keys, process_index=pid, process_count=pcount,
-      threads=config.data_threads, workers=config.data_workers, skipped=skipped, bind=bind)
-  train_iter = iter(train_ds)
 
   # ---------------------------------------------------------------- model and optimiser
   opt_cfg = ml_collections.ConfigDict(config.optimizer.to_dict())
@@ -359,11 +371,19 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
   # ---------------------------------------------------------------- restore or init
   ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
                                keep_every=config.keep_every)
-  restored = ckpt.restore_latest(ckpt_lib.abstract_like(abstract, state_sh), train_iter)
-  if restored is not None:
-    start_step, state = restored
+  start_step, state, loader_info, problems = ckpt.restore_latest(
+      ckpt_lib.abstract_like(abstract, state_sh))
+  if start_step is not None:
     log_lib.info(f"resumed from {ckpt.directory}/{start_step}")
   else:
+    if problems and not config.allow_fresh_start:
+      raise ckpt_lib.CheckpointError(
+          f"no checkpoint in {ckpt.directory} restores ({'; '.join(problems)}); they are in "
+          f"checkpoints_corrupt/. Not starting again from step 0: set "
+          f"config.allow_fresh_start=True for that")
+    if problems:
+      log_lib.info(f"starting again from step 0 (allow_fresh_start): no checkpoint restores "
+                   f"({'; '.join(problems)})")
     start_step = 0
     # Random initialisers compile slowly on XLA:CPU (16s for a small ResNet); the init runs
     # once, so the CPU backend compiles it without optimisation (3s).
@@ -378,6 +398,25 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
       log_lib.info(f"initialised from {config.init_from}")
   if int(state["step"]) != start_step:
     raise RuntimeError(f"checkpoint step {start_step} holds state at step {int(state['step'])}")
+
+  # ---------------------------------------------------------------- input
+  # Global batch b is a pure function of b: the loader resumes from the step alone, on any
+  # number of processes, devices or data workers.
+  skipped = pipeline.SkipCounter(config.pp_train, config.max_skip_fraction)
+  skipped_before = int(loader_info.get("skipped", 0))  # every process's, before this start
+  train_iter = pipeline.train_dataset(
+      data["train_source"], pp=config.pp_train, batch_size=config.batch_size, seed=config.seed,
+      keys=method.batch_keys, process_index=pid, process_count=pcount,
+      threads=config.data_threads, workers=config.data_workers, skipped=skipped, bind=bind,
+      start_batch=start_step)
+
+  def skipped_total() -> int:
+    """Records skipped over the whole run, every process (a collective when several)."""
+    here = skipped.count
+    if pcount > 1:
+      from jax.experimental import multihost_utils
+      here = int(np.sum(multihost_utils.process_allgather(np.int64(here))))
+    return skipped_before + here
 
   # ---------------------------------------------------------------- evaluators
   eval_every = config.eval_every or config.checkpoint_every
@@ -438,8 +477,10 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
       evaluators.append((rt, config.retrieval.every or eval_every))
 
   # ---------------------------------------------------------------- loop
-  writer = log_lib.MetricWriter(workdir, tensorboard=config.tensorboard)
+  writer = log_lib.MetricWriter(workdir, tensorboard=config.tensorboard,
+                                resume_step=start_step)
   progress = log_lib.Progress(total_steps, start_step, config.batch_size)
+  stopper = runlock.StopSignals(pcount > 1)
   pending: list[dict] = []
   t_compile = time.perf_counter()
 
@@ -451,6 +492,7 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
           f"non-finite loss or gradient at step {bad}; stopping. Last good checkpoint: "
           f"{'step ' + str(last) if last is not None else 'none'} in {ckpt.directory}")
 
+  stopped = None
   try:
     for step in range(start_step + 1, total_steps + 1):
       batch = sharding.to_global(next(train_iter), mesh)
@@ -462,16 +504,19 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
                      f"(includes compile)")
         progress = log_lib.Progress(total_steps, step, config.batch_size)
 
-      last = step == total_steps
+      if stopper.stop_now(step) and step < total_steps:
+        stopped = step  # a preemption notice: log, save and stop after this step
+      last = step == total_steps or stopped is not None
       if step % config.log_every == 0 or last:
         rows = jax.device_get(pending)
         pending = []
         check_finite(step)
+        ckpt.check()  # a failed background save stops the run now, not at the next save
         mean = {f"train/{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]}
         rate = progress.update(step)
         mean.update({"train/examples_per_sec": rate["examples_per_sec"],
                      "train/steps_per_sec": rate["steps_per_sec"], "eta_s": rate["eta_s"],
-                     "train/skipped_records": skipped.count})
+                     "train/skipped_records": skipped_total()})
         writer.write(step, mean)
         log_lib.info(
             f"step {step}/{total_steps} loss {mean['train/loss']:.4f} "
@@ -479,17 +524,30 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
             f"eta {log_lib.format_duration(rate['eta_s'])}")
 
       for ev, every in evaluators:
-        if step % every == 0 or last:
+        if step % every == 0 or step == total_steps:
           results = dict(ev.run(state))
           writer.write(step, results)
           log_lib.info(f"step {step} " + " ".join(f"{k} {v:.4f}" for k, v in results.items()))
 
       if step % config.checkpoint_every == 0 or last:
         check_finite(step)  # never save a state that has seen a non-finite value
-        ckpt.save(step, state, train_iter)
+        ckpt.save(step, state, {"next_batch": step, "skipped": skipped_total()})
+      if stopped is not None:
+        break
   finally:
-    ckpt.close()
-    writer.close()
+    stopper.restore()
+    train_iter.close()
+    try:
+      ckpt.close()  # waits for the last asynchronous save
+    finally:
+      writer.close()
+  if stopped is not None:
+    raise runlock.Preempted(stopped, stopper.signum, ckpt.directory)
+  if pid == 0:
+    with open(os.path.join(workdir, "done.json.tmp"), "w") as f:
+      json.dump({"step": total_steps, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                            time.gmtime())}, f)
+    os.replace(os.path.join(workdir, "done.json.tmp"), os.path.join(workdir, "done.json"))
   log_lib.info(f"done: {total_steps} steps; checkpoints in {ckpt.directory}; skipped "
                f"{skipped.count} corrupt records (process {pid})")
   return state
@@ -498,7 +556,7 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
 def main_of(run_fn, extra_user_errors: tuple = ()):
   """An absl main for an entrypoint ``run_fn(config, workdir)``: quiet library logs, the
   required flags, jax.distributed, and bad input as one ``error:`` line (exit 2; a non-finite
-  loss exits 3)."""
+  loss exits 3; stopped by SIGTERM/SIGINT after saving: exit 75, run again to resume)."""
   def main(argv):
     del argv
     from absl import logging as absl_logging
@@ -507,15 +565,21 @@ def main_of(run_fn, extra_user_errors: tuple = ()):
     from big_transfer.data import sources
     if not FLAGS["verbosity"].present:  # orbax/grain log every save at INFO
       absl_logging.set_verbosity(absl_logging.WARNING)
+      from big_transfer import logging as log_lib
+      log_lib.quiet_library_noise()
     if FLAGS.config is None or FLAGS.workdir is None:
       print("error: --config and --workdir are required", file=sys.stderr)
       sys.exit(2)
+    from big_transfer import runlock
     try:
       maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                    FLAGS.process_id)
       run_fn(FLAGS.config, FLAGS.workdir)
+    except runlock.Preempted as e:
+      print(f"stopped: {e} (exit {runlock.PREEMPTED_EXIT})", file=sys.stderr)
+      sys.exit(runlock.PREEMPTED_EXIT)
     except (config_lib.ConfigError, sources.DataError, UserError, ckpt_lib.CheckpointError,
-            *extra_user_errors) as e:
+            runlock.LockError, *extra_user_errors) as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
     except FloatingPointError as e:

@@ -68,8 +68,9 @@ def _workdir_of(checkpoints_dir: str) -> str:
 
 
 def load_pretrained(path: str) -> Pretrained:
-  """A pre-training workdir, its checkpoints/ dir or one checkpoints/<step> dir."""
-  directory, step = ckpt_lib.find_checkpoint(path)
+  """A pre-training workdir, its checkpoints/ dir or one checkpoints/<step> dir; of a workdir,
+  the newest checkpoint that verifies and reads back."""
+  directory, _ = ckpt_lib.find_checkpoint(path)
   workdir = _workdir_of(directory)
   cfg_path = os.path.join(workdir, "config.json")
   if not os.path.exists(cfg_path):
@@ -80,7 +81,7 @@ def load_pretrained(path: str) -> Pretrained:
   if config.method not in IMAGE_TOWER:
     raise ckpt_lib.CheckpointError(f"{path}: method {config.method!r} has no image tower to "
                                    f"transfer (known: {', '.join(IMAGE_TOWER)})")
-  state, step = ckpt_lib.load_state(os.path.join(directory, str(step)))
+  state, step = ckpt_lib.load_state(path)
   keep = {k: state[k] for k in ("params", "model_state", "ema_params") if k in state}
   return Pretrained(path=path, step=step, workdir=workdir, config=config, state=keep)
 
@@ -414,14 +415,19 @@ def bit_hyperrule(num_examples: int, image_size: int | None = None) -> dict[str,
 # ----------------------------------------------------------------------------- results
 
 def append_results(rows: Sequence[dict], *paths: str) -> None:
-  """Appends JSON lines (one write per file, so concurrent runs do not interleave rows)."""
-  text = "".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n" for r in rows)
+  """Appends JSON lines (one write per file, so concurrent runs do not interleave rows), each
+  row once: rows whose ``row_id`` a file already holds are not written again."""
   for path in paths:
     if not path:
       continue
+    have = {r.get("row_id") for r in read_results(path)} if os.path.exists(path) else set()
+    new = [r for r in rows if r.get("row_id") is None or r["row_id"] not in have]
+    if not new:
+      continue
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a") as f:
-      f.write(text)
+      f.write("".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n"
+                      for r in new))
 
 
 def _json_default(v):

@@ -29,8 +29,11 @@ for ((i = 0; i < n; i++)); do
     "${args[@]}" > >(sed -u "s/^/[$i] /") 2>&1 &
   pids+=($!)
 done
+# The first non-zero exit code is the launcher's (75: stopped on a signal after saving).
 status=0
 for p in "${pids[@]}"; do
-  if ! wait "$p"; then status=1; cleanup; fi
+  wait "$p"; rc=$?
+  # A process that failed leaves the others waiting on it in a collective: stop them.
+  if [[ $rc != 0 && $status == 0 ]]; then status=$rc; cleanup; fi
 done
 exit $status

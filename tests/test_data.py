@@ -157,23 +157,25 @@ def test_same_seed_same_order_new_permutation_each_epoch():
   assert ea[:16] != ea[16:]
 
 
-def test_iterator_state_resumes_exactly():
+def test_batches_are_a_function_of_their_index_whatever_the_workers_or_the_resume_point():
   src = _Indexed(30)
-  pp = "inception_crop(2, area_min=0.5)|flip_lr"  # random ops: their rng must resume too
-  make = lambda: iter(pipeline.train_dataset(src, pp=pp, batch_size=4, seed=0,
-                                             keys=("image", "label")))
+  pp = "inception_crop(2, area_min=0.5)|flip_lr"  # random ops: their rng is the position's
+  make = lambda **kw: pipeline.train_dataset(src, pp=pp, batch_size=4, seed=0,
+                                             keys=("image", "label"), **kw)
   ref = make()
   expected = [next(ref) for _ in range(10)]
-  it = make()
-  for _ in range(4):
-    next(it)
-  state = it.get_state()
-  resumed = make()
-  resumed.set_state(state)
-  for want in expected[4:]:
-    got = next(resumed)
-    np.testing.assert_array_equal(got["label"], want["label"])
-    np.testing.assert_array_equal(got["image"], want["image"])
+  runs = {"resumed at 4": make(start_batch=4), "1 worker": make(workers=1),
+          "2 workers, resumed at 4": make(workers=2, start_batch=4), "1 thread": make(threads=1)}
+  try:
+    for name, it in runs.items():
+      start = 4 if "resumed" in name else 0
+      for want in expected[start:]:
+        got = next(it)
+        np.testing.assert_array_equal(got["label"], want["label"], err_msg=name)
+        np.testing.assert_array_equal(got["image"], want["image"], err_msg=name)
+  finally:
+    for it in runs.values():
+      it.close()
 
 
 def test_eval_covers_every_example_once_across_processes():
@@ -185,24 +187,77 @@ def test_eval_covers_every_example_once_across_processes():
       assert batch["label"].shape == (4,)
       m = batch[pipeline.MASK]
       seen += [int(x) for x, keep in zip(batch["label"], m) if keep]
+      assert [int(i) for i, keep in zip(batch[pipeline.INDEX], m) if keep] == \
+          [int(x) for x, keep in zip(batch["label"], m) if keep]  # _index: source order
       total_mask += m.sum()
   assert sorted(seen) == list(range(23)) and total_mask == 23
 
 
-def test_corrupt_records_are_skipped_not_fatal():
-  class Broken(_Indexed):
-    def __getitem__(self, i):
-      ex = super().__getitem__(i)
-      if i == 5:
-        ex["image"] = b"not an image"
-      return ex
+class _Broken(_Indexed):
+  def __init__(self, n, bad):
+    super().__init__(n)
+    self.bad = set(bad)
+
+  def __getitem__(self, i):
+    ex = super().__getitem__(i)
+    if i in self.bad:
+      ex["image"] = b"not an image"
+    return ex
+
+
+def test_corrupt_records_are_replaced_and_counted_batches_stay_full():
   counter = pipeline.SkipCounter()
-  it = iter(pipeline.train_dataset(Broken(12), pp="decode(1)", batch_size=4, seed=0,
-                                   keys=("label",), skipped=counter))
-  ids = _ids([next(it) for _ in range(2)])  # 11 good records: the first 8 batch fine
-  assert 5 not in ids and len(ids) == 8
-  ids += _ids([next(it) for _ in range(4)])  # further epochs meet record 5 again
-  assert 5 not in ids and counter.count >= 1
+  it = pipeline.train_dataset(_Broken(12, {5}), pp="decode(1)", batch_size=4, seed=0,
+                              keys=("label",), skipped=counter)
+  batches = [next(it) for _ in range(6)]  # 2 epochs: record 5 comes up twice
+  assert all(b["label"].shape == (4,) for b in batches)
+  ids = _ids(batches)
+  assert 5 not in ids and counter.count == 2 and counter.attempts == 26
+  # The replacement is deterministic: the same batches again.
+  again = pipeline.train_dataset(_Broken(12, {5}), pp="decode(1)", batch_size=4, seed=0,
+                                 keys=("label",))
+  assert _ids([next(again) for _ in range(6)]) == ids
+
+
+def test_evaluation_masks_a_corrupt_record_and_keeps_its_shape():
+  src = _Broken(16, {3})
+  batches = list(pipeline.eval_dataset(src, pp="decode(1)", batch_size=8, keys=("label",),
+                                       process_index=1, process_count=2))
+  assert [b["label"].shape for b in batches] == [(4,), (4,)]
+  masked = [int(i) for b in batches for i, m in zip(b[pipeline.INDEX], b[pipeline.MASK])
+            if not m]
+  assert masked == []  # process 1 holds rows 4-7 and 12-15; record 3 is process 0's
+  batches = list(pipeline.eval_dataset(src, pp="decode(1)", batch_size=8, keys=("label",),
+                                       process_index=0, process_count=2))
+  masked = [int(i) for b in batches for i, m in zip(b[pipeline.INDEX], b[pipeline.MASK])
+            if not m]
+  assert masked == [3] and all(b["label"].shape == (4,) for b in batches)
+
+
+@pytest.mark.parametrize("pp,keys,match", [
+    ("decode(1)", ("label",), r"'decode\(1\)' failed on each of the first \d+ records: "
+                              r"UnidentifiedImageError"),
+    ("", ("caption",), r"failed on each of the first \d+ records: KeyError: 'caption'"),
+])
+def test_a_chain_that_fails_on_every_record_stops_with_one_line(pp, keys, match):
+  src = _Broken(200, range(200)) if pp else _Indexed(200)
+  it = pipeline.train_dataset(src, pp=pp, batch_size=8, seed=0, keys=keys)
+  with pytest.raises(pipeline.SkipError, match=match) as e:
+    for _ in range(100):
+      next(it)
+  assert "record" in str(e.value) and "stream position" in str(e.value)
+  with pytest.raises(pipeline.SkipError, match="fails on every one of the 200 records"):
+    list(pipeline.eval_dataset(src, pp=pp, batch_size=8, keys=keys))
+
+
+def test_a_mostly_broken_source_stops_at_max_skip_fraction():
+  src = _Broken(400, [i for i in range(400) if i % 3])  # two thirds fail
+  counter = pipeline.SkipCounter("decode(1)", max_fraction=0.5, window=300)
+  it = pipeline.train_dataset(src, pp="decode(1)", batch_size=8, seed=0, keys=("label",),
+                              skipped=counter)
+  with pytest.raises(pipeline.SkipError, match="more than max_skip_fraction=0.5"):
+    for _ in range(100):
+      next(it)
 
 
 # ----------------------------------------------------------------------------- study knobs

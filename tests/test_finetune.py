@@ -174,7 +174,8 @@ def test_the_authors_grid_with_best_over_epochs_test_selection_beside_the_honest
 
 def test_full_data_refits_on_train_and_val_and_few_shot_test_can_be_subsampled(
     pretrained, tmp_path):
-  (row,) = run_ft(tmp_path, "full", f"pretrained={pretrained['supervised']},epochs=1")
+  (row,) = run_ft(tmp_path, "full", f"pretrained={pretrained['supervised']},epochs=1",
+                  refit_full=True)
   assert row["num_train"] + row["num_val"] == row["refit"]["num_train"] == 1437
   assert row["refit"]["on"] == "train+val" and row["test_accuracy"] > 0.5
   assert os.path.isdir(tmp_path / "full" / "refit")

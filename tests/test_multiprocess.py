@@ -29,10 +29,11 @@ def test_two_processes_match_the_single_process_run(tmp_path):
                   **{"optimizer.lr": 0.2})
   train.run(c, ref_wd, devices=one_device())
   np.testing.assert_allclose(losses(mp_wd), losses(ref_wd), rtol=2e-5, atol=2e-5)
-  # Each process saved its own data-iterator state next to the shared arrays.
-  data_dir = os.path.join(mp_wd, "checkpoints", "6", "data")
-  assert sorted(f for f in os.listdir(data_dir) if f.startswith("process_")) == [
-      "process_0-of-2.json", "process_1-of-2.json"]
+  # The loader's position is the step (nothing per process): one small record beside the
+  # shared arrays, with the skipped-record count of both processes.
+  import json
+  loader = os.path.join(mp_wd, "checkpoints", "6", "loader", "metadata")
+  assert json.load(open(loader)) == {"next_batch": 6, "skipped": 0}
   # Metrics come from process 0 only: one row per logged step.
   steps = [r["step"] for r in read_metrics(mp_wd) if "train/loss" in r]
   assert steps == [1, 2, 3, 4, 5, 6]

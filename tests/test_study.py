@@ -88,8 +88,9 @@ def test_expansion_dependencies_and_commands(tmp_path):
   assert cmd.startswith("python -m big_transfer.finetune --config=") and "--config.tags=" in cmd
 
 
-def _done(wd):
-  return sorted(os.path.join(dp, "done.json") for dp, _, fs in os.walk(wd) if "done.json" in fs)
+def _done(wd):  # finished transfer runs
+  return sorted(os.path.join(dp, "done.json")
+                for dp, _, fs in os.walk(os.path.join(wd, "transfer")) if "done.json" in fs)
 
 
 def test_small_study_stopped_halfway_restarts_without_redoing_runs(tmp_path):

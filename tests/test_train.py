@@ -243,6 +243,9 @@ def test_adamw_ema_bf16_clipping_and_lars_step_schedule_train(tmp_path):
     (["--config.data=arrayrecord:/no/such/dir"], "'/no/such/dir' does not exist"),
     (["--config.pp_train=decode|blur(2)"], "unknown preprocessing op 'blur'"),
     (["--config.model=resnet7"], "unknown model 'resnet7'"),
+    (["--config.mesh.data=3", "--config.mesh.fsdp=2"], "config.mesh: data=3 x fsdp=2 != 8"),
+    (["--config.optimizer.lr=nan"], "config.optimizer.lr=nan: must be a finite number"),
+    (["--config.optimizer.weight_decay=inf"], "config.optimizer.weight_decay=inf: must be"),
 ])
 def test_bad_input_is_one_line_before_any_compile(tmp_path, args, message):
   out = run_cli([f"--config={MINI}", f"--workdir={tmp_path}", *args])

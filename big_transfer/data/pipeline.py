@@ -1,124 +1,372 @@
-"""Grain input pipelines: deterministic, sharded across processes, checkpointable.
+"""Input pipelines whose unit of work is a global batch: deterministic, sharded across processes,
+resumable from the step number alone.
 
-Training: source -> seeded shuffle (a new permutation each epoch) -> repeat -> tag each example
-with its position in the global stream -> this process's strided share -> preprocess (rng seeded
-by (seed, position)) -> batch -> iterator. Global batch ``b`` is positions ``[b*B, (b+1)*B)`` on any
-number of processes, so a run's data does not depend on how many hosts read it, and the
-iterator's state (saved with every checkpoint) resumes it exactly.
+Training: the source in a seeded order (a new permutation each epoch, endless). Global batch
+``b`` is stream positions ``[b*B, (b+1)*B)``; with P processes, process ``i`` builds rows
+``[i*B/P, (i+1)*B/P)`` of it. Each example is preprocessed with an rng seeded by (seed,
+position). So batch ``b`` is a pure function of ``b``: the same on any number of worker
+processes, threads or JAX processes, and a resumed run needs no iterator state — only the step
+it resumes at. A record that fails preprocessing is replaced by a deterministic alternate (the
+record at the same place of a later epoch's order; attempt ``j`` at position ``p + j*N``),
+counted, never fatal; batches stay full. When the first records all fail, or the failed share
+of recent attempts passes ``max_skip_fraction``, the pipeline stops with a DataError naming the
+op chain, the error and a record (a chain that fails on every record would otherwise skip
+forever).
 
-Evaluation: every example exactly once across processes; the last batch is padded and carries a
-``_mask`` of zeros for the padding, so metrics summed with the mask are exact.
+Workers (``workers > 0``) are spawned processes that each build whole batches, so the main
+process only moves finished arrays; ``threads`` preprocess the examples of one batch
+concurrently (in the main process, or in each worker).
+
+Evaluation: every example exactly once across processes in fixed-shape batches. Padding past
+the end and records that fail preprocessing are rows with ``_mask`` 0 (a copy of a good example),
+so a metric summed with the mask is exact and a failed record never changes a batch's shape.
+Every row carries ``_index``, its position in the source, so per-example outputs gathered from
+every process can be put back in source order.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import logging
-from typing import Sequence
+import multiprocessing
+import queue
+import threading
+from typing import Iterator, Sequence
 
 import grain
 import numpy as np
 
 from big_transfer.data import ops
+from big_transfer.data.sources import DataError
 
 MASK = "_mask"
-SKIPPED = "_skipped"
+INDEX = "_index"
+MAX_ATTEMPTS = 16  # alternates tried for one failed position before the batch gives up
+FIRST_FAILURES = 64  # this many failed attempts before any success: the chain is broken
 
 
-class _Tag:
-  """(position, example) -> example with the global stream position attached."""
-
-  def __call__(self, index, example):
-    return index, example
+class SkipError(DataError):
+  """Preprocessing fails on (nearly) every record: one error line, not endless skipping."""
 
 
-class _Preprocess:
-  """Applies the op string with an rng from (seed, position); bad records become a
-  ``{SKIPPED: reason}`` marker that the pipeline filters out and counts."""
+class _Builder:
+  """Builds examples and batches from positions; picklable, so workers can hold one."""
 
-  def __init__(self, pp: str, seed: int, keys: Sequence[str], bind: dict | None = None):
-    self.pp, self.seed, self.keys, self.bind = pp, seed, tuple(keys), dict(bind or {})
-    self._fn = None
+  def __init__(self, source, pp: str, seed: int, keys: Sequence[str], bind: dict | None,
+               shuffle: bool, threads: int):
+    self.source, self.pp, self.seed, self.keys = source, pp, seed, tuple(keys)
+    self.bind, self.shuffle, self.threads = dict(bind or {}), shuffle, max(1, threads)
+    self.n = len(source)
+    self._fn = self._order = self._pool = None
 
-  def __call__(self, tagged):
-    if self._fn is None:  # built lazily: picklable for multiprocess workers
+  def __getstate__(self):
+    d = dict(self.__dict__)
+    d["_fn"] = d["_order"] = d["_pool"] = None
+    return d
+
+  def _setup(self):
+    if self._fn is None:
       self._fn = ops.parse(self.pp, bind=self.bind)
-    index, example = tagged
-    rng = np.random.default_rng([self.seed, int(index)])
-    try:
-      out = self._fn(example, rng)
-    except Exception as e:  # a corrupt record must not kill a long run
-      logging.warning("skipping record at stream position %d: %s: %s", index,
-                      type(e).__name__, e)
-      # A marker, not None: grain drops Nones silently before anything could count them.
-      return {SKIPPED: f"{type(e).__name__}: {e}"}
+      if self.shuffle:  # grain's index shuffle: O(1) memory, a new permutation each epoch
+        self._order = grain.MapDataset.range(self.n).shuffle(seed=self.seed).repeat(None)
+
+  def index(self, position: int) -> int:
+    return int(self._order[position]) if self.shuffle else position
+
+  def example(self, position: int, attempt: int = 0) -> dict[str, np.ndarray]:
+    """The preprocessed example at ``position`` (its ``attempt``-th alternate's rng)."""
+    self._setup()
+    ex = self.source[self.index(position)]
+    rng = np.random.default_rng([self.seed, int(position)] + ([attempt] if attempt else []))
+    out = self._fn(ex, rng)
     return {k: np.asarray(out[k]) for k in self.keys}
+
+  def _train_row(self, position: int):
+    """(example, failures, first error) for one training row: alternates on failure."""
+    failures, first = 0, None
+    for attempt in range(MAX_ATTEMPTS):
+      p = position + attempt * self.n
+      try:
+        return self.example(p, attempt), failures, first
+      except Exception as e:  # noqa: BLE001  a corrupt record must not kill a long run
+        failures += 1
+        if first is None:
+          first = _describe(e, self.source, self.index(p), p)
+    return None, failures, first
+
+  def _map(self, fn, items):
+    if self.threads == 1 or len(items) == 1:
+      return [fn(x) for x in items]
+    if self._pool is None:
+      self._pool = concurrent.futures.ThreadPoolExecutor(self.threads)
+    return list(self._pool.map(fn, items))
+
+  def train_batch(self, positions) -> tuple[dict | None, int, int, str | None]:
+    """(stacked batch or None when a row found no good record, attempts, failures, first
+    error)."""
+    self._setup()
+    rows = self._map(self._train_row, list(positions))
+    failures = sum(r[1] for r in rows)
+    first = next((r[2] for r in rows if r[2]), None)
+    attempts = failures + sum(r[0] is not None for r in rows)
+    if any(r[0] is None for r in rows):
+      return None, attempts, failures, first
+    return _stack([r[0] for r in rows]), attempts, failures, first
+
+  def eval_batch(self, positions, n: int, template: dict | None):
+    """(batch, failures, first error, template): positions past ``n`` are padding; a row that
+    fails is masked; both are filled with ``template`` (a good example)."""
+    self._setup()
+
+    def one(p):
+      if p >= n:
+        return None, None
+      try:
+        return self.example(p), None
+      except Exception as e:  # noqa: BLE001
+        return None, _describe(e, self.source, p, p)
+    rows = self._map(one, list(positions))
+    failures = sum(err is not None for _, err in rows)
+    first = next((err for _, err in rows if err), None)
+    good = next((ex for ex, _ in rows if ex is not None), None)
+    template = template or good
+    if template is None:  # nothing good in this batch yet: find one (padding needs a shape)
+      for p in range(n):
+        try:
+          template = self.example(p)
+          break
+        except Exception:  # noqa: BLE001
+          continue
+      if template is None:
+        raise SkipError(f"preprocessing {self.pp!r} fails on every one of the {n} records "
+                        f"(e.g. {first})")
+    out = []
+    for p, (ex, _) in zip(positions, rows):
+      row = dict(ex if ex is not None else template)
+      row[MASK] = np.float32(ex is not None)
+      row[INDEX] = np.int32(p if p < n else -1)
+      out.append(row)
+    return _stack(out), failures, first, template
+
+
+def _describe(e: BaseException, source, index: int, position: int) -> str:
+  key = None
+  try:
+    key = source[index].get("key")
+  except Exception:  # noqa: BLE001
+    pass
+  where = f"record {index}" + (f" (key {key!r})" if key else "") + f" at stream position {position}"
+  return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''} — {where}"
+
+
+def _stack(rows: list[dict]) -> dict[str, np.ndarray]:
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
 class SkipCounter:
-  """Drops the records preprocessing rejected and counts them. It runs in the main process
-  (after any workers), so ``count`` is this process's total since it started."""
+  """Counts failed records and stops the pipeline when preprocessing fails on (nearly) every
+  record: ``FIRST_FAILURES`` failed attempts before any success, or more than
+  ``max_fraction`` of the last ``window`` attempts."""
 
-  def __init__(self):
-    self.count = 0
+  def __init__(self, pp: str = "", max_fraction: float = 0.5, window: int = 2000):
+    self.pp, self.max_fraction, self.window = pp, max_fraction, window
+    self.count = 0  # failed records (this process, since it started)
+    self.attempts = 0
+    self._recent: collections.deque = collections.deque()  # (attempts, failures) per batch
+    self._recent_sums = [0, 0]
 
-  def __call__(self, x) -> bool:
-    if SKIPPED in x:
-      self.count += 1
-      return False
-    return True
-
-
-def _good(x) -> bool:
-  return SKIPPED not in x
-
-
-def _read_options(threads: int):
-  return grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(2 * threads, 16))
-
-
-def train_dataset(source, *, pp: str, batch_size: int, seed: int, keys: Sequence[str],
-                  process_index: int = 0, process_count: int = 1, threads: int = 8,
-                  workers: int = 0, skipped: SkipCounter | None = None,
-                  bind: dict | None = None) -> grain.IterDataset:
-  """The per-process training stream of batches of ``batch_size // process_count`` examples.
-  ``bind``: run-level op arguments (see ``ops.parse``)."""
-  if batch_size % process_count:
-    raise ValueError(f"batch_size {batch_size} is not divisible by {process_count} processes")
-  ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
-  ds = ds.map_with_index(_Tag())
-  ds = ds[process_index::process_count]
-  ds = ds.map(_Preprocess(pp, seed, keys, bind))
-  it = ds.to_iter_dataset(_read_options(threads))
-  if workers > 0:
-    # Workers preprocess interleaved single examples; batching happens after them, in this
-    # process, so batches do not depend on the number of workers.
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-  it = it.filter(skipped if skipped is not None else _good)
-  return it.batch(batch_size // process_count, drop_remainder=True)
+  def add(self, attempts: int, failures: int, first: str | None):
+    if failures:
+      logging.warning("skipped %d record(s) that fail preprocessing, e.g. %s", failures, first)
+    self.count += failures
+    self.attempts += attempts
+    self._recent.append((attempts, failures))
+    self._recent_sums[0] += attempts
+    self._recent_sums[1] += failures
+    while self._recent_sums[0] - self._recent[0][0] >= self.window:
+      a, f = self._recent.popleft()
+      self._recent_sums[0] -= a
+      self._recent_sums[1] -= f
+    if failures and self.count == self.attempts and self.count >= FIRST_FAILURES:
+      raise SkipError(f"preprocessing {self.pp!r} failed on each of the first {self.count} "
+                      f"records: {first}")
+    a, f = self._recent_sums
+    if failures and a >= min(self.window, 200) and f > self.max_fraction * a:
+      raise SkipError(f"preprocessing {self.pp!r} failed on {f} of the last {a} records "
+                      f"(more than max_skip_fraction={self.max_fraction:g}): {first}")
 
 
-class _Padded:
-  """Random access over ``n_padded`` positions; positions past the source repeat item 0."""
-
-  def __init__(self, source, n_padded: int):
-    self.source, self.n, self.n_padded = source, len(source), n_padded
-
-  def __len__(self):
-    return self.n_padded
-
-  def __getitem__(self, i):
-    ex = dict(self.source[i if i < self.n else 0])
-    ex[MASK] = np.float32(i < self.n)
-    return ex
+def _rows(batch: int, batch_size: int, process_index: int, process_count: int) -> range:
+  per = batch_size // process_count
+  start = batch * batch_size + process_index * per
+  return range(start, start + per)
 
 
-def eval_dataset(source, *, pp: str, batch_size: int, keys: Sequence[str],
-                 process_index: int = 0, process_count: int = 1, threads: int = 8,
-                 bind: dict | None = None) -> grain.IterDataset:
-  """Every example once across processes; batches padded to ``batch_size`` with ``_mask``."""
-  n_padded = -(-len(source) // batch_size) * batch_size
-  ds = grain.MapDataset.source(_Padded(source, n_padded)).map_with_index(_Tag())
-  ds = ds[process_index::process_count]
-  ds = ds.map(_Preprocess(pp, 0, tuple(keys) + (MASK,), bind))
-  it = ds.to_iter_dataset(_read_options(threads))
-  return it.filter(_good).batch(batch_size // process_count, drop_remainder=False)
+# ----------------------------------------------------------------------------- workers
+
+_WORKER_BUILDER: _Builder | None = None
+
+
+def _worker_init(builder: _Builder):
+  global _WORKER_BUILDER
+  _WORKER_BUILDER = builder
+
+
+def _worker_train_batch(positions):
+  return _WORKER_BUILDER.train_batch(positions)
+
+
+class _Prefetch:
+  """Runs ``produce(k)`` for k = 0, 1, ... ahead of the consumer, in order."""
+
+  def __init__(self, produce, depth: int):
+    self._q: queue.Queue = queue.Queue(maxsize=depth)
+    self._stop = threading.Event()
+    self._produce = produce
+    self._thread = threading.Thread(target=self._run, daemon=True)
+    self._thread.start()
+
+  def _run(self):
+    k = 0
+    while not self._stop.is_set():
+      try:
+        item = ("ok", self._produce(k))
+      except BaseException as e:  # noqa: BLE001  handed to the consumer
+        item = ("error", e)
+      while not self._stop.is_set():
+        try:
+          self._q.put(item, timeout=0.1)
+          break
+        except queue.Full:
+          continue
+      if item[0] == "error" or item[1] is None:
+        return
+      k += 1
+
+  def get(self):
+    kind, value = self._q.get()
+    if kind == "error":
+      raise value
+    return value
+
+  def close(self):
+    self._stop.set()
+
+
+class TrainBatches:
+  """This process's rows of global batches ``start_batch``, ``start_batch + 1``, ... (an
+  endless iterator of dicts of numpy arrays); see the module docstring."""
+
+  def __init__(self, source, *, pp: str, batch_size: int, seed: int, keys: Sequence[str],
+               process_index: int = 0, process_count: int = 1, threads: int = 8,
+               workers: int = 0, skipped: SkipCounter | None = None,
+               bind: dict | None = None, start_batch: int = 0, prefetch: int = 2):
+    if batch_size % process_count:
+      raise ValueError(f"batch_size {batch_size} is not divisible by {process_count} processes")
+    if not len(source):
+      raise ValueError("the training source is empty")
+    self.batch_size, self.process_index, self.process_count = (batch_size, process_index,
+                                                               process_count)
+    self.skipped = skipped if skipped is not None else SkipCounter(pp)
+    self.next_batch = start_batch
+    self.workers = workers
+    threads_each = max(1, threads // workers) if workers else threads
+    self._builder = _Builder(source, pp, seed, keys, bind, shuffle=True, threads=threads_each)
+    self._pool = None
+    if workers:
+      ctx = multiprocessing.get_context("spawn")
+      self._pool = ctx.Pool(workers, initializer=_worker_init, initargs=(self._builder,))
+      self._pending: collections.deque = collections.deque()
+      self._depth = max(2, 2 * workers)
+      self._submitted = start_batch
+    else:
+      self._prefetch = _Prefetch(
+          lambda k: self._builder.train_batch(self._positions(start_batch + k)), prefetch)
+
+  def _positions(self, b: int) -> range:
+    return _rows(b, self.batch_size, self.process_index, self.process_count)
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._pool is not None:
+      while len(self._pending) < self._depth:
+        self._pending.append(self._pool.apply_async(
+            _worker_train_batch, (self._positions(self._submitted),)))
+        self._submitted += 1
+      result = self._pending.popleft().get()
+    else:
+      result = self._prefetch.get()
+    batch, attempts, failures, first = result
+    self.skipped.add(attempts, failures, first)
+    if batch is None:
+      raise SkipError(f"preprocessing {self._builder.pp!r}: batch {self.next_batch} has a "
+                      f"position whose {MAX_ATTEMPTS} alternates all fail: {first}")
+    self.next_batch += 1
+    return batch
+
+  def close(self):
+    if self._pool is not None:
+      self._pool.terminate()
+      self._pool = None
+    else:
+      self._prefetch.close()
+
+  def __del__(self):
+    try:
+      self.close()
+    except Exception:  # noqa: BLE001
+      pass
+
+
+def train_dataset(source, **kwargs) -> TrainBatches:
+  """The per-process training stream of batches of ``batch_size // process_count`` rows, from
+  global batch ``start_batch`` on (see TrainBatches)."""
+  return TrainBatches(source, **kwargs)
+
+
+class EvalBatches:
+  """Every example once across processes, in fixed-shape batches with ``_mask`` and
+  ``_index``; iterate it once per evaluation."""
+
+  def __init__(self, source, *, pp: str, batch_size: int, keys: Sequence[str],
+               process_index: int = 0, process_count: int = 1, threads: int = 8,
+               bind: dict | None = None, skipped: SkipCounter | None = None):
+    if batch_size % process_count:
+      raise ValueError(f"batch_size {batch_size} is not divisible by {process_count} processes")
+    self.n = len(source)
+    self.batch_size, self.process_index, self.process_count = (batch_size, process_index,
+                                                               process_count)
+    self.num_batches = -(-self.n // batch_size)
+    self.skipped = skipped if skipped is not None else SkipCounter(pp)
+    self._builder = _Builder(source, pp, 0, keys, bind, shuffle=False, threads=threads)
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    state = {"template": None}
+
+    def produce(k):
+      if k >= self.num_batches:
+        return None
+      batch, failures, first, state["template"] = self._builder.eval_batch(
+          _rows(k, self.batch_size, self.process_index, self.process_count), self.n,
+          state["template"])
+      return batch, failures, first
+
+    prefetch = _Prefetch(produce, 2)
+    try:
+      for _ in range(self.num_batches):
+        batch, failures, first = prefetch.get()
+        n_real = int(np.sum(batch[INDEX] >= 0))
+        self.skipped.add(n_real, failures, first)
+        yield batch
+    finally:
+      prefetch.close()
+
+
+def eval_dataset(source, **kwargs) -> EvalBatches:
+  """Every example once across processes; batches padded to ``batch_size`` with ``_mask`` (see
+  EvalBatches)."""
+  return EvalBatches(source, **kwargs)
+

@@ -1,0 +1,180 @@
+"""One run per workdir: a lock file held by the run's process 0, and graceful preemption.
+
+``WORKDIR/.lock`` holds the holder's pid, host and start time, and its modification time is a
+heartbeat (touched every ``HEARTBEAT_S``). A second run on the same workdir refuses with one line
+naming the holder. A lock left by a process that is gone is taken over with a line saying so:
+on the same host when its pid is dead, from any host when its heartbeat is older than
+``STALE_S`` (a preempted VM cannot release its lock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+HEARTBEAT_S = 30.0
+STALE_S = 300.0
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped cleanly on a signal, checkpoint saved; run again
+
+
+class LockError(RuntimeError):
+  """The workdir is in use by another run."""
+
+
+class Preempted(Exception):
+  """SIGTERM / SIGINT: the run finished its step, saved, and stops (exit PREEMPTED_EXIT)."""
+
+  def __init__(self, step: int, signum: int, workdir: str):
+    name = signal.Signals(signum).name if signum else "a preemption notice"
+    super().__init__(f"{name} at step {step}: checkpoint {step} saved in {workdir}; run the "
+                     f"same command again to resume from it")
+    self.step, self.signum = step, signum
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+class WorkdirLock:
+  """Held by one process (a run's process 0); ``release()`` or the context manager frees it."""
+
+  def __init__(self, workdir: str, log=print):
+    self.path = os.path.join(os.path.abspath(workdir), ".lock")
+    self.log = log
+    self.me = {"pid": os.getpid(), "host": socket.gethostname(),
+               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    self._stop = threading.Event()
+    self._thread = None
+    self.held = False
+
+  def _read(self) -> dict | None:
+    try:
+      with open(self.path) as f:
+        return json.load(f)
+    except FileNotFoundError:
+      return None
+    except (OSError, ValueError):
+      return {}
+
+  def _stale(self, holder: dict) -> str | None:
+    """Why the holder is gone, or None when it may be alive."""
+    try:
+      age = time.time() - os.path.getmtime(self.path)
+    except FileNotFoundError:
+      return "released meanwhile"
+    if holder.get("host") == self.me["host"] and isinstance(holder.get("pid"), int):
+      if not _pid_alive(holder["pid"]):
+        return f"pid {holder['pid']} on this host is not running"
+      return None
+    if age > STALE_S:
+      return f"no heartbeat for {age:.0f}s"
+    return None
+
+  def acquire(self):
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    for _ in range(3):
+      try:
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+      except FileExistsError:
+        holder = self._read()
+        if holder is None:
+          continue
+        why = self._stale(holder) if holder else None
+        if why is None:
+          who = (f"pid {holder.get('pid')} on {holder.get('host')} since "
+                 f"{holder.get('started')}" if holder else "another run (lock unreadable)")
+          raise LockError(f"workdir {os.path.dirname(self.path)} is in use by {who} "
+                          f"({self.path}); stop that run or use another --workdir")
+        self.log(f"taking over the lock of a run that is gone ({why}): {holder}")
+        try:
+          os.remove(self.path)
+        except FileNotFoundError:
+          pass
+        continue
+      with os.fdopen(fd, "w") as f:
+        json.dump(self.me, f)
+      self.held = True
+      self._thread = threading.Thread(target=self._heartbeat, daemon=True)
+      self._thread.start()
+      return self
+    raise LockError(f"could not take the lock {self.path} (another run keeps taking it)")
+
+  def _heartbeat(self):
+    while not self._stop.wait(HEARTBEAT_S):
+      try:
+        os.utime(self.path)
+      except OSError:
+        pass
+
+  def release(self):
+    self._stop.set()
+    if self.held and (self._read() or {}).get("pid") == self.me["pid"]:
+      try:
+        os.remove(self.path)
+      except FileNotFoundError:
+        pass
+    self.held = False
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+class StopSignals:
+  """SIGTERM and SIGINT ask the loop to stop after the current step (a second SIGINT
+  interrupts at once). With several JAX processes, JAX's preemption service carries the notice
+  (SIGTERM on any host, or SIGINT turned into one) so every process stops at the same step."""
+
+  def __init__(self, multi_process: bool):
+    self.multi = multi_process
+    self.signum = 0
+    self._old = {}
+    if threading.current_thread() is not threading.main_thread():
+      return  # handlers can only be installed from the main thread
+    if self.multi:
+      self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._to_sigterm)
+    else:
+      for s in (signal.SIGTERM, signal.SIGINT):
+        self._old[s] = signal.signal(s, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum == signal.SIGINT and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # the second Ctrl-C
+    self.signum = signum
+    print(f"received {signal.Signals(signum).name}: finishing this step, then saving and "
+          f"stopping (exit {PREEMPTED_EXIT})", flush=True)
+
+  def _to_sigterm(self, signum, frame):
+    del signum, frame
+    self.signum = signal.SIGINT
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  def stop_now(self, step: int) -> bool:
+    if self.multi:
+      from jax.experimental import multihost_utils
+      try:
+        if multihost_utils.reached_preemption_sync_point(step):
+          self.signum = self.signum or signal.SIGTERM
+          return True
+      except RuntimeError:  # the preemption service is off: Python handlers only
+        return False
+      return False
+    return bool(self.signum)
+
+  def restore(self):
+    for s, h in self._old.items():
+      signal.signal(s, h)
+    self._old = {}
