@@ -1,6 +1,10 @@
 r"""Benchmarks, one JSON object per line.
 
   python -m big_transfer.bench --what=pipeline [--images=300 --height=375 --width=500]
+  python -m big_transfer.bench --what=loader --workers=0,1,2 --batch_size=64 --seconds=10
+
+``loader``: the training loader at each worker count (images/s), beside the same op chain on
+one core in the same run, and their ratio per worker (``scaling_efficiency``).
 
 ``pipeline``: single-core images/s of the input chain against the raw JPEG decode rate of
 libjpeg-turbo (simplejpeg) on the same images in the same run: raw decode, PIL decode, the
@@ -103,6 +107,66 @@ def bench_pipeline(images: int, height: int, width: int, seconds: float) -> list
     rows.append({"bench": "pipeline", "case": name, "images_per_sec_per_core": round(r, 1),
                  "ratio_to_raw_decode": round(r / raw, 3), "image_size": f"{width}x{height}",
                  "images": images, "device": device_description()})
+  return rows
+
+
+# ----------------------------------------------------------------------------- loader
+
+STUDY_TRAIN_PP = "decode|inception_crop(224)|flip_lr|normalize('imagenet')"
+
+
+class JpegSource:
+  """``n`` stream records cycling over a few distinct JPEGs (picklable: loader workers)."""
+
+  def __init__(self, jpegs: list[bytes], n: int):
+    self.jpegs, self.n = list(jpegs), n
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    return {"image": self.jpegs[i % len(self.jpegs)], "label": i % 10}
+
+
+def bench_loader(workers: list[int], batch_size: int, seconds: float, images: int,
+                 height: int, width: int, pp: str = STUDY_TRAIN_PP) -> list[dict]:
+  """The training loader (``pipeline.train_dataset``) at each worker count, beside the same op
+  chain on one core in this process, measured in the same run: ``scaling_efficiency`` =
+  images/s / (max(workers, 1) x chain images/s per core). The chain is the loader's host part:
+  its trailing normalisation runs on the device (``normalize_on_device``)."""
+  from big_transfer.data import ops, pipeline
+  host_pp, _ = ops.split_device_affine(pp)
+  source = JpegSource(synthetic_jpegs(images, height, width), 1_000_000)
+  builder = pipeline._Builder(source, host_pp, 0, ("image", "label"), None, shuffle=True,
+                              threads=1)
+  builder.example(0)  # warm-up
+  n, t0 = 0, time.perf_counter()
+  while time.perf_counter() - t0 < seconds:
+    builder.example(n)
+    n += 1
+  per_core = n / (time.perf_counter() - t0)
+  rows = []
+  for w in workers:
+    loader = pipeline.train_dataset(source, pp=host_pp, batch_size=batch_size, seed=0,
+                                    keys=("image", "label"), workers=w, threads=1,
+                                    prefetch=2)
+    try:
+      for _ in range(2 if w == 0 else max(2, w + 1)):  # workers started, queues primed
+        next(loader)
+      n, t0 = 0, time.perf_counter()
+      while time.perf_counter() - t0 < seconds or n < 2:
+        batch = next(loader)
+        n += 1
+      rate = n * batch_size / (time.perf_counter() - t0)
+    finally:
+      loader.close()
+    rows.append({"bench": "loader", "workers": w, "batch_size": batch_size,
+                 "images_per_sec": round(rate, 1),
+                 "chain_images_per_sec_per_core": round(per_core, 1),
+                 "scaling_efficiency": round(rate / (max(w, 1) * per_core), 3),
+                 "output": f"{batch['image'].dtype}{list(batch['image'].shape[1:])}",
+                 "chain": host_pp, "image_size": f"{width}x{height}",
+                 "cpu_count": os.cpu_count(), "device": device_description()})
   return rows
 
 
@@ -219,17 +283,17 @@ def _cost_flops(compiled) -> float | None:
   return float(cost.get("flops", 0.0)) or None
 
 
-def bench_model(model: str, batch_size: int, resolution: int, steps: int, method: str,
-                dtype: str, data: str, torch_ref: bool = True, checkpoint: bool = True,
-                model_kwargs: dict | None = None, loop: bool = True) -> list[dict]:
-  import tempfile
+def _train_setup(model: str, batch_size: int, resolution: int, steps: int, method: str,
+                 dtype: str, data: str, model_kwargs: dict | None):
+  """Everything bench_model times, built as train.run builds it (the loop's own step, with
+  the chain's normalisation on the device): a namespace."""
+  import types
 
   import jax
   from flax import nnx
 
-  from big_transfer import logging as log_lib
   from big_transfer import methods, optim, sharding, train
-  from big_transfer.data import pipeline
+  from big_transfer.data import ops
 
   c = bench_config(model, method, batch_size, resolution, steps, dtype, data, model_kwargs)
   source = SyntheticSource(max(4096, batch_size * (steps + 8)), resolution, c.num_classes,
@@ -245,16 +309,65 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
   init_state = train.make_init_state(meth, tx)
   abstract = jax.eval_shape(init_state, jax.random.key(0))
   state_sh = train.state_shardings(abstract, c, mesh, tx)
-  repl = sharding.replicated(mesh)
-  state = jax.jit(init_state, out_shardings=state_sh)(jax.random.key(0))
-  step_fn = jax.jit(train.make_train_step(meth, graphdef, tx, schedule, seed=0),
+  pp_host, affines = ops.split_device_affine(c.pp_train)
+  step_fn = jax.jit(train.make_train_step(meth, graphdef, tx, schedule, seed=0,
+                                          input_affine=affines),
                     in_shardings=(state_sh, sharding.batch_sharding(mesh)),
-                    out_shardings=(state_sh, repl), donate_argnums=(0,))
+                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
+  return types.SimpleNamespace(c=c, source=source, tok=tok, bind=bind, meth=meth, mesh=mesh,
+                               init_state=init_state, abstract=abstract, state_sh=state_sh,
+                               step_fn=step_fn, pp_host=pp_host)
+
+
+def lowered_flops(lowered) -> float | None:
+  """FLOPs of a jitted program counted on its lowered (not yet optimised) form: the same count
+  on every backend. XLA's cost analysis of the *compiled* program misses what a GPU backend
+  hands to cuDNN / cuBLAS custom calls (convolutions, matmuls): 10-30x too low there."""
+  try:
+    cost = lowered.cost_analysis()
+  except Exception:  # noqa: BLE001
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", 0.0)) or None
+
+
+def train_step_flops(model: str, batch_size: int = 2, resolution: int = 224,
+                     method: str = "supervised", model_kwargs: dict | None = None) -> float:
+  """FLOPs of one training step of ``model`` (multiply and add counted apart), from shapes
+  only: nothing is allocated or compiled."""
+  import jax
+  import numpy as np
+  t = _train_setup(model, batch_size, resolution, 1, method, "float32", "synthetic",
+                   model_kwargs)
+  from big_transfer.data import pipeline
+  example = pipeline._Builder(t.source, t.pp_host, 0, t.meth.batch_keys, t.bind, True,
+                              1).example(0)
+  batch = {k: jax.ShapeDtypeStruct((batch_size, *np.shape(v)), np.asarray(v).dtype)
+           for k, v in example.items()}
+  return lowered_flops(t.step_fn.lower(t.abstract, batch))
+
+
+def bench_model(model: str, batch_size: int, resolution: int, steps: int, method: str,
+                dtype: str, data: str, torch_ref: bool = True, checkpoint: bool = True,
+                model_kwargs: dict | None = None, loop: bool = True,
+                data_workers: int = 0) -> list[dict]:
+  import tempfile
+
+  import jax
+
+  from big_transfer import logging as log_lib
+  from big_transfer import sharding, train
+  from big_transfer.data import pipeline
+
+  t = _train_setup(model, batch_size, resolution, steps, method, dtype, data, model_kwargs)
+  c, source, tok, bind, meth, mesh = t.c, t.source, t.tok, t.bind, t.meth, t.mesh
+  init_state, abstract, state_sh, step_fn = t.init_state, t.abstract, t.state_sh, t.step_fn
+  state = jax.jit(init_state, out_shardings=state_sh)(jax.random.key(0))
 
   # The input pipeline alone (the loop's own, same threads): images/s it can deliver.
-  ds = pipeline.train_dataset(source, pp=c.pp_train, batch_size=batch_size, seed=0,
+  it = pipeline.train_dataset(source, pp=t.pp_host, batch_size=batch_size, seed=0,
                               keys=meth.batch_keys, threads=c.data_threads, bind=bind)
-  it = iter(ds)
   batch = sharding.to_global(next(it), mesh)
   n_pipe = max(4, min(steps, 50))
   t0 = time.perf_counter()
@@ -262,13 +375,15 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
     next(it)
   pipeline_rate = n_pipe * batch_size / (time.perf_counter() - t0)
   it.close()
-  del it, ds
+  del it
 
   # The bare jitted step: compile, then `steps` dispatched back to back on one batch.
   t0 = time.perf_counter()
-  compiled = step_fn.lower(state, batch).compile()
+  lowered = step_fn.lower(state, batch)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
-  flops = _cost_flops(compiled)
+  flops = lowered_flops(lowered)
+  xla_compiled_flops = _cost_flops(compiled)
 
   def bare():
     nonlocal state
@@ -288,6 +403,7 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
   if loop:
     with tempfile.TemporaryDirectory(prefix="bt_bench_") as wd:
       c_loop = c.copy_and_resolve_references()
+      c_loop.data_workers = data_workers
       if tok:
         c_loop.text.tokenizer = c.text.tokenizer
       train.run(c_loop, wd, train_source=source)
@@ -309,9 +425,10 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
       "bare_step_spread": round(abs(bare_after - bare_before) / bare_step, 4),
       "loop_overhead": round(loop_step / bare_step - 1, 4) if loop_step else None,
       "compile_time_s": round(compile_s, 2),
-      "flops_per_step": flops, "peak_matmul_tflops": _sig(peak / 1e12),
+      "flops_per_step": flops, "xla_compiled_flops_per_step": xla_compiled_flops,
+      "peak_matmul_tflops": _sig(peak / 1e12),
       "mfu": _sig(flops / bare_step / peak) if flops else None,
-      "pipeline_images_per_sec": round(pipeline_rate, 1),
+      "pipeline_images_per_sec": round(pipeline_rate, 1), "data_workers": data_workers,
       "device": f"{device.device_kind} x{len(jax.devices())} ({device_description()})",
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
@@ -499,7 +616,7 @@ def bench_variants(base_args: list[str], variants: list[str], rounds: int) -> li
 
 def main(argv=None):
   p = argparse.ArgumentParser(prog="python -m big_transfer.bench", description=__doc__)
-  p.add_argument("--what", choices=("model", "pipeline"), default=None,
+  p.add_argument("--what", choices=("model", "pipeline", "loader"), default=None,
                  help="default: model when --model is given, else pipeline")
   p.add_argument("--model", default=None, help="e.g. resnet50, vit_s16, vit_b16, clip_rn50")
   p.add_argument("--method", default="supervised",
@@ -522,6 +639,10 @@ def main(argv=None):
                       "in its own process, baseline first (e.g. 'xla:;xla:--xla_cpu_use_xnnpack"
                       "=true;args:--dtype=bfloat16')")
   p.add_argument("--rounds", type=int, default=2)
+  p.add_argument("--workers", default="0,1,2",
+                 help="loader: comma-separated worker counts to measure")
+  p.add_argument("--data_workers", type=int, default=0,
+                 help="model: the training loop's data worker processes")
   p.add_argument("--model_kwargs", default="{}", help='JSON, e.g. \'{"width": 0.5}\'')
   args = p.parse_args(argv)
   what = args.what or ("model" if args.model else "pipeline")
@@ -539,7 +660,11 @@ def main(argv=None):
     rows = bench_model(args.model, args.batch_size, args.resolution, args.steps, args.method,
                        args.dtype, args.data, torch_ref=args.torch == "auto",
                        checkpoint=args.loop == "on", loop=args.loop == "on",
-                       model_kwargs=json.loads(args.model_kwargs))
+                       model_kwargs=json.loads(args.model_kwargs),
+                       data_workers=args.data_workers)
+  elif what == "loader":
+    rows = bench_loader([int(w) for w in args.workers.split(",")], args.batch_size,
+                        args.seconds, min(args.images, 64), args.height, args.width)
   else:
     rows = bench_pipeline(args.images, args.height, args.width, args.seconds)
   for row in rows:

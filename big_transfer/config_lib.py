@@ -65,6 +65,9 @@ def base_config() -> ml_collections.ConfigDict:
   # examples concurrently (split among the workers when there are some).
   c.data_threads = 8
   c.data_workers = 0
+  # pp_train's trailing value_range / normalize run inside the jitted step (uint8 images cross
+  # to the device: a quarter of the bytes, no float pass on the host).
+  c.normalize_on_device = True
   # Duration: exactly one of these; resolved to steps by resolve_steps().
   c.batch_size = 256  # global, over all processes and devices
   c.total_steps = placeholder(int)

@@ -223,17 +223,22 @@ def state_shardings(abstract, config, mesh, tx):
   return out
 
 
-def make_train_step(method, graphdef, tx, lr_schedule, *, seed: int, ema_decay: float = 0.0):
+def make_train_step(method, graphdef, tx, lr_schedule, *, seed: int, ema_decay: float = 0.0,
+                    input_affine=()):
   """(state, batch) -> (state, metrics): one optimiser step of ``method``'s loss, with the
   gradient and parameter norms, a non-finite sentinel and the EMA update. Pure: the loop jits
-  it with shardings (and bench times it bare)."""
+  it with shardings (and bench times it bare). ``input_affine``: the preprocessing's trailing
+  normalisation (``ops.split_device_affine``), applied here so uint8 images cross to the
+  device."""
   import jax
   import jax.numpy as jnp
   import optax
   from flax import nnx
+  from big_transfer.data import ops
   base_key = jax.random.key(seed)
 
   def train_step(state, batch):
+    batch = ops.apply_affine(batch, input_affine)
     step = state["step"]
     rng = jax.random.fold_in(base_key, step)
 
@@ -297,7 +302,7 @@ def _train(config, workdir: str, data: dict, *, devices, method, initialize, eva
   from big_transfer import checkpoint as ckpt_lib
   from big_transfer import logging as log_lib
   from big_transfer import methods, optim, runlock, sharding
-  from big_transfer.data import pipeline
+  from big_transfer.data import ops, pipeline
   from big_transfer.evaluators.classification import Evaluator
 
   total_steps = data["total_steps"]
@@ -363,8 +368,11 @@ def _train(config, workdir: str, data: dict, *, devices, method, initialize, eva
   repl = sharding.replicated(mesh)
 
   # ---------------------------------------------------------------- update step
+  # The chain's trailing value_range / normalize run inside the step: uint8 leaves the host.
+  pp_host, affines = (ops.split_device_affine(config.pp_train) if config.normalize_on_device
+                      else (config.pp_train, ()))
   train_step = make_train_step(method, graphdef, tx, lr_schedule, seed=config.seed,
-                               ema_decay=config.ema_decay)
+                               ema_decay=config.ema_decay, input_affine=affines)
   train_step = jax.jit(train_step, in_shardings=(state_sh, batch_sh),
                        out_shardings=(state_sh, repl), donate_argnums=(0,))
 
@@ -402,10 +410,10 @@ def _train(config, workdir: str, data: dict, *, devices, method, initialize, eva
   # ---------------------------------------------------------------- input
   # Global batch b is a pure function of b: the loader resumes from the step alone, on any
   # number of processes, devices or data workers.
-  skipped = pipeline.SkipCounter(config.pp_train, config.max_skip_fraction)
+  skipped = pipeline.SkipCounter(pp_host, config.max_skip_fraction)
   skipped_before = int(loader_info.get("skipped", 0))  # every process's, before this start
   train_iter = pipeline.train_dataset(
-      data["train_source"], pp=config.pp_train, batch_size=config.batch_size, seed=config.seed,
+      data["train_source"], pp=pp_host, batch_size=config.batch_size, seed=config.seed,
       keys=method.batch_keys, process_index=pid, process_count=pcount,
       threads=config.data_threads, workers=config.data_workers, skipped=skipped, bind=bind,
       start_batch=start_step)

@@ -1,24 +1,40 @@
 #!/usr/bin/env bash
-# The issue-7 GPU checks in one go, for a machine with one NVIDIA GPU (H100/H200) and
-# requirements.txt + requirements-dev.txt installed (jax with CUDA: see README, "Accelerators").
-# Writes JSON lines to ${OUT:-bench_gpu.jsonl} and prints them; ~6-8 minutes on an H100.
+# The throughput checks (issues 7 and 13) in one go, for a machine with one NVIDIA GPU
+# (H100/H200) and requirements.txt (+ requirements-dev.txt for the PyTorch rows) installed, jax
+# with CUDA (README, "Accelerators"; on the lent machines: ../shared/gpu/README.md).
+# Writes JSON lines to ${OUT:-bench_gpu.jsonl} and prints them; each case under its own timeout
+# (CASE_TIMEOUT, default 240 s). About 10-12 minutes on an H200 with a 16-core host.
 #
-#   ViT-B/16 at 224, bf16: MFU (goal >= 0.5)
-#   ResNet-50 at 224, bf16, synthetic data: images/s (goal >= 3,000), beside timm in PyTorch
-#   CLIP ResNet-50 at 224, bf16: samples/s beside OpenCLIP's own step (goal >= 1.0x)
-#   ResNet-50 with the real JPEG decode + Inception-crop pipeline: does the input keep up?
+#   1. the loader alone, study chain on 500x375 JPEGs, batch 256, 0/4/8/14 workers
+#      (goal: >= 8,000 img/s on a 16-core host)
+#   2. ResNet-50, ViT-B/16, CLIP RN50 at 224, bf16, batch 256, the real JPEG chain through the
+#      training loop with DATA_WORKERS workers: loop_overhead (goal <= 0.10; ResNet-50
+#      >= 6,000 img/s on an H200) and mfu from FLOPs counted on the lowered program
+#   3. ViT-B/16 bare step, one option at a time: JAX's default attention, the XLA and the cuDNN
+#      fused attention (goal >= 0.40 MFU)
+#   4. ResNet-50 and CLIP RN50 bare steps beside timm / OpenCLIP (with requirements-dev.txt)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench_gpu.jsonl}
-STEPS=${STEPS:-20}
+STEPS=${STEPS:-30}
+WORKERS=${DATA_WORKERS:-$(( $(nproc) - 2 ))}
 : > "$OUT"
 run() {
   echo "== bench $*" >&2
-  timeout "${CASE_TIMEOUT:-240}" python -m big_transfer.bench "$@" --steps="$STEPS" 2>&2 \
+  timeout "${CASE_TIMEOUT:-240}" python -m big_transfer.bench "$@" 2>&2 \
     | grep '^{' | tee -a "$OUT"
 }
-run --model=vit_b16 --resolution=224 --batch_size=256 --dtype=bfloat16
-run --model=resnet50 --resolution=224 --batch_size=256 --dtype=bfloat16
-run --model=clip_rn50 --method=clip --resolution=224 --batch_size=256 --dtype=bfloat16
-run --model=resnet50 --resolution=224 --batch_size=256 --dtype=bfloat16 --data=pipeline --torch=off
+run --what=loader --workers="0,4,8,$(( $(nproc) - 2 ))" --batch_size=256 --seconds=10 \
+    --height=375 --width=500 --images=64
+for model in resnet50 vit_b16; do
+  run --model=$model --resolution=224 --batch_size=256 --dtype=bfloat16 --steps="$STEPS" \
+      --data=pipeline --data_workers="$WORKERS" --torch=off
+done
+run --model=clip_rn50 --method=clip --resolution=224 --batch_size=256 --dtype=bfloat16 \
+    --steps="$STEPS" --data=pipeline --data_workers="$WORKERS" --torch=off
+run --model=vit_b16 --resolution=224 --batch_size=256 --dtype=bfloat16 --steps="$STEPS" \
+    --rounds=1 --variants='args:;args:--model_kwargs={"attention_impl":"xla"};args:--model_kwargs={"attention_impl":"cudnn"}'
+run --model=resnet50 --resolution=224 --batch_size=256 --dtype=bfloat16 --steps="$STEPS" --loop=off
+run --model=clip_rn50 --method=clip --resolution=224 --batch_size=256 --dtype=bfloat16 \
+    --steps="$STEPS" --loop=off
 echo "wrote $OUT" >&2

@@ -56,3 +56,23 @@ def test_variants_run_each_in_its_own_process_and_report_ratios():
   assert rows["xla:--xla_cpu_enable_fast_math=true"]["ratio_to_baseline"] > 0
   assert rows["xla:--no_such_flag"]["images_per_sec"] is None  # reported, not fatal
   assert "no_such_flag" in r.stderr
+
+
+@pytest.mark.parametrize("model,forward_gflops", [("resnet50", 4.1), ("vit_b16", 17.6)])
+def test_train_step_flops_match_the_known_per_image_figures(model, forward_gflops):
+  """Counted on the lowered program (the same on every backend), a training step is ~3x the
+  forward pass's published multiply-adds per image (ResNet-50 4.1 G, ViT-B/16 17.6 G at 224),
+  within 10%; FLOPs count a multiply-add as two."""
+  per_image = bench.train_step_flops(model, batch_size=8) / 8
+  assert per_image == pytest.approx(3 * 2 * forward_gflops * 1e9, rel=0.10)
+
+
+def test_loader_bench_reports_rates_per_worker_count_and_their_scaling():
+  rows = bench.bench_loader([0, 2], batch_size=8, seconds=0.5, images=4, height=96, width=128)
+  assert [r["workers"] for r in rows] == [0, 2]
+  for r in rows:
+    assert r["bench"] == "loader" and r["images_per_sec"] > 0
+    assert r["scaling_efficiency"] == pytest.approx(
+        r["images_per_sec"] / (max(r["workers"], 1) * r["chain_images_per_sec_per_core"]),
+        rel=0.01)
+    assert r["output"] == "uint8[224, 224, 3]"  # normalised on the device, not here

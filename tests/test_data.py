@@ -164,6 +164,10 @@ def test_batches_are_a_function_of_their_index_whatever_the_workers_or_the_resum
                                              keys=("image", "label"), **kw)
   ref = make()
   expected = [next(ref) for _ in range(10)]
+  import os
+  stale = os.path.join(pipeline.SHM_DIR, "bt_999999999_dead_0")  # left by a killed run
+  if os.path.isdir(pipeline.SHM_DIR):
+    open(stale, "wb").close()
   runs = {"resumed at 4": make(start_batch=4), "1 worker": make(workers=1),
           "2 workers, resumed at 4": make(workers=2, start_batch=4), "1 thread": make(threads=1)}
   try:
@@ -176,6 +180,9 @@ def test_batches_are_a_function_of_their_index_whatever_the_workers_or_the_resum
   finally:
     for it in runs.values():
       it.close()
+  if os.path.isdir(pipeline.SHM_DIR):  # batches cross in shared memory; none is left behind
+    assert not [n for n in os.listdir(pipeline.SHM_DIR)
+                if n.startswith(f"bt_{os.getpid()}_") or n == os.path.basename(stale)]
 
 
 def test_eval_covers_every_example_once_across_processes():
@@ -375,3 +382,20 @@ def test_fused_reduced_dct_decode_matches_the_plain_chain():
   Image.fromarray(np.zeros((30, 50, 3), np.uint8)).save(png, format="PNG")
   out = ops.parse("decode|inception_crop(16)")({"image": png.getvalue()}, np.random.default_rng(0))
   assert out["image"].shape == (16, 16, 3)  # non-JPEG bytes take the plain path
+
+
+@pytest.mark.parametrize("pp", ["inception_crop(6)|flip_lr|normalize('imagenet')",
+                                "flip_lr|value_range(-1, 1)",
+                                "value_range(0, 1)|normalize((0.5, 0.5, 0.5), (0.2, 0.3, 0.4))"])
+def test_trailing_normalisation_moves_to_the_device_with_the_same_numbers(pp):
+  import jax
+  host_pp, affines = ops.split_device_affine(pp)
+  assert affines and "normalize" not in host_pp and "value_range" not in host_pp
+  rng = np.random.default_rng(0)
+  ex = {"image": rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)}
+  full = ops.parse(pp)(ex, np.random.default_rng(1))["image"]
+  host = ops.parse(host_pp)(ex, np.random.default_rng(1))["image"]
+  assert host.dtype == np.uint8  # what crosses to the device: a quarter of float32's bytes
+  dev = jax.jit(lambda b: ops.apply_affine(b, affines))({"image": host[None]})["image"][0]
+  np.testing.assert_allclose(np.asarray(dev), full, rtol=1e-6, atol=1e-6)
+  assert ops.split_device_affine("decode|normalize('clip')|random_erasing(0.25)")[1] == ()

@@ -99,3 +99,16 @@ def test_unknown_model_names_the_known_forms():
     models.parse("resnet7")
   with pytest.raises(ValueError, match="known forms"):
     models.parse("vgg16")
+
+
+def test_vit_attention_implementation_is_a_choice_with_the_same_numbers():
+  import numpy as np
+  from flax import nnx
+  kw = dict(TINY["vit_ti16"], num_classes=3)
+  default = models.init("vit_ti16", **kw)
+  xla = models.init("vit_ti16", attention_impl="xla", **kw)
+  nnx.update(xla, nnx.state(default))
+  x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(xla(x)[0]), np.asarray(default(x)[0]), atol=1e-5)
+  with pytest.raises(ValueError, match="attention_impl 'flash'"):
+    models.init("vit_ti16", attention_impl="flash", **kw)

@@ -62,7 +62,10 @@ def test_durations_in_epochs_and_examples_resolve_to_steps(tmp_path):
     train.prepare(mini_config(total_epochs=1.0), str(tmp_path))
 
 
-SHARDING_KW = dict(param_sharding_min_size=0, **{"optimizer.lr": 0.2})
+# lr 0.05: the loss moves, and the dynamics are tame enough that float noise from another
+# reduction order (~3e-6 in the first gradients) stays within 2e-5 for six steps. At lr 0.2
+# this tiny BatchNorm network amplifies it ~100x within four steps, whatever the layout.
+SHARDING_KW = dict(param_sharding_min_size=0, **{"optimizer.lr": 0.05})
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +88,7 @@ def test_same_loss_trajectory_on_one_and_eight_devices(tmp_path, one_device_refe
   specs = {str(x.sharding.spec) for x in jax.tree.leaves(state["params"])}
   if fsdp > 1:  # parameters really are sharded over the fsdp axis
     assert any("fsdp" in s for s in specs)
-  # Reductions run in another order on 8 devices. Six steps of SGD at lr 0.2 through
+  # Reductions run in another order on 8 devices. Six steps of SGD through
   # BatchNorm amplify that float noise in a few near-zero-gradient entries (BN offsets move by
   # up to 3e-4), so the parameters are compared as a whole: relative L2 distance.
   got_p, ref_p = jax.tree.leaves(jax.device_get(state["params"])), jax.tree.leaves(ref_params)
@@ -185,6 +188,17 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
   assert int(state["step"]) == 5
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
   assert not _leaves_equal(jax.device_get(state["params"]), saved["params"])
+
+
+def test_normalising_on_the_device_trains_as_normalising_on_the_host(tmp_path):
+  on_device = train.run(mini_config(), str(tmp_path / "device"), devices=one_device())
+  on_host = train.run(mini_config(normalize_on_device=False), str(tmp_path / "host"),
+                      devices=one_device())
+  np.testing.assert_allclose(losses(str(tmp_path / "device")), losses(str(tmp_path / "host")),
+                             rtol=1e-5, atol=1e-6)
+  a, b = jax.device_get(on_device["params"]), jax.device_get(on_host["params"])
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
 def test_tfds_dataset_trains(tmp_path):

@@ -377,12 +377,16 @@ def _affine_channels(img, scale, shift) -> np.ndarray:
   return out
 
 
-@register("value_range")
-def _value_range(vmin: float = -1.0, vmax: float = 1.0, in_min: float = 0.0,
-                 in_max: float = 255.0, key: str = "image"):
+def _value_range_affine(vmin: float = -1.0, vmax: float = 1.0, in_min: float = 0.0,
+                        in_max: float = 255.0, key: str = "image"):
   scale = np.float32((vmax - vmin) / (in_max - in_min))
   shift = np.float32(vmin - in_min * (vmax - vmin) / (in_max - in_min))
+  return key, scale, shift
 
+
+@register("value_range")
+def _value_range(*args, **kwargs):
+  key, scale, shift = _value_range_affine(*args, **kwargs)
   return _keyed(lambda img, rng: _affine_channels(img, scale, shift), key)
 
 
@@ -392,9 +396,7 @@ MEAN_STD = {
 }
 
 
-@register("normalize")
-def _normalize(mean="imagenet", std=None, key: str = "image"):
-  """(x/255 - mean) / std, with named presets ('imagenet', 'clip') or explicit tuples."""
+def _normalize_affine(mean="imagenet", std=None, key: str = "image"):
   if isinstance(mean, str):
     if mean not in MEAN_STD:
       raise ValueError(f"unknown preset {mean!r} (known: {', '.join(MEAN_STD)})")
@@ -404,8 +406,53 @@ def _normalize(mean="imagenet", std=None, key: str = "image"):
   # (x - m) / s as one multiply-add on a float32 copy: x * (1/s) + (-m/s).
   scale = (1.0 / (np.asarray(std, np.float32) * 255.0)).astype(np.float32)
   shift = (-np.asarray(mean, np.float32) * 255.0 * scale).astype(np.float32)
+  return key, scale, shift
 
+
+@register("normalize")
+def _normalize(*args, **kwargs):
+  """(x/255 - mean) / std, with named presets ('imagenet', 'clip') or explicit tuples."""
+  key, scale, shift = _normalize_affine(*args, **kwargs)
   return _keyed(lambda img, rng: _affine_channels(img, scale, shift), key)
+
+
+_AFFINE_OPS = {"value_range": _value_range_affine, "normalize": _normalize_affine}
+
+
+def split_device_affine(spec: str) -> tuple[str, tuple]:
+  """(host op string, device affines): the trailing ``value_range`` / ``normalize`` ops of an op
+  string, as (key, scale, shift) per-channel multiply-adds to run on the accelerator inside
+  the jitted step (``apply_affine``). The host then ships uint8 images — a quarter of the
+  bytes — and skips a float pass over every pixel. Ops after them stay where they are (e.g.
+  ``random_erasing`` after ``normalize``: then nothing moves)."""
+  parts = [t for t in _split_ops(spec) if t.strip()]
+  tail = []
+  while parts:
+    name, args, kwargs = _parse_call(parts[-1])
+    if name not in _AFFINE_OPS:
+      break
+    try:
+      tail.insert(0, _AFFINE_OPS[name](*args, **kwargs))
+    except (TypeError, ValueError) as e:
+      raise PreprocessError(f"preprocessing op {parts[-1].strip()!r}: bad argument ({e})"
+                            ) from None
+    parts.pop()
+  return "|".join(p.strip() for p in parts), tuple(tail)
+
+
+def apply_affine(batch: dict, affines) -> dict:
+  """The device half of ``split_device_affine``: float32(x) * scale + shift per channel, rounded
+  after the multiply and after the add as on the host (the barrier keeps XLA from fusing them
+  into one FMA, which it does differently on different meshes)."""
+  import jax
+  import jax.numpy as jnp
+  if not affines:
+    return batch
+  batch = dict(batch)
+  for key, scale, shift in affines:
+    scaled = jax.lax.optimization_barrier(batch[key].astype(jnp.float32) * jnp.asarray(scale))
+    batch[key] = scaled + jnp.asarray(shift)
+  return batch
 
 
 @register("keep")

@@ -23,19 +23,28 @@ VARIANTS = {
 _xavier = nnx.initializers.xavier_uniform()
 
 
-class MultiHeadSelfAttention(nnx.Module):
-  """Fused qkv projection (as timm/OpenCLIP store it), scaled dot-product attention."""
+ATTENTION_IMPLS = ("", "xla", "cudnn")
 
-  def __init__(self, dim, heads, *, dtype=None, rngs):
+
+class MultiHeadSelfAttention(nnx.Module):
+  """Fused qkv projection (as timm/OpenCLIP store it), scaled dot-product attention through
+  ``jax.nn.dot_product_attention``: ``attention_impl`` '' lets JAX choose, 'xla' or 'cudnn'
+  (the fused cuDNN kernel, NVIDIA GPUs with bf16/fp16) ask for one."""
+
+  def __init__(self, dim, heads, *, attention_impl: str = "", dtype=None, rngs):
+    if attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(f"attention_impl {attention_impl!r} not in {ATTENTION_IMPLS}")
     self.qkv = nnx.Linear(dim, 3 * dim, kernel_init=_xavier, dtype=dtype, rngs=rngs)
     self.proj = nnx.Linear(dim, dim, kernel_init=_xavier, dtype=dtype, rngs=rngs)
     self.heads = heads
+    self.attention_impl = attention_impl
 
   def __call__(self, x, mask=None):
     n, t, d = x.shape
     qkv = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    o = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    o = jax.nn.dot_product_attention(q, k, v, mask=mask,
+                                     implementation=self.attention_impl or None)
     return self.proj(o.reshape(n, t, d))
 
 
@@ -67,10 +76,11 @@ class MlpBlock(nnx.Module):
 
 
 class EncoderBlock(nnx.Module):
-  def __init__(self, dim, mlp_dim, heads, *, dropout=0.0, eps=1e-6, act="gelu", dtype=None,
-               rngs):
+  def __init__(self, dim, mlp_dim, heads, *, dropout=0.0, eps=1e-6, act="gelu",
+               attention_impl: str = "", dtype=None, rngs):
     self.norm1 = nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, rngs=rngs)
-    self.attn = MultiHeadSelfAttention(dim, heads, dtype=dtype, rngs=rngs)
+    self.attn = MultiHeadSelfAttention(dim, heads, attention_impl=attention_impl, dtype=dtype,
+                                       rngs=rngs)
     self.norm2 = nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, rngs=rngs)
     self.mlp = MlpBlock(dim, mlp_dim, act=act, dtype=dtype, rngs=rngs)
     self.dropout = dropout
@@ -103,7 +113,7 @@ class ViT(nnx.Module):
                depth: int | None = None, mlp_dim: int | None = None, heads: int | None = None,
                dropout: float = 0.0, head_zero_init: bool = True, act: str = "gelu",
                eps: float = 1e-6, patch_bias: bool = True, ln_pre: bool = False,
-               dtype: Any = None, rngs: nnx.Rngs):
+               attention_impl: str = "", dtype: Any = None, rngs: nnx.Rngs):
     w, d, m, h = VARIANTS[variant]
     w, d, m, h = width or w, depth or d, mlp_dim or m, heads or h
     if pool not in ("tok", "gap"):
@@ -119,8 +129,9 @@ class ViT(nnx.Module):
     self.pos_embed = nnx.Param(
         0.02 * jax.random.normal(rngs.params(), (grid * grid + n_prefix, w)))
     self.ln_pre = nnx.LayerNorm(w, epsilon=eps, dtype=dtype, rngs=rngs) if ln_pre else None
-    self.blocks = nnx.List([EncoderBlock(w, m, h, dropout=dropout, eps=eps, act=act, dtype=dtype,
-                                         rngs=rngs) for _ in range(d)])
+    self.blocks = nnx.List([EncoderBlock(w, m, h, dropout=dropout, eps=eps, act=act,
+                                         attention_impl=attention_impl, dtype=dtype, rngs=rngs)
+                            for _ in range(d)])
     self.norm = nnx.LayerNorm(w, epsilon=eps, dtype=dtype, rngs=rngs)
     self.num_features = w
     init = nnx.initializers.zeros if head_zero_init else _xavier
