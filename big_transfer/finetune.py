@@ -280,6 +280,7 @@ class Session:
     """``features`` of the pre-trained (initial) weights, through ``config.feature_cache``
     when set: each underlying source (the training pool, the test split) is embedded once per
     pre-trained model and reused by every shots/seed/protocol run on it."""
+    import jax
     import numpy as np
     if not self.config.feature_cache:
       return self.features(self.frozen_weights(), split)
@@ -288,15 +289,20 @@ class Session:
         source, "indices") else (source, None)
     name = "pool" if idx is not None else split
     path = os.path.join(self.config.feature_cache, f"{self._cache_key()}_{name}.npz")
-    if os.path.exists(path):
+    cached = os.path.exists(path)
+    if jax.process_count() > 1:  # one decision for every process: computing is a collective
+      from jax.experimental import multihost_utils
+      cached = bool(multihost_utils.broadcast_one_to_all(np.int32(cached)))
+    if cached:
       with np.load(path) as f:
         x, y = f["x"], f["y"]
     else:
       x, y = self.features(self.frozen_weights(), split, source=base)
-      os.makedirs(self.config.feature_cache, exist_ok=True)
-      tmp = f"{path}.{os.getpid()}.tmp.npz"
-      np.savez(tmp, x=x, y=y)
-      os.replace(tmp, path)
+      if jax.process_index() == 0:
+        os.makedirs(self.config.feature_cache, exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, x=x, y=y)
+        os.replace(tmp, path)
     return (x[idx], y[idx]) if idx is not None else (x, y)
 
   def features(self, weights: dict, split: str, source=None):
@@ -307,22 +313,23 @@ class Session:
     from big_transfer import sharding
     from big_transfer.data import pipeline
     from big_transfer.evaluators.classification import gather_masked
-    if jax.process_count() > 1:
-      raise TransferError("linear probes run on one process for now (features come back "
-                          "interleaved by process)")
     if self._features is None:
       def feats(state, batch):
         model = nnx.merge(self.graphdef, state["params"], state["model_state"])
         return {"x": self.method.features(model, batch["image"]), "y": batch["label"],
-                pipeline.MASK: batch[pipeline.MASK]}
+                pipeline.MASK: batch[pipeline.MASK], pipeline.INDEX: batch[pipeline.INDEX]}
       self._features = jax.jit(feats, in_shardings=(self.shardings,
                                                     sharding.batch_sharding(self.mesh)),
                                out_shardings=sharding.replicated(self.mesh))
     bs = self.config.eval_batch_size or self.config.batch_size
     bs = max(self.mesh.devices.size, bs - bs % self.mesh.devices.size)
     source = self.data[split] if source is None else source
+    # Each process reads its share of every batch; the gathered rows come back in source
+    # order on every process (by _index), so a probe is the same on any number of hosts.
     batches = pipeline.eval_dataset(source, pp=self.config.pp_eval, batch_size=bs,
-                                    keys=("image", "label"), threads=self.config.data_threads)
+                                    keys=("image", "label"), process_index=jax.process_index(),
+                                    process_count=jax.process_count(),
+                                    threads=self.config.data_threads)
     out = gather_masked(self._features, weights, batches, self.mesh)
     return out["x"].astype(np.float32), out["y"]
 

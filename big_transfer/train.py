@@ -410,7 +410,7 @@ def _train(config, workdir: str, data: dict, *, devices, method, initialize, eva
   # ---------------------------------------------------------------- input
   # Global batch b is a pure function of b: the loader resumes from the step alone, on any
   # number of processes, devices or data workers.
-  skipped = pipeline.SkipCounter(pp_host, config.max_skip_fraction)
+  skipped = pipeline.SkipCounter(config.pp_train, config.max_skip_fraction)  # as written
   skipped_before = int(loader_info.get("skipped", 0))  # every process's, before this start
   train_iter = pipeline.train_dataset(
       data["train_source"], pp=pp_host, batch_size=config.batch_size, seed=config.seed,
@@ -449,9 +449,7 @@ def _train(config, workdir: str, data: dict, *, devices, method, initialize, eva
                                    bind=bind)
     evaluators.append((Evaluator("eval", make_eval_ds, eval_apply, mesh, state_sh,
                                  len(eval_source)), eval_every))
-  if config.fewshot.data and pcount > 1:
-    log_lib.info("fewshot: skipped (the few-shot evaluator runs on one process for now)")
-  elif config.fewshot.data:
+  if config.fewshot.data:
     from big_transfer.evaluators.fewshot_linear import FewShotLinear
 
     def features(state, batch):

@@ -338,11 +338,11 @@ def ridge_probe(train_x, train_y, val_x, val_y, num_classes: int, l2_grid: Seque
   """Closed-form ridge (+-1 targets, unpenalised bias) for each L2 in the grid, scaled by the
   features' mean squared norm (so one grid fits every model); picks the best on validation.
   Returns (kernel, bias, chosen l2, {l2: val accuracy})."""
-  from big_transfer.evaluators.fewshot_linear import ridge_fit
+  from big_transfer.evaluators.fewshot_linear import ridge_fit_grid
   scale = float(np.mean(np.sum(np.asarray(train_x, np.float64) ** 2, -1))) or 1.0
   scores, fits = {}, {}
-  for l2 in l2_grid:
-    w, b = ridge_fit(train_x, train_y, num_classes, l2 * scale)
+  solved = ridge_fit_grid(train_x, train_y, num_classes, [l2 * scale for l2 in l2_grid])
+  for l2, (w, b) in zip(l2_grid, solved):  # one eigendecomposition serves the whole grid
     fits[l2] = (w, b)
     scores[l2] = float(np.mean(np.argmax(val_x @ w + b, -1) == val_y))
   best = max(l2_grid, key=lambda l2: (scores[l2], l2))  # ties: the stronger regulariser

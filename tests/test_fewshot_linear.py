@@ -1,6 +1,7 @@
 """The closed-form few-shot linear evaluator: the solver, and its curve during pre-training."""
 
 import numpy as np
+import pytest
 
 from big_transfer import train
 from big_transfer.evaluators.fewshot_linear import normalize_features, ridge_fit
@@ -39,3 +40,15 @@ def test_pretraining_run_reports_a_few_shot_curve(tmp_path):
   last = rows[-1]
   assert 0.1 < last["fewshot/digits/1shot"] <= 1 and last["fewshot/digits/10shot"] > 0.5
   assert last["fewshot/digits/10shot"] > last["fewshot/digits/1shot"]
+
+
+@pytest.mark.parametrize("n,d", [(300, 40), (30, 200)])  # primal and dual
+def test_one_eigendecomposition_solves_the_whole_l2_grid_as_separate_solves_do(n, d):
+  from big_transfer.evaluators.fewshot_linear import ridge_fit, ridge_fit_grid
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(n, d)), rng.integers(0, 5, n)
+  grid = (1e-4, 1e-2, 1.0, 100.0)
+  for (w, b), l2 in zip(ridge_fit_grid(x, y, 5, grid), grid):
+    w_ref, b_ref = ridge_fit(x, y, 5, l2)
+    np.testing.assert_allclose(w, w_ref, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(b, b_ref, rtol=1e-6, atol=1e-8)

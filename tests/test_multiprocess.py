@@ -3,6 +3,7 @@
 import os
 import subprocess
 
+import jax
 import numpy as np
 import pytest
 
@@ -52,3 +53,46 @@ def test_two_jax_processes_read_disjoint_shards_covering_the_epoch(tmp_path):
   a, b = seen[0]["ids"], seen[1]["ids"]
   assert len(a) == len(b) == 24 and not set(a) & set(b)
   assert sorted(a + b) == list(range(48))
+
+
+def _launch(args, timeout=900):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = subprocess.run([os.path.join(ROOT, "launch", "local.sh"), "2", "2", "--", "python",
+                        "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=timeout)
+  assert out.returncode == 0, out.stdout[-3000:]
+  return out
+
+
+@pytest.mark.slow  # ~3 minutes: a pre-training run and two transfers on 2 processes
+def test_few_shot_evaluation_linear_probes_and_lp_ft_are_the_same_on_two_processes(tmp_path):
+  """Features gathered from every process come back in source order (by _index): the
+  few-shot evaluator during pre-training, lp and lp_ft give one process's results."""
+  import json
+  from big_transfer import config_lib, finetune
+  fewshot = ["--config.fewshot.data=builtin:digits", "--config.fewshot.shots=(1,10)",
+             "--config.fewshot.seeds=(0,)", "--config.fewshot.every=8",
+             "--config.fewshot.pp=to_rgb|resize(36)|central_crop(32)|value_range(-1,1)"]
+  pre_args = ["big_transfer.train", f"--config={MINI}:steps=8,batch=32,width=0.125",
+              "--config.eval_data=none", "--config.tensorboard=false", *fewshot]
+  mp_pre, ref_pre = str(tmp_path / "pre_2p"), str(tmp_path / "pre_1p")
+  _launch(pre_args + [f"--workdir={mp_pre}"])
+  c = mini_config("steps=8,batch=32,width=0.125", eval_data="none")
+  c.fewshot.data, c.fewshot.shots, c.fewshot.seeds, c.fewshot.every = (
+      "builtin:digits", (1, 10), (0,), 8)
+  c.fewshot.pp = "to_rgb|resize(36)|central_crop(32)|value_range(-1,1)"
+  train.run(c, ref_pre, devices=one_device())
+  last = lambda wd: [r for r in read_metrics(wd) if "fewshot/digits/10shot" in r][-1]
+  for k in ("fewshot/digits/1shot", "fewshot/digits/10shot"):
+    assert last(mp_pre)[k] == pytest.approx(last(ref_pre)[k], abs=1 / 360 + 1e-9), k
+  for protocol in ("lp", "lp_ft"):
+    ft = f"{ROOT}/configs/mini/finetune.py:pretrained={ref_pre},protocol={protocol},shots=5,epochs=5"
+    wd = str(tmp_path / f"{protocol}_2p")
+    _launch(["big_transfer.finetune", f"--config={ft}", f"--workdir={wd}"])
+    (mp_row,) = json.load(open(os.path.join(wd, "done.json")))["rows"]
+    (row,) = finetune.run(config_lib.load(ft), str(tmp_path / f"{protocol}_1p"),
+                          devices=jax.devices()[:4])
+    assert mp_row["num_test"] == row["num_test"] == 360
+    assert mp_row["hyperparameters"].get("l2") == row["hyperparameters"].get("l2")
+    tol = 1 / 360 + 1e-9 if protocol == "lp" else 0.02  # lp_ft trains: reduction order
+    assert mp_row["test_accuracy"] == pytest.approx(row["test_accuracy"], abs=tol), protocol

@@ -395,7 +395,8 @@ class TrainBatches:
     batch, attempts, failures, first = result
     self.skipped.add(attempts, failures, first)
     if batch is None:
-      raise SkipError(f"preprocessing {self._builder.pp!r}: batch {self.next_batch} has a "
+      raise SkipError(f"preprocessing {self.skipped.pp or self._builder.pp!r}: batch "
+                      f"{self.next_batch} has a "
                       f"position whose {MAX_ATTEMPTS} alternates all fail: {first}")
     self.next_batch += 1
     return batch

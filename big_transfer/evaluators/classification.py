@@ -58,14 +58,18 @@ class Evaluator:
 
 def gather_masked(fn, state, batches: Iterable[dict], mesh) -> dict[str, np.ndarray]:
   """Runs the jitted ``fn(state, global_batch) -> {name: per-example array}`` (replicated
-  output, including the batch's padding mask under ``pipeline.MASK``, so every host can read
-  it) over eval batches and returns each output's rows for the real examples, concatenated
-  on the host."""
+  output, including the batch's padding mask under ``pipeline.MASK`` and each row's source
+  position under ``pipeline.INDEX``, so every host can read them) over eval batches and
+  returns each output's rows for the real examples, in source order, on every host."""
   out: dict[str, list] = {}
   for batch in batches:
     values = jax.device_get(fn(state, sharding.to_global(batch, mesh)))
     keep = np.asarray(values.pop(pipeline.MASK)) > 0
     for k, v in values.items():
       out.setdefault(k, []).append(np.asarray(v)[keep])
-  return {k: np.concatenate(v) for k, v in out.items()}
+  out = {k: np.concatenate(v) for k, v in out.items()}
+  if pipeline.INDEX in out:  # whatever the processes' share of the batches, source order
+    order = np.argsort(out.pop(pipeline.INDEX), kind="stable")
+    out = {k: v[order] for k, v in out.items()}
+  return out
 

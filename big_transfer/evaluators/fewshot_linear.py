@@ -36,6 +36,33 @@ def ridge_fit(x: np.ndarray, y: np.ndarray, num_classes: int, l2_reg: float):
   return w, mt - mx @ w
 
 
+def ridge_fit_grid(x: np.ndarray, y: np.ndarray, num_classes: int,
+                   l2_regs) -> list[tuple[np.ndarray, np.ndarray]]:
+  """``ridge_fit`` for every L2 value from one eigendecomposition (as big_vision's fewshot_lsr):
+  with X'X = V diag(e) V' (or XX' in the dual), w(l2) = V diag(1 / (e + l2)) V'X'T costs a
+  matrix product per value instead of a solve."""
+  x = np.asarray(x, np.float64)
+  t = 2.0 * np.eye(num_classes)[y] - 1.0
+  mx, mt = x.mean(0), t.mean(0)
+  xc, tc = x - mx, t - mt
+  n, d = xc.shape
+  out = []
+  if d <= n:
+    e, v = np.linalg.eigh(xc.T @ xc)
+    proj = v.T @ (xc.T @ tc)
+    for l2 in l2_regs:
+      w = v @ (proj / (e + l2)[:, None])
+      out.append((w, mt - mx @ w))
+  else:
+    e, u = np.linalg.eigh(xc @ xc.T)
+    proj = u.T @ tc
+    xtu = xc.T @ u
+    for l2 in l2_regs:
+      w = xtu @ (proj / (e + l2)[:, None])
+      out.append((w, mt - mx @ w))
+  return out
+
+
 def normalize_features(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
   """Centre on the pool's mean, then unit length: makes one l2_reg fit every model."""
   x = np.asarray(x, np.float64) - mean
@@ -49,8 +76,6 @@ class FewShotLinear:
                seeds: Sequence[int], l2_reg: float, features: Callable, mesh, state_shardings,
                batch_size: int, train_split: str = "train", test_split: str = "test",
                process_index: int = 0, process_count: int = 1):
-    if process_count > 1:  # features come back in a per-process interleaved order
-      raise NotImplementedError("few-shot linear evaluation runs on one process for now")
     spec = sources.parse_spec(data.partition("?")[0])
     pool = sources.open_source(sources.spec_with_default_split(data, train_split))
     self.test = sources.open_source(sources.spec_at_split(data, test_split))
@@ -70,7 +95,7 @@ class FewShotLinear:
 
     def feats(state, batch):
       return {"x": features(state, batch).astype(jnp.float32),
-              pipeline.MASK: batch[pipeline.MASK]}
+              pipeline.MASK: batch[pipeline.MASK], pipeline.INDEX: batch[pipeline.INDEX]}
     self._feats = jax.jit(feats, in_shardings=(state_shardings,
                                                sharding.batch_sharding(mesh)),
                           out_shardings=sharding.replicated(mesh))

@@ -46,7 +46,8 @@ class Retrieval:
 
     def embed(state, batch):
       return {"image": encode_image(state, batch["image"]),
-              "text": encode_text(state, batch["text"]), pipeline.MASK: batch[pipeline.MASK]}
+              "text": encode_text(state, batch["text"]), pipeline.MASK: batch[pipeline.MASK],
+              pipeline.INDEX: batch[pipeline.INDEX]}
     self._embed = jax.jit(embed, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                           out_shardings=sharding.replicated(mesh))
 
