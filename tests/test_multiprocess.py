@@ -73,11 +73,14 @@ def test_few_shot_evaluation_linear_probes_and_lp_ft_are_the_same_on_two_process
   fewshot = ["--config.fewshot.data=builtin:digits", "--config.fewshot.shots=(1,10)",
              "--config.fewshot.seeds=(0,)", "--config.fewshot.every=8",
              "--config.fewshot.pp=to_rgb|resize(36)|central_crop(32)|value_range(-1,1)"]
+  # lr 0: the same weights on both layouts (training noise would blur the comparison); the
+  # BatchNorm statistics still move, and the probe sees real features.
   pre_args = ["big_transfer.train", f"--config={MINI}:steps=8,batch=32,width=0.125",
-              "--config.eval_data=none", "--config.tensorboard=false", *fewshot]
+              "--config.eval_data=none", "--config.tensorboard=false",
+              "--config.optimizer.lr=0.0", *fewshot]
   mp_pre, ref_pre = str(tmp_path / "pre_2p"), str(tmp_path / "pre_1p")
   _launch(pre_args + [f"--workdir={mp_pre}"])
-  c = mini_config("steps=8,batch=32,width=0.125", eval_data="none")
+  c = mini_config("steps=8,batch=32,width=0.125", eval_data="none", **{"optimizer.lr": 0.0})
   c.fewshot.data, c.fewshot.shots, c.fewshot.seeds, c.fewshot.every = (
       "builtin:digits", (1, 10), (0,), 8)
   c.fewshot.pp = "to_rgb|resize(36)|central_crop(32)|value_range(-1,1)"
