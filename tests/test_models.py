@@ -112,3 +112,32 @@ def test_vit_attention_implementation_is_a_choice_with_the_same_numbers():
   np.testing.assert_allclose(np.asarray(xla(x)[0]), np.asarray(default(x)[0]), atol=1e-5)
   with pytest.raises(ValueError, match="attention_impl 'flash'"):
     models.init("vit_ti16", attention_impl="flash", **kw)
+
+
+@pytest.mark.parametrize("method", ["supervised", "simclr", "clip"])
+def test_every_method_gives_a_vit_its_dropout(method):
+  """One model signature, ``model(x, *, train, rngs)``: under every method a ViT's dropout
+  follows the step's rng (two rngs, two losses) and is off at 0."""
+  import jax
+  import numpy as np
+  from flax import nnx
+  from big_transfer import config_lib, methods
+  from big_transfer.data import tokenizer
+
+  def loss(dropout, key):
+    c = config_lib.base_config()
+    c.method, c.model = method, "vit_ti16"
+    c.model_kwargs = dict(image_size=32, patch=8, width=32, depth=2, mlp_dim=64, heads=2,
+                          dropout=dropout, head_zero_init=False)
+    c.projection_dims, c.clip.embed_dim = (32, 16), 16
+    c.text.update(width=32, layers=1, heads=2, context_length=8)
+    tok = tokenizer.train(["a photo of a cat", "a drawing of a dog"] * 20, vocab_size=520)
+    m = methods.get(method, c, {"num_classes": 3, "class_names": None, "tokenizer": tok})
+    model = m.create_model(nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(4, 32, 32, 3)).astype(np.float32)
+    batch = {"image": img, "label": np.arange(4) % 3, "image1": img, "image2": img[::-1],
+             "text": tok.tokenize(["a photo of a cat"] * 2 + ["a drawing of a dog"] * 2, 8)}
+    return float(m.loss(model, batch, nnx.Rngs(dropout=jax.random.key(key)))[0])
+  assert loss(0.5, 1) != loss(0.5, 2)
+  assert loss(0.0, 1) == loss(0.0, 2)

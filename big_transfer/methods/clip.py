@@ -47,8 +47,7 @@ class CLIPModel(nnx.Module):
 
   def encode_image(self, images, train: bool = False, rngs=None):
     """(embedding, pre_logits) of a batch of images."""
-    kwargs = {"rngs": rngs} if rngs is not None and hasattr(self.image, "blocks") else {}
-    _, out = self.image(images, train=train, **kwargs)
+    _, out = self.image(images, train=train, rngs=rngs)
     x = out["pre_logits"]
     emb = x @ self.image_projection.value.astype(x.dtype) if self.image_projection is not None \
         else x

@@ -38,8 +38,8 @@ class SimCLRModel(nnx.Module):
     self.backbone = backbone
     self.projection = projection
 
-  def __call__(self, x, train: bool = False):
-    _, out = self.backbone(x, train=train)
+  def __call__(self, x, train: bool = False, rngs=None):
+    _, out = self.backbone(x, train=train, rngs=rngs)
     return self.projection(out["pre_logits"], train), out
 
 
@@ -67,6 +67,6 @@ class Method:
   def loss(self, model, batch, rngs=None):
     n = batch["image1"].shape[0]
     x = jnp.concatenate([batch["image1"], batch["image2"]], axis=0).astype(self.dtype)
-    z, _ = model(x, train=True)
+    z, _ = model(x, train=True, rngs=rngs)  # a ViT backbone's dropout too
     loss, acc = losses.nt_xent(z[:n], z[n:], self.temperature)
     return loss, {"contrastive_accuracy": acc}

@@ -25,8 +25,7 @@ class Method:
                          dtype=self.dtype, **self.config.model_kwargs.to_dict())
 
   def _logits(self, model, batch, train, rngs=None):
-    kwargs = {"rngs": rngs} if rngs is not None and "vit" in self.config.model else {}
-    logits, _ = model(batch["image"].astype(self.dtype), train=train, **kwargs)
+    logits, _ = model(batch["image"].astype(self.dtype), train=train, rngs=rngs)
     return logits.astype(jnp.float32)
 
   def features(self, model, images):

@@ -257,7 +257,10 @@ class ResNet(nnx.Module):
       x = nnx.relu(self.final_norm(x, train))
     return x
 
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, rngs=None):
+    """(logits, {pre_logits, feature_map}); the signature every model here shares (``rngs``:
+    the dropout stream, which these ResNets do not use)."""
+    del rngs
     fmap = self.features(x, train)
     if self.attnpool is not None:
       pre_logits = self.attnpool(fmap)
