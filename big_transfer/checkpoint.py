@@ -24,6 +24,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import zlib
@@ -32,6 +33,10 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from big_transfer.logging import quiet_absl
+from big_transfer.sharding import path_name
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +167,6 @@ class Checkpointer:
   def _save_error(self, step: int | None, e: BaseException) -> CheckpointError:
     # An asynchronous save fails in the background; the error surfaces at a later call. The
     # failing step is the one its path names.
-    import re
     named = [m for x in _chain(e) for m in re.findall(r"checkpoints/(\d+)", str(x))]
     where = f"{self.directory}/{named[0] if named else step}"
     self.failed = True
@@ -256,7 +260,6 @@ class Checkpointer:
         shutil.rmtree(dst)
       shutil.move(src, dst)
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f"checkpoint_move_aside_{step}")
     self.manager.reload()
 
@@ -316,7 +319,6 @@ def _metadata_tree(item_dir: str):
 
 
 def _shapes_by_name(tree) -> dict[str, tuple]:
-  from big_transfer.sharding import path_name
   return {path_name(p): tuple(getattr(v, "shape", ()))
           for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
@@ -333,7 +335,6 @@ def structure_mismatches(saved_tree, target_tree) -> list[str]:
 
 def _load_step(directory: str, step: int) -> dict:
   item = os.path.join(directory, str(step), "state")
-  from big_transfer.logging import quiet_absl
   with quiet_absl():  # orbax warns about optional metadata files
     tree = _metadata_tree(item)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])

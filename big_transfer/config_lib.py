@@ -10,14 +10,21 @@ in this one place.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import math
 import os
 import re
+import sys
 from typing import Any
 
 import ml_collections
+from absl import flags
 from ml_collections import config_dict
+
+from big_transfer import methods, models, optim
+from big_transfer.data import ops, sources
+from big_transfer.evaluators import common as evals_lib
 
 
 class ConfigError(ValueError):
@@ -26,8 +33,6 @@ class ConfigError(ValueError):
 
 def load(path_and_arg: str) -> ml_collections.ConfigDict:
   """Loads ``configs/...py[:arg]`` as the entrypoints do (``get_config(arg)``), locked."""
-  import importlib.util
-  import os
   path, sep, arg = path_and_arg.partition(":")
   if not os.path.isfile(path):
     raise ConfigError(f"config file {path!r} does not exist")
@@ -107,12 +112,6 @@ def base_config() -> ml_collections.ConfigDict:
   # Contrastive methods (SimCLR): NT-Xent temperature and the projection MLP after pre_logits.
   c.temperature = 0.1
   c.projection_dims = (4096, 4096, 256)
-  # Closed-form few-shot linear evaluation on frozen pre_logits during pre-training
-  # (evaluators/fewshot_linear.py); off while data is ''.
-  c.fewshot = ml_collections.ConfigDict({
-      "data": "", "pp": "", "shots": (1, 5, 10, 25), "seeds": (0, 1, 2), "l2_reg": 0.1,
-      "every": placeholder(int),  # default: eval_every
-  })
   # Image-text methods (clip, slip). The tokenizer is a merges file (CLIP's
   # bpe_simple_vocab_16e6.txt.gz, or one written by big_transfer.data.tokenizer), 'clip' (that
   # file from the installed open_clip_torch package) or 'train:SIZE': learn a SIZE-token BPE
@@ -128,15 +127,12 @@ def base_config() -> ml_collections.ConfigDict:
       "logit_bias_init": -10.0,  # sigmoid loss only (SigLIP: scale 10, bias -10)
       "ssl_weight": 1.0,  # slip: weight of the SimCLR loss beside the CLIP loss
   })
-  # Zero-shot classification (prompt-ensembled class names) and image<->text retrieval,
-  # run periodically during pre-training of image-text methods; off while data is ''.
-  c.zeroshot = ml_collections.ConfigDict({
-      "data": "", "split": "test", "pp": "", "templates": "clip7", "every": placeholder(int),
-  })
-  c.retrieval = ml_collections.ConfigDict({
-      "data": "", "split": "test", "pp": "", "max_examples": 1000,
-      "every": placeholder(int),
-  })
+  # Evaluators run during training, by name: {type, data, every, ...} with type
+  # classification, fewshot_linear (closed-form probes on frozen pre_logits), zeroshot or
+  # retrieval (image-text methods); see evaluators/common.py for each type's keys. An entry
+  # whose data is '' is off. The held-out 'eval' (eval_data, eval_split, pp_eval) is built the
+  # same way.
+  c.evals = ml_collections.ConfigDict()
   c.tensorboard = True
   return c
 
@@ -183,6 +179,9 @@ def transfer_config():
       "sgd_steps": 500, "sgd_lr": 0.1,
   })
   c.wise_ft = ml_collections.ConfigDict({"alphas": (0.0, 0.25, 0.5, 0.75, 1.0)})
+  # Prompt templates of CLIP text heads (zeroshot, and the head ft/wise_ft start from):
+  # 'clip7', 'simple', or 'a {};the {}'.
+  c.templates = "clip7"
   c.schedule_rule = ""  # 'bit': BiT-HyperRule (steps, schedule, batch, MixUp, resolution)
   c.mixup_alpha = 0.0
   c.results_file = ""  # also append rows here (the study's results table)
@@ -259,8 +258,6 @@ def resolve_steps(total_steps, total_epochs, total_examples, *, batch_size: int,
 
 def validate(config) -> None:
   """Checks values that would otherwise fail late; raises ConfigError with one line."""
-  from big_transfer import methods, models, optim
-  from big_transfer.data import ops, sources
 
   if config.method not in methods.METHODS:
     raise ConfigError(f"config.method={config.method!r}: not one of "
@@ -280,15 +277,13 @@ def validate(config) -> None:
       sources.check_spec(config[key])
     except sources.DataError as e:
       raise ConfigError(f"config.{key}: {e}") from None
-  if config.fewshot.data:
-    try:
-      sources.check_spec(config.fewshot.data)
-      ops.parse(config.fewshot.pp)
-    except (sources.DataError, ops.PreprocessError) as e:
-      raise ConfigError(f"config.fewshot: {e}") from None
-  for key in ("pp_train", "pp_eval", "zeroshot.pp", "retrieval.pp"):
-    group, _, leaf = key.rpartition(".")
-    pp = (config[group] if group else config)[leaf]
+  try:
+    evals_lib.check(config.evals)
+  except evals_lib.EvalConfigError as e:
+    raise ConfigError(str(e)) from None
+  pps = [("pp_train", config.pp_train), ("pp_eval", config.pp_eval)] + [
+      (f"evals.{name}.pp", dict(entry).get("pp", "")) for name, entry in config.evals.items()]
+  for key, pp in pps:
     try:
       ops.parse(pp)
     except ops.PreprocessError as e:
@@ -296,12 +291,6 @@ def validate(config) -> None:
     if "tokenize" in pp and not config.text.tokenizer and "vocab=" not in pp:
       raise ConfigError(f"config.{key} tokenizes text: set config.text.tokenizer (a merges "
                         f"file, or 'train:SIZE' to learn one from the captions)")
-  for key in ("zeroshot", "retrieval"):
-    if config[key].data:
-      try:
-        sources.check_spec(config[key].data)
-      except sources.DataError as e:
-        raise ConfigError(f"config.{key}.data: {e}") from None
   if config.clip.loss not in ("softmax", "sigmoid"):
     raise ConfigError(f"config.clip.loss={config.clip.loss!r}: not softmax or sigmoid")
   tok = config.text.tokenizer
@@ -347,8 +336,6 @@ def _clean(e: BaseException) -> str:
 
 def flags_parser(argv: list[str]) -> list[str]:
   """absl flag parsing for entrypoints: a bad flag or config override is one line, exit 2."""
-  import sys
-  from absl import flags
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # noqa: BLE001  (absl and ml_collections raise many kinds)

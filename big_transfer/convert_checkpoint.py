@@ -128,7 +128,7 @@ def convert(fmt: str, src: str, out: str, *, model: str | None = None,
 def write(out: str, config, state: dict, summary: dict):
   """A workdir finetune/train accept: config.json + checkpoints/0/state (Orbax)."""
   from big_transfer import checkpoint as ckpt_lib
-  from big_transfer.train import write_config
+  from big_transfer.app import write_config
   if os.path.exists(os.path.join(out, "checkpoints")):
     raise ConversionError(f"--out={out}: already holds checkpoints; choose a new directory")
   write_config(config, out, {"converted_from": summary})

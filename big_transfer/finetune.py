@@ -33,10 +33,24 @@ import os
 import time
 from typing import Any
 
-from absl import app, flags
+import hashlib
+import math
 
-FLAGS = flags.FLAGS
+import jax
+import numpy as np
+from absl import app as absl_app
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from big_transfer import app, config_lib, published, runlock, sharding, transfer
+from big_transfer import logging as log_lib
+from big_transfer import train as train_lib
 from big_transfer.config_lib import PROTOCOLS
+from big_transfer.data import fewshot, pipeline, sources
+from big_transfer.evaluators import common as evals_lib
+from big_transfer.evaluators.classification import gather_masked
+from big_transfer.logging import read_metrics
+from big_transfer.transfer import bit_hyperrule, put_like
 
 
 class TransferError(ValueError):
@@ -74,7 +88,6 @@ def transfer_sources(config) -> dict[str, Any]:
   opened; no record is read. The pool is the spec's own split and slice when it names one
   (``tfds:eurosat/rgb:train[:80%]`` with ``test_split=train[80%:]``): never the whole split the
   test slice comes from."""
-  from big_transfer.data import sources
   sources.set_tfds_data_dir(config.data_dir)
   pool = sources.open_source(sources.spec_with_default_split(config.data, config.train_split))
   val = None
@@ -88,8 +101,6 @@ def transfer_sources(config) -> dict[str, Any]:
 
 def transfer_data(config) -> dict[str, Any]:
   """Pool, validation, k-shot training subset and test sources (seeded, model-independent)."""
-  import numpy as np
-  from big_transfer.data import fewshot, sources
   opened = transfer_sources(config)
   pool, val, test, names = opened["pool"], opened["val"], opened["test"], opened["class_names"]
   labels = fewshot.labels_of(pool)
@@ -116,7 +127,6 @@ def transfer_data(config) -> dict[str, Any]:
 
 
 def _apply_bit_rule(config, num_train: int, image_size: int | None):
-  from big_transfer.transfer import bit_hyperrule
   r = bit_hyperrule(num_train, image_size)
   config.total_steps, config.total_epochs, config.total_examples = r["total_steps"], None, None
   config.batch_size = r["batch_size"]
@@ -150,8 +160,6 @@ def resolve(config, pre_method: str | None, pre_model: str | None, data) -> tupl
   """The run's config (model, BiT-HyperRule, class count filled in) and its head
   initialisation, checked: every user error here, before any weights are loaded. Used by
   Session and by ``study --check`` (which has no checkpoint yet, only the arm's config)."""
-  from big_transfer import config_lib
-  from big_transfer.data import sources
   check_protocol(config)
   config = with_model(config, pre_model)
   if config.schedule_rule == "bit":
@@ -186,8 +194,6 @@ class Session:
   """One invocation: the pre-trained run, data, mesh, and evaluation of weights on a split."""
 
   def __init__(self, config, workdir: str, devices=None):
-    from flax import nnx
-    from big_transfer import sharding, transfer
     self.workdir = workdir
     check_protocol(config)
     self.pre = transfer.load_pretrained(config.pretrained) if config.pretrained else None
@@ -211,9 +217,6 @@ class Session:
   # --------------------------------------------------------------- weights
   def initial_weights(self, head=None) -> dict:
     """Host (params, model_state): fresh init, pre-trained tower loaded, head set."""
-    import jax
-    from flax import nnx
-    from big_transfer import transfer
     opts = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
 
     def init(key):
@@ -226,35 +229,24 @@ class Session:
 
   def to_device(self, host: dict) -> dict:
     """Host weights -> global arrays with this session's shardings."""
-    import jax
-    from big_transfer.transfer import put_like
     like = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                         self.abstract, self.shardings)
     return put_like(host, like)
 
   # --------------------------------------------------------------- evaluation
   def evaluator(self, split: str):
-    """The (cached) exact evaluator of {params, model_state} on 'val' or 'test'."""
-    from flax import nnx
-    from big_transfer.data import pipeline
-    from big_transfer.evaluators.classification import Evaluator
+    """The (cached) exact evaluator of {params, model_state} on 'val' or 'test': the
+    registry's classification type on this session's split."""
     if split not in self._evaluators:
-      source = self.data[split]
       bs = self.config.eval_batch_size or self.config.batch_size
-      bs = max(self.mesh.devices.size, bs - bs % self.mesh.devices.size)
-
-      def apply(state, batch):
-        return self.method.eval_metrics(
-            nnx.merge(self.graphdef, state["params"], state["model_state"]), batch)
-
-      def make_ds(source=source, bs=bs):
-        import jax
-        return pipeline.eval_dataset(source, pp=self.config.pp_eval, batch_size=bs,
-                                     keys=("image", "label"), process_index=jax.process_index(),
-                                     process_count=jax.process_count(),
-                                     threads=self.config.data_threads)
-      self._evaluators[split] = Evaluator(split, make_ds, apply, self.mesh, self.shardings,
-                                          len(source))
+      ctx = evals_lib.Context(
+          method=self.method, mesh=self.mesh, state_shardings=self.shardings,
+          batch_size=max(self.mesh.devices.size, bs - bs % self.mesh.devices.size),
+          process_index=jax.process_index(), process_count=jax.process_count(),
+          threads=self.config.data_threads, pp_eval=self.config.pp_eval,
+          eval_model=lambda w: nnx.merge(self.graphdef, w["params"], w["model_state"]))
+      s = evals_lib.settings(split, {"type": "classification"})
+      self._evaluators[split] = evals_lib.classification(split, s, ctx, self.data[split])
     return self._evaluators[split]
 
   def accuracy(self, weights: dict, split: str) -> float:
@@ -262,7 +254,6 @@ class Session:
     return dict(self.evaluator(split).run(weights))[f"{split}/accuracy"]
 
   def _cache_key(self) -> str:
-    import hashlib
     c = self.config
     parts = [os.path.abspath(self.pre.path) if self.pre else "scratch",
              str(self.pre.step) if self.pre else str(c.seed), c.model,
@@ -280,8 +271,6 @@ class Session:
     """``features`` of the pre-trained (initial) weights, through ``config.feature_cache``
     when set: each underlying source (the training pool, the test split) is embedded once per
     pre-trained model and reused by every shots/seed/protocol run on it."""
-    import jax
-    import numpy as np
     if not self.config.feature_cache:
       return self.features(self.frozen_weights(), split)
     source = self.data[split]
@@ -291,7 +280,6 @@ class Session:
     path = os.path.join(self.config.feature_cache, f"{self._cache_key()}_{name}.npz")
     cached = os.path.exists(path)
     if jax.process_count() > 1:  # one decision for every process: computing is a collective
-      from jax.experimental import multihost_utils
       cached = bool(multihost_utils.broadcast_one_to_all(np.int32(cached)))
     if cached:
       with np.load(path) as f:
@@ -307,12 +295,6 @@ class Session:
 
   def features(self, weights: dict, split: str, source=None):
     """(features, labels) of a split as the head sees them (frozen tower), host float32."""
-    import jax
-    import numpy as np
-    from flax import nnx
-    from big_transfer import sharding
-    from big_transfer.data import pipeline
-    from big_transfer.evaluators.classification import gather_masked
     if self._features is None:
       def feats(state, batch):
         model = nnx.merge(self.graphdef, state["params"], state["model_state"])
@@ -337,7 +319,6 @@ class Session:
   def probe(self):
     """The linear probe on the pre-trained tower's frozen features: (kernel, bias, chosen
     value, {value: val accuracy})."""
-    from big_transfer import transfer
     tx, ty = self.frozen_features("train")
     vx, vy = self.frozen_features("val")
     c = self.config.lp
@@ -357,10 +338,6 @@ class Session:
     WORKDIR/``name`` (default ``lr_<lr>[_b<batch>_e<epochs>]``). Returns (device weights,
     {steps, batch_size, epochs, test_by_epoch}); ``test_by_epoch`` (test accuracy after every
     epoch, the authors' selection) only with ``test_every_epoch``."""
-    import math
-    from big_transfer import config_lib
-    from big_transfer import train as train_lib
-    from big_transfer.transfer import put_like
     c = copy.deepcopy(self.config)
     source = self.data["train"] if train is None else train
     n_train, n_dev = len(source), self.mesh.devices.size
@@ -381,7 +358,7 @@ class Session:
     c.optimizer.warmup_epochs = None
     c.checkpoint_every = min(c.checkpoint_every, steps)
     c.eval_data = "none"
-    c.fewshot.data = ""
+    c.evals = type(c.evals)()  # a transfer run's sub-runs evaluate after training, not during
     init = self.initial_weights(head)
 
     def initialize(state):
@@ -400,7 +377,6 @@ class Session:
                           train_source=source, initialize=initialize, evaluators=evaluators)
     info = {"steps": steps, "batch_size": c.batch_size, "epochs": steps * c.batch_size / n_train}
     if test_every_epoch:
-      from big_transfer.logging import read_metrics
       by_step = {r["step"]: r["test/accuracy"] for r in read_metrics(workdir)
                  if "test/accuracy" in r}
       info["test_by_epoch"] = [by_step[k] for k in sorted(by_step)]
@@ -423,7 +399,6 @@ def grid_points(config) -> tuple[list[tuple[float, int | None, float | None]], s
   set of the authors' log: their grid on it (lr x batch x epochs)."""
   if not config.paper_grid:
     return [(float(lr), None, None) for lr in config.lrs], "config.lrs"
-  from big_transfer import published
   protocol = "lp_ft" if config.protocol == "lp_ft" else "ft"
   points = published.authors_grid(config.paper_grid, protocol)
   if not points:
@@ -448,9 +423,6 @@ def _pretrain_fields(pre) -> dict[str, Any]:
 def run(config, workdir: str, devices=None) -> list[dict]:
   """Runs the configured protocol; returns (and appends, exactly once) the result rows. The
   workdir is locked for the run."""
-  import jax
-  from big_transfer import logging as log_lib
-  from big_transfer import runlock, transfer
   done_path = os.path.join(workdir, "done.json")
   lock = (runlock.WorkdirLock(workdir, log_lib.info).acquire() if jax.process_index() == 0
           else None)
@@ -470,10 +442,6 @@ def run(config, workdir: str, devices=None) -> list[dict]:
 
 
 def _run(config, workdir: str, devices, done_path: str) -> list[dict]:
-  import jax
-  import numpy as np
-  from big_transfer import logging as log_lib
-  from big_transfer import transfer
   t0 = time.time()
   s = Session(config, workdir, devices)
   c, d = s.config, s.data
@@ -491,11 +459,11 @@ def _run(config, workdir: str, devices, done_path: str) -> list[dict]:
 
   head = None
   if s.head_init == "text":
-    head = transfer.text_head(s.pre, d["class_names"], c.zeroshot.templates)
+    head = transfer.text_head(s.pre, d["class_names"], c.templates)
   rows = []
   if c.protocol == "zeroshot":
     w = s.to_device(s.initial_weights(head))
-    rows.append({**base, "hyperparameters": {"templates": c.zeroshot.templates},
+    rows.append({**base, "hyperparameters": {"templates": c.templates},
                  "val_accuracy": s.accuracy(w, "val"), "test_accuracy": s.accuracy(w, "test"),
                  "steps": 0})
   elif c.protocol == "lp":
@@ -576,10 +544,9 @@ def _run(config, workdir: str, devices, done_path: str) -> list[dict]:
 
 
 def entry():
-  from big_transfer import config_lib, train
   # The same flags as the pre-training entrypoint (--config, --workdir, multi-process flags).
-  train.define_flags("Config file (configs/finetune/...py[:args]).")
-  app.run(train.main_of(run, (TransferError,)), flags_parser=config_lib.flags_parser)
+  app.define_flags("Config file (configs/finetune/...py[:args]).")
+  absl_app.run(app.main_of(run, (TransferError,)), flags_parser=config_lib.flags_parser)
 
 
 if __name__ == "__main__":

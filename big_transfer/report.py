@@ -16,6 +16,7 @@ Which arms form a comparison is read from the rows' ``tags.group`` (set by the s
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from big_transfer import published
+from big_transfer import transfer
 
 SHOT_ORDER = ("1", "5", "10", "20", "25", "50", "100", "200", "full")
 
@@ -178,7 +180,7 @@ def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
 
 
 def draw(spec: dict, path: str) -> None:
-  import matplotlib
+  import matplotlib  # lazy: +0.4 s, for drawing only (train/finetune import this module)
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   panels = spec["panels"]
@@ -292,7 +294,6 @@ def comparison(agg: dict[tuple, dict]) -> str:
 
 
 def write_report(workdir: str, study=None) -> str:
-  from big_transfer import transfer
   path = os.path.join(workdir, "results.jsonl")
   rows = transfer.read_results(path)
   if not rows:
@@ -331,7 +332,6 @@ def write_report(workdir: str, study=None) -> str:
 
 
 def main(argv=None):
-  import argparse
   p = argparse.ArgumentParser(prog="python -m big_transfer.report")
   p.add_argument("--workdir", required=True)
   args = p.parse_args(argv)

@@ -16,6 +16,8 @@ import socket
 import threading
 import time
 
+from jax.experimental import multihost_utils
+
 HEARTBEAT_S = 30.0
 STALE_S = 300.0
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: stopped cleanly on a signal, checkpoint saved; run again
@@ -164,7 +166,6 @@ class StopSignals:
 
   def stop_now(self, step: int) -> bool:
     if self.multi:
-      from jax.experimental import multihost_utils
       try:
         if multihost_utils.reached_preemption_sync_point(step):
           self.signum = self.signum or signal.SIGTERM

@@ -26,8 +26,16 @@ import sys
 import time
 from typing import Any
 
-from absl import app, flags
+import jax
+from absl import app as absl_app
+from absl import flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from big_transfer import app, checkpoint, config_lib, convert_checkpoint, finetune, report
+from big_transfer import logging as log_lib
+from big_transfer import runlock, train
+from big_transfer.data import sources
 
 FLAGS = flags.FLAGS
 
@@ -124,7 +132,6 @@ def resolve_config_path(spec: str) -> str:
 
 def expand(study, workdir: str) -> list[Run]:
   """Every run of the study, pre-training first; transfer runs name their dependency."""
-  from big_transfer import config_lib
   runs = []
   arms = {}
   for arm in study.pretrain:
@@ -226,9 +233,7 @@ def _transfer_images(study, ds, shots, protocol) -> float:
 
 
 def _run_one(run: Run):
-  from big_transfer import finetune, train
   if run.kind == "convert":
-    from big_transfer import convert_checkpoint
     rc = convert_checkpoint.main([*run.convert_args, f"--out={run.workdir}"])
     if rc:
       raise RuntimeError(f"convert_checkpoint exited with {rc} (its error is above)")
@@ -242,7 +247,6 @@ def _run_one(run: Run):
 
 
 def _load_run_config(run: Run):
-  from big_transfer import config_lib
   config = config_lib.load(run.config)
   config.unlock()
   apply_overrides(config, run.overrides)
@@ -253,10 +257,8 @@ def check(runs: list[Run]) -> list[tuple[str, list[str]]]:
   """Every run's config resolved and validated and its data opened, as the run itself would
   before compiling — nothing trained, nothing written. Returns [(problem, run names)], one
   entry per distinct problem."""
-  from big_transfer import checkpoint, config_lib, finetune, train
-  from big_transfer.data import sources
   errors = (config_lib.ConfigError, sources.DataError, finetune.TransferError,
-            train.UserError, checkpoint.CheckpointError, ValueError, KeyError)
+            app.UserError, checkpoint.CheckpointError, ValueError, KeyError)
   problems: dict[str, list[str]] = {}
   arm_of: dict[str, tuple] = {}  # pre-training run name -> (method, model)
   opened: dict[tuple, Any] = {}  # downstream data, opened once for all its runs
@@ -327,9 +329,6 @@ def summary(runs: list[Run], throughput: float) -> str:
 
 def main(argv):
   del argv
-  from absl import logging as absl_logging
-  from big_transfer import logging as log_lib
-  from big_transfer import runlock
   if not FLAGS["verbosity"].present:
     absl_logging.set_verbosity(absl_logging.WARNING)
   if FLAGS.config is None or FLAGS.workdir is None:
@@ -364,7 +363,6 @@ def main(argv):
     return
   # Compiled programs persist across runs (and restarts): most runs share shapes.
   os.makedirs(workdir, exist_ok=True)
-  import jax
   jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, ".jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   status: dict[str, str] = {}
@@ -410,7 +408,6 @@ def main(argv):
                  f"{log_lib.format_duration(eta(todo[i + 1:]))}")
   failed = [k for k, v in status.items() if v in ("failed", "skipped")]
   if FLAGS.report and os.path.exists(os.path.join(workdir, "results.jsonl")):
-    from big_transfer import report
     out = report.write_report(workdir, study)
     log_lib.info(f"report: {out}")
   if failed:
@@ -421,9 +418,8 @@ def main(argv):
 
 
 def entry():
-  from big_transfer import config_lib
   define_flags()
-  app.run(main, flags_parser=config_lib.flags_parser)
+  absl_app.run(main, flags_parser=config_lib.flags_parser)
 
 
 if __name__ == "__main__":

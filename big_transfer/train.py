@@ -12,54 +12,25 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Any
 
-from absl import app, flags
-from ml_collections import config_flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import app as absl_app
+from flax import nnx
+from jax.experimental import multihost_utils
 
-FLAGS = flags.FLAGS
-
-
-def define_flags(config_help: str = "Config file (configs/...py[:args]).",
-                 lock_config: bool = True) -> None:
-  """The entrypoints' flags (train, finetune, study), defined by the one that runs: modules
-  import each other, and absl allows each flag once."""
-  if "config" in FLAGS:
-    return
-  config_flags.DEFINE_config_file("config", None, config_help, lock_config=lock_config)
-  flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the config are written.")
-  flags.DEFINE_string("coordinator_address", None,
-                      "Multi-process: host:port of process 0 (explicit jax.distributed setup).")
-  flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
-  flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
-
-
-class UserError(ValueError):
-  """Bad input detected before any compile; printed as one line."""
-
-
-def maybe_initialize_distributed(coordinator_address=None, num_processes=None,
-                                 process_id=None) -> None:
-  """jax.distributed from explicit flags, SLURM's environment or a TPU pod's; else nothing."""
-  import jax
-  env = os.environ
-  explicit = coordinator_address is not None
-  slurm = int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env
-  tpu_pod = len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
-  if not (explicit or slurm or tpu_pod):
-    return
-  if jax.distributed.is_initialized():
-    return
-  if explicit and "cpu" in env.get("JAX_PLATFORMS", "cpu"):
-    # CPU collectives across processes (tests, laptops): gloo over TCP.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  kwargs = {}
-  if explicit:
-    kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
-                  process_id=process_id)
-  jax.distributed.initialize(**kwargs)
+from big_transfer import app
+from big_transfer import checkpoint as ckpt_lib
+from big_transfer import config_lib, methods, optim, runlock, sharding, transfer
+from big_transfer import logging as log_lib
+from big_transfer.app import UserError
+from big_transfer.data import ops, pipeline, sources, tokenizer
+from big_transfer.evaluators import common as evals_lib
 
 
 def prepare(config, workdir: str | None, train_source=None) -> dict[str, Any]:
@@ -67,8 +38,6 @@ def prepare(config, workdir: str | None, train_source=None) -> dict[str, Any]:
   ``train_source``: an already opened source instead of ``config.data`` (transfer runs pass
   their k-shot subsets). ``workdir`` None: a check only (``study --check``): nothing is written
   and a vocabulary to learn is not learnt."""
-  from big_transfer import config_lib
-  from big_transfer.data import sources
 
   config_lib.validate(config)
   sources.set_tfds_data_dir(config.data_dir)
@@ -93,10 +62,8 @@ def prepare(config, workdir: str | None, train_source=None) -> dict[str, Any]:
   if config.optimizer.warmup_epochs is not None:
     warmup = int(round(config.optimizer.warmup_epochs * len(train_source) / config.batch_size))
   vocab = resolve_tokenizer(config, workdir, train_source)
-  for key in ("fewshot", "zeroshot", "retrieval"):  # evaluators' data: there, or say so now
-    if config[key].data:
-      sources.open_source(sources.spec_with_default_split(
-          config[key].data, config[key].get("split", "train")))
+  for spec in evals_lib.data_specs(config.evals):  # evaluators' data: there, or say so now
+    sources.open_source(spec)
   eval_source = None
   if config.eval_data != "none":
     # The training source at the eval split, without training-only options (subset size,
@@ -112,8 +79,6 @@ def prepare(config, workdir: str | None, train_source=None) -> dict[str, Any]:
 def resolve_tokenizer(config, workdir: str, train_source) -> str | None:
   """The run's vocabulary file: ``config.text.tokenizer`` itself, or for 'train:SIZE' a BPE
   learnt from the training captions and kept in the workdir (a resumed run reuses it)."""
-  from big_transfer import config_lib, methods
-  from big_transfer.data import tokenizer
   spec = config.text.tokenizer
   if not spec:
     if config.method in methods.TEXT_METHODS:
@@ -139,23 +104,9 @@ def resolve_tokenizer(config, workdir: str, train_source) -> str | None:
     tok = tokenizer.train(texts, int(spec[len("train:"):]))
     os.makedirs(workdir, exist_ok=True)
     tok.save(path, note=f"learnt from {len(texts)} captions of {config.data}")
-    from big_transfer import logging as log_lib
     log_lib.info(f"tokenizer: {tok.vocab_size} tokens learnt from {len(texts)} captions in "
                  f"{time.perf_counter() - t0:.1f}s -> {path}")
   return path
-
-
-def write_config(config, workdir: str, resolved: dict[str, Any]):
-  import jax
-  from big_transfer import config_lib
-  if jax.process_index() != 0:
-    return
-  os.makedirs(workdir, exist_ok=True)
-  out = {"config": config_lib.to_plain(config), "resolved": resolved}
-  path = os.path.join(workdir, "config.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(out, f, indent=1, sort_keys=True, default=str)
-  os.replace(path + ".tmp", path)
 
 
 def init_from_checkpoint(state, path: str, skip: str = ""):
@@ -163,9 +114,6 @@ def init_from_checkpoint(state, path: str, skip: str = ""):
   (e.g. one made by convert_checkpoint, to continue pre-training), by name; ``skip``: comma-
   separated name prefixes that keep their fresh values (e.g. 'head' for other classes). Every
   other difference is a CheckpointError listing it."""
-  import jax
-  from big_transfer import checkpoint as ckpt_lib
-  from big_transfer import transfer
   saved, _ = ckpt_lib.load_state(path)
   keep = [k.strip() for k in skip.split(",") if k.strip()]
   new = dict(state)
@@ -186,8 +134,6 @@ def init_from_checkpoint(state, path: str, skip: str = ""):
 def make_init_state(method, tx, ema_decay: float = 0.0):
   """key -> a fresh train state (params, model_state, opt_state, step, nonfinite_step, and
   ema_params when ``ema_decay``), as pure dicts."""
-  import jax.numpy as jnp
-  from flax import nnx
 
   def init_state(key):
     model = method.create_model(nnx.Rngs(params=key))
@@ -205,8 +151,6 @@ def make_init_state(method, tx, ema_decay: float = 0.0):
 def state_shardings(abstract, config, mesh, tx):
   """Shardings of a train state from the config's name rules (parameters and their optimiser
   state alike; scalars replicated)."""
-  import optax
-  from big_transfer import sharding
   rules = [tuple(r) for r in config.param_sharding]
   min_size = config.param_sharding_min_size
   param_sh = sharding.tree_shardings(abstract["params"], rules, mesh, min_size)
@@ -230,11 +174,6 @@ def make_train_step(method, graphdef, tx, lr_schedule, *, seed: int, ema_decay: 
   it with shardings (and bench times it bare). ``input_affine``: the preprocessing's trailing
   normalisation (``ops.split_device_affine``), applied here so uint8 images cross to the
   device."""
-  import jax
-  import jax.numpy as jnp
-  import optax
-  from flax import nnx
-  from big_transfer.data import ops
   base_key = jax.random.key(seed)
 
   def train_step(state, batch):
@@ -280,9 +219,6 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
   save a checkpoint and raise runlock.Preempted."""
   # Everything a user can get wrong is checked here, before any array exists.
   data = prepare(config, workdir, train_source)
-  import jax
-  from big_transfer import logging as log_lib
-  from big_transfer import runlock
   lock = runlock.WorkdirLock(workdir, log_lib.info).acquire() if jax.process_index() == 0 \
       else None
   try:
@@ -294,17 +230,6 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
 
 
 def _train(config, workdir: str, data: dict, *, devices, method, initialize, evaluators):
-  import jax
-  import ml_collections
-  import numpy as np
-  from flax import nnx
-
-  from big_transfer import checkpoint as ckpt_lib
-  from big_transfer import logging as log_lib
-  from big_transfer import methods, optim, runlock, sharding
-  from big_transfer.data import ops, pipeline
-  from big_transfer.evaluators.classification import Evaluator
-
   total_steps = data["total_steps"]
   log_lib.info(f"data: {config.data} ({data['num_examples']} examples, "
                f"{data['num_classes'] or 'no'} classes); {total_steps} steps of batch "
@@ -312,231 +237,105 @@ def _train(config, workdir: str, data: dict, *, devices, method, initialize, eva
                f" epochs); workdir {workdir}")
 
   # ---------------------------------------------------------------- mesh
-  try:
-    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
-  except ValueError as e:
-    raise UserError(f"config.mesh: {str(e).removeprefix('mesh: ')}") from None
-  n_dev = mesh.devices.size
-  if config.batch_size % n_dev:
-    raise UserError(f"config.batch_size={config.batch_size} is not divisible by {n_dev} "
-                    f"devices (mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})")
+  mesh = make_mesh(config, devices)
   pid, pcount = jax.process_index(), jax.process_count()
-  log_lib.info(f"mesh: data={mesh.shape['data']} fsdp={mesh.shape['fsdp']} over {n_dev} "
-               f"{mesh.devices.flat[0].platform} devices, {pcount} process(es)")
-  write_config(config, workdir, {"total_steps": total_steps, "num_classes": data["num_classes"],
-                                 "warmup_steps": data["warmup_steps"],
-                                 "num_train_examples": data["num_examples"],
-                                 "mesh": dict(mesh.shape), "process_count": pcount})
+  app.write_config(config, workdir, {
+      "total_steps": total_steps, "num_classes": data["num_classes"],
+      "warmup_steps": data["warmup_steps"], "num_train_examples": data["num_examples"],
+      "mesh": dict(mesh.shape), "process_count": pcount})
 
-  # ---------------------------------------------------------------- input
-  tok = None
-  bind = None  # run-level preprocessing arguments: the tokenizer's file and context length
-  if data["vocab"]:
-    from big_transfer.data import tokenizer as tokenizer_lib
-    tok = tokenizer_lib.load(data["vocab"])
-    bind = {"vocab": data["vocab"], "max_len": config.text.context_length}
+  # ---------------------------------------------------------------- method, model, optimiser
+  tok = tokenizer.load(data["vocab"]) if data["vocab"] else None
+  # Run-level preprocessing arguments: the tokenizer's file and context length.
+  bind = {"vocab": data["vocab"], "max_len": config.text.context_length} if tok else None
   if method is None:
     method = methods.get(config.method, config, {"num_classes": data["num_classes"],
                                                  "class_names": data["class_names"],
                                                  "tokenizer": tok})
-
-  # ---------------------------------------------------------------- model and optimiser
   opt_cfg = ml_collections.ConfigDict(config.optimizer.to_dict())
   opt_cfg.warmup_steps = data["warmup_steps"]  # resolved from warmup_epochs when given
   tx, lr_schedule = optim.build(opt_cfg, total_steps)
-  try:
-    abstract_model = nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0)))
-  except (TypeError, ValueError) as e:
-    raise UserError(f"config.model={config.model!r} with model_kwargs="
-                    f"{config.model_kwargs.to_dict()}: {str(e).splitlines()[0]}") from None
-  graphdef, abs_params, abs_rest = nnx.split(abstract_model, nnx.Param, ...)
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abs_params))
-  log_lib.info(f"model: {config.model} ({n_params / 1e6:.2f}M parameters), method "
-               f"{config.method}, {config.optimizer.name} lr {config.optimizer.lr}")
-
-  def merge(params, rest):
-    return nnx.merge(graphdef, params, rest)
-
+  graphdef = abstract_model(method, config)
   init_state = make_init_state(method, tx, config.ema_decay)
 
-  # ---------------------------------------------------------------- shardings and init
-  # Shapes first, then shardings from name rules, then a jitted init that creates the
-  # parameters already sharded: nothing large is materialised on one device.
+  # ---------------------------------------------------------------- shardings
+  # Shapes first, then shardings from name rules, then (restore or) a jitted init that creates
+  # the parameters already sharded: nothing large is materialised on one device.
   abstract = jax.eval_shape(init_state, jax.random.key(0))
   state_sh = state_shardings(abstract, config, mesh, tx)
-  batch_sh = sharding.batch_sharding(mesh)
-  repl = sharding.replicated(mesh)
 
   # ---------------------------------------------------------------- update step
   # The chain's trailing value_range / normalize run inside the step: uint8 leaves the host.
   pp_host, affines = (ops.split_device_affine(config.pp_train) if config.normalize_on_device
                       else (config.pp_train, ()))
-  train_step = make_train_step(method, graphdef, tx, lr_schedule, seed=config.seed,
-                               ema_decay=config.ema_decay, input_affine=affines)
-  train_step = jax.jit(train_step, in_shardings=(state_sh, batch_sh),
-                       out_shardings=(state_sh, repl), donate_argnums=(0,))
+  train_step = jax.jit(make_train_step(method, graphdef, tx, lr_schedule, seed=config.seed,
+                                       ema_decay=config.ema_decay, input_affine=affines),
+                       in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+                       out_shardings=(state_sh, sharding.replicated(mesh)),
+                       donate_argnums=(0,))
 
   # ---------------------------------------------------------------- restore or init
   ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
                                keep_every=config.keep_every)
-  start_step, state, loader_info, problems = ckpt.restore_latest(
-      ckpt_lib.abstract_like(abstract, state_sh))
-  if start_step is not None:
-    log_lib.info(f"resumed from {ckpt.directory}/{start_step}")
-  else:
-    if problems and not config.allow_fresh_start:
-      raise ckpt_lib.CheckpointError(
-          f"no checkpoint in {ckpt.directory} restores ({'; '.join(problems)}); they are in "
-          f"checkpoints_corrupt/. Not starting again from step 0: set "
-          f"config.allow_fresh_start=True for that")
-    if problems:
-      log_lib.info(f"starting again from step 0 (allow_fresh_start): no checkpoint restores "
-                   f"({'; '.join(problems)})")
-    start_step = 0
-    # Random initialisers compile slowly on XLA:CPU (16s for a small ResNet); the init runs
-    # once, so the CPU backend compiles it without optimisation (3s).
-    opts = ({"xla_backend_optimization_level": 0} if mesh.devices.flat[0].platform == "cpu"
-            else None)
-    state = jax.jit(init_state, out_shardings=state_sh, compiler_options=opts)(
-        jax.random.key(config.seed))
-    if initialize is not None:
-      state = initialize(state)
-    elif config.get("init_from"):
-      state = init_from_checkpoint(state, config.init_from, config.get("init_skip", ""))
-      log_lib.info(f"initialised from {config.init_from}")
-  if int(state["step"]) != start_step:
-    raise RuntimeError(f"checkpoint step {start_step} holds state at step {int(state['step'])}")
+  start_step, state, loader_info = restore_or_init(
+      ckpt, config, ckpt_lib.abstract_like(abstract, state_sh),
+      lambda: jax.jit(init_state, out_shardings=state_sh, compiler_options=_init_options(
+          mesh))(jax.random.key(config.seed)), initialize)
 
   # ---------------------------------------------------------------- input
   # Global batch b is a pure function of b: the loader resumes from the step alone, on any
   # number of processes, devices or data workers.
   skipped = pipeline.SkipCounter(config.pp_train, config.max_skip_fraction)  # as written
-  skipped_before = int(loader_info.get("skipped", 0))  # every process's, before this start
   train_iter = pipeline.train_dataset(
       data["train_source"], pp=pp_host, batch_size=config.batch_size, seed=config.seed,
       keys=method.batch_keys, process_index=pid, process_count=pcount,
       threads=config.data_threads, workers=config.data_workers, skipped=skipped, bind=bind,
       start_batch=start_step)
-
-  def skipped_total() -> int:
-    """Records skipped over the whole run, every process (a collective when several)."""
-    here = skipped.count
-    if pcount > 1:
-      from jax.experimental import multihost_utils
-      here = int(np.sum(multihost_utils.process_allgather(np.int64(here))))
-    return skipped_before + here
+  skipped_total = lambda: int(loader_info.get("skipped", 0)) + global_count(skipped.count)
 
   # ---------------------------------------------------------------- evaluators
-  eval_every = config.eval_every or config.checkpoint_every
-  evaluators = list(evaluators)  # (evaluator, every N steps)
-
-  def eval_model(state):
-    """The model evaluators see: the EMA weights when the run keeps them."""
-    return merge(state["ema_params"] if config.ema_decay else state["params"],
-                 state["model_state"])
-
-  if data["eval_source"] is not None and hasattr(method, "eval_metrics"):
-    eval_bs = config.eval_batch_size or config.batch_size
-    eval_source = data["eval_source"]
-
-    def eval_apply(state, batch):
-      return method.eval_metrics(eval_model(state), batch)
-
-    def make_eval_ds():
-      return pipeline.eval_dataset(eval_source, pp=config.pp_eval, batch_size=eval_bs,
-                                   keys=method.batch_keys, process_index=pid,
-                                   process_count=pcount, threads=config.data_threads,
-                                   bind=bind)
-    evaluators.append((Evaluator("eval", make_eval_ds, eval_apply, mesh, state_sh,
-                                 len(eval_source)), eval_every))
-  if config.fewshot.data:
-    from big_transfer.evaluators.fewshot_linear import FewShotLinear
-
-    def features(state, batch):
-      return method.features(eval_model(state), batch["image"])
-    fewshot_eval = FewShotLinear(
-        config.fewshot.data, pp=config.fewshot.pp, shots=config.fewshot.shots,
-        seeds=config.fewshot.seeds, l2_reg=config.fewshot.l2_reg, features=features,
-        mesh=mesh, state_shardings=state_sh,
-        batch_size=config.eval_batch_size or config.batch_size, process_index=pid,
-        process_count=pcount)
-    evaluators.append((fewshot_eval, config.fewshot.every or eval_every))
-  if hasattr(method, "encode_text"):
-    from big_transfer.evaluators.retrieval import Retrieval
-    from big_transfer.evaluators.zeroshot import ZeroShot
-
-    enc_image = lambda state, images: method.encode_image(eval_model(state), images)
-    enc_text = lambda state, tokens: method.encode_text(eval_model(state), tokens)
-    common = dict(encode_image=enc_image, mesh=mesh, state_shardings=state_sh,
-                  batch_size=config.eval_batch_size or config.batch_size, process_index=pid,
-                  process_count=pcount, bind=bind)
-    if config.zeroshot.data:
-      zs = ZeroShot(config.zeroshot.data, split=config.zeroshot.split, pp=config.zeroshot.pp,
-                    templates=config.zeroshot.templates, tokenizer=tok,
-                    context_length=config.text.context_length,
-                    encode_text=enc_text, **common)
-      evaluators.append((zs, config.zeroshot.every or eval_every))
-    if config.retrieval.data:
-      rt = Retrieval(config.retrieval.data, split=config.retrieval.split,
-                     pp=config.retrieval.pp, max_examples=config.retrieval.max_examples,
-                     encode_text=enc_text, **common)
-      evaluators.append((rt, config.retrieval.every or eval_every))
+  evaluators = list(evaluators) + make_evaluators(
+      config, data, evals_lib.Context(
+          method=method, mesh=mesh, state_shardings=state_sh, process_index=pid,
+          process_count=pcount, threads=config.data_threads, bind=bind, tokenizer=tok,
+          batch_size=config.eval_batch_size or config.batch_size, pp_eval=config.pp_eval,
+          context_length=config.text.context_length,
+          # The model evaluators see: the EMA weights when the run keeps them.
+          eval_model=lambda state: nnx.merge(
+              graphdef, state["ema_params"] if config.ema_decay else state["params"],
+              state["model_state"])))
 
   # ---------------------------------------------------------------- loop
   writer = log_lib.MetricWriter(workdir, tensorboard=config.tensorboard,
                                 resume_step=start_step)
   progress = log_lib.Progress(total_steps, start_step, config.batch_size)
   stopper = runlock.StopSignals(pcount > 1)
-  pending: list[dict] = []
-  t_compile = time.perf_counter()
-
-  def check_finite(step):
-    bad = int(state["nonfinite_step"])
-    if bad >= 0:
-      last = ckpt.steps()[-1] if ckpt.steps() else None
-      raise FloatingPointError(
-          f"non-finite loss or gradient at step {bad}; stopping. Last good checkpoint: "
-          f"{'step ' + str(last) if last is not None else 'none'} in {ckpt.directory}")
-
-  stopped = None
+  pending, stopped, t_compile = [], None, time.perf_counter()
   try:
     for step in range(start_step + 1, total_steps + 1):
-      batch = sharding.to_global(next(train_iter), mesh)
-      state, metrics = train_step(state, batch)
+      state, metrics = train_step(state, sharding.to_global(next(train_iter), mesh))
       pending.append(metrics)
       if step == start_step + 1:
         jax.block_until_ready(metrics)
         log_lib.info(f"first step done in {time.perf_counter() - t_compile:.1f}s "
                      f"(includes compile)")
         progress = log_lib.Progress(total_steps, step, config.batch_size)
-
       if stopper.stop_now(step) and step < total_steps:
         stopped = step  # a preemption notice: log, save and stop after this step
       last = step == total_steps or stopped is not None
       if step % config.log_every == 0 or last:
-        rows = jax.device_get(pending)
-        pending = []
-        check_finite(step)
+        check_finite(state, ckpt)
         ckpt.check()  # a failed background save stops the run now, not at the next save
-        mean = {f"train/{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]}
-        rate = progress.update(step)
-        mean.update({"train/examples_per_sec": rate["examples_per_sec"],
-                     "train/steps_per_sec": rate["steps_per_sec"], "eta_s": rate["eta_s"],
-                     "train/skipped_records": skipped_total()})
-        writer.write(step, mean)
-        log_lib.info(
-            f"step {step}/{total_steps} loss {mean['train/loss']:.4f} "
-            f"lr {mean['train/lr']:.3g} {rate['examples_per_sec']:.1f} img/s "
-            f"eta {log_lib.format_duration(rate['eta_s'])}")
-
+        log_window(writer, step, total_steps, jax.device_get(pending), progress.update(step),
+                   skipped_total())
+        pending = []
       for ev, every in evaluators:
         if step % every == 0 or step == total_steps:
           results = dict(ev.run(state))
           writer.write(step, results)
           log_lib.info(f"step {step} " + " ".join(f"{k} {v:.4f}" for k, v in results.items()))
-
       if step % config.checkpoint_every == 0 or last:
-        check_finite(step)  # never save a state that has seen a non-finite value
+        check_finite(state, ckpt)  # never save a state that has seen a non-finite value
         ckpt.save(step, state, {"next_batch": step, "skipped": skipped_total()})
       if stopped is not None:
         break
@@ -549,55 +348,133 @@ def _train(config, workdir: str, data: dict, *, devices, method, initialize, eva
       writer.close()
   if stopped is not None:
     raise runlock.Preempted(stopped, stopper.signum, ckpt.directory)
-  if pid == 0:
-    with open(os.path.join(workdir, "done.json.tmp"), "w") as f:
-      json.dump({"step": total_steps, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                            time.gmtime())}, f)
-    os.replace(os.path.join(workdir, "done.json.tmp"), os.path.join(workdir, "done.json"))
+  mark_done(workdir, total_steps)
   log_lib.info(f"done: {total_steps} steps; checkpoints in {ckpt.directory}; skipped "
                f"{skipped.count} corrupt records (process {pid})")
   return state
 
 
-def main_of(run_fn, extra_user_errors: tuple = ()):
-  """An absl main for an entrypoint ``run_fn(config, workdir)``: quiet library logs, the
-  required flags, jax.distributed, and bad input as one ``error:`` line (exit 2; a non-finite
-  loss exits 3; stopped by SIGTERM/SIGINT after saving: exit 75, run again to resume)."""
-  def main(argv):
-    del argv
-    from absl import logging as absl_logging
-    from big_transfer import checkpoint as ckpt_lib
-    from big_transfer import config_lib
-    from big_transfer.data import sources
-    if not FLAGS["verbosity"].present:  # orbax/grain log every save at INFO
-      absl_logging.set_verbosity(absl_logging.WARNING)
-      from big_transfer import logging as log_lib
-      log_lib.quiet_library_noise()
-    if FLAGS.config is None or FLAGS.workdir is None:
-      print("error: --config and --workdir are required", file=sys.stderr)
-      sys.exit(2)
-    from big_transfer import runlock
-    try:
-      maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                   FLAGS.process_id)
-      run_fn(FLAGS.config, FLAGS.workdir)
-    except runlock.Preempted as e:
-      print(f"stopped: {e} (exit {runlock.PREEMPTED_EXIT})", file=sys.stderr)
-      sys.exit(runlock.PREEMPTED_EXIT)
-    except (config_lib.ConfigError, sources.DataError, UserError, ckpt_lib.CheckpointError,
-            runlock.LockError, *extra_user_errors) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-    except FloatingPointError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(3)
-  return main
+# ------------------------------------------------------------------ the loop's building blocks
+
+def make_mesh(config, devices=None):
+  """The (data, fsdp) mesh of ``config.mesh``; a mesh or batch that does not fit the devices is
+  one UserError line."""
+  try:
+    mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
+  except ValueError as e:
+    raise UserError(f"config.mesh: {str(e).removeprefix('mesh: ')}") from None
+  n_dev = mesh.devices.size
+  if config.batch_size % n_dev:
+    raise UserError(f"config.batch_size={config.batch_size} is not divisible by {n_dev} "
+                    f"devices (mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})")
+  log_lib.info(f"mesh: data={mesh.shape['data']} fsdp={mesh.shape['fsdp']} over {n_dev} "
+               f"{mesh.devices.flat[0].platform} devices, {jax.process_count()} process(es)")
+  return mesh
+
+
+def abstract_model(method, config):
+  """The model's graph definition from shapes alone; a model that cannot be built from its
+  config is one UserError line."""
+  try:
+    model = nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0)))
+  except (TypeError, ValueError) as e:
+    raise UserError(f"config.model={config.model!r} with model_kwargs="
+                    f"{config.model_kwargs.to_dict()}: {str(e).splitlines()[0]}") from None
+  graphdef, params, _ = nnx.split(model, nnx.Param, ...)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  log_lib.info(f"model: {config.model} ({n_params / 1e6:.2f}M parameters), method "
+               f"{config.method}, {config.optimizer.name} lr {config.optimizer.lr}")
+  return graphdef
+
+
+def _init_options(mesh):
+  # Random initialisers compile slowly on XLA:CPU (16s for a small ResNet); the init runs
+  # once, so the CPU backend compiles it without optimisation (3s).
+  return ({"xla_backend_optimization_level": 0} if mesh.devices.flat[0].platform == "cpu"
+          else None)
+
+
+def restore_or_init(ckpt, config, abstract, fresh, initialize=None):
+  """(start step, state, the loader's bookkeeping): the newest checkpoint that restores, else
+  ``fresh()`` — then ``initialize(state)`` or ``config.init_from``. Checkpoints that exist but
+  none of which restores stop the run (naming each) unless ``config.allow_fresh_start``."""
+  start_step, state, loader_info, problems = ckpt.restore_latest(abstract)
+  if start_step is not None:
+    log_lib.info(f"resumed from {ckpt.directory}/{start_step}")
+  else:
+    if problems and not config.allow_fresh_start:
+      raise ckpt_lib.CheckpointError(
+          f"no checkpoint in {ckpt.directory} restores ({'; '.join(problems)}); they are in "
+          f"checkpoints_corrupt/. Not starting again from step 0: set "
+          f"config.allow_fresh_start=True for that")
+    if problems:
+      log_lib.info(f"starting again from step 0 (allow_fresh_start): no checkpoint restores "
+                   f"({'; '.join(problems)})")
+    start_step, state = 0, fresh()
+    if initialize is not None:
+      state = initialize(state)
+    elif config.get("init_from"):
+      state = init_from_checkpoint(state, config.init_from, config.get("init_skip", ""))
+      log_lib.info(f"initialised from {config.init_from}")
+  if int(state["step"]) != start_step:
+    raise RuntimeError(f"checkpoint step {start_step} holds state at step {int(state['step'])}")
+  return start_step, state, loader_info
+
+
+def global_count(n: int) -> int:
+  """``n`` summed over the processes (a collective when there are several)."""
+  if jax.process_count() == 1:
+    return int(n)
+  return int(np.sum(multihost_utils.process_allgather(np.int64(n))))
+
+
+def make_evaluators(config, data, ctx: evals_lib.Context) -> list[tuple[Any, int]]:
+  """(evaluator, every N steps): the held-out 'eval' of eval_data, then config.evals by type
+  (evaluators/common.py)."""
+  every = config.eval_every or config.checkpoint_every
+  out = []
+  if data["eval_source"] is not None and hasattr(ctx.method, "eval_metrics"):
+    s = evals_lib.settings("eval", {"type": "classification", "split": config.eval_split})
+    out.append((evals_lib.classification("eval", s, ctx, data["eval_source"]), every))
+  return out + evals_lib.from_config(config.evals, ctx, every)
+
+
+def check_finite(state, ckpt):
+  bad = int(state["nonfinite_step"])
+  if bad >= 0:
+    last = ckpt.steps()[-1] if ckpt.steps() else None
+    raise FloatingPointError(
+        f"non-finite loss or gradient at step {bad}; stopping. Last good checkpoint: "
+        f"{'step ' + str(last) if last is not None else 'none'} in {ckpt.directory}")
+
+
+def log_window(writer, step: int, total_steps: int, rows: list[dict], rate: dict,
+               skipped: int):
+  """One metrics row for the steps since the last: their means, the rate and ETA."""
+  mean = {f"train/{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]}
+  mean.update({"train/examples_per_sec": rate["examples_per_sec"],
+               "train/steps_per_sec": rate["steps_per_sec"], "eta_s": rate["eta_s"],
+               "train/skipped_records": skipped})
+  writer.write(step, mean)
+  log_lib.info(f"step {step}/{total_steps} loss {mean['train/loss']:.4f} "
+               f"lr {mean['train/lr']:.3g} {rate['examples_per_sec']:.1f} img/s "
+               f"eta {log_lib.format_duration(rate['eta_s'])}")
+
+
+def mark_done(workdir: str, total_steps: int):
+  """WORKDIR/done.json: the run finished and its last checkpoint is saved (process 0)."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, "done.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump({"step": total_steps,
+               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, f)
+  os.replace(path + ".tmp", path)
 
 
 def entry():
-  from big_transfer import config_lib
-  define_flags()
-  app.run(main_of(run), flags_parser=config_lib.flags_parser)
+  app.define_flags()
+  absl_app.run(app.main_of(run), flags_parser=config_lib.flags_parser)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,14 @@ import optax
 from flax import nnx
 
 from big_transfer import checkpoint as ckpt_lib
+from big_transfer import logging as log_lib
+from big_transfer import methods
 from big_transfer import models
+from big_transfer.data import tokenizer
+from big_transfer.evaluators.fewshot_linear import ridge_fit_grid
+from big_transfer.evaluators.zeroshot import templates_of
 from big_transfer.methods import losses
+from big_transfer.models.resnet import resample_grid_embedding
 from big_transfer.sharding import path_name
 
 # Where each pre-training method keeps the image tower inside its parameters.
@@ -53,7 +59,6 @@ class Pretrained:
     return self.state.get("ema_params") or self.state["params"]
 
   def tokenizer_path(self) -> str | None:
-    from big_transfer.data import tokenizer
     spec = self.config.text.tokenizer if "text" in self.config else ""
     if not spec:
       return None
@@ -101,7 +106,6 @@ def flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
 def _resample_positions(value: np.ndarray, shape: tuple) -> np.ndarray | None:
   """ViT/CLIP position embeddings at another resolution: (prefix + g*g, w) -> (prefix + h*h,
   w), bilinear on the grid. None when the shapes are not two such grids."""
-  from big_transfer.models.resnet import resample_grid_embedding
   if value.ndim != 2 or len(shape) != 2 or value.shape[1] != shape[1]:
     return None
   for prefix in (1, 0):
@@ -171,8 +175,7 @@ class Classifier(nnx.Module):
     self.num_features = dim
 
   def features(self, x, train: bool = False, rngs=None):
-    kwargs = {"rngs": rngs} if rngs is not None and hasattr(self.backbone, "blocks") else {}
-    _, out = self.backbone(x, train=train, **kwargs)
+    _, out = self.backbone(x, train=train, rngs=rngs)
     f = out["pre_logits"]
     if self.projection is not None:
       f = f @ self.projection.value.astype(f.dtype)
@@ -264,7 +267,6 @@ def initial_weights(method: TransferMethod, params: dict, model_state: dict,
                            prefix=tower, what=f"{pre.method} checkpoint {pre.path} (statistics)")
       model_state = {**model_state, "backbone": ms}
     if resampled:
-      from big_transfer import logging as log_lib
       log_lib.info("resampled " + ", ".join(resampled))
   if head is not None:
     k, b = head
@@ -286,7 +288,6 @@ def restore_model(pre: Pretrained, tokenizer=None):
   """The pre-training run's whole model, host-side: (method, graphdef, params, model_state)
   (``nnx.merge(graphdef, params, model_state)`` is the module). ``tokenizer``: the run's, for
   image-text methods."""
-  from big_transfer import methods
   info = {"tokenizer": tokenizer, "num_classes": pre.config.get("num_classes") or 0,
           "class_names": None}
   if pre.method == "supervised" and not info["num_classes"]:
@@ -308,8 +309,6 @@ def text_head(pre: Pretrained, class_names: Sequence[str], templates) -> tuple[n
                                                                              np.ndarray]:
   """CLIP's zero-shot classifier as a head: kernel (dim, classes) = logit_scale x the
   prompt-ensembled, normalised text embeddings of the class names; bias 0."""
-  from big_transfer.data import tokenizer
-  from big_transfer.evaluators.zeroshot import templates_of
   path = pre.tokenizer_path()
   if path is None:
     raise ValueError(f"{pre.path}: a {pre.method} run without a tokenizer")
@@ -338,7 +337,6 @@ def ridge_probe(train_x, train_y, val_x, val_y, num_classes: int, l2_grid: Seque
   """Closed-form ridge (+-1 targets, unpenalised bias) for each L2 in the grid, scaled by the
   features' mean squared norm (so one grid fits every model); picks the best on validation.
   Returns (kernel, bias, chosen l2, {l2: val accuracy})."""
-  from big_transfer.evaluators.fewshot_linear import ridge_fit_grid
   scale = float(np.mean(np.sum(np.asarray(train_x, np.float64) ** 2, -1))) or 1.0
   scores, fits = {}, {}
   solved = ridge_fit_grid(train_x, train_y, num_classes, [l2 * scale for l2 in l2_grid])

@@ -168,7 +168,7 @@ def clip_config(arg="steps=6,batch=32,width=0.125", **overrides):
   c.log_every = 1
   c.tensorboard = False
   c.optimizer.warmup_steps = 0
-  c.retrieval.data = ""
+  c.evals.retrieval.data = ""
   return override(c, **overrides)
 
 
@@ -176,8 +176,8 @@ def test_mini_clip_learns_and_zero_shot_rises_above_chance(tmp_path):
   wd = str(tmp_path)
   c = clip_config("steps=150,batch=64", log_every=10, eval_every=150,
                   checkpoint_every=150, **{"optimizer.warmup_steps": 10,
-                                           "retrieval.data": "builtin:glyphs?n=6000",
-                                           "retrieval.max_examples": 200})
+                                           "evals.retrieval.data": "builtin:glyphs?n=6000",
+                                           "evals.retrieval.max_examples": 200})
   train.run(c, wd, devices=one_device())
   ls = losses(wd)
   assert ls[-1] < 0.85 * ls[0], ls
@@ -195,7 +195,7 @@ def test_mini_clip_learns_and_zero_shot_rises_above_chance(tmp_path):
 @pytest.mark.slow  # ~30 s: two more model variants (the losses are tested by default)
 def test_siglip_and_slip_train(tmp_path):
   c = clip_config("steps=3,batch=16,width=0.125,loss=sigmoid,method=slip",
-                  **{"zeroshot.data": ""})
+                  **{"evals.zeroshot.data": ""})
   state = train.run(c, str(tmp_path), devices=one_device())
   rows = [r for r in read_metrics(str(tmp_path)) if "train/loss" in r]
   assert all(np.isfinite(r["train/loss"]) for r in rows)
@@ -224,7 +224,7 @@ def test_clip_trains_on_a_converted_webdataset_and_resumes_exactly(tmp_path):
         tar.addfile(info, io.BytesIO(data))
   dst = tmp_path / "converted"
   convert.main(["webdataset", str(shards), str(dst), "--workers=1"])
-  kw = {"zeroshot.data": "", "data": f"arrayrecord:{dst}", "batch_size": 16,
+  kw = {"evals.zeroshot.data": "", "data": f"arrayrecord:{dst}", "batch_size": 16,
         "total_steps": 4, "checkpoint_every": 2, "keep_checkpoints": 5,
         "text.tokenizer": "train:600",
         "pp_train": "decode|resize(32)|value_range(-1, 1)|tokenize"}

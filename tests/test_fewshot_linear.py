@@ -29,11 +29,8 @@ def test_ridge_separates_separable_classes_and_primal_equals_dual():
 
 def test_pretraining_run_reports_a_few_shot_curve(tmp_path):
   c = mini_config("steps=20,batch=32,width=0.125", log_every=10)
-  c.fewshot.data = "builtin:digits"
-  c.fewshot.pp = "to_rgb|resize(36)|central_crop(32)|value_range(-1,1)"
-  c.fewshot.shots = (1, 10)
-  c.fewshot.seeds = (0, 1)
-  c.fewshot.every = 10
+  c.evals.fewshot.update(data="builtin:digits", shots=(1, 10), seeds=(0, 1), every=10,
+                         pp="to_rgb|resize(36)|central_crop(32)|value_range(-1,1)")
   train.run(c, str(tmp_path), devices=one_device())
   rows = [r for r in read_metrics(str(tmp_path)) if "fewshot/digits/10shot" in r]
   assert [r["step"] for r in rows] == [10, 20]

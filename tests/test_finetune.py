@@ -38,11 +38,11 @@ def pretrained(tmp_path_factory):
   out["supervised"] = str(root / "supervised")
   c = config_lib.load(os.path.join(ROOT, "configs/mini/simclr.py") +
                       ":steps=2,batch=16,width=0.125")
-  c.fewshot.data, c.tensorboard = "", False
+  c.evals.fewshot.data, c.tensorboard = "", False
   train.run(c, str(root / "simclr"), devices=one_device())
   out["simclr"] = str(root / "simclr")
   c = config_lib.load(os.path.join(ROOT, "configs/mini/clip.py") + ":steps=30,batch=32,width=0.125")
-  c.retrieval.data, c.tensorboard, c.eval_every = "", False, 30
+  c.evals.retrieval.data, c.tensorboard, c.eval_every = "", False, 30
   train.run(c, str(root / "clip"), devices=one_device())
   out["clip"] = str(root / "clip")
   return out

@@ -212,7 +212,7 @@ def test_a_clip_trained_here_exports_to_openclip(tmp_path):
   """A mini CLIP run (CLIP ResNet tower, a vocabulary learnt from its captions) exported as an
   OpenCLIP state dict: open_clip.CLIP(**cfg) loads it strictly and computes our features."""
   c = config_lib.load(f"{ROOT}/configs/mini/clip.py:model=clip_rn26,steps=2,batch=16,width=0.25")
-  c.zeroshot.data = c.retrieval.data = ""
+  c.evals.zeroshot.data = c.evals.retrieval.data = ""
   c.tensorboard, c.checkpoint_every = False, 2
   train.run(c, str(tmp_path / "run"), devices=one_device())
   summary = cc.export_openclip(str(tmp_path / "run"), str(tmp_path / "exported.pt"))

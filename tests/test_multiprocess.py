@@ -70,9 +70,8 @@ def test_few_shot_evaluation_linear_probes_and_lp_ft_are_the_same_on_two_process
   few-shot evaluator during pre-training, lp and lp_ft give one process's results."""
   import json
   from big_transfer import config_lib, finetune
-  fewshot = ["--config.fewshot.data=builtin:digits", "--config.fewshot.shots=(1,10)",
-             "--config.fewshot.seeds=(0,)", "--config.fewshot.every=8",
-             "--config.fewshot.pp=to_rgb|resize(36)|central_crop(32)|value_range(-1,1)"]
+  fewshot = ["--config.evals.fewshot.data=builtin:digits", "--config.evals.fewshot.shots=(1,10)",
+             "--config.evals.fewshot.seeds=(0,)", "--config.evals.fewshot.every=8"]
   # lr 0: the same weights on both layouts (training noise would blur the comparison); the
   # BatchNorm statistics still move, and the probe sees real features.
   pre_args = ["big_transfer.train", f"--config={MINI}:steps=8,batch=32,width=0.125",
@@ -81,9 +80,7 @@ def test_few_shot_evaluation_linear_probes_and_lp_ft_are_the_same_on_two_process
   mp_pre, ref_pre = str(tmp_path / "pre_2p"), str(tmp_path / "pre_1p")
   _launch(pre_args + [f"--workdir={mp_pre}"])
   c = mini_config("steps=8,batch=32,width=0.125", eval_data="none", **{"optimizer.lr": 0.0})
-  c.fewshot.data, c.fewshot.shots, c.fewshot.seeds, c.fewshot.every = (
-      "builtin:digits", (1, 10), (0,), 8)
-  c.fewshot.pp = "to_rgb|resize(36)|central_crop(32)|value_range(-1,1)"
+  c.evals.fewshot.update(data="builtin:digits", shots=(1, 10), seeds=(0,), every=8)
   train.run(c, ref_pre, devices=one_device())
   last = lambda wd: [r for r in read_metrics(wd) if "fewshot/digits/10shot" in r][-1]
   for k in ("fewshot/digits/1shot", "fewshot/digits/10shot"):

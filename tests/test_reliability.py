@@ -5,7 +5,6 @@ exactly-once result and metric rows."""
 import errno
 import glob
 import io
-import json
 import os
 import signal
 import subprocess

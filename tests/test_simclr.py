@@ -19,7 +19,7 @@ def _config(**kw):
   c.checkpoint_every = 12
   c.keep_checkpoints = 5
   c.tensorboard = False
-  c.fewshot.data = ""  # covered in test_fewshot_linear
+  c.evals.fewshot.data = ""  # covered in test_fewshot_linear
   for k, v in kw.items():
     c[k] = v
   return c

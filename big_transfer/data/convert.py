@@ -45,6 +45,8 @@ import zlib
 from typing import Any, Iterator
 
 from PIL import Image
+from array_record.python import array_record_data_source as ards
+from array_record.python import array_record_module as arm
 
 from big_transfer.data import sources
 
@@ -341,7 +343,6 @@ def _done_path(dst, job):
 
 def convert_shard(job: ShardJob, opts: dict) -> dict:
   """Writes one shard (per split present in it); returns its statistics. Idempotent."""
-  from array_record.python import array_record_module as arm
   done = _done_path(opts["dst"], job)
   if os.path.exists(done):
     with open(done) as f:
@@ -426,8 +427,6 @@ class LabelMap:
 
 def _relabel(dst: str, files: list[str], label_map: LabelMap):
   """Rewrites records so that ``label`` holds an integer id (names go to the manifest)."""
-  from array_record.python import array_record_data_source as ards
-  from array_record.python import array_record_module as arm
   for fname in files:
     path = os.path.join(dst, fname)
     src = ards.ArrayRecordDataSource([path])

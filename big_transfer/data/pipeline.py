@@ -29,9 +29,11 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import logging
+import mmap
 import multiprocessing
 import os
 import queue
+import secrets
 import threading
 from typing import Iterator, Sequence
 
@@ -262,8 +264,6 @@ def _worker_train_batch(positions):
 
 
 def _to_shared(rows: list[dict[str, np.ndarray]]):
-  import mmap
-  import secrets
 
   import _posixshmem
   layout, offset = [], 0
@@ -292,7 +292,6 @@ def _from_shared(handle) -> dict[str, np.ndarray]:
   """The batch's arrays as views of the shared block, without a copy: the block's name is
   unlinked at once and its memory lives as long as the arrays (or a device buffer aliasing
   them) do."""
-  import mmap
   name, layout = handle
   import _posixshmem
   fd = _posixshmem.shm_open(name, os.O_RDWR, mode=0o600)
@@ -363,7 +362,6 @@ class TrainBatches:
     self._builder = _Builder(source, pp, seed, keys, bind, shuffle=True, threads=threads_each)
     self._pool = None
     if workers:
-      import secrets
       _unlink_blocks(only_dead_owners=True)  # left by a run that was killed
       self._builder.shm_prefix = f"bt_{os.getpid()}_{secrets.token_hex(3)}_"
       ctx = multiprocessing.get_context("spawn")

@@ -22,6 +22,9 @@ import os
 import sys
 import time
 
+from big_transfer.data import sources
+from big_transfer.logging import quiet_absl
+
 # The paper's TFDS datasets: the eight downstream sets and ImageNet-1K (supervised
 # pre-training, CLIP zero-shot). Caltech Camera Traps is not in TFDS: see docs/DATA.md.
 STUDY = ("cifar100", "dtd", "caltech101", "oxford_iiit_pet", "domainnet/real",
@@ -44,9 +47,8 @@ def _needs_tensorflow(e: BaseException) -> bool:
 
 def prepare(name: str, data_dir: str, manual_dir: str | None = None) -> str:
   """Prepares one dataset (a no-op when it is already there); returns a one-line summary."""
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # lazy: --help and argument errors answer at once
   t0 = time.time()
-  from big_transfer.logging import quiet_absl
   try:
     with quiet_absl():
       builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
@@ -101,7 +103,6 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  from big_transfer.data import sources
   data_dir = os.path.expanduser(args.data_dir) if args.data_dir else sources.tfds_data_dir()
   for module in filter(None, (m.strip() for m in args.imports.split(","))):
     try:

@@ -18,16 +18,21 @@ the pair itself: the same captions always give the same vocabulary.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import functools
 import gzip
 import heapq
 import html
+import importlib.util
 import os
+import sys
 from typing import Iterable, Sequence
 
 import numpy as np
 import regex
+
+from big_transfer.data import sources
 
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 CLIP_VOCAB_SIZE = 49408
@@ -246,7 +251,6 @@ def captions_of(source, limit: int = 200_000, key: str = "caption") -> list[str]
 def packaged_clip_vocab() -> str | None:
   """The path of OpenAI's BPE vocabulary file as OpenCLIP ships it, when open_clip_torch is
   installed (found without importing it: that would import torch)."""
-  import importlib.util
   spec = importlib.util.find_spec("open_clip")
   if spec is None or not spec.submodule_search_locations:
     return None
@@ -277,9 +281,6 @@ def load(path: str, vocab_size: int | None = None) -> Tokenizer:
 
 
 def main(argv=None):
-  import argparse
-  import sys
-  from big_transfer.data import sources
   p = argparse.ArgumentParser(prog="python -m big_transfer.data.tokenizer")
   sub = p.add_subparsers(dest="cmd", required=True)
   t = sub.add_parser("train", help="learn a BPE vocabulary from a source's captions")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +39,7 @@ class Evaluator:
     self._sums = jax.jit(sums, in_shardings=(state_shardings, sharding.batch_sharding(mesh))
                          + (repl,) * num_extra, out_shardings=repl)
 
-  def run(self, state, *extra) -> Iterator[tuple[str, float]]:
+  def run(self, state, *extra) -> dict[str, float]:
     total = None
     for batch in self.make_dataset():
       s = self._sums(state, sharding.to_global(batch, self.mesh), *extra)
@@ -52,8 +52,7 @@ class Evaluator:
     if int(round(count)) < self.num_examples:
       logging.warning("evaluator %s: %d of %d examples were skipped as corrupt", self.name,
                       self.num_examples - int(round(count)), self.num_examples)
-    for k, v in sorted(total.items()):
-      yield f"{self.name}/{k}", float(v) / count
+    return {f"{self.name}/{k}": float(v) / count for k, v in sorted(total.items())}
 
 
 def gather_masked(fn, state, batches: Iterable[dict], mesh) -> dict[str, np.ndarray]:

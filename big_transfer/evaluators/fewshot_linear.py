@@ -10,7 +10,7 @@ host in float64.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -70,16 +70,17 @@ def normalize_features(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
 
 
 class FewShotLinear:
-  """``run(state)`` yields ``fewshot/<name>/<k>shot`` (mean test accuracy over seeds)."""
+  """``run(state)`` -> ``{<prefix>/<name>/<k>shot: mean test accuracy over seeds}``."""
 
   def __init__(self, data: str, *, pp: str, shots: Sequence[int],
                seeds: Sequence[int], l2_reg: float, features: Callable, mesh, state_shardings,
                batch_size: int, train_split: str = "train", test_split: str = "test",
-               process_index: int = 0, process_count: int = 1):
+               process_index: int = 0, process_count: int = 1, prefix: str = "fewshot"):
     spec = sources.parse_spec(data.partition("?")[0])
     pool = sources.open_source(sources.spec_with_default_split(data, train_split))
     self.test = sources.open_source(sources.spec_at_split(data, test_split))
     self.name = spec.name.rstrip("/").split("/")[-1]  # 'digits', or a converted dir's name
+    self.prefix = prefix
     self.shots, self.seeds, self.l2_reg = tuple(shots), tuple(seeds), l2_reg
     labels = fewshot.labels_of(pool)
     self.test_labels = fewshot.labels_of(self.test)
@@ -106,7 +107,8 @@ class FewShotLinear:
                                     process_count=self.pcount)
     return gather_masked(self._feats, state, batches, self.mesh)["x"]
 
-  def run(self, state) -> Iterator[tuple[str, float]]:
+  def run(self, state) -> dict[str, float]:
+    out = {}
     pool_x = self._extract(state, self.pool)
     test_x = self._extract(state, self.test)
     mean = pool_x.mean(0)
@@ -118,4 +120,5 @@ class FewShotLinear:
         w, b = ridge_fit(pool_x[rows], self.pool_labels[rows], self.num_classes, self.l2_reg)
         pred = np.argmax(test_x @ w + b, axis=-1)
         accs.append(float(np.mean(pred == self.test_labels)))
-      yield f"fewshot/{self.name}/{k}shot", float(np.mean(accs))
+      out[f"{self.prefix}/{self.name}/{k}shot"] = float(np.mean(accs))
+    return out

@@ -4,7 +4,7 @@ its own image and caption, so pairs stay aligned however hosts interleave them."
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable
 
 import jax
 import numpy as np
@@ -36,13 +36,14 @@ class Retrieval:
   def __init__(self, data: str, *, split: str, pp: str, max_examples: int,
                encode_image: Callable, encode_text: Callable, mesh, state_shardings,
                batch_size: int, process_index: int = 0, process_count: int = 1,
-               bind: dict | None = None):
+               bind: dict | None = None, prefix: str = "retrieval"):
     source = sources.open_source(sources.spec_at_split(data, split))
     n = min(len(source), max_examples) if max_examples else len(source)
     self.source = sources.Subset(source, np.arange(n))
     self.name = sources.parse_spec(data.partition("?")[0]).name.rstrip("/").split("/")[-1]
     self.pp, self.batch_size, self.mesh, self.bind = pp, batch_size, mesh, bind
     self.pid, self.pcount = process_index, process_count
+    self.prefix = prefix
 
     def embed(state, batch):
       return {"image": encode_image(state, batch["image"]),
@@ -51,10 +52,10 @@ class Retrieval:
     self._embed = jax.jit(embed, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                           out_shardings=sharding.replicated(mesh))
 
-  def run(self, state) -> Iterator[tuple[str, float]]:
+  def run(self, state) -> dict[str, float]:
     batches = pipeline.eval_dataset(self.source, pp=self.pp, batch_size=self.batch_size,
                                     keys=("image", "text"), process_index=self.pid,
                                     process_count=self.pcount, bind=self.bind)
     e = gather_masked(self._embed, state, batches, self.mesh)
-    for k, v in recall_at_k(e["image"], e["text"]).items():
-      yield f"retrieval/{self.name}/{k}", v
+    return {f"{self.prefix}/{self.name}/{k}": v
+            for k, v in recall_at_k(e["image"], e["text"]).items()}

@@ -5,7 +5,7 @@ Exact over hosts (the classification Evaluator's padding mask)."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -55,14 +55,13 @@ def _normalize(x, axis=-1):
 
 
 class ZeroShot:
-  """``run(state)`` yields ``zeroshot/<name>/accuracy`` (and ``top5_accuracy`` with > 5
-  classes)."""
+  """``run(state)`` -> ``{<prefix>/<name>/accuracy, .../top5_accuracy (more than 5 classes)}``."""
 
   def __init__(self, data: str, *, split: str, pp: str, templates, tokenizer,
                context_length: int, encode_image: Callable, encode_text: Callable, mesh,
                state_shardings, batch_size: int, process_index: int = 0,
                process_count: int = 1, bind: dict | None = None,
-               class_names: Sequence[str] | None = None):
+               class_names: Sequence[str] | None = None, prefix: str = "zeroshot"):
     self.source = sources.open_source(sources.spec_at_split(data, split))
     names = class_names or getattr(self.source, "class_names", None)
     if not names:
@@ -92,7 +91,7 @@ class ZeroShot:
       return pipeline.eval_dataset(self.source, pp=pp, batch_size=batch_size,
                                    keys=("image", "label"), process_index=process_index,
                                    process_count=process_count, bind=bind)
-    self._eval = Evaluator(f"zeroshot/{self.name}", make_ds, apply, mesh, state_shardings,
+    self._eval = Evaluator(f"{prefix}/{self.name}", make_ds, apply, mesh, state_shardings,
                            len(self.source), num_extra=1)
 
   def classifier(self, state) -> np.ndarray:
@@ -101,7 +100,7 @@ class ZeroShot:
     emb = _normalize(emb.reshape(len(self.names), len(self.templates), -1))
     return _normalize(emb.mean(1)).astype(np.float32)
 
-  def run(self, state) -> Iterator[tuple[str, float]]:
+  def run(self, state) -> dict[str, float]:
     w = jax.make_array_from_process_local_data(sharding.replicated(self.mesh),
                                                self.classifier(state))
-    yield from self._eval.run(state, w)
+    return self._eval.run(state, w)

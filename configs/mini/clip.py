@@ -11,6 +11,7 @@ Args: model, steps, batch, data (any source with captions), loss (softmax|sigmoi
 """
 
 from big_transfer import config_lib
+from big_transfer.evaluators import common as evals
 
 IMAGE = "to_rgb|resize(36)|random_crop(32)|value_range(-1, 1)"
 EVAL_IMAGE = "to_rgb|resize(36)|central_crop(32)|value_range(-1, 1)"
@@ -47,9 +48,11 @@ def get_config(arg=None):
   c.checkpoint_every = 100
   c.optimizer.update(name="adamw", lr=2e-3, b2=0.98, weight_decay=0.1, warmup_steps=20,
                      schedule="cosine")
-  c.zeroshot.update(data="builtin:digits", pp=EVAL_IMAGE,
-                    templates="a handwritten {};a scan of a {};the character {} written by hand")
-  c.retrieval.update(data=a.data, pp=f"{EVAL_IMAGE}|tokenize", max_examples=500)
+  c.evals.zeroshot = evals.entry(
+      "zeroshot", data="builtin:digits", pp=EVAL_IMAGE,
+      templates="a handwritten {};a scan of a {};the character {} written by hand")
+  c.evals.retrieval = evals.entry("retrieval", data=a.data, pp=f"{EVAL_IMAGE}|tokenize",
+                                  max_examples=500)
   c.eval_every = 100
   c.data_threads = 2
   return c

@@ -36,7 +36,7 @@ def get_config(arg=None):
   # Full-data runs train on the 90% of train left after the validation split (no refit on
   # train + val afterwards, which configs/finetune/default.py does): half the time.
   c.refit_full = False
-  c.zeroshot.templates = "a handwritten {};a scan of a {};the character {} written by hand"
+  c.templates = "a handwritten {};a scan of a {};the character {} written by hand"
   c.log_every = 20
   c.checkpoint_every = 200
   c.data_threads = 2

@@ -6,6 +6,7 @@ Args: model, steps, batch, data (any source; labels are not used).
 """
 
 from big_transfer import config_lib
+from big_transfer.evaluators import common as evals
 
 VIEW = ("inception_crop(32, area_min=0.25)|flip_lr|color_jitter(0.4, 0.4, 0.4, 0.1, p=0.8)"
         "|grayscale(p=0.2)|value_range(-1, 1)")
@@ -32,8 +33,7 @@ def get_config(arg=None):
   c.optimizer.update(name="adamw", lr=2e-3, b2=0.98, weight_decay=0.1, warmup_steps=20,
                      schedule="cosine")
   # The transfer curve as it trains: 1/5/10/25-shot linear probes on held-out shapes.
-  c.fewshot.data = "builtin:shapes?n=2000"
-  c.fewshot.pp = "decode|to_rgb|value_range(-1, 1)"
-  c.fewshot.every = 100
+  c.evals.fewshot = evals.entry("fewshot_linear", data="builtin:shapes?n=2000",
+                                pp="decode|to_rgb|value_range(-1, 1)", every=100)
   c.data_threads = 2
   return c

@@ -22,7 +22,7 @@ GLYPHS = "builtin:glyphs?n=4000"
 
 def clip_arm(name, data, **tags):
   return dict(name=name, config=f"configs/mini/clip.py:{STEPS}", method="clip",
-              overrides={"data": data, "retrieval.data": "", "zeroshot.data": "",
+              overrides={"data": data, "evals.retrieval.data": "", "evals.zeroshot.data": "",
                          "tensorboard": False}, **tags)
 
 
@@ -40,7 +40,7 @@ def get_config(arg=None):
                group="sources"),
       dict(name="simclr_glyphs", config=f"configs/mini/simclr.py:{STEPS}", method="simclr",
            source="glyphs", size="4000", group="method",
-           overrides={"data": GLYPHS, "fewshot.data": "", "tensorboard": False}),
+           overrides={"data": GLYPHS, "evals.fewshot.data": "", "tensorboard": False}),
       dict(name="supervised_glyphs", config=f"configs/mini/supervised.py:{STEPS}",
            method="supervised", source="glyphs", size="4000", group="reference",
            overrides={"data": GLYPHS, "eval_data": "none", "tensorboard": False}),

@@ -7,6 +7,7 @@ Args: model (resnet18 at width 1/4 by default), steps, batch.
 """
 
 from big_transfer import config_lib
+from big_transfer.evaluators import common as evals
 
 
 def get_config(arg=None):
@@ -31,4 +32,7 @@ def get_config(arg=None):
   c.optimizer.update(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, warmup_steps=20,
                      schedule="cosine")
   c.data_threads = 2
+  # Closed-form few-shot probes on frozen features, declared off: turn them on with
+  # --config.evals.fewshot.data=builtin:digits (pp '' = pp_eval).
+  c.evals.fewshot = evals.entry("fewshot_linear", data="")
   return c

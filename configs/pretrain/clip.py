@@ -14,6 +14,7 @@ few steps at batch 8: a smoke run of the real pipeline on a workstation).
 """
 
 from big_transfer import config_lib
+from big_transfer.evaluators import common as evals
 from big_transfer.models.vit import CLIP_VIT_KWARGS
 
 PP_TRAIN = "decode|inception_crop(224, area_min=0.9, method='bicubic')|normalize('clip')|tokenize"
@@ -53,14 +54,15 @@ def get_config(arg=None):
   c.eval_every = 2000
   c.keep_every = 20000
   c.data_threads = 32
-  if a.zeroshot:  # ImageNet zero-shot with CLIP's 7-prompt ensemble, as OpenCLIP reports it
-    c.zeroshot.update(data=a.zeroshot, split="validation", pp=PP_EVAL, templates="clip7")
+  # ImageNet zero-shot with CLIP's 7-prompt ensemble, as OpenCLIP reports it ('' = off).
+  c.evals.zeroshot = evals.entry("zeroshot", data=a.zeroshot, split="validation",
+                                 pp=PP_EVAL, templates="clip7")
   if a.runlocal:
     c.batch_size = 8
     c.total_epochs = None
     c.total_steps = 5
     c.optimizer.warmup_steps = 1
     c.log_every = 1
-    c.zeroshot.data = ""
+    c.evals.zeroshot.data = ""
     c.dtype = "float32"
   return c

@@ -10,6 +10,7 @@ epochs, fewshot (a labelled source for the few-shot probe during training, '' = 
 """
 
 from big_transfer import config_lib
+from big_transfer.evaluators import common as evals
 
 VIEW = ("inception_crop(224, area_min=0.08)|flip_lr|color_jitter(0.4, 0.4, 0.4, 0.1, p=0.8)"
         "|grayscale(p=0.2)|gaussian_blur(0.1, 2.0, p=0.5)|normalize(\"clip\")")
@@ -38,9 +39,9 @@ def get_config(arg=None):
   c.eval_every = 2000
   c.keep_every = 20000
   c.data_threads = 32
-  if a.fewshot:  # the transfer curve as it trains (big_vision's closed-form probe)
-    c.fewshot.update(data=a.fewshot, pp=PP_EVAL, shots=(1, 5, 10, 25), seeds=(0, 1, 2),
-                     every=10000)
+  # The transfer curve as it trains (big_vision's closed-form probe; '' = off).
+  c.evals.fewshot = evals.entry("fewshot_linear", data=a.fewshot, pp=PP_EVAL,
+                                shots=(1, 5, 10, 25), seeds=(0, 1, 2), every=10000)
   if a.runlocal:
     c.batch_size = 8
     c.total_epochs = None
@@ -48,6 +49,6 @@ def get_config(arg=None):
     c.optimizer.warmup_epochs = None
     c.optimizer.warmup_steps = 1
     c.log_every = 1
-    c.fewshot.data = ""
+    c.evals.fewshot.data = ""
     c.dtype = "float32"
   return c

@@ -1,0 +1,106 @@
+"""Entry-point plumbing shared by train, finetune and study: flags, jax.distributed, the run's
+config record, and bad input as one ``error:`` line with a documented exit code.
+
+Exit codes: 0 done; 2 bad input (config, data, checkpoint, a workdir in use); 3 a non-finite
+loss or gradient; 75 stopped on SIGTERM/SIGINT after saving a checkpoint (run the same command
+again to resume).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import jax
+from absl import flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from big_transfer import checkpoint as ckpt_lib
+from big_transfer import config_lib, runlock
+from big_transfer import logging as log_lib
+from big_transfer.data import sources
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(config_help: str = "Config file (configs/...py[:args]).",
+                 lock_config: bool = True) -> None:
+  """The entrypoints' flags (train, finetune, study), defined by the one that runs: modules
+  import each other, and absl allows each flag once."""
+  if "config" in FLAGS:
+    return
+  config_flags.DEFINE_config_file("config", None, config_help, lock_config=lock_config)
+  flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the config are written.")
+  flags.DEFINE_string("coordinator_address", None,
+                      "Multi-process: host:port of process 0 (explicit jax.distributed setup).")
+  flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
+  flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+
+
+class UserError(ValueError):
+  """Bad input detected before any compile; printed as one line."""
+
+
+def maybe_initialize_distributed(coordinator_address=None, num_processes=None,
+                                 process_id=None) -> None:
+  """jax.distributed from explicit flags, SLURM's environment or a TPU pod's; else nothing."""
+  env = os.environ
+  explicit = coordinator_address is not None
+  slurm = int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env
+  tpu_pod = len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+  if not (explicit or slurm or tpu_pod):
+    return
+  if jax.distributed.is_initialized():
+    return
+  if explicit and "cpu" in env.get("JAX_PLATFORMS", "cpu"):
+    # CPU collectives across processes (tests, laptops): gloo over TCP.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = {}
+  if explicit:
+    kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
+                  process_id=process_id)
+  jax.distributed.initialize(**kwargs)
+
+
+def write_config(config, workdir: str, resolved: dict[str, Any]):
+  """WORKDIR/config.json: every key of the config and what the run resolved (process 0)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  out = {"config": config_lib.to_plain(config), "resolved": resolved}
+  path = os.path.join(workdir, "config.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(out, f, indent=1, sort_keys=True, default=str)
+  os.replace(path + ".tmp", path)
+
+
+def main_of(run_fn, extra_user_errors: tuple = ()):
+  """An absl main for an entrypoint ``run_fn(config, workdir)``: quiet library logs, the
+  required flags, jax.distributed, and bad input as one ``error:`` line (exit 2; a non-finite
+  loss exits 3; stopped by SIGTERM/SIGINT after saving: exit 75, run again to resume)."""
+  def main(argv):
+    del argv
+    if not FLAGS["verbosity"].present:  # orbax/grain log every save at INFO
+      absl_logging.set_verbosity(absl_logging.WARNING)
+      log_lib.quiet_library_noise()
+    if FLAGS.config is None or FLAGS.workdir is None:
+      print("error: --config and --workdir are required", file=sys.stderr)
+      sys.exit(2)
+    try:
+      maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                   FLAGS.process_id)
+      run_fn(FLAGS.config, FLAGS.workdir)
+    except runlock.Preempted as e:
+      print(f"stopped: {e} (exit {runlock.PREEMPTED_EXIT})", file=sys.stderr)
+      sys.exit(runlock.PREEMPTED_EXIT)
+    except (config_lib.ConfigError, sources.DataError, UserError, ckpt_lib.CheckpointError,
+            runlock.LockError, *extra_user_errors) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+    except FloatingPointError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(3)
+  return main
