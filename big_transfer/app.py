@@ -38,6 +38,8 @@ def define_flags(config_help: str = "Config file (configs/...py[:args]).",
                       "Multi-process: host:port of process 0 (explicit jax.distributed setup).")
   flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
   flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+  flags.DEFINE_bool("print_config", False, "Print every key of the resolved config (with the "
+                    "command line's overrides), its value and meaning, and exit.")
 
 
 class UserError(ValueError):
@@ -86,6 +88,9 @@ def main_of(run_fn, extra_user_errors: tuple = ()):
     if not FLAGS["verbosity"].present:  # orbax/grain log every save at INFO
       absl_logging.set_verbosity(absl_logging.WARNING)
       log_lib.quiet_library_noise()
+    if FLAGS.print_config and FLAGS.config is not None:
+      print(config_lib.describe(FLAGS.config))
+      return
     if FLAGS.config is None or FLAGS.workdir is None:
       print("error: --config and --workdir are required", file=sys.stderr)
       sys.exit(2)

@@ -201,7 +201,8 @@ class Checkpointer:
 
   def _check_structure(self, step, abstract_state):
     """A checkpoint of another model or optimiser is a config error, not corruption."""
-    tree = _metadata_tree(os.path.join(self.directory, str(step), "state"))
+    with quiet_absl():  # "Metadata file does not exist" for every checkpoint of older Orbax
+      tree = _metadata_tree(os.path.join(self.directory, str(step), "state"))
     mismatches = structure_mismatches(tree, abstract_state)
     if mismatches:
       raise CheckpointError(

@@ -334,8 +334,58 @@ def _clean(e: BaseException) -> str:
   return " ".join(text.replace("\\n", " ").replace("\\'", "'").split())
 
 
+def usage(program: str) -> str:
+  """``--help`` of an absl entrypoint: its docstring (the examples) and every flag it defines,
+  with its help and default (absl alone lists none of them and exits 1)."""
+  main = sys.modules.get("__main__")
+  doc = (getattr(main, "__doc__", None) or "").strip()
+  lines = [doc, "", "flags:"] if doc else [f"usage: {program} [flags]", "", "flags:"]
+  by_module = flags.FLAGS.flags_by_module_dict()
+  mine = [f for m, fs in by_module.items() if m.startswith(("big_transfer", "__main__"))
+          or m.endswith(("train.py", "finetune.py", "study.py")) for f in fs]
+  mine += [flags.FLAGS["verbosity"]] if "verbosity" in flags.FLAGS else []
+  seen = set()
+  for f in mine:
+    if f.name in seen:
+      continue
+    seen.add(f.name)
+    default = f.default_as_str if f.name != "config" else "(required)"
+    lines.append(f"  --{f.name}: {f.help} (default: {default})")
+  lines.append("  --config.KEY=VALUE: override any key of the config (--print_config lists "
+               "them with their values)")
+  return "\n".join(lines)
+
+
+def describe(config) -> str:
+  """Every key of a config with its value, and its meaning where base_config / transfer_config
+  document it (the comment on or above the line that sets it)."""
+  import inspect as inspect_
+  meanings: dict[str, str] = {}
+  pending: list[str] = []
+  for line in inspect_.getsource(base_config).splitlines() + inspect_.getsource(
+      transfer_config).splitlines():
+    text = line.strip()
+    if text.startswith("#"):
+      pending.append(text.lstrip("# "))
+      continue
+    m = re.match(r"c\.(\w+)\s*=", text)
+    if m:
+      note = text.split("#", 1)[1].strip() if "#" in text else ""
+      meanings.setdefault(m[1], " ".join(pending + ([note] if note else [])))
+    pending = [] if not text.startswith("#") else pending
+  out = []
+  for key, value in sorted(to_plain(config).items()):
+    meaning = meanings.get(key, "")
+    out.append(f"{key} = {value!r}" + (f"  # {meaning}" if meaning else ""))
+  return "\n".join(out)
+
+
 def flags_parser(argv: list[str]) -> list[str]:
-  """absl flag parsing for entrypoints: a bad flag or config override is one line, exit 2."""
+  """absl flag parsing for entrypoints: ``--help`` lists the entrypoint's flags (exit 0); a bad
+  flag or config override is one line, exit 2."""
+  if any(a in ("--help", "-h", "--helpshort", "-?") for a in argv[1:]):
+    print(usage(argv[0]))
+    sys.exit(0)
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # noqa: BLE001  (absl and ml_collections raise many kinds)

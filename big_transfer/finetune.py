@@ -453,6 +453,7 @@ def _run(config, workdir: str, devices, done_path: str) -> list[dict]:
           "protocol": c.protocol, "shots": "full" if d["shots"] is None else d["shots"],
           "seed": c.seed, "shot_seed": d["shot_seed"], "num_train": len(d["train"]),
           "num_val": len(d["val"]), "num_test": len(d["test"]), "head_init": s.head_init,
+          "num_classes": d["num_classes"],
           "selection": "val", "tags": parse_tags(c.tags), "workdir": os.path.abspath(workdir)}
   if d["test_subsampled"]:
     base["test_subsampled"] = d["test_subsampled"]  # k test images per class (the authors')
@@ -526,6 +527,9 @@ def _run(config, workdir: str, devices, done_path: str) -> list[dict]:
         rows.append({**base, "hyperparameters": {**hp, "alpha": float(alpha)}, "grid": grid,
                      "val_accuracy": s.accuracy(w, "val"),
                      "test_accuracy": s.accuracy(w, "test"), "steps": best["steps"]})
+      chosen = max(rows, key=lambda r: (r["val_accuracy"], r["hyperparameters"]["alpha"]))
+      for r in rows:  # the alpha validation chooses (ties: more of the fine-tuned weights)
+        r["chosen"] = r is chosen
   wall = time.time() - t0
   run_id = os.path.abspath(workdir)
   for i, r in enumerate(rows):
@@ -538,6 +542,7 @@ def _run(config, workdir: str, devices, done_path: str) -> list[dict]:
     os.replace(done_path + ".tmp", done_path)
   for r in rows:
     extra = f" alpha {r['hyperparameters']['alpha']}" if "alpha" in r["hyperparameters"] else ""
+    extra += " <- chosen on validation" if r.get("chosen") else ""
     log_lib.info(f"result: {r['protocol']}{extra} val {r['val_accuracy']:.4f} test "
                  f"{r['test_accuracy']:.4f} ({log_lib.format_duration(wall)})")
   return rows

@@ -21,13 +21,28 @@ def _scalar(v):
   return v.item() if v.size == 1 else v.tolist()
 
 
+def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
+  """{'optimizer.lr': 0.1, ...}: scalars as they are, anything else as its text."""
+  out = {}
+  for k, v in config.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(flatten_config(v, key + "."))
+    elif isinstance(v, (bool, int, float, str)):
+      out[key] = v
+    else:
+      out[key] = str(v)
+  return out
+
+
 class MetricWriter:
   """Writes ``WORKDIR/metrics.jsonl`` (one object per logged step) and TensorBoard events.
 
   ``resume_step``: the step the run (re)starts from. Rows of later steps — written after that
   checkpoint by a run that was then killed — are dropped, so every step appears once."""
 
-  def __init__(self, workdir: str, tensorboard: bool = True, resume_step: int = 0):
+  def __init__(self, workdir: str, tensorboard: bool = True, resume_step: int = 0,
+               config: dict | None = None):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._file = None
@@ -43,6 +58,16 @@ class MetricWriter:
                                    purge_step=resume_step + 1 if resume_step else None)
         except ImportError:
           self._tb = None
+      if self._tb is not None and config is not None and not resume_step:
+        # The config in TensorBoard: as hparams (to compare runs) and as text (to read).
+        from tensorboardX.summary import hparams
+        flat = flatten_config(config)
+        # Into this writer's own file (add_hparams would open a second writer on the same
+        # directory, whose file can take the same name and replace this one's).
+        for summary in hparams(flat, {}):
+          self._tb._get_file_writer().add_summary(summary)  # noqa: SLF001
+        self._tb.add_text("config", "\n".join(f"    {k} = {v}" for k, v in sorted(
+            flat.items())), 0)
 
   def _drop_after(self, step: int):
     if not os.path.exists(self.path):

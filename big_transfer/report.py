@@ -67,6 +67,7 @@ def aggregate(rows: Sequence[dict]) -> dict[tuple, dict[str, Any]]:
                 "refit": any("refit" in r for r in rs),
                 "test_subsampled": any_row.get("test_subsampled"),
                 "pretrain_size": any_row.get("pretrain_size", ""),
+                "num_classes": any_row.get("num_classes"),
                 "pretrain_method": any_row.get("pretrain_method", "")}
   return out
 
@@ -106,10 +107,18 @@ def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
     series = {}
     for arm in sorted({k[0] for k in keys}):
       pts = [(x, agg[(arm, ds, protocol, x)]) for x in xs if (arm, ds, protocol, x) in agg]
+      tags = pts[0][1]["tags"]
       series[arm] = {"x": [p[0] for p in pts], "y": [p[1]["mean"] for p in pts],
-                     "err": [p[1]["std"] for p in pts]}
+                     "err": [p[1]["std"] for p in pts],
+                     "style": {"source": tags.get("source", ""), "size": tags.get("size", ""),
+                               "method": pts[0][1]["pretrain_method"]}}
+    classes = {agg[k]["num_classes"] for k in keys if agg[k].get("num_classes")}
+    zeroshot = {k[0]: agg[k]["mean"] for k in agg if k[1] == ds and k[2] == "zeroshot"
+                and k[0] in series}
     panels.append({"title": f"{ds} ({protocol})", "xlabel": "shots per class",
-                   "ylabel": "test accuracy", "xcategories": xs, "series": series})
+                   "ylabel": "test accuracy", "xcategories": xs, "series": series,
+                   "chance": 1.0 / classes.pop() if len(classes) == 1 else None,
+                   "zeroshot": zeroshot, "shots_axis": True})
   specs["accuracy_vs_shots"] = {"title": "Transfer accuracy against shots", "panels": panels}
 
   # 2. spread across pre-training sources against shots (max - min of the source arms)
@@ -125,7 +134,7 @@ def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
     panels.append({"title": f"{ds} ({protocol})", "xlabel": "shots per class",
                    "ylabel": "spread across sources (max - min accuracy)", "xcategories": xs,
                    "series": {"spread": {"x": xs, "y": spread, "err": [0.0] * len(xs)}},
-                   "n_sources": len({k[0] for k in keys})})
+                   "n_sources": len({k[0] for k in keys}), "shots_axis": True})
   specs["spread_vs_shots"] = {"title": "How much the pre-training source matters",
                               "panels": panels}
 
@@ -179,6 +188,44 @@ def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
   return {k: v for k, v in specs.items() if v["panels"]}
 
 
+def _shot_positions(cats: Sequence[str]) -> dict[str, float]:
+  """Shots on a log axis, 'full' set apart to the right and zero-shot ('0') to the left."""
+  nums = [float(c) for c in cats if c not in ("full", "0")]
+  top = np.log10(max(nums)) if nums else 0.0
+  pos = {c: np.log10(float(c)) for c in cats if c not in ("full", "0")}
+  pos["full"] = top + 0.7
+  pos["0"] = -0.6
+  return pos
+
+
+_LINESTYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _styles(series: dict) -> dict[str, dict]:
+  """Source as colour, method as line style, size as marker: each property its own channel."""
+  def index(key):
+    values = sorted({str(s.get("style", {}).get(key, "")) for s in series.values()})
+    return {v: i for i, v in enumerate(values)}
+  colour, line, marker = index("source"), index("method"), index("size")
+  cmap = __import__("matplotlib").colormaps["tab10"]
+  out = {}
+  for label, s in series.items():
+    st = {k: str(s.get("style", {}).get(k, "")) for k in ("source", "method", "size")}
+    out[label] = {"color": cmap(colour[st["source"]] % 10),
+                  "linestyle": _LINESTYLES[line[st["method"]] % len(_LINESTYLES)],
+                  "marker": _MARKERS[marker[st["size"]] % len(_MARKERS)]}
+  return out
+
+
+def _legend_label(label: str, s: dict) -> str:
+  st = s.get("style")
+  if not st:
+    return label
+  bits = [b for b in (st.get("method"), st.get("source"), st.get("size")) if b]
+  return f"{label} ({', '.join(bits)})" if bits else label
+
+
 def draw(spec: dict, path: str) -> None:
   import matplotlib  # lazy: +0.4 s, for drawing only (train/finetune import this module)
   matplotlib.use("Agg")
@@ -186,36 +233,65 @@ def draw(spec: dict, path: str) -> None:
   panels = spec["panels"]
   # One y scale across panels that show the same quantity: panels compare at a glance.
   share = len({p["ylabel"] for p in panels}) == 1 and not any(p.get("kind") for p in panels)
-  fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False,
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), squeeze=False,
                            sharey=share)
+  handles: dict[str, Any] = {}
+  any_err = False
   for ax, p in zip(axes[0], panels):
     cats = p.get("xcategories")
+    styles = _styles(p["series"])
     if p.get("kind") == "bar":
       n = max(1, len(p["series"]))
       width = 0.8 / n
       for i, (label, s) in enumerate(p["series"].items()):
         pos = [cats.index(x) + (i - (n - 1) / 2) * width for x in s["x"]]
-        ax.bar(pos, s["y"], width, yerr=s["err"], label=label, capsize=2)
+        h = ax.bar(pos, s["y"], width, yerr=s["err"], label=label, capsize=2)
+        handles.setdefault(label, h)
+        any_err |= any(e > 0 for e in s["err"])
+      ax.set_xticks(range(len(cats)), cats)
+    elif p.get("shots_axis"):
+      ticks = list(cats) + (["0"] if p.get("zeroshot") else [])
+      pos = _shot_positions(ticks)
+      for label, s in p["series"].items():
+        st = styles[label] if s.get("style") else {"marker": "o"}
+        h = ax.errorbar([pos[x] for x in s["x"]], s["y"], yerr=s["err"], capsize=2,
+                        markersize=4, **st)
+        handles.setdefault(_legend_label(label, s), h)
+        any_err |= any(e > 0 for e in s["err"])
+        if label in p.get("zeroshot", {}):  # zero-shot: an open marker at '0'
+          ax.plot([pos["0"]], [p["zeroshot"][label]], marker=st.get("marker", "o"),
+                  markerfacecolor="none", color=st.get("color"), linestyle="none")
+      if "full" in cats and len(cats) > 1:
+        ax.axvline((pos["full"] + max(v for k, v in pos.items() if k not in ("full", "0")))
+                   / 2, color="gray", linewidth=0.6, linestyle=(0, (2, 2)))
+      ax.set_xticks([pos[t] for t in ticks],
+                    [("zero-shot" if t == "0" else t) for t in ticks])
+      if p.get("chance") is not None:
+        ax.axhline(p["chance"], color="gray", linewidth=0.8, linestyle=":")
+        ax.annotate("chance", (0.99, p["chance"]), xycoords=("axes fraction", "data"),
+                    fontsize=7, ha="right", va="bottom", color="gray")
     else:
       for label, s in p["series"].items():
-        xs = [cats.index(x) for x in s["x"]] if cats else s["x"]
-        ax.errorbar(xs, s["y"], yerr=s["err"], marker="o", capsize=2, label=label)
+        h = ax.errorbar(s["x"], s["y"], yerr=s["err"], marker="o", capsize=2, label=label)
+        handles.setdefault(label, h)
+        any_err |= any(e > 0 for e in s["err"])
       for label, y in p.get("hlines", {}).items():
         ax.axhline(y, linestyle="--", linewidth=1, color="gray")
         ax.annotate(label, (0.01, y), xycoords=("axes fraction", "data"), fontsize=7,
                     va="bottom", color="gray")
-    if cats:
-      ax.set_xticks(range(len(cats)), cats)
     if p.get("xscale"):
       ax.set_xscale(p["xscale"])
     ax.set_title(p["title"], fontsize=10)
     ax.set_xlabel(p["xlabel"])
     ax.set_ylabel(p["ylabel"])
     ax.grid(alpha=0.3)
-    if p["series"]:
-      ax.legend(fontsize=7)
-  fig.suptitle(spec["title"])
-  fig.tight_layout()
+  if handles and not (len(handles) == 1 and "spread" in handles):
+    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center",
+               ncol=min(4, len(handles)), fontsize=7, frameon=False)
+  note = "error bars: ±1 standard deviation over seeds" if any_err else ""
+  fig.suptitle(spec["title"] + (f"\n{note}" if note else ""), fontsize=11)
+  rows = -(-len(handles) // 4) if handles else 0
+  fig.tight_layout(rect=(0, min(0.35, 0.06 * rows + 0.02), 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
 

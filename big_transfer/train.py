@@ -307,7 +307,7 @@ def _train(config, workdir: str, data: dict, *, devices, method, initialize, eva
 
   # ---------------------------------------------------------------- loop
   writer = log_lib.MetricWriter(workdir, tensorboard=config.tensorboard,
-                                resume_step=start_step)
+                                resume_step=start_step, config=config_lib.to_plain(config))
   progress = log_lib.Progress(total_steps, start_step, config.batch_size)
   stopper = runlock.StopSignals(pcount > 1)
   pending, stopped, t_compile = [], None, time.perf_counter()
@@ -450,8 +450,10 @@ def check_finite(state, ckpt):
 
 def log_window(writer, step: int, total_steps: int, rows: list[dict], rate: dict,
                skipped: int):
-  """One metrics row for the steps since the last: their means, the rate and ETA."""
+  """One metrics row for the steps since the last: their means (the learning rate: its value at
+  this step, not the window's mean), the rate and ETA."""
   mean = {f"train/{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]}
+  mean["train/lr"] = float(rows[-1]["lr"])
   mean.update({"train/examples_per_sec": rate["examples_per_sec"],
                "train/steps_per_sec": rate["steps_per_sec"], "eta_s": rate["eta_s"],
                "train/skipped_records": skipped})

@@ -19,7 +19,11 @@ extra=()
 while [[ $# -gt 0 && $1 != "--" ]]; do extra+=("$1"); shift; done
 [[ ${1:-} == "--" ]] || { echo "error: expected -- before the command" >&2; exit 2; }
 shift
-script=${BT_SBATCH_SCRIPT:-$(mktemp -t bt_sbatch.XXXXXX)}
+script=${BT_SBATCH_SCRIPT:-}
+if [[ -z $script ]]; then  # a temp file, removed on exit (sbatch has read it by then)
+  script=$(mktemp -t bt_sbatch.XXXXXX)
+  trap 'rm -f "$script"' EXIT
+fi
 {
   echo "#!/usr/bin/env bash"
   echo "#SBATCH --job-name=big_transfer"
@@ -35,4 +39,4 @@ script=${BT_SBATCH_SCRIPT:-$(mktemp -t bt_sbatch.XXXXXX)}
 echo "[launch/slurm.sh] batch script $script:"
 cat "$script"
 if [[ ${BT_DRY_RUN:-0} == 1 ]]; then exit 0; fi
-exec sbatch "$script"
+sbatch "$script"

@@ -200,6 +200,8 @@ def test_clip_zero_shot_text_head_and_wise_ft(pretrained, tmp_path):
   rows = run_ft(tmp_path, "wise", f"pretrained={pretrained['clip']},protocol=wise_ft,shots=5,"
                 f"epochs=10", **{"wise_ft.alphas": (0.0, 0.5, 1.0)})
   assert [r["hyperparameters"]["alpha"] for r in rows] == [0.0, 0.5, 1.0]
+  (chosen,) = [r for r in rows if r["chosen"]]  # one alpha, the validation's best
+  assert chosen["val_accuracy"] == max(r["val_accuracy"] for r in rows)
   assert rows[0]["test_accuracy"] == pytest.approx(zs["test_accuracy"], abs=1e-6)
   assert rows[-1]["test_accuracy"] == pytest.approx(rows[-1]["grid"][0]["test_accuracy"])
 

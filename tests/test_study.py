@@ -148,8 +148,15 @@ def _rows():
 
 
 def test_report_figures_show_the_series_they_claim(tmp_path):
-  specs = report.figure_specs(report.aggregate(_rows()))
+  rows = _rows() + [{"protocol": "zeroshot", "shots": "full", "seed": 0, "data": "d",
+                     "val_accuracy": 0.3, "test_accuracy": 0.33, "pretrain_method": "clip",
+                     "tags": {"arm": "src_a", "downstream": "digits"}}]
+  for r in rows:
+    r["num_classes"] = 10
+  specs = report.figure_specs(report.aggregate(rows))
   (panel,) = specs["accuracy_vs_shots"]["panels"]
+  assert panel["chance"] == pytest.approx(0.1) and panel["zeroshot"] == {"src_a": 0.33}
+  assert panel["series"]["src_a"]["style"] == {"source": "", "size": "", "method": "clip"}
   assert panel["xlabel"] == "shots per class" and panel["ylabel"] == "test accuracy"
   assert set(panel["series"]) == {"src_a", "src_b", "src_c", "size_1000", "size_4000", "sup"}
   assert panel["series"]["src_a"]["x"] == ["1", "5", "full"]
@@ -227,6 +234,12 @@ def test_launchers_print_what_they_run():
                "srun python -m big_transfer.train --config=c.py --workdir=/shared/r"):
     assert line in text and line in out.stdout
   os.remove(script)
+  tmp = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bt_test_tmp_{os.getpid()}")
+  os.makedirs(tmp, exist_ok=True)
+  subprocess.run([os.path.join(ROOT, "launch", "slurm.sh"), "1", "1", "--", "true"],
+                 env={**env, "TMPDIR": tmp}, capture_output=True, check=True)
+  assert os.listdir(tmp) == []  # a dry run leaves no batch script behind
+  os.rmdir(tmp)
   bad = subprocess.run([os.path.join(ROOT, "launch", "slurm.sh"), "4"], env=env,
                        capture_output=True, text=True)
   assert bad.returncode == 2 and "usage" in bad.stderr

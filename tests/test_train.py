@@ -46,7 +46,9 @@ def test_mini_run_writes_metrics_config_checkpoints_and_learns(tmp_path):
   cfg = json.load(open(os.path.join(wd, "config.json")))
   assert cfg["config"]["model"] == "resnet18" and cfg["resolved"]["total_steps"] == 40
   assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["20", "40"]
-  assert glob.glob(os.path.join(wd, "tensorboard", "events.out.tfevents.*"))
+  (events,) = glob.glob(os.path.join(wd, "tensorboard", "events.out.tfevents.*"))
+  raw = open(events, "rb").read()
+  assert b"optimizer.lr" in raw and b"hparams" in raw  # the config, as TensorBoard hparams
 
 
 def test_durations_in_epochs_and_examples_resolve_to_steps(tmp_path):
@@ -280,3 +282,33 @@ def test_multiprocess_data_workers_feed_the_same_batches(tmp_path):
                  "--config.tensorboard=false", "--config.optimizer.warmup_steps=0"])
   assert out.returncode == 0, out.stderr[-2000:]
   np.testing.assert_allclose(losses(wd), losses(ref_wd), rtol=1e-5, atol=1e-6)
+
+
+def test_the_logged_learning_rate_is_the_steps_own_not_a_window_mean(tmp_path):
+  from big_transfer import optim
+  c = mini_config(total_steps=6, log_every=3)
+  train.run(c, str(tmp_path), devices=one_device())
+  rows = [r for r in read_metrics(str(tmp_path)) if "train/lr" in r]
+  schedule = optim.schedule(c.optimizer, 6)
+  assert [r["step"] for r in rows] == [3, 6]
+  np.testing.assert_allclose([r["train/lr"] for r in rows],
+                             [float(schedule(2)), float(schedule(5))], rtol=1e-6)
+  assert rows[-1]["train/lr"] < 0.1 * c.optimizer.lr  # the end of the cosine, not its mean
+
+
+def test_help_lists_every_flag_and_print_config_every_key(tmp_path):
+  import subprocess
+  import sys
+  for module in ("big_transfer.train", "big_transfer.finetune"):
+    out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1000:]
+    for flag in ("--config:", "--workdir:", "--num_processes:", "--print_config:",
+                 "--config.KEY=VALUE"):
+      assert flag in out.stdout, (module, flag)
+    assert "python -m " + module in out.stdout  # the docstring's example
+  out = run_cli([f"--config={MINI}", "--print_config", "--config.batch_size=48"])
+  assert out.returncode == 0 and not os.path.exists(tmp_path / "checkpoints")
+  lines = out.stdout.splitlines()
+  assert "batch_size = 48  # " in "\n".join(lines) and any(
+      l.startswith("ema_decay = 0.0  # > 0 keeps an exponential moving average") for l in lines)
