@@ -21,15 +21,31 @@ import io
 import json
 import os
 import platform
+import re
+import subprocess
+import sys
+import tempfile
 import time
+import types
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import simplejpeg
+from absl import logging as absl_logging
+from flax import nnx
+from PIL import Image, ImageDraw, ImageFilter
+
+from big_transfer import checkpoint as ckpt_lib
+from big_transfer import config_lib
+from big_transfer import logging as log_lib
+from big_transfer import methods, optim, sharding, train
+from big_transfer.data import ops, pipeline, tokenizer
 
 
 def synthetic_jpegs(n: int, height: int, width: int, seed: int = 0,
                     quality: int = 90) -> list[bytes]:
   """Photo-like JPEGs (smooth gradients, shapes, mild noise): realistic entropy per pixel."""
-  from PIL import Image, ImageDraw, ImageFilter
   rng = np.random.default_rng(seed)
   out = []
   yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
@@ -83,10 +99,7 @@ def device_description() -> str:
 
 
 def bench_pipeline(images: int, height: int, width: int, seconds: float) -> list[dict]:
-  import simplejpeg
-  from PIL import Image
 
-  from big_transfer.data import ops
   data = synthetic_jpegs(images, height, width)
   rng = np.random.default_rng(0)
   train_pp = "decode|inception_crop(224)|flip_lr|normalize('imagenet')"
@@ -134,7 +147,6 @@ def bench_loader(workers: list[int], batch_size: int, seconds: float, images: in
   chain on one core in this process, measured in the same run: ``scaling_efficiency`` =
   images/s / (max(workers, 1) x chain images/s per core). The chain is the loader's host part:
   its trailing normalisation runs on the device (``normalize_on_device``)."""
-  from big_transfer.data import ops, pipeline
   host_pp, _ = ops.split_device_affine(pp)
   source = JpegSource(synthetic_jpegs(images, height, width), 1_000_000)
   builder = pipeline._Builder(source, host_pp, 0, ("image", "label"), None, shuffle=True,
@@ -208,7 +220,6 @@ TIMM_REFERENCE = (
 
 def bench_config(model: str, method: str, batch_size: int, resolution: int, steps: int,
                  dtype: str, data: str, model_kwargs: dict | None = None):
-  from big_transfer import config_lib
   c = config_lib.base_config()
   c.method, c.model, c.batch_size, c.dtype = method, model, batch_size, dtype
   c.model_kwargs.update(model_kwargs or {})
@@ -238,13 +249,11 @@ def bench_config(model: str, method: str, batch_size: int, resolution: int, step
 
 
 def _tokenizer(c, source):
-  from big_transfer.data import tokenizer
   if c.method not in ("clip", "slip"):
     return None
   try:
     c.text.tokenizer = tokenizer.resolve("clip")
   except Exception:  # noqa: BLE001  (no open_clip_torch: a vocabulary learnt from the captions)
-    import tempfile
     path = os.path.join(tempfile.mkdtemp(prefix="bt_bench_"), "bpe.txt")
     tokenizer.train([source[i]["caption"] for i in range(200)], 1000).save(path)
     c.text.tokenizer = path
@@ -253,8 +262,6 @@ def _tokenizer(c, source):
 
 def peak_matmul_flops(dtype: str) -> float:
   """The device's measured matmul rate (FLOP/s): a large square matmul, best of several."""
-  import jax
-  import jax.numpy as jnp
   on_cpu = jax.default_backend() == "cpu"
   n = 2048 if on_cpu else 8192
   dt = jnp.float32 if (dtype == "float32" or on_cpu) else jnp.bfloat16
@@ -287,13 +294,8 @@ def _train_setup(model: str, batch_size: int, resolution: int, steps: int, metho
                  dtype: str, data: str, model_kwargs: dict | None):
   """Everything bench_model times, built as train.run builds it (the loop's own step, with
   the chain's normalisation on the device): a namespace."""
-  import types
 
-  import jax
-  from flax import nnx
 
-  from big_transfer import methods, optim, sharding, train
-  from big_transfer.data import ops
 
   c = bench_config(model, method, batch_size, resolution, steps, dtype, data, model_kwargs)
   source = SyntheticSource(max(4096, batch_size * (steps + 8)), resolution, c.num_classes,
@@ -336,11 +338,8 @@ def train_step_flops(model: str, batch_size: int = 2, resolution: int = 224,
                      method: str = "supervised", model_kwargs: dict | None = None) -> float:
   """FLOPs of one training step of ``model`` (multiply and add counted apart), from shapes
   only: nothing is allocated or compiled."""
-  import jax
-  import numpy as np
   t = _train_setup(model, batch_size, resolution, 1, method, "float32", "synthetic",
                    model_kwargs)
-  from big_transfer.data import pipeline
   example = pipeline._Builder(t.source, t.pp_host, 0, t.meth.batch_keys, t.bind, True,
                               1).example(0)
   batch = {k: jax.ShapeDtypeStruct((batch_size, *np.shape(v)), np.asarray(v).dtype)
@@ -352,13 +351,8 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
                 dtype: str, data: str, torch_ref: bool = True, checkpoint: bool = True,
                 model_kwargs: dict | None = None, loop: bool = True,
                 data_workers: int = 0) -> list[dict]:
-  import tempfile
 
-  import jax
 
-  from big_transfer import logging as log_lib
-  from big_transfer import sharding, train
-  from big_transfer.data import pipeline
 
   t = _train_setup(model, batch_size, resolution, steps, method, dtype, data, model_kwargs)
   c, source, tok, bind, meth, mesh = t.c, t.source, t.tok, t.bind, t.meth, t.mesh
@@ -448,7 +442,6 @@ def torch_reference(model: str, method: str, batch_size: int, resolution: int, s
   """The same architecture and batch as plain PyTorch on the same kind of device: timm's
   module with SGD + momentum and cross-entropy (supervised), OpenCLIP's model, ClipLoss and
   AdamW (clip). None when torch/timm/open_clip are not installed or the case has none."""
-  import re
   try:
     import timm
     import torch
@@ -544,11 +537,8 @@ def _openclip_reference(model: str, batch_size: int, resolution: int, steps: int
 
 def bench_checkpoint(state, abstract, shardings, row) -> dict:
   """Save and restore of the benchmarked train state (params, optimiser state): GB/s."""
-  import tempfile
 
-  import jax
 
-  from big_transfer import checkpoint as ckpt_lib
   nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
   with tempfile.TemporaryDirectory(prefix="bt_ckpt_") as wd:
     ck = ckpt_lib.Checkpointer(wd, keep=1, async_save=False)
@@ -573,8 +563,6 @@ def bench_variants(base_args: list[str], variants: list[str], rounds: int) -> li
   or ``args:--dtype=bfloat16 ...`` (bench arguments) — in fresh processes, round-robin over
   ``rounds`` rounds so that a noisy spell slows every variant alike; median images/s and the
   ratio to the first variant (the baseline)."""
-  import subprocess
-  import sys
   rates: dict[str, list[float]] = {v: [] for v in variants}
   last: dict[str, dict] = {}
   for r in range(rounds):
@@ -655,7 +643,6 @@ def main(argv=None):
   elif what == "model":
     if not args.model:
       p.error("--what=model needs --model")
-    from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)
     rows = bench_model(args.model, args.batch_size, args.resolution, args.steps, args.method,
                        args.dtype, args.data, torch_ref=args.torch == "auto",

@@ -359,10 +359,9 @@ def usage(program: str) -> str:
 def describe(config) -> str:
   """Every key of a config with its value, and its meaning where base_config / transfer_config
   document it (the comment on or above the line that sets it)."""
-  import inspect as inspect_
   meanings: dict[str, str] = {}
   pending: list[str] = []
-  for line in inspect_.getsource(base_config).splitlines() + inspect_.getsource(
+  for line in inspect.getsource(base_config).splitlines() + inspect.getsource(
       transfer_config).splitlines():
     text = line.strip()
     if text.startswith("#"):

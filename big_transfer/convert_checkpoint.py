@@ -17,26 +17,30 @@ state dict (``.pt`` with torch installed, else ``.safetensors``) and ``<out>.jso
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 import types
 from typing import Any
 
+import jax
+import ml_collections
 import numpy as np
+from flax import nnx
 
-from big_transfer import interop
+from big_transfer import checkpoint as ckpt_lib
+from big_transfer import config_lib, interop, methods, transfer
+from big_transfer.app import write_config
+from big_transfer.checkpoint import CheckpointError
+from big_transfer.data import tokenizer
 from big_transfer.interop import ConversionError, Spec
+from big_transfer.sharding import path_name
 
 
 def _model_shapes(spec: Spec):
   """(config, {name: shape} of params, {name: shape} of model_state, abstract pure dicts)."""
-  import jax
-  import ml_collections
-  from flax import nnx
 
-  from big_transfer import config_lib, methods
-  from big_transfer.sharding import path_name
 
   config = config_lib.base_config()
   config.method = spec.method
@@ -61,8 +65,6 @@ def _model_shapes(spec: Spec):
 
 
 def _nest(tree, flat: dict[str, np.ndarray]):
-  import jax
-  from big_transfer.sharding import path_name
   return jax.tree_util.tree_map_with_path(lambda p, _: flat[path_name(p)], tree)
 
 
@@ -127,8 +129,6 @@ def convert(fmt: str, src: str, out: str, *, model: str | None = None,
 
 def write(out: str, config, state: dict, summary: dict):
   """A workdir finetune/train accept: config.json + checkpoints/0/state (Orbax)."""
-  from big_transfer import checkpoint as ckpt_lib
-  from big_transfer.app import write_config
   if os.path.exists(os.path.join(out, "checkpoints")):
     raise ConversionError(f"--out={out}: already holds checkpoints; choose a new directory")
   write_config(config, out, {"converted_from": summary})
@@ -139,12 +139,10 @@ def write(out: str, config, state: dict, summary: dict):
 
 def export_openclip(workdir: str, out: str) -> dict[str, Any]:
   """A CLIP run of ours -> an OpenCLIP state dict (+ ``out``.json, its model config)."""
-  from big_transfer import transfer
   pre = transfer.load_pretrained(workdir)
   if pre.method not in ("clip", "slip"):
     raise ConversionError(f"{workdir}: a {pre.method} run; only CLIP runs export to OpenCLIP")
   c = pre.config
-  from big_transfer.data import tokenizer
   tok_path = pre.tokenizer_path()
   vocab = tokenizer.load(tok_path).vocab_size if tok_path else None
   flat = {**transfer.flatten(pre.params()), **transfer.flatten(pre.state.get("model_state", {}))}
@@ -181,7 +179,6 @@ def save_state_dict(sd: dict[str, np.ndarray], out: str):
 
 
 def main(argv=None) -> int:
-  import argparse
   p = argparse.ArgumentParser(prog="python -m big_transfer.convert_checkpoint",
                               description=__doc__.split("\n\n")[0])
   p.add_argument("src", help="checkpoint file (or, with --to, a run's workdir)")
@@ -195,7 +192,6 @@ def main(argv=None) -> int:
                  help="override the transformer activation (not stored in checkpoints)")
   p.add_argument("--out", required=True)
   args = p.parse_args(argv)
-  from big_transfer.checkpoint import CheckpointError
   try:
     if args.to:
       summary = export_openclip(args.src, args.out)

@@ -19,6 +19,10 @@ if [[ $1 != "--" ]]; then devices=$1; shift; fi
 shift
 port=${BT_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 
+# Gloo's connection lines (one per process pair and collective group, from C++) are dropped
+# unless BT_VERBOSE=1.
+quiet='/^\[Gloo\] Rank [0-9]* is connected to/d'
+[[ ${BT_VERBOSE:-0} == 1 ]] && quiet='/^$/!b'
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup INT TERM
@@ -26,7 +30,7 @@ for ((i = 0; i < n; i++)); do
   args=("$@" "--coordinator_address=127.0.0.1:$port" "--num_processes=$n" "--process_id=$i")
   echo "[launch/local.sh] process $i/$n: JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=$devices ${args[*]}"
   JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=$devices" \
-    "${args[@]}" > >(sed -u "s/^/[$i] /") 2>&1 &
+    "${args[@]}" > >(sed -u -e "$quiet" -e "s/^/[$i] /") 2>&1 &
   pids+=($!)
 done
 # The first non-zero exit code is the launcher's (75: stopped on a signal after saving).

@@ -24,6 +24,7 @@ def test_two_processes_match_the_single_process_run(tmp_path):
   out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-3000:]
   assert "[launch/local.sh] process 1/2" in out.stdout  # it says what it runs
+  assert "[Gloo]" not in out.stdout  # gloo's connection lines, dropped by the launcher
   assert "mesh: data=4 fsdp=1 over 4 cpu devices, 2 process(es)" in out.stdout
 
   c = mini_config(eval_data="", eval_every=6, checkpoint_every=3,

@@ -14,8 +14,12 @@ import inspect
 import io
 from typing import Any, Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+from big_transfer.data import tokenizer
 
 Example = dict[str, Any]
 Op = Callable[[Example, np.random.Generator], Example]
@@ -444,8 +448,6 @@ def apply_affine(batch: dict, affines) -> dict:
   """The device half of ``split_device_affine``: float32(x) * scale + shift per channel, rounded
   after the multiply and after the add as on the host (the barrier keeps XLA from fusing them
   into one FMA, which it does differently on different meshes)."""
-  import jax
-  import jax.numpy as jnp
   if not affines:
     return batch
   batch = dict(batch)
@@ -518,7 +520,6 @@ def _blend(a, b, factor):
 
 
 def _adjust_hue(img, delta):
-  from PIL import Image
   hsv = np.asarray(Image.fromarray(img).convert("HSV")).copy()
   hsv[..., 0] = (hsv[..., 0].astype(np.int32) + int(round(delta * 255))) % 256
   return np.asarray(Image.fromarray(hsv, mode="HSV").convert("RGB"))
@@ -571,7 +572,6 @@ def _gaussian_blur(sigma_min: float = 0.1, sigma_max: float = 2.0, p: float = 0.
   if not 0 < sigma_min <= sigma_max:
     raise ValueError(f"need 0 < sigma_min <= sigma_max, got {sigma_min}, {sigma_max}")
   def fn(img, rng):
-    from PIL import Image, ImageFilter
     img = _as_uint8_rgb(img)
     if rng.random() >= p:
       return img
@@ -594,7 +594,6 @@ def _solarize(threshold: int = 128, p: float = 0.2, key: str = "image"):
 
 
 def _ra_ops():
-  from PIL import Image, ImageEnhance, ImageOps
 
   def enhance(cls):
     return lambda im, m, rng: cls(im).enhance(1 + m * 0.9 * rng.choice((-1, 1)))
@@ -637,7 +636,6 @@ def _randaugment(num_layers: int = 2, magnitude: float = 9, magnitude_std: float
   table = _ra_ops()
   names = sorted(table)
   def fn(img, rng):
-    from PIL import Image
     img = _as_uint8_rgb(img)
     squeeze = img.shape[-1] == 1
     im = Image.fromarray(img[..., 0] if squeeze else img)
@@ -706,7 +704,6 @@ def _tokenize(max_len: int | None = None, vocab: str | None = None, key: str = "
     if vocab is None or max_len is None:
       raise PreprocessError("tokenize: no vocabulary or length (set config.text.tokenizer "
                             "and config.text.context_length, or tokenize(77, vocab='PATH'))")
-    from big_transfer.data import tokenizer
     text = example.pop(key) if key != out else example[key]
     if isinstance(text, (bytes, np.bytes_)):
       text = bytes(text).decode("utf-8", "replace")
