@@ -280,14 +280,15 @@ def _sig(x: float, digits: int = 4) -> float:
   return float(f"{x:.{digits}g}")
 
 
-def _cost_flops(compiled) -> float | None:
+def _cost_flops(program) -> float | None:
+  """The "flops" of XLA's cost analysis of a lowered or compiled program (None: unavailable)."""
   try:
-    cost = compiled.cost_analysis()
+    cost = program.cost_analysis()
   except Exception:  # noqa: BLE001
     return None
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
-  return float(cost.get("flops", 0.0)) or None
+  return float((cost or {}).get("flops", 0.0)) or None
 
 
 def _train_setup(model: str, batch_size: int, resolution: int, steps: int, method: str,
@@ -325,13 +326,7 @@ def lowered_flops(lowered) -> float | None:
   """FLOPs of a jitted program counted on its lowered (not yet optimised) form: the same count
   on every backend. XLA's cost analysis of the *compiled* program misses what a GPU backend
   hands to cuDNN / cuBLAS custom calls (convolutions, matmuls): 10-30x too low there."""
-  try:
-    cost = lowered.cost_analysis()
-  except Exception:  # noqa: BLE001
-    return None
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0] if cost else {}
-  return float((cost or {}).get("flops", 0.0)) or None
+  return _cost_flops(lowered)
 
 
 def train_step_flops(model: str, batch_size: int = 2, resolution: int = 224,

@@ -37,7 +37,7 @@ class Preempted(Exception):
     self.step, self.signum = step, signum
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -75,7 +75,7 @@ class WorkdirLock:
     except FileNotFoundError:
       return "released meanwhile"
     if holder.get("host") == self.me["host"] and isinstance(holder.get("pid"), int):
-      if not _pid_alive(holder["pid"]):
+      if not pid_alive(holder["pid"]):
         return f"pid {holder['pid']} on this host is not running"
       return None
     if age > STALE_S:

@@ -42,6 +42,7 @@ import numpy as np
 
 from big_transfer.data import ops
 from big_transfer.data.sources import DataError
+from big_transfer.runlock import pid_alive
 
 MASK = "_mask"
 INDEX = "_index"
@@ -219,16 +220,6 @@ _WORKER_BUILDER: _Builder | None = None
 SHM_DIR = "/dev/shm"
 
 
-def _pid_alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def _unlink_blocks(prefix: str = "bt_", only_dead_owners: bool = False) -> int:
   """Removes shared-memory blocks named ``{prefix}...`` (``bt_<owner pid>_<loader>_...``):
   batches in flight when a loader stopped, or left by a killed run."""
@@ -240,7 +231,7 @@ def _unlink_blocks(prefix: str = "bt_", only_dead_owners: bool = False) -> int:
       continue
     if only_dead_owners:
       owner = name[3:].split("_", 1)[0]
-      if not owner.isdigit() or _pid_alive(int(owner)):
+      if not owner.isdigit() or pid_alive(int(owner)):
         continue
     try:
       os.unlink(os.path.join(SHM_DIR, name))
