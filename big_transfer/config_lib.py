@@ -134,6 +134,12 @@ def base_config() -> ml_collections.ConfigDict:
   # same way.
   c.evals = ml_collections.ConfigDict()
   c.tensorboard = True
+  # Weights & Biases, on when project is set (optional: pip install -e '.[wandb]'). Metrics
+  # as logged, the config, one W&B run per workdir (its id kept in WORKDIR/wandb_run_id, so a
+  # resumed run continues it). mode 'offline' writes WORKDIR/wandb/ for `wandb sync` later
+  # (hosts without network). name '' = the workdir's last two path parts; tags 'a,b'.
+  c.wandb = ml_collections.ConfigDict({"project": "", "entity": "", "name": "", "group": "",
+                                       "tags": "", "mode": "online"})
   return c
 
 
@@ -291,6 +297,13 @@ def validate(config) -> None:
     if "tokenize" in pp and not config.text.tokenizer and "vocab=" not in pp:
       raise ConfigError(f"config.{key} tokenizes text: set config.text.tokenizer (a merges "
                         f"file, or 'train:SIZE' to learn one from the captions)")
+  if config.wandb.project:
+    if config.wandb.mode not in ("online", "offline", "disabled"):
+      raise ConfigError(f"config.wandb.mode={config.wandb.mode!r}: not online, offline or "
+                        f"disabled")
+    if importlib.util.find_spec("wandb") is None:
+      raise ConfigError(f"config.wandb.project={config.wandb.project!r}: wandb is not "
+                        f"installed (pip install -e '.[wandb]')")
   if config.clip.loss not in ("softmax", "sigmoid"):
     raise ConfigError(f"config.clip.loss={config.clip.loss!r}: not softmax or sigmoid")
   tok = config.text.tokenizer

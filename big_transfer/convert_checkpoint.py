@@ -5,6 +5,7 @@
   python -m big_transfer.convert_checkpoint --from=timm model.safetensors --model=vit_base_patch16_224 --out=DIR
   python -m big_transfer.convert_checkpoint --from=big_vision augreg.npz --out=DIR
   python -m big_transfer.convert_checkpoint --to=openclip RUN_WORKDIR --out=model.pt
+  python -m big_transfer.convert_checkpoint --to=timm RUN_WORKDIR --out=model.safetensors
 
 DIR is a workdir like a pre-training run's (``config.json`` + ``checkpoints/0``): give it to
 ``finetune`` as ``pretrained=DIR`` or to ``train`` as ``--config.init_from=DIR``. The
@@ -12,7 +13,11 @@ architecture is read from the tensors where they say it; ``--model`` names it ot
 and is checked against them. OpenAI's CLIP weights use QuickGELU: ``--model=RN50-quickgelu`` /
 ``ViT-B-32-quickgelu`` (OpenCLIP's names) or ``--act=quick_gelu``. Exports write the OpenCLIP
 state dict (``.pt`` with torch installed, else ``.safetensors``) and ``<out>.json``, the
-``open_clip.CLIP(**cfg)`` model config.
+``open_clip.CLIP(**cfg)`` model config. ``--to=timm`` exports the image tower of any run —
+supervised, SimCLR, CLIP/SLIP ViTs (with the projection as the head), or a fine-tuning run
+with its classifier — where timm has the architecture (resnetD, BiT, ViT) and writes
+``<out>.json``: ``timm.create_model(architecture, pretrained=True,
+pretrained_cfg_overlay=pretrained_cfg, **kwargs)`` builds it with these weights.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from big_transfer import checkpoint as ckpt_lib
 from big_transfer import config_lib, interop, methods, transfer
 from big_transfer.app import write_config
 from big_transfer.checkpoint import CheckpointError
-from big_transfer.data import tokenizer
+from big_transfer.data import ops, tokenizer
 from big_transfer.interop import ConversionError, Spec
 from big_transfer.sharding import path_name
 
@@ -164,6 +169,95 @@ def export_openclip(workdir: str, out: str) -> dict[str, Any]:
   return {"to": "openclip", "out": out, "tensors": len(sd), "config": cfg}
 
 
+def _image_mean_std(config) -> dict[str, Any]:
+  """timm's mean/std (0..1 units) from the run's evaluation preprocessing: its trailing
+  value_range / normalize ops as x * scale + shift on 0..255 pixels."""
+  try:
+    _, affines = ops.split_device_affine(config.get("pp_eval") or config.get("pp_train") or "")
+  except ops.PreprocessError:
+    return {}
+  scale, shift = np.ones(3), np.zeros(3)
+  for key, a, b in affines:
+    if key == "image":
+      scale, shift = scale * np.asarray(a, np.float64), shift * np.asarray(a, np.float64) + b
+  if not affines:
+    return {}
+  std = 1.0 / (255.0 * scale)
+  mean = -shift * std
+  # float32 affines give 0.49999997 for 0.5: the preset they were made from, where one is.
+  presets = [*ops.MEAN_STD.values(), ((0.5,) * 3, (0.5,) * 3), ((0.0,) * 3, (1.0,) * 3)]
+  for m, sd in presets:
+    if np.allclose(mean, m, atol=1e-5) and np.allclose(std, sd, atol=1e-5):
+      return {"mean": list(m), "std": list(sd)}
+  return {"mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std]}
+
+
+def export_timm(workdir: str, out: str) -> dict[str, Any]:
+  """Any run's image tower (pre-training of any method, or a fine-tuning run with its head)
+  -> a timm state dict (``out``: .safetensors, or .pt with torch) and ``<out>.json``: the
+  ``timm.create_model`` architecture and arguments and the pretrained_cfg (file, mean/std)."""
+  directory, _ = ckpt_lib.find_checkpoint(workdir)
+  run_dir = transfer._workdir_of(directory)
+  cfg_path = os.path.join(run_dir, "config.json")
+  if not os.path.exists(cfg_path):
+    raise ConversionError(f"{workdir}: no config.json in {run_dir} (it says which model made "
+                          f"the checkpoint)")
+  with open(cfg_path) as f:
+    config = ml_collections.ConfigDict(json.load(f)["config"])
+  state, step = ckpt_lib.load_state(workdir)
+  params = state.get("ema_params") or state["params"]
+  model_state = state.get("model_state", {})
+  flat_p, flat_s = transfer.flatten(params), transfer.flatten(model_state)
+  if "pretrained" in config:  # a fine-tuning run: Classifier(backbone, head)
+    if "projection" in params and params["projection"] is not None:
+      raise ConversionError(f"{workdir}: a classifier on normalised CLIP embeddings (projection "
+                            f"+ L2 norm); timm's models have no such head")
+    pre = None
+    pre_cfg = os.path.join(transfer._workdir_of(config.pretrained), "config.json") \
+        if config.pretrained else ""
+    if pre_cfg and os.path.exists(pre_cfg):
+      with open(pre_cfg) as f:
+        pc = ml_collections.ConfigDict(json.load(f)["config"])
+      pre = types.SimpleNamespace(config=pc, method=pc.method)
+    model, kwargs = transfer.backbone_spec(config, pre)
+    tower = "backbone"
+    extra = {f"head/{k}": v for k, v in transfer.flatten(params.get("head", {})).items()}
+  else:
+    if config.method not in transfer.IMAGE_TOWER:
+      raise ConversionError(f"{workdir}: method {config.method!r} has no image tower")
+    model, kwargs = config.model, config.model_kwargs.to_dict()
+    tower = transfer.IMAGE_TOWER[config.method]
+    extra = {}
+    if "image_projection" in flat_p:
+      # CLIP's projection as timm's head (bias 0): the model outputs the image embedding.
+      proj = np.asarray(flat_p["image_projection"])
+      extra = {"head/kernel": proj, "head/bias": np.zeros(proj.shape[1], proj.dtype)}
+  strip = lambda flat: ({k[len(tower) + 1:]: v for k, v in flat.items()
+                         if k.startswith(tower + "/")} if tower else dict(flat))
+  flat = {**strip(flat_p), **strip(flat_s), **extra}
+  flat = {k: np.asarray(v, np.float32) for k, v in flat.items()}
+  num_classes = int(flat["head/kernel"].shape[-1]) if "head/kernel" in flat else 0
+  arch, args, kind = interop.timm_config(model, kwargs, num_classes)
+  sd = interop.export(flat, interop.timm_rule(kind), what="timm")
+  for k in list(sd):  # BatchNorm step counters, which torch's strict loading expects
+    if k.endswith(".running_mean"):
+      sd[k[:-len("running_mean")] + "num_batches_tracked"] = np.zeros((), np.int64)
+  save_state_dict(sd, out)
+  pretrained_cfg = {"file": os.path.abspath(out), "num_classes": num_classes,
+                    **_image_mean_std(config)}
+  if kind == "vit":
+    pretrained_cfg["input_size"] = [3, args["img_size"], args["img_size"]]
+  meta = {"architecture": arch, "kwargs": args, "pretrained_cfg": pretrained_cfg,
+          "source": os.path.abspath(directory), "step": step, "model": model,
+          "model_kwargs": kwargs,
+          "usage": "timm.create_model(architecture, pretrained=True, "
+                   "pretrained_cfg_overlay=pretrained_cfg, **kwargs)"}
+  with open(os.path.splitext(out)[0] + ".json", "w") as f:
+    json.dump(meta, f, indent=1)
+  return {"to": "timm", "out": out, "tensors": len(sd), "architecture": arch, "kwargs": args,
+          "num_classes": num_classes}
+
+
 def save_state_dict(sd: dict[str, np.ndarray], out: str):
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   if out.endswith(".safetensors"):
@@ -184,7 +278,8 @@ def main(argv=None) -> int:
   p.add_argument("src", help="checkpoint file (or, with --to, a run's workdir)")
   g = p.add_mutually_exclusive_group(required=True)
   g.add_argument("--from", dest="fmt", choices=interop.FORMATS)
-  g.add_argument("--to", choices=("openclip",))
+  g.add_argument("--to", choices=("openclip", "timm"),
+                 help="export a run: openclip (a CLIP model), timm (any image tower timm has)")
   p.add_argument("--model", default=None,
                  help="ours (vit_b16, resnet50, bit_r50x1, clip_rn50) or the source's name "
                       "(ViT-B-32-quickgelu, vit_base_patch16_224, resnetv2_50x1_bit)")
@@ -194,7 +289,8 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   try:
     if args.to:
-      summary = export_openclip(args.src, args.out)
+      export = export_openclip if args.to == "openclip" else export_timm
+      summary = export(args.src, args.out)
     else:
       summary = convert(args.fmt, args.src, args.out, model=args.model, act=args.act)
   except (ConversionError, CheckpointError, OSError) as e:

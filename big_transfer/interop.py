@@ -6,7 +6,8 @@ source tensor(s) it comes from and how to lay them out (PyTorch OIHW convolution
 linear weights are transposed, big_vision's per-head attention kernels are fused into one qkv).
 Conversion walks *our* model's names, so a source tensor no rule asked for is a leftover and is
 reported, like a name the source lacks or a shape that differs: nothing is silently dropped.
-The same rules run backwards to export a CLIP checkpoint as an OpenCLIP state dict.
+The same rules run backwards to export: a CLIP model as an OpenCLIP state dict, any image
+tower timm has (ResNet v1.5, BiT, ViT) as a timm state dict.
 
 Which network a checkpoint is (depth, width, heads, patch, image size, text tower) is inferred
 from its tensors where the tensors say it (OpenCLIP, BiT, big_vision), from ``--model``
@@ -548,6 +549,15 @@ def timm_spec(sd: dict, model: str) -> tuple[Spec, str]:
   if kind == "vit":
     grid = int(round((sd["pos_embed"].shape[1] - 1) ** 0.5)) if "pos_embed" in sd else 14
     kwargs.setdefault("image_size", grid * defaults["patch"])
+    # Depth and widths are in the tensors (an off-grid ViT: spelt out); heads are not.
+    w, depth, mlp, _ = VARIANTS[defaults["variant"]]
+    found = {"depth": _count(sd, r"blocks\.(\d+)\."),
+             "width": sd["patch_embed.proj.weight"].shape[0]
+             if "patch_embed.proj.weight" in sd else w,
+             "mlp_dim": sd["blocks.0.mlp.fc1.weight"].shape[0]
+             if "blocks.0.mlp.fc1.weight" in sd else mlp}
+    kwargs.update({k: int(v) for k, v in found.items()
+                   if v and v != {"depth": depth, "width": w, "mlp_dim": mlp}[k]})
   return Spec("supervised", model, kwargs,
               num_classes=0 if head is None else int(head.shape[0])), kind
 
@@ -561,6 +571,74 @@ def resolve_openclip_name(model: str | None) -> tuple[str | None, str | None]:
   if base in OPENCLIP_NAMES:
     return OPENCLIP_NAMES[base], "quick_gelu" if quick else "gelu"
   return model, None
+
+
+# ----------------------------------------------------------------------------- timm export
+
+# timm's BiT names (StdConv2d with eps 1e-8 is in their model definitions, not expressible as
+# create_model arguments, so only these widths and depths can leave).
+TIMM_BIT = {(50, 1), (50, 3), (101, 1), (101, 3), (152, 2), (152, 4)}
+_TIMM_VIT_SIZE = {"ti": "tiny", "s": "small", "m": "medium", "b": "base", "l": "large",
+                  "h": "huge"}
+# Registered timm ViT names; any other size is built from one of these (which supplies the
+# LayerNorm: eps 1e-6, or 1e-5 for the CLIP form) with every dimension given as an argument.
+_TIMM_VITS = {"vit_tiny_patch16_224", "vit_tiny_patch16_384", "vit_small_patch16_224",
+              "vit_small_patch32_224", "vit_small_patch16_384", "vit_small_patch32_384",
+              "vit_base_patch16_224", "vit_base_patch32_224", "vit_base_patch16_384",
+              "vit_base_patch32_384", "vit_large_patch16_224", "vit_large_patch32_384",
+              "vit_large_patch16_384", "vit_huge_patch14_224"}
+_TIMM_CLIP_VITS = {"vit_base_patch32_clip_224", "vit_base_patch16_clip_224",
+                   "vit_large_patch14_clip_224", "vit_huge_patch14_clip_224",
+                   "vit_base_patch32_clip_384", "vit_base_patch16_clip_384",
+                   "vit_large_patch14_clip_336"}
+
+
+def timm_config(model: str, model_kwargs: dict[str, Any], num_classes: int
+                ) -> tuple[str, dict[str, Any], str]:
+  """(timm architecture, ``timm.create_model`` keyword arguments, rule kind) of an image tower
+  of ours; a ConversionError where timm has no such network."""
+  from big_transfer import models
+  _, d = models.parse(model)
+  kw = {**d, **model_kwargs}
+  if "variant" in kw:
+    w, depth, mlp, heads = VARIANTS[kw["variant"]]
+    w, depth = kw.get("width") or w, kw.get("depth") or depth
+    mlp, heads = kw.get("mlp_dim") or mlp, kw.get("heads") or heads
+    eps, ln_pre = kw.get("eps", 1e-6), kw.get("ln_pre", False)
+    if kw.get("patch_bias", True) == ln_pre:
+      raise ConversionError(f"{model}: timm's ViT has a patch-embedding bias exactly when it "
+                            f"has no pre-norm; this one has patch_bias={kw.get('patch_bias', True)}"
+                            f", ln_pre={ln_pre}")
+    if eps not in (1e-6, 1e-5):
+      raise ConversionError(f"{model}: LayerNorm eps {eps}; timm's ViTs use 1e-6 (or 1e-5, CLIP)")
+    size = _TIMM_VIT_SIZE[kw["variant"]]
+    image = kw.get("image_size", 224)
+    pool = kw.get("pool", "tok")
+    clip = eps == 1e-5
+    name = f"vit_{size}_patch{kw['patch']}_{'clip_' if clip else ''}{image}"
+    known = _TIMM_CLIP_VITS if clip else _TIMM_VITS
+    arch = name if name in known else (
+        "vit_base_patch16_clip_224" if clip else "vit_base_patch16_224")
+    args = dict(img_size=image, patch_size=kw["patch"], embed_dim=w, depth=depth,
+                num_heads=heads, mlp_ratio=mlp / w, class_token=pool == "tok",
+                global_pool="token" if pool == "tok" else "avg", fc_norm=False,
+                pre_norm=ln_pre, act_layer=kw.get("act", "gelu"), num_classes=num_classes)
+    return arch, args, "vit"
+  version = kw.get("version")
+  if version == "clip":
+    raise ConversionError(f"{model}: timm has no CLIP ModifiedResNet; export the whole CLIP "
+                          f"model with --to=openclip")
+  if version == "v2":
+    width = kw.get("width", 1)
+    if (kw["depth"], width) not in TIMM_BIT:
+      raise ConversionError(f"{model}: timm's BiT ResNets are "
+                            + ", ".join(f"bit_r{a}x{b}" for a, b in sorted(TIMM_BIT)))
+    return f"resnetv2_{kw['depth']}x{width}_bit", {"num_classes": num_classes}, "v2"
+  if kw.get("width", 1.0) != 1.0 or kw.get("stem_width") not in (None, 64):
+    raise ConversionError(f"{model}: timm's resnet{kw['depth']} has width 1 and a 64-channel "
+                          f"stem; this one has width={kw.get('width')}, "
+                          f"stem_width={kw.get('stem_width')}")
+  return f"resnet{kw['depth']}", {"num_classes": num_classes}, "v1.5"
 
 
 # ----------------------------------------------------------------------------- OpenCLIP export

@@ -1,4 +1,5 @@
-"""Metrics writers (JSON lines + TensorBoard, process 0 only) and progress with rate and ETA."""
+"""Metrics writers (JSON lines, TensorBoard, Weights & Biases; process 0 only) and progress with
+rate and ETA."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import logging as py_logging
 import math
 import os
+import secrets
 import sys
 import time
 from typing import Any
@@ -47,6 +49,10 @@ class MetricWriter:
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._file = None
     self._tb = None
+    self._wandb = None
+    wandb_cfg = (config or {}).get("wandb") or {}
+    if self.enabled and wandb_cfg.get("project"):
+      self._wandb = _wandb_run(workdir, wandb_cfg, config)
     if self.enabled:
       os.makedirs(workdir, exist_ok=True)
       self._drop_after(resume_step)
@@ -97,12 +103,40 @@ class MetricWriter:
         if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
           self._tb.add_scalar(k, v, step)
       self._tb.flush()
+    if self._wandb is not None:
+      self._wandb.log({k: v for k, v in row.items()
+                       if k != "step" and isinstance(v, (int, float))}, step=int(step))
 
   def close(self):
     if self._file:
       self._file.close()
     if self._tb is not None:
       self._tb.close()
+    if self._wandb is not None:
+      self._wandb.finish()
+      self._wandb = None
+
+
+def _wandb_run(workdir: str, cfg: dict, config: dict):
+  """A W&B run for this workdir: the same run id on every (re)start of it, so a resumed run
+  continues its W&B run (steps a killed attempt logged past the checkpoint it resumes from are
+  not logged twice: W&B keeps the first)."""
+  import wandb  # lazy: optional dependency (config validation says so when it is missing)
+  id_path = os.path.join(workdir, "wandb_run_id")
+  if os.path.exists(id_path):
+    with open(id_path) as f:
+      run_id = f.read().strip()
+  else:
+    run_id = secrets.token_hex(4)  # W&B ids: lower-case letters and digits
+    with open(id_path, "w") as f:
+      f.write(run_id + "\n")
+  parts = os.path.normpath(os.path.abspath(workdir)).split(os.sep)
+  return wandb.init(
+      project=cfg["project"], entity=cfg.get("entity") or None,
+      name=cfg.get("name") or "/".join(parts[-2:]), group=cfg.get("group") or None,
+      tags=[t.strip() for t in cfg.get("tags", "").split(",") if t.strip()] or None,
+      mode=cfg.get("mode", "online"), dir=workdir, id=run_id, resume="allow",
+      config=flatten_config(config), settings=wandb.Settings(silent=True))
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

@@ -11,10 +11,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Many tests compile the same small programs (in this process and in the CLI subprocesses):
 # a compilation cache shared by the session cuts the suite's time (XLA:CPU compiles slowly).
+# It is the session's own (removed at exit), unless the caller names one to keep across runs.
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import atexit
+  import shutil
   import tempfile
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="bt_jax_cache_")
+  _cache = tempfile.mkdtemp(prefix="bt_jax_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 import pytest  # noqa: E402
 

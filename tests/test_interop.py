@@ -149,3 +149,50 @@ def test_train_continues_from_a_converted_checkpoint(converted, tmp_path):
   for k, v in ours.items():
     if not k.startswith("head/"):
       np.testing.assert_array_equal(got[k], v, err_msg=k)  # lr 0: the step kept them
+
+
+def test_timm_export_round_trips_and_names_the_architecture(converted, tmp_path):
+  """--to=timm writes timm's names and layout (read back by --from=timm: the same tensors) and
+  the .json a timm user builds the model from; where timm has no such network, one line."""
+  ckpt, ours = converted
+  out = tmp_path / "vit.safetensors"
+  assert cc.main([ckpt, "--to=timm", f"--out={out}"]) == 0
+  with open(tmp_path / "vit.json") as f:
+    meta = json.load(f)
+  # ViT-Ti at patch 4 has no timm name: a registered ViT with every dimension as an argument.
+  assert meta["architecture"] == "vit_base_patch16_224"
+  assert {k: meta["kwargs"][k] for k in ("img_size", "patch_size", "embed_dim", "depth",
+                                         "num_heads", "num_classes", "global_pool")} == dict(
+      img_size=32, patch_size=4, embed_dim=192, depth=2, num_heads=3, num_classes=11,
+      global_pool="token")
+  assert meta["pretrained_cfg"]["file"] == str(out)
+  cc.convert("timm", str(out), str(tmp_path / "back"), model="vit_ti4")
+  back, _ = restored_flat(str(tmp_path / "back"))
+  assert set(back) == set(ours)
+  for k in ours:
+    np.testing.assert_array_equal(back[k], ours[k], err_msg=k)
+
+
+@pytest.mark.parametrize("model,kwargs,expect", [
+    ("resnet50", {}, ("resnet50", "v1.5")),
+    ("bit_r101x3", {}, ("resnetv2_101x3_bit", "v2")),
+    ("vit_b16", {}, ("vit_base_patch16_224", "vit")),
+    ("vit_b32", dict(eps=1e-5, patch_bias=False, ln_pre=True, act="quick_gelu"),
+     ("vit_base_patch32_clip_224", "vit")),
+    ("vit_s16", dict(image_size=384, pool="gap"), ("vit_small_patch16_384", "vit")),
+    ("clip_rn50", {}, "--to=openclip"),
+    ("resnet18", dict(width=0.25), "width=0.25"),
+    ("bit_r50x2", {}, "bit_r50x1, bit_r50x3"),
+    ("vit_b16", dict(ln_pre=True), "pre-norm"),
+])
+def test_timm_architectures_of_our_models(model, kwargs, expect):
+  if isinstance(expect, str):
+    with pytest.raises(interop.ConversionError, match=expect.replace(".", r"\.")):
+      interop.timm_config(model, kwargs, 10)
+    return
+  arch, args, kind = interop.timm_config(model, kwargs, 10)
+  assert (arch, kind) == expect and args["num_classes"] == 10
+  if kind == "vit":
+    assert args["pre_norm"] == kwargs.get("ln_pre", False)
+    assert args["global_pool"] == ("avg" if kwargs.get("pool") == "gap" else "token")
+    assert args["act_layer"] == kwargs.get("act", "gelu")

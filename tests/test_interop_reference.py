@@ -7,6 +7,7 @@ Needs requirements-dev.txt (torch, open_clip_torch, timm); skipped without it. M
 ``interop``: ``python -m pytest -m interop`` (CI runs it after installing the dev requirements).
 """
 
+import json
 import os
 import shutil
 
@@ -22,7 +23,7 @@ timm = pytest.importorskip("timm")
 from big_transfer import convert_checkpoint as cc  # noqa: E402
 from big_transfer import config_lib, interop, train, transfer  # noqa: E402
 from big_transfer.data import tokenizer as tok_lib  # noqa: E402
-from conftest import ROOT, one_device  # noqa: E402
+from conftest import ROOT, one_device, override  # noqa: E402
 from test_interop import random_weights  # noqa: E402
 
 pytestmark = pytest.mark.interop
@@ -229,3 +230,103 @@ def test_a_clip_trained_here_exports_to_openclip(tmp_path):
   assert rel_err(oi, ri) < TOL and rel_err(ot, rt) < TOL
   shutil.rmtree(tmp_path / "run")
   assert os.path.exists(tmp_path / "exported.json")
+
+
+# ----------------------------------------------------------------------------- timm export
+
+def _mini_run(root, config, arg, **keys):
+  c = config_lib.load(f"{ROOT}/configs/mini/{config}.py:{arg}")
+  c.tensorboard, c.checkpoint_every, c.eval_data = False, c.total_steps, "none"
+  with c.unlocked():
+    override(c, **keys)
+  workdir = str(root / f"{config}_{arg.split(',')[0].split('=')[-1]}")
+  train.run(c, workdir, devices=one_device())
+  return workdir
+
+
+def timm_of(meta_path):
+  """The exported model as a timm user builds it: from the .json beside the weights."""
+  with open(meta_path) as f:
+    meta = json.load(f)
+  model = timm.create_model(meta["architecture"], pretrained=True,
+                            pretrained_cfg_overlay=meta["pretrained_cfg"], **meta["kwargs"])
+  return model.eval(), meta
+
+
+@pytest.fixture(scope="module")
+def supervised_resnet18(tmp_path_factory):
+  """A mini supervised ResNet-18 at timm's width, trained 3 steps (BatchNorm statistics and
+  head moved off their initial values)."""
+  return _mini_run(tmp_path_factory.mktemp("sup"), "supervised",
+                   "model=resnet18,width=1.0,steps=3,batch=16")
+
+
+@pytest.mark.parametrize("case", ["supervised_resnet18", "supervised_vit_gap", "simclr_resnet18",
+                                  "clip_vit"])
+def test_any_image_tower_exports_to_timm(case, supervised_resnet18, tmp_path):
+  """A run of each method exported with --to=timm: timm.create_model(architecture,
+  pretrained=True, pretrained_cfg_overlay=..., **kwargs) from the .json beside the weights
+  loads it and computes our outputs (logits; the SimCLR backbone's features; the CLIP image
+  embedding through the projection as the head); mean/std are the run's preprocessing."""
+  if case == "supervised_resnet18":
+    run = supervised_resnet18
+  elif case == "supervised_vit_gap":
+    run = _mini_run(tmp_path, "supervised", "model=vit_ti4,steps=2,batch=8",
+                    **{"model_kwargs.pool": "gap"})
+  elif case == "simclr_resnet18":
+    run = _mini_run(tmp_path, "simclr", "model=resnet18,width=1.0,steps=2,batch=8")
+  else:
+    run = _mini_run(tmp_path, "clip", "model=vit_ti4,steps=2,batch=8",
+                    **{"evals.zeroshot.data": "", "evals.retrieval.data": ""})
+  out = tmp_path / "exported.safetensors"
+  assert cc.main([run, "--to=timm", f"--out={out}"]) == 0
+  ref, meta = timm_of(tmp_path / "exported.json")
+  model, _, pre = restore(run)
+  x = torch.from_numpy(np.random.RandomState(2).randn(3, 3, 32, 32).astype(np.float32))
+  with torch.no_grad():
+    r = ref(x).numpy()
+  if case.startswith("supervised"):
+    ours = jax.jit(lambda m, a: m(a)[0])(model, nhwc(x))
+    assert meta["kwargs"]["num_classes"] == 10
+  elif case.startswith("simclr"):
+    ours = jax.jit(lambda m, a: m.backbone(a)[1]["pre_logits"])(model, nhwc(x))
+    assert meta["kwargs"]["num_classes"] == 0
+  else:
+    ours = jax.jit(lambda m, a: m.encode_image(a)[0])(model, nhwc(x))
+    assert meta["kwargs"]["num_classes"] == pre.config.clip.embed_dim
+  assert r.shape == ours.shape and rel_err(ours, r) < TOL, case
+  assert np.abs(np.asarray(ours)).max() > 0
+  if case.startswith("supervised"):  # every weight went across, nothing added
+    assert param_count(ref) == sum(v.size for v in transfer.flatten(pre.params()).values())
+  assert meta["pretrained_cfg"]["mean"] == [0.5] * 3 and meta["pretrained_cfg"]["std"] == [0.5] * 3
+
+
+def test_a_fine_tuned_classifier_exports_to_timm_and_scores_what_we_reported(
+    supervised_resnet18, tmp_path):
+  """A fine-tuning run's sub-run exported with its head: timm's model, fed the test images
+  through the run's own preprocessing, reaches the test accuracy the results row reports."""
+  from big_transfer import finetune
+  from big_transfer.data import ops, sources
+  c = config_lib.load(f"{ROOT}/configs/mini/finetune.py:pretrained={supervised_resnet18},"
+                      f"epochs=2,lrs=0.01,width=1.0")
+  c.tensorboard = False
+  rows = finetune.run(c, str(tmp_path / "ft"), devices=one_device())
+  sub = [d for d in os.listdir(tmp_path / "ft") if d.startswith("lr_")]
+  assert len(sub) == 1
+  out = tmp_path / "ft.safetensors"
+  cc.export_timm(str(tmp_path / "ft" / sub[0]), str(out))
+  ref, meta = timm_of(tmp_path / "ft.json")
+  assert meta["architecture"] == "resnet18" and meta["kwargs"]["num_classes"] == 10
+  test = sources.open_source("builtin:digits:test")
+  pp = ops.parse(c.pp_eval)
+  rng = np.random.default_rng(0)
+  examples = [pp(dict(test[i]), rng) for i in range(len(test))]
+  images = torch.from_numpy(np.stack([e["image"] for e in examples]).transpose(0, 3, 1, 2)
+                            .astype(np.float32))
+  labels = np.array([e["label"] for e in examples])
+  with torch.no_grad():
+    predicted = ref(images).numpy().argmax(-1)
+  acc = float((predicted == labels).mean())
+  reported = rows[-1]["test_accuracy"]
+  assert abs(acc - reported) <= 1.5 / len(labels), (acc, reported)
+  assert len(set(predicted.tolist())) >= 3  # the head went across, not a constant

@@ -28,8 +28,8 @@ def get_config(arg=None):
   if a.model.startswith(("resnet", "bit_", "clip_")):
     c.model_kwargs.width = a.width
   elif a.model.startswith("vit"):
+    # At 32 px the patch size is in the name: vit_ti4 is ViT-Ti on 8x8 patches of 4 px.
     c.model_kwargs.image_size = 32
-    c.model_kwargs.patch = 4
   if a.model.startswith("clip_"):
     c.model_kwargs.image_size = 32
   c.data = a.data

@@ -1,7 +1,7 @@
 r"""Mini supervised pre-training on built-in digits: runs offline on a laptop CPU in ~1 minute.
 
   python -m big_transfer.train --config=configs/mini/supervised.py --workdir=/tmp/mini_sup
-  python -m big_transfer.train --config=configs/mini/supervised.py:model=vit_ti16 --workdir=...
+  python -m big_transfer.train --config=configs/mini/supervised.py:model=vit_ti4 --workdir=...
 
 Args: model (resnet18 at width 1/4 by default), steps, batch.
 """
@@ -18,8 +18,8 @@ def get_config(arg=None):
   if a.model.startswith(("resnet", "bit_", "clip_")):
     c.model_kwargs.width = a.width
   elif a.model.startswith("vit"):
+    # At 32 px the patch size is in the name: vit_ti4 is ViT-Ti on 8x8 patches of 4 px.
     c.model_kwargs.image_size = 32
-    c.model_kwargs.patch = 4
   c.data = "builtin:digits"
   # Digits are 8x8: upsample to 32, small random shifts, no flips (digits are not symmetric).
   c.pp_train = "to_rgb|resize(36)|random_crop(32)|value_range(-1,1)"
