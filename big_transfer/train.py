@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import app as absl_app
+from clu import parameter_overview
 from flax import nnx
 from jax.experimental import multihost_utils
 
@@ -255,7 +256,7 @@ def _train(config, workdir: str, data: dict, *, devices, method, initialize, eva
   opt_cfg = ml_collections.ConfigDict(config.optimizer.to_dict())
   opt_cfg.warmup_steps = data["warmup_steps"]  # resolved from warmup_epochs when given
   tx, lr_schedule = optim.build(opt_cfg, total_steps)
-  graphdef = abstract_model(method, config)
+  graphdef = abstract_model(method, config, workdir)
   init_state = make_init_state(method, tx, config.ema_decay)
 
   # ---------------------------------------------------------------- shardings
@@ -372,9 +373,10 @@ def make_mesh(config, devices=None):
   return mesh
 
 
-def abstract_model(method, config):
+def abstract_model(method, config, workdir: str | None = None):
   """The model's graph definition from shapes alone; a model that cannot be built from its
-  config is one UserError line."""
+  config is one UserError line. ``WORKDIR/parameters.txt``: every parameter's name, shape and
+  size (clu's parameter overview), written by process 0."""
   try:
     model = nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0)))
   except (TypeError, ValueError) as e:
@@ -384,6 +386,11 @@ def abstract_model(method, config):
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   log_lib.info(f"model: {config.model} ({n_params / 1e6:.2f}M parameters), method "
                f"{config.method}, {config.optimizer.name} lr {config.optimizer.lr}")
+  if workdir and jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "parameters.txt"), "w") as f:
+      f.write(parameter_overview.get_parameter_overview(params.to_pure_dict(),
+                                                        include_stats=False) + "\n")
   return graphdef
 
 

@@ -49,6 +49,9 @@ def test_mini_run_writes_metrics_config_checkpoints_and_learns(tmp_path):
   (events,) = glob.glob(os.path.join(wd, "tensorboard", "events.out.tfevents.*"))
   raw = open(events, "rb").read()
   assert b"optimizer.lr" in raw and b"hparams" in raw  # the config, as TensorBoard hparams
+  overview = open(os.path.join(wd, "parameters.txt")).read()  # every parameter, its shape
+  n_params = sum(v.size for v in _by_name(checkpoint.load_state(wd)[0]["params"]).values())
+  assert "| head/kernel" in overview and f"Total: {n_params:,} " in overview
 
 
 def test_durations_in_epochs_and_examples_resolve_to_steps(tmp_path):
