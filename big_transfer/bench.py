@@ -2,9 +2,13 @@ r"""Benchmarks, one JSON object per line.
 
   python -m big_transfer.bench --what=pipeline [--images=300 --height=375 --width=500]
   python -m big_transfer.bench --what=loader --workers=0,1,2 --batch_size=64 --seconds=10
+  python -m big_transfer.bench --what=tokenizer --seconds=5
 
 ``loader``: the training loader at each worker count (images/s), beside the same op chain on
 one core in the same run, and their ratio per worker (``scaling_efficiency``).
+
+``tokenizer``: captions/s on one core of the ``tokenize`` op's work, the pure-Python BPE
+against the Rust one (Hugging Face ``tokenizers``) in the same run.
 
 ``pipeline``: single-core images/s of the input chain against the raw JPEG decode rate of
 libjpeg-turbo (simplejpeg) on the same images in the same run: raw decode, PIL decode, the
@@ -179,6 +183,64 @@ def bench_loader(workers: list[int], batch_size: int, seconds: float, images: in
                  "output": f"{batch['image'].dtype}{list(batch['image'].shape[1:])}",
                  "chain": host_pp, "image_size": f"{width}x{height}",
                  "cpu_count": os.cpu_count(), "device": device_description()})
+  return rows
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+def _zipf_captions(n: int, rng) -> list[str]:
+  """ASCII captions whose words follow Zipf's law over ~100k made-up words (web alt-text has a
+  long tail: a word cache does not cover it)."""
+  syllables = ("ka lo mi tra vel son ber gu xi pho to graph ing ed er ly tion pre un re sta "
+               "ble ment ness ous ive ist dog cat sun set").split()
+  words = sorted({"".join(rng.choice(syllables, rng.integers(1, 5))) for _ in range(300_000)})
+  p = 1.0 / np.arange(1, len(words) + 1)
+  p /= p.sum()
+  words = np.array(words)
+  return [" ".join(words[rng.choice(len(words), rng.integers(4, 24), p=p)]) for _ in range(n)]
+
+
+def bench_tokenizer(seconds: float, captions: int = 50_000, context_length: int = 77
+                    ) -> list[dict]:
+  """Captions/s on one core of the ``tokenize`` op's work (clean + BPE + pad), pure Python
+  against the Rust encoder, measured in the same run, on two corpora: ``zipf_ascii`` (ASCII
+  words drawn by Zipf's law from ~100k made-up words: a long tail, as in web alt-text) and
+  ``sample_mixed`` (captions recombined from the words of the packaged sample: many scripts,
+  so most need ftfy, and few distinct words, so a word cache always hits). CLIP's vocabulary
+  when open_clip_torch is installed, else one learnt from the sample."""
+  rng = np.random.default_rng(0)
+  words = " ".join(tokenizer.sample_captions()).split()
+  corpora = {"zipf_ascii": _zipf_captions(captions, rng),
+             "sample_mixed": [" ".join(rng.choice(words, rng.integers(4, 24)))
+                              for _ in range(captions)]}
+  path = tokenizer.packaged_clip_vocab()
+  ref = (tokenizer.Tokenizer.from_file(path) if path else
+         tokenizer.train(tokenizer.sample_captions() * 4, vocab_size=2048))
+  merges = sorted(ref.ranks, key=ref.ranks.get)
+  rows = []
+  for corpus, texts in corpora.items():
+    rates = {}
+    for backend in ("python", "rust"):
+      os.environ["BT_TOKENIZER"] = backend
+      tok = tokenizer.Tokenizer(merges)  # a cold word cache for each
+      os.environ.pop("BT_TOKENIZER")
+      if tok.backend != backend:
+        rows.append({"bench": "tokenizer", "backend": backend,
+                     "error": "tokenizers not installed"})
+        continue
+      n, t0 = 0, time.perf_counter()  # one pass at most: a caption never repeats
+      while time.perf_counter() - t0 < seconds and n < len(texts):
+        tok.tokenize(texts[n], context_length)
+        n += 1
+      rates[backend] = n / (time.perf_counter() - t0)
+      rows.append({"bench": "tokenizer", "corpus": corpus, "backend": backend,
+                   "captions_per_sec_per_core": round(rates[backend], 1),
+                   "needs_ftfy": round(float(np.mean([tokenizer._needs_ftfy(t)
+                                                      for t in texts[:2000]])), 3),
+                   "vocab": "clip" if path else "learnt(2048)",
+                   "context_length": context_length, "device": device_description()})
+    if len(rates) == 2:
+      rows[-1]["speedup_over_python"] = round(rates["rust"] / rates["python"], 2)
   return rows
 
 
@@ -599,7 +661,7 @@ def bench_variants(base_args: list[str], variants: list[str], rounds: int) -> li
 
 def main(argv=None):
   p = argparse.ArgumentParser(prog="python -m big_transfer.bench", description=__doc__)
-  p.add_argument("--what", choices=("model", "pipeline", "loader"), default=None,
+  p.add_argument("--what", choices=("model", "pipeline", "loader", "tokenizer"), default=None,
                  help="default: model when --model is given, else pipeline")
   p.add_argument("--model", default=None, help="e.g. resnet50, vit_s16, vit_b16, clip_rn50")
   p.add_argument("--method", default="supervised",
@@ -644,6 +706,8 @@ def main(argv=None):
                        checkpoint=args.loop == "on", loop=args.loop == "on",
                        model_kwargs=json.loads(args.model_kwargs),
                        data_workers=args.data_workers)
+  elif what == "tokenizer":
+    rows = bench_tokenizer(args.seconds)
   elif what == "loader":
     rows = bench_loader([int(w) for w in args.workers.split(",")], args.batch_size,
                         args.seconds, min(args.images, 64), args.height, args.width)

@@ -617,7 +617,8 @@ def timm_config(model: str, model_kwargs: dict[str, Any], num_classes: int
     clip = eps == 1e-5
     name = f"vit_{size}_patch{kw['patch']}_{'clip_' if clip else ''}{image}"
     known = _TIMM_CLIP_VITS if clip else _TIMM_VITS
-    arch = name if name in known else (
+    same_size = f"vit_{size}_patch16_{'clip_' if clip else ''}224"
+    arch = name if name in known else same_size if same_size in known else (
         "vit_base_patch16_clip_224" if clip else "vit_base_patch16_224")
     args = dict(img_size=image, patch_size=kw["patch"], embed_dim=w, depth=depth,
                 num_heads=heads, mlp_ratio=mlp / w, class_token=pool == "tok",

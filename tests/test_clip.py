@@ -47,6 +47,40 @@ def test_trained_bpe_is_deterministic_round_trips_and_saves(tmp_path):
   np.testing.assert_array_equal(loaded.tokenize(CAPTIONS, 12), tok.tokenize(CAPTIONS, 12))
 
 
+def real_looking_captions():
+  """Alt-text-like captions (big_transfer/data/captions_sample.txt: URLs, prices, emoji, HTML
+  entities, mojibake, ten scripts, fullwidth forms, ligatures, long words, literal special
+  tokens) plus control characters and random printable ASCII."""
+  lines = tokenizer.sample_captions()
+  rng = np.random.RandomState(0)
+  ascii_ = ["".join(chr(c) for c in rng.randint(32, 127, rng.randint(1, 60)))
+            for _ in range(300)]
+  return lines + ascii_ + ["\x1b[31mred\x1b[0m terminal text", "null\x00byte", "bell\x07",
+                           "line\u2028separator", "form\x0cfeed", "a\r\nb"]
+
+
+def test_rust_encoder_gives_the_python_encoders_ids(monkeypatch):
+  """The fast encoder (Hugging Face tokenizers, built from the same merges) and the pure-Python
+  one give the same ids on real-looking captions, with a vocabulary learnt from them."""
+  captions = real_looking_captions()
+  tok = tokenizer.train(captions * 2, vocab_size=1200)
+  assert tok.backend == "rust"
+  for text in captions:
+    assert tok.encode(text) == tok.encode_python(text), text
+  monkeypatch.setenv("BT_TOKENIZER", "python")
+  slow = tokenizer.Tokenizer(sorted(tok.ranks, key=tok.ranks.get))
+  assert slow.backend == "python"
+  np.testing.assert_array_equal(slow.tokenize(captions, 16), tok.tokenize(captions, 16))
+
+
+def test_cleaning_skips_ftfy_only_where_it_cannot_change_the_text():
+  import ftfy
+  import html
+  for text in real_looking_captions() + ["&amp;amp;amp;", "a &lt;b&gt;", "Caf\u00e9"]:
+    full = " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).strip().split()).lower()
+    assert tokenizer.clean(text) == full, repr(text)
+
+
 def test_tokenize_truncates_keeping_end_of_text_and_pads():
   tok = tokenizer.train(CAPTIONS, vocab_size=530)
   rows = tok.tokenize(["a dog", "the cat sat on the mat " * 10], context_length=8)

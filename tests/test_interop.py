@@ -159,8 +159,8 @@ def test_timm_export_round_trips_and_names_the_architecture(converted, tmp_path)
   assert cc.main([ckpt, "--to=timm", f"--out={out}"]) == 0
   with open(tmp_path / "vit.json") as f:
     meta = json.load(f)
-  # ViT-Ti at patch 4 has no timm name: a registered ViT with every dimension as an argument.
-  assert meta["architecture"] == "vit_base_patch16_224"
+  # ViT-Ti at patch 4 has no timm name: the registered ViT-Ti, every dimension an argument.
+  assert meta["architecture"] == "vit_tiny_patch16_224"
   assert {k: meta["kwargs"][k] for k in ("img_size", "patch_size", "embed_dim", "depth",
                                          "num_heads", "num_classes", "global_pool")} == dict(
       img_size=32, patch_size=4, embed_dim=192, depth=2, num_heads=3, num_classes=11,

@@ -3,12 +3,19 @@ r"""Byte-level BPE tokenizer in CLIP's format, and a trainer for new vocabularie
 A vocabulary is a merges file: a header line, then one merge per line ("a b"), the format of
 OpenAI CLIP's ``bpe_simple_vocab_16e6.txt.gz`` (which OpenCLIP ships in its package). Token ids
 follow CLIP's layout: 256 byte symbols, the same 256 with the end-of-word marker ``</w>``, one id
-per merge, then ``<|startoftext|>`` and ``<|endoftext|>`` (the largest id). Text is cleaned as
+per merge, then ``<start_of_text>`` and ``<end_of_text>`` (the largest id; OpenCLIP's names:
+written in a caption they are those tokens, as in OpenCLIP). Text is cleaned as
 CLIP cleans it (ftfy when installed, HTML unescaping, whitespace collapsed, lower-cased).
 
   python -m big_transfer.data.tokenizer train 'builtin:glyphs?n=5000' --vocab_size=1000 \
       --out=/data/glyphs_bpe.txt
   python -m big_transfer.data.tokenizer encode /path/bpe_simple_vocab_16e6.txt.gz "a photo"
+
+Encoding runs in Rust through Hugging Face ``tokenizers`` when it is installed (it is in
+requirements.txt): the same merges, CLIP's pre-tokenising pattern and byte table, the same ids
+(tested on a corpus of real-looking captions against the pure-Python encoder, which remains the
+fallback; ``BT_TOKENIZER=python`` forces it). Cleaning skips ftfy for text it cannot change
+(printable ASCII with no HTML entity).
 
 Training counts words (pre-tokenised with CLIP's pattern) and merges the most frequent adjacent
 pair until the vocabulary is full, keeping pair counts up to date incrementally (a heap with
@@ -34,11 +41,11 @@ import regex
 
 from big_transfer.data import sources
 
-SOT, EOT = "<|startoftext|>", "<|endoftext|>"
+SOT, EOT = "<start_of_text>", "<end_of_text>"
 CLIP_VOCAB_SIZE = 49408
 HEADER = "#version: 0.2"
 _PATTERN = regex.compile(
-    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"""
+    r"""<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"""
     r"""[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
 
 
@@ -56,12 +63,22 @@ def bytes_to_unicode() -> dict[int, str]:
   return table
 
 
+_FTFY = importlib.util.find_spec("ftfy") is not None
+
+
+def _needs_ftfy(text: str) -> bool:
+  """Whether ftfy could change ``text``: anything beyond printable ASCII and whitespace (its
+  fixes are for mojibake, Unicode forms and control characters), or an HTML entity."""
+  return not (text.isascii() and "&" not in text
+              and (text.isprintable() or all(c.isprintable() or c in " \t\n\r" for c in text)))
+
+
 def clean(text: str) -> str:
-  try:
-    import ftfy
+  """CLIP's cleaning: ftfy (when installed; only mojibake repair is lost without it), HTML
+  unescaped twice, whitespace collapsed, lower case."""
+  if _FTFY and _needs_ftfy(text):
+    import ftfy  # lazy: 0.1 s, and most captions never need it
     text = ftfy.fix_text(text)
-  except ImportError:  # optional: only mojibake repair is lost
-    pass
   text = html.unescape(html.unescape(text)).strip()
   return " ".join(text.split()).lower()
 
@@ -86,7 +103,12 @@ class Tokenizer:
     self.ranks = {tuple(m): i for i, m in enumerate(merges)}
     self.sot_id, self.eot_id = self.encoder[SOT], self.encoder[EOT]
     self.vocab_size = len(vocab)
-    self._cache: dict[str, list[str]] = {}
+    self._cache: dict[str, list[str]] = {SOT: [SOT], EOT: [EOT]}  # never split
+    self._fast = _rust_bpe(self.encoder, merges) if _use_rust() else None
+
+  @property
+  def backend(self) -> str:
+    return "rust" if self._fast is not None else "python"
 
   @classmethod
   def from_file(cls, path: str, vocab_size: int | None = None) -> "Tokenizer":
@@ -149,6 +171,12 @@ class Tokenizer:
 
   def encode(self, text: str) -> list[int]:
     """Token ids of ``text`` without start/end tokens."""
+    if self._fast is not None:
+      return self._fast.encode(clean(text), add_special_tokens=False).ids
+    return self.encode_python(text)
+
+  def encode_python(self, text: str) -> list[int]:
+    """The pure-Python encoder (the reference the Rust one is tested against)."""
     return [self.encoder[t] for w in _words(text) for t in self._bpe(w)]
 
   def decode(self, ids: Iterable[int]) -> str:
@@ -175,13 +203,39 @@ class Tokenizer:
     return out
 
 
+def _use_rust() -> bool:
+  return (os.environ.get("BT_TOKENIZER", "") != "python"
+          and importlib.util.find_spec("tokenizers") is not None)
+
+
+def _rust_bpe(encoder: dict[str, int], merges: Sequence[tuple[str, str]]):
+  """The same BPE in Hugging Face ``tokenizers``: CLIP's pattern splits the cleaned text into
+  words (the pattern's matches kept, the rest dropped), each word's UTF-8 bytes become CLIP's
+  byte symbols (ByteLevel, which uses the same table), and merges apply by rank within a word
+  ending in ``</w>``."""
+  # One caption at a time, in data workers that may fork: Rust's thread pool is never needed
+  # (and, once used, makes tokenizers warn on every fork).
+  os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+  import tokenizers  # lazy: optional (the pure-Python encoder is the fallback)
+  from tokenizers import models, pre_tokenizers
+  bpe = models.BPE(vocab=dict(encoder), merges=[tuple(m) for m in merges],
+                   end_of_word_suffix="</w>", fuse_unk=False)
+  tok = tokenizers.Tokenizer(bpe)
+  tok.add_special_tokens([SOT, EOT])  # whole, with their ids, wherever a caption has them
+  pattern = _PATTERN.pattern
+  tok.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(tokenizers.Regex(pattern), behavior="removed", invert=True),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  return tok
+
+
 def train(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
   """Learns ``vocab_size - 514`` merges (or fewer, when no pair occurs ``min_frequency``
   times) from ``texts``."""
   if vocab_size < 514:
     raise ValueError(f"vocab_size={vocab_size}: needs at least 514 (bytes, end-of-word "
                      f"bytes, start and end tokens)")
-  counts = collections.Counter(w for t in texts for w in _words(t))
+  counts = collections.Counter(w for t in texts for w in _words(t) if w not in (SOT, EOT))
   words = [list(w[:-1]) + [w[-1] + "</w>"] for w in counts]
   freq = list(counts.values())
   pairs: collections.Counter = collections.Counter()
@@ -246,6 +300,14 @@ def captions_of(source, limit: int = 200_000, key: str = "caption") -> list[str]
     if text:
       out.append(str(text))
   return out
+
+
+def sample_captions() -> list[str]:
+  """Alt-text-like captions shipped with the package (URLs, prices, emoji, HTML entities,
+  mojibake, many scripts): the corpus the Rust encoder is tested and benchmarked on."""
+  path = os.path.join(os.path.dirname(__file__), "captions_sample.txt")
+  with open(path, encoding="utf-8") as f:
+    return [ln for ln in f.read().split("\n") if ln]
 
 
 def packaged_clip_vocab() -> str | None:
