@@ -659,31 +659,39 @@ def bench_variants(base_args: list[str], variants: list[str], rounds: int) -> li
   return out_rows
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                     argparse.ArgumentDefaultsHelpFormatter):
+  """The docstring as written, and every flag's default."""
+
+
 def main(argv=None):
-  p = argparse.ArgumentParser(prog="python -m big_transfer.bench", description=__doc__)
+  p = argparse.ArgumentParser(prog="python -m big_transfer.bench", description=__doc__,
+                              formatter_class=_HelpFormatter)
   p.add_argument("--what", choices=("model", "pipeline", "loader", "tokenizer"), default=None,
                  help="default: model when --model is given, else pipeline")
   p.add_argument("--model", default=None, help="e.g. resnet50, vit_s16, vit_b16, clip_rn50")
   p.add_argument("--method", default="supervised",
-                 choices=("supervised", "clip", "simclr", "slip"))
-  p.add_argument("--batch_size", type=int, default=16)
-  p.add_argument("--resolution", type=int, default=224)
-  p.add_argument("--steps", type=int, default=10)
-  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-  p.add_argument("--data", default="synthetic", choices=("synthetic", "pipeline"))
+                 choices=("supervised", "clip", "simclr", "slip"), help="model: the step's method")
+  p.add_argument("--batch_size", type=int, default=16, help="global batch")
+  p.add_argument("--resolution", type=int, default=224, help="model: image side")
+  p.add_argument("--steps", type=int, default=10, help="model: timed steps")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                 help="model: compute dtype")
+  p.add_argument("--data", default="synthetic", choices=("synthetic", "pipeline"),
+                 help="model: the loop's data (pipeline: JPEGs through the study chain)")
   p.add_argument("--loop", default="on", choices=("on", "off"),
                  help="off: the bare step only (quick comparisons of XLA flags)")
   p.add_argument("--torch", default="auto", choices=("auto", "off"),
                  help="the PyTorch side-by-side when torch and timm are installed")
-  p.add_argument("--images", type=int, default=200)
-  p.add_argument("--height", type=int, default=375)
-  p.add_argument("--width", type=int, default=500)
+  p.add_argument("--images", type=int, default=200, help="pipeline/loader: JPEGs made")
+  p.add_argument("--height", type=int, default=375, help="pipeline/loader: JPEG height")
+  p.add_argument("--width", type=int, default=500, help="pipeline/loader: JPEG width")
   p.add_argument("--seconds", type=float, default=3.0, help="about this much time per case")
   p.add_argument("--variants", default=None,
                  help="';'-separated 'xla:FLAGS' / 'args:ARGS' variants of the bare step, each "
                       "in its own process, baseline first (e.g. 'xla:;xla:--xla_cpu_use_xnnpack"
                       "=true;args:--dtype=bfloat16')")
-  p.add_argument("--rounds", type=int, default=2)
+  p.add_argument("--rounds", type=int, default=2, help="variants: rounds of each")
   p.add_argument("--workers", default="0,1,2",
                  help="loader: comma-separated worker counts to measure")
   p.add_argument("--data_workers", type=int, default=0,

@@ -1,4 +1,4 @@
-"""Public checkpoints -> this codebase's Orbax checkpoints, and CLIP checkpoints back to OpenCLIP.
+"""Public checkpoints -> this codebase's Orbax checkpoints; runs back out to OpenCLIP and timm.
 
   python -m big_transfer.convert_checkpoint --from=openclip ViT-B-32.pt --model=ViT-B-32-quickgelu --out=DIR
   python -m big_transfer.convert_checkpoint --from=bit BiT-M-R50x1.npz --out=DIR
@@ -274,7 +274,9 @@ def save_state_dict(sd: dict[str, np.ndarray], out: str):
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m big_transfer.convert_checkpoint",
-                              description=__doc__.split("\n\n")[0])
+                              description=__doc__.split("\n\n")[0],
+                              epilog=__doc__.split("\n\n", 1)[1],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("src", help="checkpoint file (or, with --to, a run's workdir)")
   g = p.add_mutually_exclusive_group(required=True)
   g.add_argument("--from", dest="fmt", choices=interop.FORMATS)
@@ -285,7 +287,9 @@ def main(argv=None) -> int:
                       "(ViT-B-32-quickgelu, vit_base_patch16_224, resnetv2_50x1_bit)")
   p.add_argument("--act", default=None, choices=("gelu", "gelu_tanh", "quick_gelu"),
                  help="override the transformer activation (not stored in checkpoints)")
-  p.add_argument("--out", required=True)
+  p.add_argument("--out", required=True,
+                 help="a new workdir (--from), or the exported file (--to: .pt or .safetensors; "
+                      "<out>.json is written beside it)")
   args = p.parse_args(argv)
   try:
     if args.to:

@@ -408,8 +408,13 @@ def write_report(workdir: str, study=None) -> str:
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(prog="python -m big_transfer.report")
-  p.add_argument("--workdir", required=True)
+  p = argparse.ArgumentParser(prog="python -m big_transfer.report",
+                              description=__doc__.split("\n\n")[0],
+                              epilog="example: python -m big_transfer.report "
+                                     "--workdir=runs/mini_study")
+  p.add_argument("--workdir", required=True,
+                 help="a study's directory: reads results.jsonl, writes report/ (report.md, "
+                      "the figures, specs.json)")
   args = p.parse_args(argv)
   try:
     print(write_report(args.workdir))

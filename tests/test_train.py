@@ -315,3 +315,24 @@ def test_help_lists_every_flag_and_print_config_every_key(tmp_path):
   lines = out.stdout.splitlines()
   assert "batch_size = 48  # " in "\n".join(lines) and any(
       l.startswith("ema_decay = 0.0  # > 0 keeps an exponential moving average") for l in lines)
+
+
+def test_every_argparse_entrypoint_helps_with_an_example():
+  """--help of the argparse entrypoints: exit 0, a description, an example command, and a
+  help text on every flag."""
+  import re
+  for module in ("big_transfer.report", "big_transfer.convert_checkpoint", "big_transfer.bench",
+                 "big_transfer.data.prepare", "big_transfer.data.convert",
+                 "big_transfer.data.tokenizer"):
+    out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, (module, out.stderr[-500:])
+    assert re.search(rf"python -m {module} [a-z-]", out.stdout), module  # not the usage line
+    options = out.stdout.split("options:", 1)[1]
+    # a flag line with nothing after its metavar, and no indented help below it: no help text
+    lines = options.splitlines()
+    for i, line in enumerate(lines):
+      m = re.match(r"^  (-\w, )?--\w+( [A-Z_{},.]+)?\s*$", line)
+      if m and "--help" not in line:
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        assert nxt.startswith(" " * 10), (module, line)

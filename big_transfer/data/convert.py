@@ -613,15 +613,22 @@ def _split_name(text: str) -> str:
   return text
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                     argparse.ArgumentDefaultsHelpFormatter):
+  """The docstring's examples as written, and every flag's default."""
+
+
 def parse_args(argv):
   p = argparse.ArgumentParser(prog="python -m big_transfer.data.convert",
                               description=__doc__.split("\n\n")[0],
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              epilog=__doc__.split("\n\n")[1],
+                              formatter_class=_HelpFormatter)
   p.add_argument("kind", choices=("imagefolder", "webdataset", "csv", "coco"))
   p.add_argument("src", help="image folder, tar file / directory / glob, CSV file, or COCO "
                              "annotations (FILE or SPLIT=FILE,SPLIT=FILE)")
   p.add_argument("dst", help="output directory (ArrayRecord shards + manifest.json)")
-  p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+  p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                 help="processes that decode and re-encode images")
   p.add_argument("--output_shards", type=int, default=0,
                  help="output shards (imagefolder/csv/coco; default ~10k examples each; "
                       "webdataset: one per input tar)")
@@ -631,7 +638,7 @@ def parse_args(argv):
   p.add_argument("--shard_index", type=int, default=0, help="this host's index")
   p.add_argument("--max_side", type=int, default=0,
                  help="re-encode images whose longer side exceeds this (JPEG); 0: never")
-  p.add_argument("--quality", type=int, default=95)
+  p.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
   p.add_argument("--max_pixels", type=int, default=89_478_485,
                  help="refuse larger images (decompression bombs)")
   p.add_argument("--split_fraction", type=float, default=0.0,
@@ -643,10 +650,11 @@ def parse_args(argv):
                  help="webdataset: the split these shards form")
   p.add_argument("--allow_missing_text", action="store_true",
                  help="webdataset: keep images without a caption")
-  p.add_argument("--image_column", default="image")
-  p.add_argument("--label_column", default=None)
-  p.add_argument("--caption_column", default=None)
-  p.add_argument("--split_column", default=None)
+  p.add_argument("--image_column", default="image", help="csv: the image path column")
+  p.add_argument("--label_column", default=None, help="csv: the class name column")
+  p.add_argument("--caption_column", default=None, help="csv: the caption column")
+  p.add_argument("--split_column", default=None,
+                 help="csv: a column naming each row's split (else --split)")
   p.add_argument("--images", default=None, help="coco: the directory file_name is relative to")
   p.add_argument("--skip_categories", default="",
                  help="coco: comma-separated category names to leave out (e.g. empty)")

@@ -343,17 +343,21 @@ def load(path: str, vocab_size: int | None = None) -> Tokenizer:
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(prog="python -m big_transfer.data.tokenizer")
+  p = argparse.ArgumentParser(prog="python -m big_transfer.data.tokenizer",
+                              description=__doc__.split("\n\n")[0],
+                              epilog="\n\n".join(__doc__.split("\n\n")[1:3]),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = p.add_subparsers(dest="cmd", required=True)
   t = sub.add_parser("train", help="learn a BPE vocabulary from a source's captions")
-  t.add_argument("spec")
-  t.add_argument("--vocab_size", type=int, default=8192)
-  t.add_argument("--max_captions", type=int, default=200_000)
-  t.add_argument("--out", required=True)
+  t.add_argument("spec", help="a data spec with captions (builtin:, tfds:, arrayrecord:)")
+  t.add_argument("--vocab_size", type=int, default=8192, help="tokens (default 8192)")
+  t.add_argument("--max_captions", type=int, default=200_000,
+                 help="captions read, evenly spaced (default 200000)")
+  t.add_argument("--out", required=True, help="the merges file to write")
   e = sub.add_parser("encode", help="print the token ids of a text")
-  e.add_argument("vocab")
+  e.add_argument("vocab", help="a merges file, or 'clip'")
   e.add_argument("text")
-  e.add_argument("--context_length", type=int, default=77)
+  e.add_argument("--context_length", type=int, default=77, help="(default 77)")
   args = p.parse_args(argv)
   try:
     if args.cmd == "train":
