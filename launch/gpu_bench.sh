@@ -13,6 +13,7 @@
 #   3. ViT-B/16 bare step, one option at a time: JAX's default attention, the XLA and the cuDNN
 #      fused attention (goal >= 0.40 MFU)
 #   4. ResNet-50 and CLIP RN50 bare steps beside timm / OpenCLIP (with requirements-dev.txt)
+#   5. caption tokenisation per host core, pure Python against Rust (the CLIP loader's text half)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench_gpu.jsonl}
@@ -37,4 +38,5 @@ run --model=vit_b16 --resolution=224 --batch_size=256 --dtype=bfloat16 --steps="
 run --model=resnet50 --resolution=224 --batch_size=256 --dtype=bfloat16 --steps="$STEPS" --loop=off
 run --model=clip_rn50 --method=clip --resolution=224 --batch_size=256 --dtype=bfloat16 \
     --steps="$STEPS" --loop=off
+run --what=tokenizer --seconds=5
 echo "wrote $OUT" >&2
