@@ -221,9 +221,13 @@ def bench_tokenizer(seconds: float, captions: int = 50_000, context_length: int 
   for corpus, texts in corpora.items():
     rates = {}
     for backend in ("python", "rust"):
+      before = os.environ.get("BT_TOKENIZER")
       os.environ["BT_TOKENIZER"] = backend
       tok = tokenizer.Tokenizer(merges)  # a cold word cache for each
-      os.environ.pop("BT_TOKENIZER")
+      if before is None:
+        os.environ.pop("BT_TOKENIZER")
+      else:
+        os.environ["BT_TOKENIZER"] = before
       if tok.backend != backend:
         rows.append({"bench": "tokenizer", "backend": backend,
                      "error": "tokenizers not installed"})

@@ -159,10 +159,7 @@ def export_openclip(workdir: str, out: str) -> dict[str, Any]:
               embed_dim=c.clip.embed_dim,
               vocab_size=vocab or int(flat["text/token_embed/embedding"].shape[0]))
   cfg = interop.openclip_config(spec)
-  sd = interop.export(flat, interop.openclip_rule, what="OpenCLIP")
-  for k in list(sd):  # BatchNorm step counters, which torch's strict loading expects
-    if k.endswith(".running_mean"):
-      sd[k[:-len("running_mean")] + "num_batches_tracked"] = np.zeros((), np.int64)
+  sd = _with_batchnorm_counters(interop.export(flat, interop.openclip_rule, what="OpenCLIP"))
   save_state_dict(sd, out)
   with open(os.path.splitext(out)[0] + ".json", "w") as f:
     json.dump(cfg, f, indent=1)
@@ -197,13 +194,11 @@ def export_timm(workdir: str, out: str) -> dict[str, Any]:
   -> a timm state dict (``out``: .safetensors, or .pt with torch) and ``<out>.json``: the
   ``timm.create_model`` architecture and arguments and the pretrained_cfg (file, mean/std)."""
   directory, _ = ckpt_lib.find_checkpoint(workdir)
-  run_dir = transfer._workdir_of(directory)
-  cfg_path = os.path.join(run_dir, "config.json")
-  if not os.path.exists(cfg_path):
+  run_dir = transfer.workdir_of(directory)
+  config = _run_config(run_dir)
+  if config is None:
     raise ConversionError(f"{workdir}: no config.json in {run_dir} (it says which model made "
                           f"the checkpoint)")
-  with open(cfg_path) as f:
-    config = ml_collections.ConfigDict(json.load(f)["config"])
   state, step = ckpt_lib.load_state(workdir)
   params = state.get("ema_params") or state["params"]
   model_state = state.get("model_state", {})
@@ -212,13 +207,10 @@ def export_timm(workdir: str, out: str) -> dict[str, Any]:
     if "projection" in params and params["projection"] is not None:
       raise ConversionError(f"{workdir}: a classifier on normalised CLIP embeddings (projection "
                             f"+ L2 norm); timm's models have no such head")
-    pre = None
-    pre_cfg = os.path.join(transfer._workdir_of(config.pretrained), "config.json") \
-        if config.pretrained else ""
-    if pre_cfg and os.path.exists(pre_cfg):
-      with open(pre_cfg) as f:
-        pc = ml_collections.ConfigDict(json.load(f)["config"])
-      pre = types.SimpleNamespace(config=pc, method=pc.method)
+    # The backbone's name and kwargs as fine-tuning resolved them: from the pre-training run's
+    # config where it is still there.
+    pc = _run_config(transfer.workdir_of(config.pretrained)) if config.pretrained else None
+    pre = types.SimpleNamespace(config=pc, method=pc.method) if pc is not None else None
     model, kwargs = transfer.backbone_spec(config, pre)
     tower = "backbone"
     extra = {f"head/{k}": v for k, v in transfer.flatten(params.get("head", {})).items()}
@@ -238,10 +230,7 @@ def export_timm(workdir: str, out: str) -> dict[str, Any]:
   flat = {k: np.asarray(v, np.float32) for k, v in flat.items()}
   num_classes = int(flat["head/kernel"].shape[-1]) if "head/kernel" in flat else 0
   arch, args, kind = interop.timm_config(model, kwargs, num_classes)
-  sd = interop.export(flat, interop.timm_rule(kind), what="timm")
-  for k in list(sd):  # BatchNorm step counters, which torch's strict loading expects
-    if k.endswith(".running_mean"):
-      sd[k[:-len("running_mean")] + "num_batches_tracked"] = np.zeros((), np.int64)
+  sd = _with_batchnorm_counters(interop.export(flat, interop.timm_rule(kind), what="timm"))
   save_state_dict(sd, out)
   pretrained_cfg = {"file": os.path.abspath(out), "num_classes": num_classes,
                     **_image_mean_std(config)}
@@ -256,6 +245,22 @@ def export_timm(workdir: str, out: str) -> dict[str, Any]:
     json.dump(meta, f, indent=1)
   return {"to": "timm", "out": out, "tensors": len(sd), "architecture": arch, "kwargs": args,
           "num_classes": num_classes}
+
+
+def _with_batchnorm_counters(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """A PyTorch state dict with each BatchNorm's step counter, which strict loading expects."""
+  for k in list(sd):
+    if k.endswith(".running_mean"):
+      sd[k[:-len("running_mean")] + "num_batches_tracked"] = np.zeros((), np.int64)
+  return sd
+
+
+def _run_config(run_dir: str) -> ml_collections.ConfigDict | None:
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f)["config"])
 
 
 def save_state_dict(sd: dict[str, np.ndarray], out: str):
@@ -279,7 +284,8 @@ def main(argv=None) -> int:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("src", help="checkpoint file (or, with --to, a run's workdir)")
   g = p.add_mutually_exclusive_group(required=True)
-  g.add_argument("--from", dest="fmt", choices=interop.FORMATS)
+  g.add_argument("--from", dest="fmt", choices=interop.FORMATS,
+                 help="import a checkpoint file of this format into a workdir")
   g.add_argument("--to", choices=("openclip", "timm"),
                  help="export a run: openclip (a CLIP model), timm (any image tower timm has)")
   p.add_argument("--model", default=None,

@@ -67,7 +67,8 @@ class Pretrained:
     return tokenizer.resolve(spec)
 
 
-def _workdir_of(checkpoints_dir: str) -> str:
+def workdir_of(checkpoints_dir: str) -> str:
+  """The run's workdir of its checkpoints dir (or the path itself)."""
   return (os.path.dirname(checkpoints_dir) if os.path.basename(checkpoints_dir) == "checkpoints"
           else checkpoints_dir)
 
@@ -76,7 +77,7 @@ def load_pretrained(path: str) -> Pretrained:
   """A pre-training workdir, its checkpoints/ dir or one checkpoints/<step> dir; of a workdir,
   the newest checkpoint that verifies and reads back."""
   directory, _ = ckpt_lib.find_checkpoint(path)
-  workdir = _workdir_of(directory)
+  workdir = workdir_of(directory)
   cfg_path = os.path.join(workdir, "config.json")
   if not os.path.exists(cfg_path):
     raise ckpt_lib.CheckpointError(f"{path}: no config.json in {workdir} (the pre-training "

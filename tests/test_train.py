@@ -332,7 +332,7 @@ def test_every_argparse_entrypoint_helps_with_an_example():
     # a flag line with nothing after its metavar, and no indented help below it: no help text
     lines = options.splitlines()
     for i, line in enumerate(lines):
-      m = re.match(r"^  (-\w, )?--\w+( [A-Z_{},.]+)?\s*$", line)
+      m = re.match(r"^  (-\w, )?--\w+( \S+)?\s*$", line)
       if m and "--help" not in line:
         nxt = lines[i + 1] if i + 1 < len(lines) else ""
         assert nxt.startswith(" " * 10), (module, line)
