@@ -518,13 +518,24 @@ def unstack_scan(sd: dict) -> dict:
   return out
 
 
+# Our ViT variant letters and timm's size names, both directions.
+_TIMM_VIT_SIZE = {"ti": "tiny", "s": "small", "m": "medium", "b": "base", "l": "large",
+                  "h": "huge"}
+_OUR_VIT_VARIANT = {size: v for v, size in _TIMM_VIT_SIZE.items()}
+
 TIMM_NAMES = (
     (r"resnet(\d+)(\.\w+)?", lambda m: f"resnet{m[1]}", "v1.5"),
     (r"resnetv2_(\d+)x(\d+)_bit(\.\w+)?", lambda m: f"bit_r{m[1]}x{m[2]}", "v2"),
     (r"vit_(tiny|small|base|large|huge)_patch(\d+)_(\d+)(\.\w+)?",
-     lambda m: f"vit_{dict(tiny='ti', small='s', base='b', large='l', huge='h')[m[1]]}{m[2]}",
-     "vit"),
+     lambda m: f"vit_{_OUR_VIT_VARIANT[m[1]]}{m[2]}", "vit"),
 )
+
+
+def _vit_dims(kw: dict[str, Any]) -> tuple[int, int, int, int]:
+  """(width, depth, mlp_dim, heads) of a ViT's kwargs: the variant's, overridden where given."""
+  w, depth, mlp, heads = VARIANTS[kw["variant"]]
+  return (kw.get("width") or w, kw.get("depth") or depth, kw.get("mlp_dim") or mlp,
+          kw.get("heads") or heads)
 
 
 def timm_spec(sd: dict, model: str) -> tuple[Spec, str]:
@@ -578,8 +589,6 @@ def resolve_openclip_name(model: str | None) -> tuple[str | None, str | None]:
 # timm's BiT names (StdConv2d with eps 1e-8 is in their model definitions, not expressible as
 # create_model arguments, so only these widths and depths can leave).
 TIMM_BIT = {(50, 1), (50, 3), (101, 1), (101, 3), (152, 2), (152, 4)}
-_TIMM_VIT_SIZE = {"ti": "tiny", "s": "small", "m": "medium", "b": "base", "l": "large",
-                  "h": "huge"}
 # Registered timm ViT names; any other size is built from one of these (which supplies the
 # LayerNorm: eps 1e-6, or 1e-5 for the CLIP form) with every dimension given as an argument.
 _TIMM_VITS = {"vit_tiny_patch16_224", "vit_tiny_patch16_384", "vit_small_patch16_224",
@@ -601,9 +610,7 @@ def timm_config(model: str, model_kwargs: dict[str, Any], num_classes: int
   _, d = models.parse(model)
   kw = {**d, **model_kwargs}
   if "variant" in kw:
-    w, depth, mlp, heads = VARIANTS[kw["variant"]]
-    w, depth = kw.get("width") or w, kw.get("depth") or depth
-    mlp, heads = kw.get("mlp_dim") or mlp, kw.get("heads") or heads
+    w, depth, mlp, heads = _vit_dims(kw)
     eps, ln_pre = kw.get("eps", 1e-6), kw.get("ln_pre", False)
     if kw.get("patch_bias", True) == ln_pre:
       raise ConversionError(f"{model}: timm's ViT has a patch-embedding bias exactly when it "
@@ -658,9 +665,7 @@ def openclip_config(spec: Spec) -> dict[str, Any]:
     if kw.get("act", "gelu") != act:
       raise ConversionError("OpenCLIP uses one activation for both towers; image "
                             f"{kw.get('act', 'gelu')} vs text {act}")
-    w, depth, mlp, heads = VARIANTS[kw["variant"]]
-    w = kw.get("width") or w
-    depth, mlp, heads = kw.get("depth") or depth, kw.get("mlp_dim") or mlp, kw.get("heads") or heads
+    w, depth, mlp, heads = _vit_dims(kw)
     if heads != w // 64 and w >= 64:
       raise ConversionError(f"OpenCLIP's ViT has width/64 heads; this one has {heads}")
     vision = dict(layers=depth, width=w, patch_size=kw["patch"], mlp_ratio=mlp / w,

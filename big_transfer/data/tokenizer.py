@@ -92,7 +92,9 @@ def _words(text: str) -> list[str]:
 class Tokenizer:
   """Encodes text to CLIP-style token ids; ``tokenize`` gives fixed-length int32 rows."""
 
-  def __init__(self, merges: Sequence[tuple[str, str]]):
+  def __init__(self, merges: Sequence[tuple[str, str]], backend: str | None = None):
+    """``backend``: 'rust' or 'python'; default Rust when ``tokenizers`` is installed, unless
+    ``BT_TOKENIZER=python``."""
     symbols = list(bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
     vocab += [SOT, EOT]
@@ -104,7 +106,10 @@ class Tokenizer:
     self.sot_id, self.eot_id = self.encoder[SOT], self.encoder[EOT]
     self.vocab_size = len(vocab)
     self._cache: dict[str, list[str]] = {SOT: [SOT], EOT: [EOT]}  # never split
-    self._fast = _rust_bpe(self.encoder, merges) if _use_rust() else None
+    if backend not in (None, "rust", "python"):
+      raise ValueError(f"tokenizer backend {backend!r}: not rust or python")
+    rust = _use_rust() if backend is None else backend == "rust"
+    self._fast = _rust_bpe(self.encoder, merges) if rust else None
 
   @property
   def backend(self) -> str:
