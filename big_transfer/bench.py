@@ -403,10 +403,91 @@ def train_step_flops(model: str, batch_size: int = 2, resolution: int = 224,
   return lowered_flops(t.step_fn.lower(t.abstract, batch))
 
 
+# Trace events that are the runtime's own bookkeeping, not the program's operations.
+_RUNTIME_EVENT = re.compile(r"^\$|Thunk|PjRt|Pjit|ThreadPool|^end: |^Execute|^ProcessInput")
+
+
+def _hlo_op_classes(hlo_text: str) -> dict[str, str]:
+  """Compiled HLO instruction name -> what it computes: ``convolution`` / ``matmul`` (a fusion
+  or custom call holding one), ``layout copy`` (transposes and copies: data moved, not
+  computed), else ``elementwise/reduction``."""
+  bodies: dict[str, str] = {}
+  name = None
+  for line in hlo_text.splitlines():
+    m = re.match(r"^(?:ENTRY )?%(\S+) .*\{\s*$", line)
+    if m:
+      name = m.group(1)
+      bodies[name] = ""
+    elif name is not None:
+      bodies[name] += line + "\n"
+  classes = {}
+  for line in hlo_text.splitlines():
+    m = re.match(r"\s*(?:ROOT )?%(\S+) = .*? (\w[\w-]*)\(", line)
+    if not m:
+      continue
+    op_name, opcode = m.groups()
+    called = re.search(r"calls=%([\w.-]+)", line)
+    text = line + (bodies.get(called.group(1), "") if called else "")
+    if " convolution(" in text or "conv" in opcode or "__cudnn$conv" in text:
+      kind = "convolution"
+    elif " dot(" in text or "gemm" in text or "matmul" in text:
+      kind = "matmul"
+    elif re.search(r" (transpose|copy)\(", text) and not re.search(
+        r" (add|multiply|subtract|divide|maximum|exponential|rsqrt|select)\(", text):
+      kind = "layout copy"
+    elif "transpose" in op_name or op_name.startswith("copy"):
+      kind = "layout copy (fused with elementwise)"
+    else:
+      kind = "elementwise/reduction"
+    classes[op_name] = kind
+  return classes
+
+
+def profile_step(compiled, state, batch, out_dir: str, steps: int = 2):
+  """Runs ``steps`` steps under the JAX profiler (a trace TensorBoard's profile plugin and
+  Perfetto read, under ``out_dir``) and sums its operation events: milliseconds per step by
+  what they compute (convolution, matmul, layout copies, ...) and the slowest operations. On
+  CPU several operations run at once on the thread pool, so the sums can exceed the step."""
+  import glob
+  import gzip
+
+  state, m = compiled(state, batch)  # the state is donated: always carry the new one
+  jax.block_until_ready(m)
+  t0 = time.perf_counter()
+  with jax.profiler.trace(out_dir):
+    for _ in range(steps):
+      state, m = compiled(state, batch)
+    jax.block_until_ready(m)
+  wall = (time.perf_counter() - t0) / steps
+  traces = sorted(glob.glob(os.path.join(out_dir, "**", "*.trace.json.gz"), recursive=True),
+                  key=os.path.getmtime)
+  if not traces:
+    return state, {"bench": "profile", "error": f"no trace written under {out_dir}"}
+  with gzip.open(traces[-1]) as f:
+    events = json.load(f).get("traceEvents", [])
+  classes = _hlo_op_classes(compiled.as_text())
+  per_op: dict[str, float] = {}
+  for e in events:
+    if e.get("ph") == "X" and not _RUNTIME_EVENT.search(e.get("name", "")):
+      per_op[e["name"]] = per_op.get(e["name"], 0.0) + e.get("dur", 0) / 1e3 / steps
+  by_kind: dict[str, float] = {}
+  for op, ms in per_op.items():
+    kind = classes.get(op, "other")
+    by_kind[kind] = by_kind.get(kind, 0.0) + ms
+  total = sum(per_op.values()) or 1.0
+  row = {"bench": "profile", "trace": traces[-1], "step_ms": round(wall * 1e3, 1),
+         "op_ms_per_step": round(total, 1),
+         "by_kind": {k: {"ms": round(v, 1), "share": round(v / total, 3)}
+                     for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+         "slowest_ops": [[op, round(ms, 2), classes.get(op, "other")] for op, ms in
+                         sorted(per_op.items(), key=lambda kv: -kv[1])[:12]]}
+  return state, row
+
+
 def bench_model(model: str, batch_size: int, resolution: int, steps: int, method: str,
                 dtype: str, data: str, torch_ref: bool = True, checkpoint: bool = True,
                 model_kwargs: dict | None = None, loop: bool = True,
-                data_workers: int = 0) -> list[dict]:
+                data_workers: int = 0, profile_dir: str | None = None) -> list[dict]:
 
 
 
@@ -447,6 +528,9 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
     return (time.perf_counter() - t) / steps
 
   bare_before = bare()
+  profile_row = None
+  if profile_dir:
+    state, profile_row = profile_step(compiled, state, batch, profile_dir)
 
   # The training loop itself (train.run: data pipeline, sharded batches, metrics, progress).
   loop_step = None
@@ -468,6 +552,7 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
   row = {
       "bench": "model", "model": model, "method": method, "batch_size": batch_size,
       "resolution": resolution, "dtype": dtype, "data": data, "steps": steps,
+      "model_kwargs": dict(model_kwargs or {}),
       "images_per_sec": round(batch_size / (loop_step or bare_step), 2),
       "bare_images_per_sec": round(batch_size / bare_step, 2),
       "step_time_s": round(bare_step, 5),
@@ -488,6 +573,9 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
       row.update(ref)
       row["ratio_to_torch"] = round(row["bare_images_per_sec"] / ref["torch_images_per_sec"], 3)
   out = [row]
+  if profile_row is not None:
+    out.append({**profile_row, "model": model, "batch_size": batch_size,
+                "resolution": resolution, "device": row["device"]})
   if checkpoint:
     out.append(bench_checkpoint(state, abstract, state_sh, row))
   return out
@@ -651,8 +739,9 @@ def bench_variants(base_args: list[str], variants: list[str], rounds: int) -> li
     row = {"bench": "variant", "variant": v or "baseline", "images_per_sec": med,
            "rounds": rates[v], "ratio_to_baseline": round(med / base, 3) if med and base
            else None}
-    row.update({k: last[v].get(k) for k in ("model", "batch_size", "resolution", "dtype",
-                                            "compile_time_s", "mfu", "device", "error")
+    row.update({k: last[v].get(k) for k in ("model", "model_kwargs", "batch_size",
+                                            "resolution", "dtype", "compile_time_s", "mfu",
+                                            "device", "error")
                 if k in last.get(v, {})})
     out_rows.append(row)
   return out_rows
@@ -695,14 +784,26 @@ def main(argv=None):
                  help="loader: comma-separated worker counts to measure")
   p.add_argument("--data_workers", type=int, default=0,
                  help="model: the training loop's data worker processes")
-  p.add_argument("--model_kwargs", default="{}", help='JSON, e.g. \'{"width": 0.5}\'')
+  p.add_argument("--model_kwargs", action="append", default=None,
+                 help='JSON, e.g. \'{"width": 0.5}\'; repeated ones are merged, later keys '
+                      'winning (so a variant\'s kwargs add to the base run\'s)')
+  p.add_argument("--profile", default=None, metavar="DIR",
+                 help="model: also trace two bare steps into DIR (TensorBoard / Perfetto) and "
+                      "print a 'profile' row: ms per step by what the operations compute "
+                      "(convolution, matmul, layout copies, ...) and the slowest operations")
   args = p.parse_args(argv)
+  model_kwargs = {}
+  for text in args.model_kwargs or []:
+    try:
+      model_kwargs.update(json.loads(text))
+    except (json.JSONDecodeError, TypeError, ValueError):
+      p.error(f"--model_kwargs={text!r} is not a JSON object")
   what = args.what or ("model" if args.model else "pipeline")
   if what == "model" and args.variants is not None:
     base = [f"--model={args.model}", f"--method={args.method}",
             f"--batch_size={args.batch_size}", f"--resolution={args.resolution}",
             f"--steps={args.steps}", f"--dtype={args.dtype}", f"--data={args.data}",
-            f"--model_kwargs={args.model_kwargs}"]
+            f"--model_kwargs={json.dumps(model_kwargs)}"]
     rows = bench_variants(base, args.variants.split(";"), args.rounds)
   elif what == "model":
     if not args.model:
@@ -711,8 +812,8 @@ def main(argv=None):
     rows = bench_model(args.model, args.batch_size, args.resolution, args.steps, args.method,
                        args.dtype, args.data, torch_ref=args.torch == "auto",
                        checkpoint=args.loop == "on", loop=args.loop == "on",
-                       model_kwargs=json.loads(args.model_kwargs),
-                       data_workers=args.data_workers)
+                       model_kwargs=model_kwargs,
+                       data_workers=args.data_workers, profile_dir=args.profile)
   elif what == "tokenizer":
     rows = bench_tokenizer(args.seconds)
   elif what == "loader":

@@ -3,7 +3,7 @@
 # (H100/H200) and requirements.txt (+ requirements-dev.txt for the PyTorch rows) installed, jax
 # with CUDA (README, "Accelerators"; on the lent machines: ../shared/gpu/README.md).
 # Writes JSON lines to ${OUT:-bench_gpu.jsonl} and prints them; each case under its own timeout
-# (CASE_TIMEOUT, default 240 s). About 10-12 minutes on an H200 with a 16-core host.
+# (CASE_TIMEOUT, default 240 s). About 12-14 minutes on an H200 with a 16-core host.
 #
 #   1. the loader alone, study chain on 500x375 JPEGs, batch 256, 0/4/8/14 workers
 #      (goal: >= 8,000 img/s on a 16-core host)
@@ -14,6 +14,8 @@
 #      fused attention (goal >= 0.40 MFU)
 #   4. ResNet-50 and CLIP RN50 bare steps beside timm / OpenCLIP (with requirements-dev.txt)
 #   5. caption tokenisation per host core, pure Python against Rust (the CLIP loader's text half)
+#   6. ResNet-50's 1x1 convolutions as convolutions (the GPU default) against matmuls (the CPU
+#      default, 1.2x there), and a --profile of the ViT-B/16 step: where its time goes
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench_gpu.jsonl}
@@ -39,4 +41,8 @@ run --model=resnet50 --resolution=224 --batch_size=256 --dtype=bfloat16 --steps=
 run --model=clip_rn50 --method=clip --resolution=224 --batch_size=256 --dtype=bfloat16 \
     --steps="$STEPS" --loop=off
 run --what=tokenizer --seconds=5
+run --model=resnet50 --resolution=224 --batch_size=256 --dtype=bfloat16 --steps="$STEPS" \
+    --rounds=1 --variants='args:;args:--model_kwargs={"pointwise":"dot"}'
+run --model=vit_b16 --resolution=224 --batch_size=256 --dtype=bfloat16 --steps=5 --loop=off \
+    --torch=off --profile="${PROFILE_DIR:-profile_vit_b16}"
 echo "wrote $OUT" >&2

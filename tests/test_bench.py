@@ -32,6 +32,24 @@ def test_model_bench_reports_throughput_mfu_overhead_and_checkpoint_rates(method
   assert ckpt["bytes"] > 4 * 10_000 and ckpt["save_gb_per_sec"] > 0 < ckpt["restore_gb_per_sec"]
 
 
+def test_profile_row_says_where_the_step_time_goes(tmp_path):
+  """--profile: a trace on disk, and the step's operation time split by what it computes —
+  the convolutions and matmuls of a ResNet (its 1x1 projections and head are matmuls on CPU)
+  among them — with the slowest operations named."""
+  model, prof = bench.bench_model("resnet18", 8, 32, 2, "supervised", "float32", "synthetic",
+                                  torch_ref=False, checkpoint=False, loop=False,
+                                  model_kwargs={"width": 0.125}, profile_dir=str(tmp_path))
+  assert model["bench"] == "model" and prof["bench"] == "profile"
+  assert prof["trace"].startswith(str(tmp_path)) and prof["trace"].endswith(".trace.json.gz")
+  kinds = prof["by_kind"]
+  assert kinds["convolution"]["ms"] > 0 and kinds["matmul"]["ms"] > 0
+  assert sum(k["share"] for k in kinds.values()) == pytest.approx(1, abs=0.01)
+  assert sum(k["ms"] for k in kinds.values()) == pytest.approx(prof["op_ms_per_step"], rel=0.01)
+  times = [ms for _, ms, _ in prof["slowest_ops"]]
+  assert times == sorted(times, reverse=True) and len(times) >= 5
+  assert prof["step_ms"] > 0
+
+
 def test_bench_cli_prints_json_lines():
   r = subprocess.run([sys.executable, "-m", "big_transfer.bench", "--what=pipeline",
                       "--images=4", "--height=64", "--width=80", "--seconds=0.05"], cwd=ROOT,
@@ -48,7 +66,8 @@ def test_variants_run_each_in_its_own_process_and_report_ratios():
   r = subprocess.run([sys.executable, "-m", "big_transfer.bench", "--model=resnet18",
                       "--resolution=32", "--batch_size=8", "--steps=2", "--rounds=1",
                       '--model_kwargs={"width": 0.125}',
-                      "--variants=xla:;xla:--xla_cpu_enable_fast_math=true;xla:--no_such_flag"],
+                      "--variants=xla:;xla:--xla_cpu_enable_fast_math=true;xla:--no_such_flag;"
+                      'args:--model_kwargs={"pointwise":"conv"}'],
                      cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert r.returncode == 0, r.stderr
   rows = {x["variant"]: x for x in map(json.loads, r.stdout.splitlines())}
@@ -56,6 +75,10 @@ def test_variants_run_each_in_its_own_process_and_report_ratios():
   assert rows["xla:--xla_cpu_enable_fast_math=true"]["ratio_to_baseline"] > 0
   assert rows["xla:--no_such_flag"]["images_per_sec"] is None  # reported, not fatal
   assert "no_such_flag" in r.stderr
+  # A variant's model kwargs add to the base run's: the same width, convs instead of matmuls.
+  assert rows["xla:"]["model_kwargs"] == {"width": 0.125}
+  assert rows['args:--model_kwargs={"pointwise":"conv"}']["model_kwargs"] == {
+      "width": 0.125, "pointwise": "conv"}
 
 
 @pytest.mark.parametrize("model,forward_gflops", [("resnet50", 4.1), ("vit_b16", 17.6)])

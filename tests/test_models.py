@@ -114,6 +114,41 @@ def test_vit_attention_implementation_is_a_choice_with_the_same_numbers():
     models.init("vit_ti16", attention_impl="flash", **kw)
 
 
+@pytest.mark.parametrize("name", ["resnet26", "bit_r26x1", "clip_rn26"])
+def test_resnet_pointwise_convs_as_matmuls_give_the_same_numbers(name):
+  """The 1x1 convolutions (block convs and strided projections) as matmuls — the CPU default,
+  BENCHMARKS.md — hold the same parameters and give the conv's outputs and gradients."""
+  # No zero-initialised head or last-BN scales: every weight gets a gradient.
+  kw = dict(TINY[name], num_classes=5, head_zero_init=False, zero_init_last=False)
+  conv = models.init(name, pointwise="conv", **kw)
+  dot = models.init(name, **kw)  # the default on CPU: matmuls
+  assert jax.tree.all(jax.tree.map(np.array_equal, nnx.state(dot), nnx.state(conv)))
+  x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+
+  def conv_ops(model):
+    return str(jax.make_jaxpr(lambda v: model(v, train=False))(x)).count("conv_general_dilated")
+
+  assert conv_ops(dot) < conv_ops(conv)
+
+  def loss_and_grads(model):
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(p, r):
+      logits, _ = nnx.merge(graphdef, p, r)(x, train=False)
+      return jnp.sum(logits ** 2) + jnp.sum(logits[:, 0])
+
+    return jax.jit(jax.value_and_grad(loss))(params, rest)
+
+  (l_conv, g_conv), (l_dot, g_dot) = loss_and_grads(conv), loss_and_grads(dot)
+  np.testing.assert_allclose(float(l_dot), float(l_conv), rtol=1e-5)
+  scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g_conv))
+  for a, b in zip(jax.tree.leaves(g_dot), jax.tree.leaves(g_conv)):
+    assert float(jnp.max(jnp.abs(b))) > 0
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4 * scale)
+  with pytest.raises(ValueError, match="pointwise='fast'"):
+    models.init(name, pointwise="fast", **kw)
+
+
 @pytest.mark.parametrize("method", ["supervised", "simclr", "clip"])
 def test_every_method_gives_a_vit_its_dropout(method):
   """One model signature, ``model(x, *, train, rngs)``: under every method a ViT's dropout

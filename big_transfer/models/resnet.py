@@ -36,31 +36,71 @@ def _pad(k: int) -> list[tuple[int, int]]:
   return [(k // 2, k // 2)] * 2
 
 
-class StdConv(nnx.Conv):
+POINTWISE_MODES = ("auto", "dot", "conv")
+
+
+def _pointwise_as_dot(mode: str) -> bool:
+  """Whether a 1x1 convolution runs as a matmul. ``auto``: on CPU only, where XLA computes a
+  1x1 conv's weight gradient as a convolution over a window the size of the feature map with
+  the batch as its input channels (YNNPACK at ~10 GFLOP/s) and the matmul form is 1.5-4.5x
+  faster (BENCHMARKS.md); GPU and TPU backends already lower 1x1 convs to their GEMMs."""
+  if mode not in POINTWISE_MODES:
+    raise ValueError(f"pointwise={mode!r} not in {POINTWISE_MODES}")
+  return mode == "dot" or (mode == "auto" and jax.default_backend() == "cpu")
+
+
+class Conv(nnx.Conv):
+  """``nnx.Conv`` (same parameters) whose 1x1 convolutions may run as matmuls (``pointwise``):
+  the same numbers to float rounding, another kernel."""
+
+  def __init__(self, *args, pointwise: str = "auto", **kwargs):
+    super().__init__(*args, **kwargs)
+    _pointwise_as_dot(pointwise)  # validated here, decided at trace time (the backend)
+    self.pointwise = pointwise
+
+  def _weight(self):
+    return self.kernel.value
+
+  def __call__(self, x):
+    w = self._weight()
+    dtype = self.dtype or x.dtype
+    x, w = x.astype(dtype), w.astype(dtype)
+    strides = self.strides
+    strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
+    pad = [tuple(p) for p in self.padding] if not isinstance(self.padding, str) else None
+    if (w.shape[:2] == (1, 1) and pad == [(0, 0), (0, 0)] and self.feature_group_count == 1
+        and _pointwise_as_dot(self.pointwise)):
+      if strides != (1, 1):
+        x = x[:, ::strides[0], ::strides[1], :]
+      y = jax.lax.dot_general(x, w[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, w, window_strides=strides, padding=self.padding,
+          feature_group_count=self.feature_group_count,
+          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if self.bias is not None:
+      y = y + self.bias.value.astype(dtype)
+    return y
+
+
+class StdConv(Conv):
   """Convolution with weight standardisation (BiT): kernel normalised per output channel."""
 
   def __init__(self, *args, eps: float = 1e-8, **kwargs):
     super().__init__(*args, **kwargs)
     self.eps = eps
 
-  def __call__(self, x):
+  def _weight(self):
     w = self.kernel.value
     mean = jnp.mean(w, axis=(0, 1, 2), keepdims=True)
     var = jnp.var(w, axis=(0, 1, 2), keepdims=True)
-    w_std = (w - mean) * jax.lax.rsqrt(var + self.eps)
-    dtype = self.dtype or x.dtype
-    strides = self.strides
-    strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
-    y = jax.lax.conv_general_dilated(
-        x.astype(dtype), w_std.astype(dtype), window_strides=strides,
-        padding=self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y
+    return (w - mean) * jax.lax.rsqrt(var + self.eps)
 
 
-def _conv(cin, cout, k, stride=1, *, std=False, dtype=None, rngs):
-  cls = StdConv if std else nnx.Conv
+def _conv(cin, cout, k, stride=1, *, std=False, dtype=None, pointwise="auto", rngs):
+  cls = StdConv if std else Conv
   return cls(cin, cout, (k, k), strides=(stride, stride), padding=_pad(k), use_bias=False,
-             kernel_init=_he_init, dtype=dtype, rngs=rngs)
+             kernel_init=_he_init, dtype=dtype, pointwise=pointwise, rngs=rngs)
 
 
 def _max_pool(x, zero_pad: bool = False):
@@ -98,7 +138,8 @@ class Norm(nnx.Module):
 class Block(nnx.Module):
   """Basic (two 3x3) or bottleneck (1x1, 3x3, 1x1) residual block, in any of the three forms."""
 
-  def __init__(self, cin, c, stride, *, bottleneck, version, zero_init_last, dtype, rngs):
+  def __init__(self, cin, c, stride, *, bottleneck, version, zero_init_last, dtype, rngs,
+               pointwise: str = "auto"):
     self.version, self.stride, self.bottleneck = version, stride, bottleneck
     std = version == "v2"
     norm = "gn" if std else "bn"
@@ -106,9 +147,9 @@ class Block(nnx.Module):
     # CLIP puts the stride in an avg-pool before the last conv (anti-aliasing).
     conv_stride = 1 if version == "clip" else stride
     if bottleneck:
-      self.conv1 = _conv(cin, c, 1, std=std, dtype=dtype, rngs=rngs)
+      self.conv1 = _conv(cin, c, 1, std=std, dtype=dtype, pointwise=pointwise, rngs=rngs)
       self.conv2 = _conv(c, c, 3, conv_stride, std=std, dtype=dtype, rngs=rngs)
-      self.conv3 = _conv(c, cout, 1, std=std, dtype=dtype, rngs=rngs)
+      self.conv3 = _conv(c, cout, 1, std=std, dtype=dtype, pointwise=pointwise, rngs=rngs)
       chans = (cin if std else c, c, c if std else cout)
     else:
       self.conv1 = _conv(cin, c, 3, conv_stride, std=std, dtype=dtype, rngs=rngs)
@@ -122,7 +163,7 @@ class Block(nnx.Module):
         for i, ch in enumerate(chans)])
     needs_proj = stride != 1 or cin != cout
     self.proj = _conv(cin, cout, 1, 1 if version == "clip" else stride, std=std, dtype=dtype,
-                      rngs=rngs) if needs_proj else None
+                      pointwise=pointwise, rngs=rngs) if needs_proj else None
     self.proj_norm = Norm(cout, norm, dtype=dtype, rngs=rngs) if needs_proj and not std else None
 
   def __call__(self, x, train):
@@ -188,13 +229,17 @@ def resample_grid_embedding(pos, h, w, num_prefix=1):
 
 
 class ResNet(nnx.Module):
-  """ResNet of a given depth and width multiplier in the 'v1.5', 'v2' (BiT) or 'clip' form."""
+  """ResNet of a given depth and width multiplier in the 'v1.5', 'v2' (BiT) or 'clip' form.
+
+  ``pointwise``: how the blocks' 1x1 convolutions run: ``auto`` (matmuls on CPU, convolutions
+  elsewhere), ``dot`` or ``conv``; the parameters and the numbers (to float rounding) are the
+  same either way."""
 
   def __init__(self, depth: int = 50, *, version: str = "v1.5", width: float = 1.0,
                num_classes: int = 1000, stem_width: int | None = None,
                embed_dim: int = 1024, image_size: int = 224, attn_heads: int | None = None,
                zero_init_last: bool = True, head_zero_init: bool = True,
-               dtype: Any = None, rngs: nnx.Rngs):
+               dtype: Any = None, pointwise: str = "auto", rngs: nnx.Rngs):
     if depth not in DEPTHS:
       raise ValueError(f"ResNet depth {depth} not in {sorted(DEPTHS)}")
     if version not in ("v1.5", "v2", "clip"):
@@ -225,7 +270,8 @@ class ResNet(nnx.Module):
       for j in range(n):
         stride = 2 if (j == 0 and i > 0) else 1
         stage.append(Block(cin, ch, stride, bottleneck=bottleneck, version=version,
-                           zero_init_last=zero_init_last, dtype=dtype, rngs=rngs))
+                           zero_init_last=zero_init_last, dtype=dtype, pointwise=pointwise,
+                           rngs=rngs))
         cin = ch * 4 if bottleneck else ch
       stages.append(nnx.List(stage))
     self.stages = nnx.List(stages)
