@@ -42,8 +42,9 @@ POINTWISE_MODES = ("auto", "dot", "conv")
 def _pointwise_as_dot(mode: str) -> bool:
   """Whether a 1x1 convolution runs as a matmul. ``auto``: on CPU only, where XLA computes a
   1x1 conv's weight gradient as a convolution over a window the size of the feature map with
-  the batch as its input channels (YNNPACK at ~10 GFLOP/s) and the matmul form is 1.5-4.5x
-  faster (BENCHMARKS.md); GPU and TPU backends already lower 1x1 convs to their GEMMs."""
+  the batch as its input channels (YNNPACK at ~11 GFLOP/s) and the matmul form is 1.5-4.5x
+  faster (BENCHMARKS.md). GPUs and TPUs keep convolutions (their libraries run 1x1s as GEMMs);
+  ``launch/gpu_bench.sh`` measures both forms on a GPU, not yet run."""
   if mode not in POINTWISE_MODES:
     raise ValueError(f"pointwise={mode!r} not in {POINTWISE_MODES}")
   return mode == "dot" or (mode == "auto" and jax.default_backend() == "cpu")
