@@ -21,6 +21,8 @@ against the raw decode measured in the same process.
 from __future__ import annotations
 
 import argparse
+import glob
+import gzip
 import io
 import json
 import os
@@ -411,23 +413,23 @@ def _hlo_op_classes(hlo_text: str) -> dict[str, str]:
   """Compiled HLO instruction name -> what it computes: ``convolution`` / ``matmul`` (a fusion
   or custom call holding one), ``layout copy`` (transposes and copies: data moved, not
   computed), else ``elementwise/reduction``."""
-  bodies: dict[str, str] = {}
-  name = None
-  for line in hlo_text.splitlines():
+  lines = hlo_text.splitlines()
+  bodies: dict[str, list[str]] = {}
+  body: list[str] | None = None
+  for line in lines:
     m = re.match(r"^(?:ENTRY )?%(\S+) .*\{\s*$", line)
     if m:
-      name = m.group(1)
-      bodies[name] = ""
-    elif name is not None:
-      bodies[name] += line + "\n"
+      body = bodies[m.group(1)] = []
+    elif body is not None:
+      body.append(line)
   classes = {}
-  for line in hlo_text.splitlines():
+  for line in lines:
     m = re.match(r"\s*(?:ROOT )?%(\S+) = .*? (\w[\w-]*)\(", line)
     if not m:
       continue
     op_name, opcode = m.groups()
     called = re.search(r"calls=%([\w.-]+)", line)
-    text = line + (bodies.get(called.group(1), "") if called else "")
+    text = "\n".join([line, *(bodies.get(called.group(1), []) if called else [])])
     if " convolution(" in text or "conv" in opcode or "__cudnn$conv" in text:
       kind = "convolution"
     elif " dot(" in text or "gemm" in text or "matmul" in text:
@@ -448,9 +450,6 @@ def profile_step(compiled, state, batch, out_dir: str, steps: int = 2):
   Perfetto read, under ``out_dir``) and sums its operation events: milliseconds per step by
   what they compute (convolution, matmul, layout copies, ...) and the slowest operations. On
   CPU several operations run at once on the thread pool, so the sums can exceed the step."""
-  import glob
-  import gzip
-
   state, m = compiled(state, batch)  # the state is donated: always carry the new one
   jax.block_until_ready(m)
   t0 = time.perf_counter()
