@@ -253,13 +253,21 @@ class Session:
     """Top-1 accuracy of device ``weights`` ({params, model_state}) on 'val' or 'test'."""
     return dict(self.evaluator(split).run(weights))[f"{split}/accuracy"]
 
-  def _cache_key(self) -> str:
-    c = self.config
-    parts = [os.path.abspath(self.pre.path) if self.pre else "scratch",
-             str(self.pre.step) if self.pre else str(c.seed), c.model,
-             json.dumps(self.method.model_kwargs, sort_keys=True), c.data, c.train_split,
-             c.test_split, c.val_split, c.pp_eval, c.dtype]
-    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+  def _cache_key(self, identity: tuple) -> str:
+    """The name of a cached feature tensor: everything that changes a feature — the weights
+    (pre-trained checkpoint and its checksums, or the seed of a run from scratch), the
+    architecture, how the head sees the tower, the base source the rows are read from, the
+    evaluation preprocessing and the dtype. Shots, seeds and test subsampling pick rows of it
+    (they are indices into the base, applied after the cache)."""
+    c, m = self.config, self.method
+    weights = ([os.path.abspath(self.pre.path), self.pre.step, self.pre.fingerprint]
+               if self.pre else ["scratch", c.seed])
+    if identity[0] == "tfds":  # the same name and split under another data_dir is other data
+      identity = (*identity, sources.tfds_data_dir())
+    parts = [FEATURE_CACHE_VERSION, weights, c.model, m.model_kwargs, m.projection_dim,
+             m.normalize, list(identity), c.pp_eval, c.dtype]
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:20]
 
   def frozen_weights(self) -> dict:
     """Device weights of the pre-trained tower with a zero head (built once, on demand)."""
@@ -269,21 +277,29 @@ class Session:
 
   def frozen_features(self, split: str):
     """``features`` of the pre-trained (initial) weights, through ``config.feature_cache``
-    when set: each underlying source (the training pool, the test split) is embedded once per
-    pre-trained model and reused by every shots/seed/protocol run on it."""
-    if not self.config.feature_cache:
-      return self.features(self.frozen_weights(), split)
+    when set: each base source (the dataset split a view's rows come from) is embedded once per
+    pre-trained model and every run indexes its own rows of it, so every shots/seed/protocol
+    run and test subsample on it shares one entry. Views whose rows cannot be named by a base
+    source and indices (label noise, captions) are embedded directly."""
     source = self.data[split]
-    base, idx = (source.source, source.indices) if split in ("train", "val") and hasattr(
-        source, "indices") else (source, None)
-    name = "pool" if idx is not None else split
-    path = os.path.join(self.config.feature_cache, f"{self._cache_key()}_{name}.npz")
-    cached = os.path.exists(path)
+    base, idx = positional_base(source)
+    identity = getattr(base, "identity", None)
+    if not self.config.feature_cache or identity is None:
+      return self.features(self.frozen_weights(), split)
+    path = os.path.join(self.config.feature_cache, f"{self._cache_key(tuple(identity))}.npz")
+    cached = None
+    if jax.process_index() == 0 and os.path.exists(path):
+      cached = _read_cached_features(path, len(base))
+    usable = cached is not None
     if jax.process_count() > 1:  # one decision for every process: computing is a collective
-      cached = bool(multihost_utils.broadcast_one_to_all(np.int32(cached)))
-    if cached:
-      with np.load(path) as f:
-        x, y = f["x"], f["y"]
+      usable = bool(multihost_utils.broadcast_one_to_all(np.int32(usable)))
+      if usable and cached is None:
+        cached = _read_cached_features(path, len(base))
+        if cached is None:
+          raise TransferError(f"{path}: process {jax.process_index()} cannot read the feature "
+                              f"cache entry process 0 read")
+    if usable:
+      x, y = cached
     else:
       x, y = self.features(self.frozen_weights(), split, source=base)
       if jax.process_index() == 0:
@@ -291,7 +307,7 @@ class Session:
         tmp = f"{path}.{os.getpid()}.tmp.npz"
         np.savez(tmp, x=x, y=y)
         os.replace(tmp, path)
-    return (x[idx], y[idx]) if idx is not None else (x, y)
+    return x[idx], y[idx]
 
   def features(self, weights: dict, split: str, source=None):
     """(features, labels) of a split as the head sees them (frozen tower), host float32."""
@@ -381,6 +397,37 @@ class Session:
                  if "test/accuracy" in r}
       info["test_by_epoch"] = [by_step[k] for k in sorted(by_step)]
     return {"params": state["params"], "model_state": state["model_state"]}, info
+
+
+FEATURE_CACHE_VERSION = 2  # bumped when what a cache entry holds changes
+
+
+def positional_base(source) -> tuple[Any, np.ndarray]:
+  """(base, indices) of a view made only of subsets and slices (``view[i] == base[idx[i]]``);
+  a view with anything else in its chain is its own base."""
+  idx, view = None, source
+  while isinstance(view, (sources.Subset, sources.Sliced)):
+    step = (view.indices if isinstance(view, sources.Subset)
+            else np.arange(view.lo, view.hi))
+    idx = step if idx is None else step[idx]
+    view = view.source
+  return view, (np.arange(len(view)) if idx is None else np.asarray(idx, np.int64))
+
+
+def _read_cached_features(path: str, rows: int):
+  """(x, y) of a feature cache entry, or None (with a warning) when it cannot be read or does
+  not hold one row per example of its source."""
+  try:
+    with np.load(path) as f:
+      x, y = f["x"], f["y"]
+  except (OSError, ValueError, KeyError) as e:
+    log_lib.info(f"warning: feature cache {path}: unreadable ({e}); recomputing")
+    return None
+  if x.ndim != 2 or len(x) != rows or y.shape != (rows,):
+    log_lib.info(f"warning: feature cache {path}: holds {x.shape}/{y.shape} for a source of "
+                 f"{rows} examples; recomputing")
+    return None
+  return x, y
 
 
 class _OnWeights:

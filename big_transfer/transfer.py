@@ -6,6 +6,7 @@ BiT-HyperRule, and the results table. The entrypoint that runs a protocol is fin
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -45,6 +46,9 @@ class Pretrained:
   workdir: str
   config: ml_collections.ConfigDict
   state: dict  # params, model_state (and ema_params), host numpy, string keys
+  # What the weights are, for caches keyed by them: a digest of the checkpoint's checksums
+  # (of its arrays when it has none).
+  fingerprint: str = ""
 
   @property
   def method(self) -> str:
@@ -89,7 +93,23 @@ def load_pretrained(path: str) -> Pretrained:
                                    f"transfer (known: {', '.join(IMAGE_TOWER)})")
   state, step = ckpt_lib.load_state(path)
   keep = {k: state[k] for k in ("params", "model_state", "ema_params") if k in state}
-  return Pretrained(path=path, step=step, workdir=workdir, config=config, state=keep)
+  return Pretrained(path=path, step=step, workdir=workdir, config=config, state=keep,
+                    fingerprint=_fingerprint(os.path.join(directory, str(step)), keep))
+
+
+def _fingerprint(step_dir: str, state: dict) -> str:
+  """A digest of a checkpoint: of its CHECKSUMS.json when sealed, else of its arrays."""
+  digest = hashlib.sha1()
+  sums = os.path.join(step_dir, ckpt_lib.CHECKSUMS)
+  if os.path.exists(sums):
+    with open(sums, "rb") as f:
+      digest.update(f.read())
+  else:
+    for name, value in sorted(flatten(state).items()):
+      value = np.ascontiguousarray(value)
+      digest.update(f"{name}:{value.dtype}:{value.shape}".encode())
+      digest.update(value.tobytes())
+  return digest.hexdigest()[:16]
 
 
 def flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:

@@ -190,6 +190,36 @@ def test_full_data_refits_on_train_and_val_and_few_shot_test_can_be_subsampled(
   assert np.bincount(fewshot.labels_of(test)).tolist() == [5] * 10
 
 
+def test_the_feature_cache_is_keyed_by_everything_that_changes_a_feature(pretrained, tmp_path):
+  # A 1-shot probe with k test images per class, then the 5-shot one on the same cache: the
+  # 5-shot row is scored on its own 50 test images, exactly as without a cache.
+  cache = str(tmp_path / "features")
+  arg = f"pretrained={pretrained['supervised']},protocol=lp"
+  one = run_ft(tmp_path, "k1", arg + ",shots=1", test_shots=True, feature_cache=cache)[0]
+  five = run_ft(tmp_path, "k5", arg + ",shots=5", test_shots=True, feature_cache=cache)[0]
+  plain = run_ft(tmp_path, "k5_nocache", arg + ",shots=5", test_shots=True)[0]
+  assert (one["num_test"], five["num_test"]) == (10, 50)
+  assert five["test_accuracy"] == pytest.approx(plain["test_accuracy"], abs=1e-9)
+  assert five["val_accuracy"] == pytest.approx(plain["val_accuracy"], abs=1e-9)
+  s = finetune.Session(ft_config(arg + ",shots=5", test_shots=True, feature_cache=cache),
+                       "/nonexistent")
+  x, y = s.frozen_features("test")
+  assert x.shape[0] == 50 and np.bincount(y).tolist() == [5] * 10
+  # Each base split is embedded once (the pool and the test split) and every run indexes it.
+  files = sorted(os.listdir(cache))
+  assert len(files) == 2, files
+  # Another preprocessing makes other features: a new entry, not the cached one.
+  run_ft(tmp_path, "k5_pp", arg + ",shots=5", test_shots=True, feature_cache=cache,
+         pp_eval="to_rgb|resize(32)|value_range(-1, 1)")
+  assert len(os.listdir(cache)) == 4
+  # A cache entry that does not match its source (another size) is recomputed, not trusted.
+  for f in files:
+    np.savez(os.path.join(cache, f), x=np.zeros((3, 2), np.float32), y=np.zeros(3, np.int64))
+  again = run_ft(tmp_path, "k5_stale", arg + ",shots=5", test_shots=True,
+                 feature_cache=cache)[0]
+  assert again["test_accuracy"] == pytest.approx(plain["test_accuracy"], abs=1e-9)
+
+
 def test_clip_zero_shot_text_head_and_wise_ft(pretrained, tmp_path):
   # The zero-shot protocol's text-initialised head gives exactly the accuracy the
   # pre-training run's zero-shot evaluator logged for the same checkpoint and digits test set.
