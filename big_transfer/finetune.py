@@ -57,6 +57,9 @@ class TransferError(ValueError):
   """A transfer config that cannot run; printed as one line."""
 
 
+FINETUNING = ("ft", "lp_ft", "wise_ft")  # the protocols that train on a grid
+
+
 def parse_shots(shots) -> int | None:
   if isinstance(shots, int):
     k = shots
@@ -187,6 +190,8 @@ def resolve(config, pre_method: str | None, pre_model: str | None, data) -> tupl
     raise TransferError(f"config.head_init={config.head_init!r}: auto, zero, text or probe")
   if head == "text" and not data["class_names"]:
     raise sources.DataError(f"{config.data}: no class names for a text-initialised head")
+  if config.protocol in FINETUNING:
+    grid_points(config)  # a grid that cannot be built fails here, not after the probe
   return config, head
 
 
@@ -442,18 +447,29 @@ class _OnWeights:
 
 def grid_points(config) -> tuple[list[tuple[float, int | None, float | None]], str]:
   """The hyperparameter grid of a fine-tuning protocol: (lr, batch or None, epochs or None)
-  points (None: the config's) and its description. ``config.paper_grid`` names a downstream
-  set of the authors' log: their grid on it (lr x batch x epochs)."""
-  if not config.paper_grid:
-    return [(float(lr), None, None) for lr in config.lrs], "config.lrs"
-  protocol = "lp_ft" if config.protocol == "lp_ft" else "ft"
-  points = published.authors_grid(config.paper_grid, protocol)
+  points (None: the config's) and its description."""
+  return grid_of(config.paper_grid, config.protocol, config.lrs)
+
+
+def grid_of(paper_grid: str, protocol: str, lrs) -> tuple[list[tuple], str]:
+  """``paper_grid`` '' : one point per learning rate in ``lrs``. Else a downstream set of the
+  authors' log: every (lr, batch, epochs) they ran on it with this protocol. Their log has no
+  LP-FT runs on some sets (EuroSAT, Cassava, Camera Traps): LP-FT's fine-tuning stage there
+  runs their fine-tuning grid of the same set, and the description says so."""
+  if not paper_grid:
+    return [(float(lr), None, None) for lr in lrs], "config.lrs"
+  protocol = "lp_ft" if protocol == "lp_ft" else "ft"
+  points = published.authors_grid(paper_grid, protocol)
+  desc = f"the authors' log ({paper_grid}, {protocol}, {len(points)} points)"
+  if not points and protocol == "lp_ft":
+    points = published.authors_grid(paper_grid, "ft")
+    desc = (f"the authors' log ({paper_grid}, their ft grid: no lp_ft runs there, "
+            f"{len(points)} points)")
   if not points:
-    known = sorted({r.downstream for r in published.runs() if r.protocol == protocol})
-    raise TransferError(f"config.paper_grid={config.paper_grid!r}: the authors' log has no "
-                        f"{protocol} runs on it (known: {', '.join(known)})")
-  return ([(lr, b, float(e)) for lr, b, e in points],
-          f"the authors' log ({config.paper_grid}, {protocol}, {len(points)} points)")
+    known = sorted({r.downstream for r in published.runs() if r.protocol == "ft"})
+    raise TransferError(f"config.paper_grid={paper_grid!r}: the authors' log has no "
+                        f"runs on it (known: {', '.join(known)})")
+  return [(lr, b, float(e)) for lr, b, e in points], desc
 
 
 def _pretrain_fields(pre) -> dict[str, Any]:

@@ -171,6 +171,10 @@ def expand(study, workdir: str) -> list[Run]:
   # Per-protocol limits (e.g. full fine-tuning on fewer shots, seeds or downstream sets than
   # the cheap linear probes): {protocol: {shots, seeds, downstream}}.
   limits = {k: dict(v) for k, v in dict(study.get("protocol_settings", {})).items()}
+  try:  # the transfer runs' defaults, for their compute estimates
+    transfer_base = config_lib.load(resolve_config_path(study.transfer_config)).to_dict()
+  except Exception:  # noqa: BLE001 - an estimate only; --check and the runs report the error
+    transfer_base = {}
   for arm in arms.values():
     protocols = tuple(arm.get("protocols") or study.protocols)
     for ds in study.downstream:
@@ -213,7 +217,7 @@ def expand(study, workdir: str) -> list[Run]:
                              "data": arm.get("source", ""), "size": arm.get("size", ""),
                              "model": arm.get("model", ""), "downstream": ds["name"],
                              "protocol": protocol, "shots": shots, "seed": seed},
-                            _transfer_images(study, ds, shots, protocol)))
+                            _transfer_images(transfer_base, ds, shots, protocol, overrides)))
   return runs
 
 
@@ -224,12 +228,25 @@ def select(runs: list[Run], text: str) -> list[Run]:
   return [r for r in runs if r.name in keep]
 
 
-def _transfer_images(study, ds, shots, protocol) -> float:
-  """Examples a transfer run processes: train size x epochs x grid size (0 when unknown)."""
-  if protocol in ("zeroshot", "lp"):
+def _transfer_images(base, ds, shots, protocol, overrides) -> float:
+  """Examples a transfer run processes, from the grid it will run: for every point (the
+  authors' grid with ``paper_grid``, else one per learning rate) its epochs x the training set,
+  or its steps x batch; plus the refit of a full-data run on train + val at the grid's mean.
+  ``base``: the study's transfer config before the run's own overrides (0 when unknown)."""
+  if protocol not in finetune.FINETUNING:
     return 0.0
+  get = lambda k: overrides[k] if k in overrides else base.get(k)
   n = ds.get("num_train", 0) if str(shots) == "full" else int(shots) * ds.get("num_classes", 0)
-  return float(n) * float(study.get("transfer_epochs", 128)) * int(study.get("num_lrs", 4))
+  points, _ = finetune.grid_of(get("paper_grid") or "", protocol, get("lrs") or (0.0,))
+  steps, epochs, batch = get("total_steps"), get("total_epochs"), get("batch_size") or 1
+  per_point = [float(n) * e if e else (float(steps) * min(int(b or batch), n) if steps
+                                       else float(n) * float(epochs or 0))
+               for _, b, e in points]
+  total = sum(per_point)
+  if (str(shots) == "full" and get("refit_full") and not get("val_split")
+      and protocol != "wise_ft"):
+    total += total / len(per_point)
+  return total
 
 
 def _run_one(run: Run):

@@ -340,3 +340,50 @@ def test_paper_study_checks_clean_where_its_data_would_be():
             or "with a problem" in msg), (msg, names[:3])
   scratch = [r for r in runs if "/scratch/" in r.name]
   assert scratch and all("model=clip_rn50" in r.config for r in scratch)
+
+
+def test_paper_grid_study_checks_every_grid_and_estimates_the_grid_it_runs(tmp_path):
+  """With paper_grid, every fine-tuning run has a grid (LP-FT where the authors' log has no
+  LP-FT runs takes their fine-tuning grid of the same set, labelled), ``--check`` builds each
+  run's grid, and the compute estimate counts the points and epochs that will run."""
+  import dataclasses
+  import tensorflow_datasets as tfds
+  from big_transfer import config_lib, finetune, published
+  from big_transfer.data import sources
+  rng = np.random.default_rng(0)
+  cct = [{"image": rng.integers(0, 255, (4, 4, 3), dtype=np.uint8), "label": i % 15}
+         for i in range(60)]
+  sources.write_arrayrecord(str(tmp_path / "caltech_camera_traps"),
+                            {"train": cct[:45], "test": cct[45:]},
+                            class_names=[f"c{i}" for i in range(15)])
+  runs = study.expand(config_lib.load(f"{ROOT}/configs/study/paper.py:root={tmp_path},"
+                                      f"paper_grid=true"), str(tmp_path / "wd"))
+  # One CLIP and one SimCLR arm (their pre-training reading built-in data) and their transfer.
+  arms = ("pretrain/simclr_cc12m_2.7m", "pretrain/clip_cc12m_2.7m")
+  chosen = [r for r in runs if r.kind == "transfer" and r.deps and r.deps[0] in arms
+            and r.fields["seed"] == 0 and r.fields["shots"] in ("5", "full")]
+  offline = {"data": "builtin:glyphs?n=2048"}
+  pre = [dataclasses.replace(r, overrides={**r.overrides, **offline, **(
+      {"text.tokenizer": "train:1000"} if "clip" in r.name else {})})
+         for r in runs if r.name in arms]
+  lp_ft = [r for r in chosen if r.fields["protocol"] == "lp_ft"]
+  assert {r.fields["downstream"] for r in lp_ft} >= {"eurosat", "cassava",
+                                                     "caltech_camera_traps"}
+  with tfds.testing.mock_data(num_examples=60):
+    assert study.check(pre + chosen) == []
+    for r in lp_ft:
+      points, desc = finetune.grid_points(study._load_run_config(r))
+      if r.fields["downstream"] in ("eurosat", "cassava", "caltech_camera_traps"):
+        assert "their ft grid: no lp_ft runs there" in desc
+        assert points == [(lr, b, float(e)) for lr, b, e in
+                          published.authors_grid(r.fields["downstream"], "ft")]
+    # A grid that cannot be built is found by --check, in one line naming the value.
+    bad = dataclasses.replace(chosen[0], overrides={**chosen[0].overrides,
+                                                    "paper_grid": "imagenet"})
+    ((msg, names),) = study.check(pre + [bad])
+    assert "config.paper_grid='imagenet'" in msg and names == [bad.name]
+  # The estimate is the grid's own: DTD 5-shot FT runs the authors' 28 points.
+  (dtd,) = [r for r in chosen if r.name.endswith("clip_cc12m_2.7m/dtd/ft_5shot_s0")]
+  grid = published.authors_grid("dtd", "ft")
+  assert len(grid) == 28
+  assert dtd.images == pytest.approx(5 * 47 * sum(e for _, _, e in grid))

@@ -63,7 +63,5 @@ def get_config(arg=None):
                                               "lrs": (3e-3, 1e-2)}}}
   c.shots = ("1", "5", "10", "full")
   c.seeds = (0, 1)
-  c.transfer_epochs = 10
-  c.num_lrs = 1
   c.throughput = 500.0  # images/s of these small models on 2 CPU cores
   return c

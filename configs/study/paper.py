@@ -149,7 +149,5 @@ def get_config(arg=None):
   c.protocols = protocols + ("zeroshot",)
   c.shots = ("1", "5", "10", "20", "full")
   c.seeds = tuple(range(a.seeds))
-  c.transfer_epochs = 128
-  c.num_lrs = 4
   c.throughput = 3000.0  # images/s of a ResNet-50 train step on one modern GPU (estimate)
   return c
