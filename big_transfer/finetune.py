@@ -58,6 +58,7 @@ class TransferError(ValueError):
 
 
 FINETUNING = ("ft", "lp_ft", "wise_ft")  # the protocols that train on a grid
+LP_SOLVERS = ("closed_form", "sgd", "adamw")
 
 
 def parse_shots(shots) -> int | None:
@@ -190,6 +191,15 @@ def resolve(config, pre_method: str | None, pre_model: str | None, data) -> tupl
     raise TransferError(f"config.head_init={config.head_init!r}: auto, zero, text or probe")
   if head == "text" and not data["class_names"]:
     raise sources.DataError(f"{config.data}: no class names for a text-initialised head")
+  if config.lp.solver not in LP_SOLVERS:
+    raise TransferError(f"config.lp.solver={config.lp.solver!r}: one of "
+                        f"{', '.join(LP_SOLVERS)}")
+  if config.lp.lp_ft_solver not in ("adamw", "lp"):
+    raise TransferError(f"config.lp.lp_ft_solver={config.lp.lp_ft_solver!r}: adamw or lp")
+  try:
+    transfer.normalizes_features(config.feature_norm, pre_method)
+  except ValueError as e:
+    raise TransferError(str(e)) from None
   if config.protocol in FINETUNING:
     grid_points(config)  # a grid that cannot be built fails here, not after the probe
   return config, head
@@ -337,19 +347,30 @@ class Session:
     return out["x"].astype(np.float32), out["y"]
 
   # --------------------------------------------------------------- protocols
-  def probe(self):
-    """The linear probe on the pre-trained tower's frozen features: (kernel, bias, chosen
-    value, {value: val accuracy})."""
+  def probe(self, solver: str | None = None):
+    """The linear probe on the pre-trained tower's frozen features by ``solver`` (default
+    ``lp.solver``): (kernel, bias, chosen value, {value: val accuracy})."""
+    c = self.config.lp
+    solver = solver or c.solver
     tx, ty = self.frozen_features("train")
     vx, vy = self.frozen_features("val")
-    c = self.config.lp
     n = self.data["num_classes"]
-    if c.solver == "closed_form":
+    if solver == "closed_form":
       return transfer.ridge_probe(tx, ty, vx, vy, n, c.l2_grid)
-    if c.solver == "sgd":
+    if solver == "sgd":
       return transfer.sgd_probe(tx, ty, vx, vy, n, c.l2_grid, steps=c.sgd_steps, lr=c.sgd_lr,
                                 seed=self.config.seed)
-    raise TransferError(f"config.lp.solver={c.solver!r}: closed_form or sgd")
+    if solver == "adamw":
+      o = self.config.optimizer
+      return transfer.adamw_probe(tx, ty, vx, vy, n, epochs=c.adamw_epochs, lr=c.adamw_lr,
+                                  batch=self.config.batch_size, weight_decay=o.weight_decay,
+                                  warmup_steps=o.warmup_steps, clip_norm=o.grad_clip_norm,
+                                  seed=self.config.seed)
+    raise TransferError(f"config.lp.solver={solver!r}: one of {', '.join(LP_SOLVERS)}")
+
+  def probe_head_solver(self) -> str:
+    """The solver of a probe-initialised head (LP-FT's first stage): lp.lp_ft_solver."""
+    return self.config.lp.solver if self.config.lp.lp_ft_solver == "lp" else "adamw"
 
   def finetune(self, lr: float, head, *, batch_size: int | None = None,
                epochs: float | None = None, train=None, name: str | None = None,
@@ -445,6 +466,24 @@ class _OnWeights:
     return self.evaluator.run({"params": state["params"], "model_state": state["model_state"]})
 
 
+def recipe_of(s: Session) -> dict[str, Any]:
+  """How a run's numbers were made where the authors' recipe and the text's differ (the report
+  names every value that is not theirs)."""
+  c = s.config
+  out = {"feature_norm": "l2" if s.method.normalize else "none",
+         "normalize": "clip" if "normalize('clip')" in c.pp_eval else (
+             "imagenet" if "normalize('imagenet')" in c.pp_eval else "other"),
+         "pp_train": c.pp_train}
+  if c.protocol in FINETUNING:
+    out.update(decay=c.optimizer.decay, grad_clip_norm=c.optimizer.grad_clip_norm,
+               warmup_cap=c.warmup_cap)
+  if s.head_init == "text":
+    out["templates"] = c.templates
+  if s.head_init == "probe":
+    out["probe_solver"] = s.probe_head_solver()
+  return out
+
+
 def grid_points(config) -> tuple[list[tuple[float, int | None, float | None]], str]:
   """The hyperparameter grid of a fine-tuning protocol: (lr, batch or None, epochs or None)
   points (None: the config's) and its description."""
@@ -516,7 +555,7 @@ def _run(config, workdir: str, devices, done_path: str) -> list[dict]:
           "protocol": c.protocol, "shots": "full" if d["shots"] is None else d["shots"],
           "seed": c.seed, "shot_seed": d["shot_seed"], "num_train": len(d["train"]),
           "num_val": len(d["val"]), "num_test": len(d["test"]), "head_init": s.head_init,
-          "num_classes": d["num_classes"],
+          "num_classes": d["num_classes"], "val_split": c.val_split, "recipe": recipe_of(s),
           "selection": "val", "tags": parse_tags(c.tags), "workdir": os.path.abspath(workdir)}
   if d["test_subsampled"]:
     base["test_subsampled"] = d["test_subsampled"]  # k test images per class (the authors')
@@ -534,14 +573,17 @@ def _run(config, workdir: str, devices, done_path: str) -> list[dict]:
     kernel, bias, chosen, scores = s.probe()
     tx, ty = s.frozen_features("test")
     test = float(np.mean(np.argmax(tx @ kernel + bias, -1) == ty))
-    rows.append({**base, "hyperparameters": {"solver": c.lp.solver, "l2": chosen},
-                 "grid": [{"l2": k, "val_accuracy": v} for k, v in scores.items()],
+    what = "lr" if c.lp.solver == "adamw" else "l2"  # the value the probe chose
+    rows.append({**base, "hyperparameters": {"solver": c.lp.solver, what: chosen},
+                 "grid": [{what: k, "val_accuracy": v} for k, v in scores.items()],
                  "val_accuracy": scores[chosen], "test_accuracy": test, "steps": 0})
   else:  # ft, lp_ft, wise_ft
     if s.head_init == "probe":
-      kernel, bias, chosen, _ = s.probe()
+      solver = s.probe_head_solver()
+      kernel, bias, chosen, scores = s.probe(solver)
       head = (kernel, bias)
-      log_lib.info(f"probe head: l2 {chosen:g}")
+      log_lib.info(f"probe head ({solver}): {'lr' if solver == 'adamw' else 'l2'} {chosen:g}, "
+                   f"val {scores[chosen]:.4f}")
     points, grid_name = grid_points(c)
     by_epoch = bool(c.paper_grid)  # the authors' selection: best test over epochs too
     grid, best, best_weights = [], None, None

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ("sgd", "adamw", "lars")
+DECAY = ("kernels", "all")  # what weight decay applies to (optimizer.decay)
 SCHEDULES = ("cosine", "linear", "step", "constant")
 
 
@@ -41,23 +42,34 @@ def decay_mask(params):
   return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
+def _mask_of(cfg):
+  """``optimizer.decay``: 'kernels' (decay_mask) or 'all' (every parameter, as
+  torch.optim.AdamW(model.parameters(), weight_decay=...) does)."""
+  decay = cfg.get("decay", "kernels")
+  if decay not in DECAY:
+    raise ValueError(f"optimizer.decay {decay!r} not in {DECAY}")
+  return decay_mask if decay == "kernels" else None
+
+
 def build(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   name = cfg.name
   sched = schedule(cfg, total_steps)
   wd = float(cfg.get("weight_decay", 0.0))
+  mask = _mask_of(cfg)
   parts = []
   if cfg.get("grad_clip_norm"):
     parts.append(optax.clip_by_global_norm(float(cfg.grad_clip_norm)))
   if name == "sgd":
     if wd:  # coupled L2, as torch.optim.SGD
-      parts.append(optax.add_decayed_weights(wd, decay_mask))
+      parts.append(optax.add_decayed_weights(wd, mask))
     parts.append(optax.sgd(sched, momentum=cfg.get("momentum", 0.9) or None,
                            nesterov=bool(cfg.get("nesterov", False))))
   elif name == "adamw":
     parts.append(optax.adamw(sched, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
-                             eps=cfg.get("eps", 1e-8), weight_decay=wd, mask=decay_mask))
+                             eps=cfg.get("eps", 1e-8), weight_decay=wd, mask=mask))
   elif name == "lars":
-    parts.append(optax.lars(sched, weight_decay=wd, weight_decay_mask=decay_mask,
+    parts.append(optax.lars(sched, weight_decay=wd,
+                            weight_decay_mask=True if mask is None else mask,
                             trust_coefficient=cfg.get("trust_coefficient", 0.001),
                             momentum=cfg.get("momentum", 0.9),
                             trust_ratio_mask=decay_mask))

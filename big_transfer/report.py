@@ -65,6 +65,9 @@ def aggregate(rows: Sequence[dict]) -> dict[tuple, dict[str, Any]]:
                 "ts_mean": float(np.mean(ts)) if ts else None,
                 "grid": any_row.get("hyperparameters", {}).get("grid", ""),
                 "refit": any("refit" in r for r in rs),
+                "val_split": any_row.get("val_split", ""),
+                "recipe": any_row.get("recipe", {}),
+                "data": any_row.get("data", ""),
                 "test_subsampled": any_row.get("test_subsampled"),
                 "pretrain_size": any_row.get("pretrain_size", ""),
                 "num_classes": any_row.get("num_classes"),
@@ -332,10 +335,10 @@ def differences(key: tuple, a: dict, pub) -> list[str]:
   """How our cell and the published one were made differently (empty: like for like)."""
   _, ds, _, shots = key
   out = []
-  if not pub.in_text_grid:
-    out.append(f"paper's number only outside the text's grid (lr {pub.lr:g}, batch "
-               f"{pub.batch_size}, {pub.epochs} epochs)")
-  if "authors' log" not in a["grid"]:
+  if "authors' log" not in a["grid"]:  # ours ran their grid: where theirs peaked is no difference
+    if not pub.in_text_grid:
+      out.append(f"paper's number only outside the text's grid (lr {pub.lr:g}, batch "
+                 f"{pub.batch_size}, {pub.epochs} epochs)")
     out.append(f"our grid: {a['grid'] or 'unknown'}")
   if a["ts_mean"] is None:
     out.append("ours not test-selected")
@@ -344,8 +347,44 @@ def differences(key: tuple, a: dict, pub) -> list[str]:
     out.append(f"paper's test subsampled to {shots} per class, ours the full test split")
   elif a["test_subsampled"] and not theirs_sub:
     out.append("our test subsampled, the paper's not")
-  if shots == "full" and not a["refit"]:
+  if shots == "full" and not a["refit"] and not a.get("val_split"):
     out.append("ours trained on train minus validation (no refit)")
+  if a["n"] > 1:
+    out.append(f"ours the mean of {a['n']} seeds")
+  out += recipe_differences(key, a)
+  return out
+
+
+# The authors' fine-tuning recipe (their finetune.py, wise_ft.py, args.py; timm 0.4.12), as
+# the rows record it (finetune.recipe_of): each value of ours that differs is named.
+AUTHORS_RECIPE = {
+    "decay": ("all", "weight decay on kernels only (theirs: every parameter)"),
+    "grad_clip_norm": (1.0, "gradient clipping {ours} (theirs: 1.0)"),
+    "warmup_cap": (0.0, "warm-up capped at {ours} of a run (theirs: uncapped)"),
+    "templates": ("openai80", "text head from templates {ours} (theirs: OpenAI's 80)"),
+    "probe_solver": ("adamw", "LP-FT probe by {ours} (theirs: an AdamW head)"),
+    "normalize": ("imagenet", "{ours} mean/std (theirs: ImageNet's)"),
+}
+
+
+def recipe_differences(key: tuple, a: dict) -> list[str]:
+  """Where the recipe of our cell is not the authors' (nothing for rows that do not record
+  it: those say 'recipe not recorded')."""
+  recipe = a.get("recipe") or {}
+  if not recipe:
+    return ["recipe not recorded"]
+  out = []
+  for k, (theirs, text) in AUTHORS_RECIPE.items():
+    if k in recipe and recipe[k] != theirs:
+      out.append(text.format(ours=recipe[k]))
+  if a.get("pretrain_method") == "simclr" and recipe.get("feature_norm") != "l2":
+    out.append("SimCLR features not L2-normalised (theirs are)")
+  pp = recipe.get("pp_train", "")
+  if "randaugment" in pp:  # ours applies every op and the jitter; timm 0.4.12 does neither
+    out.append("augmentation not timm 0.4.12's (every RandAugment op applied"
+               + (", colour jitter after it" if "color_jitter" in pp else "") + ")")
+  if key[1] == "cassava" and str(a.get("data", "")).startswith("tfds:cassava"):
+    out.append("TFDS cassava (iCassava 2019; theirs: the 2020 Kaggle competition's images)")
   return out
 
 

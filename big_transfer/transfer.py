@@ -223,6 +223,20 @@ def backbone_spec(config, pre: Pretrained | None) -> tuple[str, dict]:
   return name, kwargs
 
 
+FEATURE_NORMS = ("auto", "l2", "none")
+
+
+def normalizes_features(feature_norm: str, pre_method: str | None) -> bool:
+  """Whether the head sees L2-normalised features (``config.feature_norm``): 'auto' for
+  CLIP/SLIP (their text head needs it) and SimCLR (the authors' zero head on normalised
+  features), 'l2' always, 'none' never."""
+  if feature_norm not in FEATURE_NORMS:
+    raise ValueError(f"config.feature_norm={feature_norm!r}: one of {', '.join(FEATURE_NORMS)}")
+  if feature_norm == "auto":
+    return pre_method in ("clip", "slip", "simclr")
+  return feature_norm == "l2"
+
+
 class TransferMethod:
   """Supervised fine-tuning of a Classifier (softmax cross-entropy, label smoothing, MixUp);
   plugs into train.run like a pre-training method."""
@@ -237,7 +251,7 @@ class TransferMethod:
     is_clip = pre is not None and pre.method in ("clip", "slip")
     has_proj = is_clip and pre.params().get("image_projection") is not None
     self.projection_dim = pre.config.clip.embed_dim if has_proj else 0
-    self.normalize = is_clip
+    self.normalize = normalizes_features(config.feature_norm, pre.method if pre else None)
     self.mixup = float(config.mixup_alpha)
     self.label_smoothing = float(config.label_smoothing)
 
@@ -407,6 +421,59 @@ def sgd_probe(train_x, train_y, val_x, val_y, num_classes: int, wd_grid: Sequenc
   best = max(wd_grid, key=lambda v: (scores[v], v))
   w, b = fits[best]
   return w.astype(np.float32), b.astype(np.float32), best, scores
+
+
+def adamw_probe(train_x, train_y, val_x, val_y, num_classes: int, *, epochs: float, lr: float,
+                batch: int, weight_decay: float, warmup_steps: int, clip_norm: float,
+                seed: int = 0):
+  """The authors' linear probe: a softmax head (zero-initialised weight and bias) on frozen
+  features, trained by AdamW (decoupled weight decay on weight and bias) for ``epochs`` passes
+  over the shuffled training set in batches of ``batch`` (the last one smaller), linear
+  warm-up for ``warmup_steps`` (uncapped) then cosine to 0, the gradient clipped to
+  ``clip_norm`` (0: off). Returns (kernel, bias, lr, {lr: val accuracy}) like ridge_probe."""
+  x = np.asarray(train_x, np.float32)
+  n = len(x)
+  batch = max(1, min(int(batch), n))
+  per_epoch = -(-n // batch)
+  steps = max(1, int(round(float(epochs) * per_epoch)))
+  # Each epoch a fresh permutation, cut into batches; the short last batch is padded, masked.
+  rng = np.random.default_rng([seed, 41])
+  order = np.concatenate([rng.permutation(n) for _ in range(-(-steps // per_epoch))])
+  idx = np.zeros((steps, batch), np.int32)
+  mask = np.zeros((steps, batch), np.float32)
+  for s in range(steps):
+    e, b = divmod(s, per_epoch)
+    rows = order[e * n + b * batch: e * n + min((b + 1) * batch, n)]
+    idx[s, :len(rows)], mask[s, :len(rows)] = rows, 1.0
+  warmup = int(warmup_steps)
+  sched = optax.cosine_decay_schedule(lr, max(1, steps - warmup))
+  if warmup > 0:
+    sched = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), sched], [warmup])
+  tx = optax.chain(*([optax.clip_by_global_norm(clip_norm)] if clip_norm else []),
+                   optax.adamw(sched, weight_decay=weight_decay))
+  xs, ys = jnp.asarray(x), jnp.asarray(train_y)
+
+  @jax.jit
+  def fit(idx, mask):
+    p = {"w": jnp.zeros((xs.shape[1], num_classes)), "b": jnp.zeros(num_classes)}
+
+    def loss(p, xb, yb, mb):
+      logits = xb @ p["w"] + p["b"]
+      per = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+      return jnp.sum(per * mb) / jnp.sum(mb)
+
+    def step(carry, sm):
+      p, s = carry
+      i, m = sm
+      g = jax.grad(loss)(p, xs[i], ys[i], m)
+      u, s = tx.update(g, s, p)
+      return (optax.apply_updates(p, u), s), None
+    (p, _), _ = jax.lax.scan(step, (p, tx.init(p)), (idx, mask))
+    return p["w"], p["b"]
+
+  w, b = (np.asarray(a, np.float32) for a in fit(jnp.asarray(idx), jnp.asarray(mask)))
+  score = float(np.mean(np.argmax(np.asarray(val_x) @ w + b, -1) == val_y))
+  return w, b, float(lr), {float(lr): score}
 
 
 # ----------------------------------------------------------------------------- BiT-HyperRule

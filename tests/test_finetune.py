@@ -252,3 +252,80 @@ def test_bit_hyperrule():
   mid = transfer.bit_hyperrule(50_000, image_size=224)
   assert (mid["total_steps"], mid["mixup_alpha"], mid["crop"]) == (10_000, 0.1, 480)
   assert transfer.bit_hyperrule(1_281_167)["total_steps"] == 20_000
+
+
+# ---------------------------------------------------------------- the authors' recipe
+
+def test_transfer_defaults_are_the_authors_recipe_and_the_texts_is_one_value_away():
+  from big_transfer import optim
+  c = config_lib.transfer_config()
+  o = c.optimizer
+  assert (o.name, o.weight_decay, o.decay, o.grad_clip_norm, o.warmup_steps) == (
+      "adamw", 0.1, "all", 1.0, 500)
+  assert c.warmup_cap == 0.0 and c.templates == "openai80" and c.feature_norm == "auto"
+  assert (c.lp.lp_ft_solver, c.lp.adamw_epochs, c.lp.adamw_lr) == ("adamw", 128.0, 3e-3)
+  params = {"kernel": np.ones((2, 2), np.float32), "bias": np.ones(2, np.float32)}
+  zero = {k: np.zeros_like(v) for k, v in params.items()}
+
+  def after_one_step(**kw):
+    cfg = config_lib.transfer_config().optimizer
+    cfg.update(lr=0.5, warmup_steps=0, **kw)
+    tx, _ = optim.build(cfg, 10)
+    u, _ = tx.update(zero, tx.init(params), params)
+    return {k: np.asarray(params[k] + u[k]) for k in params}
+  # Decoupled weight decay on every parameter (theirs), or on kernels only (the option).
+  theirs = after_one_step()
+  np.testing.assert_allclose(theirs["bias"], 1 - 0.5 * 0.1, rtol=1e-6)
+  np.testing.assert_allclose(theirs["kernel"], 1 - 0.5 * 0.1, rtol=1e-6)
+  kernels = after_one_step(decay="kernels")
+  np.testing.assert_array_equal(kernels["bias"], 1.0)
+  np.testing.assert_allclose(kernels["kernel"], 1 - 0.5 * 0.1, rtol=1e-6)
+  # The gradient's global norm is clipped to 1.0: a gradient 100x larger moves SGD the same.
+  cfg = config_lib.transfer_config().optimizer
+  cfg.update(name="sgd", momentum=0.0, lr=1.0, warmup_steps=0, weight_decay=0.0)
+  tx, _ = optim.build(cfg, 10)
+  g = {"kernel": np.full((2, 2), 3.0, np.float32), "bias": np.full(2, 4.0, np.float32)}
+  u, _ = tx.update(g, tx.init(params), params)
+  norm = np.sqrt(sum(float(np.sum(np.asarray(v) ** 2)) for v in u.values()))
+  assert norm == pytest.approx(1.0, rel=1e-5)
+  with pytest.raises(config_lib.ConfigError, match="optimizer.decay='bias'"):
+    bad = config_lib.load(FT_MINI)
+    bad.unlock()
+    bad.optimizer.decay = "bias"
+    config_lib.validate(bad)
+
+
+def test_simclr_features_are_l2_normalised_before_the_head(pretrained):
+  for norm, expect in (("auto", True), ("none", False)):
+    s = finetune.Session(ft_config(f"pretrained={pretrained['simclr']},protocol=lp,shots=2",
+                                   feature_norm=norm), "/nonexistent")
+    assert s.method.normalize is expect
+    x, _ = s.frozen_features("train")
+    norms = np.linalg.norm(x, axis=-1)
+    assert np.allclose(norms, 1.0, atol=1e-4) is expect, norms[:4]
+  s = finetune.Session(ft_config(f"pretrained={pretrained['supervised']},protocol=lp,shots=2"),
+                       "/nonexistent")
+  assert s.method.normalize is False  # supervised and from-scratch features stay raw
+
+
+def test_lp_ft_starts_from_the_authors_adamw_probe_head(pretrained, tmp_path):
+  s = finetune.Session(ft_config(f"pretrained={pretrained['supervised']},protocol=lp,shots=10"),
+                       "/nonexistent")
+  tx, ty = s.frozen_features("train")
+  vx, vy = s.frozen_features("val")
+  x, y = s.frozen_features("test")
+  kernel, bias, lr, scores = transfer.adamw_probe(
+      tx, ty, vx, vy, 10, epochs=128, lr=3e-3, batch=32, weight_decay=0.1, warmup_steps=500,
+      clip_norm=1.0)
+  assert lr == 3e-3 and set(scores) == {3e-3}
+  assert np.mean(np.argmax(x @ kernel + bias, -1) == y) > 0.6
+  # 128 epochs of 4 batches (100 examples, the last batch of 4) = 512 steps: past the 500
+  # warm-up steps; a run of 2 epochs stays in warm-up and learns less.
+  short = transfer.adamw_probe(tx, ty, vx, vy, 10, epochs=2, lr=3e-3, batch=32,
+                               weight_decay=0.1, warmup_steps=500, clip_norm=1.0)
+  assert np.abs(short[0]).max() < np.abs(kernel).max()
+  (row,) = run_ft(tmp_path, "lpft", f"pretrained={pretrained['supervised']},protocol=lp_ft,"
+                  f"shots=5,epochs=2", **{"lp.adamw_epochs": 4.0})
+  assert row["recipe"]["probe_solver"] == "adamw" and row["head_init"] == "probe"
+  assert (row["recipe"]["grad_clip_norm"], row["recipe"]["decay"]) == (1.0, "all")
+  assert (row["recipe"]["warmup_cap"], row["recipe"]["feature_norm"]) == (0.0, "none")

@@ -337,3 +337,10 @@ def test_a_fine_tuned_classifier_exports_to_timm_and_scores_what_we_reported(
   reported = rows[-1]["test_accuracy"]
   assert abs(acc - reported) <= 1.5 / len(labels), (acc, reported)
   assert len(set(predicted.tolist())) >= 3  # the head went across, not a constant
+
+
+def test_the_openai_80_templates_are_openclips():
+  from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+  from big_transfer.evaluators.zeroshot import TEMPLATES
+  assert TEMPLATES["openai80"] == tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
+  assert TEMPLATES["clip7"] == tuple(t("{}") for t in SIMPLE_IMAGENET_TEMPLATES)

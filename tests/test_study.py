@@ -211,6 +211,32 @@ def test_report_puts_published_numbers_beside_runs_of_the_same_protocol_only(tmp
   assert "only outside the text's grid" not in clipart
   assert "only outside the text's grid (lr 0.0001, batch 32, 128 epochs)" in dtd
   assert "81.0 ± 0.0" not in report.tables(agg)  # one seed: no spread shown
+  assert "recipe not recorded" in dtd  # rows of older runs say nothing of their recipe
+  # Rows that record their recipe: every value that is not the authors' is named; a DTD or
+  # Cassava full row trains on the whole train split (their named validation split), no refit.
+  theirs = {"feature_norm": "l2", "normalize": "imagenet", "decay": "all",
+            "grad_clip_norm": 1.0, "warmup_cap": 0.0, "templates": "openai80",
+            "pp_train": "decode|inception_crop(224)|flip_lr|normalize('imagenet')"}
+  grid = {"grid": "the authors' log (dtd, ft, 28 points)"}
+  agg = report.aggregate([
+      row("ft", "full", "clip_cc3m", "cc3m", ds="dtd", recipe=theirs, val_split="validation",
+          hyperparameters=grid),
+      row("ft", "full", "clip_cc3m", "cc3m", ds="pets", hyperparameters=grid, refit={},
+          recipe={**theirs, "decay": "kernels", "grad_clip_norm": 0.0, "warmup_cap": 0.2,
+                  "templates": "clip7", "normalize": "clip",
+                  "pp_train": "randaugment(2, 9, 0.5)|color_jitter(0.4, 0.4, 0.4, 0.0)"}),
+      row("lp_ft", "full", "simclr_cc12m", "simclr_cc12m_2.7m", ds="caltech101", refit={},
+          pretrain_method="simclr", hyperparameters={"grid": "the authors' log (caltech101)"},
+          recipe={**theirs, "feature_norm": "none", "probe_solver": "closed_form"})])
+  dtd, pets, caltech = sorted(report.comparison(agg).splitlines()[2:],
+                              key=lambda l: ("dtd" not in l, "pets" not in l))
+  assert dtd.endswith("| like for like |"), dtd
+  for text in ("weight decay on kernels only", "gradient clipping 0.0 (theirs: 1.0)",
+               "warm-up capped at 0.2 of a run", "templates clip7", "clip mean/std",
+               "every RandAugment op applied, colour jitter after it"):
+    assert text in pets, (text, pets)
+  assert "SimCLR features not L2-normalised" in caltech
+  assert "LP-FT probe by closed_form (theirs: an AdamW head)" in caltech
 
 
 # ------------------------------------------------------------------------------ launchers
