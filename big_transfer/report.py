@@ -169,24 +169,41 @@ def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
     specs[name] = {"title": f"Pre-training size, {group.partition('_')[2] or 'LAION'} "
                             f"(reference arms dashed)", "panels": panels}
 
-  # 4./5. paired comparisons as grouped bars: captions (web vs template), method (SimCLR vs CLIP)
+  # 4./5. paired comparisons as grouped bars: captions (web vs template), method (SimCLR vs
+  # CLIP). The paper sets SimCLR's LP-FT beside CLIP's FT (its SimCLR numbers are LP-FT): the
+  # method figure pairs them so where SimCLR arms ran LP-FT, and its title says which it shows.
   for group, name, title in (("captions", "captions", "Web vs. template captions"),
                              ("method", "method", "SimCLR vs. CLIP on the same data")):
-    panels = []
+    panels, pairs = [], set()
     for ds in downstreams:
-      keys = [k for k in agg if k[1] == ds and k[2] == main and group in groups_of(agg[k])]
+      arms = sorted({k[0] for k in agg if k[1] == ds and group in groups_of(agg[k])})
+      protocol_of = {}
+      for arm in arms:
+        simclr = agg[next(k for k in agg if k[0] == arm and k[1] == ds)]["pretrain_method"]
+        want = "lp_ft" if group == "method" and simclr == "simclr" else main
+        have = {k[2] for k in agg if k[0] == arm and k[1] == ds}
+        if want in have or main in have:
+          protocol_of[arm] = want if want in have else main
+      keys = [k for k in agg if k[1] == ds and protocol_of.get(k[0]) == k[2]]
       if not keys:
         continue
       xs = shots_axis(keys)
       series = {}
-      for arm in sorted({k[0] for k in keys}):
-        series[arm] = {"x": xs, "y": [agg[(arm, ds, main, x)]["mean"] if (arm, ds, main, x)
-                                      in agg else float("nan") for x in xs],
-                       "err": [agg[(arm, ds, main, x)]["std"] if (arm, ds, main, x) in agg
-                               else 0.0 for x in xs]}
-      panels.append({"title": f"{ds} ({main})", "xlabel": "shots per class",
+      for arm, p in sorted(protocol_of.items()):
+        label = arm if len(set(protocol_of.values())) == 1 else f"{arm} ({p})"
+        series[label] = {"x": xs, "y": [agg[(arm, ds, p, x)]["mean"] if (arm, ds, p, x)
+                                        in agg else float("nan") for x in xs],
+                         "err": [agg[(arm, ds, p, x)]["std"] if (arm, ds, p, x) in agg
+                                 else 0.0 for x in xs]}
+      used = sorted(set(protocol_of.values()))
+      pairs.add(" vs. ".join(used))
+      panels.append({"title": f"{ds} ({' vs. '.join(used)})", "xlabel": "shots per class",
                      "ylabel": "test accuracy", "xcategories": xs, "series": series,
                      "kind": "bar"})
+    if group == "method" and panels:
+      title += ("; SimCLR LP-FT beside CLIP FT, as the paper pairs them" if
+                any("lp_ft" in p and "ft" in p.split(" vs. ") for p in pairs) else
+                f"; both {main} (no SimCLR LP-FT runs: the paper pairs SimCLR LP-FT with CLIP FT)")
     specs[name] = {"title": title, "panels": panels}
   return {k: v for k, v in specs.items() if v["panels"]}
 
@@ -351,6 +368,8 @@ def differences(key: tuple, a: dict, pub) -> list[str]:
     out.append("ours trained on train minus validation (no refit)")
   if a["n"] > 1:
     out.append(f"ours the mean of {a['n']} seeds")
+  if a["tags"].get("pretrain_note"):  # the arm's own word on its pre-training recipe
+    out.append(a["tags"]["pretrain_note"])
   out += recipe_differences(key, a)
   return out
 

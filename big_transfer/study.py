@@ -196,8 +196,13 @@ def expand(study, workdir: str) -> list[Run]:
                 f"{protocol}_full" if str(shots) == "full" else f"{protocol}_{shots}shot")
             name = f"transfer/{arm['name']}/{ds['name']}/{what}_s{seed}"
             tags = {"arm": arm["name"], "downstream": ds["name"],
-                    **{k: arm[k] for k in ("source", "size", "method", "group", "published")
+                    **{k: arm[k] for k in ("source", "size", "method", "group", "published",
+                                           "pretrain_note")
                        if arm.get(k) not in (None, "")}}
+            bad = [k for k, v in tags.items() if ";" in str(v) or "=" in str(v)]
+            if bad:
+              raise ValueError(f"study: arm {arm['name']!r}: {bad[0]}={tags[bad[0]]!r} holds "
+                               f"';' or '=' (row tags are 'k=v;k2=v2')")
             args = [f"pretrained={arm['workdir']}", f"data={ds['data']}",
                     f"protocol={protocol}", f"shots={shots}", f"seed={seed}"]
             if not arm["workdir"] and arm.get("model"):  # from scratch: its architecture

@@ -23,7 +23,7 @@ from big_transfer import checkpoint as ckpt_lib
 from big_transfer import logging as log_lib
 from big_transfer import methods
 from big_transfer import models
-from big_transfer.data import tokenizer
+from big_transfer.data import sources, tokenizer
 from big_transfer.evaluators.fewshot_linear import ridge_fit_grid
 from big_transfer.evaluators.zeroshot import templates_of
 from big_transfer.methods import losses
@@ -349,7 +349,7 @@ def text_head(pre: Pretrained, class_names: Sequence[str], templates) -> tuple[n
     raise ValueError(f"{pre.path}: a {pre.method} run without a tokenizer")
   tok = tokenizer.load(path)
   method, graphdef, params, rest = restore_model(pre, tok)
-  names = [str(n).replace("_", " ") for n in class_names]
+  names = sources.prompt_names(class_names)
   temps = templates_of(templates)
   tokens = tok.tokenize([t.format(n) for n in names for t in temps],
                         pre.config.text.context_length)

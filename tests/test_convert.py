@@ -294,3 +294,29 @@ def test_a_conversion_split_across_two_hosts_then_merged_equals_one_run(tmp_path
   assert _records(multi) == _records(tmp_path / "one")
   with pytest.raises(SystemExit, match="holds a conversion of other inputs"):
     convert.main(base + [multi, "--output_shards=4", "--workers=1"])
+
+
+def test_imagenet_captions_as_documented_template_readable_class_names(tmp_path, capsys):
+  """docs/DATA.md's ImageNet-Captions route: a CSV of path, wnid, caption; the template arm's
+  captions name the class ('a photo of a tench.'), never its WordNet id."""
+  (tmp_path / "img").mkdir()
+  with open(tmp_path / "in1k_captions.csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["path", "wnid", "caption"])
+    for i, wnid in enumerate(["n01440764", "n01443537", "n15075141"] * 2):
+      (tmp_path / "img" / f"{i}.jpg").write_bytes(_jpeg())
+      w.writerow([f"img/{i}.jpg", wnid, f"my holiday photo {i}"])
+  dst = tmp_path / "in1k_captions"
+  manifest, _ = _convert(["csv", str(tmp_path / "in1k_captions.csv"), str(dst),
+                          "--image_column=path", "--label_column=wnid",
+                          "--caption_column=caption", "--workers=1"], capsys)
+  assert manifest["class_names"] == ["n01440764", "n01443537", "n15075141"]
+  src = sources.open_source(f"arrayrecord:{dst}?captions=template")
+  caps = [src[i]["caption"] for i in range(len(src))]
+  assert all("n0" not in c and "n1" not in c for c in caps), caps
+  by_label = {int(src[i]["label"]): caps[i] for i in range(len(src))}
+  assert by_label[0].endswith(" tench.") and by_label[1].endswith(" goldfish.")
+  assert by_label[2].endswith(" toilet paper.")
+  assert sources.prompt_names(["n01440764", "sea_lion"]) == ["tench", "sea lion"]
+  with pytest.raises(sources.DataError, match="n00000001"):
+    sources.prompt_names(["n00000001", "n01440764"])

@@ -413,3 +413,44 @@ def test_paper_grid_study_checks_every_grid_and_estimates_the_grid_it_runs(tmp_p
   grid = published.authors_grid("dtd", "ft")
   assert len(grid) == 28
   assert dtd.images == pytest.approx(5 * 47 * sum(e for _, _, e in grid))
+
+
+def test_paper_study_pretraining_as_the_authors_log_and_tfds_data_dir_reaches_every_arm(tmp_path):
+  from big_transfer import config_lib
+  runs = study.expand(config_lib.load(f"{ROOT}/configs/study/paper.py:tfds_data_dir={tmp_path}"),
+                      str(tmp_path / "wd"))
+  by = {r.name: r for r in runs}
+  batch = lambda name: int(config_lib.load(by[f"pretrain/{name}"].config).batch_size)
+  # The log's pre-training batch: 512 for CC-3M and LAION-1M (every published cell), else 1024.
+  assert (batch("clip_cc3m"), batch("clip_laion_1m"), batch("clip_laion_5m"),
+          batch("clip_yfcc_2.7m")) == (512, 512, 1024, 1024)
+  # The supervised arm reads ImageNet from tfds_data_dir (--check names it, not ~/...).
+  ((msg, names),) = study.check([by["pretrain/supervised_in1k"]])
+  assert f"not prepared in {tmp_path}" in msg and names == ["pretrain/supervised_in1k"]
+  # Where ours is not the log's, every row of the arm says why; the report lists it.
+  tr = by["transfer/supervised_in1k/cifar100/ft_5shot_s0"]
+  assert "pretrain_note=pre-training not the log's lr 0.05 / batch 64" in tr.overrides["tags"]
+  from big_transfer import finetune
+  tags = finetune.parse_tags(tr.overrides["tags"])
+  agg = report.aggregate([{"protocol": "ft", "shots": "5", "seed": 0, "data": "tfds:cifar100",
+                           "val_accuracy": 0.3, "test_accuracy": 0.3, "tags": tags,
+                           "hyperparameters": {"grid": "config.lrs"}}])
+  assert "placeholders: SGD at weight decay 0.1 does not train" in report.comparison(agg)
+
+
+def test_method_figure_pairs_simclr_lp_ft_with_clip_ft_as_the_paper_does():
+  def r(arm, method, protocol, shots, acc):
+    return {"protocol": protocol, "shots": shots, "seed": 0, "data": "d", "val_accuracy": acc,
+            "test_accuracy": acc, "pretrain_method": method,
+            "tags": {"arm": arm, "downstream": "dtd", "group": "method"}}
+  rows = [r("simclr_cc12m", "simclr", "ft", "5", 0.30), r("simclr_cc12m", "simclr", "lp_ft", "5", 0.40),
+          r("clip_cc12m", "clip", "ft", "5", 0.35), r("clip_cc12m", "clip", "lp_ft", "5", 0.36)]
+  spec = report.figure_specs(report.aggregate(rows))["method"]
+  (panel,) = spec["panels"]
+  assert set(panel["series"]) == {"simclr_cc12m (lp_ft)", "clip_cc12m (ft)"}
+  assert panel["series"]["simclr_cc12m (lp_ft)"]["y"] == [0.40]
+  assert "SimCLR LP-FT beside CLIP FT, as the paper pairs them" in spec["title"]
+  # Without SimCLR LP-FT runs both bars are the same protocol, and the title says so.
+  spec = report.figure_specs(report.aggregate([x for x in rows if x["protocol"] == "ft"]))["method"]
+  assert set(spec["panels"][0]["series"]) == {"simclr_cc12m", "clip_cc12m"}
+  assert "both ft (no SimCLR LP-FT runs" in spec["title"]

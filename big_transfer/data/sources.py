@@ -10,6 +10,7 @@ any compile.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -401,12 +402,39 @@ class NoisyLabels:
     return ex
 
 
+_WNID = re.compile(r"^n\d{8}$")
+IMAGENET_NAMES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                              "imagenet_classnames.tsv")
+
+
+@functools.lru_cache(maxsize=1)
+def _imagenet_names() -> dict[str, str]:
+  with open(IMAGENET_NAMES) as f:
+    return dict(line.rstrip("\n").split("\t") for line in f if not line.startswith("#"))
+
+
+def prompt_names(class_names: Sequence[str]) -> list[str]:
+  """Class names as a prompt or caption says them: underscores as spaces, and WordNet ids
+  (ImageNet's folder names, TFDS imagenet2012's labels: 'n01440764') as the readable names
+  OpenAI's CLIP notebook gives them ('tench'); a WordNet id outside ImageNet-1K is an error."""
+  names = [str(n) for n in class_names]
+  if any(_WNID.match(n) for n in names):
+    table = _imagenet_names()
+    unknown = [n for n in names if _WNID.match(n) and n not in table]
+    if unknown:
+      raise DataError(f"class names {unknown[:3]}: WordNet ids with no ImageNet-1K name in "
+                      f"{IMAGENET_NAMES}; name the classes in the data instead")
+    names = [table.get(n, n) for n in names]
+  return [n.replace("_", " ") for n in names]
+
+
 class TemplateCaptions:
   """Replaces web captions with class-name templates ("a photo of a {label}."); the
   original text is kept as ``raw_caption``."""
 
   def __init__(self, source, class_names, seed: int = 0, templates=CAPTION_TEMPLATES):
-    self.source, self.names, self.seed, self.templates = source, class_names, seed, templates
+    self.source, self.seed, self.templates = source, seed, templates
+    self.names = prompt_names(class_names)
     self.class_names = class_names
 
   def __len__(self):
@@ -418,7 +446,7 @@ class TemplateCaptions:
       ex["raw_caption"] = ex["caption"]
     t = self.templates[np.random.default_rng([self.seed, 11, int(i)]).integers(
         len(self.templates))]
-    ex["caption"] = t.format(self.names[int(ex["label"])].replace("_", " "))
+    ex["caption"] = t.format(self.names[int(ex["label"])])
     return ex
 
 

@@ -94,7 +94,7 @@ class ZeroShot:
     names = class_names or getattr(self.source, "class_names", None)
     if not names:
       raise sources.DataError(f"zero-shot data {data}: no class names to build prompts from")
-    self.names = [str(n).replace("_", " ") for n in names]
+    self.names = sources.prompt_names(names)
     self.templates = templates_of(templates)
     self.name = sources.parse_spec(data.partition("?")[0]).name.rstrip("/").split("/")[-1]
     prompts = [t.format(n) for n in self.names for t in self.templates]
