@@ -402,6 +402,8 @@ def recipe_differences(key: tuple, a: dict) -> list[str]:
   if "randaugment" in pp:  # ours applies every op and the jitter; timm 0.4.12 does neither
     out.append("augmentation not timm 0.4.12's (every RandAugment op applied"
                + (", colour jitter after it" if "color_jitter" in pp else "") + ")")
+  if key[1] in ("eurosat", "cassava", "caltech_camera_traps"):
+    out.append("our test split (theirs: their own CSV split, not public)")
   if key[1] == "cassava" and str(a.get("data", "")).startswith("tfds:cassava"):
     out.append("TFDS cassava (iCassava 2019; theirs: the 2020 Kaggle competition's images)")
   return out

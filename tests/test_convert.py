@@ -320,3 +320,37 @@ def test_imagenet_captions_as_documented_template_readable_class_names(tmp_path,
   assert sources.prompt_names(["n01440764", "sea_lion"]) == ["tench", "sea lion"]
   with pytest.raises(sources.DataError, match="n00000001"):
     sources.prompt_names(["n00000001", "n01440764"])
+
+
+def test_cassava_2020_kaggle_layout_converts_with_names_and_a_stable_test_split(tmp_path, capsys):
+  """The Cassava the authors used: Kaggle's 2020 competition (train.csv of image_id,label;
+  train_images/; label_num_to_disease_map.json), as docs/DATA.md converts it."""
+  names = {"0": "Cassava Bacterial Blight (CBB)", "1": "Cassava Brown Streak Disease (CBSD)",
+           "2": "Cassava Green Mottle (CGM)", "3": "Cassava Mosaic Disease (CMD)", "4": "Healthy"}
+  (tmp_path / "train_images").mkdir()
+  (tmp_path / "label_num_to_disease_map.json").write_text(json.dumps(names))
+  with open(tmp_path / "train.csv", "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["image_id", "label"])
+    for i in range(40):
+      (tmp_path / "train_images" / f"{1000 + i}.jpg").write_bytes(_jpeg())
+      w.writerow([f"{1000 + i}.jpg", str(i % 5)])
+    (tmp_path / "train_images" / "9999.jpg").write_bytes(_jpeg())
+    w.writerow(["9999.jpg", "7"])  # a label the map does not name
+  args = ["csv", str(tmp_path / "train.csv"), None, "--image_column=image_id",
+          "--label_column=label", f"--images={tmp_path / 'train_images'}",
+          f"--label_names={tmp_path / 'label_num_to_disease_map.json'}", "--split_fraction=0.25",
+          "--workers=1"]
+  manifest, last = _convert([*args[:2], str(tmp_path / "a"), *args[3:]], capsys)
+  assert last.endswith("skipped 1 (unnamed_label 1)")
+  assert manifest["class_names"] == [names[str(i)] for i in range(5)]
+  n_train = manifest["splits"]["train"]["num_examples"]
+  n_test = manifest["splits"]["test"]["num_examples"]
+  assert n_train + n_test == 40 and 4 <= n_test <= 18
+  src = sources.open_source(f"arrayrecord:{tmp_path / 'a'}:test")
+  assert {src[i]["label_name"] for i in range(len(src))} <= set(names.values())
+  assert all(names[str(int(src[i]["key"].split(":")[1][:4]) % 5)] == src[i]["label_name"]
+             for i in range(len(src)))
+  # The split is a property of each image, not of the run: converting again gives the same.
+  again, _ = _convert([*args[:2], str(tmp_path / "b"), *args[3:]], capsys)
+  assert again["splits"]["test"]["num_examples"] == n_test

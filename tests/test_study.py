@@ -296,6 +296,18 @@ def _paper_runs(root, workdir):
   return study.expand(config_lib.load(f"{ROOT}/configs/study/paper.py:root={root}"), workdir)
 
 
+def _converted_downstream_sets(root):
+  """The paper's downstream sets that are converted, not TFDS (Camera Traps, Cassava 2020), as
+  small ArrayRecord sets under ``root``."""
+  from big_transfer.data import sources
+  rng = np.random.default_rng(0)
+  for name, n, k in (("caltech_camera_traps", 60, 15), ("cassava_2020", 40, 5)):
+    ex = [{"image": rng.integers(0, 255, (4, 4, 3), dtype=np.uint8), "label": i % k}
+          for i in range(n)]
+    sources.write_arrayrecord(str(root / name), {"train": ex[:n * 3 // 4], "test": ex[n * 3 // 4:]},
+                              class_names=[f"c{i}" for i in range(k)])
+
+
 def test_no_downstream_set_of_the_paper_leaks_test_images_into_the_training_pool(tmp_path):
   """For every downstream set of configs/study/paper.py (TFDS mocked, Camera Traps as a
   converted set), the k-shot training subset, the validation split and the test split share
@@ -303,12 +315,7 @@ def test_no_downstream_set_of_the_paper_leaks_test_images_into_the_training_pool
   import tensorflow_datasets as tfds
   from big_transfer import finetune
   from big_transfer.data import sources
-  rng = np.random.default_rng(0)
-  cct = [{"image": rng.integers(0, 255, (4, 4, 3), dtype=np.uint8), "label": i % 15}
-         for i in range(60)]
-  sources.write_arrayrecord(str(tmp_path / "caltech_camera_traps"),
-                            {"train": cct[:45], "test": cct[45:]},
-                            class_names=[f"c{i}" for i in range(15)])
+  _converted_downstream_sets(tmp_path)
   runs = [r for r in _paper_runs(tmp_path, str(tmp_path / "wd")) if r.kind == "transfer"
           and r.fields["protocol"] == "ft" and r.fields["seed"] == 0
           and r.fields["shots"] in ("5", "full") and r.fields["method"] == "clip"
@@ -376,12 +383,7 @@ def test_paper_grid_study_checks_every_grid_and_estimates_the_grid_it_runs(tmp_p
   import tensorflow_datasets as tfds
   from big_transfer import config_lib, finetune, published
   from big_transfer.data import sources
-  rng = np.random.default_rng(0)
-  cct = [{"image": rng.integers(0, 255, (4, 4, 3), dtype=np.uint8), "label": i % 15}
-         for i in range(60)]
-  sources.write_arrayrecord(str(tmp_path / "caltech_camera_traps"),
-                            {"train": cct[:45], "test": cct[45:]},
-                            class_names=[f"c{i}" for i in range(15)])
+  _converted_downstream_sets(tmp_path)
   runs = study.expand(config_lib.load(f"{ROOT}/configs/study/paper.py:root={tmp_path},"
                                       f"paper_grid=true"), str(tmp_path / "wd"))
   # One CLIP and one SimCLR arm (their pre-training reading built-in data) and their transfer.

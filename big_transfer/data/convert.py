@@ -228,19 +228,46 @@ def list_imagefolder(src: str, split_fraction: float,
         nested = os.sep in rel
         s = split
         if s is None:  # a stable, per-file split: same answer on every run and machine
-          h = zlib.crc32(f"{cls}/{rel}".encode()) / 2**32
-          s = "test" if h < split_fraction else "train"
+          s = _stable_split(f"{cls}/{rel}", split_fraction)
         items.append(Item(key=f"{cls}/{rel}", split=s, path=os.path.join(cdir, rel),
                           label=cls, problem="nested" if nested and not recursive else None))
   return items, sorted(classes)
 
 
+def _stable_split(key: str, split_fraction: float) -> str:
+  """'test' for a fixed ``split_fraction`` of keys, by a hash of the key: the same answer on
+  every run and machine."""
+  return "test" if zlib.crc32(key.encode()) / 2**32 < split_fraction else "train"
+
+
+def read_label_names(path: str) -> dict[str, str]:
+  """A JSON file naming numeric labels: an object ``{"0": "name", ...}`` (Kaggle's
+  label_num_to_disease_map.json) or a list of names in label order."""
+  try:
+    with open(path) as f:
+      obj = json.load(f)
+  except (OSError, ValueError) as e:
+    raise SystemExit(f"error: --label_names={path!r}: {e}") from None
+  if isinstance(obj, list):
+    obj = {str(i): n for i, n in enumerate(obj)}
+  if not isinstance(obj, dict) or not all(isinstance(v, str) and v for v in obj.values()):
+    raise SystemExit(f"error: --label_names={path!r}: expected a JSON object of label -> name "
+                     f"or a list of names")
+  return {str(k).strip(): v for k, v in obj.items()}
+
+
 def list_csv(path: str, image_column: str, label_column: str | None,
-             caption_column: str | None, split_column: str | None) -> list[Item]:
+             caption_column: str | None, split_column: str | None, *, images: str | None = None,
+             split_fraction: float = 0.0, label_names: dict[str, str] | None = None
+             ) -> list[Item]:
   """One item per row; rows with fewer fields than the header (``short_row``) or more
-  (``long_row``), an empty or negative numeric label (``bad_label``) or a split value that is
-  not a plain name (``bad_split``: it would become a file name) are skipped items."""
-  base = os.path.dirname(os.path.abspath(path))
+  (``long_row``), an empty or negative numeric label (``bad_label``), a label ``label_names``
+  does not name (``unnamed_label``) or a split value that is not a plain name (``bad_split``:
+  it would become a file name) are skipped items. Relative image paths are under ``images``
+  (default: the CSV's directory); without a split column, a stable ``split_fraction`` of the
+  rows (by image path) is 'test'. ``label_names``: the class name of each label value, so a
+  numeric label column (Kaggle's) gets readable class names."""
+  base = os.path.abspath(images) if images else os.path.dirname(os.path.abspath(path))
   with open(path, newline="") as f:
     reader = csv.DictReader(f)
     cols = reader.fieldnames or []
@@ -259,10 +286,14 @@ def list_csv(path: str, image_column: str, label_column: str | None,
       elif None in row:
         problem = "long_row"
       label = row[label_column].strip() if label_column and row.get(label_column) else None
-      split = (row.get(split_column) or "").strip() if split_column else "train"
+      split = ((row.get(split_column) or "").strip() if split_column
+               else _stable_split(p, split_fraction))
       if problem is None and label_column and (
           not label or (label.lstrip("-").isdigit() and int(label) < 0)):
         problem = "bad_label"
+      if problem is None and label is not None and label_names is not None:
+        label = label_names.get(label)
+        problem = None if label else "unnamed_label"
       if problem is None and not safe_split(split):
         problem = "bad_split"
       full = p if os.path.isabs(p) else os.path.join(base, p)
@@ -466,8 +497,10 @@ def plan(kind: str, src: str, args) -> tuple[list[ShardJob], list[str] | None]:
   else:
     if not os.path.isfile(src):
       raise SystemExit(f"error: csv {src!r} does not exist")
+    names_of = read_label_names(args.label_names) if args.label_names else None
     items = list_csv(src, args.image_column, args.label_column, args.caption_column,
-                     args.split_column)
+                     args.split_column, images=args.images, split_fraction=args.split_fraction,
+                     label_names=names_of)
     labels = {i.label for i in items if i.label is not None and i.problem is None}
     names = LabelMap(labels).names if labels else None
   n = max(1, min(args.output_shards or max(1, len(items) // 10000), max(1, len(items))))
@@ -642,7 +675,8 @@ def parse_args(argv):
   p.add_argument("--max_pixels", type=int, default=89_478_485,
                  help="refuse larger images (decompression bombs)")
   p.add_argument("--split_fraction", type=float, default=0.0,
-                 help="imagefolder SRC/<class>/<image>: fraction of images put in 'test'")
+                 help="imagefolder SRC/<class>/<image>, or csv without --split_column: "
+                      "fraction of images put in 'test' (a stable hash of the path)")
   p.add_argument("--recursive", action="store_true",
                  help="imagefolder: images in folders inside a class folder belong to it "
                       "(default: skipped as 'nested')")
@@ -655,7 +689,12 @@ def parse_args(argv):
   p.add_argument("--caption_column", default=None, help="csv: the caption column")
   p.add_argument("--split_column", default=None,
                  help="csv: a column naming each row's split (else --split)")
-  p.add_argument("--images", default=None, help="coco: the directory file_name is relative to")
+  p.add_argument("--images", default=None,
+                 help="coco: the directory file_name is relative to; csv: the directory "
+                      "relative image paths are under (default: the CSV's)")
+  p.add_argument("--label_names", default=None,
+                 help="csv: a JSON file naming numeric labels ({\"0\": \"name\", ...} or a "
+                      "list of names), e.g. Kaggle's label_num_to_disease_map.json")
   p.add_argument("--skip_categories", default="",
                  help="coco: comma-separated category names to leave out (e.g. empty)")
   return p.parse_args(argv)

@@ -13,15 +13,16 @@ numbers; the rest of their recipe is configs/finetune/default.py's default), tes
 (subsample few-shot test sets to k per class on the five sets where their code did),
 vitb32_clip_norm (transfer the public ViT-B/32
 checkpoints with CLIP's mean/std, which they were trained with; default: ImageNet's, as the
-authors' code did).
+authors' code did), cassava (kaggle2020: the 2020 competition's images the authors used,
+ROOT/cassava_2020, docs/DATA.md; tfds: TFDS's iCassava 2019).
 
 Arms (PAPER.md): CLIP on seven 2.7M-sample sources; the LAION and YFCC size sweeps (nested
 subsets); supervised ImageNet-1K; ImageNet with web vs. template captions; SimCLR vs. CLIP on
 CC-12M, RedCaps and Shutterstock (these also run LP-FT: the published SimCLR numbers are
 LP-FT); from scratch; and the public ViT-B/32 CLIP checkpoints (OpenAI, LAION-400M, LAION-2B)
 as transfer-only references. Downstream: CIFAR-100, DTD, Caltech-101, Pets, DomainNet-Real,
-DomainNet-Clipart, EuroSAT, Cassava (TFDS) and Caltech Camera Traps (COCO annotations converted
-to ArrayRecord), at 1/5/10/20/full shots (CIFAR-100 also 100 and 200).
+DomainNet-Clipart, EuroSAT (TFDS), Cassava (the 2020 Kaggle images, converted) and Caltech
+Camera Traps (COCO annotations converted to ArrayRecord), at 1/5/10/20/full shots (CIFAR-100 also 100 and 200).
 
 Full-data runs choose hyperparameters on 10% of the training split, then retrain on all of it
 (refit_full); EuroSAT has no test split in TFDS: its last 20% is the test set, never in the pool.
@@ -46,7 +47,10 @@ TRAIN_PP, EVAL_PP = _TRANSFER.pp_train, _TRANSFER.pp_eval
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, root="/data", seeds=3, protocols="ft;lp", paper_grid=False,
-                           test_subsample=False, tfds_data_dir="", vitb32_clip_norm=False)
+                           test_subsample=False, tfds_data_dir="", vitb32_clip_norm=False,
+                           cassava="kaggle2020")
+  if a.cassava not in ("kaggle2020", "tfds"):
+    raise ValueError(f"configs/study/paper.py: cassava={a.cassava!r}: kaggle2020 or tfds")
   c = ml_collections.ConfigDict()
   c.name = "paper"
   arms = []
@@ -148,7 +152,10 @@ def get_config(arg=None):
       ds("domainnet_real", "tfds:domainnet/real", 120906, 345),
       ds("domainnet_clipart", "tfds:domainnet/clipart", 33525, 345),
       ds("eurosat", "tfds:eurosat/rgb:train[:80%]", 21600, 10, test_split="train[80%:]"),
-      ds("cassava", "tfds:cassava", 5656, 5, val_split="validation"),
+      # The authors' Cassava: the 2020 Kaggle competition's images (docs/DATA.md); 'tfds':
+      # TFDS's iCassava 2019, another dataset (the report names it on every row).
+      ds("cassava", "tfds:cassava", 5656, 5, val_split="validation") if a.cassava == "tfds"
+      else ds("cassava", f"arrayrecord:{a.root}/cassava_2020", 17118, 5),
       ds("caltech_camera_traps", f"arrayrecord:{a.root}/caltech_camera_traps", 13553, 15),
   ]
   c.transfer_config = "configs/finetune/default.py"
