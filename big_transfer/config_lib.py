@@ -154,13 +154,14 @@ def transfer_config():
   it (their finetune.py/wise_ft.py/args.py): AdamW with weight decay 0.1 on every parameter,
   gradient clipping at norm 1.0, cosine with 500 warm-up steps never capped, batch 128, 128
   epochs, lr grid {1e-4, 3e-4, 1e-3, 3e-3} (``paper_grid``: their real grid), 224px bicubic,
-  RandAugment m9 mstd0.5, random erasing 0.25; CLIP heads from OpenAI's 80 ImageNet templates,
+  timm 0.4.12's RandAugment rand-m9-mstd0.5-inc1 (each op with probability 0.5), random
+  erasing 0.25; CLIP heads from OpenAI's 80 ImageNet templates,
   SimCLR features L2-normalised before a zero head, LP-FT's probe an AdamW head (128 epochs,
   lr 3e-3). The text's description differs in a few places, each one config value away:
   ``optimizer.decay=kernels``, ``optimizer.grad_clip_norm=0``, ``warmup_cap=0.2``,
-  ``templates=clip7``, ``feature_norm=none``, ``lp.lp_ft_solver=lp``. Not yet theirs: the
-  augmentation (timm 0.4.12 skips the colour jitter when RandAugment is on and applies each
-  RandAugment op with probability 0.5; ours applies both, every op)."""
+  ``templates=clip7``, ``feature_norm=none``, ``lp.lp_ft_solver=lp``; the text's colour
+  jitter 0.4, which timm 0.4.12 does not apply under RandAugment, is ``color_jitter(0.4, 0.4,
+  0.4, 0.0)`` added to ``pp_train``."""
   c = base_config()
   c.method = "supervised"  # the transfer loss is supervised cross-entropy
   c.model = ""  # '' = the pre-trained run's model
@@ -221,8 +222,10 @@ def transfer_config():
   c.total_epochs = 128.0
   c.optimizer.update(name="adamw", lr=1e-3, weight_decay=0.1, b1=0.9, b2=0.999,
                      schedule="cosine", warmup_steps=500, grad_clip_norm=1.0, decay="all")
+  # timm 0.4.12's create_transform as the authors called it: with RandAugment on, the colour
+  # jitter they set (0.4) is not applied.
   c.pp_train = ("decode|inception_crop(224, method='bicubic')|flip_lr|randaugment(2, 9, 0.5)"
-                "|color_jitter(0.4, 0.4, 0.4, 0.0)|normalize('imagenet')|random_erasing(0.25)")
+                "|normalize('imagenet')|random_erasing(0.25)")
   c.pp_eval = ("decode|resize_small(256, method='bicubic')|central_crop(224)"
                "|normalize('imagenet')")
   c.checkpoint_every = 1000

@@ -399,3 +399,28 @@ def test_trailing_normalisation_moves_to_the_device_with_the_same_numbers(pp):
   dev = jax.jit(lambda b: ops.apply_affine(b, affines))({"image": host[None]})["image"][0]
   np.testing.assert_allclose(np.asarray(dev), full, rtol=1e-6, atol=1e-6)
   assert ops.split_device_affine("decode|normalize('clip')|random_erasing(0.25)")[1] == ()
+
+
+def test_randaugment_applies_each_op_with_probability_half_and_the_transfer_default_skips_jitter():
+  """timm 0.4.12's RandAugment (the authors'): two ops, each applied with probability 0.5, so a
+  quarter of images come out untouched; PosterizeIncreasing keeps 1 bit at magnitude 9; with
+  RandAugment on, timm applies no colour jitter, and neither does the transfer default."""
+  from PIL import Image
+  from big_transfer import config_lib
+  img = np.random.default_rng(0).integers(40, 200, (24, 24, 3), dtype=np.uint8)
+  ra = ops.parse("randaugment(2, 9, 0.5)")
+  same = np.mean([np.array_equal(ra({"image": img}, np.random.default_rng(s))["image"], img)
+                  for s in range(400)])
+  assert 0.17 < same < 0.33, same
+  always = ops.parse("randaugment(2, 9, 0.5, p=1.0)")
+  # Always applied, nearly every image changes (Invert twice is the identity).
+  assert sum(np.array_equal(always({"image": img}, np.random.default_rng(s))["image"], img)
+             for s in range(50)) <= 2
+  poster = np.asarray(ops.TIMM_RA_OPS["PosterizeIncreasing"](Image.fromarray(img), 9.0, 1.0,
+                                                             ops.IMAGENET_FILL, Image.BICUBIC))
+  assert set(np.unique(poster)) <= {0, 128}  # 1 bit kept
+  assert not np.asarray(ops.TIMM_RA_OPS["PosterizeIncreasing"](
+      Image.fromarray(img), 10.0, 1.0, ops.IMAGENET_FILL, Image.BICUBIC)).any()
+  assert "Identity" not in ops.TIMM_RA_OPS and {"Invert", "SolarizeAdd"} <= set(ops.TIMM_RA_OPS)
+  pp = config_lib.transfer_config().pp_train
+  assert "randaugment(2, 9, 0.5)" in pp and "color_jitter" not in pp

@@ -344,3 +344,25 @@ def test_the_openai_80_templates_are_openclips():
   from big_transfer.evaluators.zeroshot import TEMPLATES
   assert TEMPLATES["openai80"] == tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
   assert TEMPLATES["clip7"] == tuple(t("{}") for t in SIMPLE_IMAGENET_TEMPLATES)
+
+
+@pytest.mark.parametrize("level", [0.0, 3.7, 9.0, 9.46])
+def test_randaugment_ops_are_timms_rand_m9_mstd05_inc1_ops(level, monkeypatch):
+  """Each of our RandAugment ops equals timm's (the authors ran timm 0.4.12; these op
+  definitions are unchanged in the timm installed here) on a fixed image, at fixed levels and
+  both directions, with ImageNet-mean fill and bicubic resampling as their create_transform
+  set; the op list is timm's increasing set (Invert and SolarizeAdd in, no Identity)."""
+  from PIL import Image
+  from timm.data import auto_augment as aa
+  from big_transfer.data import ops
+  assert list(ops.TIMM_RA_OPS) == aa._RAND_INCREASING_TRANSFORMS
+  img = Image.fromarray(np.random.default_rng(0).integers(40, 200, (37, 29, 3), dtype=np.uint8))
+  hparams = {"translate_const": 100, "img_mean": ops.IMAGENET_FILL,
+             "interpolation": Image.BICUBIC}
+  for name in aa._RAND_INCREASING_TRANSFORMS:
+    for sign in (1.0, -1.0):
+      monkeypatch.setattr(aa, "_randomly_negate", lambda v, s=sign: v * s)
+      theirs = aa.AugmentOp(name, prob=1.0, magnitude=level, hparams=hparams)(img)
+      ours = ops.TIMM_RA_OPS[name](img, level, sign, ops.IMAGENET_FILL, Image.BICUBIC)
+      np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs),
+                                    err_msg=f"{name} level {level} sign {sign}")

@@ -593,56 +593,86 @@ def _solarize(threshold: int = 128, p: float = 0.2, key: str = "image"):
   return _keyed(fn, key)
 
 
-def _ra_ops():
+# RandAugment as timm 0.4.12 builds 'rand-m{M}-mstd{S}-inc1' (what the authors' fine-tuning
+# used): its 15 ops in its order, each with its level -> argument rule. ``level`` is the
+# magnitude in [0, 10]; ``sign`` is the op's random direction (timm's _randomly_negate);
+# ``fill`` the colour of uncovered pixels (timm: the normalisation mean x 255) and ``resample``
+# the interpolation of geometric ops (timm: the crop's, bicubic here).
+def _solarize_add(im, add, thresh=128):
+  lut = [min(255, i + add) if i < thresh else i for i in range(256)]
+  return im.point(lut * len(im.getbands()))
 
-  def enhance(cls):
-    return lambda im, m, rng: cls(im).enhance(1 + m * 0.9 * rng.choice((-1, 1)))
 
-  def affine(kind):
-    def op(im, m, rng):
-      v = m * rng.choice((-1, 1))
-      w, h = im.size
-      coeffs = {"shear_x": (1, v * 0.3, 0, 0, 1, 0), "shear_y": (1, 0, 0, v * 0.3, 1, 0),
-                "translate_x": (1, 0, v * 0.45 * w, 0, 1, 0),
-                "translate_y": (1, 0, 0, 0, 1, v * 0.45 * h)}[kind]
-      return im.transform(im.size, Image.AFFINE, coeffs, fillcolor=(128,) * len(im.getbands()))
-    return op
+def _affine(coeffs):
+  return lambda im, level, sign, fill, resample: im.transform(
+      im.size, Image.AFFINE, coeffs(im, sign * level), resample=resample, fillcolor=fill)
 
-  return {
-      "identity": lambda im, m, rng: im,
-      "autocontrast": lambda im, m, rng: ImageOps.autocontrast(im),
-      "equalize": lambda im, m, rng: ImageOps.equalize(im),
-      "rotate": lambda im, m, rng: im.rotate(m * 30 * rng.choice((-1, 1)),
-                                             fillcolor=(128,) * len(im.getbands())),
-      "solarize": lambda im, m, rng: ImageOps.solarize(im, int(256 - m * 256)),
-      "posterize": lambda im, m, rng: ImageOps.posterize(im, max(1, int(round(8 - m * 4)))),
-      "color": enhance(ImageEnhance.Color),
-      "contrast": enhance(ImageEnhance.Contrast),
-      "brightness": enhance(ImageEnhance.Brightness),
-      "sharpness": enhance(ImageEnhance.Sharpness),
-      "shear_x": affine("shear_x"), "shear_y": affine("shear_y"),
-      "translate_x": affine("translate_x"), "translate_y": affine("translate_y"),
-  }
+
+def _enhance(cls):
+  return lambda im, level, sign, fill, resample: cls(im).enhance(1.0 + sign * level / 10 * 0.9)
+
+
+def _posterize_increasing(im, level, sign, fill, resample):
+  bits = 4 - int(level / 10 * 4)
+  if bits <= 0:  # level 10 keeps no bit: black, as the Pillow timm 0.4.12 ran on gave
+    return im.point(lambda v: 0)
+  return im if bits >= 8 else ImageOps.posterize(im, bits)
+
+
+TIMM_RA_OPS = {
+    "AutoContrast": lambda im, level, sign, fill, resample: ImageOps.autocontrast(im),
+    "Equalize": lambda im, level, sign, fill, resample: ImageOps.equalize(im),
+    "Invert": lambda im, level, sign, fill, resample: ImageOps.invert(im),
+    "Rotate": lambda im, level, sign, fill, resample: im.rotate(
+        sign * level / 10 * 30.0, resample=resample, fillcolor=fill),
+    "PosterizeIncreasing": _posterize_increasing,
+    "SolarizeIncreasing": lambda im, level, sign, fill, resample: ImageOps.solarize(
+        im, 256 - int(level / 10 * 256)),
+    "SolarizeAdd": lambda im, level, sign, fill, resample: _solarize_add(
+        im, int(level / 10 * 110)),
+    "ColorIncreasing": _enhance(ImageEnhance.Color),
+    "ContrastIncreasing": _enhance(ImageEnhance.Contrast),
+    "BrightnessIncreasing": _enhance(ImageEnhance.Brightness),
+    "SharpnessIncreasing": _enhance(ImageEnhance.Sharpness),
+    "ShearX": _affine(lambda im, v: (1, v / 10 * 0.3, 0, 0, 1, 0)),
+    "ShearY": _affine(lambda im, v: (1, 0, 0, v / 10 * 0.3, 1, 0)),
+    "TranslateXRel": _affine(lambda im, v: (1, 0, v / 10 * 0.45 * im.size[0], 0, 1, 0)),
+    "TranslateYRel": _affine(lambda im, v: (1, 0, 0, 0, 1, v / 10 * 0.45 * im.size[1])),
+}
+_RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+# timm's fill: the ImageNet mean x 255, rounded (its aa_params img_mean).
+IMAGENET_FILL = (124, 116, 104)
 
 
 @register("randaugment")
 def _randaugment(num_layers: int = 2, magnitude: float = 9, magnitude_std: float = 0.5,
+                 p: float = 0.5, fill: tuple = IMAGENET_FILL, resample: str = "bicubic",
                  key: str = "image"):
-  """RandAugment (Cubuk et al.) as timm's ``rand-m9-mstd0.5``: ``num_layers`` ops drawn
-  uniformly, each at magnitude ~ N(m, mstd) out of 10."""
+  """RandAugment as timm 0.4.12's ``rand-m9-mstd0.5-inc1`` (the authors' fine-tuning):
+  ``num_layers`` ops drawn uniformly with replacement from its 15 (AutoContrast, Equalize,
+  Invert, Rotate, PosterizeIncreasing, SolarizeIncreasing, SolarizeAdd, Color/Contrast/
+  Brightness/SharpnessIncreasing, ShearX/Y, TranslateX/YRel; no Identity), each applied with
+  probability ``p`` at a magnitude ~ N(magnitude, magnitude_std) clipped to [0, 10]."""
   if not 0 <= magnitude <= 10 or num_layers < 1:
     raise ValueError(f"need num_layers >= 1 and magnitude in [0, 10], got {num_layers}, "
                      f"{magnitude}")
-  table = _ra_ops()
-  names = sorted(table)
+  _check_p(p)
+  if resample not in _RESAMPLE:
+    raise ValueError(f"resample={resample!r}: one of {', '.join(_RESAMPLE)}")
+  names = list(TIMM_RA_OPS)
+  method = _RESAMPLE[resample]
   def fn(img, rng):
     img = _as_uint8_rgb(img)
     squeeze = img.shape[-1] == 1
     im = Image.fromarray(img[..., 0] if squeeze else img)
-    for _ in range(num_layers):
-      m = float(np.clip(rng.normal(magnitude, magnitude_std) if magnitude_std else magnitude,
-                        0, 10)) / 10
-      im = table[names[rng.integers(len(names))]](im, m, rng)
+    colour = int(fill[0]) if squeeze else tuple(int(v) for v in fill)
+    for i in rng.integers(len(names), size=num_layers):
+      if rng.random() >= p:
+        continue
+      level = float(np.clip(rng.normal(magnitude, magnitude_std) if magnitude_std
+                            else magnitude, 0, 10))
+      sign = -1.0 if rng.random() > 0.5 else 1.0
+      im = TIMM_RA_OPS[names[i]](im, level, sign, colour, method)
     out = np.asarray(im)
     return out[..., None] if squeeze else out
   return _keyed(fn, key)
