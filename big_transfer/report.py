@@ -20,7 +20,9 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
+import textwrap
 from collections import defaultdict
 from typing import Any, Sequence
 
@@ -466,6 +468,97 @@ def write_report(workdir: str, study=None) -> str:
   return md
 
 
+# ------------------------------------------------------------------------------ README numbers
+
+README_BEGIN = ("<!-- mini-study results: written by `python -m big_transfer.report "
+                "--workdir=runs/mini_study --readme=README.md`; edit the code, not the text -->")
+README_END = "<!-- end of mini-study results -->"
+README_FIGURES = {"accuracy_vs_shots": "mini_study_accuracy_vs_shots.png",
+                  "spread_vs_shots": "mini_study_spread_vs_shots.png"}
+
+
+def _ranked(values: dict[str, float]) -> str:
+  items = sorted(values.items(), key=lambda kv: -kv[1])
+  return ", ".join(f"{k} {v:.1f}" for k, v in items) + "%"
+
+
+def mini_study_paragraph(agg: dict[tuple, dict], when: str) -> str:
+  """The README's account of the mini study (configs/mini/study.py), every number and every
+  comparison word computed from its results, so the text cannot drift from a run."""
+  def acc(arm, ds, protocol, shots):
+    a = agg.get((arm, ds, protocol, shots))
+    if a is None:
+      raise ValueError(f"no {protocol} result of {arm} on {ds} at {shots} shots: the README's "
+                       f"numbers come from the whole mini study (configs/mini/study.py)")
+    return 100 * a["mean"]
+
+  clip = {"letters": "clip_letters", "glyphs": "clip_glyphs", "shapes": "clip_shapes"}
+  spread = lambda d: max(d.values()) - min(d.values())
+  lp5 = {k: acc(a, "digits", "lp", "5") for k, a in clip.items()}
+  lpf = {k: acc(a, "digits", "lp", "full") for k, a in clip.items()}
+  let = {k: acc(a, "letters", "lp", "full") for k, a in clip.items()}
+  top, second = sorted(let, key=lambda k: -let[k])[:2]
+  pretrained = sorted({k[0] for k in agg if k[0] != "scratch" and k[1] == "digits"
+                       and k[2] == "lp" and k[3] == "full"})
+  scratch = acc("scratch", "digits", "lp", "full")
+  beat = sum(acc(a, "digits", "lp", "full") > scratch for a in pretrained)
+  sup = acc("supervised_glyphs", "digits", "lp", "full")
+  best_probe = max(pretrained, key=lambda a: acc(a, "digits", "lp", "full"))
+  zs = acc("clip_glyphs", "digits", "zeroshot", "full")
+  ft5 = {k: acc(a, "digits", "ft", "5") for k, a in clip.items()}
+  ftf = {k: acc(a, "digits", "ft", "full") for k, a in clip.items()}
+  every_ft = {a: acc(a, "digits", "ft", "full") for a in pretrained + ["scratch"]}
+  narrows = spread(ftf) < spread(lpf)
+  return (
+      f"What it shows (these figures and numbers: a fresh run of {when}; deterministic on a "
+      f"given machine): with frozen features the pre-training source matters — on the digits "
+      f"the three CLIP sources are {spread(lp5):.1f} points apart at 5 shots and "
+      f"{spread(lpf):.1f} with all the data ({_ranked(lpf)}); on the held-out letters the "
+      f"model pre-trained on {top} leads by {let[top] - let[second]:.1f} points with all the "
+      f"data ({_ranked(let)}); "
+      + ("every pre-trained model beats" if beat == len(pretrained) else
+         f"{beat} of {len(pretrained)} pre-trained models beat")
+      + f" random features ({scratch:.1f}% on the digits); supervised labels from the related "
+      f"source reach {sup:.1f}%"
+      + (" (the best probe)" if best_probe == "supervised_glyphs" else
+         f" ({best_probe} probes best, {acc(best_probe, 'digits', 'lp', 'full'):.1f}%)")
+      + f"; CLIP zero-shot reaches {zs:.1f}% on the real digits from glyph captions (chance "
+      f"10%). Full fine-tuning "
+      + ("narrows the gap between the sources, as in the paper" if narrows else
+         "does not narrow the gap between the sources here (the paper finds it does)")
+      + f": the CLIP sources are {spread(ft5):.1f} points apart at 5 digits per class "
+      f"({min(ft5.values()):.1f}–{max(ft5.values()):.1f}%) and {spread(ftf):.1f} with all of "
+      f"them ({min(ftf.values()):.1f}–{max(ftf.values()):.1f}%), where every model — random "
+      f"init included ({every_ft['scratch']:.1f}%) — ends within {spread(every_ft):.1f} "
+      f"points.")
+
+
+def rewrite_readme(readme: str, workdir: str) -> None:
+  """Rewrites the README's mini-study block (between README_BEGIN and README_END) from
+  WORKDIR's results and copies the report's figures to the README's docs/."""
+  rows = transfer.read_results(os.path.join(workdir, "results.jsonl"))
+  if not rows:
+    raise ValueError(f"{workdir}/results.jsonl: no results rows")
+  when = min(r["time"] for r in rows if r.get("time"))[:10]
+  text = open(readme).read()
+  if text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
+    raise ValueError(f"{readme}: needs one mini-study block ({README_BEGIN!r} ... "
+                     f"{README_END!r})")
+  head, rest = text.split(README_BEGIN)
+  _, tail = rest.split(README_END)
+  body = textwrap.fill(mini_study_paragraph(aggregate(rows), when), width=96,
+                       break_long_words=False, break_on_hyphens=False)
+  docs = os.path.join(os.path.dirname(os.path.abspath(readme)), "docs")
+  for name, dst in README_FIGURES.items():
+    src = os.path.join(workdir, "report", f"{name}.png")
+    if not os.path.exists(src):
+      raise ValueError(f"{src}: missing (run the report first)")
+    shutil.copyfile(src, os.path.join(docs, dst))
+  with open(readme + ".tmp", "w") as f:
+    f.write(head + README_BEGIN + "\n" + body + "\n" + README_END + tail)
+  os.replace(readme + ".tmp", readme)
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(prog="python -m big_transfer.report",
                               description=__doc__.split("\n\n")[0],
@@ -474,9 +567,16 @@ def main(argv=None):
   p.add_argument("--workdir", required=True,
                  help="a study's directory: reads results.jsonl, writes report/ (report.md, "
                       "the figures, specs.json)")
+  p.add_argument("--readme", default="",
+                 help="also rewrite this README's mini-study block (numbers and sentences) "
+                      "from the results and copy the figures to its docs/ (the mini study's "
+                      "workdir only)")
   args = p.parse_args(argv)
   try:
     print(write_report(args.workdir))
+    if args.readme:
+      rewrite_readme(args.readme, args.workdir)
+      print(f"rewrote the mini-study block of {args.readme} and its figures")
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

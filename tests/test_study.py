@@ -287,6 +287,12 @@ def test_mini_study_end_to_end(tmp_path):
   titles = [p["title"] for p in specs["spread_vs_shots"]["panels"]]
   assert titles == ["digits (ft)", "digits (lp)", "letters (lp)"]
   assert {"accuracy_vs_shots", "spread_vs_shots", "accuracy_vs_size", "method"} <= set(specs)
+  # The README's mini-study block can be written from this run (every cell it reads exists).
+  (tmp_path / "readme" / "docs").mkdir(parents=True)
+  readme = tmp_path / "readme" / "README.md"
+  readme.write_text(open(os.path.join(ROOT, "README.md")).read())
+  report.rewrite_readme(str(readme), str(tmp_path))
+  assert "What it shows (these figures and numbers: a fresh run of" in readme.read_text()
 
 
 # ------------------------------------------------------------------------------ fidelity
@@ -456,3 +462,59 @@ def test_method_figure_pairs_simclr_lp_ft_with_clip_ft_as_the_paper_does():
   spec = report.figure_specs(report.aggregate([x for x in rows if x["protocol"] == "ft"]))["method"]
   assert set(spec["panels"][0]["series"]) == {"simclr_cc12m", "clip_cc12m"}
   assert "both ft (no SimCLR LP-FT runs" in spec["title"]
+
+
+def _mini_rows(lp_full_letters=(0.34, 0.27, 0.18)):
+  """Rows of every cell the README's mini-study paragraph reads."""
+  rows = []
+  arms = ("clip_letters", "clip_glyphs", "clip_shapes", "simclr_glyphs", "supervised_glyphs",
+          "scratch")
+  acc = {"clip_letters": 0.73, "clip_glyphs": 0.72, "clip_shapes": 0.69, "simclr_glyphs": 0.6,
+         "supervised_glyphs": 0.92, "scratch": 0.39}
+  for arm in arms:
+    for shots, off in (("5", -0.1), ("full", 0.0)):
+      rows.append(("digits", "lp", shots, acc[arm] + off, arm))
+      rows.append(("digits", "ft", shots, 0.97 - (0.1 if shots == "5" else 0)
+                   - 0.01 * arms.index(arm), arm))
+  for arm, a in zip(arms[:3], lp_full_letters):
+    rows.append(("letters", "lp", "full", a, arm))
+  rows.append(("digits", "zeroshot", "full", 0.28, "clip_glyphs"))
+  return [{"protocol": p, "shots": k, "seed": 0, "data": ds, "val_accuracy": a,
+           "test_accuracy": a, "time": "2026-11-29T10:00:00Z",
+           "tags": {"arm": arm, "downstream": ds}} for ds, p, k, a, arm in rows]
+
+
+def test_readme_mini_study_paragraph_is_written_from_the_results(tmp_path):
+  text = report.mini_study_paragraph(report.aggregate(_mini_rows()), "2026-11-29")
+  assert "on the digits the three CLIP sources are 4.0 points apart at 5 shots and 4.0" in text
+  assert "(letters 73.0, glyphs 72.0, shapes 69.0%)" in text
+  assert "the model pre-trained on letters leads by 7.0 points" in text
+  assert "every pre-trained model beats random features (39.0% on the digits)" in text
+  assert "reach 92.0% (the best probe)" in text and "zero-shot reaches 28.0%" in text
+  assert "Full fine-tuning narrows the gap" in text and "2.0 with all of them" in text
+  # Words follow the numbers: another outcome is told as it is.
+  flipped = report.mini_study_paragraph(
+      report.aggregate(_mini_rows(lp_full_letters=(0.2, 0.3, 0.1))), "2026-11-29")
+  assert "pre-trained on glyphs leads by 10.0 points" in flipped
+  # The README block is replaced, the rest kept, the figures copied to docs/.
+  wd = tmp_path / "study"
+  (wd / "report").mkdir(parents=True)
+  with open(wd / "results.jsonl", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in _mini_rows())
+  for name in report.README_FIGURES:
+    (wd / "report" / f"{name}.png").write_bytes(b"png " + name.encode())
+  (tmp_path / "docs").mkdir()
+  readme = tmp_path / "README.md"
+  readme.write_text(f"# x\n\nbefore\n{report.README_BEGIN}\nold numbers\n{report.README_END}\n"
+                    f"after\n")
+  report.rewrite_readme(str(readme), str(wd))
+  out = readme.read_text()
+  assert out.startswith("# x\n\nbefore\n") and out.endswith(f"{report.README_END}\nafter\n")
+  assert "old numbers" not in out and "a fresh run of 2026-11-29" in out
+  assert (tmp_path / "docs" / "mini_study_spread_vs_shots.png").read_bytes() == \
+      b"png spread_vs_shots"
+  rows = _mini_rows()[:-1]  # no zero-shot row: one line naming what is missing
+  with open(wd / "results.jsonl", "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows)
+  with pytest.raises(ValueError, match="no zeroshot result of clip_glyphs on digits"):
+    report.rewrite_readme(str(readme), str(wd))
