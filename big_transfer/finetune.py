@@ -347,9 +347,10 @@ class Session:
     return out["x"].astype(np.float32), out["y"]
 
   # --------------------------------------------------------------- protocols
-  def probe(self, solver: str | None = None):
+  def probe(self, solver: str | None = None, init=None):
     """The linear probe on the pre-trained tower's frozen features by ``solver`` (default
-    ``lp.solver``): (kernel, bias, chosen value, {value: val accuracy})."""
+    ``lp.solver``): (kernel, bias, chosen value, {value: val accuracy}). ``init``: the
+    (kernel, bias) the AdamW probe starts from (default zero)."""
     c = self.config.lp
     solver = solver or c.solver
     tx, ty = self.frozen_features("train")
@@ -365,8 +366,21 @@ class Session:
       return transfer.adamw_probe(tx, ty, vx, vy, n, epochs=c.adamw_epochs, lr=c.adamw_lr,
                                   batch=self.config.batch_size, weight_decay=o.weight_decay,
                                   warmup_steps=o.warmup_steps, clip_norm=o.grad_clip_norm,
-                                  seed=self.config.seed)
+                                  seed=self.config.seed, init=init)
     raise TransferError(f"config.lp.solver={solver!r}: one of {', '.join(LP_SOLVERS)}")
+
+  def text_head(self):
+    """CLIP/SLIP's zero-shot head on this run's class names and templates (computed once)."""
+    if getattr(self, "_text_head", None) is None:
+      self._text_head = transfer.text_head(self.pre, self.data["class_names"],
+                                           self.config.templates)
+    return self._text_head
+
+  def adamw_probe_init(self):
+    """Where the authors' AdamW probe starts: CLIP/SLIP's zero-shot head (their LP and LP-FT
+    load the zero-shot classifier first), else None (zero)."""
+    clip = self.pre is not None and self.pre.method in ("clip", "slip")
+    return self.text_head() if clip and self.data["class_names"] else None
 
   def probe_head_solver(self) -> str:
     """The solver of a probe-initialised head (LP-FT's first stage): lp.lp_ft_solver."""
@@ -479,8 +493,12 @@ def recipe_of(s: Session) -> dict[str, Any]:
                warmup_cap=c.warmup_cap)
   if s.head_init == "text":
     out["templates"] = c.templates
+  solver = (s.probe_head_solver() if s.head_init == "probe" else
+            c.lp.solver if c.protocol == "lp" else None)
   if s.head_init == "probe":
-    out["probe_solver"] = s.probe_head_solver()
+    out["probe_solver"] = solver
+  if solver == "adamw":
+    out["probe_init"] = "text" if s.adamw_probe_init() is not None else "zero"
   return out
 
 
@@ -562,7 +580,7 @@ def _run(config, workdir: str, devices, done_path: str) -> list[dict]:
 
   head = None
   if s.head_init == "text":
-    head = transfer.text_head(s.pre, d["class_names"], c.templates)
+    head = s.text_head()
   rows = []
   if c.protocol == "zeroshot":
     w = s.to_device(s.initial_weights(head))
@@ -570,7 +588,8 @@ def _run(config, workdir: str, devices, done_path: str) -> list[dict]:
                  "val_accuracy": s.accuracy(w, "val"), "test_accuracy": s.accuracy(w, "test"),
                  "steps": 0})
   elif c.protocol == "lp":
-    kernel, bias, chosen, scores = s.probe()
+    kernel, bias, chosen, scores = s.probe(
+        init=s.adamw_probe_init() if c.lp.solver == "adamw" else None)
     tx, ty = s.frozen_features("test")
     test = float(np.mean(np.argmax(tx @ kernel + bias, -1) == ty))
     what = "lr" if c.lp.solver == "adamw" else "l2"  # the value the probe chose
@@ -580,7 +599,8 @@ def _run(config, workdir: str, devices, done_path: str) -> list[dict]:
   else:  # ft, lp_ft, wise_ft
     if s.head_init == "probe":
       solver = s.probe_head_solver()
-      kernel, bias, chosen, scores = s.probe(solver)
+      kernel, bias, chosen, scores = s.probe(
+          solver, init=s.adamw_probe_init() if solver == "adamw" else None)
       head = (kernel, bias)
       log_lib.info(f"probe head ({solver}): {'lr' if solver == 'adamw' else 'l2'} {chosen:g}, "
                    f"val {scores[chosen]:.4f}")

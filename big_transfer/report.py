@@ -398,6 +398,8 @@ def recipe_differences(key: tuple, a: dict) -> list[str]:
   for k, (theirs, text) in AUTHORS_RECIPE.items():
     if k in recipe and recipe[k] != theirs:
       out.append(text.format(ours=recipe[k]))
+  if a.get("pretrain_method") in ("clip", "slip") and recipe.get("probe_init") == "zero":
+    out.append("AdamW probe from a zero head (theirs: from the zero-shot head)")
   if a.get("pretrain_method") == "simclr" and recipe.get("feature_norm") != "l2":
     out.append("SimCLR features not L2-normalised (theirs are)")
   pp = recipe.get("pp_train", "")

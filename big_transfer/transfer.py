@@ -425,8 +425,9 @@ def sgd_probe(train_x, train_y, val_x, val_y, num_classes: int, wd_grid: Sequenc
 
 def adamw_probe(train_x, train_y, val_x, val_y, num_classes: int, *, epochs: float, lr: float,
                 batch: int, weight_decay: float, warmup_steps: int, clip_norm: float,
-                seed: int = 0):
-  """The authors' linear probe: a softmax head (zero-initialised weight and bias) on frozen
+                seed: int = 0, init: tuple | None = None):
+  """The authors' linear probe: a softmax head (weight and bias from ``init``, else zero; they
+  start CLIP heads from the zero-shot classifier) on frozen
   features, trained by AdamW (decoupled weight decay on weight and bias) for ``epochs`` passes
   over the shuffled training set in batches of ``batch`` (the last one smaller), linear
   warm-up for ``warmup_steps`` (uncapped) then cosine to 0, the gradient clipped to
@@ -454,8 +455,8 @@ def adamw_probe(train_x, train_y, val_x, val_y, num_classes: int, *, epochs: flo
   xs, ys = jnp.asarray(x), jnp.asarray(train_y)
 
   @jax.jit
-  def fit(idx, mask):
-    p = {"w": jnp.zeros((xs.shape[1], num_classes)), "b": jnp.zeros(num_classes)}
+  def fit(idx, mask, w0, b0):
+    p = {"w": w0, "b": b0}
 
     def loss(p, xb, yb, mb):
       logits = xb @ p["w"] + p["b"]
@@ -471,7 +472,11 @@ def adamw_probe(train_x, train_y, val_x, val_y, num_classes: int, *, epochs: flo
     (p, _), _ = jax.lax.scan(step, (p, tx.init(p)), (idx, mask))
     return p["w"], p["b"]
 
-  w, b = (np.asarray(a, np.float32) for a in fit(jnp.asarray(idx), jnp.asarray(mask)))
+  w0, b0 = ((np.asarray(init[0], np.float32), np.asarray(init[1], np.float32)) if init
+            is not None else (np.zeros((x.shape[1], num_classes), np.float32),
+                              np.zeros(num_classes, np.float32)))
+  w, b = (np.asarray(a, np.float32) for a in fit(jnp.asarray(idx), jnp.asarray(mask),
+                                                   jnp.asarray(w0), jnp.asarray(b0)))
   score = float(np.mean(np.argmax(np.asarray(val_x) @ w + b, -1) == val_y))
   return w, b, float(lr), {float(lr): score}
 

@@ -324,8 +324,24 @@ def test_lp_ft_starts_from_the_authors_adamw_probe_head(pretrained, tmp_path):
   short = transfer.adamw_probe(tx, ty, vx, vy, 10, epochs=2, lr=3e-3, batch=32,
                                weight_decay=0.1, warmup_steps=500, clip_norm=1.0)
   assert np.abs(short[0]).max() < np.abs(kernel).max()
+  # A learning rate of 0 leaves the head where it starts: the given init (CLIP: zero-shot).
+  k0, b0 = np.ones_like(kernel), np.full_like(bias, 0.5)
+  k1, b1, _, _ = transfer.adamw_probe(tx, ty, vx, vy, 10, epochs=1, lr=0.0, batch=32,
+                                      weight_decay=0.1, warmup_steps=0, clip_norm=1.0,
+                                      init=(k0, b0))
+  np.testing.assert_array_equal(k1, k0)
+  np.testing.assert_array_equal(b1, b0)
+  # CLIP's probe starts from its zero-shot head, as the authors' LP and LP-FT did; others at 0.
+  s = finetune.Session(ft_config(f"pretrained={pretrained['clip']},protocol=lp_ft,shots=2"),
+                       "/nonexistent")
+  init = s.adamw_probe_init()
+  np.testing.assert_array_equal(init[0], s.text_head()[0])
+  assert np.abs(init[0]).max() > 0
+  assert finetune.Session(ft_config(f"pretrained={pretrained['supervised']},protocol=lp_ft,"
+                                    f"shots=2"), "/nonexistent").adamw_probe_init() is None
   (row,) = run_ft(tmp_path, "lpft", f"pretrained={pretrained['supervised']},protocol=lp_ft,"
                   f"shots=5,epochs=2", **{"lp.adamw_epochs": 4.0})
   assert row["recipe"]["probe_solver"] == "adamw" and row["head_init"] == "probe"
   assert (row["recipe"]["grad_clip_norm"], row["recipe"]["decay"]) == (1.0, "all")
   assert (row["recipe"]["warmup_cap"], row["recipe"]["feature_norm"]) == (0.0, "none")
+  assert row["recipe"]["probe_init"] == "zero"
