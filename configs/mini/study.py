@@ -8,7 +8,7 @@ contrast), SimCLR on glyphs (the method contrast) and supervised glyphs (the ref
 random-init reference, then transfer to two downstream sets (the real handwritten digits;
 held-out letters) by linear probes at 1/5/10/full shots with two seeds, full fine-tuning on the
 digits at 5 shots and with all the data (one seed), and CLIP zero-shot. Ends with the report
-(runs/mini_study/report/report.md and its figures). About 6-9 minutes on 2 CPU cores.
+(runs/mini_study/report/report.md and its figures). About 10 minutes on 2 quiet CPU cores.
 
 (The built-in shapes are not a downstream set here: at this scale every model's linear probe on
 them stays at chance.)
