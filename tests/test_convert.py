@@ -176,7 +176,7 @@ def test_imagefolder_accounts_for_every_file_and_keeps_empty_classes(tmp_path, c
       for i in range(3):
         (src / split / cls / f"{i}.jpg").write_bytes(_jpeg())
   (src / "train" / "bird").mkdir()  # a class with no images yet
-  (src / ".ipynb_checkpoints" / "cat").mkdir(parents=True)  # a stray folder beside the splits
+  (src / ".ipynb_checkpoints" / "cat").mkdir(parents=True)  # a hidden folder beside the splits
   for i in range(2):
     (src / ".ipynb_checkpoints" / "cat" / f"{i}-checkpoint.jpg").write_bytes(_jpeg())
   (src / "README.md").write_text("notes")
@@ -185,8 +185,8 @@ def test_imagefolder_accounts_for_every_file_and_keeps_empty_classes(tmp_path, c
   manifest, last = _convert(["imagefolder", str(src), str(tmp_path / "dst"), "--workers=1"],
                             capsys)
   assert manifest["splits"]["train"]["num_examples"] == 6
-  assert manifest["skipped"] == {"nested": 1, "stray_dir": 2, "stray_file": 1}
-  assert last.endswith("skipped 4 (nested 1, stray_dir 2, stray_file 1); empty classes kept "
+  assert manifest["skipped"] == {"hidden": 2, "nested": 1, "stray_file": 1}
+  assert last.endswith("skipped 4 (hidden 2, nested 1, stray_file 1); empty classes kept "
                        "in class_names: bird")
   assert manifest["class_names"] == ["bird", "cat", "dog"] and manifest["empty_classes"] == ["bird"]
   assert manifest["splits"]["train"]["per_class"] == {"cat": 3, "dog": 3}
@@ -354,3 +354,60 @@ def test_cassava_2020_kaggle_layout_converts_with_names_and_a_stable_test_split(
   # The split is a property of each image, not of the run: converting again gives the same.
   again, _ = _convert([*args[:2], str(tmp_path / "b"), *args[3:]], capsys)
   assert again["splits"]["test"]["num_examples"] == n_test
+
+
+def test_hidden_entries_are_never_classes_or_examples(tmp_path, capsys):
+  """SRC/.ipynb_checkpoints/ beside the class folders (no split folders) is not a class: the
+  real labels keep their ids; .DS_Store and macOS's ._ files are skipped and counted, in image
+  folders and in webdataset tars alike."""
+  src = tmp_path / "src"
+  for cls in ("cat", "dog", "fish"):
+    (src / cls).mkdir(parents=True)
+    for i in range(2):
+      (src / cls / f"{i}.jpg").write_bytes(_jpeg())
+  (src / ".ipynb_checkpoints").mkdir()
+  (src / ".ipynb_checkpoints" / "x-checkpoint.jpg").write_bytes(_jpeg())
+  (src / "cat" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+  (src / "dog" / "._0.jpg").write_bytes(b"\0\5\26\7")
+  manifest, last = _convert(["imagefolder", str(src), str(tmp_path / "dst"), "--workers=1"],
+                            capsys)
+  assert manifest["class_names"] == ["cat", "dog", "fish"]
+  assert manifest["skipped"] == {"hidden": 3} and last.endswith("skipped 3 (hidden 3)")
+  assert manifest["splits"]["train"]["per_class"] == {"cat": 2, "dog": 2, "fish": 2}
+  shards = tmp_path / "shards"
+  shards.mkdir()
+  with tarfile.open(shards / "00000.tar", "w") as tar:
+    for i in range(3):
+      _add(tar, f"{i:04d}.jpg", _jpeg())
+      _add(tar, f"{i:04d}.txt", f"a photo {i}".encode())
+    _add(tar, "._0000.jpg", b"\0\5\26\7")
+  manifest, last = _convert(["webdataset", str(shards), str(tmp_path / "wds"), "--workers=1"],
+                            capsys)
+  assert manifest["splits"]["train"]["num_examples"] == 3
+  assert last.endswith("skipped 1 (hidden 1)")
+
+
+def test_readmes_own_data_command_trains_and_evaluates_on_converted_jpegs(tmp_path, capsys):
+  """README's "convert imagefolder, then train" lines as written: the train string decodes, the
+  mini config's eval string has no decode, and the converted JPEGs are decoded anyway."""
+  from big_transfer import config_lib, train
+  from big_transfer.logging import read_metrics
+  from conftest import MINI, one_device
+  src = tmp_path / "pets"
+  for k, cls in enumerate(("cat", "dog")):
+    (src / cls).mkdir(parents=True)
+    for i in range(12):
+      arr = np.full((36, 40, 3), 40 + 170 * k, np.uint8)
+      buf = io.BytesIO()
+      Image.fromarray(arr).save(buf, format="JPEG")
+      (src / cls / f"{i}.jpg").write_bytes(buf.getvalue())
+  _convert(["imagefolder", str(src), str(tmp_path / "pets_ar"), "--split_fraction=0.25",
+            "--workers=1"], capsys)
+  c = config_lib.load(f"{MINI}:steps=4,batch=8,width=0.125")
+  c.data = f"arrayrecord:{tmp_path / 'pets_ar'}"
+  c.pp_train = "decode|inception_crop(32)|flip_lr|value_range(-1,1)"
+  assert "decode" not in c.pp_eval
+  c.eval_every, c.tensorboard = 4, False  # classes from the manifest, as the README runs it
+  train.run(c, str(tmp_path / "run"), devices=one_device())
+  evals = [r for r in read_metrics(str(tmp_path / "run")) if "eval/accuracy" in r]
+  assert evals and evals[-1]["step"] == 4

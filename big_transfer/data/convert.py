@@ -126,7 +126,7 @@ def read_tar(path: str, split: str) -> Iterator[Item]:
   prefix = os.path.splitext(os.path.basename(path))[0]
   samples: list[list] = []  # [key, {ext: bytes}, duplicate]
   seen: set[str] = set()
-  unsafe = []
+  unsafe, hidden = [], []
   truncated = False
   try:
     tar = tarfile.open(path)
@@ -140,6 +140,9 @@ def read_tar(path: str, split: str) -> Iterator[Item]:
           unsafe.append(m.name)
           continue
         if not m.isfile():
+          continue
+        if is_hidden(m.name):  # e.g. macOS's ._KEY.jpg beside KEY.jpg
+          hidden.append(m.name)
           continue
         d, base = posixpath.split(m.name)
         stem, _, ext = base.partition(".")
@@ -156,6 +159,8 @@ def read_tar(path: str, split: str) -> Iterator[Item]:
       truncated = True
   for name in unsafe:
     yield Item(key=f"{prefix}/{name}", split=split, problem="unsafe_path")
+  for name in hidden:
+    yield Item(key=f"{prefix}/{name}", split=split, problem="hidden")
   for key, parts, duplicate in samples:
     key = f"{prefix}/{key}"
     if duplicate:
@@ -190,19 +195,38 @@ def _files_under(root: str) -> list[str]:
                 for dp, _, fs in os.walk(root) for f in fs)
 
 
+def is_hidden(path: str) -> bool:
+  """A dot-name anywhere in the path (.ipynb_checkpoints/, .DS_Store, macOS's ._ files): never
+  data, so never a class or an example; skipped and counted as ``hidden``."""
+  return any(p.startswith(".") and p not in (".", "..")
+             for p in path.replace("\\", "/").split("/"))
+
+
 def list_imagefolder(src: str, split_fraction: float,
                      recursive: bool = False) -> tuple[list[Item], list[str]]:
   """(items, class names). ``SRC/<split>/<class>/<image>`` when any top-level folder is a split
   name, else ``SRC/<class>/<image>``. Anything else is listed as a skipped item with its
-  reason: ``stray_dir`` (every file under a top-level folder that is not a split, e.g.
-  ``.ipynb_checkpoints``), ``stray_file`` (a file where folders were expected), ``nested``
+  reason: ``hidden`` (dot-names anywhere: ``.ipynb_checkpoints/``, ``.DS_Store``), ``stray_dir``
+  (every file under a top-level folder that is not a split), ``stray_file`` (a file where folders were expected), ``nested``
   (images in folders inside a class folder, unless ``recursive``: then they belong to it).
   Every class folder is a class, empty or not."""
-  entries = sorted(os.listdir(src))
+  items: list[Item] = []
+
+  def visible(root, prefix=""):  # entries of root; hidden ones listed as skipped items
+    out = []
+    for e in sorted(os.listdir(root)):
+      full = os.path.join(root, e)
+      if is_hidden(e):
+        files = _files_under(full) if os.path.isdir(full) else [""]
+        items.extend(Item(key=f"{prefix}{e}" + (f"/{f}" if f else ""), split="train",
+                          problem="hidden") for f in files)
+      else:
+        out.append(e)
+    return out
+  entries = visible(src)
   dirs = [e for e in entries if os.path.isdir(os.path.join(src, e))]
   if not dirs:
     raise SystemExit(f"error: imagefolder {src!r} has no class or split subdirectories")
-  items: list[Item] = []
   split_dirs = [e for e in dirs if e in SPLIT_NAMES]
   if split_dirs:
     layouts = [(split, os.path.join(src, split)) for split in split_dirs]
@@ -216,10 +240,11 @@ def list_imagefolder(src: str, split_fraction: float,
             if os.path.isfile(os.path.join(src, e))]
   classes: set[str] = set()
   for split, root in layouts:
+    names = visible(root, f"{split}/") if split is not None else entries
     if split is not None:
       items += [Item(key=f"{split}/{e}", split="train", problem="stray_file")
-                for e in sorted(os.listdir(root)) if os.path.isfile(os.path.join(root, e))]
-    for cls in sorted(os.listdir(root)):
+                for e in names if os.path.isfile(os.path.join(root, e))]
+    for cls in names:
       cdir = os.path.join(root, cls)
       if not os.path.isdir(cdir):
         continue
@@ -229,8 +254,10 @@ def list_imagefolder(src: str, split_fraction: float,
         s = split
         if s is None:  # a stable, per-file split: same answer on every run and machine
           s = _stable_split(f"{cls}/{rel}", split_fraction)
+        problem = ("hidden" if is_hidden(rel) else
+                   "nested" if nested and not recursive else None)
         items.append(Item(key=f"{cls}/{rel}", split=s, path=os.path.join(cdir, rel),
-                          label=cls, problem="nested" if nested and not recursive else None))
+                          label=cls, problem=problem))
   return items, sorted(classes)
 
 

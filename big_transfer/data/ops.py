@@ -108,8 +108,15 @@ def parse(spec: str, fuse: bool = True, bind: dict | None = None) -> Op:
     except (TypeError, ValueError) as e:
       raise PreprocessError(f"preprocessing op {text.strip()!r}: bad argument ({e})") from None
 
+  # Encoded images are decoded wherever they are read: a chain without ``decode`` (an eval
+  # string written for built-in arrays, used on converted JPEGs) decodes 'image' first.
+  auto_decode = (None if any("decode" in name for name, *_ in calls)
+                 else REGISTRY["decode"]())
+
   def apply(example: Example, rng: np.random.Generator) -> Example:
     example = dict(example)
+    if auto_decode is not None and isinstance(example.get("image"), (bytes, bytearray)):
+      example = auto_decode(example, rng)
     for fn in fns:
       example = fn(example, rng)
     return example
