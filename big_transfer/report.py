@@ -88,6 +88,16 @@ def _size_value(text) -> float | None:
     return None
 
 
+def size_source(agg: dict[tuple, dict], group: str) -> str:
+  """The source a size sweep varies: its arms' own ``source`` tag (one), else the group's
+  suffix ('size_yfcc' -> 'yfcc'), else 'sizes'."""
+  sources = {agg[k]["tags"].get("source", "") for k in agg if group in groups_of(agg[k])}
+  sources.discard("")
+  if len(sources) == 1:
+    return sources.pop()
+  return group.partition("_")[2] or "sizes"
+
+
 def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
   """What each figure shows, as data: panels with axis labels and series of (x, y, err). The
   PNGs are drawn from these, and tests check them."""
@@ -123,7 +133,8 @@ def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
     panels.append({"title": f"{ds} ({protocol})", "xlabel": "shots per class",
                    "ylabel": "test accuracy", "xcategories": xs, "series": series,
                    "chance": 1.0 / classes.pop() if len(classes) == 1 else None,
-                   "zeroshot": zeroshot, "shots_axis": True})
+                   "zeroshot": zeroshot, "shots_axis": True,
+                   "seeds": max(agg[k]["n"] for k in keys)})
   specs["accuracy_vs_shots"] = {"title": "Transfer accuracy against shots", "panels": panels}
 
   # 2. spread across pre-training sources against shots (max - min of the source arms)
@@ -163,12 +174,12 @@ def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
                 and "reference" in groups_of(agg[k])):
               refs[f"{k[0]}, {x} shots"] = agg[k]["mean"]
       if series:
-        source = group.partition("_")[2] or "LAION"
+        source = size_source(agg, group)
         panels.append({"title": f"{ds} ({main})", "xlabel": f"pre-training examples ({source})",
                        "ylabel": "test accuracy", "xscale": "log", "series": series,
                        "hlines": refs})
     name = "accuracy_vs_size" + (f"_{group.partition('_')[2]}" if "_" in group else "")
-    specs[name] = {"title": f"Pre-training size, {group.partition('_')[2] or 'LAION'} "
+    specs[name] = {"title": f"Pre-training size, {size_source(agg, group)} "
                             f"(reference arms dashed)", "panels": panels}
 
   # 4./5. paired comparisons as grouped bars: captions (web vs template), method (SimCLR vs
@@ -231,10 +242,19 @@ def _styles(series: dict) -> dict[str, dict]:
     return {v: i for i, v in enumerate(values)}
   colour, line, marker = index("source"), index("method"), index("size")
   cmap = __import__("matplotlib").colormaps["tab10"]
+  styled = {label: {k: str(s.get("style", {}).get(k, "")) for k in ("source", "method", "size")}
+            for label, s in series.items()}
+  # Arms of one source share its hue, each in its own shade (darker to lighter), so no two
+  # series are drawn in the same colour.
+  same = {label: [l for l in sorted(styled) if styled[l]["source"] == st["source"]]
+          for label, st in styled.items()}
   out = {}
-  for label, s in series.items():
-    st = {k: str(s.get("style", {}).get(k, "")) for k in ("source", "method", "size")}
-    out[label] = {"color": cmap(colour[st["source"]] % 10),
+  for label, st in styled.items():
+    base = np.array(cmap(colour[st["source"]] % 10)[:3])
+    k, n = same[label].index(label), len(same[label])
+    t = (k / (n - 1) - 0.5) * 0.7 if n > 1 else 0.0  # -0.35 (darker) .. +0.35 (lighter)
+    rgb = base + (1 - base) * t if t > 0 else base * (1 + t)
+    out[label] = {"color": tuple(float(v) for v in rgb),
                   "linestyle": _LINESTYLES[line[st["method"]] % len(_LINESTYLES)],
                   "marker": _MARKERS[marker[st["size"]] % len(_MARKERS)]}
   return out
@@ -281,8 +301,11 @@ def draw(spec: dict, path: str) -> None:
         handles.setdefault(_legend_label(label, s), h)
         any_err |= any(e > 0 for e in s["err"])
         if label in p.get("zeroshot", {}):  # zero-shot: an open marker at '0'
-          ax.plot([pos["0"]], [p["zeroshot"][label]], marker=st.get("marker", "o"),
-                  markerfacecolor="none", color=st.get("color"), linestyle="none")
+          z = ax.plot([pos["0"]], [p["zeroshot"][label]], marker=st.get("marker", "o"),
+                      markerfacecolor="none", color="gray", linestyle="none")[0]
+          z.set_markeredgecolor(st.get("color"))
+          handles.setdefault("zero-shot (hollow marker, the arm's colour)", ax.plot(
+              [], [], marker="o", markerfacecolor="none", color="gray", linestyle="none")[0])
       if "full" in cats and len(cats) > 1:
         ax.axvline((pos["full"] + max(v for k, v in pos.items() if k not in ("full", "0")))
                    / 2, color="gray", linewidth=0.6, linestyle=(0, (2, 2)))
@@ -303,14 +326,17 @@ def draw(spec: dict, path: str) -> None:
                     va="bottom", color="gray")
     if p.get("xscale"):
       ax.set_xscale(p["xscale"])
-    ax.set_title(p["title"], fontsize=10)
+    seeds = p.get("seeds")
+    ax.set_title(p["title"] + (f", {seeds} seeds" if seeds and seeds > 1 else
+                               ", 1 seed: no error bars" if seeds == 1 else ""), fontsize=10)
     ax.set_xlabel(p["xlabel"])
     ax.set_ylabel(p["ylabel"])
     ax.grid(alpha=0.3)
   if handles and not (len(handles) == 1 and "spread" in handles):
     fig.legend(list(handles.values()), list(handles.keys()), loc="lower center",
                ncol=min(4, len(handles)), fontsize=7, frameon=False)
-  note = "error bars: ±1 standard deviation over seeds" if any_err else ""
+  note = ("error bars: ±1 standard deviation over seeds, in panels with more than one"
+          if any_err else "")
   fig.suptitle(spec["title"] + (f"\n{note}" if note else ""), fontsize=11)
   rows = -(-len(handles) // 4) if handles else 0
   fig.tight_layout(rect=(0, min(0.35, 0.06 * rows + 0.02), 1, 1))

@@ -518,3 +518,35 @@ def test_readme_mini_study_paragraph_is_written_from_the_results(tmp_path):
     f.writelines(json.dumps(r) + "\n" for r in rows)
   with pytest.raises(ValueError, match="no zeroshot result of clip_glyphs on digits"):
     report.rewrite_readme(str(readme), str(wd))
+
+
+def test_report_figures_name_their_sweep_tell_arms_apart_and_say_where_seeds_are_one():
+  """The size figure names the source its arms sweep (not a hard-coded LAION); arms of one
+  source get distinct shades of its hue; zero-shot markers have a legend entry; a panel of one
+  seed says it has no error bars."""
+  rows = []
+  for arm, size, method in (("clip_glyphs", "4000", "clip"), ("clip_glyphs_1k", "1000", "clip"),
+                            ("simclr_glyphs", "4000", "simclr"),
+                            ("supervised_glyphs", "4000", "supervised")):
+    for seed in ((0, 1) if arm != "supervised_glyphs" else (0,)):
+      rows.append({"protocol": "lp", "shots": "5", "seed": seed, "data": "d",
+                   "val_accuracy": 0.5, "test_accuracy": 0.5 + 0.01 * seed,
+                   "pretrain_size": size, "pretrain_method": method,
+                   "tags": {"arm": arm, "downstream": "digits", "source": "glyphs", "size": size,
+                            "group": "size" if method == "clip" else "method"}})
+  rows.append({"protocol": "lp", "shots": "5", "seed": 0, "data": "d", "val_accuracy": 0.9,
+               "test_accuracy": 0.9, "pretrain_method": "clip",
+               "tags": {"arm": "clip_glyphs", "downstream": "letters", "source": "glyphs"}})
+  specs = report.figure_specs(report.aggregate(rows))
+  assert specs["accuracy_vs_size"]["title"].startswith("Pre-training size, glyphs")
+  assert all(p["xlabel"] == "pre-training examples (glyphs)"
+             for p in specs["accuracy_vs_size"]["panels"])
+  lp, one = specs["accuracy_vs_shots"]["panels"]
+  assert (lp["title"], lp["seeds"], one["title"], one["seeds"]) == (
+      "digits (lp)", 2, "letters (lp)", 1)
+  colours = {tuple(st["color"]) for st in report._styles(lp["series"]).values()}
+  assert len(colours) == 4  # four glyph arms, four shades
+  import matplotlib
+  base = matplotlib.colormaps["tab10"](0)[:3]
+  hues = {tuple(round(v, 6) for v in matplotlib.colors.rgb_to_hsv(c)[:1]) for c in colours}
+  assert hues == {tuple(round(v, 6) for v in matplotlib.colors.rgb_to_hsv(base)[:1])}
