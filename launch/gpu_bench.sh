@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The throughput checks (issues 7 and 13) in one go, for a machine with one NVIDIA GPU
+# The throughput checks in one go, for a machine with one NVIDIA GPU
 # (H100/H200) and requirements.txt (+ requirements-dev.txt for the PyTorch rows) installed, jax
-# with CUDA (README, "Accelerators"; on the lent machines: ../shared/gpu/README.md).
+# with CUDA (README, "Accelerators").
 # Writes JSON lines to ${OUT:-bench_gpu.jsonl} and prints them; each case under its own timeout
 # (CASE_TIMEOUT, default 240 s). About 12-14 minutes on an H200 with a 16-core host.
 #

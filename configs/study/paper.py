@@ -16,7 +16,7 @@ checkpoints with CLIP's mean/std, which they were trained with; default: ImageNe
 authors' code did), cassava (kaggle2020: the 2020 competition's images the authors used,
 ROOT/cassava_2020, docs/DATA.md; tfds: TFDS's iCassava 2019).
 
-Arms (PAPER.md): CLIP on seven 2.7M-sample sources; the LAION and YFCC size sweeps (nested
+Arms (docs/PAPER.md): CLIP on seven 2.7M-sample sources; the LAION and YFCC size sweeps (nested
 subsets); supervised ImageNet-1K; ImageNet with web vs. template captions; SimCLR vs. CLIP on
 CC-12M, RedCaps and Shutterstock (these also run LP-FT: the published SimCLR numbers are
 LP-FT); from scratch; and the public ViT-B/32 CLIP checkpoints (OpenAI, LAION-400M, LAION-2B)

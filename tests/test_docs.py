@@ -1,0 +1,35 @@
+"""The repository stands alone: every document it points to is in it."""
+
+import os
+import re
+import subprocess
+
+from conftest import ROOT
+
+
+def _tracked():
+  out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+  if out.returncode:  # not a git checkout (an sdist): every file under the root
+    return [os.path.relpath(os.path.join(dp, f), ROOT) for dp, _, fs in os.walk(ROOT)
+            for f in fs]
+  return out.stdout.split()
+
+
+def test_no_file_points_outside_the_repository_and_every_doc_link_resolves():
+  text_files = [f for f in _tracked() if f.endswith((".py", ".md", ".sh", ".toml", ".txt"))
+                and not f.startswith("tests/")]
+  outside = [f for f in text_files if "../shared" in open(os.path.join(ROOT, f)).read()]
+  assert not outside, outside
+  broken = []
+  for f in [f for f in text_files if f.endswith(".md")]:
+    for target in re.findall(r"\]\(([^)\s#]+)", open(os.path.join(ROOT, f)).read()):
+      if "://" in target:
+        continue
+      if not os.path.exists(os.path.join(ROOT, os.path.dirname(f), target)):
+        broken.append(f"{f}: {target}")
+  assert not broken, broken
+  # Documents named in the code's own text exist (PAPER.md, DATA.md).
+  for f in text_files:
+    for name in re.findall(r"\b(?:docs/)?([A-Z]+\.md)\b", open(os.path.join(ROOT, f)).read()):
+      assert (os.path.exists(os.path.join(ROOT, name))
+              or os.path.exists(os.path.join(ROOT, "docs", name))), f"{f} names {name}"
