@@ -268,6 +268,11 @@ def save_state_dict(sd: dict[str, np.ndarray], out: str):
   if out.endswith(".safetensors"):
     from safetensors.numpy import save_file
     save_file(sd, out)
+    # safetensors writes through a private temp file (0600): give the export the mode any file
+    # written here gets (0666 less the umask), so others who may read the directory can read it.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out, 0o666 & ~umask)
     return
   try:
     import torch

@@ -551,14 +551,23 @@ def timm_spec(sd: dict, model: str) -> tuple[Spec, str]:
         kwargs["image_size"] = int(m[3])
       break
   cls, defaults = models.parse(model)
-  kind = "vit" if "variant" in defaults else {"v1.5": "v1.5", "v2": "v2"}.get(
-      defaults.get("version"))
+  if "variant" in defaults and "patch_embed.proj.weight" in sd:
+    # The tensors say the patch (and, with pos_embed, the resolution): they win over the name,
+    # so the registered name an export writes (vit_tiny_patch16_224 for a ViT-Ti/4 at 32px,
+    # its dimensions in the .json's arguments) reads back as the network it holds.
+    patch = int(sd["patch_embed.proj.weight"].shape[-1])
+    if patch != defaults["patch"]:
+      model = f"vit_{defaults['variant']}{patch}"
+      cls, defaults = models.parse(model)
+      kwargs.pop("image_size", None)
   if kind is None:
     raise ConversionError(f"--model={model}: timm checkpoints are resnetD, bit_rDxW or vit_*")
   head = sd.get("head.fc.weight" if kind == "v2" else "fc.weight" if kind == "v1.5"
                 else "head.weight")
   if kind == "vit":
     grid = int(round((sd["pos_embed"].shape[1] - 1) ** 0.5)) if "pos_embed" in sd else 14
+    if "pos_embed" in sd:
+      kwargs["image_size"] = grid * defaults["patch"]
     kwargs.setdefault("image_size", grid * defaults["patch"])
     # Depth and widths are in the tensors (an off-grid ViT: spelt out); heads are not.
     w, depth, mlp, _ = VARIANTS[defaults["variant"]]

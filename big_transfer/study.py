@@ -10,7 +10,8 @@ config. Every transfer run depends on its arm's pre-training run. Locally the ru
 another in this process (one JAX runtime, compiled programs cached on disk under
 ``WORKDIR/.jax_cache``); ``--print_commands`` prints each run's command instead, in dependency
 order, for a cluster's scheduler (see launch/). Finished runs are skipped (a pre-training run is
-finished when its last checkpoint exists, a transfer run when its ``done.json`` does), so a
+finished when its ``done.json`` records the run's last step, written once its last checkpoint
+is saved; a transfer run when its ``done.json`` exists), so a
 stopped study picks up where it was; a failed run is reported and its dependants are skipped,
 the others go on. Transfer rows accumulate in ``WORKDIR/results.jsonl``, which
 ``python -m big_transfer.report`` reads; the runner ends by writing the report.

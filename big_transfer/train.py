@@ -102,11 +102,14 @@ def resolve_tokenizer(config, workdir: str, train_source) -> str | None:
       raise config_lib.ConfigError(f"config.text.tokenizer={spec}: {config.data} has no "
                                    f"captions to learn a vocabulary from")
     t0 = time.perf_counter()
-    tok = tokenizer.train(texts, int(spec[len("train:"):]))
+    asked = int(spec[len("train:"):])
+    tok = tokenizer.train(texts, asked)
     os.makedirs(workdir, exist_ok=True)
     tok.save(path, note=f"learnt from {len(texts)} captions of {config.data}")
+    short = (f" ({asked} asked: no other pair of symbols occurs twice in these captions)"
+             if tok.vocab_size < asked else "")
     log_lib.info(f"tokenizer: {tok.vocab_size} tokens learnt from {len(texts)} captions in "
-                 f"{time.perf_counter() - t0:.1f}s -> {path}")
+                 f"{time.perf_counter() - t0:.1f}s -> {path}{short}")
   return path
 
 

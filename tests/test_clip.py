@@ -309,3 +309,17 @@ def test_clip_vocabulary_comes_from_open_clip_or_a_clear_message():
     tok = tokenizer.load(tokenizer.resolve("clip"))
     assert tok.vocab_size == 49408
     assert tok.tokenize("a diagram", 5)[0].tolist() == [49406, 320, 22697, 49407, 0]
+
+
+def test_a_learnt_vocabulary_smaller_than_asked_says_why(tmp_path, capsys):
+  from big_transfer import config_lib, train
+  from big_transfer.data import sources
+  c = config_lib.load(os.path.join(ROOT, "configs/mini/clip.py") + ":steps=1,batch=8")
+  c.unlock()
+  c.text.tokenizer = "train:5000"
+  src = sources.open_source("builtin:glyphs?n=200")
+  path = train.resolve_tokenizer(c, str(tmp_path), src)
+  out = capsys.readouterr().out + capsys.readouterr().err
+  line = [l for l in out.splitlines() if "tokens learnt" in l][-1]
+  assert "(5000 asked: no other pair of symbols occurs twice in these captions)" in line, line
+  assert os.path.exists(path)

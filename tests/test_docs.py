@@ -33,3 +33,16 @@ def test_no_file_points_outside_the_repository_and_every_doc_link_resolves():
     for name in re.findall(r"\b(?:docs/)?([A-Z]+\.md)\b", open(os.path.join(ROOT, f)).read()):
       assert (os.path.exists(os.path.join(ROOT, name))
               or os.path.exists(os.path.join(ROOT, "docs", name))), f"{f} names {name}"
+
+
+def test_study_help_and_readme_agree_on_when_a_pretraining_run_is_finished():
+  from big_transfer import study
+  readme = open(os.path.join(ROOT, "README.md")).read()
+  assert "counts as finished only once its `done.json` is written" in readme
+  assert "finished when its ``done.json`` records the run's last step" in study.__doc__
+  assert "last checkpoint exists" not in study.__doc__
+
+
+def test_the_readmes_outputs_are_ignored_by_git():
+  ignored = open(os.path.join(ROOT, ".gitignore")).read().split()
+  assert {"/runs/", "/ckpt/"} <= set(ignored)  # the study's and the conversion examples' outputs

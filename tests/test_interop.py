@@ -166,11 +166,17 @@ def test_timm_export_round_trips_and_names_the_architecture(converted, tmp_path)
       img_size=32, patch_size=4, embed_dim=192, depth=2, num_heads=3, num_classes=11,
       global_pool="token")
   assert meta["pretrained_cfg"]["file"] == str(out)
-  cc.convert("timm", str(out), str(tmp_path / "back"), model="vit_ti4")
-  back, _ = restored_flat(str(tmp_path / "back"))
-  assert set(back) == set(ours)
-  for k in ours:
-    np.testing.assert_array_equal(back[k], ours[k], err_msg=k)
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(out).st_mode & 0o777 == 0o666 & ~umask  # like any file written here, not 0600
+  # Read back under our name, and under the timm name the export wrote (the tensors say the
+  # patch and the resolution the name does not).
+  for model in ("vit_ti4", meta["architecture"]):
+    cc.convert("timm", str(out), str(tmp_path / f"back_{model}"), model=model)
+    back, _ = restored_flat(str(tmp_path / f"back_{model}"))
+    assert set(back) == set(ours)
+    for k in ours:
+      np.testing.assert_array_equal(back[k], ours[k], err_msg=k)
 
 
 @pytest.mark.parametrize("model,kwargs,expect", [

@@ -683,10 +683,12 @@ def parse_args(argv):
                               description=__doc__.split("\n\n")[0],
                               epilog=__doc__.split("\n\n")[1],
                               formatter_class=_HelpFormatter)
-  p.add_argument("kind", choices=("imagefolder", "webdataset", "csv", "coco"))
+  p.add_argument("kind", choices=("imagefolder", "webdataset", "csv", "coco", "merge"),
+                 help="what SRC is; 'merge DST' (no SRC) writes the manifest of a conversion "
+                      "split across hosts (--num_shards) once every host is done")
   p.add_argument("src", help="image folder, tar file / directory / glob, CSV file, or COCO "
-                             "annotations (FILE or SPLIT=FILE,SPLIT=FILE)")
-  p.add_argument("dst", help="output directory (ArrayRecord shards + manifest.json)")
+                             "annotations (FILE or SPLIT=FILE,SPLIT=FILE); merge: DST")
+  p.add_argument("dst", nargs="?", help="output directory (ArrayRecord shards + manifest.json)")
   p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                  help="processes that decode and re-encode images")
   p.add_argument("--output_shards", type=int, default=0,
@@ -734,6 +736,9 @@ def main(argv=None):
       raise SystemExit("usage: python -m big_transfer.data.convert merge DST")
     return merge(argv[1])
   args = parse_args(argv)
+  if args.dst is None:
+    raise SystemExit(f"error: {args.kind} needs SRC and DST (python -m big_transfer.data.convert "
+                     f"{args.kind} SRC DST)")
   args.max_side = args.max_side or None
   return run(args.kind, args.src, args.dst, args)
 
