@@ -352,6 +352,26 @@ def _cell(a: dict | None) -> str:
   return f"{100 * a['mean']:.1f} ± {100 * a['std']:.1f} ({a['n']})"
 
 
+def summary(agg: dict[tuple, dict]) -> str:
+  """The results at a glance, for a terminal: per downstream set and protocol, each arm's test
+  accuracy (%, mean over seeds) at every shot count; the report has the full tables."""
+  out = []
+  for ds in sorted({k[1] for k in agg}):
+    for protocol in sorted({k[2] for k in agg if k[1] == ds}):
+      keys = [k for k in agg if k[1] == ds and k[2] == protocol]
+      xs = sorted({k[3] for k in keys}, key=shot_key)
+      arms = sorted({k[0] for k in keys})
+      width = max(len(a) for a in arms)
+      head = "  ".join(f"{x:>6}" for x in xs)
+      out.append(f"{ds} / {protocol} (test accuracy %, chosen on validation)")
+      out.append(f"  {'':<{width}}  {head}")
+      for arm in arms:
+        cells = [agg.get((arm, ds, protocol, x)) for x in xs]
+        out.append(f"  {arm:<{width}}  " + "  ".join(
+            f"{100 * c['mean']:>6.1f}" if c else f"{'-':>6}" for c in cells))
+  return "\n".join(out)
+
+
 def tables(agg: dict[tuple, dict]) -> str:
   """Per downstream set and protocol: every arm's validation-selected test accuracy."""
   out = []

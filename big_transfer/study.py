@@ -35,7 +35,7 @@ from ml_collections import config_flags
 
 from big_transfer import app, checkpoint, config_lib, convert_checkpoint, finetune, report
 from big_transfer import logging as log_lib
-from big_transfer import runlock, train
+from big_transfer import runlock, train, transfer
 from big_transfer.data import sources
 
 FLAGS = flags.FLAGS
@@ -81,6 +81,36 @@ class Run:
     if self.kind == "convert":
       return os.path.isdir(os.path.join(self.workdir, "checkpoints", "0", "state"))
     return pretrain_finished(self.workdir)
+
+
+class Eta:
+  """The remaining time of a study from the runs that finished, per run shape: a run is
+  estimated by the mean duration of finished runs of its own shape (kind, protocol, downstream
+  set, few-shot or full), else of its kind and protocol, else of its kind; unknown ('?') until
+  one of those has finished. (A 2-second probe and a 2-minute fine-tune are not averaged.)"""
+
+  def __init__(self):
+    self.seconds: dict[tuple, list[float]] = {}
+
+  @staticmethod
+  def _keys(r: Run) -> list[tuple]:
+    f = r.fields
+    shots = "full" if str(f.get("shots")) == "full" else "few"
+    return [(r.kind, f.get("protocol"), f.get("downstream"), shots), (r.kind, f.get("protocol")),
+            (r.kind,)]
+
+  def add(self, r: Run, seconds: float) -> None:
+    for k in self._keys(r):
+      self.seconds.setdefault(k, []).append(seconds)
+
+  def remaining(self, rest: list[Run]) -> float:
+    total = 0.0
+    for r in rest:
+      known = next((self.seconds[k] for k in self._keys(r) if k in self.seconds), None)
+      if known is None:
+        return float("nan")
+      total += sum(known) / len(known)
+    return total
 
 
 def _flag_value(v) -> str:
@@ -396,13 +426,7 @@ def main(argv):
       status[r.name] = "done"
   log_lib.info(f"study {study.get('name', '')}: {len(runs)} runs, {len(runs) - len(todo)} "
                f"already finished, {len(todo)} to run")
-  durations: dict[str, list[float]] = {"pretrain": [], "convert": [], "transfer": []}
-
-  def eta(rest: list[Run]) -> float:
-    """Remaining time from the mean duration of finished runs of each kind ('?' until a run
-    of every remaining kind has finished)."""
-    mean = {k: sum(v) / len(v) if v else float("nan") for k, v in durations.items()}
-    return sum(mean[r.kind] for r in rest)
+  eta = Eta()
 
   for i, r in enumerate(todo):
     failed_dep = [d for d in r.deps if status.get(d) in ("failed", "skipped")]
@@ -423,16 +447,18 @@ def main(argv):
       log_lib.info(f"[{i + 1}/{len(todo)}] {r.name}: FAILED: {type(e).__name__}: "
                    f"{str(e).splitlines()[0] if str(e) else ''}")
       continue
-    durations[r.kind].append(time.time() - t)
+    eta.add(r, time.time() - t)
     done_n = sum(1 for v in status.values() if v == "done")
     log_lib.info(f"[{i + 1}/{len(todo)}] {r.name}: ok in "
                  f"{log_lib.format_duration(time.time() - t)} | {done_n}/{len(runs)} done, "
                  f"elapsed {log_lib.format_duration(time.time() - t0)}, eta "
-                 f"{log_lib.format_duration(eta(todo[i + 1:]))}")
+                 f"{log_lib.format_duration(eta.remaining(todo[i + 1:]))}")
   failed = [k for k, v in status.items() if v in ("failed", "skipped")]
   if FLAGS.report and os.path.exists(os.path.join(workdir, "results.jsonl")):
     out = report.write_report(workdir, study)
-    log_lib.info(f"report: {out}")
+    rows = transfer.read_results(os.path.join(workdir, "results.jsonl"))
+    print(report.summary(report.aggregate(rows)), flush=True)
+    log_lib.info(f"report: {out} (figures and every table beside it)")
   if failed:
     print(f"error: {len(failed)} runs failed or were skipped: {', '.join(failed[:5])}",
           file=sys.stderr)

@@ -118,6 +118,10 @@ def test_small_study_stopped_halfway_restarts_without_redoing_runs(tmp_path):
   # The report was written from the table, with its figures.
   assert (wd / "report" / "report.md").exists()
   assert (wd / "report" / "accuracy_vs_shots.png").exists()
+  # It ends with the results at a glance (every arm, every shot count), then the report's path.
+  assert "digits / lp (test accuracy %, chosen on validation)" in out.stdout
+  assert any(l.split()[:1] == ["supervised_glyphs"] and len(l.split()) == 3
+             for l in out.stdout.splitlines())
   # Once more: nothing to do.
   out = _study(args, timeout=300)
   assert "14 already finished, 0 to run" in out.stdout
@@ -550,3 +554,27 @@ def test_report_figures_name_their_sweep_tell_arms_apart_and_say_where_seeds_are
   base = matplotlib.colormaps["tab10"](0)[:3]
   hues = {tuple(round(v, 6) for v in matplotlib.colors.rgb_to_hsv(c)[:1]) for c in colours}
   assert hues == {tuple(round(v, 6) for v in matplotlib.colors.rgb_to_hsv(base)[:1])}
+
+
+def test_eta_is_per_run_shape_and_the_study_ends_with_its_results():
+  def run(kind, protocol, shots="5", ds="digits"):
+    return study.Run(kind, f"{kind}/{protocol}/{shots}", "/x", "", {}, [],
+                     {"protocol": protocol, "shots": shots, "downstream": ds})
+  eta = study.Eta()
+  assert eta.remaining([run("transfer", "lp")]) != eta.remaining([run("transfer", "lp")])  # nan
+  eta.add(run("transfer", "lp"), 2.0)
+  eta.add(run("transfer", "lp"), 2.0)
+  eta.add(run("transfer", "ft"), 100.0)
+  # A probe is estimated by probes, a fine-tune by fine-tunes (a per-kind mean gave 3 x 34.7).
+  rest = [run("transfer", "lp"), run("transfer", "ft"), run("transfer", "ft")]
+  assert eta.remaining(rest) == pytest.approx(202.0)
+  # Another shape falls back to its protocol, then its kind; a kind never seen is unknown.
+  assert eta.remaining([run("transfer", "ft", "full", "letters")]) == pytest.approx(100.0)
+  assert eta.remaining([run("transfer", "zeroshot")]) == pytest.approx(104 / 3)
+  assert eta.remaining([run("pretrain", "")]) != eta.remaining([run("pretrain", "")])
+  text = report.summary(report.aggregate(_rows()))
+  lines = text.splitlines()
+  assert lines[0] == "digits / ft (test accuracy %, chosen on validation)"
+  assert lines[1].split() == ["1", "5", "full"]
+  assert lines[2].split() == ["size_1000", "-", "60.0", "-"]
+  assert any(l.split() == ["src_a", "50.0", "70.0", "90.0"] for l in lines)

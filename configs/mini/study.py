@@ -8,7 +8,8 @@ contrast), SimCLR on glyphs (the method contrast) and supervised glyphs (the ref
 random-init reference, then transfer to two downstream sets (the real handwritten digits;
 held-out letters) by linear probes at 1/5/10/full shots with two seeds, full fine-tuning on the
 digits at 5 shots and with all the data (one seed), and CLIP zero-shot. Ends with the report
-(runs/mini_study/report/report.md and its figures). About 10 minutes on 2 quiet CPU cores.
+(runs/mini_study/report/report.md and its figures; the pre-training curves in TensorBoard:
+tensorboard --logdir runs/mini_study/pretrain). About 10 minutes on 2 quiet CPU cores.
 
 (The built-in shapes are not a downstream set here: at this scale every model's linear probe on
 them stays at chance.)
@@ -22,8 +23,8 @@ GLYPHS = "builtin:glyphs?n=4000"
 
 def clip_arm(name, data, **tags):
   return dict(name=name, config=f"configs/mini/clip.py:{STEPS}", method="clip",
-              overrides={"data": data, "evals.retrieval.data": "", "evals.zeroshot.data": "",
-                         "tensorboard": False}, **tags)
+              overrides={"data": data, "evals.retrieval.data": "", "evals.zeroshot.data": ""},
+              **tags)
 
 
 def get_config(arg=None):
@@ -40,10 +41,10 @@ def get_config(arg=None):
                group="sources"),
       dict(name="simclr_glyphs", config=f"configs/mini/simclr.py:{STEPS}", method="simclr",
            source="glyphs", size="4000", group="method",
-           overrides={"data": GLYPHS, "evals.fewshot.data": "", "tensorboard": False}),
+           overrides={"data": GLYPHS, "evals.fewshot.data": ""}),
       dict(name="supervised_glyphs", config=f"configs/mini/supervised.py:{STEPS}",
            method="supervised", source="glyphs", size="4000", group="reference",
-           overrides={"data": GLYPHS, "eval_data": "none", "tensorboard": False}),
+           overrides={"data": GLYPHS, "eval_data": "none"}),
       dict(name="scratch", config="", method="scratch", model="resnet18", group="reference",
            protocols=("lp", "ft")),
   ]
