@@ -46,3 +46,16 @@ def test_study_help_and_readme_agree_on_when_a_pretraining_run_is_finished():
 def test_the_readmes_outputs_are_ignored_by_git():
   ignored = open(os.path.join(ROOT, ".gitignore")).read().split()
   assert {"/runs/", "/ckpt/"} <= set(ignored)  # the study's and the conversion examples' outputs
+
+
+def test_convert_help_lists_merge_and_a_conversion_without_dst_is_one_line():
+  import sys
+  out = subprocess.run([sys.executable, "-m", "big_transfer.data.convert", "--help"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0 and "{imagefolder,webdataset,csv,coco,merge}" in out.stdout
+  assert "'merge DST' (no SRC)" in " ".join(out.stdout.split())
+  bad = subprocess.run([sys.executable, "-m", "big_transfer.data.convert", "csv", "x.csv"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert bad.returncode != 0
+  assert bad.stderr.strip().splitlines() == [
+      "error: csv needs SRC and DST (python -m big_transfer.data.convert csv SRC DST)"]

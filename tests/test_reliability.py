@@ -211,7 +211,7 @@ def _png_records(path, n=40):
 
 def test_a_chain_that_fails_on_every_record_stops_train_and_finetune_with_one_line(tmp_path):
   _png_records(str(tmp_path / "data"))
-  bad_pp = "resize(32)|value_range(-1,1)"  # no decode: the records hold encoded PNG bytes
+  bad_pp = "decode|central_crop(32)|value_range(-1,1)"  # the records hold 8x8 images
   out = run_cli([f"--config={MINI}", f"--workdir={tmp_path / 'run'}",
                  f"--config.data=arrayrecord:{tmp_path / 'data'}", f"--config.pp_train={bad_pp}",
                  "--config.batch_size=8", "--config.eval_data=none"], timeout=300)
