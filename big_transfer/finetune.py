@@ -297,7 +297,7 @@ class Session:
     run and test subsample on it shares one entry. Views whose rows cannot be named by a base
     source and indices (label noise, captions) are embedded directly."""
     source = self.data[split]
-    base, idx = positional_base(source)
+    base, idx = sources.provenance(source, see_through_wrappers=False)  # view[i] = base[idx[i]]
     identity = getattr(base, "identity", None)
     if not self.config.feature_cache or identity is None:
       return self.features(self.frozen_weights(), split)
@@ -440,18 +440,6 @@ class Session:
 
 
 FEATURE_CACHE_VERSION = 2  # bumped when what a cache entry holds changes
-
-
-def positional_base(source) -> tuple[Any, np.ndarray]:
-  """(base, indices) of a view made only of subsets and slices (``view[i] == base[idx[i]]``);
-  a view with anything else in its chain is its own base."""
-  idx, view = None, source
-  while isinstance(view, (sources.Subset, sources.Sliced)):
-    step = (view.indices if isinstance(view, sources.Subset)
-            else np.arange(view.lo, view.hi))
-    idx = step if idx is None else step[idx]
-    view = view.source
-  return view, (np.arange(len(view)) if idx is None else np.asarray(idx, np.int64))
 
 
 def _read_cached_features(path: str, rows: int):

@@ -207,8 +207,9 @@ def list_imagefolder(src: str, split_fraction: float,
   """(items, class names). ``SRC/<split>/<class>/<image>`` when any top-level folder is a split
   name, else ``SRC/<class>/<image>``. Anything else is listed as a skipped item with its
   reason: ``hidden`` (dot-names anywhere: ``.ipynb_checkpoints/``, ``.DS_Store``), ``stray_dir``
-  (every file under a top-level folder that is not a split), ``stray_file`` (a file where folders were expected), ``nested``
-  (images in folders inside a class folder, unless ``recursive``: then they belong to it).
+  (every file under a top-level folder that is not a split), ``stray_file`` (a file where
+  folders were expected), ``nested`` (images in folders inside a class folder, unless
+  ``recursive``: then they belong to it).
   Every class folder is a class, empty or not."""
   items: list[Item] = []
 

@@ -558,17 +558,19 @@ def spec_with_default_split(spec: str, split: str) -> str:
   return spec if parse_spec(base).split else spec_at_split(spec, split)
 
 
-def provenance(source) -> tuple[Any, np.ndarray]:
+def provenance(source, see_through_wrappers: bool = True) -> tuple[Any, np.ndarray]:
   """(base source, indices into it) of a view: slices and subsets composed, wrappers that
-  keep positions (label noise, template captions) seen through. Two views of one base with
-  disjoint indices share no example (how splits are checked for leaks)."""
+  keep positions (label noise, template captions) seen through — or, with
+  ``see_through_wrappers=False``, a wrapper is the base (its records are not the base's: a
+  cache of what the base's records give stops there). Two views of one base with disjoint
+  indices share no example (how splits are checked for leaks)."""
   idx = None
   while True:
     if isinstance(source, Sliced):
       step = np.arange(source.lo, source.hi)
     elif isinstance(source, Subset):
       step = source.indices
-    elif isinstance(source, (NoisyLabels, TemplateCaptions)):
+    elif see_through_wrappers and isinstance(source, (NoisyLabels, TemplateCaptions)):
       step = None
     else:
       break

@@ -22,7 +22,8 @@ CC-12M, RedCaps and Shutterstock (these also run LP-FT: the published SimCLR num
 LP-FT); from scratch; and the public ViT-B/32 CLIP checkpoints (OpenAI, LAION-400M, LAION-2B)
 as transfer-only references. Downstream: CIFAR-100, DTD, Caltech-101, Pets, DomainNet-Real,
 DomainNet-Clipart, EuroSAT (TFDS), Cassava (the 2020 Kaggle images, converted) and Caltech
-Camera Traps (COCO annotations converted to ArrayRecord), at 1/5/10/20/full shots (CIFAR-100 also 100 and 200).
+Camera Traps (COCO annotations converted to ArrayRecord), at 1/5/10/20/full shots (CIFAR-100
+also 100 and 200).
 
 Full-data runs choose hyperparameters on 10% of the training split, then retrain on all of it
 (refit_full); EuroSAT has no test split in TFDS: its last 20% is the test set, never in the pool.
