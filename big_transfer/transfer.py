@@ -6,6 +6,7 @@ BiT-HyperRule, and the results table. The entrypoint that runs a protocol is fin
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ from flax import nnx
 from big_transfer import checkpoint as ckpt_lib
 from big_transfer import logging as log_lib
 from big_transfer import methods
-from big_transfer import models
+from big_transfer import models, optim
 from big_transfer.data import sources, tokenizer
 from big_transfer.evaluators.fewshot_linear import ridge_fit_grid
 from big_transfer.evaluators.zeroshot import templates_of
@@ -46,9 +47,23 @@ class Pretrained:
   workdir: str
   config: ml_collections.ConfigDict
   state: dict  # params, model_state (and ema_params), host numpy, string keys
-  # What the weights are, for caches keyed by them: a digest of the checkpoint's checksums
-  # (of its arrays when it has none).
-  fingerprint: str = ""
+  step_dir: str = ""  # checkpoints/<step> the state was read from
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """What the weights are, for caches keyed by them (computed when a cache asks): a digest
+    of the checkpoint's CHECKSUMS.json when sealed, else of its arrays."""
+    digest = hashlib.sha1()
+    sums = os.path.join(self.step_dir, ckpt_lib.CHECKSUMS)
+    if self.step_dir and os.path.exists(sums):
+      with open(sums, "rb") as f:
+        digest.update(f.read())
+    else:
+      for name, value in sorted(flatten(self.state).items()):
+        value = np.ascontiguousarray(value)
+        digest.update(f"{name}:{value.dtype}:{value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()[:16]
 
   @property
   def method(self) -> str:
@@ -94,22 +109,7 @@ def load_pretrained(path: str) -> Pretrained:
   state, step = ckpt_lib.load_state(path)
   keep = {k: state[k] for k in ("params", "model_state", "ema_params") if k in state}
   return Pretrained(path=path, step=step, workdir=workdir, config=config, state=keep,
-                    fingerprint=_fingerprint(os.path.join(directory, str(step)), keep))
-
-
-def _fingerprint(step_dir: str, state: dict) -> str:
-  """A digest of a checkpoint: of its CHECKSUMS.json when sealed, else of its arrays."""
-  digest = hashlib.sha1()
-  sums = os.path.join(step_dir, ckpt_lib.CHECKSUMS)
-  if os.path.exists(sums):
-    with open(sums, "rb") as f:
-      digest.update(f.read())
-  else:
-    for name, value in sorted(flatten(state).items()):
-      value = np.ascontiguousarray(value)
-      digest.update(f"{name}:{value.dtype}:{value.shape}".encode())
-      digest.update(value.tobytes())
-  return digest.hexdigest()[:16]
+                    step_dir=os.path.join(directory, str(step)))
 
 
 def flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
@@ -446,12 +446,10 @@ def adamw_probe(train_x, train_y, val_x, val_y, num_classes: int, *, epochs: flo
     e, b = divmod(s, per_epoch)
     rows = order[e * n + b * batch: e * n + min((b + 1) * batch, n)]
     idx[s, :len(rows)], mask[s, :len(rows)] = rows, 1.0
-  warmup = int(warmup_steps)
-  sched = optax.cosine_decay_schedule(lr, max(1, steps - warmup))
-  if warmup > 0:
-    sched = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), sched], [warmup])
-  tx = optax.chain(*([optax.clip_by_global_norm(clip_norm)] if clip_norm else []),
-                   optax.adamw(sched, weight_decay=weight_decay))
+  tx, _ = optim.build(ml_collections.ConfigDict(
+      {"name": "adamw", "lr": float(lr), "weight_decay": float(weight_decay), "decay": "all",
+       "grad_clip_norm": float(clip_norm), "warmup_steps": int(warmup_steps),
+       "schedule": "cosine"}), steps)
   xs, ys = jnp.asarray(x), jnp.asarray(train_y)
 
   @jax.jit
