@@ -1,9 +1,19 @@
 """Orbax checkpoints: train state and loader position together, verified, resume, fallback.
 
-Layout: ``WORKDIR/checkpoints/<step>/{state,loader,CHECKSUMS.json}``. Saves are asynchronous
-(the loop goes on while the arrays are written); only finalised checkpoints are listed, so a run
-killed mid-save resumes from the previous one. When a save is finalised, a CRC32 of every file
-it wrote goes into ``CHECKSUMS.json``; a restore checks them first.
+Layout: ``WORKDIR/checkpoints/<step>/{state,loader,digest,CHECKSUMS.json}``. Saves are
+asynchronous (the loop goes on while the arrays are written); only finalised checkpoints are
+listed, so a run killed mid-save resumes from the previous one, and the unfinished
+``<step>.orbax-checkpoint-tmp`` directories it left are removed (saying so) when the next run
+opens the directory.
+
+Every checkpoint is verified before it is trusted, two ways, both written as part of its own
+save and never added afterwards:
+  - ``digest``: a checksum of every array of the state, computed on the device from the values
+    being saved; a restore recomputes it from the values read back and compares (any mesh, any
+    storage; it also covers a checkpoint a kill left without ``CHECKSUMS.json``);
+  - ``CHECKSUMS.json``: a CRC32 of every file, written into the step's temporary directory
+    after Orbax has finalised it and before the directory is renamed into place, so a listed
+    checkpoint is sealed from its first moment; a restore checks the files first.
 
 Restoring tells three failures apart:
   - corrupt (a checksum that does not match, a file missing, a checkpoint that does not read
@@ -21,6 +31,7 @@ target shardings, so a checkpoint moves between meshes and device counts.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -104,7 +115,7 @@ def _files(step_dir: str) -> list[str]:
 
 
 def seal(step_dir: str) -> None:
-  """Writes the checksums of a finalised checkpoint's files (once)."""
+  """Writes the checksums of a checkpoint's files (once), as part of its save."""
   path = os.path.join(step_dir, CHECKSUMS)
   if os.path.exists(path):
     return
@@ -134,32 +145,150 @@ def verify(step_dir: str) -> str | None:
   return None
 
 
+DIGEST_VERSION = 1
+
+
+def _leaf_digest(x, xp):
+  """A uint32 checksum of an array's bits: sum over elements of mix(bits) * (2 i + 1) mod 2**32
+  (odd weights: any single changed element changes it). ``xp``: jax.numpy or numpy, equal
+  results (the device computes it at save and restore; hosts reading another run's checkpoint
+  compute it with numpy)."""
+  itemsize = np.dtype(x.dtype).itemsize
+  if x.dtype == bool:
+    u = x.astype(xp.uint32)
+  elif itemsize in (1, 2, 4):
+    utype = {1: xp.uint8, 2: xp.uint16, 4: xp.uint32}[itemsize]
+    if xp is np:
+      u = np.ascontiguousarray(x).view(np.dtype(utype)).astype(np.uint32)
+    else:
+      u = jax.lax.bitcast_convert_type(x, utype).astype(xp.uint32)
+  else:  # 64-bit leaves (x64 mode): fold the two halves
+    if xp is np:
+      v = np.ascontiguousarray(x).view(np.uint64)
+    else:
+      v = jax.lax.bitcast_convert_type(x, xp.uint64)
+    u = (v ^ (v >> 32)).astype(xp.uint32)
+  u = u.reshape(-1)
+  i = xp.arange(u.shape[0], dtype=xp.uint32)
+  mixed = (u ^ (u >> xp.uint32(15))) * xp.uint32(0x9E3779B1)
+  return xp.sum(mixed * (i * xp.uint32(2) + xp.uint32(1)) + i, dtype=xp.uint32)
+
+
+def _named_leaves(state) -> list[tuple[str, Any]]:
+  return [(path_name(p), v) for p, v in jax.tree_util.tree_flatten_with_path(state)[0]]
+
+
+_digest_fns: dict = {}
+
+
+def state_digest(state) -> dict[str, str]:
+  """{array name: 8 hex digits} of a (device) train state, computed where the arrays live
+  (one small jitted program; every process of a multi-process run calls it)."""
+  names = [n for n, _ in _named_leaves(state)]
+  treedef = jax.tree_util.tree_structure(state)
+  fn = _digest_fns.get(treedef)
+  if fn is None:
+    opts = ({"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None)
+    fn = jax.jit(lambda t: [_leaf_digest(x, jax.numpy) for x in jax.tree.leaves(t)],
+                 compiler_options=opts)
+    _digest_fns[treedef] = fn
+  values = jax.device_get(fn(state))
+  return {n: f"{int(v):08x}" for n, v in zip(names, values)}
+
+
+def host_digest(state) -> dict[str, str]:
+  """:func:`state_digest` of host (numpy) arrays."""
+  with np.errstate(over="ignore"):
+    return {n: f"{int(_leaf_digest(np.asarray(v), np)):08x}" for n, v in _named_leaves(state)}
+
+
+def digest_mismatch(saved: dict, got: dict[str, str]) -> str | None:
+  """None when every array matches the digest saved with it, else what is wrong, in one
+  line."""
+  if not isinstance(saved, dict) or saved.get("version") != DIGEST_VERSION:
+    return None  # a digest this version cannot read: the file checksums decide
+  want = saved.get("arrays", {})
+  bad = [n for n in sorted(set(want) | set(got)) if want.get(n) != got.get(n)]
+  if not bad:
+    return None
+  return (f"{len(bad)} array(s) do not match the digest saved with them (changed after the "
+          f"save): {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+
+
+def read_digest(step_dir: str) -> dict | None:
+  """The digest item of a checkpoint (None: saved before digests existed)."""
+  for name in ("digest/metadata", "digest"):
+    path = os.path.join(step_dir, name)
+    if os.path.isfile(path):
+      try:
+        with open(path) as f:
+          return json.load(f)
+      except (OSError, ValueError):
+        return {"version": DIGEST_VERSION, "arrays": {"<digest unreadable>": ""}}
+  return None
+
+
+def fingerprint(step_dir: str) -> str | None:
+  """What a checkpoint's weights are, cheaply: a hash of its array digest (else of its
+  CHECKSUMS.json); None when it has neither."""
+  saved = read_digest(step_dir)
+  blob = None
+  if saved:
+    blob = json.dumps(saved, sort_keys=True).encode()
+  elif os.path.exists(os.path.join(step_dir, CHECKSUMS)):
+    with open(os.path.join(step_dir, CHECKSUMS), "rb") as f:
+      blob = f.read()
+  return hashlib.sha1(blob).hexdigest()[:16] if blob is not None else None
+
+
+def remove_unfinished(directory: str, log_fn=None) -> list[str]:
+  """Removes the ``<step>.orbax-checkpoint-tmp*`` directories a killed save left (process 0,
+  under the workdir lock); returns their names."""
+  if jax.process_index() != 0 or not os.path.isdir(directory):
+    return []
+  gone = sorted(n for n in os.listdir(directory) if TMP_MARK in n)
+  for n in gone:
+    shutil.rmtree(os.path.join(directory, n), ignore_errors=True)
+  if gone and log_fn is not None:
+    log_fn(f"removed {len(gone)} unfinished checkpoint(s) a stopped run left in {directory}: "
+           f"{', '.join(gone[:4])}{' ...' if len(gone) > 4 else ''}")
+  return gone
+
+
+TMP_MARK = ".orbax-checkpoint-tmp"
+
+
 class Checkpointer:
   """Keeps the last ``keep`` checkpoints (and every ``keep_every``-th step, if set)."""
 
   def __init__(self, workdir: str, *, keep: int = 3, keep_every: int | None = None,
-               async_save: bool = True):
+               async_save: bool = True, log_fn=None):
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, "checkpoints")
+    remove_unfinished(self.directory, log_fn or log.warning)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, keep_period=keep_every or None,
         enable_async_checkpointing=async_save, create=True,
-        async_options=(ocp.AsyncOptions(post_finalization_callback=self._seal_finished)
+        async_options=(ocp.AsyncOptions(post_finalization_callback=self._seal_pending)
                        if async_save else None))
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self.failed = False
+    self._pending: int | None = None  # the step being saved
+    self.restored_unverified: list[int] = []
 
-  def _seal_finished(self):
-    """After every finalised save: checksums for the checkpoints that have none yet."""
-    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+  def _seal_pending(self):
+    """Called by Orbax once the pending save is finalised, before its directory is renamed
+    into place: its files' checksums go into it (one sealed step, never an older one)."""
+    step, self._pending = self._pending, None
+    if step is None or jax.process_index() != 0 or not os.path.isdir(self.directory):
       return
-    for name in os.listdir(self.directory):
-      step_dir = os.path.join(self.directory, name)
-      if name.isdigit() and os.path.isdir(step_dir):
-        try:
-          seal(step_dir)
-        except OSError as e:  # a checkpoint deleted by keep-last-N meanwhile, a full disk
-          log.warning("checkpoint %s: checksums not written (%s)", step_dir, _first_line(e))
+    tmp = sorted(n for n in os.listdir(self.directory)
+                 if n.startswith(f"{step}{TMP_MARK}"))
+    step_dir = os.path.join(self.directory, tmp[-1] if tmp else str(step))
+    try:
+      seal(step_dir)
+    except OSError as e:  # a full disk: the digest still verifies this checkpoint
+      log.warning("checkpoint %s: checksums not written (%s)", step_dir, _first_line(e))
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -183,13 +312,18 @@ class Checkpointer:
     """Saves (asynchronously) the state and the loader's bookkeeping (``next_batch``,
     ``skipped``); a failure — this save's or an earlier asynchronous one's — is one
     CheckpointError line."""
-    args = {"state": ocp.args.StandardSave(state)}
+    digest = {"version": DIGEST_VERSION, "arrays": state_digest(state)}
+    args = {"state": ocp.args.StandardSave(state), "digest": ocp.args.JsonSave(digest)}
     if loader is not None:
       args["loader"] = ocp.args.JsonSave(loader)
     try:
+      self.manager.wait_until_finished()  # the previous save is sealed before this one starts
+      self._pending = step
       self.manager.save(step, args=ocp.args.Composite(**args), force=True)
     except Exception as e:  # noqa: BLE001  one line, the cause named
       raise self._save_error(step, e) from None
+    if not self.manager._options.enable_async_checkpointing:  # pylint: disable=protected-access
+      self._seal_pending()  # synchronous: written and renamed by now
 
   def _restore(self, step, abstract_state) -> tuple[Any, dict]:
     args = {"state": ocp.args.StandardRestore(abstract_state)}
@@ -198,6 +332,21 @@ class Checkpointer:
       args["loader"] = ocp.args.JsonRestore()
     out = self.manager.restore(step, args=ocp.args.Composite(**args))
     return out["state"], (dict(out["loader"]) if has_loader else {})
+
+  def _verify_arrays(self, step, state) -> str | None:
+    """The restored arrays against the digest saved with them (None: they match). A checkpoint
+    with neither a digest nor checksums (an older version's newest, after a kill) restores
+    with a warning: nothing can vouch for it."""
+    step_dir = os.path.join(self.directory, str(step))
+    saved = read_digest(step_dir)
+    if saved is None:
+      if not os.path.exists(os.path.join(step_dir, CHECKSUMS)):
+        self.restored_unverified.append(step)
+        log.warning("checkpoint %s has neither an array digest nor file checksums (written "
+                    "by an older version and stopped before sealing): restored unverified",
+                    step_dir)
+      return None
+    return digest_mismatch(saved, state_digest(state))
 
   def _check_structure(self, step, abstract_state):
     """A checkpoint of another model or optimiser is a config error, not corruption."""
@@ -232,7 +381,11 @@ class Checkpointer:
         for attempt in range(retries + 1):
           try:
             state, loader = self._restore(step, abstract_state)
-            return step, state, loader, problems
+            bad = self._verify_arrays(step, state)
+            if bad is None:
+              return step, state, loader, problems
+            del state
+            break
           except Exception as e:  # noqa: BLE001  classified below
             if not is_transient(e):
               bad = f"does not restore ({_first_line(e)})"
@@ -288,7 +441,6 @@ class Checkpointer:
     finally:
       if not self.failed:
         self.manager.close()
-    self._seal_finished()  # synchronous saves (async_save=False) have no callback
 
 
 def find_checkpoints(path: str) -> tuple[str, list[int]]:
@@ -358,10 +510,13 @@ def load_state(path: str) -> tuple[dict, int]:
       except Exception as e:  # noqa: BLE001  a transient error is not retried here
         bad = f"does not restore ({_first_line(e)})"
       else:
-        if problems:
-          log.warning("%s: using checkpoint %d; newer ones are unusable: %s", directory, step,
-                      "; ".join(problems))
-        return state, step
+        saved = read_digest(os.path.join(directory, str(step)))
+        bad = digest_mismatch(saved, host_digest(state)) if saved else None
+        if bad is None:
+          if problems:
+            log.warning("%s: using checkpoint %d; newer ones are unusable: %s", directory,
+                        step, "; ".join(problems))
+          return state, step
     problems.append(f"step {step}: {bad}")
   raise CheckpointError(f"no usable checkpoint in {directory}: " + "; ".join(problems))
 

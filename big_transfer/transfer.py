@@ -51,18 +51,17 @@ class Pretrained:
 
   @functools.cached_property
   def fingerprint(self) -> str:
-    """What the weights are, for caches keyed by them (computed when a cache asks): a digest
-    of the checkpoint's CHECKSUMS.json when sealed, else of its arrays."""
+    """What the weights are, for caches and run identities keyed by them: a hash of the array
+    digest saved with the checkpoint (else of its CHECKSUMS.json; else, computed when asked,
+    of its arrays)."""
+    cheap = ckpt_lib.fingerprint(self.step_dir) if self.step_dir else None
+    if cheap is not None:
+      return cheap
     digest = hashlib.sha1()
-    sums = os.path.join(self.step_dir, ckpt_lib.CHECKSUMS)
-    if self.step_dir and os.path.exists(sums):
-      with open(sums, "rb") as f:
-        digest.update(f.read())
-    else:
-      for name, value in sorted(flatten(self.state).items()):
-        value = np.ascontiguousarray(value)
-        digest.update(f"{name}:{value.dtype}:{value.shape}".encode())
-        digest.update(value.tobytes())
+    for name, value in sorted(flatten(self.state).items()):
+      value = np.ascontiguousarray(value)
+      digest.update(f"{name}:{value.dtype}:{value.shape}".encode())
+      digest.update(value.tobytes())
     return digest.hexdigest()[:16]
 
   @property
@@ -509,7 +508,8 @@ def append_results(rows: Sequence[dict], *paths: str) -> None:
   for path in paths:
     if not path:
       continue
-    have = {r.get("row_id") for r in read_results(path)} if os.path.exists(path) else set()
+    have = ({r.get("row_id") for r in read_results(path) if isinstance(r, dict)}
+            if os.path.exists(path) else set())
     new = [r for r in rows if r.get("row_id") is None or r["row_id"] not in have]
     if not new:
       continue
