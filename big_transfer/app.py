@@ -2,8 +2,8 @@
 config record, and bad input as one ``error:`` line with a documented exit code.
 
 Exit codes: 0 done; 2 bad input (config, data, checkpoint, a workdir in use); 3 a non-finite
-loss or gradient; 75 stopped on SIGTERM/SIGINT after saving a checkpoint (run the same command
-again to resume).
+loss or gradient; 75 stopped on SIGTERM/SIGINT after saving a checkpoint, or outside a training
+loop (run the same command again to resume); 130 a second Ctrl-C stopped a loop without saving.
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ def define_flags(config_help: str = "Config file (configs/...py[:args]).",
                       "Multi-process: host:port of process 0 (explicit jax.distributed setup).")
   flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
   flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+  flags.DEFINE_string("accept_changes", "", "Resume a workdir whose run had another config: "
+                      "the keys whose change is accepted (comma-separated, or 'all'); recorded "
+                      "in WORKDIR/run.json. Without it, a restart with another config is "
+                      "refused (keys that cannot alter the result excepted).")
   flags.DEFINE_bool("print_config", False, "Print every key of the resolved config (with the "
                     "command line's overrides), its value and meaning, and exit.")
 
@@ -94,13 +98,19 @@ def main_of(run_fn, extra_user_errors: tuple = ()):
     if FLAGS.config is None or FLAGS.workdir is None:
       print("error: --config and --workdir are required", file=sys.stderr)
       sys.exit(2)
+    signals = runlock.OutsideLoopSignals(FLAGS.workdir)
     try:
       maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                    FLAGS.process_id)
-      run_fn(FLAGS.config, FLAGS.workdir)
+      run_fn(FLAGS.config, FLAGS.workdir, accept_changes=FLAGS.accept_changes)
     except runlock.Preempted as e:
       print(f"stopped: {e} (exit {runlock.PREEMPTED_EXIT})", file=sys.stderr)
       sys.exit(runlock.PREEMPTED_EXIT)
+    except KeyboardInterrupt:  # a second Ctrl-C inside the loop: no save
+      print(f"interrupted: a second Ctrl-C stopped the run without saving; the checkpoints in "
+            f"{FLAGS.workdir} are as they were (run the same command again to resume from the "
+            f"newest) (exit 130)", file=sys.stderr, flush=True)
+      os._exit(130)  # pylint: disable=protected-access  (no tracebacks from saving threads)
     except (config_lib.ConfigError, sources.DataError, UserError, ckpt_lib.CheckpointError,
             runlock.LockError, *extra_user_errors) as e:
       print(f"error: {e}", file=sys.stderr)
@@ -108,4 +118,6 @@ def main_of(run_fn, extra_user_errors: tuple = ()):
     except FloatingPointError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(3)
+    finally:
+      signals.restore()
   return main

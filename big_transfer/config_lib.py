@@ -422,12 +422,155 @@ def describe(config) -> str:
   return "\n".join(out)
 
 
+def _dotted_keys(config, prefix: str = "") -> dict[str, Any]:
+  """Every leaf key of a ConfigDict, dotted ('optimizer.lr'), with its value."""
+  out = {}
+  for k in config.keys():
+    v = config[k]
+    if isinstance(v, ml_collections.ConfigDict) and len(v):
+      out.update(_dotted_keys(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+SYNONYMS = {"learning_rate": "lr", "lr_schedule": "schedule", "wd": "weight_decay",
+            "steps": "total_steps", "num_steps": "total_steps", "epochs": "total_epochs",
+            "bs": "batch_size", "warmup": "warmup_steps", "dataset": "data"}
+
+
+def nearest_key(key: str, keys) -> str | None:
+  """The key a mistyped or moved one most likely means, anywhere in the config: one ending in
+  the same dotted name ('zeroshot.data' -> 'evals.zeroshot.data'), a known synonym in the same
+  section ('optimizer.learning_rate' -> 'optimizer.lr'), else the closest spelling of the
+  whole key, else of its last part (same section first). None when nothing is close."""
+  import difflib
+  keys = list(keys)
+  tail = [k for k in keys if k.endswith("." + key)]
+  if tail:
+    return min(tail, key=len)
+  parent, _, leaf = key.rpartition(".")
+  want = SYNONYMS.get(leaf)
+  if want:
+    same = [k for k in keys if k.rpartition(".")[2] == want]
+    pick = [k for k in same if k.rpartition(".")[0] == parent] or same
+    if pick:
+      return pick[0]
+  close = difflib.get_close_matches(key, keys, n=1, cutoff=0.8)
+  if close:
+    return close[0]
+  by_leaf: dict[str, list[str]] = {}
+  for k in keys:
+    by_leaf.setdefault(k.rpartition(".")[2], []).append(k)
+  names = difflib.get_close_matches(leaf, list(by_leaf), n=3, cutoff=0.75)
+  cands = [k for n in names for k in by_leaf[n]]
+  same_parent = [k for k in cands if k.rpartition(".")[0] == parent]
+  return (same_parent or cands or [None])[0]
+
+
+def _nearest_configs(path: str) -> str | None:
+  """The existing config file nearest to a mistyped path."""
+  import difflib
+  import glob
+  root = os.path.dirname(path) if os.path.isdir(os.path.dirname(path) or ".") else ""
+  pool = glob.glob(os.path.join(root or "configs", "**", "*.py"), recursive=True)
+  if not pool:
+    pool = glob.glob(os.path.join("configs", "**", "*.py"), recursive=True)
+  pool = [p for p in pool if not os.path.basename(p).startswith("_")]
+  close = difflib.get_close_matches(path, pool, n=1, cutoff=0.5)
+  return close[0] if close else None
+
+
+def _type_name(t) -> str:
+  return getattr(t, "__name__", str(t))
+
+
+def explain_flag_error(argv: list[str]) -> str | None:
+  """One line for a command line whose config cannot be built: a config file that does not
+  exist (naming the nearest one), an override of a key that does not exist (naming the nearest
+  key anywhere in the config, its type and value) or a value that does not parse as the key's
+  type (naming key, value and type). None when none of these is the cause."""
+  spec = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+  if spec is None:
+    return None
+  path = spec.partition(":")[0]
+  if not os.path.isfile(path):
+    near = _nearest_configs(path)
+    return (f"--config={spec}: no such config file"
+            + (f"; the nearest existing one is {near}" if near else
+               " (configs are under configs/)"))
+  try:
+    config = load(spec)
+  except Exception:  # noqa: BLE001  the config file's own error: reported as before
+    return None
+  keys = _dotted_keys(config)
+  for a in argv[1:]:
+    if not a.startswith("--config.") or "=" not in a:
+      continue
+    key, value = a[len("--config."):].split("=", 1)
+    node, parts, ok = config, key.split("."), True
+    for part in parts[:-1]:
+      if isinstance(node, ml_collections.ConfigDict) and part in node:
+        node = node[part]
+      else:
+        ok = False
+        break
+    leaf = parts[-1]
+    if not ok or not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      near = nearest_key(key, keys)
+      evaluator = key.split(".")[0] in evals_lib.TYPES and "evals" in config
+      if evaluator and near and not near.startswith("evals."):
+        near = None  # an evaluator's key: the hint below says where evaluators live
+      hint = (f"; did you mean {near} ({_type_name(_key_type(config, near))}, now "
+              f"{keys[near]!r})?" if near else
+              f"; evaluators are configured under evals.<name> (this config has "
+              f"{', '.join(config.evals.keys()) or 'none'}); --print_config lists every key"
+              if evaluator else "; --print_config lists every key")
+      return f"--config.{key}={value}: {path} has no key {key!r}{hint}"
+    if isinstance(node[leaf], ml_collections.ConfigDict):
+      continue
+    t = node.get_type(leaf)
+    if t in (int, float):
+      try:
+        t(value)
+      except ValueError:
+        if not (t is float and _is_int(value)):
+          return (f"--config.{key}={value}: {key} expects {_type_name(t)} "
+                  f"(now {node[leaf]!r}); {value!r} is not one")
+    if t is bool and value.lower() not in ("true", "false", "1", "0", "yes", "no", "t", "f"):
+      return f"--config.{key}={value}: {key} expects true or false (now {node[leaf]!r})"
+  return None
+
+
+def _is_int(text: str) -> bool:
+  try:
+    int(text)
+    return True
+  except ValueError:
+    return False
+
+
+def _key_type(config, key: str):
+  node = config
+  *parents, leaf = key.split(".")
+  for p in parents:
+    node = node[p]
+  try:
+    return node.get_type(leaf)
+  except (KeyError, AttributeError):
+    return type(node[leaf])
+
+
 def flags_parser(argv: list[str]) -> list[str]:
   """absl flag parsing for entrypoints: ``--help`` lists the entrypoint's flags (exit 0); a bad
   flag or config override is one line, exit 2."""
   if any(a in ("--help", "-h", "--helpshort", "-?") for a in argv[1:]):
     print(usage(argv[0]))
     sys.exit(0)
+  spec = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+  if spec is not None and not os.path.isfile(spec.partition(":")[0]):
+    print(f"error: {explain_flag_error(argv)}", file=sys.stderr)  # (read lazily by absl)
+    sys.exit(2)
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # noqa: BLE001  (absl and ml_collections raise many kinds)
@@ -435,6 +578,13 @@ def flags_parser(argv: list[str]) -> list[str]:
     while cause.__context__ is not None and isinstance(cause, flags.Error):
       cause = cause.__context__
     text = _clean(cause)
+    try:
+      explained = explain_flag_error(argv)
+    except Exception:  # noqa: BLE001  never hide the original error behind a second one
+      explained = None
+    if explained:
+      print(f"error: {explained}", file=sys.stderr)
+      sys.exit(2)
     bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")
            and a.split("=")[0].rsplit(".", 1)[-1] in text]
     if "Traceback" in text:  # an exception inside the config file: keep its last line

@@ -20,8 +20,10 @@ best test accuracy over the grid beside it as ``test_selected_accuracy`` (what t
 are), labelled as such.
 
 Every invocation appends one row per result to ``WORKDIR/results.jsonl`` (and to
-``config.results_file``, the study's table), and writes ``WORKDIR/done.json``: run again, it
-returns the finished rows without recomputing; stopped midway, finished learning rates are kept
+``config.results_file``, the study's table), and writes ``WORKDIR/done.json``: run again with
+the same config, it returns the finished rows without recomputing (with another protocol,
+shots, seed, data or pre-trained checkpoint it is refused: identity.py, ``--accept_changes``);
+stopped midway, finished learning rates are kept
 and an unfinished one resumes from its checkpoint.
 """
 
@@ -42,7 +44,7 @@ from absl import app as absl_app
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from big_transfer import app, config_lib, published, runlock, sharding, transfer
+from big_transfer import app, config_lib, identity, published, runlock, sharding, transfer
 from big_transfer import logging as log_lib
 from big_transfer import train as train_lib
 from big_transfer.config_lib import PROTOCOLS
@@ -125,6 +127,12 @@ def transfer_data(config) -> dict[str, Any]:
     test = sources.Subset(test, fewshot.sample_shots(fewshot.labels_of(test), k, seed + 1))
     test_subsampled = k
   num_classes = config.num_classes or (len(names) if names else int(labels.max()) + 1)
+  outside = (labels < 0) | (labels >= num_classes)
+  if outside.any():
+    raise sources.DataError(
+        f"{config.data}: {int(outside.sum())} of {len(labels)} records have a label outside "
+        f"[0, {num_classes}) (e.g. {int(labels[outside][0])}); a class the data does not name "
+        f"cannot be trained or sampled: fix the data (convert counts such records as bad_label)")
   return dict(train=sources.Subset(pool, train_idx), val=val, test=test, class_names=names,
               num_classes=num_classes, shots=k, shot_seed=seed, refit=refit,
               test_subsampled=test_subsampled)
@@ -208,8 +216,9 @@ def resolve(config, pre_method: str | None, pre_model: str | None, data) -> tupl
 class Session:
   """One invocation: the pre-trained run, data, mesh, and evaluation of weights on a split."""
 
-  def __init__(self, config, workdir: str, devices=None):
+  def __init__(self, config, workdir: str, devices=None, accept_changes=()):
     self.workdir = workdir
+    self.accept_changes = accept_changes  # passed to each training sub-run
     check_protocol(config)
     self.pre = transfer.load_pretrained(config.pretrained) if config.pretrained else None
     self.data = transfer_data(with_model(config, self.pre and self.pre.config.model))
@@ -430,7 +439,8 @@ class Session:
     per_epoch = max(1, math.ceil(n_train / c.batch_size))
     evaluators = [(_OnWeights(self.evaluator("test")), per_epoch)] if test_every_epoch else []
     state = train_lib.run(c, workdir, devices=self.devices, method=self.method,
-                          train_source=source, initialize=initialize, evaluators=evaluators)
+                          train_source=source, initialize=initialize, evaluators=evaluators,
+                          accept_changes=self.accept_changes)
     info = {"steps": steps, "batch_size": c.batch_size, "epochs": steps * c.batch_size / n_train}
     if test_every_epoch:
       by_step = {r["step"]: r["test/accuracy"] for r in read_metrics(workdir)
@@ -528,19 +538,40 @@ def _pretrain_fields(pre) -> dict[str, Any]:
           "pretrain_steps": pre.step, "pretrained": pre.path}
 
 
-def run(config, workdir: str, devices=None) -> list[dict]:
+def run_identity(config, s: Session) -> dict[str, Any]:
+  """What a transfer run is (identity.py): its config (protocol, shots, seeds, data, grid...),
+  the pre-trained checkpoint it starts from, and the sizes of its data."""
+  d = s.data
+  return {**config_lib.to_plain(config),
+          "pretrained_checkpoint": ({"step": s.pre.step, "fingerprint": s.pre.fingerprint}
+                                    if s.pre else None),
+          "resolved": {"num_train": len(d["train"]), "num_val": len(d["val"]),
+                       "num_test": len(d["test"]), "num_classes": d["num_classes"]}}
+
+
+def run(config, workdir: str, devices=None, accept_changes=()) -> list[dict]:
   """Runs the configured protocol; returns (and appends, exactly once) the result rows. The
-  workdir is locked for the run."""
+  workdir is locked for the run and holds one run: a rerun with another protocol, shots, seed,
+  data or pre-trained checkpoint is refused (identity.py) unless accepted (``accept_changes``),
+  even when the run has finished."""
   done_path = os.path.join(workdir, "done.json")
   lock = (runlock.WorkdirLock(workdir, log_lib.info).acquire() if jax.process_index() == 0
           else None)
   try:
+    # Everything is checked (config, data, checkpoint) before anything is frozen or written.
+    s = Session(config, workdir, devices)
+    accepted = identity.check(workdir, run_identity(config, s), kind="finetune",
+                              accept=accept_changes, log=log_lib.info)
+    if accepted:  # the sub-runs' configs derive from this one: they follow it
+      s.accept_changes = ("all",)
+      if os.path.exists(done_path):  # the rows of another run: this one is computed anew
+        os.replace(done_path, done_path + ".before_change")
     if os.path.exists(done_path):
       with open(done_path) as f:
         rows = json.load(f)["rows"]
       log_lib.info(f"already done: {done_path} ({len(rows)} rows)")
     else:
-      rows = _run(config, workdir, devices, done_path)
+      rows = _run(s, workdir, done_path)
     if jax.process_index() == 0:  # idempotent: also heals a stop between done.json and here
       transfer.append_results(rows, os.path.join(workdir, "results.jsonl"), config.results_file)
     return rows
@@ -549,9 +580,8 @@ def run(config, workdir: str, devices=None) -> list[dict]:
       lock.release()
 
 
-def _run(config, workdir: str, devices, done_path: str) -> list[dict]:
+def _run(s: Session, workdir: str, done_path: str) -> list[dict]:
   t0 = time.time()
-  s = Session(config, workdir, devices)
   c, d = s.config, s.data
   log_lib.info(f"transfer: {c.protocol} of {c.model} "
                f"({s.pre.method + ' ' + s.pre.path if s.pre else 'from scratch'}) on {c.data}: "

@@ -30,11 +30,39 @@ class LockError(RuntimeError):
 class Preempted(Exception):
   """SIGTERM / SIGINT: the run finished its step, saved, and stops (exit PREEMPTED_EXIT)."""
 
-  def __init__(self, step: int, signum: int, workdir: str):
+  def __init__(self, step: int | None, signum: int, workdir: str):
     name = signal.Signals(signum).name if signum else "a preemption notice"
-    super().__init__(f"{name} at step {step}: checkpoint {step} saved in {workdir}; run the "
-                     f"same command again to resume from it")
+    if step is None:
+      text = (f"{name} outside a training loop (start-up, evaluation or a probe): what was "
+              f"saved in {workdir} so far is kept; run the same command again to go on")
+    else:
+      text = (f"{name} at step {step}: checkpoint {step} saved in {workdir}; run the same "
+              f"command again to resume from it")
+    super().__init__(text)
     self.step, self.signum = step, signum
+
+
+class OutsideLoopSignals:
+  """SIGTERM (and a first SIGINT) while no training loop is running — start-up, compiling,
+  evaluation, a probe — stop at once with :class:`Preempted` (exit PREEMPTED_EXIT): nothing is
+  in the middle of a save there (every file is written whole and renamed), and the loop's own
+  :class:`StopSignals` takes over while it runs."""
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self._old = {}
+    if threading.current_thread() is threading.main_thread():
+      for s in (signal.SIGTERM, signal.SIGINT):
+        self._old[s] = signal.signal(s, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    raise Preempted(None, signum, self.workdir)
+
+  def restore(self):
+    for s, h in self._old.items():
+      signal.signal(s, h)
+    self._old = {}
 
 
 def pid_alive(pid: int) -> bool:

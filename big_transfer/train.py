@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 
 from big_transfer import app
 from big_transfer import checkpoint as ckpt_lib
-from big_transfer import config_lib, methods, optim, runlock, sharding, transfer
+from big_transfer import config_lib, identity, methods, optim, runlock, sharding, transfer
 from big_transfer import logging as log_lib
 from big_transfer.app import UserError
 from big_transfer.data import ops, pipeline, sources, tokenizer
@@ -210,8 +210,16 @@ def make_train_step(method, graphdef, tx, lr_schedule, *, seed: int, ema_decay: 
   return train_step
 
 
+def run_identity(config, data: dict) -> dict[str, Any]:
+  """What this run is (identity.py): every config key and what the run resolved from them."""
+  return {**config_lib.to_plain(config),
+          "resolved": {"total_steps": data["total_steps"], "warmup_steps": data["warmup_steps"],
+                       "num_classes": data["num_classes"],
+                       "num_train_examples": data["num_examples"]}}
+
+
 def run(config, workdir: str, *, devices=None, method=None, train_source=None,
-        initialize=None, evaluators=()) -> dict[str, Any]:
+        initialize=None, evaluators=(), accept_changes=()) -> dict[str, Any]:
   """Trains to ``config.total_steps`` (resuming from ``workdir``); returns the final state.
 
   Transfer runs (finetune.py) reuse this loop with their own ``method`` object, an opened
@@ -219,13 +227,17 @@ def run(config, workdir: str, *, devices=None, method=None, train_source=None,
   state (not to a resumed one) to load pre-trained weights, and more ``evaluators``
   ((evaluator, every N steps) pairs; ``evaluator.run(state)`` yields (name, value)).
 
-  The workdir is locked for the run (one run per workdir). SIGTERM / SIGINT finish the step,
-  save a checkpoint and raise runlock.Preempted."""
+  The workdir is locked for the run (one run per workdir) and holds one run: a restart with
+  another config is refused (identity.py) unless the differing keys are neutral or in
+  ``accept_changes``. SIGTERM / SIGINT finish the step, save a checkpoint and raise
+  runlock.Preempted."""
   # Everything a user can get wrong is checked here, before any array exists.
   data = prepare(config, workdir, train_source)
   lock = runlock.WorkdirLock(workdir, log_lib.info).acquire() if jax.process_index() == 0 \
       else None
   try:
+    identity.check(workdir, run_identity(config, data), kind="train", accept=accept_changes,
+                   log=log_lib.info)
     return _train(config, workdir, data, devices=devices, method=method, initialize=initialize,
                   evaluators=evaluators)
   finally:
@@ -243,10 +255,6 @@ def _train(config, workdir: str, data: dict, *, devices, method, initialize, eva
   # ---------------------------------------------------------------- mesh
   mesh = make_mesh(config, devices)
   pid, pcount = jax.process_index(), jax.process_count()
-  app.write_config(config, workdir, {
-      "total_steps": total_steps, "num_classes": data["num_classes"],
-      "warmup_steps": data["warmup_steps"], "num_train_examples": data["num_examples"],
-      "mesh": dict(mesh.shape), "process_count": pcount})
 
   # ---------------------------------------------------------------- method, model, optimiser
   tok = tokenizer.load(data["vocab"]) if data["vocab"] else None
@@ -259,7 +267,7 @@ def _train(config, workdir: str, data: dict, *, devices, method, initialize, eva
   opt_cfg = ml_collections.ConfigDict(config.optimizer.to_dict())
   opt_cfg.warmup_steps = data["warmup_steps"]  # resolved from warmup_epochs when given
   tx, lr_schedule = optim.build(opt_cfg, total_steps)
-  graphdef = abstract_model(method, config, workdir)
+  graphdef = abstract_model(method, config)
   init_state = make_init_state(method, tx, config.ema_decay)
 
   # ---------------------------------------------------------------- shardings
@@ -280,11 +288,19 @@ def _train(config, workdir: str, data: dict, *, devices, method, initialize, eva
 
   # ---------------------------------------------------------------- restore or init
   ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
-                               keep_every=config.keep_every)
+                               keep_every=config.keep_every, log_fn=log_lib.info)
   start_step, state, loader_info = restore_or_init(
       ckpt, config, ckpt_lib.abstract_like(abstract, state_sh),
       lambda: jax.jit(init_state, out_shardings=state_sh, compiler_options=_init_options(
-          mesh))(jax.random.key(config.seed)), initialize)
+          mesh))(jax.random.key(config.seed)), initialize, workdir=workdir)
+  # The run's records are written once it is known to be this run (identity, restore).
+  app.write_config(config, workdir, {
+      "total_steps": total_steps, "num_classes": data["num_classes"],
+      "warmup_steps": data["warmup_steps"], "num_train_examples": data["num_examples"],
+      "mesh": dict(mesh.shape), "process_count": pcount})
+  write_parameter_overview(abstract["params"], workdir)
+  if start_step < total_steps:
+    clear_done(workdir)  # a marker from an earlier end of this workdir no longer holds
 
   # ---------------------------------------------------------------- input
   # Global batch b is a pure function of b: the loader resumes from the step alone, on any
@@ -294,7 +310,7 @@ def _train(config, workdir: str, data: dict, *, devices, method, initialize, eva
       data["train_source"], pp=pp_host, batch_size=config.batch_size, seed=config.seed,
       keys=method.batch_keys, process_index=pid, process_count=pcount,
       threads=config.data_threads, workers=config.data_workers, skipped=skipped, bind=bind,
-      start_batch=start_step)
+      start_batch=start_step, num_classes=data["num_classes"])
   skipped_total = lambda: int(loader_info.get("skipped", 0)) + global_count(skipped.count)
 
   # ---------------------------------------------------------------- evaluators
@@ -354,7 +370,7 @@ def _train(config, workdir: str, data: dict, *, devices, method, initialize, eva
     raise runlock.Preempted(stopped, stopper.signum, ckpt.directory)
   mark_done(workdir, total_steps)
   log_lib.info(f"done: {total_steps} steps; checkpoints in {ckpt.directory}; skipped "
-               f"{skipped.count} corrupt records (process {pid})")
+               f"{skipped_total()} corrupt records over the run")
   return state
 
 
@@ -376,10 +392,9 @@ def make_mesh(config, devices=None):
   return mesh
 
 
-def abstract_model(method, config, workdir: str | None = None):
+def abstract_model(method, config):
   """The model's graph definition from shapes alone; a model that cannot be built from its
-  config is one UserError line. ``WORKDIR/parameters.txt``: every parameter's name, shape and
-  size (clu's parameter overview), written by process 0."""
+  config is one UserError line."""
   try:
     model = nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0)))
   except (TypeError, ValueError) as e:
@@ -389,12 +404,30 @@ def abstract_model(method, config, workdir: str | None = None):
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
   log_lib.info(f"model: {config.model} ({n_params / 1e6:.2f}M parameters), method "
                f"{config.method}, {config.optimizer.name} lr {config.optimizer.lr}")
-  if workdir and jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "parameters.txt"), "w") as f:
-      f.write(parameter_overview.get_parameter_overview(params.to_pure_dict(),
-                                                        include_stats=False) + "\n")
   return graphdef
+
+
+def write_parameter_overview(params, workdir: str) -> None:
+  """``WORKDIR/parameters.txt``: every parameter's name, shape and size (clu's parameter
+  overview), written by process 0."""
+  if jax.process_index() != 0:
+    return
+  text = parameter_overview.get_parameter_overview(
+      jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params),
+      include_stats=False)
+  path = os.path.join(workdir, "parameters.txt")
+  with open(path + ".tmp", "w") as f:
+    f.write(text + "\n")
+  os.replace(path + ".tmp", path)
+
+
+def clear_done(workdir: str) -> None:
+  """Removes WORKDIR/done.json (process 0): the run is not finished."""
+  if jax.process_index() == 0:
+    try:
+      os.remove(os.path.join(workdir, "done.json"))
+    except FileNotFoundError:
+      pass
 
 
 def _init_options(mesh):
@@ -404,22 +437,31 @@ def _init_options(mesh):
           else None)
 
 
-def restore_or_init(ckpt, config, abstract, fresh, initialize=None):
+def restore_or_init(ckpt, config, abstract, fresh, initialize=None, workdir=None):
   """(start step, state, the loader's bookkeeping): the newest checkpoint that restores, else
-  ``fresh()`` — then ``initialize(state)`` or ``config.init_from``. Checkpoints that exist but
-  none of which restores stop the run (naming each) unless ``config.allow_fresh_start``."""
+  ``fresh()`` — then ``initialize(state)`` or ``config.init_from``. A run that saved
+  checkpoints before (in checkpoints/, moved to checkpoints_corrupt/, or finished: done.json)
+  but none of which restores stops (naming each) unless ``config.allow_fresh_start``; then its
+  earlier metrics and corrupt checkpoints are kept aside and the fresh start is said."""
   start_step, state, loader_info, problems = ckpt.restore_latest(abstract)
   if start_step is not None:
     log_lib.info(f"resumed from {ckpt.directory}/{start_step}")
   else:
-    if problems and not config.allow_fresh_start:
+    earlier = earlier_progress(workdir) if workdir else []
+    if (problems or earlier) and not config.allow_fresh_start:
+      what = "; ".join(problems + earlier)
       raise ckpt_lib.CheckpointError(
-          f"no checkpoint in {ckpt.directory} restores ({'; '.join(problems)}); they are in "
+          f"no checkpoint in {ckpt.directory} restores ({what}); corrupt ones are in "
           f"checkpoints_corrupt/. Not starting again from step 0: set "
           f"config.allow_fresh_start=True for that")
-    if problems:
+    if problems or earlier:
+      kept = set_aside_earlier_run(workdir) if workdir else ""
       log_lib.info(f"starting again from step 0 (allow_fresh_start): no checkpoint restores "
-                   f"({'; '.join(problems)})")
+                   f"({'; '.join(problems + earlier)}){kept}")
+    elif workdir and (last := _last_metric_step(workdir)):
+      log_lib.info(f"starting from step 0: no checkpoint was saved before the run stopped "
+                   f"(metrics.jsonl reaches step {last}; checkpoint_every="
+                   f"{config.checkpoint_every})")
     start_step, state = 0, fresh()
     if initialize is not None:
       state = initialize(state)
@@ -429,6 +471,57 @@ def restore_or_init(ckpt, config, abstract, fresh, initialize=None):
   if int(state["step"]) != start_step:
     raise RuntimeError(f"checkpoint step {start_step} holds state at step {int(state['step'])}")
   return start_step, state, loader_info
+
+
+def _corrupt_steps(workdir: str) -> list[str]:
+  d = os.path.join(workdir, "checkpoints_corrupt")
+  return sorted((n for n in os.listdir(d) if n.isdigit()), key=int) if os.path.isdir(d) else []
+
+
+def _last_metric_step(workdir: str) -> int:
+  try:
+    return max((r.get("step", 0) for r in log_lib.read_metrics(workdir)), default=0)
+  except (OSError, ValueError):
+    return 0
+
+
+def earlier_progress(workdir: str) -> list[str]:
+  """What says this workdir's run saved checkpoints before (when none restores now)."""
+  out = []
+  corrupt = _corrupt_steps(workdir)
+  if corrupt:
+    out.append(f"checkpoints {', '.join(corrupt)} were moved to checkpoints_corrupt/ earlier")
+  done = os.path.join(workdir, "done.json")
+  if os.path.exists(done):
+    try:
+      with open(done) as f:
+        out.append(f"done.json says the run finished at step {json.load(f).get('step')}")
+    except (OSError, ValueError):
+      out.append("done.json says the run finished")
+  return out
+
+
+def set_aside_earlier_run(workdir: str) -> str:
+  """Before a fresh start: the earlier run's metrics and corrupt checkpoints are moved under
+  ``*before_fresh_start_<time>`` names (nothing is deleted) and its done.json removed."""
+  if jax.process_index() != 0:
+    return ""
+  tag = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+  moved = []
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(metrics):
+    dst = os.path.join(workdir, f"metrics.before_fresh_start_{tag}.jsonl")
+    os.replace(metrics, dst)
+    moved.append(os.path.basename(dst))
+  corrupt = _corrupt_steps(workdir)
+  if corrupt:
+    dst = os.path.join(workdir, "checkpoints_corrupt", f"before_fresh_start_{tag}")
+    os.makedirs(dst, exist_ok=True)
+    for n in corrupt:
+      os.replace(os.path.join(workdir, "checkpoints_corrupt", n), os.path.join(dst, n))
+    moved.append(os.path.relpath(dst, workdir))
+  clear_done(workdir)
+  return f"; the earlier run's records are kept: {', '.join(moved)}" if moved else ""
 
 
 def global_count(n: int) -> int:

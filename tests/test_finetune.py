@@ -141,7 +141,8 @@ def test_lp_ft_selects_on_validation_only_and_rerun_is_free(pretrained, tmp_path
       [row["test_accuracy"]]
   assert transfer.read_results(str(table)) == [json.loads(open(wd / "results.jsonl").read())]
   # Each learning rate ran in its own resumable sub-run.
-  assert sorted(os.listdir(wd)) == ["done.json", "lr_0.003", "lr_1e-05", "results.jsonl"]
+  assert sorted(os.listdir(wd)) == ["done.json", "lr_0.003", "lr_1e-05", "results.jsonl",
+                                    "run.json"]
   assert rows == finetune.run(c, str(wd), devices=one_device())  # done: nothing recomputed
   assert len(transfer.read_results(str(table))) == 1
 

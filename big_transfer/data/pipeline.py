@@ -58,8 +58,9 @@ class _Builder:
   """Builds examples and batches from positions; picklable, so workers can hold one."""
 
   def __init__(self, source, pp: str, seed: int, keys: Sequence[str], bind: dict | None,
-               shuffle: bool, threads: int):
+               shuffle: bool, threads: int, num_classes: int | None = None):
     self.source, self.pp, self.seed, self.keys = source, pp, seed, tuple(keys)
+    self.num_classes = num_classes if "label" in self.keys else None
     self.bind, self.shuffle, self.threads = dict(bind or {}), shuffle, max(1, threads)
     self.n = len(source)
     self.shm_prefix = "bt_"
@@ -85,7 +86,13 @@ class _Builder:
     ex = self.source[self.index(position)]
     rng = np.random.default_rng([self.seed, int(position)] + ([attempt] if attempt else []))
     out = self._fn(ex, rng)
-    return {k: np.asarray(out[k]) for k in self.keys}
+    out = {k: np.asarray(out[k]) for k in self.keys}
+    if self.num_classes is not None:
+      label = out["label"]
+      if label.ndim == 0 and not 0 <= int(label) < self.num_classes:
+        raise ValueError(f"label {int(label)} is outside [0, {self.num_classes}) (a class "
+                         f"the data does not name: the record is skipped and counted)")
+    return out
 
   def _train_row(self, position: int):
     """(example, failures, first error) for one training row: alternates on failure."""
@@ -339,7 +346,8 @@ class TrainBatches:
   def __init__(self, source, *, pp: str, batch_size: int, seed: int, keys: Sequence[str],
                process_index: int = 0, process_count: int = 1, threads: int = 8,
                workers: int = 0, skipped: SkipCounter | None = None,
-               bind: dict | None = None, start_batch: int = 0, prefetch: int = 2):
+               bind: dict | None = None, start_batch: int = 0, prefetch: int = 2,
+               num_classes: int | None = None):
     if batch_size % process_count:
       raise ValueError(f"batch_size {batch_size} is not divisible by {process_count} processes")
     if not len(source):
@@ -350,7 +358,8 @@ class TrainBatches:
     self.next_batch = start_batch
     self.workers = workers
     threads_each = max(1, threads // workers) if workers else threads
-    self._builder = _Builder(source, pp, seed, keys, bind, shuffle=True, threads=threads_each)
+    self._builder = _Builder(source, pp, seed, keys, bind, shuffle=True, threads=threads_each,
+                             num_classes=num_classes)
     self._pool = None
     if workers:
       _unlink_blocks(only_dead_owners=True)  # left by a run that was killed
