@@ -42,11 +42,59 @@ def groups_of(row) -> set[str]:
   return set(filter(None, str(row.get("tags", {}).get("group", "")).split("+")))
 
 
+REQUIRED = ("data", "protocol", "shots", "seed")
+
+
+def unusable(row) -> str | None:
+  """Why a results row cannot enter a table (None: it can): not an object, a missing key, or
+  an accuracy that is missing or not a finite number (a failed run's row)."""
+  if not isinstance(row, dict):
+    return f"not a JSON object ({type(row).__name__})"
+  missing = [k for k in REQUIRED if k not in row]
+  if missing:
+    return f"no {', '.join(missing)}"
+  for k in ("test_accuracy", "val_accuracy"):
+    v = row.get(k)
+    if k not in row:
+      return f"no {k}"
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+      return f"{k} is {json.dumps(v)}"
+  return None
+
+
+def split_rows(rows: Sequence) -> tuple[list[dict], list[tuple[Any, str]]]:
+  """(usable rows, [(row, why)] for the others)."""
+  good, bad = [], []
+  for r in rows:
+    why = unusable(r)
+    if why is None:
+      good.append(r)
+    else:
+      bad.append((r, why))
+  return good, bad
+
+
+def _row_name(r) -> str:
+  if not isinstance(r, dict):
+    return repr(r)[:80]
+  return str(r.get("row_id") or r.get("workdir") or
+             "/".join(str(r.get(k, "?")) for k in ("data", "protocol", "shots", "seed")))
+
+
+def left_out(bad: list[tuple[Any, str]]) -> str:
+  """The report's list of rows that could not enter a table, one line each."""
+  return "\n".join(f"- `{_row_name(r)}`: {why}" for r, why in bad)
+
+
 def aggregate(rows: Sequence[dict]) -> dict[tuple, dict[str, Any]]:
   """(arm, downstream, protocol, shots) -> {mean, std, n, val, ts_mean, tags, ...}: test
   accuracy over seeds (WiSE-FT rows: the validation-chosen alpha of each seed), the
   test-selected accuracy (the paper's way) where rows carry it, and how the rows were made
-  (grid, refit, test subsampling) so comparisons can say where they differ."""
+  (grid, refit, test subsampling) so comparisons can say where they differ. Rows that cannot
+  enter a table (:func:`unusable`) are left out (the report lists them). ``missing_seeds``:
+  the seeds other arms have at the same downstream set, protocol and shots that this cell
+  lacks."""
+  rows, _ = split_rows(rows)
   by_seed: dict[tuple, dict[Any, dict]] = defaultdict(dict)
   for r in rows:
     tags = r.get("tags", {})
@@ -73,7 +121,14 @@ def aggregate(rows: Sequence[dict]) -> dict[tuple, dict[str, Any]]:
                 "test_subsampled": any_row.get("test_subsampled"),
                 "pretrain_size": any_row.get("pretrain_size", ""),
                 "num_classes": any_row.get("num_classes"),
-                "pretrain_method": any_row.get("pretrain_method", "")}
+                "pretrain_method": any_row.get("pretrain_method", ""),
+                "seeds": sorted(seeds, key=str)}
+  peers: dict[tuple, set] = defaultdict(set)
+  for key, a in out.items():
+    peers[key[1:]] |= set(a["seeds"])
+  for key, a in out.items():
+    a["expected_seeds"] = len(peers[key[1:]])
+    a["missing_seeds"] = sorted(peers[key[1:]] - set(a["seeds"]), key=str)
   return out
 
 
@@ -125,6 +180,8 @@ def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
       tags = pts[0][1]["tags"]
       series[arm] = {"x": [p[0] for p in pts], "y": [p[1]["mean"] for p in pts],
                      "err": [p[1]["std"] for p in pts],
+                     "seeds": [f"{p[1]['n']}/{p[1]['expected_seeds']}"
+                               if p[1].get("missing_seeds") else "" for p in pts],
                      "style": {"source": tags.get("source", ""), "size": tags.get("size", ""),
                                "method": pts[0][1]["pretrain_method"]}}
     classes = {agg[k]["num_classes"] for k in keys if agg[k].get("num_classes")}
@@ -278,7 +335,7 @@ def draw(spec: dict, path: str) -> None:
   fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), squeeze=False,
                            sharey=share)
   handles: dict[str, Any] = {}
-  any_err = False
+  any_err = any_missing = False
   for ax, p in zip(axes[0], panels):
     cats = p.get("xcategories")
     styles = _styles(p["series"])
@@ -319,6 +376,11 @@ def draw(spec: dict, path: str) -> None:
       for label, s in p["series"].items():
         h = ax.errorbar(s["x"], s["y"], yerr=s["err"], marker="o", capsize=2, label=label)
         handles.setdefault(label, h)
+        for x, y, n in zip(s["x"], s["y"], s.get("seeds") or []):
+          if n:  # a point missing seeds says so where it is drawn
+            ax.annotate(f"{n} seeds", (x, y), textcoords="offset points", xytext=(3, 3),
+                        fontsize=6, color=h.lines[0].get_color())
+            any_missing = True
         any_err |= any(e > 0 for e in s["err"])
       for label, y in p.get("hlines", {}).items():
         ax.axhline(y, linestyle="--", linewidth=1, color="gray")
@@ -335,8 +397,10 @@ def draw(spec: dict, path: str) -> None:
   if handles and not (len(handles) == 1 and "spread" in handles):
     fig.legend(list(handles.values()), list(handles.keys()), loc="lower center",
                ncol=min(4, len(handles)), fontsize=7, frameon=False)
-  note = ("error bars: ±1 standard deviation over seeds, in panels with more than one"
-          if any_err else "")
+  note = "; ".join(
+      ([("error bars: ±1 standard deviation over seeds, in panels with more than one")]
+       if any_err else []) +
+      (["'n/N seeds': a point missing seeds other arms have"] if any_missing else []))
   fig.suptitle(spec["title"] + (f"\n{note}" if note else ""), fontsize=11)
   rows = -(-len(handles) // 4) if handles else 0
   fig.tight_layout(rect=(0, min(0.35, 0.06 * rows + 0.02), 1, 1))
@@ -347,9 +411,13 @@ def draw(spec: dict, path: str) -> None:
 def _cell(a: dict | None) -> str:
   if a is None:
     return ""
-  if a["n"] == 1:
-    return f"{100 * a['mean']:.1f}"
-  return f"{100 * a['mean']:.1f} ± {100 * a['std']:.1f} ({a['n']})"
+  text = (f"{100 * a['mean']:.1f}" if a["n"] == 1 else
+          f"{100 * a['mean']:.1f} ± {100 * a['std']:.1f} ({a['n']})")
+  missing = a.get("missing_seeds")
+  if missing:
+    text += (f" — {a['n']} of {a['expected_seeds']} seeds, missing seed "
+             f"{', '.join(str(m) for m in missing)}")
+  return text
 
 
 def summary(agg: dict[tuple, dict]) -> str:
@@ -368,7 +436,13 @@ def summary(agg: dict[tuple, dict]) -> str:
       for arm in arms:
         cells = [agg.get((arm, ds, protocol, x)) for x in xs]
         out.append(f"  {arm:<{width}}  " + "  ".join(
-            f"{100 * c['mean']:>6.1f}" if c else f"{'-':>6}" for c in cells))
+            (f"{100 * c['mean']:>5.1f}" + ("*" if c.get("missing_seeds") else " "))
+            if c else f"{'-':>6}" for c in cells))
+  gaps = [k for k, a in sorted(agg.items()) if a.get("missing_seeds")]
+  if gaps:
+    out.append(f"* missing seeds (other arms have them): " + "; ".join(
+        f"{k[0]} {k[1]} {k[2]} {k[3]} shots {agg[k]['n']}/{agg[k]['expected_seeds']}"
+        for k in gaps[:8]) + (" ..." if len(gaps) > 8 else ""))
   return "\n".join(out)
 
 
@@ -480,9 +554,10 @@ def comparison(agg: dict[tuple, dict]) -> str:
 
 def write_report(workdir: str, study=None) -> str:
   path = os.path.join(workdir, "results.jsonl")
-  rows = transfer.read_results(path)
+  rows, bad = split_rows(transfer.read_results(path))
   if not rows:
-    raise ValueError(f"{path}: no results rows")
+    raise ValueError(f"{path}: no usable results rows"
+                     + (f" ({len(bad)} left out: {bad[0][1]}, ...)" if bad else ""))
   agg = aggregate(rows)
   out_dir = os.path.join(workdir, "report")
   os.makedirs(out_dir, exist_ok=True)
@@ -501,6 +576,16 @@ def write_report(workdir: str, study=None) -> str:
         lines.append(f"- {p['title']}: spread over {p['n_sources']} sources (points) — {vals}")
       lines.append("")
   lines += ["## Tables", "", tables(agg)]
+  gaps = [(k, a) for k, a in sorted(agg.items()) if a.get("missing_seeds")]
+  if gaps or bad:
+    lines += ["## Missing results", ""]
+    lines += [f"- {k[0]} on {k[1]}, {k[2]}, {k[3]} shots: {a['n']} of {a['expected_seeds']} "
+              f"seeds (missing seed {', '.join(str(m) for m in a['missing_seeds'])})"
+              for k, a in gaps]
+    if bad:
+      lines += [f"- {len(bad)} row(s) of `{path}` left out of every table (a failed run's "
+                f"row, or one written by hand):", left_out(bad)]
+    lines.append("")
   compared = comparison(agg)
   if compared:
     lines += ["## Beside the paper", "",
@@ -584,9 +669,9 @@ def mini_study_paragraph(agg: dict[tuple, dict], when: str) -> str:
 def rewrite_readme(readme: str, workdir: str) -> None:
   """Rewrites the README's mini-study block (between README_BEGIN and README_END) from
   WORKDIR's results and copies the report's figures to the README's docs/."""
-  rows = transfer.read_results(os.path.join(workdir, "results.jsonl"))
+  rows, _ = split_rows(transfer.read_results(os.path.join(workdir, "results.jsonl")))
   if not rows:
-    raise ValueError(f"{workdir}/results.jsonl: no results rows")
+    raise ValueError(f"{workdir}/results.jsonl: no usable results rows")
   when = min(r["time"] for r in rows if r.get("time"))[:10]
   text = open(readme).read()
   if text.count(README_BEGIN) != 1 or text.count(README_END) != 1:

@@ -50,6 +50,9 @@ def define_flags():
   flags.DEFINE_string("only", "", "Run only runs whose name contains this string (and their "
                       "pre-training dependencies).")
   flags.DEFINE_bool("report", True, "Write the report when the runs are done.")
+  flags.DEFINE_string("accept_changes", "", "Passed to every run: resume runs whose config "
+                      "changed in these keys (comma-separated, or 'all'; recorded in each "
+                      "run's run.json). Without it such runs are refused (and listed).")
   flags.DEFINE_bool("check", False, "Resolve and validate every run's config and open its data "
                     "(no training); list every problem once; exit 1 if there is any.")
 
@@ -75,12 +78,48 @@ class Run:
              f"--workdir={self.workdir}"]
             + [f"--config.{k}={_flag_value(v)}" for k, v in self.overrides.items()])
 
-  def done(self) -> bool:
+  def done(self, table_ids: set | None = None) -> bool:
+    """Finished: pre-training wrote its done marker for its step count; a transfer run wrote
+    done.json and (given the study table's row ids) every one of its rows is in the table."""
     if self.kind == "transfer":
-      return os.path.exists(os.path.join(self.workdir, "done.json"))
+      rows = finished_rows(self.workdir)
+      if rows is None:
+        return False
+      return table_ids is None or all(r.get("row_id") in table_ids for r in rows)
     if self.kind == "convert":
       return os.path.isdir(os.path.join(self.workdir, "checkpoints", "0", "state"))
     return pretrain_finished(self.workdir)
+
+
+def finished_rows(workdir: str) -> list[dict] | None:
+  """The rows a finished transfer run recorded in its done.json (None: not finished, or a
+  done.json that does not read)."""
+  path = os.path.join(workdir, "done.json")
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      return list(json.load(f)["rows"])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+
+
+def heal_results(runs: list[Run], results_path: str) -> tuple[int, int, set]:
+  """Finished transfer runs whose rows never reached the study table (an append that failed,
+  a kill between done.json and the append) get them appended from their own done.json.
+  Returns (rows appended, runs healed, the table's row ids now)."""
+  have = {r.get("row_id") for r in transfer.read_results(results_path) if isinstance(r, dict)}
+  n_rows = n_runs = 0
+  for r in runs:
+    if r.kind != "transfer":
+      continue
+    rows = finished_rows(r.workdir)
+    missing = [x for x in rows or [] if x.get("row_id") not in have]
+    if missing:
+      transfer.append_results(missing, results_path)
+      have |= {x.get("row_id") for x in missing}
+      n_rows, n_runs = n_rows + len(missing), n_runs + 1
+  return n_rows, n_runs, have
 
 
 class Eta:
@@ -293,10 +332,11 @@ def _run_one(run: Run):
     return
   config = _load_run_config(run)
   config.lock()
+  accept = FLAGS["accept_changes"].value if "accept_changes" in FLAGS else ""
   if run.kind == "pretrain":
-    train.run(config, run.workdir)
+    train.run(config, run.workdir, accept_changes=accept)
   else:
-    finetune.run(config, run.workdir)
+    finetune.run(config, run.workdir, accept_changes=accept)
 
 
 def _load_run_config(run: Run):
@@ -420,9 +460,15 @@ def main(argv):
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   status: dict[str, str] = {}
   t0 = time.time()
-  todo = [r for r in runs if not r.done()]
+  results_path = os.path.join(workdir, "results.jsonl")
+  healed, healed_runs, table_ids = heal_results(runs, results_path)
+  if healed:
+    log_lib.info(f"{results_path}: {healed} row(s) of {healed_runs} finished run(s) were "
+                 f"missing; appended from the runs' own done.json")
+  finished = {r.name for r in runs if r.done(table_ids)}
+  todo = [r for r in runs if r.name not in finished]
   for r in runs:
-    if r.done():
+    if r.name in finished:
       status[r.name] = "done"
   log_lib.info(f"study {study.get('name', '')}: {len(runs)} runs, {len(runs) - len(todo)} "
                f"already finished, {len(todo)} to run")
@@ -456,8 +502,11 @@ def main(argv):
   failed = [k for k, v in status.items() if v in ("failed", "skipped")]
   if FLAGS.report and os.path.exists(os.path.join(workdir, "results.jsonl")):
     out = report.write_report(workdir, study)
-    rows = transfer.read_results(os.path.join(workdir, "results.jsonl"))
+    rows, bad = report.split_rows(transfer.read_results(os.path.join(workdir, "results.jsonl")))
     print(report.summary(report.aggregate(rows)), flush=True)
+    if bad:
+      print(f"{len(bad)} row(s) left out of the tables (listed in the report): "
+            f"{bad[0][1]}{', ...' if len(bad) > 1 else ''}", flush=True)
     log_lib.info(f"report: {out} (figures and every table beside it)")
   if failed:
     print(f"error: {len(failed)} runs failed or were skipped: {', '.join(failed[:5])}",

@@ -411,3 +411,34 @@ def test_readmes_own_data_command_trains_and_evaluates_on_converted_jpegs(tmp_pa
   train.run(c, str(tmp_path / "run"), devices=one_device())
   evals = [r for r in read_metrics(str(tmp_path / "run")) if "eval/accuracy" in r]
   assert evals and evals[-1]["step"] == 4
+
+
+def test_class_folders_stay_names_and_negative_webdataset_classes_are_bad_labels(
+    tmp_path, capsys):
+  # Folders '1' and '01' are two classes (never merged by parsing them as numbers), '-1' a
+  # third; no phantom classes; every label is a valid index into class_names.
+  src = tmp_path / "folders"
+  for cls, n in (("1", 2), ("01", 3), ("-1", 1)):
+    (src / cls).mkdir(parents=True)
+    for i in range(n):
+      (src / cls / f"{i}.jpg").write_bytes(_jpeg())
+  dst = tmp_path / "dst"
+  manifest, _ = _convert(["imagefolder", str(src), str(dst)], capsys)
+  assert manifest["class_names"] == ["-1", "01", "1"]
+  assert manifest["splits"]["train"]["per_class"] == {"-1": 1, "01": 3, "1": 2}
+  s = sources.open_source(f"arrayrecord:{dst}")
+  got = sorted((s[i]["label_name"], int(s[i]["label"])) for i in range(len(s)))
+  assert got == [("-1", 0), ("01", 1), ("01", 1), ("01", 1), ("1", 2), ("1", 2)]
+
+  # webdataset: a .cls of -1 is a bad label (counted, not written, not credited to class 1).
+  shards = tmp_path / "shards"
+  shards.mkdir()
+  with tarfile.open(shards / "00000.tar", "w") as tar:
+    for i, cls in enumerate(["0", "1", "-1", "1"]):
+      _add(tar, f"k{i}.jpg", _jpeg())
+      _add(tar, f"k{i}.txt", b"a caption")
+      _add(tar, f"k{i}.cls", cls.encode())
+  manifest, last = _convert(["webdataset", str(shards), str(tmp_path / "wds")], capsys)
+  assert "bad_label 1" in last
+  assert manifest["class_names"] == ["0", "1"]
+  assert manifest["splits"]["train"]["per_class"] == {"0": 1, "1": 2}

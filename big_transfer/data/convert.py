@@ -184,6 +184,9 @@ def read_tar(path: str, split: str) -> Iterator[Item]:
     if img_ext is None:
       yield Item(key=key, split=split, problem="no_image", caption=caption)
       continue
+    if label is not None and (not label or (label.lstrip("-").isdigit() and int(label) < 0)):
+      yield Item(key=key, split=split, problem="bad_label")  # a class id is never negative
+      continue
     yield Item(key=key, split=split, data=parts[img_ext], label=label, caption=caption or None,
                meta=meta)
   if truncated:
@@ -407,7 +410,7 @@ def convert_shard(job: ShardJob, opts: dict) -> dict:
     with open(done) as f:
       return json.load(f)
   items = job.items if job.items is not None else read_tar(job.tar_path, job.tar_split)
-  label_map = LabelMap(set(opts["class_names"])) if opts.get("class_names") else None
+  label_map = LabelMap(ordered=opts["class_names"]) if opts.get("class_names") else None
   writers, tmp_paths = {}, {}
   stats = {"shard": job.index, "files": {}, "counts": collections.Counter(),
            "labels": collections.Counter(), "skipped": collections.Counter(), "captions": 0}
@@ -467,21 +470,32 @@ def _run_job(args):
 
 # ----------------------------------------------------------------------------- labels
 
-class LabelMap:
-  """Class names -> ids: sorted names, or integers kept as they are."""
+def _is_id(label: str) -> bool:
+  """A canonical non-negative integer ('3', not '03' or '-1')."""
+  return label.isdigit() and label == str(int(label))
 
-  def __init__(self, labels: set):
-    self.numeric = all(isinstance(l, int) or (isinstance(l, str) and l.lstrip("-").isdigit())
-                       for l in labels)
-    if self.numeric:
-      ids = sorted({int(l) for l in labels})
-      self.names = [str(i) for i in range(max(ids) + 1)] if ids else []
+
+class LabelMap:
+  """Class names -> ids. ``ordered``: the names in id order (a listing's: imagefolder's folder
+  names and COCO's categories sorted as strings, never parsed as numbers). Else from the
+  labels seen: all canonical non-negative integers (webdataset .cls, a numeric CSV column)
+  are ids themselves (names '0'..'max'); anything else is a set of names, sorted as strings."""
+
+  def __init__(self, labels=(), ordered=None):
+    if ordered is not None:
+      self.names = [str(n) for n in ordered]
     else:
-      self.names = sorted(str(l) for l in labels)
+      labs = {str(l) for l in labels}
+      if labs and all(_is_id(l) for l in labs):
+        self.names = [str(i) for i in range(max(int(l) for l in labs) + 1)]
+      else:
+        self.names = sorted(labs)
     self.index = {n: i for i, n in enumerate(self.names)}
+    if len(self.index) != len(self.names):
+      raise SystemExit(f"error: class names repeat: {self.names}")
 
   def __call__(self, label) -> int:
-    return int(label) if self.numeric else self.index[str(label)]
+    return self.index[str(label)]
 
 
 def _relabel(dst: str, files: list[str], label_map: LabelMap):
@@ -620,7 +634,7 @@ def merge(dst: str) -> dict:
   labels = {k.split("\t", 1)[1] for k in label_counts}
   label_map = None
   if class_names:
-    label_map = LabelMap(set(class_names))
+    label_map = LabelMap(ordered=class_names)
   elif labels:  # webdataset .cls labels: known only now; records rewritten with ids
     label_map = LabelMap(labels)
     relabelled = os.path.join(dst, ".relabelled.json")
