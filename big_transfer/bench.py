@@ -43,6 +43,7 @@ from flax import nnx
 from PIL import Image, ImageDraw, ImageFilter
 
 from big_transfer import checkpoint as ckpt_lib
+from big_transfer.app import UserError
 from big_transfer import config_lib
 from big_transfer import logging as log_lib
 from big_transfer import methods, optim, sharding, train
@@ -385,6 +386,69 @@ def _train_setup(model: str, batch_size: int, resolution: int, steps: int, metho
                                step_fn=step_fn, pp_host=pp_host)
 
 
+def abstract_batch(t, batch_size: int) -> dict:
+  """The global batch's shapes and shardings, from one example through the loop's chain."""
+  n_dev = t.mesh.devices.size
+  it = pipeline.train_dataset(t.source, pp=t.pp_host, batch_size=n_dev, seed=0,
+                              keys=t.meth.batch_keys, threads=1, bind=t.bind)
+  one = next(it)
+  it.close()
+  sh = sharding.batch_sharding(t.mesh)
+  return {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype, sharding=sh)
+          for k, v in one.items()}
+
+
+def available_memory() -> tuple[float | None, str]:
+  """(bytes one device can hold, where that number comes from): the accelerator's allocator
+  limit, else (CPU) the host's available memory."""
+  device = jax.local_devices()[0]
+  stats = None
+  try:
+    stats = device.memory_stats()
+  except Exception:  # noqa: BLE001  some backends have none
+    stats = None
+  if stats and stats.get("bytes_limit"):
+    return float(stats["bytes_limit"] - stats.get("bytes_in_use", 0)), \
+        f"{device.device_kind} memory limit"
+  try:
+    with open("/proc/meminfo") as f:
+      info = dict(line.split(":", 1) for line in f)
+    return float(info["MemAvailable"].split()[0]) * 1024, "host memory available (CPU)"
+  except (OSError, KeyError, ValueError):
+    return None, "unknown"
+
+
+def step_memory(compiled) -> dict | None:
+  """XLA's memory analysis of a compiled step (bytes per device): arguments, outputs,
+  temporaries, the donated part, and what it needs in all."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001
+    return None
+  if m is None:
+    return None
+  get = lambda k: float(getattr(m, k, 0) or 0)
+  args, out, temp, alias = (get("argument_size_in_bytes"), get("output_size_in_bytes"),
+                            get("temp_size_in_bytes"), get("alias_size_in_bytes"))
+  return {"arguments": args, "outputs": out, "temporaries": temp, "donated": alias,
+          "needed": args + out + temp - alias}
+
+
+def check_fits(memory: dict | None, batch_size: int, model: str, resolution: int,
+               headroom: float = 0.9) -> None:
+  """One UserError line when the step needs more memory than the device has."""
+  have, where = available_memory()
+  if memory is None or have is None or memory["needed"] <= headroom * have:
+    return
+  gb = lambda b: f"{b / 2**30:.1f} GB"
+  fits = max(1, int(batch_size * headroom * have / memory["needed"]))
+  raise UserError(
+      f"bench: the {model} step at batch {batch_size}, {resolution}px needs {gb(memory['needed'])}"
+      f" per device (XLA's memory analysis: {gb(memory['arguments'])} arguments, "
+      f"{gb(memory['temporaries'])} temporaries) and the device has {gb(have)} ({where}); a "
+      f"batch of about {fits} would fit — or run it on an accelerator (launch/gpu_bench.sh)")
+
+
 def lowered_flops(lowered) -> float | None:
   """FLOPs of a jitted program counted on its lowered (not yet optimised) form: the same count
   on every backend. XLA's cost analysis of the *compiled* program misses what a GPU backend
@@ -493,6 +557,16 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
   t = _train_setup(model, batch_size, resolution, steps, method, dtype, data, model_kwargs)
   c, source, tok, bind, meth, mesh = t.c, t.source, t.tok, t.bind, t.meth, t.mesh
   init_state, abstract, state_sh, step_fn = t.init_state, t.abstract, t.state_sh, t.step_fn
+
+  # Compiled from shapes first: XLA's memory analysis says what the step needs before anything
+  # is allocated, and a step that cannot fit is one line instead of an allocation failure.
+  t0 = time.perf_counter()
+  lowered = step_fn.lower(ckpt_lib.abstract_like(abstract, state_sh),
+                          abstract_batch(t, batch_size))
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - t0
+  memory = step_memory(compiled)
+  check_fits(memory, batch_size, model, resolution)
   state = jax.jit(init_state, out_shardings=state_sh)(jax.random.key(0))
 
   # The input pipeline alone (the loop's own, same threads): images/s it can deliver.
@@ -507,11 +581,7 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
   it.close()
   del it
 
-  # The bare jitted step: compile, then `steps` dispatched back to back on one batch.
-  t0 = time.perf_counter()
-  lowered = step_fn.lower(state, batch)
-  compiled = lowered.compile()
-  compile_s = time.perf_counter() - t0
+  # The bare jitted step (compiled above): `steps` dispatched back to back on one batch.
   flops = lowered_flops(lowered)
   xla_compiled_flops = _cost_flops(compiled)
 
@@ -559,6 +629,7 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
       "bare_step_spread": round(abs(bare_after - bare_before) / bare_step, 4),
       "loop_overhead": round(loop_step / bare_step - 1, 4) if loop_step else None,
       "compile_time_s": round(compile_s, 2),
+      "step_memory_gb": round(memory["needed"] / 2**30, 3) if memory else None,
       "flops_per_step": flops, "xla_compiled_flops_per_step": xla_compiled_flops,
       "peak_matmul_tflops": _sig(peak / 1e12),
       "mfu": _sig(flops / bare_step / peak) if flops else None,
@@ -825,5 +896,13 @@ def main(argv=None):
   return rows
 
 
+def entry(argv=None):
+  try:
+    return main(argv)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  main()
+  entry()

@@ -275,7 +275,8 @@ class Session:
 
   def accuracy(self, weights: dict, split: str) -> float:
     """Top-1 accuracy of device ``weights`` ({params, model_state}) on 'val' or 'test'."""
-    return dict(self.evaluator(split).run(weights))[f"{split}/accuracy"]
+    with log_lib.timed("evaluation"):
+      return dict(self.evaluator(split).run(weights))[f"{split}/accuracy"]
 
   def _cache_key(self, identity: tuple) -> str:
     """The name of a cached feature tensor: everything that changes a feature — the weights
@@ -357,6 +358,11 @@ class Session:
 
   # --------------------------------------------------------------- protocols
   def probe(self, solver: str | None = None, init=None):
+    """:meth:`_probe`, timed (log_lib: 'features and probes')."""
+    with log_lib.timed("features and probes"):
+      return self._probe(solver, init)
+
+  def _probe(self, solver: str | None = None, init=None):
     """The linear probe on the pre-trained tower's frozen features by ``solver`` (default
     ``lp.solver``): (kernel, bias, chosen value, {value: val accuracy}). ``init``: the
     (kernel, bias) the AdamW probe starts from (default zero)."""
@@ -608,7 +614,8 @@ def _run(s: Session, workdir: str, done_path: str) -> list[dict]:
   elif c.protocol == "lp":
     kernel, bias, chosen, scores = s.probe(
         init=s.adamw_probe_init() if c.lp.solver == "adamw" else None)
-    tx, ty = s.frozen_features("test")
+    with log_lib.timed("features and probes"):
+      tx, ty = s.frozen_features("test")
     test = float(np.mean(np.argmax(tx @ kernel + bias, -1) == ty))
     what = "lr" if c.lp.solver == "adamw" else "l2"  # the value the probe chose
     rows.append({**base, "hyperparameters": {"solver": c.lp.solver, what: chosen},

@@ -145,6 +145,77 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in f if line.strip()]
 
 
+# Where a process's time goes, by phase (compile, steps, evaluation, checkpoints, probes):
+# seconds accumulated by the loops; the study reads it before and after each run.
+PHASE_SECONDS: dict[str, float] = {}
+PHASES = ("compile", "steps", "evaluation", "checkpoints", "features and probes")
+
+
+def add_time(phase: str, seconds: float) -> None:
+  PHASE_SECONDS[phase] = PHASE_SECONDS.get(phase, 0.0) + max(0.0, seconds)
+
+
+@contextlib.contextmanager
+def timed(phase: str):
+  t0 = time.perf_counter()
+  try:
+    yield
+  finally:
+    add_time(phase, time.perf_counter() - t0)
+
+
+class TimeBreakdown:
+  """Wall time per kind of run split by phase; what is not a measured phase is start-up
+  (imports, data opening, restores, model building, writing results)."""
+
+  def __init__(self):
+    self.by_kind: dict[str, dict[str, float]] = {}
+    self.count: dict[str, int] = {}
+    self.runs_of: set[str] = set()  # kinds timed as runs (the rest: single steps, e.g. report)
+
+  def run(self, kind: str):
+    """A context manager around one run of ``kind``."""
+    breakdown = self
+
+    class _Run:
+      def __enter__(self):
+        self.t0, self.before = time.perf_counter(), dict(PHASE_SECONDS)
+        return self
+
+      def __exit__(self, *exc):
+        wall = time.perf_counter() - self.t0
+        row = breakdown.by_kind.setdefault(kind, {})
+        measured = 0.0
+        for k, v in PHASE_SECONDS.items():
+          d = v - self.before.get(k, 0.0)
+          if d > 0:
+            row[k] = row.get(k, 0.0) + d
+            measured += d
+        row["start-up and other"] = row.get("start-up and other", 0.0) + max(0.0, wall - measured)
+        row["wall"] = row.get("wall", 0.0) + wall
+        breakdown.count[kind] = breakdown.count.get(kind, 0) + 1
+        breakdown.runs_of.add(kind)
+        return False
+    return _Run()
+
+  def add(self, kind: str, seconds: float) -> None:
+    row = self.by_kind.setdefault(kind, {})
+    row["wall"] = row.get("wall", 0.0) + seconds
+    self.count[kind] = self.count.get(kind, 0) + 1
+
+  def summary(self, total: float) -> str:
+    lines = [f"where the time went ({format_duration(total)} wall):"]
+    for kind, row in self.by_kind.items():
+      parts = [f"{k} {format_duration(v)} ({100 * v / row['wall']:.0f}%)"
+               for k, v in sorted(row.items(), key=lambda kv: -kv[1])
+               if k != "wall" and row["wall"] > 0 and v >= 0.5]
+      n = self.count.get(kind, 0)
+      runs = f"{n} run(s), " if kind in self.runs_of else ""
+      lines.append(f"  {kind}: {runs}{format_duration(row['wall'])}"
+                   + (": " + ", ".join(parts) if parts else ""))
+    return "\n".join(lines)
+
+
 def format_duration(s: float) -> str:
   if not math.isfinite(s):
     return "?"

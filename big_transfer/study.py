@@ -324,6 +324,14 @@ def _transfer_images(base, ds, shots, protocol, overrides) -> float:
   return total
 
 
+def _time_kind(run: Run) -> str:
+  """How the study's closing time summary groups a run: pre-training, conversion, or transfer
+  by protocol."""
+  if run.kind == "transfer":
+    return f"transfer {run.fields.get('protocol', '')}".strip()
+  return {"pretrain": "pre-training", "convert": "conversion"}.get(run.kind, run.kind)
+
+
 def _run_one(run: Run):
   if run.kind == "convert":
     rc = convert_checkpoint.main([*run.convert_args, f"--out={run.workdir}"])
@@ -473,6 +481,7 @@ def main(argv):
   log_lib.info(f"study {study.get('name', '')}: {len(runs)} runs, {len(runs) - len(todo)} "
                f"already finished, {len(todo)} to run")
   eta = Eta()
+  times = log_lib.TimeBreakdown()
 
   for i, r in enumerate(todo):
     failed_dep = [d for d in r.deps if status.get(d) in ("failed", "skipped")]
@@ -483,7 +492,8 @@ def main(argv):
     t = time.time()
     log_lib.info(f"[{i + 1}/{len(todo)}] {r.name} ...")
     try:
-      _run_one(r)
+      with times.run(_time_kind(r)):
+        _run_one(r)
       status[r.name] = "done"
     except runlock.Preempted as e:  # stop the study too; run it again to go on
       print(f"stopped: {r.name}: {e} (exit {runlock.PREEMPTED_EXIT})", file=sys.stderr)
@@ -501,13 +511,17 @@ def main(argv):
                  f"{log_lib.format_duration(eta.remaining(todo[i + 1:]))}")
   failed = [k for k, v in status.items() if v in ("failed", "skipped")]
   if FLAGS.report and os.path.exists(os.path.join(workdir, "results.jsonl")):
+    t_report = time.time()
     out = report.write_report(workdir, study)
+    times.add("report", time.time() - t_report)
     rows, bad = report.split_rows(transfer.read_results(os.path.join(workdir, "results.jsonl")))
     print(report.summary(report.aggregate(rows)), flush=True)
     if bad:
       print(f"{len(bad)} row(s) left out of the tables (listed in the report): "
             f"{bad[0][1]}{', ...' if len(bad) > 1 else ''}", flush=True)
     log_lib.info(f"report: {out} (figures and every table beside it)")
+  if times.by_kind:
+    log_lib.info(times.summary(time.time() - t0))
   if failed:
     print(f"error: {len(failed)} runs failed or were skipped: {', '.join(failed[:5])}",
           file=sys.stderr)

@@ -331,14 +331,15 @@ def _train(config, workdir: str, data: dict, *, devices, method, initialize, eva
   progress = log_lib.Progress(total_steps, start_step, config.batch_size)
   stopper = runlock.StopSignals(pcount > 1)
   pending, stopped, t_compile = [], None, time.perf_counter()
+  t_loop, spent = time.perf_counter(), {"first": 0.0, "evaluation": 0.0, "checkpoints": 0.0}
   try:
     for step in range(start_step + 1, total_steps + 1):
       state, metrics = train_step(state, sharding.to_global(next(train_iter), mesh))
       pending.append(metrics)
       if step == start_step + 1:
         jax.block_until_ready(metrics)
-        log_lib.info(f"first step done in {time.perf_counter() - t_compile:.1f}s "
-                     f"(includes compile)")
+        spent["first"] = time.perf_counter() - t_compile
+        log_lib.info(f"first step done in {spent['first']:.1f}s (includes compile)")
         progress = log_lib.Progress(total_steps, step, config.batch_size)
       if stopper.stop_now(step) and step < total_steps:
         stopped = step  # a preemption notice: log, save and stop after this step
@@ -351,21 +352,32 @@ def _train(config, workdir: str, data: dict, *, devices, method, initialize, eva
         pending = []
       for ev, every in evaluators:
         if step % every == 0 or step == total_steps:
+          t_ev = time.perf_counter()
           results = dict(ev.run(state))
+          spent["evaluation"] += time.perf_counter() - t_ev
           writer.write(step, results)
           log_lib.info(f"step {step} " + " ".join(f"{k} {v:.4f}" for k, v in results.items()))
       if step % config.checkpoint_every == 0 or last:
         check_finite(state, ckpt)  # never save a state that has seen a non-finite value
+        t_ck = time.perf_counter()
         ckpt.save(step, state, {"next_batch": step, "skipped": skipped_total()})
+        spent["checkpoints"] += time.perf_counter() - t_ck
       if stopped is not None:
         break
   finally:
     stopper.restore()
     train_iter.close()
+    t_ck = time.perf_counter()
     try:
       ckpt.close()  # waits for the last asynchronous save
     finally:
       writer.close()
+      spent["checkpoints"] += time.perf_counter() - t_ck
+      loop = time.perf_counter() - t_loop
+      log_lib.add_time("compile", spent["first"])
+      log_lib.add_time("evaluation", spent["evaluation"])
+      log_lib.add_time("checkpoints", spent["checkpoints"])
+      log_lib.add_time("steps", loop - sum(spent.values()))
   if stopped is not None:
     raise runlock.Preempted(stopped, stopper.signum, ckpt.directory)
   mark_done(workdir, total_steps)

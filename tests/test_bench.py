@@ -99,3 +99,17 @@ def test_loader_bench_reports_rates_per_worker_count_and_their_scaling():
         r["images_per_sec"] / (max(r["workers"], 1) * r["chain_images_per_sec_per_core"]),
         rel=0.01)
     assert r["output"] == "uint8[224, 224, 3]"  # normalised on the device, not here
+
+
+def test_a_step_that_cannot_fit_is_one_line_before_anything_is_allocated():
+  # The README's CLIP line on a CPU tried to allocate 51 GB and died with a traceback.
+  with pytest.raises(bench.UserError, match=r"needs [\d.]+ GB per device \(XLA's memory "
+                                            r"analysis: .*\) and the device has [\d.]+ GB"):
+    bench.main(["--model=resnet18", '--model_kwargs={"width": 0.125}', "--batch_size=1048576",
+                "--resolution=224", "--steps=1", "--loop=off", "--torch=off"])
+  out = subprocess.run([sys.executable, "-m", "big_transfer.bench", "--model=resnet18",
+                        '--model_kwargs={"width": 0.125}', "--batch_size=1048576",
+                        "--steps=1", "--loop=off", "--torch=off"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr[-2000:]
+  assert out.stderr.startswith("error: bench: the resnet18 step at batch 1048576")

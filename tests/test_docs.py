@@ -59,3 +59,21 @@ def test_convert_help_lists_merge_and_a_conversion_without_dst_is_one_line():
   assert bad.returncode != 0
   assert bad.stderr.strip().splitlines() == [
       "error: csv needs SRC and DST (python -m big_transfer.data.convert csv SRC DST)"]
+
+
+def test_the_readme_speaks_in_users_terms_and_names_the_tests_behind_its_guarantees():
+  text = open(os.path.join(ROOT, "README.md")).read()
+  # No process vocabulary: internal issue numbers mean nothing to a user.
+  assert not re.search(r"\bissues? \d+", text, re.I), re.search(r"\bissues? \d+", text, re.I)
+  # Every test the README names exists (file::name).
+  import glob
+  tests = {}
+  for path in glob.glob(os.path.join(ROOT, "tests", "test_*.py")):
+    tests[os.path.basename(path)] = set(re.findall(r"^def (test_\w+)", open(path).read(), re.M))
+  named = re.findall(r"`(test_\w+\.py)::(test_\w+)", text)
+  assert len(named) > 10
+  for f, name in named:
+    assert name in tests.get(f, set()), f"README names {f}::{name}, which does not exist"
+  every = set().union(*tests.values())
+  for name in re.findall(r"`\.\.\.::(test_\w+)", text):
+    assert name in every, f"README names ...::{name}, which does not exist"

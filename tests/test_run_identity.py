@@ -285,14 +285,12 @@ def test_config_errors_name_the_key_the_value_its_type_and_the_nearest_key(arg, 
   assert want in config_lib.explain_flag_error(argv)
 
 
-def test_a_mistyped_config_path_or_key_on_the_command_line_is_one_line(tmp_path):
+def test_a_mistyped_config_path_on_the_command_line_is_one_line(tmp_path):
   out = run_cli([f"--config={ROOT}/configs/mini/supervize.py", f"--workdir={tmp_path}"])
   assert out.returncode == 2 and out.stderr.strip().splitlines() == [
       f"error: --config={ROOT}/configs/mini/supervize.py: no such config file; the nearest "
       f"existing one is {ROOT}/configs/mini/supervised.py"]
-  out = run_cli([f"--config={MINI}", f"--workdir={tmp_path}", "--config.batch_size=64x"])
-  assert out.returncode == 2 and out.stderr.strip().splitlines() == [
-      "error: --config.batch_size=64x: batch_size expects int (now 128); '64x' is not one"]
+  # (a key or value mistake on the command line: test_train.py::test_bad_input_is_one_line...)
 
 
 def _popen(args, env=None):

@@ -2,6 +2,7 @@
 report's figures checked by content."""
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -122,9 +123,19 @@ def test_small_study_stopped_halfway_restarts_without_redoing_runs(tmp_path):
   assert "digits / lp (test accuracy %, chosen on validation)" in out.stdout
   assert any(l.split()[:1] == ["supervised_glyphs"] and len(l.split()) == 3
              for l in out.stdout.splitlines())
-  # Once more: nothing to do.
+  # It says where its time went: by kind of run, split by phase.
+  times = out.stdout[out.stdout.index("where the time went"):].splitlines()
+  assert any(re.match(r"transfer lp: \d+ run\(s\), \S+: .*features and probes .*start-up",
+                      l.strip()) for l in times), out.stdout[-2000:]
+  assert any(l.strip().startswith("report: ") for l in times)
+  # Once more, with a row lost between a run's done.json and the table: healed, nothing rerun.
+  lines = open(wd / "results.jsonl").read().splitlines(keepends=True)
+  (wd / "results.jsonl").write_text("".join(lines[1:]))
   out = _study(args, timeout=300)
+  assert "1 row(s) of 1 finished run(s) were missing; appended" in out.stdout
   assert "14 already finished, 0 to run" in out.stdout
+  assert sorted(open(wd / "results.jsonl").read().splitlines()) == sorted(
+      l.rstrip("\n") for l in lines)
 
 
 # ------------------------------------------------------------------------------ report

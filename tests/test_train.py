@@ -259,8 +259,11 @@ def test_adamw_ema_bf16_clipping_and_lars_step_schedule_train(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--config.bogus=1"], "unknown config key 'config.bogus'"),
-    (["--config.optimizer.lrr=0.1"], "unknown config key 'config.optimizer.lrr'"),
+    (["--config.bogus=1"], "--config.bogus=1: " + MINI + " has no key 'bogus'"),
+    (["--config.optimizer.lrr=0.1"], "has no key 'optimizer.lrr'; did you mean optimizer.lr "
+                                     "(float, now 0.1)?"),
+    (["--config.batch_size=64x"], "--config.batch_size=64x: batch_size expects int (now 128); "
+                                  "'64x' is not one"),
     (["--config.data=tfds:no_such_dataset"], "TFDS has no dataset 'no_such_dataset'"),
     (["--config.data=arrayrecord:/no/such/dir"], "'/no/such/dir' does not exist"),
     (["--config.pp_train=decode|blur(2)"], "unknown preprocessing op 'blur'"),
