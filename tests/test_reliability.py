@@ -331,10 +331,12 @@ def test_a_run_resumed_on_two_processes_continues_the_same_global_stream(tmp_pat
   subprocess.run([sys.executable, "-m", "big_transfer.train", *base, f"--workdir={wd}",
                   "--config.total_steps=4"], cwd=ROOT, env=env, check=True, capture_output=True)
   out = subprocess.run([os.path.join(ROOT, "launch", "local.sh"), "2", "2", "--", "python",
-                        "-m", "big_transfer.train", *base, f"--workdir={wd}"], cwd=ROOT,
+                        "-m", "big_transfer.train", *base, f"--workdir={wd}",
+                        "--accept_changes=total_steps"], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-3000:]
   assert "2 process(es)" in out.stdout and f"resumed from {wd}/checkpoints/4" in out.stdout
+  assert "resuming with accepted changes" in out.stdout and "total_steps 4 -> 8" in out.stdout
   assert _logged_steps(wd) == list(range(1, 9))
   np.testing.assert_allclose(losses(wd), losses(ref_wd), rtol=2e-5, atol=2e-5)
 

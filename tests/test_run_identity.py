@@ -309,6 +309,7 @@ def _wait_for_line(proc, text, timeout=300):
   raise AssertionError(f"no {text!r} line: {proc.stderr.read()[-2000:]}")
 
 
+@pytest.mark.slow  # ~25 s: two training processes signalled
 def test_sigterm_during_start_up_and_a_second_ctrl_c_are_one_line_each(tmp_path):
   args = [f"--config={MINI}:steps=3000,batch=16,width=0.125", "--config.eval_data=none",
           "--config.tensorboard=false", "--config.checkpoint_every=5000"]

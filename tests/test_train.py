@@ -192,7 +192,8 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
   train.run(c, wd, devices=jax.devices()[:8])
   saved, _ = checkpoint.load_state(wd)
   c = mini_config(total_steps=5, checkpoint_every=5)
-  state = train.run(c, wd, devices=one_device())
+  # Another mesh and sharding cannot change the result: only the longer run needs accepting.
+  state = train.run(c, wd, devices=one_device(), accept_changes="total_steps")
   assert int(state["step"]) == 5
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
   assert not _leaves_equal(jax.device_get(state["params"]), saved["params"])
