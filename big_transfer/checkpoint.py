@@ -181,9 +181,20 @@ def _named_leaves(state) -> list[tuple[str, Any]]:
 _digest_fns: dict = {}
 
 
+HOST_DIGEST_MAX_BYTES = 64 << 20
+
+
 def state_digest(state) -> dict[str, str]:
-  """{array name: 8 hex digits} of a (device) train state, computed where the arrays live
-  (one small jitted program; every process of a multi-process run calls it)."""
+  """{array name: 8 hex digits} of a (device) train state. A state of up to
+  HOST_DIGEST_MAX_BYTES on one process is copied to the host and digested there (compiling
+  the device program costs more than that); a larger one is digested where the arrays live
+  (one small jitted program; every process of a multi-process run calls it). Both give the
+  same digest."""
+  leaves = jax.tree.leaves(state)
+  nbytes = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in leaves)
+  if nbytes <= HOST_DIGEST_MAX_BYTES and all(getattr(x, "is_fully_addressable", True)
+                                             for x in leaves):
+    return host_digest(jax.device_get(state))
   names = [n for n, _ in _named_leaves(state)]
   treedef = jax.tree_util.tree_structure(state)
   fn = _digest_fns.get(treedef)
