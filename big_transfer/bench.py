@@ -43,10 +43,9 @@ from flax import nnx
 from PIL import Image, ImageDraw, ImageFilter
 
 from big_transfer import checkpoint as ckpt_lib
-from big_transfer.app import UserError
-from big_transfer import config_lib
+from big_transfer import config_lib, methods, optim, sharding, train
 from big_transfer import logging as log_lib
-from big_transfer import methods, optim, sharding, train
+from big_transfer.app import UserError
 from big_transfer.data import ops, pipeline, tokenizer
 
 

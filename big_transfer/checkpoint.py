@@ -492,7 +492,8 @@ def structure_mismatches(saved_tree, target_tree) -> list[str]:
   saved, target = _shapes_by_name(saved_tree), _shapes_by_name(target_tree)
   out = [f"{k}: not in checkpoint" for k in sorted(set(target) - set(saved))]
   out += [f"{k}: not in this model" for k in sorted(set(saved) - set(target))]
-  out += [f"{k}: checkpoint {saved[k]} vs model {target[k]}" for k in sorted(set(saved) & set(target))
+  out += [f"{k}: checkpoint {saved[k]} vs model {target[k]}"
+          for k in sorted(set(saved) & set(target))
           if saved[k] != target[k]]
   return out
 

@@ -30,13 +30,12 @@ and an unfinished one resumes from its checkpoint.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import math
 import os
 import time
 from typing import Any
-
-import hashlib
-import math
 
 import jax
 import numpy as np
@@ -671,7 +670,7 @@ def _run(s: Session, workdir: str, done_path: str) -> list[dict]:
       init_host = s.initial_weights(head)
       ft = jax.device_get(best_weights)
       for alpha in c.wise_ft.alphas:
-        mixed = jax.tree.map(lambda a, b: (1 - alpha) * np.asarray(a, np.float32)
+        mixed = jax.tree.map(lambda a, b, alpha=alpha: (1 - alpha) * np.asarray(a, np.float32)
                              + alpha * np.asarray(b, np.float32), init_host, ft)
         w = s.to_device(mixed)
         rows.append({**base, "hyperparameters": {**hp, "alpha": float(alpha)}, "grid": grid,

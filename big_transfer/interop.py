@@ -19,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -380,7 +381,8 @@ def convert(ours: dict[str, tuple], source: dict[str, np.ndarray],
                for k in leftovers]
   if problems:
     more = f"\n  ... and {len(problems) - 40} more" if len(problems) > 40 else ""
-    raise ConversionError(f"{path + ': ' if path else ''}the {what} does not fit the model ({len(problems)} mismatches):\n  "
+    raise ConversionError(f"{path + ': ' if path else ''}the {what} does not fit the model "
+                          f"({len(problems)} mismatches):\n  "
                           + "\n  ".join(problems[:40]) + more)
   return out
 
@@ -424,7 +426,7 @@ def _vit_name(width: int, depth: int, mlp: int, heads: int, patch: int) -> tuple
   for v, (w, d, m, h) in VARIANTS.items():
     if (w, d, m) == (width, depth, mlp) and h == heads:
       return f"vit_{v}{patch}", {}
-  for v, (w, d, m, h) in VARIANTS.items():  # an off-grid ViT: spell out its dimensions
+  for v, (w, _d, _m, _h) in VARIANTS.items():  # an off-grid ViT: spell out its dimensions
     if w == width:
       return f"vit_{v}{patch}", dict(depth=depth, mlp_dim=mlp, heads=heads)
   return f"vit_b{patch}", dict(width=width, depth=depth, mlp_dim=mlp, heads=heads)

@@ -104,7 +104,7 @@ class Cell:
             f"best test over grid and epochs")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def runs() -> tuple[Run, ...]:
   out = []
   with open(LOG, newline="") as f:
@@ -121,7 +121,7 @@ def runs() -> tuple[Run, ...]:
   return tuple(out)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cells() -> dict[tuple, Cell]:
   """(arm, downstream, protocol, shots) -> Cell."""
   by: dict[tuple, list[Run]] = {}

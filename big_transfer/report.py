@@ -24,12 +24,12 @@ import shutil
 import sys
 import textwrap
 from collections import defaultdict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from big_transfer import published
-from big_transfer import transfer
+from big_transfer import published, transfer
 
 SHOT_ORDER = ("1", "5", "10", "20", "25", "50", "100", "200", "full")
 
@@ -440,7 +440,7 @@ def summary(agg: dict[tuple, dict]) -> str:
             if c else f"{'-':>6}" for c in cells))
   gaps = [k for k, a in sorted(agg.items()) if a.get("missing_seeds")]
   if gaps:
-    out.append(f"* missing seeds (other arms have them): " + "; ".join(
+    out.append("* missing seeds (other arms have them): " + "; ".join(
         f"{k[0]} {k[1]} {k[2]} {k[3]} shots {agg[k]['n']}/{agg[k]['expected_seeds']}"
         for k in gaps[:8]) + (" ..." if len(gaps) > 8 else ""))
   return "\n".join(out)

@@ -124,7 +124,7 @@ class WorkdirLock:
           who = (f"pid {holder.get('pid')} on {holder.get('host')} since "
                  f"{holder.get('started')}" if holder else "another run (lock unreadable)")
           raise LockError(f"workdir {os.path.dirname(self.path)} is in use by {who} "
-                          f"({self.path}); stop that run or use another --workdir")
+                          f"({self.path}); stop that run or use another --workdir") from None
         self.log(f"taking over the lock of a run that is gone ({why}): {holder}")
         try:
           os.remove(self.path)

@@ -33,9 +33,18 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from big_transfer import app, checkpoint, config_lib, convert_checkpoint, finetune, report
+from big_transfer import (
+  app,
+  checkpoint,
+  config_lib,
+  convert_checkpoint,
+  finetune,
+  report,
+  runlock,
+  train,
+  transfer,
+)
 from big_transfer import logging as log_lib
-from big_transfer import runlock, train, transfer
 from big_transfer.data import sources
 
 FLAGS = flags.FLAGS

@@ -25,9 +25,8 @@ from clu import parameter_overview
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from big_transfer import app
+from big_transfer import app, config_lib, identity, methods, optim, runlock, sharding, transfer
 from big_transfer import checkpoint as ckpt_lib
-from big_transfer import config_lib, identity, methods, optim, runlock, sharding, transfer
 from big_transfer import logging as log_lib
 from big_transfer.app import UserError
 from big_transfer.data import ops, pipeline, sources, tokenizer

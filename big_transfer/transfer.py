@@ -11,7 +11,8 @@ import hashlib
 import json
 import os
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +23,7 @@ from flax import nnx
 
 from big_transfer import checkpoint as ckpt_lib
 from big_transfer import logging as log_lib
-from big_transfer import methods
-from big_transfer import models, optim
+from big_transfer import methods, models, optim
 from big_transfer.data import sources, tokenizer
 from big_transfer.evaluators.fewshot_linear import ridge_fit_grid
 from big_transfer.evaluators.zeroshot import templates_of

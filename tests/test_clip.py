@@ -21,7 +21,7 @@ from big_transfer.data import ops, tokenizer
 from big_transfer.evaluators import retrieval, zeroshot
 from big_transfer.logging import read_metrics
 from big_transfer.models.text import TextTransformer
-from conftest import ROOT, override, losses, one_device
+from conftest import ROOT, losses, one_device, override
 
 CLIP_MINI = os.path.join(ROOT, "configs", "mini", "clip.py")
 CAPTIONS = ["a photo of a dog", "A Photo of a Cat!", "two dogs and a cat", "a dog's toy",
@@ -74,8 +74,9 @@ def test_rust_encoder_gives_the_python_encoders_ids(monkeypatch):
 
 
 def test_cleaning_skips_ftfy_only_where_it_cannot_change_the_text():
-  import ftfy
   import html
+
+  import ftfy
   for text in real_looking_captions() + ["&amp;amp;amp;", "a &lt;b&gt;", "Caf\u00e9"]:
     full = " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).strip().split()).lower()
     assert tokenizer.clean(text) == full, repr(text)

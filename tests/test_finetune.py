@@ -9,7 +9,7 @@ import pytest
 
 from big_transfer import checkpoint, config_lib, finetune, train, transfer
 from big_transfer.logging import read_metrics
-from conftest import ROOT, override, one_device
+from conftest import ROOT, one_device, override
 
 FT_MINI = os.path.join(ROOT, "configs", "mini", "finetune.py")
 

@@ -65,7 +65,8 @@ def test_bit_npz_converts_both_ways_and_lists_every_mismatch(tmp_path):
     cc.convert("bit", str(tmp_path / "bad.npz"), str(tmp_path / "bad"))
   msg = str(e.value)
   assert "(3 mismatches)" in msg
-  assert "stages/1/0/norms/1/norm/scale: bit checkpoint" in msg and "has no resnet/block2/unit01/b/group_norm/gamma" in msg
+  assert "stages/1/0/norms/1/norm/scale: bit checkpoint" in msg
+  assert "has no resnet/block2/unit01/b/group_norm/gamma" in msg
   assert "resnet/extra/kernel (3,): in the bit checkpoint, not in this model" in msg
   assert "stages/0/0/conv1/kernel: model (1, 1, 64, 64) vs" in msg
   assert not os.path.exists(tmp_path / "bad")
@@ -92,7 +93,8 @@ def test_big_vision_vit_npz_layouts(tmp_path, layout):
     blocks = sorted(k for k in npz if k.startswith("Transformer/encoderblock_0/"))
     for k in blocks:
       stacked = k.replace("encoderblock_0/", "encoderblock/")
-      npz[stacked] = np.stack([npz.pop(k), npz.pop(k.replace("encoderblock_0/", "encoderblock_1/"))])
+      second = k.replace("encoderblock_0/", "encoderblock_1/")
+      npz[stacked] = np.stack([npz.pop(k), npz.pop(second)])
   npz = {f"params/{k}": v for k, v in npz.items()}  # as big_vision saves them
   np.savez(tmp_path / "vit.npz", **npz)
   summary = cc.convert("big_vision", str(tmp_path / "vit.npz"), str(tmp_path / "out"))
@@ -141,7 +143,8 @@ def test_train_continues_from_a_converted_checkpoint(converted, tmp_path):
   c = mini_config(**{"model": "vit_ti4", "optimizer.lr": 0.0, "total_steps": 1})
   c.model_kwargs = ml_collections.ConfigDict(dict(depth=2, image_size=32, act="gelu_tanh"))
   c.init_from = ckpt
-  with pytest.raises(Exception, match=r"head/kernel: checkpoint .* \(192, 11\) vs model \(192, 10\)"):
+  with pytest.raises(Exception,
+                     match=r"head/kernel: checkpoint .* \(192, 11\) vs model \(192, 10\)"):
     train.run(c, str(tmp_path / "a"), devices=one_device())
   c.init_skip = "head"  # the digits have 10 classes, the checkpoint's head 11
   state = train.run(c, str(tmp_path / "b"), devices=one_device())

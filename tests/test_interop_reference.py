@@ -20,11 +20,12 @@ torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 timm = pytest.importorskip("timm")
 
-from big_transfer import convert_checkpoint as cc  # noqa: E402
+from test_interop import random_weights  # noqa: E402
+
 from big_transfer import config_lib, interop, train, transfer  # noqa: E402
+from big_transfer import convert_checkpoint as cc  # noqa: E402
 from big_transfer.data import tokenizer as tok_lib  # noqa: E402
 from conftest import ROOT, one_device, override  # noqa: E402
-from test_interop import random_weights  # noqa: E402
 
 pytestmark = pytest.mark.interop
 
@@ -341,6 +342,7 @@ def test_a_fine_tuned_classifier_exports_to_timm_and_scores_what_we_reported(
 
 def test_the_openai_80_templates_are_openclips():
   from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+
   from big_transfer.evaluators.zeroshot import TEMPLATES
   assert TEMPLATES["openai80"] == tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
   assert TEMPLATES["clip7"] == tuple(t("{}") for t in SIMPLE_IMAGENET_TEMPLATES)
@@ -354,6 +356,7 @@ def test_randaugment_ops_are_timms_rand_m9_mstd05_inc1_ops(level, monkeypatch):
   set; the op list is timm's increasing set (Invert and SolarizeAdd in, no Identity)."""
   from PIL import Image
   from timm.data import auto_augment as aa
+
   from big_transfer.data import ops
   assert list(ops.TIMM_RA_OPS) == aa._RAND_INCREASING_TRANSFORMS
   img = Image.fromarray(np.random.default_rng(0).integers(40, 200, (37, 29, 3), dtype=np.uint8))

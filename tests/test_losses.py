@@ -53,8 +53,10 @@ def test_losses_match_numpy(n, duplicates):
   a, b = rng.normal(size=(n, 8)).astype(np.float32), rng.normal(size=(n, 8)).astype(np.float32)
   if duplicates:  # identical items in one batch (no labels tell them apart)
     a[1], b[1] = a[0], b[0]
-  np.testing.assert_allclose(losses.nt_xent(a, b, 0.1)[0], np_nt_xent(a, b, 0.1), rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(losses.clip_softmax(a, b, 14.3)[0], np_clip(a, b, 14.3), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(losses.nt_xent(a, b, 0.1)[0], np_nt_xent(a, b, 0.1),
+                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(losses.clip_softmax(a, b, 14.3)[0], np_clip(a, b, 14.3),
+                             rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(losses.siglip_sigmoid(a, b, 10.0, -10.0)[0],
                              np_siglip(a, b, 10.0, -10.0), rtol=1e-4, atol=1e-6)
 

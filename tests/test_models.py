@@ -156,6 +156,7 @@ def test_every_method_gives_a_vit_its_dropout(method):
   import jax
   import numpy as np
   from flax import nnx
+
   from big_transfer import config_lib, methods
   from big_transfer.data import tokenizer
 

@@ -70,6 +70,7 @@ def test_few_shot_evaluation_linear_probes_and_lp_ft_are_the_same_on_two_process
   """Features gathered from every process come back in source order (by _index): the
   few-shot evaluator during pre-training, lp and lp_ft give one process's results."""
   import json
+
   from big_transfer import config_lib, finetune
   fewshot = ["--config.evals.fewshot.data=builtin:digits", "--config.evals.fewshot.shots=(1,10)",
              "--config.evals.fewshot.seeds=(0,)", "--config.evals.fewshot.every=8"]
@@ -87,7 +88,8 @@ def test_few_shot_evaluation_linear_probes_and_lp_ft_are_the_same_on_two_process
   for k in ("fewshot/digits/1shot", "fewshot/digits/10shot"):
     assert last(mp_pre)[k] == pytest.approx(last(ref_pre)[k], abs=1 / 360 + 1e-9), k
   for protocol in ("lp", "lp_ft"):
-    ft = f"{ROOT}/configs/mini/finetune.py:pretrained={ref_pre},protocol={protocol},shots=5,epochs=5"
+    ft = (f"{ROOT}/configs/mini/finetune.py:pretrained={ref_pre},protocol={protocol},"
+          f"shots=5,epochs=5")
     wd = str(tmp_path / f"{protocol}_2p")
     _launch(["big_transfer.finetune", f"--config={ft}", f"--workdir={wd}"])
     (mp_row,) = json.load(open(os.path.join(wd, "done.json")))["rows"]

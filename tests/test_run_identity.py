@@ -101,7 +101,8 @@ def test_a_finished_transfer_run_rerun_with_other_shots_or_checkpoint_is_refused
   (row,) = finetune.run(c(), wd, devices=one_device())
   assert row["shots"] == 2
   # Before: "already done" and the 2-shot row returned for a 5-shot question.
-  with pytest.raises(identity.IdentityError, match=r"1 key\(s\) differ: shots '2' -> '5'\).*--accept_changes=shots$"):
+  with pytest.raises(identity.IdentityError,
+                     match=r"1 key\(s\) differ: shots '2' -> '5'\).*--accept_changes=shots$"):
     finetune.run(c(shots=5), wd, devices=one_device())
   with pytest.raises(identity.IdentityError, match=r"seed 0 -> 1"):
     finetune.run(c(seed=1), wd, devices=one_device())

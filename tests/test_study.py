@@ -2,8 +2,8 @@
 report's figures checked by content."""
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +24,8 @@ def get_config(arg=None):
   tiny = {"eval_data": "none", "tensorboard": False, "checkpoint_every": 4}
   c.pretrain = [
       dict(name="supervised_glyphs", method="supervised", source="glyphs", size="800",
-           group="sources+reference", config="configs/mini/supervised.py:steps=4,batch=16,width=0.125",
+           group="sources+reference",
+           config="configs/mini/supervised.py:steps=4,batch=16,width=0.125",
            overrides={**tiny, "data": "builtin:glyphs?n=800"}),
       dict(name="supervised_letters", method="supervised", source="letters", size="800",
            group="sources", config="configs/mini/supervised.py:steps=4,batch=16,width=0.125",
@@ -80,7 +81,8 @@ def test_expansion_dependencies_and_commands(tmp_path):
   assert len(tr) == 3 * 2 * 2  # arms x shots x seeds
   scratch = [r for r in tr if "/scratch/" in r.name]
   assert all(not r.deps for r in scratch)
-  assert all(r.deps == ["pretrain/supervised_glyphs"] for r in tr if "/supervised_glyphs/" in r.name)
+  assert all(r.deps == ["pretrain/supervised_glyphs"] for r in tr
+             if "/supervised_glyphs/" in r.name)
   only = study.select(runs, "supervised_letters/digits/lp_2shot")
   assert [r.name for r in only] == ["pretrain/supervised_letters",
                                     "transfer/supervised_letters/digits/lp_2shot_s0",
@@ -334,6 +336,7 @@ def test_no_downstream_set_of_the_paper_leaks_test_images_into_the_training_pool
   converted set), the k-shot training subset, the validation split and the test split share
   no example: compared by index into the same base split."""
   import tensorflow_datasets as tfds
+
   from big_transfer import finetune
   from big_transfer.data import sources
   _converted_downstream_sets(tmp_path)
@@ -401,9 +404,10 @@ def test_paper_grid_study_checks_every_grid_and_estimates_the_grid_it_runs(tmp_p
   LP-FT runs takes their fine-tuning grid of the same set, labelled), ``--check`` builds each
   run's grid, and the compute estimate counts the points and epochs that will run."""
   import dataclasses
+
   import tensorflow_datasets as tfds
+
   from big_transfer import config_lib, finetune, published
-  from big_transfer.data import sources
   _converted_downstream_sets(tmp_path)
   runs = study.expand(config_lib.load(f"{ROOT}/configs/study/paper.py:root={tmp_path},"
                                       f"paper_grid=true"), str(tmp_path / "wd"))
@@ -466,7 +470,8 @@ def test_method_figure_pairs_simclr_lp_ft_with_clip_ft_as_the_paper_does():
     return {"protocol": protocol, "shots": shots, "seed": 0, "data": "d", "val_accuracy": acc,
             "test_accuracy": acc, "pretrain_method": method,
             "tags": {"arm": arm, "downstream": "dtd", "group": "method"}}
-  rows = [r("simclr_cc12m", "simclr", "ft", "5", 0.30), r("simclr_cc12m", "simclr", "lp_ft", "5", 0.40),
+  rows = [r("simclr_cc12m", "simclr", "ft", "5", 0.30),
+          r("simclr_cc12m", "simclr", "lp_ft", "5", 0.40),
           r("clip_cc12m", "clip", "ft", "5", 0.35), r("clip_cc12m", "clip", "lp_ft", "5", 0.36)]
   spec = report.figure_specs(report.aggregate(rows))["method"]
   (panel,) = spec["panels"]

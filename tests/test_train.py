@@ -224,6 +224,7 @@ def test_tfds_dataset_trains(tmp_path):
 
 def test_converted_image_folder_trains(tmp_path):
   from PIL import Image
+
   from big_transfer.data import convert, sources
   digits = sources.open_source("builtin:digits")
   for i in range(80):

@@ -5,13 +5,12 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from PIL import Image, ImageDraw
-from PIL import ImageFont
+from PIL import Image, ImageDraw, ImageFont
 
 DIGITS_CLASSES = tuple(str(i) for i in range(10))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _digits_arrays():
   # Lazy: +0.8 s at start-up, for builtin:digits only. It ships the 1,797 real 8x8 UCI images.
   from sklearn.datasets import load_digits
@@ -64,7 +63,7 @@ NOISE_WORDS = ("vintage", "beautiful", "stock", "photo", "free", "download", "wa
                "my", "new", "best", "day", "summer", "image", "view", "background")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _font(size: int):
   return ImageFont.load_default(size=size)
 

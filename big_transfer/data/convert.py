@@ -42,11 +42,12 @@ import tarfile
 import time
 import warnings
 import zlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-from PIL import Image
 from array_record.python import array_record_data_source as ards
 from array_record.python import array_record_module as arm
+from PIL import Image
 
 from big_transfer.data import sources
 

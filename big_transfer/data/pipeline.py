@@ -35,7 +35,7 @@ import os
 import queue
 import secrets
 import threading
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import grain
 import numpy as np

@@ -14,7 +14,8 @@ import functools
 import json
 import os
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -35,7 +36,7 @@ class Spec:
   name: str
   split: str | None
 
-  def with_split(self, split: str) -> "Spec":
+  def with_split(self, split: str) -> Spec:
     return dataclasses.replace(self, split=split)
 
   def __str__(self):
@@ -265,7 +266,7 @@ def write_arrayrecord(path: str, splits: dict[str, Sequence[dict[str, Any]]], *,
   return manifest
 
 
-def _open_base(spec: "str | Spec", default_split: str = "train", builtin_options=None):
+def _open_base(spec: str | Spec, default_split: str = "train", builtin_options=None):
   spec = parse_spec(spec) if isinstance(spec, str) else spec
   split, lo, hi = _split_and_slice(spec.split or default_split, spec)
   if spec.kind == "builtin":

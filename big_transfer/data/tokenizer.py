@@ -34,7 +34,7 @@ import html
 import importlib.util
 import os
 import sys
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import regex
@@ -49,7 +49,7 @@ _PATTERN = regex.compile(
     r"""[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bytes_to_unicode() -> dict[int, str]:
   """Each byte as a printable character: printable Latin-1 bytes stand for themselves, the
   rest are shifted above 255 (so that BPE never sees whitespace or control characters)."""
@@ -116,7 +116,7 @@ class Tokenizer:
     return "rust" if self._fast is not None else "python"
 
   @classmethod
-  def from_file(cls, path: str, vocab_size: int | None = None) -> "Tokenizer":
+  def from_file(cls, path: str, vocab_size: int | None = None) -> Tokenizer:
     """Loads a merges file (``.gz`` or plain). ``vocab_size`` limits the merges used (CLIP's
     file holds more merges than its 49,408-token vocabulary uses); by default a file written
     by ``save`` uses all of its merges and any other file CLIP's 49,408."""

@@ -20,7 +20,8 @@ splits with it too.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from big_transfer.data import ops, pipeline, sources
 from big_transfer.evaluators.classification import Evaluator

@@ -4,7 +4,7 @@ its own image and caption, so pairs stay aligned however hosts interleave them."
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np

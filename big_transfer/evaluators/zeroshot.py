@@ -5,7 +5,7 @@ Exact over hosts (the classification Evaluator's padding mask)."""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
