@@ -299,7 +299,7 @@ def bench_config(model: str, method: str, batch_size: int, resolution: int, step
     c.pp_train = f"decode|inception_crop({resolution})|flip_lr|normalize('imagenet')"
   else:  # ready-made arrays: the loop's own cost, not decoding
     c.pp_train = "decode|value_range(-1, 1)"
-  if method in ("clip", "slip"):
+  if methods.has_text_tower(method):
     c.pp_train += "|tokenize"
     c.optimizer.update(name="adamw", lr=1e-3, weight_decay=0.1)
     c.clip.embed_dim = 1024 if model.startswith("clip_rn") else 512
@@ -312,7 +312,7 @@ def bench_config(model: str, method: str, batch_size: int, resolution: int, step
 
 
 def _tokenizer(c, source):
-  if c.method not in ("clip", "slip"):
+  if not methods.has_text_tower(c.method):
     return None
   try:
     c.text.tokenizer = tokenizer.resolve("clip")

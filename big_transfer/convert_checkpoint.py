@@ -145,7 +145,7 @@ def write(out: str, config, state: dict, summary: dict):
 def export_openclip(workdir: str, out: str) -> dict[str, Any]:
   """A CLIP run of ours -> an OpenCLIP state dict (+ ``out``.json, its model config)."""
   pre = transfer.load_pretrained(workdir)
-  if pre.method not in ("clip", "slip"):
+  if not methods.has_text_tower(pre.method):
     raise ConversionError(f"{workdir}: a {pre.method} run; only CLIP runs export to OpenCLIP")
   c = pre.config
   tok_path = pre.tokenizer_path()

@@ -43,7 +43,7 @@ from absl import app as absl_app
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from big_transfer import app, config_lib, identity, published, runlock, sharding, transfer
+from big_transfer import app, config_lib, identity, methods, published, runlock, sharding, transfer
 from big_transfer import logging as log_lib
 from big_transfer import train as train_lib
 from big_transfer.config_lib import PROTOCOLS
@@ -184,7 +184,7 @@ def resolve(config, pre_method: str | None, pre_model: str | None, data) -> tupl
     config_lib.validate(config)
   except config_lib.ConfigError as e:
     raise TransferError(str(e)) from None
-  is_clip = pre_method in ("clip", "slip")
+  is_clip = methods.has_text_tower(pre_method)
   if config.protocol == "zeroshot" and not is_clip:
     raise TransferError(f"config.protocol=zeroshot needs a CLIP/SLIP pre-trained run (got "
                         f"{pre_method or 'none'})")
@@ -393,7 +393,7 @@ class Session:
   def adamw_probe_init(self):
     """Where the authors' AdamW probe starts: CLIP/SLIP's zero-shot head (their LP and LP-FT
     load the zero-shot classifier first), else None (zero)."""
-    clip = self.pre is not None and self.pre.method in ("clip", "slip")
+    clip = self.pre is not None and methods.has_text_tower(self.pre.method)
     return self.text_head() if clip and self.data["class_names"] else None
 
   def probe_head_solver(self) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from big_transfer import published, transfer
+from big_transfer import methods, published, transfer
 
 SHOT_ORDER = ("1", "5", "10", "20", "25", "50", "100", "200", "full")
 
@@ -518,7 +518,7 @@ def recipe_differences(key: tuple, a: dict) -> list[str]:
   for k, (theirs, text) in AUTHORS_RECIPE.items():
     if k in recipe and recipe[k] != theirs:
       out.append(text.format(ours=recipe[k]))
-  if a.get("pretrain_method") in ("clip", "slip") and recipe.get("probe_init") == "zero":
+  if methods.has_text_tower(a.get("pretrain_method")) and recipe.get("probe_init") == "zero":
     out.append("AdamW probe from a zero head (theirs: from the zero-shot head)")
   if a.get("pretrain_method") == "simclr" and recipe.get("feature_norm") != "l2":
     out.append("SimCLR features not L2-normalised (theirs are)")

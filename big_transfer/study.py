@@ -39,6 +39,7 @@ from big_transfer import (
   config_lib,
   convert_checkpoint,
   finetune,
+  methods,
   report,
   runlock,
   train,
@@ -266,7 +267,7 @@ def expand(study, workdir: str) -> list[Run]:
                            or study.shots)
         seeds = tuple(limit.get("seeds") or study.seeds)
         if protocol == "zeroshot":
-          if arm.get("method") not in ("clip", "slip"):
+          if not methods.has_text_tower(arm.get("method")):
             continue  # zero-shot needs a text tower
           shots_list, seeds = ("full",), seeds[:1]  # no training images, nothing random
         for shots in shots_list:

@@ -50,7 +50,7 @@ def prepare(config, workdir: str | None, train_source=None) -> dict[str, Any]:
         f"training examples of {config.data}")
   num_classes = config.num_classes
   class_names = getattr(train_source, "class_names", None)
-  if num_classes is None and config.method == "supervised":
+  if num_classes is None and methods.traits(config.method).needs_labels:
     if not class_names:
       raise config_lib.ConfigError(f"config.num_classes: {config.data} has no class names; "
                                    f"set num_classes")

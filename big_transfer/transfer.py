@@ -32,7 +32,7 @@ from big_transfer.models.resnet import resample_grid_embedding
 from big_transfer.sharding import path_name
 
 # Where each pre-training method keeps the image tower inside its parameters.
-IMAGE_TOWER = {"supervised": "", "simclr": "backbone", "clip": "image", "slip": "image"}
+IMAGE_TOWER = {m: t.image_tower for m, t in methods.TRAITS.items()}  # method -> tower path
 # Pre-training heads, dropped on transfer (a supervised head names the pre-training classes).
 PRETRAINING_HEADS = ("head",)
 
@@ -216,7 +216,7 @@ def backbone_spec(config, pre: Pretrained | None) -> tuple[str, dict]:
     raise ValueError("config.model: empty, and no pre-trained run to take it from")
   kwargs = dict(pre.config.model_kwargs) if pre and name == pre.config.model else {}
   kwargs.update(config.model_kwargs.to_dict())
-  if pre is not None and pre.method in ("clip", "slip"):
+  if pre is not None and methods.has_text_tower(pre.method):
     if models.parse(name)[1].get("version") == "clip":
       kwargs.setdefault("embed_dim", pre.config.clip.embed_dim)
   return name, kwargs
@@ -232,7 +232,7 @@ def normalizes_features(feature_norm: str, pre_method: str | None) -> bool:
   if feature_norm not in FEATURE_NORMS:
     raise ValueError(f"config.feature_norm={feature_norm!r}: one of {', '.join(FEATURE_NORMS)}")
   if feature_norm == "auto":
-    return pre_method in ("clip", "slip", "simclr")
+    return methods.traits(pre_method).normalized_features
   return feature_norm == "l2"
 
 
@@ -247,7 +247,7 @@ class TransferMethod:
     self.config, self.pre, self.num_classes = config, pre, num_classes
     self.dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
     self.model_name, self.model_kwargs = backbone_spec(config, pre)
-    is_clip = pre is not None and pre.method in ("clip", "slip")
+    is_clip = pre is not None and methods.has_text_tower(pre.method)
     has_proj = is_clip and pre.params().get("image_projection") is not None
     self.projection_dim = pre.config.clip.embed_dim if has_proj else 0
     self.normalize = normalizes_features(config.feature_norm, pre.method if pre else None)
@@ -324,7 +324,7 @@ def restore_model(pre: Pretrained, tokenizer=None):
   image-text methods."""
   info = {"tokenizer": tokenizer, "num_classes": pre.config.get("num_classes") or 0,
           "class_names": None}
-  if pre.method == "supervised" and not info["num_classes"]:
+  if methods.traits(pre.method).needs_labels and not info["num_classes"]:
     head = flatten(pre.params()).get("head/bias")
     info["num_classes"] = 0 if head is None else int(head.shape[0])
   method = methods.get(pre.method, pre.config, info)
