@@ -252,6 +252,9 @@ def fingerprint(step_dir: str) -> str | None:
   return hashlib.sha1(blob).hexdigest()[:16] if blob is not None else None
 
 
+TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix of a step directory being written
+
+
 def remove_unfinished(directory: str, log_fn=None) -> list[str]:
   """Removes the ``<step>.orbax-checkpoint-tmp*`` directories a killed save left (process 0,
   under the workdir lock); returns their names."""
@@ -264,9 +267,6 @@ def remove_unfinished(directory: str, log_fn=None) -> list[str]:
     log_fn(f"removed {len(gone)} unfinished checkpoint(s) a stopped run left in {directory}: "
            f"{', '.join(gone[:4])}{' ...' if len(gone) > 4 else ''}")
   return gone
-
-
-TMP_MARK = ".orbax-checkpoint-tmp"
 
 
 class Checkpointer:
@@ -284,8 +284,8 @@ class Checkpointer:
                        if async_save else None))
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self.failed = False
+    self.async_save = async_save
     self._pending: int | None = None  # the step being saved
-    self.restored_unverified: list[int] = []
 
   def _seal_pending(self):
     """Called by Orbax once the pending save is finalised, before its directory is renamed
@@ -333,7 +333,7 @@ class Checkpointer:
       self.manager.save(step, args=ocp.args.Composite(**args), force=True)
     except Exception as e:  # noqa: BLE001  one line, the cause named
       raise self._save_error(step, e) from None
-    if not self.manager._options.enable_async_checkpointing:  # pylint: disable=protected-access
+    if not self.async_save:
       self._seal_pending()  # synchronous: written and renamed by now
 
   def _restore(self, step, abstract_state) -> tuple[Any, dict]:
@@ -352,7 +352,6 @@ class Checkpointer:
     saved = read_digest(step_dir)
     if saved is None:
       if not os.path.exists(os.path.join(step_dir, CHECKSUMS)):
-        self.restored_unverified.append(step)
         log.warning("checkpoint %s has neither an array digest nor file checksums (written "
                     "by an older version and stopped before sealing): restored unverified",
                     step_dir)

@@ -422,13 +422,13 @@ def describe(config) -> str:
   return "\n".join(out)
 
 
-def _dotted_keys(config, prefix: str = "") -> dict[str, Any]:
-  """Every leaf key of a ConfigDict, dotted ('optimizer.lr'), with its value."""
+def dotted(d: dict, prefix: str = "") -> dict[str, Any]:
+  """Every leaf of a nested dict under its dotted key: {'a': {'b': 1}} -> {'a.b': 1}. Empty
+  dicts and lists are leaves (compared and shown as one value)."""
   out = {}
-  for k in config.keys():
-    v = config[k]
-    if isinstance(v, ml_collections.ConfigDict) and len(v):
-      out.update(_dotted_keys(v, f"{prefix}{k}."))
+  for k, v in d.items():
+    if isinstance(v, dict) and v:
+      out.update(dotted(v, f"{prefix}{k}."))
     else:
       out[f"{prefix}{k}"] = v
   return out
@@ -503,7 +503,7 @@ def explain_flag_error(argv: list[str]) -> str | None:
     config = load(spec)
   except Exception:  # noqa: BLE001  the config file's own error: reported as before
     return None
-  keys = _dotted_keys(config)
+  keys = dotted(to_plain(config))
   for a in argv[1:]:
     if not a.startswith("--config.") or "=" not in a:
       continue

@@ -25,6 +25,7 @@ from typing import Any
 
 import jax
 
+from big_transfer import config_lib
 from big_transfer.app import UserError
 
 RUN_FILE = "run.json"
@@ -44,18 +45,6 @@ def _plain(v):
   return json.loads(json.dumps(v, sort_keys=True, default=str))
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-  """{'a': {'b': 1}} -> {'a.b': 1}; lists stay whole (compared as one value)."""
-  out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, dict) and v:
-      out.update(flatten(v, key + "."))
-    else:
-      out[key] = v
-  return out
-
-
 def _matches(key: str, prefixes: Iterable[str]) -> bool:
   """``key`` is one of ``prefixes`` or under one; a resolved value ('resolved.total_steps') is
   matched by its config key ('total_steps')."""
@@ -72,7 +61,7 @@ _ABSENT = "(absent)"
 
 def differences(frozen: dict, now: dict) -> list[tuple[str, Any, Any]]:
   """(key, frozen value, new value) for every dotted key that differs."""
-  a, b = flatten(_plain(frozen)), flatten(_plain(now))
+  a, b = config_lib.dotted(_plain(frozen)), config_lib.dotted(_plain(now))
   return [(k, a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(set(a) | set(b))
           if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
 

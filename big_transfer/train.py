@@ -291,7 +291,7 @@ def _train(config, workdir: str, data: dict, *, devices, method, initialize, eva
   start_step, state, loader_info = restore_or_init(
       ckpt, config, ckpt_lib.abstract_like(abstract, state_sh),
       lambda: jax.jit(init_state, out_shardings=state_sh, compiler_options=_init_options(
-          mesh))(jax.random.key(config.seed)), initialize, workdir=workdir)
+          mesh))(jax.random.key(config.seed)), initialize)
   # The run's records are written once it is known to be this run (identity, restore).
   app.write_config(config, workdir, {
       "total_steps": total_steps, "num_classes": data["num_classes"],
@@ -448,7 +448,7 @@ def _init_options(mesh):
           else None)
 
 
-def restore_or_init(ckpt, config, abstract, fresh, initialize=None, workdir=None):
+def restore_or_init(ckpt, config, abstract, fresh, initialize=None):
   """(start step, state, the loader's bookkeeping): the newest checkpoint that restores, else
   ``fresh()`` — then ``initialize(state)`` or ``config.init_from``. A run that saved
   checkpoints before (in checkpoints/, moved to checkpoints_corrupt/, or finished: done.json)
@@ -458,7 +458,8 @@ def restore_or_init(ckpt, config, abstract, fresh, initialize=None, workdir=None
   if start_step is not None:
     log_lib.info(f"resumed from {ckpt.directory}/{start_step}")
   else:
-    earlier = earlier_progress(workdir) if workdir else []
+    workdir = ckpt.workdir
+    earlier = earlier_progress(workdir)
     if (problems or earlier) and not config.allow_fresh_start:
       what = "; ".join(problems + earlier)
       raise ckpt_lib.CheckpointError(
@@ -466,10 +467,10 @@ def restore_or_init(ckpt, config, abstract, fresh, initialize=None, workdir=None
           f"checkpoints_corrupt/. Not starting again from step 0: set "
           f"config.allow_fresh_start=True for that")
     if problems or earlier:
-      kept = set_aside_earlier_run(workdir) if workdir else ""
+      kept = set_aside_earlier_run(workdir)
       log_lib.info(f"starting again from step 0 (allow_fresh_start): no checkpoint restores "
                    f"({'; '.join(problems + earlier)}){kept}")
-    elif workdir and (last := _last_metric_step(workdir)):
+    elif last := _last_metric_step(workdir):
       log_lib.info(f"starting from step 0: no checkpoint was saved before the run stopped "
                    f"(metrics.jsonl reaches step {last}; checkpoint_every="
                    f"{config.checkpoint_every})")
@@ -514,7 +515,8 @@ def earlier_progress(workdir: str) -> list[str]:
 
 def set_aside_earlier_run(workdir: str) -> str:
   """Before a fresh start: the earlier run's metrics and corrupt checkpoints are moved under
-  ``*before_fresh_start_<time>`` names (nothing is deleted) and its done.json removed."""
+  ``*before_fresh_start_<time>`` names (nothing is deleted; its done.json is removed by
+  ``_train`` as for any run that starts below its total)."""
   if jax.process_index() != 0:
     return ""
   tag = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
@@ -531,7 +533,6 @@ def set_aside_earlier_run(workdir: str) -> str:
     for n in corrupt:
       os.replace(os.path.join(workdir, "checkpoints_corrupt", n), os.path.join(dst, n))
     moved.append(os.path.relpath(dst, workdir))
-  clear_done(workdir)
   return f"; the earlier run's records are kept: {', '.join(moved)}" if moved else ""
 
 

@@ -64,6 +64,17 @@ def run_cli(args, *, env=None, timeout=600, check=False):
                         check=check)
 
 
+def flip_a_byte(step_dir):
+  """Corrupts a checkpoint as a bad disk would: one bit of its largest array file."""
+  import glob
+  files = [f for f in glob.glob(os.path.join(step_dir, "state", "**", "*"), recursive=True)
+           if os.path.isfile(f)]
+  biggest = max(files, key=os.path.getsize)
+  data = bytearray(open(biggest, "rb").read())
+  data[len(data) // 2] ^= 0x40
+  open(biggest, "wb").write(bytes(data))
+
+
 def losses(workdir):
   from big_transfer.logging import read_metrics
   return [r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r]

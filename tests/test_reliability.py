@@ -3,7 +3,6 @@ transient, preemption by a real signal, one run per workdir, bounded skipping, d
 exactly-once result and metric rows."""
 
 import errno
-import glob
 import io
 import os
 import signal
@@ -18,7 +17,7 @@ from PIL import Image
 
 from big_transfer import checkpoint, config_lib, finetune, train, transfer
 from big_transfer.logging import read_metrics
-from conftest import MINI, ROOT, losses, mini_config, one_device, run_cli
+from conftest import MINI, ROOT, flip_a_byte, losses, mini_config, one_device, run_cli
 
 ARGS = ["--config.eval_data=none", "--config.tensorboard=false", "--config.log_every=1",
         "--config.optimizer.warmup_steps=0"]
@@ -28,15 +27,6 @@ def _leaves_equal(a, b):
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
   return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y))
                                     for x, y in zip(la, lb))
-
-
-def _flip_a_byte(step_dir):
-  files = [f for f in glob.glob(os.path.join(step_dir, "state", "**", "*"), recursive=True)
-           if os.path.isfile(f)]
-  biggest = max(files, key=os.path.getsize)
-  data = bytearray(open(biggest, "rb").read())
-  data[len(data) // 2] ^= 0x40
-  open(biggest, "wb").write(bytes(data))
 
 
 def _popen(args, wd, env=None):
@@ -72,7 +62,7 @@ def test_flipped_bytes_are_caught_by_the_checksums_and_the_run_falls_back_exactl
   import shutil  # the run as if it had been stopped after step 8
   shutil.rmtree(os.path.join(wd, "checkpoints", "12"))
   assert os.path.exists(os.path.join(wd, "checkpoints", "8", checkpoint.CHECKSUMS))
-  _flip_a_byte(os.path.join(wd, "checkpoints", "8"))
+  flip_a_byte(os.path.join(wd, "checkpoints", "8"))
   assert "does not match its checksum" in checkpoint.verify(os.path.join(wd, "checkpoints", "8"))
   state = train.run(mini_config(**kw), wd, devices=one_device())
   ref, _ = checkpoint.load_state(ref_wd)
@@ -85,7 +75,7 @@ def test_no_restorable_checkpoint_is_an_error_naming_each_unless_fresh_start_is_
   wd = str(tmp_path)
   train.run(mini_config(total_steps=4, checkpoint_every=2), wd, devices=one_device())
   for step in ("2", "4"):
-    _flip_a_byte(os.path.join(wd, "checkpoints", step))
+    flip_a_byte(os.path.join(wd, "checkpoints", step))
   os.remove(os.path.join(wd, "done.json"))
   c = mini_config(total_steps=4, checkpoint_every=2)
   with pytest.raises(checkpoint.CheckpointError,
@@ -133,7 +123,7 @@ def test_finetune_uses_the_newest_good_checkpoint_and_the_study_needs_the_done_m
   train.run(mini_config(total_steps=4, checkpoint_every=2, keep_checkpoints=3), pre,
             devices=one_device())
   assert study.pretrain_finished(pre)
-  _flip_a_byte(os.path.join(pre, "checkpoints", "4"))
+  flip_a_byte(os.path.join(pre, "checkpoints", "4"))
   loaded = transfer.load_pretrained(pre)
   assert loaded.step == 2
   c = config_lib.load(os.path.join(ROOT, "configs/mini/finetune.py") +

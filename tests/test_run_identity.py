@@ -21,7 +21,7 @@ from PIL import Image
 
 from big_transfer import checkpoint, config_lib, finetune, identity, report, study, train
 from big_transfer.logging import read_metrics
-from conftest import MINI, ROOT, mini_config, one_device, run_cli
+from conftest import MINI, ROOT, flip_a_byte, mini_config, one_device, run_cli
 
 FT = os.path.join(ROOT, "configs", "mini", "finetune.py")
 
@@ -37,15 +37,6 @@ def _read(path):
 
 def _steps(wd):
   return [r["step"] for r in read_metrics(wd) if "train/loss" in r]
-
-
-def _flip_a_byte(step_dir):
-  files = [f for f in glob.glob(os.path.join(step_dir, "state", "**", "*"), recursive=True)
-           if os.path.isfile(f)]
-  biggest = max(files, key=os.path.getsize)
-  data = bytearray(open(biggest, "rb").read())
-  data[len(data) // 2] ^= 0x40
-  open(biggest, "wb").write(bytes(data))
 
 
 # ---------------------------------------------------------------- run identity
@@ -153,7 +144,7 @@ def test_an_unsealed_checkpoint_with_changed_bytes_falls_back_and_is_never_seale
   os.remove(os.path.join(wd, "done.json"))
   step8 = os.path.join(wd, "checkpoints", "8")
   os.remove(os.path.join(step8, checkpoint.CHECKSUMS))  # ... before it was sealed
-  _flip_a_byte(step8)
+  flip_a_byte(step8)
   # A save a kill left half-written is removed, saying so.
   os.makedirs(os.path.join(wd, "checkpoints", "12.orbax-checkpoint-tmp-1234", "state"))
   state = train.run(mini_config(**kw), wd, devices=one_device())
@@ -171,7 +162,7 @@ def test_after_every_checkpoint_was_corrupt_a_rerun_still_refuses_step_0_and_kee
   wd = str(tmp_path)
   train.run(_cfg(), wd, devices=one_device())
   for step in ("2", "4"):
-    _flip_a_byte(os.path.join(wd, "checkpoints", step))
+    flip_a_byte(os.path.join(wd, "checkpoints", step))
   for _ in range(2):  # the second time, checkpoints/ is empty: it still refuses
     with pytest.raises(checkpoint.CheckpointError, match="Not starting again from step 0"):
       train.run(_cfg(), wd, devices=one_device())
