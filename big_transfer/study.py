@@ -283,11 +283,13 @@ def expand(study, workdir: str) -> list[Run]:
             if bad:
               raise ValueError(f"study: arm {arm['name']!r}: {bad[0]}={tags[bad[0]]!r} holds "
                                f"';' or '=' (row tags are 'k=v;k2=v2')")
-            args = [f"pretrained={arm['workdir']}", f"data={ds['data']}",
-                    f"protocol={protocol}", f"shots={shots}", f"seed={seed}"]
+            # Config args choose how the config is built; values reach the run as structured
+            # overrides (a data spec may hold commas, which an args string splits on).
+            args = [f"pretrained={arm['workdir']}", f"protocol={protocol}", f"shots={shots}",
+                    f"seed={seed}"]
             if not arm["workdir"] and arm.get("model"):  # from scratch: its architecture
               args.append(f"model={arm['model']}")
-            overrides = {**dict(study.get("transfer_overrides", {})),
+            overrides = {"data": ds["data"], **dict(study.get("transfer_overrides", {})),
                          **dict(limit.get("overrides", {})),
                          **dict(ds.get("overrides", {})),
                          **dict(arm.get("transfer_overrides", {})),

@@ -89,6 +89,14 @@ def test_expansion_dependencies_and_commands(tmp_path):
                                     "transfer/supervised_letters/digits/lp_2shot_s1"]
   cmd = " ".join(tr[0].command())
   assert cmd.startswith("python -m big_transfer.finetune --config=") and "--config.tags=" in cmd
+  # A downstream spec holding commas reaches its runs whole (a structured override, not a
+  # comma-joined config arg).
+  mixed = "mix(builtin:digits@0.7,builtin:digits@0.3)"
+  c = config_lib.load(str(cfg))
+  c.downstream = [dict(name="mixed", data=mixed)]
+  run = [r for r in study.expand(c, str(tmp_path / "wd2")) if r.kind == "transfer"][0]
+  assert study._load_run_config(run).data == mixed
+  assert f"--config.data={mixed}" in run.command()
 
 
 def _done(wd):  # finished transfer runs
