@@ -95,6 +95,21 @@ def test_unknown_op_lists_known_ops_and_bad_args_are_named():
     ops.parse("inception_crop(32, area_min=2.0)")
 
 
+def test_the_op_registry_refuses_a_name_twice_and_binds_only_declared_run_arguments():
+  from big_transfer.data.pp import registry
+  with pytest.raises(ValueError, match="'resize' is registered twice"):
+    ops.register("resize")(lambda size: None)
+  with pytest.raises(ValueError, match="run_args .*'vocab'.* are not arguments"):
+    ops.register("_test_bad_run_args", run_args=("vocab",))(lambda key="image": None)
+  assert "_test_bad_run_args" not in ops.REGISTRY
+  # Run-level values reach only the ops that declare them, and only where the string is silent.
+  assert registry.RUN_ARGS["tokenize"] == ("vocab", "max_len")
+  bind = {"vocab": "/v.txt", "max_len": 7, "size": 99}
+  assert registry._bind("tokenize", (), {}, bind) == {"vocab": "/v.txt", "max_len": 7}
+  assert registry._bind("tokenize", (5,), {}, bind) == {"vocab": "/v.txt"}
+  assert registry._bind("resize", (8,), {}, bind) == {}  # 'size' is not a run argument
+
+
 def test_ops_shapes_ranges_and_determinism():
   img = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
   fn = ops.parse("inception_crop(24)|flip_lr|value_range(-1,1)")
