@@ -73,10 +73,14 @@ def maybe_initialize_distributed(coordinator_address=None, num_processes=None,
 
 def write_config(config, workdir: str, resolved: dict[str, Any]):
   """WORKDIR/config.json: every key of the config and what the run resolved (process 0)."""
+  write_record({"config": config_lib.to_plain(config), "resolved": resolved}, workdir)
+
+
+def write_record(out: dict[str, Any], workdir: str):
+  """WORKDIR/config.json: what a run trains with ({config, resolved}; process 0)."""
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)
-  out = {"config": config_lib.to_plain(config), "resolved": resolved}
   path = os.path.join(workdir, "config.json")
   with open(path + ".tmp", "w") as f:
     json.dump(out, f, indent=1, sort_keys=True, default=str)

@@ -39,12 +39,12 @@ import jax.numpy as jnp
 import numpy as np
 import simplejpeg
 from absl import logging as absl_logging
-from flax import nnx
 from PIL import Image, ImageDraw, ImageFilter
 
 from big_transfer import checkpoint as ckpt_lib
 from big_transfer import config_lib, methods, optim, sharding, train
 from big_transfer import logging as log_lib
+from big_transfer import trainer as trainer_lib
 from big_transfer.app import UserError
 from big_transfer.data import ops, pipeline, tokenizer
 
@@ -295,19 +295,14 @@ def bench_config(model: str, method: str, batch_size: int, resolution: int, step
   c.checkpoint_every = 10**9
   c.tensorboard = False
   c.data_threads = max(2, os.cpu_count() or 2)
-  if data == "pipeline":
-    c.pp_train = f"decode|inception_crop({resolution})|flip_lr|normalize('imagenet')"
-  else:  # ready-made arrays: the loop's own cost, not decoding
-    c.pp_train = "decode|value_range(-1, 1)"
-  if methods.has_text_tower(method):
-    c.pp_train += "|tokenize"
-    c.optimizer.update(name="adamw", lr=1e-3, weight_decay=0.1)
+  # The method says how one image chain becomes its batch and which optimiser it trains with.
+  cls = methods.method_class(method)
+  view = (f"inception_crop({resolution})|flip_lr|normalize('imagenet')" if data == "pipeline"
+          else "value_range(-1, 1)")  # ready-made arrays: the loop's own cost, not decoding
+  c.pp_train = cls.training_pp("decode", view)
+  c.optimizer.update(**cls.bench_optimizer)
+  if cls.traits.text_tower:
     c.clip.embed_dim = 1024 if model.startswith("clip_rn") else 512
-  elif method == "simclr":
-    view = (f"inception_crop({resolution})|flip_lr|value_range(-1, 1)" if data == "pipeline"
-            else "value_range(-1, 1)")
-    c.pp_train = f"decode|two_views('{view}')"
-    c.optimizer.update(name="lars", lr=0.3)
   return c
 
 
@@ -370,19 +365,13 @@ def _train_setup(model: str, batch_size: int, resolution: int, steps: int, metho
                                  "tokenizer": tok})
   mesh = sharding.make_mesh(-1, 1)
   tx, schedule = optim.build(c.optimizer, c.total_steps)
-  abstract_model = nnx.eval_shape(lambda: meth.create_model(nnx.Rngs(0)))
-  graphdef, _, _ = nnx.split(abstract_model, nnx.Param, ...)
-  init_state = train.make_init_state(meth, tx)
-  abstract = jax.eval_shape(init_state, jax.random.key(0))
-  state_sh = train.state_shardings(abstract, c, mesh, tx)
   pp_host, affines = ops.split_device_affine(c.pp_train)
-  step_fn = jax.jit(train.make_train_step(meth, graphdef, tx, schedule, seed=0,
-                                          input_affine=affines),
-                    in_shardings=(state_sh, sharding.batch_sharding(mesh)),
-                    out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=(0,))
+  trainer = trainer_lib.Trainer(meth, tx=tx, lr_schedule=schedule, mesh=mesh, seed=0,
+                                input_affine=affines, param_rules=c.param_sharding,
+                                param_min_size=c.param_sharding_min_size)
   return types.SimpleNamespace(c=c, source=source, tok=tok, bind=bind, meth=meth, mesh=mesh,
-                               init_state=init_state, abstract=abstract, state_sh=state_sh,
-                               step_fn=step_fn, pp_host=pp_host)
+                               trainer=trainer, abstract=trainer.abstract,
+                               step_fn=trainer.step, pp_host=pp_host)
 
 
 def abstract_batch(t, batch_size: int) -> dict:
@@ -555,18 +544,17 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
 
   t = _train_setup(model, batch_size, resolution, steps, method, dtype, data, model_kwargs)
   c, source, tok, bind, meth, mesh = t.c, t.source, t.tok, t.bind, t.meth, t.mesh
-  init_state, abstract, state_sh, step_fn = t.init_state, t.abstract, t.state_sh, t.step_fn
+  trainer, step_fn = t.trainer, t.step_fn
 
   # Compiled from shapes first: XLA's memory analysis says what the step needs before anything
   # is allocated, and a step that cannot fit is one line instead of an allocation failure.
   t0 = time.perf_counter()
-  lowered = step_fn.lower(ckpt_lib.abstract_like(abstract, state_sh),
-                          abstract_batch(t, batch_size))
+  lowered = step_fn.lower(trainer.abstract_state(), abstract_batch(t, batch_size))
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   memory = step_memory(compiled)
   check_fits(memory, batch_size, model, resolution)
-  state = jax.jit(init_state, out_shardings=state_sh)(jax.random.key(0))
+  state = trainer.init()
 
   # The input pipeline alone (the loop's own, same threads): images/s it can deliver.
   it = pipeline.train_dataset(source, pp=t.pp_host, batch_size=batch_size, seed=0,
@@ -600,15 +588,18 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
   if profile_dir:
     state, profile_row = profile_step(compiled, state, batch, profile_dir)
 
-  # The training loop itself (train.run: data pipeline, sharded batches, metrics, progress).
+  # The training loop itself (train.fit, as pre-training runs it: data pipeline, sharded
+  # batches, metrics, progress, checkpoints) on the same source.
   loop_step = None
   if loop:
     with tempfile.TemporaryDirectory(prefix="bt_bench_") as wd:
       c_loop = c.copy_and_resolve_references()
       c_loop.data_workers = data_workers
-      if tok:
-        c_loop.text.tokenizer = c.text.tokenizer
-      train.run(c_loop, wd, train_source=source)
+      data_info = {"train_source": source, "eval_source": None, "total_steps": c.total_steps,
+                   "warmup_steps": c.optimizer.warmup_steps, "num_classes": c.num_classes,
+                   "class_names": source.class_names, "num_examples": len(source),
+                   "vocab": c.text.tokenizer if tok else None}
+      train.fit(train.spec_of(c_loop, data_info, mesh, meth, tok), wd)
       rows = [r for r in log_lib.read_metrics(wd) if "train/steps_per_sec" in r]
       loop_step = 1.0 / rows[-1]["train/steps_per_sec"]
   # Either side of the loop: drift during the run shows as spread.
@@ -646,8 +637,13 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
     out.append({**profile_row, "model": model, "batch_size": batch_size,
                 "resolution": resolution, "device": row["device"]})
   if checkpoint:
-    out.append(bench_checkpoint(state, abstract, state_sh, row))
+    out.append(bench_checkpoint(state, trainer, row))
   return out
+
+
+# Pre-training methods with a PyTorch reference the bench times beside ours: timm's model with
+# SGD + cross-entropy, and OpenCLIP's model, ClipLoss and AdamW.
+TORCH_REFERENCES = {"supervised": "timm", "clip": "open_clip"}
 
 
 def torch_reference(model: str, method: str, batch_size: int, resolution: int, steps: int,
@@ -660,10 +656,11 @@ def torch_reference(model: str, method: str, batch_size: int, resolution: int, s
     import torch
   except ImportError:
     return None
-  if method == "clip":
-    return _openclip_reference(model, batch_size, resolution, steps, dtype)
-  if method != "supervised":
+  reference = TORCH_REFERENCES.get(method)  # the methods a public PyTorch codebase trains
+  if reference is None:
     return None
+  if reference == "open_clip":
+    return _openclip_reference(model, batch_size, resolution, steps, dtype)
   name = None
   for pattern, ref in TIMM_REFERENCE:
     m = re.fullmatch(pattern, model)
@@ -748,7 +745,7 @@ def _openclip_reference(model: str, batch_size: int, resolution: int, steps: int
           "torch_threads": torch.get_num_threads()}
 
 
-def bench_checkpoint(state, abstract, shardings, row) -> dict:
+def bench_checkpoint(state, trainer, row) -> dict:
   """Save and restore of the benchmarked train state (params, optimiser state): GB/s."""
 
 
@@ -756,11 +753,11 @@ def bench_checkpoint(state, abstract, shardings, row) -> dict:
   with tempfile.TemporaryDirectory(prefix="bt_ckpt_") as wd:
     ck = ckpt_lib.Checkpointer(wd, keep=1, async_save=False)
     t0 = time.perf_counter()
-    ck.save(1, state)
+    ck.save(1, state.to_dict())
     ck.wait()
     save_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    step, restored, _, _ = ck.restore_latest(ckpt_lib.abstract_like(abstract, shardings))
+    step, restored, _, _ = ck.restore_latest(trainer.abstract_state().to_dict())
     jax.block_until_ready(restored)
     restore_s = time.perf_counter() - t0
     ck.close()

@@ -518,7 +518,7 @@ def explain_flag_error(argv: list[str]) -> str | None:
     leaf = parts[-1]
     if not ok or not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
       near = nearest_key(key, keys)
-      evaluator = key.split(".")[0] in evals_lib.TYPES and "evals" in config
+      evaluator = key.split(".")[0] in evals_lib.types() and "evals" in config
       if evaluator and near and not near.startswith("evals."):
         near = None  # an evaluator's key: the hint below says where evaluators live
       hint = (f"; did you mean {near} ({_type_name(_key_type(config, near))}, now "

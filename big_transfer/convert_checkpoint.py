@@ -36,6 +36,7 @@ from flax import nnx
 
 from big_transfer import checkpoint as ckpt_lib
 from big_transfer import config_lib, interop, methods, transfer
+from big_transfer import state as state_lib
 from big_transfer.app import write_config
 from big_transfer.checkpoint import CheckpointError
 from big_transfer.data import ops, tokenizer
@@ -53,7 +54,7 @@ def _model_shapes(spec: Spec):
   config.model_kwargs = ml_collections.ConfigDict(spec.model_kwargs)
   config.num_classes = spec.num_classes
   info: dict[str, Any] = {"num_classes": spec.num_classes, "class_names": None}
-  if spec.method == "clip":
+  if methods.has_text_tower(spec.method):
     config.text.update(spec.text)
     config.clip.embed_dim = spec.embed_dim
     # Shapes only: the vocabulary size is the embedding's; CLIP's end-of-text id is its last.
@@ -200,7 +201,7 @@ def export_timm(workdir: str, out: str) -> dict[str, Any]:
     raise ConversionError(f"{workdir}: no config.json in {run_dir} (it says which model made "
                           f"the checkpoint)")
   state, step = ckpt_lib.load_state(workdir)
-  params = state.get("ema_params") or state["params"]
+  params = state_lib.eval_params(state)
   model_state = state.get("model_state", {})
   flat_p, flat_s = transfer.flatten(params), transfer.flatten(model_state)
   if "pretrained" in config:  # a fine-tuning run: Classifier(backbone, head)
@@ -215,10 +216,10 @@ def export_timm(workdir: str, out: str) -> dict[str, Any]:
     tower = "backbone"
     extra = {f"head/{k}": v for k, v in transfer.flatten(params.get("head", {})).items()}
   else:
-    if config.method not in transfer.IMAGE_TOWER:
+    if config.method not in methods.METHODS:
       raise ConversionError(f"{workdir}: method {config.method!r} has no image tower")
     model, kwargs = config.model, config.model_kwargs.to_dict()
-    tower = transfer.IMAGE_TOWER[config.method]
+    tower = methods.traits(config.method).image_tower
     extra = {}
     if "image_projection" in flat_p:
       # CLIP's projection as timm's head (bias 0): the model outputs the image embedding.

@@ -38,6 +38,7 @@ import time
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from absl import app as absl_app
 from flax import nnx
@@ -51,6 +52,7 @@ from big_transfer.data import fewshot, pipeline, sources
 from big_transfer.evaluators import common as evals_lib
 from big_transfer.evaluators.classification import gather_masked
 from big_transfer.logging import read_metrics
+from big_transfer.state import Weights
 from big_transfer.transfer import bit_hyperrule, put_like
 
 
@@ -215,9 +217,8 @@ def resolve(config, pre_method: str | None, pre_model: str | None, data) -> tupl
 class Session:
   """One invocation: the pre-trained run, data, mesh, and evaluation of weights on a split."""
 
-  def __init__(self, config, workdir: str, devices=None, accept_changes=()):
+  def __init__(self, config, workdir: str, devices=None):
     self.workdir = workdir
-    self.accept_changes = accept_changes  # passed to each training sub-run
     check_protocol(config)
     self.pre = transfer.load_pretrained(config.pretrained) if config.pretrained else None
     self.data = transfer_data(with_model(config, self.pre and self.pre.config.model))
@@ -229,17 +230,17 @@ class Session:
     self.devices = devices
     abstract = nnx.eval_shape(lambda: self.method.create_model(nnx.Rngs(0)))
     self.graphdef, abs_params, abs_rest = nnx.split(abstract, nnx.Param, ...)
-    self.abstract = {"params": abs_params.to_pure_dict(), "model_state": abs_rest.to_pure_dict()}
+    self.abstract = Weights(abs_params.to_pure_dict(), abs_rest.to_pure_dict())
     rules = [tuple(r) for r in config.param_sharding]
-    self.shardings = {k: sharding.tree_shardings(v, rules, self.mesh,
-                                                 config.param_sharding_min_size)
-                      for k, v in self.abstract.items()}
+    self.shardings = jax.tree.map(
+        lambda t: sharding.tree_shardings(t, rules, self.mesh, config.param_sharding_min_size),
+        self.abstract, is_leaf=lambda x: isinstance(x, dict))
     self._evaluators = {}
     self._features = None
 
   # --------------------------------------------------------------- weights
-  def initial_weights(self, head=None) -> dict:
-    """Host (params, model_state): fresh init, pre-trained tower loaded, head set."""
+  def initial_weights(self, head=None) -> Weights:
+    """Host Weights: fresh init, pre-trained tower loaded, head set."""
     opts = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
 
     def init(key):
@@ -248,9 +249,9 @@ class Session:
     params, rest = jax.device_get(jax.jit(init, compiler_options=opts)(
         jax.random.key(self.config.seed)))
     params, rest = transfer.initial_weights(self.method, params, rest, head)
-    return {"params": params, "model_state": rest}
+    return Weights(params, rest)
 
-  def to_device(self, host: dict) -> dict:
+  def to_device(self, host: Weights) -> Weights:
     """Host weights -> global arrays with this session's shardings."""
     like = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                         self.abstract, self.shardings)
@@ -258,22 +259,23 @@ class Session:
 
   # --------------------------------------------------------------- evaluation
   def evaluator(self, split: str):
-    """The (cached) exact evaluator of {params, model_state} on 'val' or 'test': the
-    registry's classification type on this session's split."""
+    """The (cached) exact evaluator of Weights on 'val' or 'test': the registry's
+    classification type on this session's split."""
     if split not in self._evaluators:
       bs = self.config.eval_batch_size or self.config.batch_size
       ctx = evals_lib.Context(
-          method=self.method, mesh=self.mesh, state_shardings=self.shardings,
+          predict=self.method.predictions(), mesh=self.mesh, weight_shardings=self.shardings,
+          model_of=lambda w: nnx.merge(self.graphdef, w.params, w.model_state),
+          method_name=self.method.name, batch_keys=self.method.batch_keys,
           batch_size=max(self.mesh.devices.size, bs - bs % self.mesh.devices.size),
           process_index=jax.process_index(), process_count=jax.process_count(),
-          threads=self.config.data_threads, pp_eval=self.config.pp_eval,
-          eval_model=lambda w: nnx.merge(self.graphdef, w["params"], w["model_state"]))
-      s = evals_lib.settings(split, {"type": "classification"})
-      self._evaluators[split] = evals_lib.classification(split, s, ctx, self.data[split])
+          threads=self.config.data_threads, pp_eval=self.config.pp_eval)
+      self._evaluators[split] = evals_lib.build(split, {"type": "classification"}, ctx,
+                                                source=self.data[split])
     return self._evaluators[split]
 
-  def accuracy(self, weights: dict, split: str) -> float:
-    """Top-1 accuracy of device ``weights`` ({params, model_state}) on 'val' or 'test'."""
+  def accuracy(self, weights: Weights, split: str) -> float:
+    """Top-1 accuracy of device ``weights`` on 'val' or 'test'."""
     with log_lib.timed("evaluation"):
       return dict(self.evaluator(split).run(weights))[f"{split}/accuracy"]
 
@@ -293,7 +295,7 @@ class Session:
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
-  def frozen_weights(self) -> dict:
+  def frozen_weights(self) -> Weights:
     """Device weights of the pre-trained tower with a zero head (built once, on demand)."""
     if getattr(self, "_frozen", None) is None:
       self._frozen = self.to_device(self.initial_weights())
@@ -333,11 +335,11 @@ class Session:
         os.replace(tmp, path)
     return x[idx], y[idx]
 
-  def features(self, weights: dict, split: str, source=None):
+  def features(self, weights: Weights, split: str, source=None):
     """(features, labels) of a split as the head sees them (frozen tower), host float32."""
     if self._features is None:
-      def feats(state, batch):
-        model = nnx.merge(self.graphdef, state["params"], state["model_state"])
+      def feats(w, batch):
+        model = nnx.merge(self.graphdef, w.params, w.model_state)
         return {"x": self.method.features(model, batch["image"]), "y": batch["label"],
                 pipeline.MASK: batch[pipeline.MASK], pipeline.INDEX: batch[pipeline.INDEX]}
       self._features = jax.jit(feats, in_shardings=(self.shardings,
@@ -402,56 +404,77 @@ class Session:
 
   def finetune(self, lr: float, head, *, batch_size: int | None = None,
                epochs: float | None = None, train=None, name: str | None = None,
-               test_every_epoch: bool = False) -> tuple[dict, dict]:
+               test_every_epoch: bool = False) -> tuple[Weights, dict]:
     """One fine-tuning run (resumable) at ``lr`` — and ``batch_size`` / ``epochs`` when given,
     else the config's — on ``train`` (default: the k-shot training subset), in
     WORKDIR/``name`` (default ``lr_<lr>[_b<batch>_e<epochs>]``). Returns (device weights,
     {steps, batch_size, epochs, test_by_epoch}); ``test_by_epoch`` (test accuracy after every
-    epoch, the authors' selection) only with ``test_every_epoch``."""
-    c = copy.deepcopy(self.config)
+    epoch, the authors' selection) only with ``test_every_epoch``. The run is a
+    ``train.RunSpec`` of explicit values (the session's config is read, never rewritten); the
+    session's identity (run.json of WORKDIR) covers what it derives from."""
+    c = self.config
     source = self.data["train"] if train is None else train
     n_train, n_dev = len(source), self.mesh.devices.size
-    if batch_size:
-      c.batch_size = int(batch_size)
-    if epochs:
-      c.total_steps, c.total_epochs, c.total_examples = None, float(epochs), None
+    batch = int(batch_size) if batch_size else c.batch_size
     # Few-shot sets can be smaller than a batch: shrink it (a multiple of the device count).
-    c.batch_size = max(n_dev, min(c.batch_size, n_train - n_train % n_dev or n_dev))
-    steps = config_lib.resolve_steps(c.total_steps, c.total_epochs, c.total_examples,
-                                     batch_size=c.batch_size, num_examples=n_train)
-    c.total_steps, c.total_epochs, c.total_examples = steps, None, None
-    c.optimizer.lr = float(lr)
+    batch = max(n_dev, min(batch, n_train - n_train % n_dev or n_dev))
+    if epochs:
+      steps = config_lib.resolve_steps(None, float(epochs), None, batch_size=batch,
+                                       num_examples=n_train)
+    else:
+      steps = config_lib.resolve_steps(c.total_steps, c.total_epochs, c.total_examples,
+                                       batch_size=batch, num_examples=n_train)
+    optimizer = ml_collections.ConfigDict(c.optimizer.to_dict())
+    optimizer.lr, optimizer.warmup_epochs = float(lr), None
     # The published 500 warm-up steps are most of a few-shot run: capped at warmup_cap of it
     # (0: uncapped, as the authors ran; their short runs never reach the peak lr).
     if c.warmup_cap > 0:
-      c.optimizer.warmup_steps = min(c.optimizer.warmup_steps, int(steps * c.warmup_cap))
-    c.optimizer.warmup_epochs = None
-    c.checkpoint_every = min(c.checkpoint_every, steps)
-    c.eval_data = "none"
-    c.evals = type(c.evals)()  # a transfer run's sub-runs evaluate after training, not during
+      optimizer.warmup_steps = min(optimizer.warmup_steps, int(steps * c.warmup_cap))
     init = self.initial_weights(head)
 
     def initialize(state):
-      state = dict(state)
-      state["params"] = put_like(init["params"], state["params"])
-      state["model_state"] = put_like(init["model_state"], state["model_state"])
-      if "ema_params" in state:
-        state["ema_params"] = put_like(init["params"], state["ema_params"])
-      return state
+      return state.replace(
+          params=put_like(init.params, state.params),
+          model_state=put_like(init.model_state, state.model_state),
+          ema_params=(None if state.ema_params is None
+                      else put_like(init.params, state.ema_params)))
     name = name or (f"lr_{lr:g}" + (f"_b{batch_size}" if batch_size else "")
                     + (f"_e{epochs:g}" if epochs else ""))
     workdir = os.path.join(self.workdir, name)
-    per_epoch = max(1, math.ceil(n_train / c.batch_size))
-    evaluators = [(_OnWeights(self.evaluator("test")), per_epoch)] if test_every_epoch else []
-    state = train_lib.run(c, workdir, devices=self.devices, method=self.method,
-                          train_source=source, initialize=initialize, evaluators=evaluators,
-                          accept_changes=self.accept_changes)
-    info = {"steps": steps, "batch_size": c.batch_size, "epochs": steps * c.batch_size / n_train}
+    per_epoch = max(1, math.ceil(n_train / batch))
+    resolved = {"lr": float(lr), "batch_size": batch, "total_steps": steps,
+                "warmup_steps": optimizer.warmup_steps, "num_train_examples": n_train,
+                "num_classes": self.data["num_classes"], "mesh": dict(self.mesh.shape),
+                "process_count": jax.process_count()}
+    record = config_lib.to_plain(c)  # config.json: the session's config with this run's values
+    record.update(batch_size=batch, total_steps=steps, total_epochs=None, total_examples=None,
+                  optimizer=config_lib.to_plain(optimizer), checkpoint_every=min(
+                      c.checkpoint_every, steps), eval_data="none", evals={})
+    spec = train_lib.RunSpec(
+        method=self.method, source=source, total_steps=steps, batch_size=batch,
+        optimizer=optimizer, pp_train=c.pp_train, mesh=self.mesh, seed=c.seed,
+        ema_decay=c.ema_decay, normalize_on_device=c.normalize_on_device,
+        num_classes=self.data["num_classes"], data_threads=c.data_threads,
+        data_workers=c.data_workers, max_skip_fraction=c.max_skip_fraction,
+        log_every=c.log_every, checkpoint_every=min(c.checkpoint_every, steps),
+        keep_checkpoints=c.keep_checkpoints, keep_every=c.keep_every,
+        tensorboard=c.tensorboard, param_rules=tuple(tuple(r) for r in c.param_sharding),
+        param_min_size=c.param_sharding_min_size, allow_fresh_start=c.allow_fresh_start,
+        initialize=initialize, graphdef=self.graphdef,
+        # A transfer run's fine-tuning runs evaluate after training, not during (except the
+        # authors' per-epoch test accuracy).
+        evaluators=((lambda _: [(self.evaluator("test"), per_epoch)]) if test_every_epoch
+                    else None),
+        record={"config": record, "resolved": resolved})
+    log_lib.info(f"fine-tuning {name}: {steps} steps of batch {batch} "
+                 f"({steps * batch / n_train:.2f} epochs of {n_train}) at lr {lr:g}")
+    state = train_lib.fit(spec, workdir)
+    info = {"steps": steps, "batch_size": batch, "epochs": steps * batch / n_train}
     if test_every_epoch:
       by_step = {r["step"]: r["test/accuracy"] for r in read_metrics(workdir)
                  if "test/accuracy" in r}
       info["test_by_epoch"] = [by_step[k] for k in sorted(by_step)]
-    return {"params": state["params"], "model_state": state["model_state"]}, info
+    return state.weights(), info
 
 
 FEATURE_CACHE_VERSION = 2  # bumped when what a cache entry holds changes
@@ -471,16 +494,6 @@ def _read_cached_features(path: str, rows: int):
                  f"{rows} examples; recomputing")
     return None
   return x, y
-
-
-class _OnWeights:
-  """An evaluator of {params, model_state}, run on a training state (train.run's evaluators)."""
-
-  def __init__(self, evaluator):
-    self.evaluator = evaluator
-
-  def run(self, state):
-    return self.evaluator.run({"params": state["params"], "model_state": state["model_state"]})
 
 
 def recipe_of(s: Session) -> dict[str, Any]:
@@ -567,8 +580,7 @@ def run(config, workdir: str, devices=None, accept_changes=()) -> list[dict]:
     s = Session(config, workdir, devices)
     accepted = identity.check(workdir, run_identity(config, s), kind="finetune",
                               accept=accept_changes, log=log_lib.info)
-    if accepted:  # the sub-runs' configs derive from this one: they follow it
-      s.accept_changes = ("all",)
+    if accepted:
       if os.path.exists(done_path):  # the rows of another run: this one is computed anew
         os.replace(done_path, done_path + ".before_change")
     if os.path.exists(done_path):

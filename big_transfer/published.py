@@ -65,6 +65,16 @@ DOWNSTREAM = {"CIFAR100": "cifar100", "DTD": "dtd", "CALTECH101": "caltech101", 
               "CassavaLeafDisease": "cassava", "CameraTraps": "caltech_camera_traps"}
 
 
+# The paper's method figure sets SimCLR's LP-FT beside CLIP's FT (its SimCLR numbers are
+# LP-FT); other methods show the figure's main protocol.
+METHOD_FIGURE_PROTOCOL = {"simclr": "lp_ft"}
+METHOD_TITLES = {"supervised": "Supervised", "simclr": "SimCLR", "clip": "CLIP", "slip": "SLIP"}
+
+
+def method_title(method: str | None) -> str:
+  return METHOD_TITLES.get(method or "", method or "?")
+
+
 def _protocol(loss: str) -> str:
   return "lp_ft" if loss.endswith("_LP-FT") else "ft"
 

@@ -249,8 +249,9 @@ def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
       arms = sorted({k[0] for k in agg if k[1] == ds and group in groups_of(agg[k])})
       protocol_of = {}
       for arm in arms:
-        simclr = agg[next(k for k in agg if k[0] == arm and k[1] == ds)]["pretrain_method"]
-        want = "lp_ft" if group == "method" and simclr == "simclr" else main
+        method = agg[next(k for k in agg if k[0] == arm and k[1] == ds)]["pretrain_method"]
+        want = (published.METHOD_FIGURE_PROTOCOL.get(method, main) if group == "method"
+                else main)
         have = {k[2] for k in agg if k[0] == arm and k[1] == ds}
         if want in have or main in have:
           protocol_of[arm] = want if want in have else main
@@ -520,8 +521,10 @@ def recipe_differences(key: tuple, a: dict) -> list[str]:
       out.append(text.format(ours=recipe[k]))
   if methods.has_text_tower(a.get("pretrain_method")) and recipe.get("probe_init") == "zero":
     out.append("AdamW probe from a zero head (theirs: from the zero-shot head)")
-  if a.get("pretrain_method") == "simclr" and recipe.get("feature_norm") != "l2":
-    out.append("SimCLR features not L2-normalised (theirs are)")
+  method = a.get("pretrain_method")
+  if (methods.traits(method).normalized_features and not methods.has_text_tower(method)
+      and recipe.get("feature_norm") != "l2"):
+    out.append(f"{published.method_title(method)} features not L2-normalised (theirs are)")
   pp = recipe.get("pp_train", "")
   if "randaugment" in pp and "color_jitter" in pp:
     out.append("colour jitter after RandAugment (timm 0.4.12 applies none under RandAugment)")

@@ -3,23 +3,25 @@ r"""Pre-training entrypoint: one loop for every method.
   python -m big_transfer.train --config=configs/mini/supervised.py --workdir=/tmp/run \
       [--config.total_steps=200] [--config.data=tfds:cifar10]
 
-Reads top to bottom: config → distributed → data → mesh → model and optimiser → shardings and
-init → update step → restore → evaluators → loop. The method (supervised, ...) only supplies the
-model, the loss and the eval metrics.
+Reads top to bottom: config → data (``prepare``) → lock and identity → mesh and method → a
+RunSpec of explicit arguments (``spec_of``) → ``fit``: the Trainer (trainer.py: shardings, init,
+update step), restore or init, input, hooks (metrics, evaluators, checkpoints), the loop. The
+method (supervised, ...) only supplies the model, the loss and its predict functions.
+Fine-tuning runs build their own RunSpec and call ``fit`` the same way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import app as absl_app
 from clu import parameter_overview
 from flax import nnx
@@ -28,23 +30,22 @@ from jax.experimental import multihost_utils
 from big_transfer import app, config_lib, identity, methods, optim, runlock, sharding, transfer
 from big_transfer import checkpoint as ckpt_lib
 from big_transfer import logging as log_lib
+from big_transfer import trainer as trainer_lib
 from big_transfer.app import UserError
 from big_transfer.data import ops, pipeline, sources, tokenizer
 from big_transfer.evaluators import common as evals_lib
+from big_transfer.state import TrainState
 
 
-def prepare(config, workdir: str | None, train_source=None) -> dict[str, Any]:
+def prepare(config, workdir: str | None) -> dict[str, Any]:
   """Validates the config and opens the data; raises ConfigError/DataError before compiling.
-  ``train_source``: an already opened source instead of ``config.data`` (transfer runs pass
-  their k-shot subsets). ``workdir`` None: a check only (``study --check``): nothing is written
-  and a vocabulary to learn is not learnt."""
+  ``workdir`` None: a check only (``study --check``): nothing is written and a vocabulary to
+  learn is not learnt."""
 
   config_lib.validate(config)
   sources.set_tfds_data_dir(config.data_dir)
-  given = train_source is not None
-  if not given:
-    train_source = sources.open_source(config.data, config.train_split)
-  if len(train_source) < config.batch_size and not given:
+  train_source = sources.open_source(config.data, config.train_split)
+  if len(train_source) < config.batch_size:
     raise config_lib.ConfigError(
         f"config.batch_size={config.batch_size} is larger than the {len(train_source)} "
         f"training examples of {config.data}")
@@ -81,7 +82,7 @@ def resolve_tokenizer(config, workdir: str, train_source) -> str | None:
   learnt from the training captions and kept in the workdir (a resumed run reuses it)."""
   spec = config.text.tokenizer
   if not spec:
-    if config.method in methods.TEXT_METHODS:
+    if methods.has_text_tower(config.method):
       raise config_lib.ConfigError(f"config.method={config.method} needs a tokenizer: set "
                                    f"config.text.tokenizer (a merges file or 'train:SIZE')")
     return None
@@ -112,101 +113,28 @@ def resolve_tokenizer(config, workdir: str, train_source) -> str | None:
   return path
 
 
-def init_from_checkpoint(state, path: str, skip: str = ""):
+def init_from_checkpoint(state: TrainState, path: str, skip: str = "") -> TrainState:
   """A fresh train state's params and model_state from another checkpoint of the same model
   (e.g. one made by convert_checkpoint, to continue pre-training), by name; ``skip``: comma-
   separated name prefixes that keep their fresh values (e.g. 'head' for other classes). Every
   other difference is a CheckpointError listing it."""
   saved, _ = ckpt_lib.load_state(path)
   keep = [k.strip() for k in skip.split(",") if k.strip()]
-  new = dict(state)
+  new = {}
   for part in ("params", "model_state"):
-    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state[part])
+    fresh_part = getattr(state, part)
+    shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), fresh_part)
     if not jax.tree.leaves(shapes):
+      new[part] = fresh_part
       continue
     host, _ = transfer.load_by_name(shapes, saved.get(part, {}), keep=keep,
                                     what=f"checkpoint {path} ({part})")
     new[part] = jax.tree.map(
         lambda h, fresh: fresh if isinstance(h, jax.ShapeDtypeStruct)
-        else transfer.put_like(h, fresh), host, state[part])
-  if state.get("ema_params") is not None:
+        else transfer.put_like(h, fresh), host, fresh_part)
+  if state.ema_params is not None:
     new["ema_params"] = jax.tree.map(lambda x: x.copy(), new["params"])
-  return new
-
-
-def make_init_state(method, tx, ema_decay: float = 0.0):
-  """key -> a fresh train state (params, model_state, opt_state, step, nonfinite_step, and
-  ema_params when ``ema_decay``), as pure dicts."""
-
-  def init_state(key):
-    model = method.create_model(nnx.Rngs(params=key))
-    _, params, rest = nnx.split(model, nnx.Param, ...)
-    params, rest = params.to_pure_dict(), rest.to_pure_dict()
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": rest,
-             "opt_state": tx.init(params),
-             "nonfinite_step": jnp.full((), -1, jnp.int32)}
-    if ema_decay:
-      state["ema_params"] = params
-    return state
-  return init_state
-
-
-def state_shardings(abstract, config, mesh, tx):
-  """Shardings of a train state from the config's name rules (parameters and their optimiser
-  state alike; scalars replicated)."""
-  rules = [tuple(r) for r in config.param_sharding]
-  min_size = config.param_sharding_min_size
-  param_sh = sharding.tree_shardings(abstract["params"], rules, mesh, min_size)
-  repl = sharding.replicated(mesh)
-  out = {
-      "step": repl, "nonfinite_step": repl,
-      "params": param_sh,
-      "model_state": sharding.tree_shardings(abstract["model_state"], rules, mesh, min_size),
-      "opt_state": optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], param_sh,
-                                         transform_non_params=lambda _: repl),
-  }
-  if "ema_params" in abstract:
-    out["ema_params"] = param_sh
-  return out
-
-
-def make_train_step(method, graphdef, tx, lr_schedule, *, seed: int, ema_decay: float = 0.0,
-                    input_affine=()):
-  """(state, batch) -> (state, metrics): one optimiser step of ``method``'s loss, with the
-  gradient and parameter norms, a non-finite sentinel and the EMA update. Pure: the loop jits
-  it with shardings (and bench times it bare). ``input_affine``: the preprocessing's trailing
-  normalisation (``ops.split_device_affine``), applied here so uint8 images cross to the
-  device."""
-  base_key = jax.random.key(seed)
-
-  def train_step(state, batch):
-    batch = ops.apply_affine(batch, input_affine)
-    step = state["step"]
-    rng = jax.random.fold_in(base_key, step)
-
-    def loss_fn(params):
-      model = nnx.merge(graphdef, params, state["model_state"])
-      loss, aux = method.loss(model, batch, nnx.Rngs(dropout=rng))
-      _, _, new_rest = nnx.split(model, nnx.Param, ...)
-      return loss, (aux, new_rest.to_pure_dict())
-
-    (loss, (aux, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    grad_norm, param_norm = optax.global_norm(grads), optax.global_norm(params)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
-    new = {"step": step + 1, "params": params, "model_state": new_rest,
-           "opt_state": opt_state,
-           "nonfinite_step": jnp.where((state["nonfinite_step"] < 0) & ~finite, step + 1,
-                                       state["nonfinite_step"])}
-    if ema_decay:
-      d = ema_decay
-      new["ema_params"] = jax.tree.map(lambda e, p: d * e + (1 - d) * p,
-                                       state["ema_params"], params)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "param_norm": param_norm,
-               "lr": lr_schedule(step), **aux}
-    return new, metrics
-  return train_step
+  return state.replace(**new)
 
 
 def run_identity(config, data: dict) -> dict[str, Any]:
@@ -217,166 +145,173 @@ def run_identity(config, data: dict) -> dict[str, Any]:
                        "num_train_examples": data["num_examples"]}}
 
 
-def run(config, workdir: str, *, devices=None, method=None, train_source=None,
-        initialize=None, evaluators=(), accept_changes=()) -> dict[str, Any]:
-  """Trains to ``config.total_steps`` (resuming from ``workdir``); returns the final state.
-
-  Transfer runs (finetune.py) reuse this loop with their own ``method`` object, an opened
-  ``train_source`` (a k-shot subset), ``initialize(state) -> state``, applied once to a fresh
-  state (not to a resumed one) to load pre-trained weights, and more ``evaluators``
-  ((evaluator, every N steps) pairs; ``evaluator.run(state)`` yields (name, value)).
+def run(config, workdir: str, *, devices=None, accept_changes=()) -> TrainState:
+  """Pre-trains to the config's total steps (resuming from ``workdir``); returns the final
+  state.
 
   The workdir is locked for the run (one run per workdir) and holds one run: a restart with
   another config is refused (identity.py) unless the differing keys are neutral or in
   ``accept_changes``. SIGTERM / SIGINT finish the step, save a checkpoint and raise
   runlock.Preempted."""
   # Everything a user can get wrong is checked here, before any array exists.
-  data = prepare(config, workdir, train_source)
+  data = prepare(config, workdir)
   lock = runlock.WorkdirLock(workdir, log_lib.info).acquire() if jax.process_index() == 0 \
       else None
   try:
     identity.check(workdir, run_identity(config, data), kind="train", accept=accept_changes,
                    log=log_lib.info)
-    return _train(config, workdir, data, devices=devices, method=method, initialize=initialize,
-                  evaluators=evaluators)
+    return _pretrain(config, workdir, data, devices=devices)
   finally:
     if lock is not None:
       lock.release()
 
 
-def _train(config, workdir: str, data: dict, *, devices, method, initialize, evaluators):
+@dataclasses.dataclass
+class RunSpec:
+  """Everything one resumable training run in a workdir needs, as explicit arguments:
+  pre-training builds it from its config (:func:`spec_of`), each fine-tuning run of a transfer
+  protocol from its own values (finetune.Session.finetune); :func:`fit` runs it."""
+
+  method: Any
+  source: Any  # the opened training source
+  total_steps: int
+  batch_size: int
+  optimizer: Any  # optim.build's section, warm-up resolved to steps
+  pp_train: str
+  mesh: Any
+  seed: int = 0
+  ema_decay: float = 0.0
+  normalize_on_device: bool = True
+  num_classes: int | None = None  # labels outside [0, n) are skipped and counted
+  bind: dict | None = None  # run-level preprocessing arguments (the tokenizer)
+  data_threads: int = 8
+  data_workers: int = 0
+  max_skip_fraction: float = 0.5
+  log_every: int = 50
+  checkpoint_every: int = 1000
+  keep_checkpoints: int = 3
+  keep_every: int | None = None
+  tensorboard: bool = False
+  param_rules: tuple = trainer_lib.DEFAULT_PARAM_RULES
+  param_min_size: int = 2**14
+  allow_fresh_start: bool = False
+  # A fresh state's weights: ``initialize(state) -> state`` (transfer: the pre-trained tower
+  # and the head), else ``init_from`` (a checkpoint, by name) with ``init_skip``.
+  initialize: Callable | None = None
+  init_from: str = ""
+  init_skip: str = ""
+  # (evaluator, every N steps) pairs built once the trainer exists (they jit on its shardings).
+  evaluators: Callable | None = None
+  graphdef: Any = None
+  record: dict = dataclasses.field(default_factory=dict)  # config.json: config + resolved
+  name: str = ""  # for the log: model, method, optimiser
+
+
+def spec_of(config, data: dict, mesh, method, tok) -> RunSpec:
+  """The RunSpec of a pre-training config (``data``: what :func:`prepare` resolved)."""
+  opt_cfg = ml_collections.ConfigDict(config.optimizer.to_dict())
+  opt_cfg.warmup_steps = data["warmup_steps"]  # resolved from warmup_epochs when given
+  bind = {"vocab": data["vocab"], "max_len": config.text.context_length} if tok else None
+
+  def evaluators(trainer):
+    return make_evaluators(config, data, trainer.eval_context(
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        threads=config.data_threads, bind=bind, tokenizer=tok,
+        batch_size=config.eval_batch_size or config.batch_size, pp_eval=config.pp_eval,
+        context_length=config.text.context_length))
+  return RunSpec(
+      method=method, source=data["train_source"], total_steps=data["total_steps"],
+      batch_size=config.batch_size, optimizer=opt_cfg, pp_train=config.pp_train, mesh=mesh,
+      seed=config.seed, ema_decay=config.ema_decay,
+      normalize_on_device=config.normalize_on_device, num_classes=data["num_classes"],
+      bind=bind, data_threads=config.data_threads, data_workers=config.data_workers,
+      max_skip_fraction=config.max_skip_fraction, log_every=config.log_every,
+      checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints,
+      keep_every=config.keep_every, tensorboard=config.tensorboard,
+      param_rules=tuple(tuple(r) for r in config.param_sharding),
+      param_min_size=config.param_sharding_min_size,
+      allow_fresh_start=config.allow_fresh_start, init_from=config.get("init_from", ""),
+      init_skip=config.get("init_skip", ""), evaluators=evaluators,
+      graphdef=abstract_model(method, config),
+      record={"config": config_lib.to_plain(config), "resolved": {
+          "total_steps": data["total_steps"], "num_classes": data["num_classes"],
+          "warmup_steps": data["warmup_steps"], "num_train_examples": data["num_examples"],
+          "mesh": dict(mesh.shape), "process_count": jax.process_count()}})
+
+
+def _pretrain(config, workdir: str, data: dict, *, devices) -> TrainState:
   total_steps = data["total_steps"]
   log_lib.info(f"data: {config.data} ({data['num_examples']} examples, "
                f"{data['num_classes'] or 'no'} classes); {total_steps} steps of batch "
                f"{config.batch_size} ({total_steps * config.batch_size / data['num_examples']:.2f}"
                f" epochs); workdir {workdir}")
-
-  # ---------------------------------------------------------------- mesh
   mesh = make_mesh(config, devices)
+  tok = tokenizer.load(data["vocab"]) if data["vocab"] else None
+  method = methods.get(config.method, config, {"num_classes": data["num_classes"],
+                                               "class_names": data["class_names"],
+                                               "tokenizer": tok})
+  return fit(spec_of(config, data, mesh, method, tok), workdir)
+
+
+def fit(spec: RunSpec, workdir: str) -> TrainState:
+  """Runs ``spec`` in ``workdir``: restores its newest good checkpoint (or initialises), writes
+  config.json and parameters.txt, trains to ``spec.total_steps`` with metrics, evaluators and
+  checkpoints, writes done.json; returns the final state. SIGTERM / SIGINT finish the step,
+  save and raise runlock.Preempted. The caller holds the workdir's lock and has checked what
+  the workdir holds (identity.py)."""
+  total_steps, mesh = spec.total_steps, spec.mesh
   pid, pcount = jax.process_index(), jax.process_count()
 
-  # ---------------------------------------------------------------- method, model, optimiser
-  tok = tokenizer.load(data["vocab"]) if data["vocab"] else None
-  # Run-level preprocessing arguments: the tokenizer's file and context length.
-  bind = {"vocab": data["vocab"], "max_len": config.text.context_length} if tok else None
-  if method is None:
-    method = methods.get(config.method, config, {"num_classes": data["num_classes"],
-                                                 "class_names": data["class_names"],
-                                                 "tokenizer": tok})
-  opt_cfg = ml_collections.ConfigDict(config.optimizer.to_dict())
-  opt_cfg.warmup_steps = data["warmup_steps"]  # resolved from warmup_epochs when given
-  tx, lr_schedule = optim.build(opt_cfg, total_steps)
-  graphdef = abstract_model(method, config)
-  init_state = make_init_state(method, tx, config.ema_decay)
-
-  # ---------------------------------------------------------------- shardings
-  # Shapes first, then shardings from name rules, then (restore or) a jitted init that creates
-  # the parameters already sharded: nothing large is materialised on one device.
-  abstract = jax.eval_shape(init_state, jax.random.key(0))
-  state_sh = state_shardings(abstract, config, mesh, tx)
-
-  # ---------------------------------------------------------------- update step
+  # ---------------------------------------------------------------- the training program
   # The chain's trailing value_range / normalize run inside the step: uint8 leaves the host.
-  pp_host, affines = (ops.split_device_affine(config.pp_train) if config.normalize_on_device
-                      else (config.pp_train, ()))
-  train_step = jax.jit(make_train_step(method, graphdef, tx, lr_schedule, seed=config.seed,
-                                       ema_decay=config.ema_decay, input_affine=affines),
-                       in_shardings=(state_sh, sharding.batch_sharding(mesh)),
-                       out_shardings=(state_sh, sharding.replicated(mesh)),
-                       donate_argnums=(0,))
+  pp_host, affines = (ops.split_device_affine(spec.pp_train) if spec.normalize_on_device
+                      else (spec.pp_train, ()))
+  tx, lr_schedule = optim.build(spec.optimizer, total_steps)
+  trainer = trainer_lib.Trainer(
+      spec.method, tx=tx, lr_schedule=lr_schedule, mesh=mesh, seed=spec.seed,
+      ema_decay=spec.ema_decay, input_affine=affines, param_rules=spec.param_rules,
+      param_min_size=spec.param_min_size, graphdef=spec.graphdef)
 
   # ---------------------------------------------------------------- restore or init
-  ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
-                               keep_every=config.keep_every, log_fn=log_lib.info)
-  start_step, state, loader_info = restore_or_init(
-      ckpt, config, ckpt_lib.abstract_like(abstract, state_sh),
-      lambda: jax.jit(init_state, out_shardings=state_sh, compiler_options=_init_options(
-          mesh))(jax.random.key(config.seed)), initialize)
+  ckpt = ckpt_lib.Checkpointer(workdir, keep=spec.keep_checkpoints,
+                               keep_every=spec.keep_every, log_fn=log_lib.info)
+  start_step, state, loader_info = restore_or_init(ckpt, spec, trainer)
   # The run's records are written once it is known to be this run (identity, restore).
-  app.write_config(config, workdir, {
-      "total_steps": total_steps, "num_classes": data["num_classes"],
-      "warmup_steps": data["warmup_steps"], "num_train_examples": data["num_examples"],
-      "mesh": dict(mesh.shape), "process_count": pcount})
-  write_parameter_overview(abstract["params"], workdir)
+  app.write_record(spec.record, workdir)
+  write_parameter_overview(trainer.abstract.params, workdir)
   if start_step < total_steps:
     clear_done(workdir)  # a marker from an earlier end of this workdir no longer holds
 
   # ---------------------------------------------------------------- input
   # Global batch b is a pure function of b: the loader resumes from the step alone, on any
   # number of processes, devices or data workers.
-  skipped = pipeline.SkipCounter(config.pp_train, config.max_skip_fraction)  # as written
+  skipped = pipeline.SkipCounter(spec.pp_train, spec.max_skip_fraction)  # as written
   train_iter = pipeline.train_dataset(
-      data["train_source"], pp=pp_host, batch_size=config.batch_size, seed=config.seed,
-      keys=method.batch_keys, process_index=pid, process_count=pcount,
-      threads=config.data_threads, workers=config.data_workers, skipped=skipped, bind=bind,
-      start_batch=start_step, num_classes=data["num_classes"])
+      spec.source, pp=pp_host, batch_size=spec.batch_size, seed=spec.seed,
+      keys=spec.method.batch_keys, process_index=pid, process_count=pcount,
+      threads=spec.data_threads, workers=spec.data_workers, skipped=skipped, bind=spec.bind,
+      start_batch=start_step, num_classes=spec.num_classes)
   skipped_total = lambda: int(loader_info.get("skipped", 0)) + global_count(skipped.count)
 
-  # ---------------------------------------------------------------- evaluators
-  evaluators = list(evaluators) + make_evaluators(
-      config, data, evals_lib.Context(
-          method=method, mesh=mesh, state_shardings=state_sh, process_index=pid,
-          process_count=pcount, threads=config.data_threads, bind=bind, tokenizer=tok,
-          batch_size=config.eval_batch_size or config.batch_size, pp_eval=config.pp_eval,
-          context_length=config.text.context_length,
-          # The model evaluators see: the EMA weights when the run keeps them.
-          eval_model=lambda state: nnx.merge(
-              graphdef, state["ema_params"] if config.ema_decay else state["params"],
-              state["model_state"])))
-
   # ---------------------------------------------------------------- loop
-  writer = log_lib.MetricWriter(workdir, tensorboard=config.tensorboard,
-                                resume_step=start_step, config=config_lib.to_plain(config))
-  progress = log_lib.Progress(total_steps, start_step, config.batch_size)
+  writer = log_lib.MetricWriter(workdir, tensorboard=spec.tensorboard,
+                                resume_step=start_step, config=spec.record.get("config"))
+  evaluators = spec.evaluators(trainer) if spec.evaluators is not None else []
+  hooks = [trainer_lib.LogMetrics(writer, every=spec.log_every, total_steps=total_steps,
+                                  start_step=start_step, batch_size=spec.batch_size,
+                                  skipped=skipped_total, ckpt=ckpt)]
+  hooks += [trainer_lib.Evaluate(ev, every, writer, total_steps) for ev, every in evaluators]
+  hooks.append(trainer_lib.SaveCheckpoints(
+      ckpt, spec.checkpoint_every,
+      lambda step: {"next_batch": step, "skipped": skipped_total()}))
   stopper = runlock.StopSignals(pcount > 1)
-  pending, stopped, t_compile = [], None, time.perf_counter()
-  t_loop, spent = time.perf_counter(), {"first": 0.0, "evaluation": 0.0, "checkpoints": 0.0}
   try:
-    for step in range(start_step + 1, total_steps + 1):
-      state, metrics = train_step(state, sharding.to_global(next(train_iter), mesh))
-      pending.append(metrics)
-      if step == start_step + 1:
-        jax.block_until_ready(metrics)
-        spent["first"] = time.perf_counter() - t_compile
-        log_lib.info(f"first step done in {spent['first']:.1f}s (includes compile)")
-        progress = log_lib.Progress(total_steps, step, config.batch_size)
-      if stopper.stop_now(step) and step < total_steps:
-        stopped = step  # a preemption notice: log, save and stop after this step
-      last = step == total_steps or stopped is not None
-      if step % config.log_every == 0 or last:
-        check_finite(state, ckpt)
-        ckpt.check()  # a failed background save stops the run now, not at the next save
-        log_window(writer, step, total_steps, jax.device_get(pending), progress.update(step),
-                   skipped_total())
-        pending = []
-      for ev, every in evaluators:
-        if step % every == 0 or step == total_steps:
-          t_ev = time.perf_counter()
-          results = dict(ev.run(state))
-          spent["evaluation"] += time.perf_counter() - t_ev
-          writer.write(step, results)
-          log_lib.info(f"step {step} " + " ".join(f"{k} {v:.4f}" for k, v in results.items()))
-      if step % config.checkpoint_every == 0 or last:
-        check_finite(state, ckpt)  # never save a state that has seen a non-finite value
-        t_ck = time.perf_counter()
-        ckpt.save(step, state, {"next_batch": step, "skipped": skipped_total()})
-        spent["checkpoints"] += time.perf_counter() - t_ck
-      if stopped is not None:
-        break
+    state, stopped = trainer.fit(state, train_iter, start_step=start_step,
+                                 total_steps=total_steps, hooks=hooks, stop=stopper)
   finally:
     stopper.restore()
     train_iter.close()
-    t_ck = time.perf_counter()
-    try:
-      ckpt.close()  # waits for the last asynchronous save
-    finally:
-      writer.close()
-      spent["checkpoints"] += time.perf_counter() - t_ck
-      loop = time.perf_counter() - t_loop
-      log_lib.add_time("compile", spent["first"])
-      log_lib.add_time("evaluation", spent["evaluation"])
-      log_lib.add_time("checkpoints", spent["checkpoints"])
-      log_lib.add_time("steps", loop - sum(spent.values()))
+    writer.close()
   if stopped is not None:
     raise runlock.Preempted(stopped, stopper.signum, ckpt.directory)
   mark_done(workdir, total_steps)
@@ -441,26 +376,22 @@ def clear_done(workdir: str) -> None:
       pass
 
 
-def _init_options(mesh):
-  # Random initialisers compile slowly on XLA:CPU (16s for a small ResNet); the init runs
-  # once, so the CPU backend compiles it without optimisation (3s).
-  return ({"xla_backend_optimization_level": 0} if mesh.devices.flat[0].platform == "cpu"
-          else None)
-
-
-def restore_or_init(ckpt, config, abstract, fresh, initialize=None):
+def restore_or_init(ckpt, spec: RunSpec, trainer) -> tuple[int, TrainState, dict]:
   """(start step, state, the loader's bookkeeping): the newest checkpoint that restores, else
-  ``fresh()`` — then ``initialize(state)`` or ``config.init_from``. A run that saved
+  a fresh state — then ``spec.initialize(state)`` or ``spec.init_from``. A run that saved
   checkpoints before (in checkpoints/, moved to checkpoints_corrupt/, or finished: done.json)
-  but none of which restores stops (naming each) unless ``config.allow_fresh_start``; then its
-  earlier metrics and corrupt checkpoints are kept aside and the fresh start is said."""
-  start_step, state, loader_info, problems = ckpt.restore_latest(abstract)
+  but none of which restores stops (naming each) unless ``spec.allow_fresh_start``; then its
+  earlier metrics and corrupt checkpoints are kept aside and the fresh start is said.
+  Checkpoints hold ``TrainState.to_dict()`` (the layout of every earlier version)."""
+  start_step, saved, loader_info, problems = ckpt.restore_latest(
+      trainer.abstract_state().to_dict())
+  state = TrainState.from_dict(saved) if saved is not None else None
   if start_step is not None:
     log_lib.info(f"resumed from {ckpt.directory}/{start_step}")
   else:
     workdir = ckpt.workdir
     earlier = earlier_progress(workdir)
-    if (problems or earlier) and not config.allow_fresh_start:
+    if (problems or earlier) and not spec.allow_fresh_start:
       what = "; ".join(problems + earlier)
       raise ckpt_lib.CheckpointError(
           f"no checkpoint in {ckpt.directory} restores ({what}); corrupt ones are in "
@@ -473,15 +404,15 @@ def restore_or_init(ckpt, config, abstract, fresh, initialize=None):
     elif last := _last_metric_step(workdir):
       log_lib.info(f"starting from step 0: no checkpoint was saved before the run stopped "
                    f"(metrics.jsonl reaches step {last}; checkpoint_every="
-                   f"{config.checkpoint_every})")
-    start_step, state = 0, fresh()
-    if initialize is not None:
-      state = initialize(state)
-    elif config.get("init_from"):
-      state = init_from_checkpoint(state, config.init_from, config.get("init_skip", ""))
-      log_lib.info(f"initialised from {config.init_from}")
-  if int(state["step"]) != start_step:
-    raise RuntimeError(f"checkpoint step {start_step} holds state at step {int(state['step'])}")
+                   f"{spec.checkpoint_every})")
+    start_step, state = 0, trainer.init()
+    if spec.initialize is not None:
+      state = spec.initialize(state)
+    elif spec.init_from:
+      state = init_from_checkpoint(state, spec.init_from, spec.init_skip)
+      log_lib.info(f"initialised from {spec.init_from}")
+  if int(state.step) != start_step:
+    raise RuntimeError(f"checkpoint step {start_step} holds state at step {int(state.step)}")
   return start_step, state, loader_info
 
 
@@ -548,34 +479,10 @@ def make_evaluators(config, data, ctx: evals_lib.Context) -> list[tuple[Any, int
   (evaluators/common.py)."""
   every = config.eval_every or config.checkpoint_every
   out = []
-  if data["eval_source"] is not None and hasattr(ctx.method, "eval_metrics"):
-    s = evals_lib.settings("eval", {"type": "classification", "split": config.eval_split})
-    out.append((evals_lib.classification("eval", s, ctx, data["eval_source"]), every))
+  if data["eval_source"] is not None and "metrics" in ctx.predict:
+    out.append((evals_lib.build("eval", {"type": "classification", "split": config.eval_split},
+                                ctx, source=data["eval_source"]), every))
   return out + evals_lib.from_config(config.evals, ctx, every)
-
-
-def check_finite(state, ckpt):
-  bad = int(state["nonfinite_step"])
-  if bad >= 0:
-    last = ckpt.steps()[-1] if ckpt.steps() else None
-    raise FloatingPointError(
-        f"non-finite loss or gradient at step {bad}; stopping. Last good checkpoint: "
-        f"{'step ' + str(last) if last is not None else 'none'} in {ckpt.directory}")
-
-
-def log_window(writer, step: int, total_steps: int, rows: list[dict], rate: dict,
-               skipped: int):
-  """One metrics row for the steps since the last: their means (the learning rate: its value at
-  this step, not the window's mean), the rate and ETA."""
-  mean = {f"train/{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]}
-  mean["train/lr"] = float(rows[-1]["lr"])
-  mean.update({"train/examples_per_sec": rate["examples_per_sec"],
-               "train/steps_per_sec": rate["steps_per_sec"], "eta_s": rate["eta_s"],
-               "train/skipped_records": skipped})
-  writer.write(step, mean)
-  log_lib.info(f"step {step}/{total_steps} loss {mean['train/loss']:.4f} "
-               f"lr {mean['train/lr']:.3g} {rate['examples_per_sec']:.1f} img/s "
-               f"eta {log_lib.format_duration(rate['eta_s'])}")
 
 
 def mark_done(workdir: str, total_steps: int):

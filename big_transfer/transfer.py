@@ -24,6 +24,7 @@ from flax import nnx
 from big_transfer import checkpoint as ckpt_lib
 from big_transfer import logging as log_lib
 from big_transfer import methods, models, optim
+from big_transfer import state as state_lib
 from big_transfer.data import sources, tokenizer
 from big_transfer.evaluators.fewshot_linear import ridge_fit_grid
 from big_transfer.evaluators.zeroshot import templates_of
@@ -31,8 +32,6 @@ from big_transfer.methods import losses
 from big_transfer.models.resnet import resample_grid_embedding
 from big_transfer.sharding import path_name
 
-# Where each pre-training method keeps the image tower inside its parameters.
-IMAGE_TOWER = {m: t.image_tower for m, t in methods.TRAITS.items()}  # method -> tower path
 # Pre-training heads, dropped on transfer (a supervised head names the pre-training classes).
 PRETRAINING_HEADS = ("head",)
 
@@ -70,11 +69,11 @@ class Pretrained:
 
   @property
   def tower(self) -> str:
-    return IMAGE_TOWER[self.method]
+    return methods.traits(self.method).image_tower
 
   def params(self) -> dict:
     """The weights to transfer: the EMA weights when the run kept them."""
-    return self.state.get("ema_params") or self.state["params"]
+    return state_lib.eval_params(self.state)
 
   def tokenizer_path(self) -> str | None:
     spec = self.config.text.tokenizer if "text" in self.config else ""
@@ -102,9 +101,9 @@ def load_pretrained(path: str) -> Pretrained:
                                    f"run's config says which model and method made it)")
   with open(cfg_path) as f:
     config = ml_collections.ConfigDict(json.load(f)["config"])
-  if config.method not in IMAGE_TOWER:
+  if config.method not in methods.METHODS:
     raise ckpt_lib.CheckpointError(f"{path}: method {config.method!r} has no image tower to "
-                                   f"transfer (known: {', '.join(IMAGE_TOWER)})")
+                                   f"transfer (known: {', '.join(methods.known())})")
   state, step = ckpt_lib.load_state(path)
   keep = {k: state[k] for k in ("params", "model_state", "ema_params") if k in state}
   return Pretrained(path=path, step=step, workdir=workdir, config=config, state=keep,
@@ -236,16 +235,17 @@ def normalizes_features(feature_norm: str, pre_method: str | None) -> bool:
   return feature_norm == "l2"
 
 
-class TransferMethod:
+class TransferMethod(methods.Method):
   """Supervised fine-tuning of a Classifier (softmax cross-entropy, label smoothing, MixUp);
-  plugs into train.run like a pre-training method."""
+  plugs into the Trainer like a pre-training method."""
 
   name = "transfer"
+  traits = methods.Traits(image_tower="backbone", needs_labels=True)
   batch_keys = ("image", "label")
 
   def __init__(self, config, pre: Pretrained | None, num_classes: int):
-    self.config, self.pre, self.num_classes = config, pre, num_classes
-    self.dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    super().__init__(config, {"num_classes": num_classes})
+    self.pre, self.num_classes = pre, num_classes
     self.model_name, self.model_kwargs = backbone_spec(config, pre)
     is_clip = pre is not None and methods.has_text_tower(pre.method)
     has_proj = is_clip and pre.params().get("image_projection") is not None
@@ -259,6 +259,9 @@ class TransferMethod:
                              **self.model_kwargs)
     return Classifier(backbone, self.num_classes, projection_dim=self.projection_dim,
                       normalize=self.normalize, dtype=self.dtype, rngs=rngs)
+
+  def predictions(self):
+    return {"metrics": self.eval_metrics, "features": self.features}
 
   def features(self, model, images):
     return model.features(images.astype(self.dtype)).astype(jnp.float32)

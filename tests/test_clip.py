@@ -236,7 +236,7 @@ def test_siglip_and_slip_train(tmp_path):
   assert all(np.isfinite(r["train/loss"]) for r in rows)
   assert {"train/clip_loss", "train/ssl_loss", "train/logit_scale"} <= set(rows[0])
   assert rows[0]["train/logit_scale"] == pytest.approx(10.0, rel=0.05)  # SigLIP's init
-  assert "logit_bias" in state["params"] and "ssl_projection" in state["params"]
+  assert "logit_bias" in state.params and "ssl_projection" in state.params
 
 
 def _jpeg(rng, size=20):

@@ -57,16 +57,16 @@ def test_restores_the_image_tower_of_every_method_by_name(pretrained, method):
   s = finetune.Session(ft_config(f"pretrained={pretrained[method]}"), "/nonexistent")
   w = s.initial_weights()
   tower = transfer.flatten(pre.params(), pre.tower)
-  got = transfer.flatten(w["params"]["backbone"])
+  got = transfer.flatten(w.params["backbone"])
   assert got and set(got) <= set(tower)
   for name, value in got.items():
     np.testing.assert_array_equal(value, tower[name], err_msg=name)
   stats = transfer.flatten(pre.state["model_state"], pre.tower)
-  for name, value in transfer.flatten(w["model_state"]["backbone"]).items():
+  for name, value in transfer.flatten(w.model_state["backbone"]).items():
     np.testing.assert_array_equal(value, stats[name], err_msg=name)
   # The new head starts at zero; the pre-training head/projection/text tower are not in it.
-  assert not np.any(w["params"]["head"]["kernel"])
-  assert ("projection" in w["params"]) == (method == "clip")
+  assert not np.any(w.params["head"]["kernel"])
+  assert ("projection" in w.params) == (method == "clip")
 
 
 def test_a_checkpoint_of_another_model_lists_what_does_not_match(pretrained):

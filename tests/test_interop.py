@@ -148,7 +148,7 @@ def test_train_continues_from_a_converted_checkpoint(converted, tmp_path):
     train.run(c, str(tmp_path / "a"), devices=one_device())
   c.init_skip = "head"  # the digits have 10 classes, the checkpoint's head 11
   state = train.run(c, str(tmp_path / "b"), devices=one_device())
-  got = transfer.flatten(jax.tree.map(np.asarray, state["params"]))
+  got = transfer.flatten(jax.tree.map(np.asarray, state.params))
   for k, v in ours.items():
     if not k.startswith("head/"):
       np.testing.assert_array_equal(got[k], v, err_msg=k)  # lr 0: the step kept them

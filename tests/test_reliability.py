@@ -66,7 +66,7 @@ def test_flipped_bytes_are_caught_by_the_checksums_and_the_run_falls_back_exactl
   assert "does not match its checksum" in checkpoint.verify(os.path.join(wd, "checkpoints", "8"))
   state = train.run(mini_config(**kw), wd, devices=one_device())
   ref, _ = checkpoint.load_state(ref_wd)
-  assert _leaves_equal(jax.device_get(state["params"]), ref["params"])  # from step 4, exactly
+  assert _leaves_equal(jax.device_get(state.params), ref["params"])  # from step 4, exactly
   assert os.path.isdir(os.path.join(wd, "checkpoints_corrupt", "8"))
 
 
@@ -85,7 +85,7 @@ def test_no_restorable_checkpoint_is_an_error_naming_each_unless_fresh_start_is_
   assert not os.listdir(os.path.join(wd, "checkpoints"))
   state = train.run(mini_config(total_steps=2, checkpoint_every=2, allow_fresh_start=True), wd,
                     devices=one_device(), accept_changes="total_steps")
-  assert int(state["step"]) == 2
+  assert int(state.step) == 2
 
 
 def test_a_transient_read_error_is_retried_and_never_moves_a_checkpoint_aside(tmp_path,

@@ -76,7 +76,7 @@ def test_a_restart_with_another_config_is_refused_in_one_line_before_anything_is
   # An accepted change: recorded with both values; the run goes on from its checkpoint.
   state = train.run(_cfg(total_steps=6, log_every=2, data_threads=3, keep_checkpoints=4), wd,
                     devices=one_device(), accept_changes="total_steps")
-  assert int(state["step"]) == 6
+  assert int(state.step) == 6
   record = json.loads(_read(os.path.join(wd, "run.json")))
   assert {"key": "total_steps", "from": 4, "to": 6, "why": "accepted"}.items() <= \
       record["changes"][-1].items()
@@ -150,7 +150,7 @@ def test_an_unsealed_checkpoint_with_changed_bytes_falls_back_and_is_never_seale
   state = train.run(mini_config(**kw), wd, devices=one_device())
   ref, _ = checkpoint.load_state(ref_wd)
   leaves = lambda t: [np.asarray(x) for x in jax.tree.leaves(t)]
-  assert all(np.array_equal(a, b) for a, b in zip(leaves(jax.device_get(state["params"])),
+  assert all(np.array_equal(a, b) for a, b in zip(leaves(jax.device_get(state.params)),
                                                   leaves(ref["params"])))  # from step 4
   moved = os.path.join(wd, "checkpoints_corrupt", "8")
   assert os.path.isdir(moved) and not os.path.exists(os.path.join(moved, checkpoint.CHECKSUMS))
@@ -175,7 +175,7 @@ def test_after_every_checkpoint_was_corrupt_a_rerun_still_refuses_step_0_and_kee
   state = train.run(_cfg(allow_fresh_start=True), wd, devices=one_device())
   out = capsys.readouterr().out
   assert "starting again from step 0 (allow_fresh_start)" in out
-  assert int(state["step"]) == 4 and _steps(wd) == [1, 2, 3, 4]
+  assert int(state.step) == 4 and _steps(wd) == [1, 2, 3, 4]
   kept = glob.glob(os.path.join(wd, "metrics.before_fresh_start_*.jsonl"))
   assert len(kept) == 1 and len(_read(kept[0]).splitlines()) == 4
   assert sorted(os.listdir(glob.glob(os.path.join(wd, "checkpoints_corrupt",

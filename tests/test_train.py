@@ -77,7 +77,7 @@ SHARDING_KW = dict(param_sharding_min_size=0, **{"optimizer.lr": 0.05})
 def one_device_reference(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp("one_device"))
   state = train.run(mini_config(**SHARDING_KW), wd, devices=one_device())
-  return losses(wd), jax.device_get(state["params"])
+  return losses(wd), jax.device_get(state.params)
 
 
 @pytest.mark.parametrize("data,fsdp", [(8, 1), pytest.param(4, 2, marks=pytest.mark.slow), (1, 8)])
@@ -90,13 +90,13 @@ def test_same_loss_trajectory_on_one_and_eight_devices(tmp_path, one_device_refe
   got = losses(str(tmp_path))
   assert len(ref) == 6 and len(set(np.round(ref, 4))) > 3  # the loss really moves
   np.testing.assert_allclose(got, ref, rtol=2e-5, atol=2e-5)
-  specs = {str(x.sharding.spec) for x in jax.tree.leaves(state["params"])}
+  specs = {str(x.sharding.spec) for x in jax.tree.leaves(state.params)}
   if fsdp > 1:  # parameters really are sharded over the fsdp axis
     assert any("fsdp" in s for s in specs)
   # Reductions run in another order on 8 devices. Six steps of SGD through
   # BatchNorm amplify that float noise in a few near-zero-gradient entries (BN offsets move by
   # up to 3e-4), so the parameters are compared as a whole: relative L2 distance.
-  got_p, ref_p = jax.tree.leaves(jax.device_get(state["params"])), jax.tree.leaves(ref_params)
+  got_p, ref_p = jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(ref_params)
   diff = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(got_p, ref_p)))
   norm = np.sqrt(sum(np.sum(b ** 2) for b in ref_p))
   assert diff / norm < 1e-3, diff / norm
@@ -179,7 +179,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous_and_resumes_exactly(tm
       open(f, "wb").close()  # truncate the array data
   state = train.run(mini_config(**kw), wd, devices=one_device())
   ref, _ = checkpoint.load_state(ref_wd)
-  assert _leaves_equal(jax.device_get(state["params"]), ref["params"])
+  assert _leaves_equal(jax.device_get(state.params), ref["params"])
   assert os.path.isdir(os.path.join(wd, "checkpoints_corrupt", "6"))  # kept, not deleted
   assert [r["step"] for r in read_metrics(wd) if "train/loss" in r] == [5, 6, 7, 8]
 
@@ -194,9 +194,9 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
   c = mini_config(total_steps=5, checkpoint_every=5)
   # Another mesh and sharding cannot change the result: only the longer run needs accepting.
   state = train.run(c, wd, devices=one_device(), accept_changes="total_steps")
-  assert int(state["step"]) == 5
-  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
-  assert not _leaves_equal(jax.device_get(state["params"]), saved["params"])
+  assert int(state.step) == 5
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
+  assert not _leaves_equal(jax.device_get(state.params), saved["params"])
 
 
 def test_normalising_on_the_device_trains_as_normalising_on_the_host(tmp_path):
@@ -205,7 +205,7 @@ def test_normalising_on_the_device_trains_as_normalising_on_the_host(tmp_path):
                       devices=one_device())
   np.testing.assert_allclose(losses(str(tmp_path / "device")), losses(str(tmp_path / "host")),
                              rtol=1e-5, atol=1e-6)
-  a, b = jax.device_get(on_device["params"]), jax.device_get(on_host["params"])
+  a, b = jax.device_get(on_device.params), jax.device_get(on_host.params)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
@@ -247,9 +247,9 @@ def test_adamw_ema_bf16_clipping_and_lars_step_schedule_train(tmp_path):
                   **{"optimizer.name": "adamw", "optimizer.lr": 3e-3,
                      "optimizer.weight_decay": 0.05, "optimizer.grad_clip_norm": 1.0})
   state = train.run(c, str(tmp_path / "adamw"), devices=one_device())
-  assert "ema_params" in state
-  assert not _leaves_equal(jax.device_get(state["ema_params"]),
-                           jax.device_get(state["params"]))
+  assert state.ema_params is not None
+  assert not _leaves_equal(jax.device_get(state.ema_params),
+                           jax.device_get(state.params))
   l = losses(str(tmp_path / "adamw"))
   assert np.isfinite(l).all() and l[-1] < l[0]
   c = mini_config("steps=8,batch=32,width=0.125",

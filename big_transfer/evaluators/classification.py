@@ -10,20 +10,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from big_transfer import sharding
-from big_transfer.data import pipeline
+from big_transfer.data import pipeline, sources
+from big_transfer.evaluators.common import Context, predictor, register
 
 
 class Evaluator:
-  """Averages a method's per-example ``eval_metrics`` over a split, weighted by the mask.
+  """Averages per-example metrics over a split, weighted by the mask: ``run(weights) ->
+  {metric: mean}`` (names unprefixed; ``common.build`` adds the entry's name).
 
-  ``apply(state, batch) -> {metric: per-example values}`` is jitted once and cached; sums and the
-  example count are reduced on device over the global batch, so the result is exact on any
-  number of hosts.
+  ``apply(weights, batch) -> {metric: per-example values}`` is jitted once and cached; sums and
+  the example count are reduced on device over the global batch, so the result is exact on any
+  number of hosts. ``name``: for messages.
   """
 
   def __init__(self, name: str, make_dataset: Callable[[], object], apply, mesh,
-               state_shardings, num_examples: int, num_extra: int = 0):
-    """``num_extra``: replicated arrays that ``run(state, *extra)`` passes on to ``apply``
+               weight_shardings, num_examples: int, num_extra: int = 0):
+    """``num_extra``: replicated arrays that ``run(weights, *extra)`` passes on to ``apply``
     after the batch (e.g. zero-shot class embeddings computed once per evaluation)."""
     self.name, self.make_dataset, self.mesh = name, make_dataset, mesh
     self.num_examples = num_examples
@@ -36,7 +38,7 @@ class Evaluator:
       return out
 
     repl = sharding.replicated(mesh)
-    self._sums = jax.jit(sums, in_shardings=(state_shardings, sharding.batch_sharding(mesh))
+    self._sums = jax.jit(sums, in_shardings=(weight_shardings, sharding.batch_sharding(mesh))
                          + (repl,) * num_extra, out_shardings=repl)
 
   def run(self, state, *extra) -> dict[str, float]:
@@ -52,7 +54,7 @@ class Evaluator:
     if int(round(count)) < self.num_examples:
       logging.warning("evaluator %s: %d of %d examples were skipped as corrupt", self.name,
                       self.num_examples - int(round(count)), self.num_examples)
-    return {f"{self.name}/{k}": float(v) / count for k, v in sorted(total.items())}
+    return {k: float(v) / count for k, v in sorted(total.items())}
 
 
 def gather_masked(fn, state, batches: Iterable[dict], mesh) -> dict[str, np.ndarray]:
@@ -72,3 +74,21 @@ def gather_masked(fn, state, batches: Iterable[dict], mesh) -> dict[str, np.ndar
     out = {k: v[order] for k, v in out.items()}
   return out
 
+
+
+@register("classification", data="", split="test", pp="")
+def build(name: str, s: dict, ctx: Context, source=None) -> Evaluator:
+  """The method's per-example ``metrics`` (top-1, loss, ...) averaged over a split; ``source``:
+  an opened source instead of ``data`` (a run's held-out ``eval``, transfer's validation and
+  test splits)."""
+  metrics, = predictor(ctx, name, "classification", "metrics")
+  if source is None:
+    source = sources.open_source(sources.spec_at_split(s["data"], s["split"],
+                                                       drop=sources.TRAINING_ONLY_OPTIONS))
+
+  def make_ds():
+    return pipeline.eval_dataset(source, pp=s["pp"] or ctx.pp_eval, batch_size=ctx.batch_size,
+                                 keys=ctx.batch_keys, process_index=ctx.process_index,
+                                 process_count=ctx.process_count, threads=ctx.threads,
+                                 bind=ctx.bind)
+  return Evaluator(name, make_ds, metrics, ctx.mesh, ctx.weight_shardings, len(source))

@@ -19,6 +19,7 @@ import numpy as np
 from big_transfer import sharding
 from big_transfer.data import fewshot, pipeline, sources
 from big_transfer.evaluators.classification import gather_masked
+from big_transfer.evaluators.common import Context, predictor, register
 
 
 def ridge_fit(x: np.ndarray, y: np.ndarray, num_classes: int, l2_reg: float):
@@ -70,17 +71,16 @@ def normalize_features(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
 
 
 class FewShotLinear:
-  """``run(state)`` -> ``{<prefix>/<name>/<k>shot: mean test accuracy over seeds}``."""
+  """``run(weights)`` -> ``{<data name>/<k>shot: mean test accuracy over seeds}``."""
 
   def __init__(self, data: str, *, pp: str, shots: Sequence[int],
-               seeds: Sequence[int], l2_reg: float, features: Callable, mesh, state_shardings,
+               seeds: Sequence[int], l2_reg: float, features: Callable, mesh, weight_shardings,
                batch_size: int, train_split: str = "train", test_split: str = "test",
-               process_index: int = 0, process_count: int = 1, prefix: str = "fewshot"):
+               process_index: int = 0, process_count: int = 1):
     spec = sources.parse_spec(data.partition("?")[0])
     pool = sources.open_source(sources.spec_with_default_split(data, train_split))
     self.test = sources.open_source(sources.spec_at_split(data, test_split))
     self.name = spec.name.rstrip("/").split("/")[-1]  # 'digits', or a converted dir's name
-    self.prefix = prefix
     self.shots, self.seeds, self.l2_reg = tuple(shots), tuple(seeds), l2_reg
     labels = fewshot.labels_of(pool)
     self.test_labels = fewshot.labels_of(self.test)
@@ -97,7 +97,7 @@ class FewShotLinear:
     def feats(state, batch):
       return {"x": features(state, batch).astype(jnp.float32),
               pipeline.MASK: batch[pipeline.MASK], pipeline.INDEX: batch[pipeline.INDEX]}
-    self._feats = jax.jit(feats, in_shardings=(state_shardings,
+    self._feats = jax.jit(feats, in_shardings=(weight_shardings,
                                                sharding.batch_sharding(mesh)),
                           out_shardings=sharding.replicated(mesh))
 
@@ -120,5 +120,18 @@ class FewShotLinear:
         w, b = ridge_fit(pool_x[rows], self.pool_labels[rows], self.num_classes, self.l2_reg)
         pred = np.argmax(test_x @ w + b, axis=-1)
         accs.append(float(np.mean(pred == self.test_labels)))
-      out[f"{self.prefix}/{self.name}/{k}shot"] = float(np.mean(accs))
+      out[f"{self.name}/{k}shot"] = float(np.mean(accs))
     return out
+
+
+@register("fewshot_linear", data="", pp="", shots=(1, 5, 10, 25), seeds=(0, 1, 2),
+          l2_reg=0.1, train_split="train", test_split="test")
+def build(name: str, s: dict, ctx: Context) -> FewShotLinear:
+  """Closed-form ridge probes on frozen features at k shots per class (big_vision)."""
+  features, = predictor(ctx, name, "fewshot_linear", "features")
+  return FewShotLinear(s["data"], pp=s["pp"] or ctx.pp_eval, shots=s["shots"],
+                       seeds=s["seeds"], l2_reg=s["l2_reg"],
+                       features=lambda w, batch: features(w, batch["image"]), mesh=ctx.mesh,
+                       weight_shardings=ctx.weight_shardings, batch_size=ctx.batch_size,
+                       train_split=s["train_split"], test_split=s["test_split"],
+                       process_index=ctx.process_index, process_count=ctx.process_count)

@@ -14,6 +14,7 @@ import numpy as np
 from big_transfer import sharding
 from big_transfer.data import pipeline, sources
 from big_transfer.evaluators.classification import Evaluator
+from big_transfer.evaluators.common import Context, predictor, register
 
 # Prompt ensembles. 'openai80' is the 80-template ImageNet ensemble of OpenAI's CLIP prompt
 # engineering notebook (what the authors' heads used; tests/test_interop.py checks it against
@@ -83,13 +84,13 @@ def _normalize(x, axis=-1):
 
 
 class ZeroShot:
-  """``run(state)`` -> ``{<prefix>/<name>/accuracy, .../top5_accuracy (more than 5 classes)}``."""
+  """``run(weights)`` -> ``{<data name>/accuracy, .../top5_accuracy (more than 5 classes)}``."""
 
   def __init__(self, data: str, *, split: str, pp: str, templates, tokenizer,
                context_length: int, encode_image: Callable, encode_text: Callable, mesh,
-               state_shardings, batch_size: int, process_index: int = 0,
+               weight_shardings, batch_size: int, process_index: int = 0,
                process_count: int = 1, bind: dict | None = None,
-               class_names: Sequence[str] | None = None, prefix: str = "zeroshot"):
+               class_names: Sequence[str] | None = None):
     self.source = sources.open_source(sources.spec_at_split(data, split))
     names = class_names or getattr(self.source, "class_names", None)
     if not names:
@@ -101,7 +102,7 @@ class ZeroShot:
     self.tokens = tokenizer.tokenize(prompts, context_length)
     self.mesh = mesh
     repl = sharding.replicated(mesh)
-    self._encode_text = jax.jit(encode_text, in_shardings=(state_shardings, repl),
+    self._encode_text = jax.jit(encode_text, in_shardings=(weight_shardings, repl),
                                 out_shardings=repl)
     top5 = len(self.names) > 5
 
@@ -119,7 +120,7 @@ class ZeroShot:
       return pipeline.eval_dataset(self.source, pp=pp, batch_size=batch_size,
                                    keys=("image", "label"), process_index=process_index,
                                    process_count=process_count, bind=bind)
-    self._eval = Evaluator(f"{prefix}/{self.name}", make_ds, apply, mesh, state_shardings,
+    self._eval = Evaluator(f"zeroshot {self.name}", make_ds, apply, mesh, weight_shardings,
                            len(self.source), num_extra=1)
 
   def classifier(self, state) -> np.ndarray:
@@ -131,4 +132,22 @@ class ZeroShot:
   def run(self, state) -> dict[str, float]:
     w = jax.make_array_from_process_local_data(sharding.replicated(self.mesh),
                                                self.classifier(state))
-    return self._eval.run(state, w)
+    return {f"{self.name}/{k}": v for k, v in self._eval.run(state, w).items()}
+
+
+def text_method(ctx: Context, entry: str, kind: str) -> dict:
+  """The image and text encoders (as ``(weights, inputs)`` functions) and the shared
+  arguments of an image-text evaluator."""
+  enc_image, enc_text = predictor(ctx, entry, kind, "encode_image", "encode_text")
+  return dict(encode_image=enc_image, encode_text=enc_text, mesh=ctx.mesh,
+              weight_shardings=ctx.weight_shardings, batch_size=ctx.batch_size,
+              process_index=ctx.process_index, process_count=ctx.process_count, bind=ctx.bind)
+
+
+@register("zeroshot", data="", split="test", pp="", templates="clip7")
+def build(name: str, s: dict, ctx: Context) -> ZeroShot:
+  """Zero-shot classification with prompt-ensembled class names (CLIP, SigLIP, SLIP)."""
+  common = text_method(ctx, name, "zeroshot")
+  return ZeroShot(s["data"], split=s["split"], pp=s["pp"] or ctx.pp_eval,
+                  templates=s["templates"], tokenizer=ctx.tokenizer,
+                  context_length=ctx.context_length, **common)

@@ -1,56 +1,63 @@
 """Pre-training methods as plug-ins to the one training loop.
 
-A method provides: ``batch_keys`` (what each example must carry after preprocessing),
-``create_model(rngs)``, ``loss(model, batch, rngs) -> (loss, metrics)`` for a training batch,
-``features(model, images) -> pre_logits`` (for the few-shot evaluators), and optionally ``eval_metrics(model, batch) -> {name: per-example values}`` that the held-out
-evaluator averages with the padding mask. The loop, sharding, checkpoints, logging and evaluation are shared.
+A method is a :class:`~big_transfer.methods.base.Method` subclass in its own file, and one line
+in :data:`METHODS` (or :func:`register` for one defined elsewhere, e.g. in a test or a user's
+package). Everything else asks :func:`traits` / :func:`get`; no module compares method names.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import importlib
 
+from big_transfer.methods.base import PREDICTIONS, Method, Traits
 
-@dataclasses.dataclass(frozen=True)
-class Traits:
-  """What the rest of the code needs to know about a method without building it (transfer,
-  the study, conversion, the bench, the report): asked through :func:`traits`, never by
-  comparing method names."""
-
-  image_tower: str  # the image tower's path in the model's parameters ('': the model itself)
-  text_tower: bool = False  # a text encoder: tokenizer, zero-shot, retrieval, text-built heads
-  normalized_features: bool = False  # transfer L2-normalises its features by default
-  needs_labels: bool = False  # trains on class labels (num_classes from the data)
-
+__all__ = ["METHODS", "PREDICTIONS", "Method", "Traits", "get", "has_text_tower", "known",
+           "register", "traits"]
 
 METHODS = {"supervised": "big_transfer.methods.supervised:Method",
            "simclr": "big_transfer.methods.simclr:Method",
            "clip": "big_transfer.methods.clip:Method",
            "slip": "big_transfer.methods.clip:SLIPMethod"}
 
-TRAITS = {"supervised": Traits(image_tower="", needs_labels=True),
-          "simclr": Traits(image_tower="backbone", normalized_features=True),
-          "clip": Traits(image_tower="image", text_tower=True, normalized_features=True),
-          "slip": Traits(image_tower="image", text_tower=True, normalized_features=True)}
-
 NO_METHOD = Traits(image_tower="")  # a run from scratch, a name no registry knows
 
-TEXT_METHODS = tuple(m for m, t in TRAITS.items() if t.text_tower)
+
+def register(name: str, target: str) -> None:
+  """Adds method ``name`` implemented by ``target`` ('module:Class'); a name registered twice
+  is an error."""
+  if name in METHODS:
+    raise ValueError(f"method {name!r} is registered twice ({METHODS[name]}, {target})")
+  METHODS[name] = target
+
+
+def known() -> list[str]:
+  return sorted(METHODS)
+
+
+@functools.cache
+def _class(target: str) -> type[Method]:
+  module, _, cls = target.partition(":")
+  return getattr(importlib.import_module(module), cls)
+
+
+def method_class(name: str) -> type[Method]:
+  if name not in METHODS:
+    raise ValueError(f"unknown method {name!r} (known: {', '.join(known())})")
+  return _class(METHODS[name])
 
 
 def traits(name: str | None) -> Traits:
   """The traits of method ``name`` (those of no method for None or an unknown name)."""
-  return TRAITS.get(name, NO_METHOD) if name else NO_METHOD
+  if not name or name not in METHODS:
+    return NO_METHOD
+  return method_class(name).traits
 
 
 def has_text_tower(name: str | None) -> bool:
   return traits(name).text_tower
 
 
-def get(name: str, config, info):
+def get(name: str, config, info) -> Method:
   """Builds the method ``name`` for a resolved config and the training data's ``info``."""
-  if name not in METHODS:
-    raise ValueError(f"unknown method {name!r} (known: {', '.join(sorted(METHODS))})")
-  module, _, cls = METHODS[name].partition(":")
-  return getattr(importlib.import_module(module), cls)(config, info)
+  return method_class(name)(config, info)

@@ -21,6 +21,8 @@ from flax import nnx
 
 from big_transfer import models
 from big_transfer.methods import losses
+from big_transfer.methods.base import Method as Base
+from big_transfer.methods.base import Traits
 from big_transfer.methods.simclr import ProjectionHead
 from big_transfer.models.text import TextTransformer
 
@@ -57,17 +59,17 @@ class CLIPModel(nnx.Module):
     return self.text(tokens)
 
 
-class Method:
+class Method(Base):
   name = "clip"
+  traits = Traits(image_tower="image", text_tower=True, normalized_features=True)
   batch_keys = ("image", "text")
 
   def __init__(self, config, info):
-    self.config = config
+    super().__init__(config, info)
     tok = info.get("tokenizer")
     if tok is None:
       raise ValueError(f"method {config.method} needs a tokenizer: set config.text.tokenizer")
     self.tokenizer = tok
-    self.dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
     self.sigmoid = config.clip.loss == "sigmoid"
     self.scale_max = float(config.clip.logit_scale_max)
 
@@ -94,6 +96,16 @@ class Method:
 
   def logit_scale(self, model):
     return jnp.exp(jnp.minimum(model.logit_scale.value, math.log(self.scale_max)))
+
+  bench_optimizer = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.1}
+
+  @classmethod
+  def training_pp(cls, decode: str, view: str) -> str:
+    return f"{decode}|{view}|tokenize"  # the caption's tokens beside the image
+
+  def predictions(self):
+    return {"features": self.features, "encode_image": self.encode_image,
+            "encode_text": self.encode_text}
 
   def features(self, model, images):
     """The image tower's pre_logits (what transfer builds on)."""

@@ -14,6 +14,8 @@ from flax import nnx
 
 from big_transfer import models
 from big_transfer.methods import losses
+from big_transfer.methods.base import Method as Base
+from big_transfer.methods.base import Traits
 
 
 class ProjectionHead(nnx.Module):
@@ -43,13 +45,13 @@ class SimCLRModel(nnx.Module):
     return self.projection(out["pre_logits"], train), out
 
 
-class Method:
+class Method(Base):
   name = "simclr"
+  traits = Traits(image_tower="backbone", normalized_features=True)
   batch_keys = ("image1", "image2")
 
   def __init__(self, config, info):
-    self.config = config
-    self.dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+    super().__init__(config, info)
     self.temperature = float(config.get("temperature", 0.1))
     self.proj_dims = tuple(config.get("projection_dims", (4096, 4096, 256)))
 
@@ -59,6 +61,15 @@ class Method:
     head = ProjectionHead((backbone.num_features,) + self.proj_dims, dtype=self.dtype,
                           rngs=rngs)
     return SimCLRModel(backbone, head)
+
+  bench_optimizer = {"name": "lars", "lr": 0.3}
+
+  @classmethod
+  def training_pp(cls, decode: str, view: str) -> str:
+    return f"{decode}|two_views('{view}')"  # two augmented views of each image
+
+  def predictions(self):
+    return {"features": self.features}
 
   def features(self, model, images):
     """The backbone's pre_logits (the projection head is for pre-training only)."""

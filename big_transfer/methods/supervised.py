@@ -8,16 +8,18 @@ import optax
 from flax import nnx
 
 from big_transfer import models
+from big_transfer.methods.base import Method as Base
+from big_transfer.methods.base import Traits
 
 
-class Method:
+class Method(Base):
   name = "supervised"
+  traits = Traits(image_tower="", needs_labels=True)
   batch_keys = ("image", "label")
 
   def __init__(self, config, info):
-    self.config = config
+    super().__init__(config, info)
     self.num_classes = info["num_classes"]
-    self.dtype = jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
     self.label_smoothing = float(config.get("label_smoothing", 0.0))
 
   def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
@@ -27,6 +29,9 @@ class Method:
   def _logits(self, model, batch, train, rngs=None):
     logits, _ = model(batch["image"].astype(self.dtype), train=train, rngs=rngs)
     return logits.astype(jnp.float32)
+
+  def predictions(self):
+    return {"metrics": self.eval_metrics, "features": self.features}
 
   def features(self, model, images):
     """pre_logits of a batch of images (what transfer builds on)."""

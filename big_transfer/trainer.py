@@ -1,0 +1,305 @@
+"""The Trainer: one training program built from explicit arguments, and the loop that runs it.
+
+  trainer = Trainer(method, tx=tx, lr_schedule=schedule, mesh=mesh, seed=0)
+  state = trainer.init()                      # sharded from the start
+  state, stopped = trainer.fit(state, batches, start_step=0, total_steps=1000, hooks=[...])
+
+It holds what every run shares — the model's graph definition, the TrainState's shapes and
+shardings (parameter name rules over the mesh), the jitted init and update step (EMA, a
+non-finite sentinel, the preprocessing's trailing normalisation on the device) and the named
+predict functions evaluators use — and nothing about configs, workdirs or files: pre-training
+(``train.run``), every fine-tuning run of a transfer protocol and the bench build it the same
+way. What happens between steps (metrics, evaluation, checkpoints) is a list of hooks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from big_transfer import logging as log_lib
+from big_transfer import sharding
+from big_transfer.data import ops
+from big_transfer.evaluators import common as evals_lib
+from big_transfer.state import TrainState, Weights
+
+DEFAULT_PARAM_RULES = ((".*", "fsdp"),)
+
+
+def make_init_state(method, tx, ema_decay: float = 0.0) -> Callable[[Any], TrainState]:
+  """key -> a fresh TrainState (ema_params only when ``ema_decay``)."""
+
+  def init_state(key):
+    model = method.create_model(nnx.Rngs(params=key))
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    params, rest = params.to_pure_dict(), rest.to_pure_dict()
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=rest,
+                      opt_state=tx.init(params), nonfinite_step=jnp.full((), -1, jnp.int32),
+                      ema_params=params if ema_decay else None)
+  return init_state
+
+
+def state_shardings(abstract: TrainState, mesh, tx, rules=DEFAULT_PARAM_RULES,
+                    min_size: int = 2**14) -> TrainState:
+  """Shardings of a train state from name rules (parameters and their optimiser state alike;
+  scalars replicated)."""
+  rules = [tuple(r) for r in rules]
+  param_sh = sharding.tree_shardings(abstract.params, rules, mesh, min_size)
+  repl = sharding.replicated(mesh)
+  return TrainState(
+      step=repl, nonfinite_step=repl, params=param_sh,
+      model_state=sharding.tree_shardings(abstract.model_state, rules, mesh, min_size),
+      opt_state=optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_sh,
+                                      transform_non_params=lambda _: repl),
+      ema_params=param_sh if abstract.ema_params is not None else None)
+
+
+def make_train_step(method, graphdef, tx, lr_schedule, *, seed: int, ema_decay: float = 0.0,
+                    input_affine=()):
+  """(state, batch) -> (state, metrics): one optimiser step of ``method``'s loss, with the
+  gradient and parameter norms, a non-finite sentinel and the EMA update. Pure: the Trainer
+  jits it with shardings (and the bench times it bare). ``input_affine``: the preprocessing's
+  trailing normalisation (``ops.split_device_affine``), applied here so uint8 images cross to
+  the device. The step's randomness is ``fold_in(key(seed), step)``."""
+  base_key = jax.random.key(seed)
+
+  def train_step(state: TrainState, batch):
+    batch = ops.apply_affine(batch, input_affine)
+    step = state.step
+    rng = jax.random.fold_in(base_key, step)
+
+    def loss_fn(params):
+      model = nnx.merge(graphdef, params, state.model_state)
+      loss, aux = method.loss(model, batch, nnx.Rngs(dropout=rng))
+      _, _, new_rest = nnx.split(model, nnx.Param, ...)
+      return loss, (aux, new_rest.to_pure_dict())
+
+    (loss, (aux, new_rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    grad_norm, param_norm = optax.global_norm(grads), optax.global_norm(params)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(param_norm)
+    ema = None
+    if ema_decay:
+      d = ema_decay
+      ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state.ema_params, params)
+    new = TrainState(step=step + 1, params=params, model_state=new_rest, opt_state=opt_state,
+                     nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, step + 1,
+                                              state.nonfinite_step),
+                     ema_params=ema)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "param_norm": param_norm,
+               "lr": lr_schedule(step), **aux}
+    return new, metrics
+  return train_step
+
+
+def _init_options(mesh):
+  # Random initialisers compile slowly on XLA:CPU (16s for a small ResNet); the init runs
+  # once, so the CPU backend compiles it without optimisation (3s).
+  return ({"xla_backend_optimization_level": 0} if mesh.devices.flat[0].platform == "cpu"
+          else None)
+
+
+class Trainer:
+  """The training program of one run (see the module docstring). ``graphdef``: the model's
+  graph definition when the caller already built it from shapes (else built here)."""
+
+  def __init__(self, method, *, tx, lr_schedule, mesh, seed: int = 0, ema_decay: float = 0.0,
+               input_affine=(), param_rules=DEFAULT_PARAM_RULES, param_min_size: int = 2**14,
+               graphdef=None):
+    self.method, self.tx, self.lr_schedule, self.mesh = method, tx, lr_schedule, mesh
+    self.seed, self.ema_decay = seed, float(ema_decay)
+    if graphdef is None:
+      graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0))),
+                                 nnx.Param, ...)
+    self.graphdef = graphdef
+    self.init_fn = make_init_state(method, tx, self.ema_decay)
+    # Shapes first, then shardings from name rules, then a jitted init that creates the
+    # parameters already sharded: nothing large is materialised on one device.
+    self.abstract = jax.eval_shape(self.init_fn, jax.random.key(0))
+    self.shardings = state_shardings(self.abstract, mesh, tx, param_rules, param_min_size)
+    self.weight_shardings = Weights(self.shardings.params, self.shardings.model_state)
+    self.step_fn = make_train_step(method, graphdef, tx, lr_schedule, seed=seed,
+                                   ema_decay=self.ema_decay, input_affine=input_affine)
+    self.step = jax.jit(self.step_fn,
+                        in_shardings=(self.shardings, sharding.batch_sharding(mesh)),
+                        out_shardings=(self.shardings, sharding.replicated(mesh)),
+                        donate_argnums=(0,))
+
+  # --------------------------------------------------------------- state
+  def init(self, seed: int | None = None) -> TrainState:
+    """A fresh state, created sharded."""
+    key = jax.random.key(self.seed if seed is None else seed)
+    return jax.jit(self.init_fn, out_shardings=self.shardings,
+                   compiler_options=_init_options(self.mesh))(key)
+
+  def abstract_state(self) -> TrainState:
+    """ShapeDtypeStructs with this trainer's shardings (what a checkpoint restores into)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        self.abstract, self.shardings)
+
+  def model_of(self, weights: Weights) -> nnx.Module:
+    return nnx.merge(self.graphdef, weights.params, weights.model_state)
+
+  def eval_context(self, **kwargs) -> evals_lib.Context:
+    """What evaluators of this trainer's models share: the method's named predict functions,
+    the model from Weights, the mesh and the weights' shardings (``kwargs``: the rest of
+    :class:`evaluators.common.Context`)."""
+    return evals_lib.Context(predict=self.method.predictions(), model_of=self.model_of,
+                             mesh=self.mesh, weight_shardings=self.weight_shardings,
+                             method_name=getattr(self.method, "name", ""),
+                             batch_keys=tuple(self.method.batch_keys), **kwargs)
+
+  # --------------------------------------------------------------- loop
+  def fit(self, state: TrainState, batches: Iterator[dict], *, start_step: int,
+          total_steps: int, hooks: Sequence[Hook] = (), stop=None,
+          batch_size: int | None = None) -> tuple[TrainState, int | None]:
+    """Steps from ``start_step`` to ``total_steps``; after each step every hook runs (in
+    order); ``stop.stop_now(step)`` (a preemption notice) ends the loop after that step's hooks
+    see it as the last. Returns (state, the step it stopped at early, or None). Every hook is
+    closed at the end, whatever happened; the loop's wall time is split into compile, each
+    hook's phase and steps (``log_lib.add_time``)."""
+    stopped, t_loop = None, time.perf_counter()
+    spent: dict[str, float] = {"compile": 0.0}
+    try:
+      for step in range(start_step + 1, total_steps + 1):
+        state, metrics = self.step(state, sharding.to_global(next(batches), self.mesh))
+        if step == start_step + 1:
+          jax.block_until_ready(metrics)
+          spent["compile"] = time.perf_counter() - t_loop
+          log_lib.info(f"first step done in {spent['compile']:.1f}s (includes compile)")
+          for h in hooks:
+            h.first_step_done(step)
+        if stop is not None and stop.stop_now(step) and step < total_steps:
+          stopped = step  # a preemption notice: the hooks save, then the loop stops
+        last = step == total_steps or stopped is not None
+        for h in hooks:
+          t0 = time.perf_counter()
+          h.after_step(step, state, metrics, last)
+          spent[h.phase] = spent.get(h.phase, 0.0) + time.perf_counter() - t0
+        if stopped is not None:
+          break
+    finally:
+      for h in hooks:
+        t0 = time.perf_counter()
+        try:
+          h.close()
+        finally:
+          spent[h.phase] = spent.get(h.phase, 0.0) + time.perf_counter() - t0
+      loop = time.perf_counter() - t_loop
+      in_steps = loop - sum(v for k, v in spent.items() if k != "steps")
+      for phase, seconds in spent.items():
+        if phase != "steps":
+          log_lib.add_time(phase, seconds)
+      log_lib.add_time("steps", in_steps)
+    return state, stopped
+
+
+# ------------------------------------------------------------------ hooks
+
+class Hook:
+  """Runs between steps. ``phase``: where its time is counted (the study's breakdown)."""
+
+  phase = "steps"
+
+  def first_step_done(self, step: int) -> None:
+    pass
+
+  def after_step(self, step: int, state: TrainState, metrics: dict, last: bool) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
+def check_finite(state: TrainState, ckpt) -> None:
+  """A FloatingPointError naming the first non-finite step and the last good checkpoint."""
+  bad = int(state.nonfinite_step)
+  if bad >= 0:
+    last = ckpt.steps()[-1] if ckpt is not None and ckpt.steps() else None
+    where = f" in {ckpt.directory}" if ckpt is not None else ""
+    raise FloatingPointError(
+        f"non-finite loss or gradient at step {bad}; stopping. Last good checkpoint: "
+        f"{'step ' + str(last) if last is not None else 'none'}{where}")
+
+
+class LogMetrics(Hook):
+  """Every ``every`` steps (and the last): the window's mean metrics, rate and ETA to the
+  writer and the log; checks the state is finite and that no background save failed."""
+
+  def __init__(self, writer, *, every: int, total_steps: int, start_step: int,
+               batch_size: int, skipped: Callable[[], int], ckpt=None):
+    self.writer, self.every, self.total_steps = writer, every, total_steps
+    self.batch_size, self.skipped, self.ckpt = batch_size, skipped, ckpt
+    self.progress = log_lib.Progress(total_steps, start_step, batch_size)
+    self.pending: list[dict] = []
+
+  def first_step_done(self, step: int) -> None:
+    self.progress = log_lib.Progress(self.total_steps, step, self.batch_size)
+
+  def after_step(self, step, state, metrics, last):
+    self.pending.append(metrics)
+    if step % self.every == 0 or last:
+      check_finite(state, self.ckpt)
+      if self.ckpt is not None:
+        self.ckpt.check()  # a failed background save stops the run now, not at the next save
+      log_window(self.writer, step, self.total_steps, jax.device_get(self.pending),
+                 self.progress.update(step), self.skipped())
+      self.pending = []
+
+
+def log_window(writer, step: int, total_steps: int, rows: list[dict], rate: dict,
+               skipped: int):
+  """One metrics row for the steps since the last: their means (the learning rate: its value at
+  this step, not the window's mean), the rate and ETA."""
+  mean = {f"train/{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]}
+  mean["train/lr"] = float(rows[-1]["lr"])
+  mean.update({"train/examples_per_sec": rate["examples_per_sec"],
+               "train/steps_per_sec": rate["steps_per_sec"], "eta_s": rate["eta_s"],
+               "train/skipped_records": skipped})
+  writer.write(step, mean)
+  log_lib.info(f"step {step}/{total_steps} loss {mean['train/loss']:.4f} "
+               f"lr {mean['train/lr']:.3g} {rate['examples_per_sec']:.1f} img/s "
+               f"eta {log_lib.format_duration(rate['eta_s'])}")
+
+
+class Evaluate(Hook):
+  """Every ``every`` steps and at the last: ``evaluator.run(state.weights())`` to the writer
+  and the log."""
+
+  phase = "evaluation"
+
+  def __init__(self, evaluator, every: int, writer, total_steps: int):
+    self.evaluator, self.every, self.writer = evaluator, every, writer
+    self.total_steps = total_steps
+
+  def after_step(self, step, state, metrics, last):
+    if step % self.every == 0 or step == self.total_steps:
+      results = dict(self.evaluator.run(state.weights()))
+      self.writer.write(step, results)
+      log_lib.info(f"step {step} " + " ".join(f"{k} {v:.4f}" for k, v in results.items()))
+
+
+class SaveCheckpoints(Hook):
+  """Every ``every`` steps and at the last: a checkpoint of a state that is finite, with the
+  loader's bookkeeping (``loader()``); waits for the last save when closed."""
+
+  phase = "checkpoints"
+
+  def __init__(self, ckpt, every: int, loader: Callable[[int], dict]):
+    self.ckpt, self.every, self.loader = ckpt, every, loader
+
+  def after_step(self, step, state, metrics, last):
+    if step % self.every == 0 or last:
+      check_finite(state, self.ckpt)  # never save a state that has seen a non-finite value
+      self.ckpt.save(step, state.to_dict(), self.loader(step))
+
+  def close(self):
+    self.ckpt.close()  # waits for the last asynchronous save
