@@ -50,6 +50,15 @@ class DigitsSource:
 BUILTINS = {"digits": DigitsSource}
 
 
+def register(name: str, cls) -> None:
+  """Adds ``builtin:NAME``: ``cls(split, **options)`` with ``SPLITS`` and ``OPTIONS`` (name ->
+  type of the spec's ``?key=value`` options it takes), ``__len__``, ``__getitem__`` -> example
+  dict, and optionally ``class_names``. A name registered twice is an error."""
+  if name in BUILTINS:
+    raise ValueError(f"builtin source {name!r} is registered twice")
+  BUILTINS[name] = cls
+
+
 # ------------------------------------------------------------------ procedurally generated
 
 GLYPH_SETS = {

@@ -16,13 +16,23 @@ from flax import nnx
 from big_transfer.models.resnet import DEPTHS, ResNet
 from big_transfer.models.vit import VARIANTS, ViT
 
-_PATTERNS = (
+_PATTERNS = [
     (r"resnet(\d+)", lambda m: (ResNet, dict(depth=int(m[1]), version="v1.5"))),
     (r"bit_r(\d+)x(\d+)", lambda m: (ResNet, dict(depth=int(m[1]), version="v2",
                                                   width=int(m[2])))),
     (r"clip_rn(\d+)", lambda m: (ResNet, dict(depth=int(m[1]), version="clip"))),
     (r"vit_(ti|s|m|b|l|h)(\d+)", lambda m: (ViT, dict(variant=m[1], patch=int(m[2])))),
-)
+]
+
+
+def register(pattern: str, build) -> None:
+  """Adds a model family: names matching ``pattern`` (a regex, matched whole) build
+  ``build(match) -> (class, kwargs)``; the class is called with those kwargs and
+  ``num_classes``, ``dtype``, ``rngs`` (0 classes: no head), returns ``(logits, {'pre_logits':
+  ...})`` and has ``num_features``. A pattern registered twice is an error."""
+  if any(p == pattern for p, _ in _PATTERNS):
+    raise ValueError(f"model pattern {pattern!r} is registered twice")
+  _PATTERNS.append((pattern, build))
 
 EXAMPLES = ("resnet18", "resnet26", "resnet50", "resnet101", "bit_r50x1", "bit_r101x3",
             "clip_rn50", "clip_rn101", "vit_ti16", "vit_s16", "vit_b16", "vit_b32",
