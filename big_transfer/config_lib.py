@@ -22,8 +22,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_dict
 
-from big_transfer import methods, models, optim
-from big_transfer.data import ops, sources
+from big_transfer import methods, models, optim, schema
 from big_transfer.evaluators import common as evals_lib
 
 
@@ -49,101 +48,82 @@ def placeholder(t):
   return config_dict.placeholder(t)
 
 
+def _check_run(config) -> None:
+  if config.method not in methods.METHODS:
+    raise ConfigError(f"config.method={config.method!r}: not one of "
+                      f"{', '.join(sorted(methods.METHODS))}")
+  try:
+    cls, defaults = models.parse(config.model)
+  except ValueError as e:
+    raise ConfigError(f"config.model: {e}") from None
+  params = inspect.signature(cls.__init__).parameters
+  for k in config.model_kwargs:
+    if k not in params or k in ("self", "rngs", "num_classes", "dtype"):
+      known = [p for p in params if p not in ("self", "rngs", "num_classes", "dtype")]
+      raise ConfigError(f"config.model_kwargs.{k}: not an argument of {cls.__name__} "
+                        f"(known: {', '.join(known)})")
+  if config.dtype not in ("float32", "bfloat16"):
+    raise ConfigError(f"config.dtype={config.dtype!r}: not float32 or bfloat16")
+  for key in ("batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
+    if config[key] <= 0:
+      raise ConfigError(f"config.{key}={config[key]}: must be positive")
+  for i, rule in enumerate(config.param_sharding):
+    if len(rule) != 2 or not isinstance(rule[0], str):
+      raise ConfigError(f"config.param_sharding[{i}]={rule!r}: expected (regex, how)")
+
+
+# The run's own keys: what it trains (method, model), for how long, how often it logs and
+# saves, how it starts and where its parameters live. The data, optimiser, method, evaluator and
+# logging keys are declared by their modules (sections()).
+RUN = schema.Section("", __name__, keys=(
+    schema.Key("method", "supervised", "the pre-training method (methods.METHODS)"),
+    schema.Key("model", "resnet50", "a model name (models: resnetD, bit_rDxW, clip_rnD, "
+               "vit_{ti,s,m,b,l,h}P)"),
+    schema.Key("model_kwargs", {}, "the model's other arguments (e.g. width, image_size)"),
+    schema.Key("batch_size", 256, "the global batch, over all processes and devices"),
+    schema.Key("total_steps", placeholder(int), "the run's length: exactly one of "
+               "total_steps, total_epochs, total_examples (resolved to steps)"),
+    schema.Key("total_epochs", placeholder(float), "the run's length in epochs"),
+    schema.Key("total_examples", placeholder(int), "the run's length in examples seen"),
+    schema.Key("eval_batch_size", placeholder(int), "default: batch_size"),
+    schema.Key("log_every", 50, "steps between metrics rows"),
+    schema.Key("eval_every", placeholder(int), "steps between evaluations (default: "
+               "checkpoint_every)"),
+    schema.Key("checkpoint_every", 1000, "steps between checkpoints"),
+    schema.Key("keep_checkpoints", 3, "the newest checkpoints kept"),
+    schema.Key("keep_every", placeholder(int), "also keep every N-th step forever"),
+    schema.Key("allow_fresh_start", False, "when checkpoints exist but none restores (all "
+               "corrupt), a run stops with an error naming each; True starts again from step "
+               "0 instead (saying so)"),
+    schema.Key("seed", 0, "initialisation, data order and augmentation"),
+    schema.Key("init_from", "", "start from another checkpoint of the same model (e.g. one "
+               "made by convert_checkpoint), by name, instead of random weights"),
+    schema.Key("init_skip", "", "init_from: comma-separated name prefixes kept fresh"),
+    schema.Key("dtype", "float32", "compute dtype; parameters stay float32"),
+    schema.Key("mesh", {"data": -1, "fsdp": 1}, "the device mesh (data x fsdp; -1: the rest)"),
+    schema.Key("param_sharding", ((".*", "fsdp"),), "ordered (regex over 'a/b/kernel', how) "
+               "rules; how: 'fsdp', 'replicate' or a spec tuple"),
+    schema.Key("param_sharding_min_size", 2**14, "'fsdp' leaves smaller arrays replicated"),
+    schema.Key("ema_decay", 0.0, "> 0 keeps an exponential moving average of the weights "
+               "(evaluated and transferred instead of the weights)"),
+    schema.Key("label_smoothing", 0.0, "supervised and transfer cross-entropy"),
+), check=_check_run)
+
+
+def sections() -> list[schema.Section]:
+  """Every section of the base config, in order: the run's, the data's, the optimiser's, each
+  registered method's, the evaluators', logging's."""
+  from big_transfer import logging as log_lib
+  from big_transfer.data import pipeline
+  method_sections = [s for name in methods.known()
+                     for s in methods.method_class(name).config_sections]
+  return schema.unique([RUN, pipeline.SECTION, optim.SECTION, *method_sections,
+                        evals_lib.SECTION, log_lib.SECTION, log_lib.WANDB_SECTION])
+
+
 def base_config() -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.method = "supervised"
-  c.model = "resnet50"
-  c.model_kwargs = ml_collections.ConfigDict()
-  # Data: a source spec (builtin:NAME, tfds:NAME[:SPLIT], arrayrecord:PATH[:SPLIT]).
-  c.data = "builtin:digits"
-  # Where tfds: specs are read from ('' = $TFDS_DATA_DIR, else ~/tensorflow_datasets); prepare
-  # them there first with `python -m big_transfer.data.prepare NAME --data_dir=DIR`.
-  c.data_dir = ""
-  c.train_split = "train"
-  c.eval_data = ""  # '' = the training source at eval_split; 'none' = no evaluation
-  c.eval_split = "test"
-  c.num_classes = placeholder(int)  # default: from the source's class names
-  c.pp_train = "decode|inception_crop(224)|flip_lr|value_range(-1,1)"
-  c.pp_eval = "decode|resize_small(256)|central_crop(224)|value_range(-1,1)"
-  # Input: `data_workers` spawned processes per JAX process each build whole batches (0: this
-  # process builds them, in a background thread); `data_threads` preprocess a batch's
-  # examples concurrently (split among the workers when there are some).
-  c.data_threads = 8
-  c.data_workers = 0
-  # pp_train's trailing value_range / normalize run inside the jitted step (uint8 images cross
-  # to the device: a quarter of the bytes, no float pass on the host).
-  c.normalize_on_device = True
-  # Duration: exactly one of these; resolved to steps by resolve_steps().
-  c.batch_size = 256  # global, over all processes and devices
-  c.total_steps = placeholder(int)
-  c.total_epochs = placeholder(float)
-  c.total_examples = placeholder(int)
-  c.eval_batch_size = placeholder(int)  # default: batch_size
-  # Loop cadence (steps).
-  c.log_every = 50
-  c.eval_every = placeholder(int)  # default: checkpoint_every
-  c.checkpoint_every = 1000
-  c.keep_checkpoints = 3
-  c.keep_every = placeholder(int)  # also keep every N-th step forever
-  # When checkpoints exist but none restores (all corrupt), a run stops with an error naming
-  # each; True starts again from step 0 instead (saying so).
-  c.allow_fresh_start = False
-  # Stop (one error line) when more than this share of recent records fail preprocessing.
-  c.max_skip_fraction = 0.5
-  c.seed = 0
-  # Start from another checkpoint of the same model (e.g. one made by convert_checkpoint), by
-  # name, instead of random weights; init_skip: comma-separated name prefixes kept fresh.
-  c.init_from = ""
-  c.init_skip = ""
-  c.dtype = "float32"  # compute dtype; parameters stay float32
-  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
-  # Ordered (regex over 'a/b/kernel', how) rules; how: 'fsdp', 'replicate' or a spec tuple.
-  c.param_sharding = ((".*", "fsdp"),)
-  c.param_sharding_min_size = 2**14  # 'fsdp' leaves smaller arrays replicated
-  c.optimizer = ml_collections.ConfigDict({
-      "name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4,
-      "b1": 0.9, "b2": 0.999, "eps": 1e-8, "trust_coefficient": 0.001,
-      "schedule": "cosine", "warmup_steps": 0, "warmup_epochs": placeholder(float),
-      "end_factor": 0.0, "boundaries": (0.3, 0.6, 0.9), "decay_factor": 0.1,
-      "grad_clip_norm": 0.0,  # > 0: clip the gradient's global norm to this
-      # What weight decay applies to: 'kernels' (weight matrices and convolution kernels; not
-      # biases, norm scales or other 1-D parameters) or 'all' (every parameter).
-      "decay": "kernels",
-  })
-  c.ema_decay = 0.0  # > 0 keeps an exponential moving average of the weights
-  c.label_smoothing = 0.0
-  # Contrastive methods (SimCLR): NT-Xent temperature and the projection MLP after pre_logits.
-  c.temperature = 0.1
-  c.projection_dims = (4096, 4096, 256)
-  # Image-text methods (clip, slip). The tokenizer is a merges file (CLIP's
-  # bpe_simple_vocab_16e6.txt.gz, or one written by big_transfer.data.tokenizer), 'clip' (that
-  # file from the installed open_clip_torch package) or 'train:SIZE': learn a SIZE-token BPE
-  # from the training captions, stored in the workdir.
-  c.text = ml_collections.ConfigDict({
-      "tokenizer": "", "context_length": 77, "width": 512, "layers": 12, "heads": 8,
-      "act": "gelu", "max_captions": 200_000,
-  })
-  c.clip = ml_collections.ConfigDict({
-      "loss": "softmax",  # or 'sigmoid' (SigLIP)
-      "embed_dim": 1024,  # the shared image-text embedding
-      "logit_scale_init": 1 / 0.07, "logit_scale_max": 100.0,
-      "logit_bias_init": -10.0,  # sigmoid loss only (SigLIP: scale 10, bias -10)
-      "ssl_weight": 1.0,  # slip: weight of the SimCLR loss beside the CLIP loss
-  })
-  # Evaluators run during training, by name: {type, data, every, ...} with type
-  # classification, fewshot_linear (closed-form probes on frozen pre_logits), zeroshot or
-  # retrieval (image-text methods); see evaluators/common.py for each type's keys. An entry
-  # whose data is '' is off. The held-out 'eval' (eval_data, eval_split, pp_eval) is built the
-  # same way.
-  c.evals = ml_collections.ConfigDict()
-  c.tensorboard = True
-  # Weights & Biases, on when project is set (optional: pip install -e '.[wandb]'). Metrics
-  # as logged, the config, one W&B run per workdir (its id kept in WORKDIR/wandb_run_id, so a
-  # resumed run continues it). mode 'offline' writes WORKDIR/wandb/ for `wandb sync` later
-  # (hosts without network). name '' = the workdir's last two path parts; tags 'a,b'.
-  c.wandb = ml_collections.ConfigDict({"project": "", "entity": "", "name": "", "group": "",
-                                       "tags": "", "mode": "online"})
-  return c
+  """Every key a run reads, at its default (the sections of :func:`sections`)."""
+  return schema.build(sections())
 
 
 PROTOCOLS = ("ft", "lp", "lp_ft", "zeroshot", "wise_ft")
@@ -162,62 +142,11 @@ def transfer_config():
   ``templates=clip7``, ``feature_norm=none``, ``lp.lp_ft_solver=lp``; the text's colour
   jitter 0.4, which timm 0.4.12 does not apply under RandAugment, is ``color_jitter(0.4, 0.4,
   0.4, 0.0)`` added to ``pp_train``."""
-  c = base_config()
+  from big_transfer import finetune  # the transfer keys' owner (it imports this module)
+  c = schema.build(sections() + [finetune.SECTION])
   c.method = "supervised"  # the transfer loss is supervised cross-entropy
   c.model = ""  # '' = the pre-trained run's model
-  c.pretrained = ""  # a pre-training workdir or checkpoint; '' = from scratch
-  c.protocol = "ft"
-  c.shots = "full"  # images per class, or 'full'
-  c.shot_seed = placeholder(int)  # default: seed
-  c.val_fraction = 0.1
-  c.val_split = ""  # a named validation split instead of carving one from train
-  c.test_split = "test"
   c.eval_data = "none"
-  c.lrs = (1e-4, 3e-4, 1e-3, 3e-3)
-  # The authors' real grid instead of lrs: a downstream name of their results log (cifar100,
-  # dtd, pets, caltech101, domainnet_real, domainnet_clipart, eurosat, cassava,
-  # caltech_camera_traps): every (lr, batch, epochs) they ran there, with the test accuracy
-  # after every epoch recorded so the row can show their best-over-epochs, test-selected number
-  # beside the validation-selected one. '' = off.
-  c.paper_grid = ""
-  # Warm-up (optimizer.warmup_steps, 500 as published) capped at this fraction of a run (the
-  # few-shot runs are shorter than 500 steps). 0 = uncapped, as the authors ran: their short
-  # runs never reach the peak learning rate.
-  c.warmup_cap = 0.0
-  # Full-data runs: after choosing hyperparameters on the validation split carved from the
-  # training data, train once more on all of it (train + val) and report that test accuracy.
-  c.refit_full = True
-  # Few-shot runs: subsample the test split to k images per class, as the authors' code did on
-  # DomainNet, Cassava, EuroSAT and Camera Traps (rows are marked test_subsampled).
-  c.test_shots = False
-  c.head_init = "auto"  # auto: text for CLIP/SLIP (ft, wise_ft), probe for lp_ft, else zero
-  # Linear probes on frozen features. solver: 'closed_form' (ridge over l2_grid, chosen on
-  # validation), 'sgd' (softmax regression, one run per l2_grid value) or 'adamw' (the
-  # authors': a softmax head trained by AdamW for adamw_epochs at adamw_lr, batch_size, weight
-  # decay optimizer.weight_decay on weight and bias, optimizer.warmup_steps of warm-up and
-  # cosine, gradient clipping optimizer.grad_clip_norm). lp_ft_solver: LP-FT's first stage,
-  # 'adamw' (theirs) or 'lp' (lp.solver).
-  c.lp = ml_collections.ConfigDict({
-      "solver": "closed_form",
-      "l2_grid": (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
-      "sgd_steps": 500, "sgd_lr": 0.1,
-      "adamw_epochs": 128.0, "adamw_lr": 3e-3,
-      "lp_ft_solver": "adamw",
-  })
-  # Features as the head sees them: 'auto' L2-normalises CLIP/SLIP towers' embeddings (what
-  # the text head needs) and SimCLR's features (the authors' wise_ft.py), others raw; 'l2' or
-  # 'none' for every method.
-  c.feature_norm = "auto"
-  c.wise_ft = ml_collections.ConfigDict({"alphas": (0.0, 0.25, 0.5, 0.75, 1.0)})
-  # Prompt templates of CLIP text heads (zeroshot, and the head ft/wise_ft start from):
-  # 'openai80' (OpenAI's 80 ImageNet templates, the authors'), 'clip7', 'simple', or
-  # 'a {};the {}'.
-  c.templates = "openai80"
-  c.schedule_rule = ""  # 'bit': BiT-HyperRule (steps, schedule, batch, MixUp, resolution)
-  c.mixup_alpha = 0.0
-  c.results_file = ""  # also append rows here (the study's results table)
-  c.feature_cache = ""  # a directory: frozen features per pre-trained model, shared by LP runs
-  c.tags = ""  # 'k=v;k2=v2': labels copied into every row (study arm names, ...)
   c.batch_size = 128
   c.total_epochs = 128.0
   c.optimizer.update(name="adamw", lr=1e-3, weight_decay=0.1, b1=0.9, b2=0.999,
@@ -289,80 +218,16 @@ def resolve_steps(total_steps, total_epochs, total_examples, *, batch_size: int,
   return max(1, math.ceil(v * num_examples / batch_size))
 
 
-def validate(config) -> None:
-  """Checks values that would otherwise fail late; raises ConfigError with one line."""
-
-  if config.method not in methods.METHODS:
-    raise ConfigError(f"config.method={config.method!r}: not one of "
-                      f"{', '.join(sorted(methods.METHODS))}")
-  try:
-    cls, defaults = models.parse(config.model)
-  except ValueError as e:
-    raise ConfigError(f"config.model: {e}") from None
-  params = inspect.signature(cls.__init__).parameters
-  for k in config.model_kwargs:
-    if k not in params or k in ("self", "rngs", "num_classes", "dtype"):
-      known = [p for p in params if p not in ("self", "rngs", "num_classes", "dtype")]
-      raise ConfigError(f"config.model_kwargs.{k}: not an argument of {cls.__name__} "
-                        f"(known: {', '.join(known)})")
-  for key in ("data",) + (("eval_data",) if config.eval_data not in ("", "none") else ()):
+def validate(config, extra: tuple = ()) -> None:
+  """Checks values that would otherwise fail late, section by section (each owner's check;
+  ``extra``: sections beyond the base config's); raises ConfigError with one line."""
+  for section in sections() + list(extra):
+    if section.check is None:
+      continue
     try:
-      sources.check_spec(config[key])
-    except sources.DataError as e:
-      raise ConfigError(f"config.{key}: {e}") from None
-  try:
-    evals_lib.check(config.evals)
-  except evals_lib.EvalConfigError as e:
-    raise ConfigError(str(e)) from None
-  pps = [("pp_train", config.pp_train), ("pp_eval", config.pp_eval)] + [
-      (f"evals.{name}.pp", dict(entry).get("pp", "")) for name, entry in config.evals.items()]
-  for key, pp in pps:
-    try:
-      ops.parse(pp)
-    except ops.PreprocessError as e:
-      raise ConfigError(f"config.{key}: {e}") from None
-    if "tokenize" in pp and not config.text.tokenizer and "vocab=" not in pp:
-      raise ConfigError(f"config.{key} tokenizes text: set config.text.tokenizer (a merges "
-                        f"file, or 'train:SIZE' to learn one from the captions)")
-  if config.wandb.project:
-    if config.wandb.mode not in ("online", "offline", "disabled"):
-      raise ConfigError(f"config.wandb.mode={config.wandb.mode!r}: not online, offline or "
-                        f"disabled")
-    if importlib.util.find_spec("wandb") is None:
-      raise ConfigError(f"config.wandb.project={config.wandb.project!r}: wandb is not "
-                        f"installed (pip install -e '.[wandb]')")
-  if config.clip.loss not in ("softmax", "sigmoid"):
-    raise ConfigError(f"config.clip.loss={config.clip.loss!r}: not softmax or sigmoid")
-  tok = config.text.tokenizer
-  if tok.startswith("train:"):
-    if not tok[6:].isdigit() or int(tok[6:]) < 514:
-      raise ConfigError(f"config.text.tokenizer={tok!r}: expected train:SIZE with SIZE >= 514")
-  elif tok and tok != "clip" and not os.path.exists(tok):
-    raise ConfigError(f"config.text.tokenizer={tok!r}: no such file")
-  if config.optimizer.name not in optim.OPTIMIZERS:
-    raise ConfigError(f"config.optimizer.name={config.optimizer.name!r}: not one of "
-                      f"{', '.join(optim.OPTIMIZERS)}")
-  if config.optimizer.get("decay", "kernels") not in optim.DECAY:
-    raise ConfigError(f"config.optimizer.decay={config.optimizer.decay!r}: not one of "
-                      f"{', '.join(optim.DECAY)}")
-  if config.optimizer.schedule not in optim.SCHEDULES:
-    raise ConfigError(f"config.optimizer.schedule={config.optimizer.schedule!r}: not one of "
-                      f"{', '.join(optim.SCHEDULES)}")
-  if config.dtype not in ("float32", "bfloat16"):
-    raise ConfigError(f"config.dtype={config.dtype!r}: not float32 or bfloat16")
-  for key, value in config.optimizer.items():
-    if isinstance(value, float) and not math.isfinite(value):
-      raise ConfigError(f"config.optimizer.{key}={value}: must be a finite number")
-  if config.optimizer.lr < 0:
-    raise ConfigError(f"config.optimizer.lr={config.optimizer.lr}: must not be negative")
-  if not 0 < config.max_skip_fraction <= 1:
-    raise ConfigError(f"config.max_skip_fraction={config.max_skip_fraction}: must be in (0, 1]")
-  for key in ("batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
-    if config[key] <= 0:
-      raise ConfigError(f"config.{key}={config[key]}: must be positive")
-  for i, rule in enumerate(config.param_sharding):
-    if len(rule) != 2 or not isinstance(rule[0], str):
-      raise ConfigError(f"config.param_sharding[{i}]={rule!r}: expected (regex, how)")
+      section.check(config)
+    except schema.SectionError as e:
+      raise ConfigError(str(e)) from None
 
 
 def to_plain(config) -> dict[str, Any]:
@@ -400,26 +265,27 @@ def usage(program: str) -> str:
 
 
 def describe(config) -> str:
-  """Every key of a config with its value, and its meaning where base_config / transfer_config
-  document it (the comment on or above the line that sets it)."""
-  meanings: dict[str, str] = {}
-  pending: list[str] = []
-  for line in inspect.getsource(base_config).splitlines() + inspect.getsource(
-      transfer_config).splitlines():
-    text = line.strip()
-    if text.startswith("#"):
-      pending.append(text.lstrip("# "))
-      continue
-    m = re.match(r"c\.(\w+)\s*=", text)
-    if m:
-      note = text.split("#", 1)[1].strip() if "#" in text else ""
-      meanings.setdefault(m[1], " ".join(pending + ([note] if note else [])))
-    pending = [] if not text.startswith("#") else pending
+  """Every key of a config (dotted) with its value and its meaning as its section declares it
+  (keys a config file adds, such as an evaluator entry's, without one)."""
+  meanings = schema.help_of(sections())
+  if "protocol" in config:
+    from big_transfer import finetune
+    meanings.update(schema.help_of([finetune.SECTION]))
   out = []
-  for key, value in sorted(to_plain(config).items()):
-    meaning = meanings.get(key, "")
+  for key, value in sorted(dotted(to_plain(config)).items()):
+    meaning = meaning_of(key, meanings)
     out.append(f"{key} = {value!r}" + (f"  # {meaning}" if meaning else ""))
   return "\n".join(out)
+
+
+def meaning_of(key: str, meanings: dict[str, str]) -> str:
+  """A dotted key's meaning, else that of the nearest enclosing key that has one (a dict-valued
+  key such as ``mesh`` or ``lp`` documents its entries)."""
+  while key:
+    if meanings.get(key):
+      return meanings[key]
+    key = key.rpartition(".")[0]
+  return ""
 
 
 def dotted(d: dict, prefix: str = "") -> dict[str, Any]:

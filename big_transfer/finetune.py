@@ -43,8 +43,19 @@ import numpy as np
 from absl import app as absl_app
 from flax import nnx
 from jax.experimental import multihost_utils
+from ml_collections import config_dict
 
-from big_transfer import app, config_lib, identity, methods, published, runlock, sharding, transfer
+from big_transfer import (
+  app,
+  config_lib,
+  identity,
+  methods,
+  published,
+  runlock,
+  schema,
+  sharding,
+  transfer,
+)
 from big_transfer import logging as log_lib
 from big_transfer import train as train_lib
 from big_transfer.config_lib import PROTOCOLS
@@ -59,6 +70,62 @@ from big_transfer.transfer import bit_hyperrule, put_like
 class TransferError(ValueError):
   """A transfer config that cannot run; printed as one line."""
 
+
+SECTION = schema.Section("", __name__, keys=(
+    schema.Key("pretrained", "", "a pre-training workdir or checkpoint; '' = from scratch"),
+    schema.Key("protocol", "ft", f"one of {', '.join(PROTOCOLS)}"),
+    schema.Key("shots", "full", "training images per class, or 'full'"),
+    schema.Key("shot_seed", config_dict.placeholder(int), "the k-shot draw's seed (default: "
+               "seed): the same images for every pre-trained model"),
+    schema.Key("val_fraction", 0.1, "the stratified share of the pool held out for every "
+               "choice (learning rate, L2, alpha) unless val_split names a split"),
+    schema.Key("val_split", "", "a named validation split instead of carving one from train"),
+    schema.Key("test_split", "test", "evaluated once per candidate, never used for a choice"),
+    schema.Key("lrs", (1e-4, 3e-4, 1e-3, 3e-3), "fine-tuning's learning-rate grid"),
+    schema.Key("paper_grid", "", "the authors' real grid instead of lrs: a downstream name of "
+               "their results log (cifar100, dtd, pets, caltech101, domainnet_real, "
+               "domainnet_clipart, eurosat, cassava, caltech_camera_traps): every (lr, batch, "
+               "epochs) they ran there, with the test accuracy after every epoch recorded so "
+               "the row can show their best-over-epochs, test-selected number beside the "
+               "validation-selected one. '' = off"),
+    schema.Key("warmup_cap", 0.0, "warm-up (optimizer.warmup_steps, 500 as published) capped "
+               "at this fraction of a run (the few-shot runs are shorter than 500 steps). 0 = "
+               "uncapped, as the authors ran: their short runs never reach the peak lr"),
+    schema.Key("refit_full", True, "full-data runs: after choosing hyperparameters on the "
+               "validation split carved from the training data, train once more on all of it "
+               "(train + val) and report that test accuracy"),
+    schema.Key("test_shots", False, "few-shot runs: subsample the test split to k images per "
+               "class, as the authors' code did on DomainNet, Cassava, EuroSAT and Camera Traps "
+               "(rows are marked test_subsampled)"),
+    schema.Key("head_init", "auto", "auto: text for CLIP/SLIP (ft, wise_ft), probe for lp_ft, "
+               "else zero; or zero, text, probe"),
+    schema.Key("lp", {"solver": "closed_form",
+                      "l2_grid": (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
+                      "sgd_steps": 500, "sgd_lr": 0.1, "adamw_epochs": 128.0, "adamw_lr": 3e-3,
+                      "lp_ft_solver": "adamw"},
+               "linear probes on frozen features. solver: 'closed_form' (ridge over l2_grid, "
+               "chosen on validation), 'sgd' (softmax regression, one run per l2_grid value) "
+               "or 'adamw' (the authors': a softmax head trained by AdamW for adamw_epochs at "
+               "adamw_lr, batch_size, weight decay optimizer.weight_decay on weight and bias, "
+               "optimizer.warmup_steps of warm-up and cosine, gradient clipping "
+               "optimizer.grad_clip_norm). lp_ft_solver: LP-FT's first stage, 'adamw' "
+               "(theirs) or 'lp' (lp.solver)"),
+    schema.Key("feature_norm", "auto", "features as the head sees them: 'auto' L2-normalises "
+               "CLIP/SLIP towers' embeddings (what the text head needs) and SimCLR's features "
+               "(the authors' wise_ft.py), others raw; 'l2' or 'none' for every method"),
+    schema.Key("wise_ft", {"alphas": (0.0, 0.25, 0.5, 0.75, 1.0)},
+               "WiSE-FT's interpolation weights of the fine-tuned model"),
+    schema.Key("templates", "openai80", "prompt templates of CLIP text heads (zeroshot, and "
+               "the head ft/wise_ft start from): 'openai80' (OpenAI's 80 ImageNet templates, "
+               "the authors'), 'clip7', 'simple', or 'a {};the {}'"),
+    schema.Key("schedule_rule", "", "'bit': BiT-HyperRule (steps, schedule, batch, MixUp, "
+               "resolution)"),
+    schema.Key("mixup_alpha", 0.0, "MixUp's Beta parameter (0: off)"),
+    schema.Key("results_file", "", "also append rows here (the study's results table)"),
+    schema.Key("feature_cache", "", "a directory: frozen features per pre-trained model, "
+               "shared by linear-probe runs"),
+    schema.Key("tags", "", "'k=v;k2=v2': labels copied into every row (study arm names, ...)"),
+))
 
 FINETUNING = ("ft", "lp_ft", "wise_ft")  # the protocols that train on a grid
 LP_SOLVERS = ("closed_form", "sgd", "adamw")

@@ -4,6 +4,7 @@ rate and ETA."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging as py_logging
 import math
@@ -16,6 +17,38 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging as absl_logging
+
+from big_transfer import schema
+
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+def _check(config) -> None:
+  w = config.wandb
+  if not w.project:
+    return
+  if w.mode not in WANDB_MODES:
+    raise schema.SectionError(f"config.wandb.mode={w.mode!r}: not online, offline or disabled")
+  if importlib.util.find_spec("wandb") is None:
+    raise schema.SectionError(f"config.wandb.project={w.project!r}: wandb is not installed "
+                              f"(pip install -e '.[wandb]')")
+
+
+SECTION = schema.Section("", __name__, keys=(
+    schema.Key("tensorboard", True, "also write TensorBoard event files in the workdir"),
+), check=_check)
+WANDB_SECTION = schema.Section(
+    "wandb", __name__, help="Weights & Biases, on when project is set (optional: pip install "
+    "-e '.[wandb]'): metrics as logged, the config, one W&B run per workdir (its id kept in "
+    "WORKDIR/wandb_run_id, so a resumed run continues it)", keys=(
+        schema.Key("project", "", "the W&B project ('' = off)"),
+        schema.Key("entity", "", "the W&B entity (team or user)"),
+        schema.Key("name", "", "the run's name ('' = the workdir's last two path parts)"),
+        schema.Key("group", "", "the W&B group"),
+        schema.Key("tags", "", "'a,b'"),
+        schema.Key("mode", "online", "'offline' writes WORKDIR/wandb/ for `wandb sync` later "
+                   "(hosts without network); 'disabled'"),
+    ))
 
 
 def _scalar(v):

@@ -2,13 +2,57 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
+from ml_collections import config_dict
+
+from big_transfer import schema
 
 OPTIMIZERS = ("sgd", "adamw", "lars")
 DECAY = ("kernels", "all")  # what weight decay applies to (optimizer.decay)
 SCHEDULES = ("cosine", "linear", "step", "constant")
+
+
+def _check(config) -> None:
+  o = config.optimizer
+  for key, allowed in (("name", OPTIMIZERS), ("decay", DECAY), ("schedule", SCHEDULES)):
+    if o.get(key, allowed[0]) not in allowed:
+      raise schema.SectionError(f"config.optimizer.{key}={o[key]!r}: not one of "
+                                f"{', '.join(allowed)}")
+  for key, value in o.items():
+    if isinstance(value, float) and not math.isfinite(value):
+      raise schema.SectionError(f"config.optimizer.{key}={value}: must be a finite number")
+  if o.lr < 0:
+    raise schema.SectionError(f"config.optimizer.lr={o.lr}: must not be negative")
+
+
+SECTION = schema.Section("optimizer", __name__, help="the optimiser and its schedule", keys=(
+    schema.Key("name", "sgd", f"one of {', '.join(OPTIMIZERS)}"),
+    schema.Key("lr", 0.1, "peak learning rate (after warm-up)"),
+    schema.Key("momentum", 0.9, "SGD and LARS momentum"),
+    schema.Key("nesterov", False, "Nesterov momentum (SGD)"),
+    schema.Key("weight_decay", 1e-4, "decoupled for AdamW and LARS, added to the gradient for "
+               "SGD; what it applies to: decay"),
+    schema.Key("b1", 0.9, "AdamW's first-moment decay"),
+    schema.Key("b2", 0.999, "AdamW's second-moment decay"),
+    schema.Key("eps", 1e-8, "AdamW's epsilon"),
+    schema.Key("trust_coefficient", 0.001, "LARS trust ratio coefficient"),
+    schema.Key("schedule", "cosine", f"after warm-up: one of {', '.join(SCHEDULES)}"),
+    schema.Key("warmup_steps", 0, "linear warm-up from 0 to lr"),
+    schema.Key("warmup_epochs", config_dict.placeholder(float),
+               "warm-up in epochs instead of steps (resolved from the training set's size)"),
+    schema.Key("end_factor", 0.0, "cosine / linear schedules end at end_factor * lr"),
+    schema.Key("boundaries", (0.3, 0.6, 0.9), "step schedule: where lr is multiplied by "
+               "decay_factor (fractions of the run if < 1, else steps)"),
+    schema.Key("decay_factor", 0.1, "step schedule: the factor at each boundary"),
+    schema.Key("grad_clip_norm", 0.0, "> 0: clip the gradient's global norm to this"),
+    schema.Key("decay", "kernels", "what weight decay applies to: 'kernels' (weight matrices "
+               "and convolution kernels; not biases, norm scales or other 1-D parameters) or "
+               "'all' (every parameter)"),
+), check=_check)
 
 
 def schedule(cfg, total_steps: int) -> optax.Schedule:

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from big_transfer import checkpoint, train
+from big_transfer import checkpoint, config_lib, optim, train
 from big_transfer.logging import read_metrics
 from conftest import MINI, ROOT, losses, mini_config, one_device, run_cli
 
@@ -344,3 +344,26 @@ def test_every_argparse_entrypoint_helps_with_an_example():
       if m and "--help" not in line:
         nxt = lines[i + 1] if i + 1 < len(lines) else ""
         assert nxt.startswith(" " * 10), (module, line)
+
+
+def test_every_config_key_is_declared_once_by_the_module_that_reads_it_with_its_meaning():
+  from big_transfer import finetune, schema
+  sections = config_lib.sections() + [finetune.SECTION]
+  meanings = schema.help_of(sections)
+  for config in (config_lib.base_config(), config_lib.transfer_config()):
+    keys = [k for k in config_lib.dotted(config_lib.to_plain(config))
+            if not k.startswith(("evals.", "model_kwargs."))]  # entries a config file adds
+    missing = [k for k in keys if not config_lib.meaning_of(k, meanings).strip()]
+    assert not missing, missing
+  owners = {s.owner for s in sections}
+  assert {"big_transfer.optim", "big_transfer.data.pipeline", "big_transfer.methods.clip",
+          "big_transfer.methods.simclr", "big_transfer.evaluators.common",
+          "big_transfer.logging", "big_transfer.finetune", "big_transfer.config_lib"} <= owners
+  with pytest.raises(ValueError, match="declared by big_transfer.optim and x"):
+    schema.build([optim.SECTION, schema.Section("optimizer", "x", keys=(
+        schema.Key("lr", 1.0),))])
+  # Each config gets its own values: a placeholder set in one is not set in the next.
+  first = config_lib.base_config()
+  first.total_epochs, first.optimizer.warmup_epochs = 3.0, 1.0
+  assert config_lib.base_config().total_epochs is None
+  assert config_lib.base_config().optimizer.warmup_epochs is None

@@ -39,10 +39,58 @@ from collections.abc import Iterator, Sequence
 
 import grain
 import numpy as np
+from ml_collections import config_dict
 
-from big_transfer.data import ops
+from big_transfer import schema
+from big_transfer.data import ops, sources
 from big_transfer.data.sources import DataError
 from big_transfer.runlock import pid_alive
+
+
+def _check(config) -> None:
+  for key in ("data",) + (("eval_data",) if config.eval_data not in ("", "none") else ()):
+    try:
+      sources.check_spec(config[key])
+    except DataError as e:
+      raise schema.SectionError(f"config.{key}: {e}") from None
+  for key in ("pp_train", "pp_eval"):
+    try:
+      ops.parse(config[key])
+    except ops.PreprocessError as e:
+      raise schema.SectionError(f"config.{key}: {e}") from None
+  if not 0 < config.max_skip_fraction <= 1:
+    raise schema.SectionError(f"config.max_skip_fraction={config.max_skip_fraction}: must be "
+                              f"in (0, 1]")
+
+
+SECTION = schema.Section("", __name__, keys=(
+    schema.Key("data", "builtin:digits", "the training data: a source spec (builtin:NAME, "
+               "tfds:NAME[:SPLIT], arrayrecord:PATH[:SPLIT], folders, webdataset, "
+               "mix(SPEC@W,...); ?options), see README 'Data'"),
+    schema.Key("data_dir", "", "where tfds: specs are read from ('' = $TFDS_DATA_DIR, else "
+               "~/tensorflow_datasets); prepare them there first with `python -m "
+               "big_transfer.data.prepare NAME --data_dir=DIR`"),
+    schema.Key("train_split", "train", "the split of data to train on, when the spec names "
+               "none"),
+    schema.Key("eval_data", "", "held-out evaluation: '' = the training source at eval_split "
+               "(without training-only options); 'none' = no evaluation; or a spec"),
+    schema.Key("eval_split", "test", "the split of the held-out evaluation"),
+    schema.Key("num_classes", config_dict.placeholder(int),
+               "default: from the source's class names"),
+    schema.Key("pp_train", "decode|inception_crop(224)|flip_lr|value_range(-1,1)",
+               "training preprocessing (the op language: data/ops.py)"),
+    schema.Key("pp_eval", "decode|resize_small(256)|central_crop(224)|value_range(-1,1)",
+               "evaluation preprocessing"),
+    schema.Key("data_threads", 8, "threads that preprocess a batch's examples concurrently "
+               "(split among the workers when there are some)"),
+    schema.Key("data_workers", 0, "spawned processes per JAX process, each building whole "
+               "batches (0: this process builds them, in a background thread)"),
+    schema.Key("normalize_on_device", True, "pp_train's trailing value_range / normalize run "
+               "inside the jitted step (uint8 images cross to the device: a quarter of the "
+               "bytes, no float pass on the host)"),
+    schema.Key("max_skip_fraction", 0.5, "stop (one error line) when more than this share of "
+               "recent records fail preprocessing"),
+), check=_check)
 
 MASK = "_mask"
 INDEX = "_index"

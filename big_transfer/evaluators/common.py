@@ -31,6 +31,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
+from big_transfer import schema
 from big_transfer.data import ops, sources
 
 # The evaluator types: one module each (a new type: a new module here plus one line).
@@ -149,6 +150,27 @@ def check(evals) -> None:
       ops.parse(s.get("pp", ""))
     except (sources.DataError, ops.PreprocessError) as e:
       raise EvalConfigError(f"config.evals.{name}: {e}") from None
+
+
+def _check_config(config) -> None:
+  try:
+    check(config.evals)
+  except EvalConfigError as e:
+    raise schema.SectionError(str(e)) from None
+  for name, entry in config.evals.items():  # an entry that is off still has to parse
+    try:
+      ops.parse(dict(entry).get("pp", ""))
+    except ops.PreprocessError as e:
+      raise schema.SectionError(f"config.evals.{name}.pp: {e}") from None
+
+
+SECTION = schema.Section("", __name__, keys=(
+    schema.Key("evals", {}, "evaluators run during training, by name: {type, data, every, "
+               "...} with type classification, fewshot_linear (closed-form probes on frozen "
+               "features), zeroshot or retrieval (image-text methods); an entry whose data is "
+               "'' is off; every: steps between runs (0: eval_every). The held-out 'eval' "
+               "(eval_data, eval_split, pp_eval) is built the same way"),
+), check=_check_config)
 
 
 def data_specs(evals) -> list[str]:

@@ -49,6 +49,9 @@ class Method:
   name: str = ""
   traits: Traits = Traits(image_tower="")
   batch_keys: tuple[str, ...] = ("image",)
+  # The config keys this method reads beyond the run's own (schema.Section): their defaults,
+  # help and check join the base config (config_lib.base_config).
+  config_sections: tuple = ()
 
   def __init__(self, config, info):
     self.config = config

@@ -14,13 +14,14 @@ across hosts.
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from big_transfer import models
-from big_transfer.methods import losses
+from big_transfer import models, schema
+from big_transfer.methods import losses, simclr
 from big_transfer.methods.base import Method as Base
 from big_transfer.methods.base import Traits
 from big_transfer.methods.simclr import ProjectionHead
@@ -59,8 +60,54 @@ class CLIPModel(nnx.Module):
     return self.text(tokens)
 
 
+def _check(config) -> None:
+  if config.clip.loss not in ("softmax", "sigmoid"):
+    raise schema.SectionError(f"config.clip.loss={config.clip.loss!r}: not softmax or sigmoid")
+  tok = config.text.tokenizer
+  if tok.startswith("train:"):
+    if not tok[6:].isdigit() or int(tok[6:]) < 514:
+      raise schema.SectionError(f"config.text.tokenizer={tok!r}: expected train:SIZE with "
+                                f"SIZE >= 514")
+  elif tok and tok != "clip" and not os.path.exists(tok):
+    raise schema.SectionError(f"config.text.tokenizer={tok!r}: no such file")
+  pps = [("pp_train", config.pp_train), ("pp_eval", config.pp_eval)] + [
+      (f"evals.{name}.pp", dict(entry).get("pp", "")) for name, entry in config.evals.items()]
+  for key, pp in pps:
+    if "tokenize" in pp and not tok and "vocab=" not in pp:
+      raise schema.SectionError(f"config.{key} tokenizes text: set config.text.tokenizer (a "
+                                f"merges file, or 'train:SIZE' to learn one from the captions)")
+
+
+TEXT_SECTION = schema.Section(
+    "text", __name__, help="the text tower and its tokenizer (image-text methods)", keys=(
+        schema.Key("tokenizer", "", "a merges file (CLIP's bpe_simple_vocab_16e6.txt.gz, or "
+                   "one written by big_transfer.data.tokenizer), 'clip' (that file from the "
+                   "installed open_clip_torch package) or 'train:SIZE': learn a SIZE-token BPE "
+                   "from the training captions, stored in the workdir"),
+        schema.Key("context_length", 77, "tokens per caption (start and end included)"),
+        schema.Key("width", 512, "the text transformer's width"),
+        schema.Key("layers", 12, "the text transformer's depth"),
+        schema.Key("heads", 8, "attention heads"),
+        schema.Key("act", "gelu", "the MLP's activation ('gelu' or 'quick_gelu', OpenAI's)"),
+        schema.Key("max_captions", 200_000, "train:SIZE learns from at most this many "
+                   "captions"),
+    ), check=_check)
+CLIP_SECTION = schema.Section(
+    "clip", __name__, help="the image-text objective (clip, slip)", keys=(
+        schema.Key("loss", "softmax", "'softmax' (CLIP) or 'sigmoid' (SigLIP)"),
+        schema.Key("embed_dim", 1024, "the shared image-text embedding"),
+        schema.Key("logit_scale_init", 1 / 0.07, "the learnt logit scale's start (CLIP: "
+                   "1/0.07; SigLIP: 10)"),
+        schema.Key("logit_scale_max", 100.0, "the scale is clamped here in the forward pass"),
+        schema.Key("logit_bias_init", -10.0, "sigmoid loss only (SigLIP: scale 10, bias -10)"),
+        schema.Key("ssl_weight", 1.0, "slip: the weight of the SimCLR loss beside the CLIP "
+                   "loss"),
+    ))
+
+
 class Method(Base):
   name = "clip"
+  config_sections = (TEXT_SECTION, CLIP_SECTION)
   traits = Traits(image_tower="image", text_tower=True, normalized_features=True)
   batch_keys = ("image", "text")
 
@@ -136,6 +183,7 @@ class SLIPMethod(Method):
   views of the image, one image tower for all three (one forward, so BatchNorm sees all)."""
 
   name = "slip"
+  config_sections = Method.config_sections + (simclr.SECTION,)
   batch_keys = ("image", "text", "image1", "image2")
 
   def _ssl_dims(self):

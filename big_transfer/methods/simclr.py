@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from big_transfer import models
+from big_transfer import models, schema
 from big_transfer.methods import losses
 from big_transfer.methods.base import Method as Base
 from big_transfer.methods.base import Traits
@@ -45,8 +45,17 @@ class SimCLRModel(nnx.Module):
     return self.projection(out["pre_logits"], train), out
 
 
+SECTION = schema.Section("", __name__, keys=(
+    schema.Key("temperature", 0.1, "contrastive methods (SimCLR, SLIP): the NT-Xent "
+               "temperature"),
+    schema.Key("projection_dims", (4096, 4096, 256), "contrastive methods: the projection "
+               "MLP's widths after pre_logits"),
+))
+
+
 class Method(Base):
   name = "simclr"
+  config_sections = (SECTION,)
   traits = Traits(image_tower="backbone", normalized_features=True)
   batch_keys = ("image1", "image2")
 

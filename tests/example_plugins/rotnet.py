@@ -8,7 +8,18 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from big_transfer import methods, models
+from big_transfer import methods, models, schema
+
+
+def _check(config):
+  if config.rotnet.rotations not in (2, 4):
+    raise schema.SectionError(f"config.rotnet.rotations={config.rotnet.rotations}: 2 or 4")
+
+
+# The method's own config keys (defaults, meaning, check): they join the base config.
+SECTION = schema.Section("rotnet", __name__, keys=(
+    schema.Key("rotations", 4, "4: 0/90/180/270 degrees; 2: 0/180"),
+), check=_check)
 
 
 class RotNetModel(nnx.Module):
@@ -24,6 +35,7 @@ class Method(methods.Method):
   name = "rotnet"
   traits = methods.Traits(image_tower="backbone")  # transfer loads params['backbone']
   batch_keys = ("image",)
+  config_sections = (SECTION,)
 
   def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
     backbone = models.create(self.config.model, num_classes=0, rngs=rngs, dtype=self.dtype,
@@ -32,8 +44,9 @@ class Method(methods.Method):
 
   def loss(self, model, batch, rngs=None):
     x = batch["image"].astype(self.dtype)
-    views = jnp.concatenate([jnp.rot90(x, k, axes=(1, 2)) for k in range(4)])
-    labels = jnp.repeat(jnp.arange(4), x.shape[0])
+    ks = range(0, 4, 4 // self.config.rotnet.rotations)
+    views = jnp.concatenate([jnp.rot90(x, k, axes=(1, 2)) for k in ks])
+    labels = jnp.repeat(jnp.arange(len(ks)), x.shape[0])
     logits = model(views, train=True, rngs=rngs).astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, {"rotation_accuracy": (logits.argmax(-1) == labels).mean()}
