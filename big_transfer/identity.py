@@ -9,6 +9,8 @@ before anything is written to the workdir, except:
   - changes that cannot alter the result (:data:`NEUTRAL`: data workers and threads, process
     count, device mesh and parameter sharding, logging, checkpoint and evaluation cadence,
     evaluators, where results and caches are written): accepted, recorded;
+  - keys the code added to the config after the run started, at their declared defaults
+    (a newer version, a method registered since): accepted, recorded;
   - changes the user accepts explicitly (``--accept_changes=KEY[,KEY...]`` or ``all``):
     accepted, recorded in run.json's ``changes`` with the old and new values.
 
@@ -64,6 +66,12 @@ def differences(frozen: dict, now: dict) -> list[tuple[str, Any, Any]]:
   a, b = config_lib.dotted(_plain(frozen)), config_lib.dotted(_plain(now))
   return [(k, a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(set(a) | set(b))
           if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
+
+
+def declared_defaults(kind: str) -> dict[str, Any]:
+  """{dotted key: default} of the config a run of ``kind`` starts from."""
+  config = config_lib.transfer_config() if kind == "finetune" else config_lib.base_config()
+  return config_lib.dotted(_plain(config_lib.to_plain(config)))
 
 
 def parse_accept(accept) -> tuple[str, ...]:
@@ -128,7 +136,22 @@ def check(workdir: str, identity: dict, *, kind: str, accept=(), log=print,
     raise IdentityError(f"workdir {workdir} holds a {record.get('kind')} run ({RUN_FILE}), not "
                         f"a {kind} run: use another --workdir")
   diffs = differences(record["identity"], identity)
+  # Keys the code declared after this run froze its identity (a newer version, a method
+  # registered since), at their declared defaults: the run could not have set them otherwise.
+  defaults = declared_defaults(kind)
+  added = [d for d in diffs if d[1] == _ABSENT and d[0] in defaults
+           and _plain(defaults[d[0]]) == d[2]]
+  diffs = [d for d in diffs if d not in added]
+  if added:
+    log(f"resuming with keys added to the config since this run started, at their defaults: "
+        f"{', '.join(k for k, _, _ in added)}")
   if not diffs:
+    if added:
+      record["changes"] = list(record.get("changes", [])) + [
+          {"time": now, "key": k, "from": a, "to": b, "why": "added at its default"}
+          for k, a, b in added]
+      record["identity"] = identity
+      _write(workdir, record)
     return []
   # Resolved values (step and example counts) follow the config: when config keys differ they
   # are their consequence and go with them; alone, they say the data changed under the run.
@@ -152,6 +175,8 @@ def check(workdir: str, identity: dict, *, kind: str, accept=(), log=print,
     log(f"resuming with accepted changes (recorded in {os.path.join(workdir, RUN_FILE)}): "
         f"{describe(accepted)}")
   record["changes"] = list(record.get("changes", [])) + [
+      {"time": now, "key": k, "from": a, "to": b, "why": "added at its default"}
+      for k, a, b in added] + [
       {"time": now, "key": k, "from": a, "to": b,
        "why": "neutral" if is_neutral(k) else "accepted"} for k, a, b in diffs]
   record["identity"] = identity

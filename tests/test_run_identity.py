@@ -84,6 +84,30 @@ def test_a_restart_with_another_config_is_refused_in_one_line_before_anything_is
   assert _steps(wd) == [1, 2, 3, 4, 6]  # 5 is not a multiple of log_every=2: one row for 5-6
 
 
+def test_keys_the_code_added_since_a_run_started_resume_at_their_defaults_only(tmp_path):
+  wd, logged = str(tmp_path), []
+  now = config_lib.to_plain(mini_config())
+  identity.check(wd, now, kind="train", log=logged.append)
+  # The run as an older version froze it: without the clip section's ssl_weight.
+  record = json.loads(_read(os.path.join(wd, "run.json")))
+  del record["identity"]["clip"]["ssl_weight"]
+  with open(os.path.join(wd, "run.json"), "w") as f:
+    json.dump(record, f)
+  assert identity.check(wd, now, kind="train", log=logged.append) == []
+  assert "added to the config since this run started, at their defaults: clip.ssl_weight" in \
+      logged[-1]
+  changes = json.loads(_read(os.path.join(wd, "run.json")))["changes"]
+  assert [(c["key"], c["why"]) for c in changes] == [("clip.ssl_weight", "added at its default")]
+  # An added key set to something else than its default is a change like any other.
+  record = json.loads(_read(os.path.join(wd, "run.json")))
+  del record["identity"]["clip"]["ssl_weight"]
+  with open(os.path.join(wd, "run.json"), "w") as f:
+    json.dump(record, f)
+  changed = config_lib.to_plain(mini_config(**{"clip.ssl_weight": 0.5}))
+  with pytest.raises(identity.IdentityError, match=r'clip.ssl_weight "\(absent\)" -> 0.5'):
+    identity.check(wd, changed, kind="train", log=logged.append)
+
+
 def test_a_finished_transfer_run_rerun_with_other_shots_or_checkpoint_is_refused(tmp_path):
   pre, wd = str(tmp_path / "pre"), str(tmp_path / "lp")
   train.run(_cfg(), pre, devices=one_device())
