@@ -112,3 +112,30 @@ def test_a_step_that_cannot_fit_is_one_line_before_anything_is_allocated(capsys)
   assert len(err) == 1 and err[0].startswith("error: bench: the resnet18 step at batch 1048576")
   assert re.search(r"needs [\d.]+ GB per device \(XLA's memory analysis: .*\) and the device "
                    r"has [\d.]+ GB .*; a batch of about \d+ would fit", err[0]), err[0]
+
+
+@pytest.mark.parametrize("data", ["synthetic", "pipeline"])
+def test_every_method_says_how_the_bench_builds_its_batch(data, tmp_path):
+  """Each registered method's bench config yields that method's batch keys from one example
+  (the method's training_pp and bench_optimizer), without compiling anything."""
+  import io
+
+  import numpy as np
+  from PIL import Image
+
+  from big_transfer import methods
+  from big_transfer.data import ops, tokenizer
+  vocab = str(tmp_path / "bpe.txt")
+  tokenizer.train(["a photo of a digit", "a scan of a letter"] * 20, 520).save(vocab)
+  jpeg = io.BytesIO()
+  Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(jpeg, format="JPEG")
+  for name in methods.known():
+    c = bench.bench_config("resnet18", name, 8, 32, 2, "float32", data)
+    pp = ops.parse(c.pp_train, bind={"vocab": vocab, "max_len": 8})
+    example = {"image": jpeg.getvalue() if data == "pipeline" else np.zeros((32, 32, 3),
+                                                                            np.uint8),
+               "label": 1, "caption": "a photo of a digit"}
+    out = pp(example, np.random.default_rng(0))
+    assert set(methods.method_class(name).batch_keys) <= set(out), (name, sorted(out))
+    assert c.optimizer.name == (methods.method_class(name).bench_optimizer.get("name")
+                                or "sgd")

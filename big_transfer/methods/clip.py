@@ -184,6 +184,11 @@ class SLIPMethod(Method):
 
   name = "slip"
   config_sections = Method.config_sections + (simclr.SECTION,)
+
+  @classmethod
+  def training_pp(cls, decode: str, view: str) -> str:
+    # the image, two more views of it (SimCLR's), and the caption's tokens
+    return f'{decode}|copy(raw="image")|{view}|two_views("{view}", key="raw")|tokenize'
   batch_keys = ("image", "text", "image1", "image2")
 
   def _ssl_dims(self):

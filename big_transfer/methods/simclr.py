@@ -75,7 +75,7 @@ class Method(Base):
 
   @classmethod
   def training_pp(cls, decode: str, view: str) -> str:
-    return f"{decode}|two_views('{view}')"  # two augmented views of each image
+    return f'{decode}|two_views("{view}")'  # two augmented views of each image
 
   def predictions(self):
     return {"features": self.features}
