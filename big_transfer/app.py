@@ -26,32 +26,45 @@ from big_transfer.data import sources
 FLAGS = flags.FLAGS
 
 
-def define_flags(config_help: str = "Config file (configs/...py[:args]).",
-                 lock_config: bool = True) -> None:
+def define_flags(
+  config_help: str = "Config file (configs/...py[:args]).", lock_config: bool = True
+) -> None:
   """The entrypoints' flags (train, finetune, study), defined by the one that runs: modules
   import each other, and absl allows each flag once."""
   if "config" in FLAGS:
     return
   config_flags.DEFINE_config_file("config", None, config_help, lock_config=lock_config)
   flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and the config are written.")
-  flags.DEFINE_string("coordinator_address", None,
-                      "Multi-process: host:port of process 0 (explicit jax.distributed setup).")
+  flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "Multi-process: host:port of process 0 (explicit jax.distributed setup).",
+  )
   flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
   flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
-  flags.DEFINE_string("accept_changes", "", "Resume a workdir whose run had another config: "
-                      "the keys whose change is accepted (comma-separated, or 'all'); recorded "
-                      "in WORKDIR/run.json. Without it, a restart with another config is "
-                      "refused (keys that cannot alter the result excepted).")
-  flags.DEFINE_bool("print_config", False, "Print every key of the resolved config (with the "
-                    "command line's overrides), its value and meaning, and exit.")
+  flags.DEFINE_string(
+    "accept_changes",
+    "",
+    "Resume a workdir whose run had another config: "
+    "the keys whose change is accepted (comma-separated, or 'all'); recorded "
+    "in WORKDIR/run.json. Without it, a restart with another config is "
+    "refused (keys that cannot alter the result excepted).",
+  )
+  flags.DEFINE_bool(
+    "print_config",
+    False,
+    "Print every key of the resolved config (with the "
+    "command line's overrides), its value and meaning, and exit.",
+  )
 
 
 class UserError(ValueError):
   """Bad input detected before any compile; printed as one line."""
 
 
-def maybe_initialize_distributed(coordinator_address=None, num_processes=None,
-                                 process_id=None) -> None:
+def maybe_initialize_distributed(
+  coordinator_address=None, num_processes=None, process_id=None
+) -> None:
   """jax.distributed from explicit flags, SLURM's environment or a TPU pod's; else nothing."""
   env = os.environ
   explicit = coordinator_address is not None
@@ -66,8 +79,9 @@ def maybe_initialize_distributed(coordinator_address=None, num_processes=None,
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   kwargs = {}
   if explicit:
-    kwargs = dict(coordinator_address=coordinator_address, num_processes=num_processes,
-                  process_id=process_id)
+    kwargs = dict(
+      coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
   jax.distributed.initialize(**kwargs)
 
 
@@ -91,6 +105,7 @@ def main_of(run_fn, extra_user_errors: tuple = ()):
   """An absl main for an entrypoint ``run_fn(config, workdir)``: quiet library logs, the
   required flags, jax.distributed, and bad input as one ``error:`` line (exit 2; a non-finite
   loss exits 3; stopped by SIGTERM/SIGINT after saving: exit 75, run again to resume)."""
+
   def main(argv):
     del argv
     if not FLAGS["verbosity"].present:  # orbax/grain log every save at INFO
@@ -104,19 +119,28 @@ def main_of(run_fn, extra_user_errors: tuple = ()):
       sys.exit(2)
     signals = runlock.OutsideLoopSignals(FLAGS.workdir)
     try:
-      maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                   FLAGS.process_id)
+      maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
       run_fn(FLAGS.config, FLAGS.workdir, accept_changes=FLAGS.accept_changes)
     except runlock.Preempted as e:
       print(f"stopped: {e} (exit {runlock.PREEMPTED_EXIT})", file=sys.stderr)
       sys.exit(runlock.PREEMPTED_EXIT)
     except KeyboardInterrupt:  # a second Ctrl-C inside the loop: no save
-      print(f"interrupted: a second Ctrl-C stopped the run without saving; the checkpoints in "
-            f"{FLAGS.workdir} are as they were (run the same command again to resume from the "
-            f"newest) (exit 130)", file=sys.stderr, flush=True)
+      print(
+        f"interrupted: a second Ctrl-C stopped the run without saving; the checkpoints in "
+        f"{FLAGS.workdir} are as they were (run the same command again to resume from the "
+        f"newest) (exit 130)",
+        file=sys.stderr,
+        flush=True,
+      )
       os._exit(130)  # pylint: disable=protected-access  (no tracebacks from saving threads)
-    except (config_lib.ConfigError, sources.DataError, UserError, ckpt_lib.CheckpointError,
-            runlock.LockError, *extra_user_errors) as e:
+    except (
+      config_lib.ConfigError,
+      sources.DataError,
+      UserError,
+      ckpt_lib.CheckpointError,
+      runlock.LockError,
+      *extra_user_errors,
+    ) as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
     except FloatingPointError as e:
@@ -124,4 +148,5 @@ def main_of(run_fn, extra_user_errors: tuple = ()):
       sys.exit(3)
     finally:
       signals.restore()
+
   return main

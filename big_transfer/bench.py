@@ -49,15 +49,21 @@ from big_transfer.app import UserError
 from big_transfer.data import ops, pipeline, tokenizer
 
 
-def synthetic_jpegs(n: int, height: int, width: int, seed: int = 0,
-                    quality: int = 90) -> list[bytes]:
+def synthetic_jpegs(
+  n: int, height: int, width: int, seed: int = 0, quality: int = 90
+) -> list[bytes]:
   """Photo-like JPEGs (smooth gradients, shapes, mild noise): realistic entropy per pixel."""
   rng = np.random.default_rng(seed)
   out = []
   yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
   for _ in range(n):
-    base = np.stack([np.sin(xx * rng.uniform(2, 9) + rng.uniform(0, 6)) *
-                     np.cos(yy * rng.uniform(2, 9)) for _ in range(3)], -1)
+    base = np.stack(
+      [
+        np.sin(xx * rng.uniform(2, 9) + rng.uniform(0, 6)) * np.cos(yy * rng.uniform(2, 9))
+        for _ in range(3)
+      ],
+      -1,
+    )
     img = ((base * 0.5 + 0.5) * 200 + rng.normal(0, 8, (height, width, 3))).clip(0, 255)
     im = Image.fromarray(img.astype(np.uint8))
     d = ImageDraw.Draw(im)
@@ -113,19 +119,27 @@ def bench_pipeline(images: int, height: int, width: int, seconds: float) -> list
   fused, unfused = ops.parse(train_pp), ops.parse(train_pp, fuse=False)
   eval_fused = ops.parse(eval_pp)
   cases = {
-      "raw_decode_simplejpeg": lambda d: simplejpeg.decode_jpeg(d),
-      "raw_decode_pil": lambda d: np.asarray(Image.open(io.BytesIO(d)).convert("RGB")),
-      "train_chain_fused": lambda d: fused({"image": d}, rng),
-      "train_chain_unfused": lambda d: unfused({"image": d}, rng),
-      "eval_chain_fused": lambda d: eval_fused({"image": d}, rng),
+    "raw_decode_simplejpeg": lambda d: simplejpeg.decode_jpeg(d),
+    "raw_decode_pil": lambda d: np.asarray(Image.open(io.BytesIO(d)).convert("RGB")),
+    "train_chain_fused": lambda d: fused({"image": d}, rng),
+    "train_chain_unfused": lambda d: unfused({"image": d}, rng),
+    "eval_chain_fused": lambda d: eval_fused({"image": d}, rng),
   }
   rates = _rates(cases, data, seconds)
   raw = rates["raw_decode_simplejpeg"]
   rows = []
   for name, r in rates.items():
-    rows.append({"bench": "pipeline", "case": name, "images_per_sec_per_core": round(r, 1),
-                 "ratio_to_raw_decode": round(r / raw, 3), "image_size": f"{width}x{height}",
-                 "images": images, "device": device_description()})
+    rows.append(
+      {
+        "bench": "pipeline",
+        "case": name,
+        "images_per_sec_per_core": round(r, 1),
+        "ratio_to_raw_decode": round(r / raw, 3),
+        "image_size": f"{width}x{height}",
+        "images": images,
+        "device": device_description(),
+      }
+    )
   return rows
 
 
@@ -147,16 +161,22 @@ class JpegSource:
     return {"image": self.jpegs[i % len(self.jpegs)], "label": i % 10}
 
 
-def bench_loader(workers: list[int], batch_size: int, seconds: float, images: int,
-                 height: int, width: int, pp: str = STUDY_TRAIN_PP) -> list[dict]:
+def bench_loader(
+  workers: list[int],
+  batch_size: int,
+  seconds: float,
+  images: int,
+  height: int,
+  width: int,
+  pp: str = STUDY_TRAIN_PP,
+) -> list[dict]:
   """The training loader (``pipeline.train_dataset``) at each worker count, beside the same op
   chain on one core in this process, measured in the same run: ``scaling_efficiency`` =
   images/s / (max(workers, 1) x chain images/s per core). The chain is the loader's host part:
   its trailing normalisation runs on the device (``normalize_on_device``)."""
   host_pp, _ = ops.split_device_affine(pp)
   source = JpegSource(synthetic_jpegs(images, height, width), 1_000_000)
-  builder = pipeline._Builder(source, host_pp, 0, ("image", "label"), None, shuffle=True,
-                              threads=1)
+  builder = pipeline._Builder(source, host_pp, 0, ("image", "label"), None, shuffle=True, threads=1)
   builder.example(0)  # warm-up
   n, t0 = 0, time.perf_counter()
   while time.perf_counter() - t0 < seconds:
@@ -165,9 +185,16 @@ def bench_loader(workers: list[int], batch_size: int, seconds: float, images: in
   per_core = n / (time.perf_counter() - t0)
   rows = []
   for w in workers:
-    loader = pipeline.train_dataset(source, pp=host_pp, batch_size=batch_size, seed=0,
-                                    keys=("image", "label"), workers=w, threads=1,
-                                    prefetch=2)
+    loader = pipeline.train_dataset(
+      source,
+      pp=host_pp,
+      batch_size=batch_size,
+      seed=0,
+      keys=("image", "label"),
+      workers=w,
+      threads=1,
+      prefetch=2,
+    )
     try:
       for _ in range(2 if w == 0 else max(2, w + 1)):  # workers started, queues primed
         next(loader)
@@ -178,23 +205,34 @@ def bench_loader(workers: list[int], batch_size: int, seconds: float, images: in
       rate = n * batch_size / (time.perf_counter() - t0)
     finally:
       loader.close()
-    rows.append({"bench": "loader", "workers": w, "batch_size": batch_size,
-                 "images_per_sec": round(rate, 1),
-                 "chain_images_per_sec_per_core": round(per_core, 1),
-                 "scaling_efficiency": round(rate / (max(w, 1) * per_core), 3),
-                 "output": f"{batch['image'].dtype}{list(batch['image'].shape[1:])}",
-                 "chain": host_pp, "image_size": f"{width}x{height}",
-                 "cpu_count": os.cpu_count(), "device": device_description()})
+    rows.append(
+      {
+        "bench": "loader",
+        "workers": w,
+        "batch_size": batch_size,
+        "images_per_sec": round(rate, 1),
+        "chain_images_per_sec_per_core": round(per_core, 1),
+        "scaling_efficiency": round(rate / (max(w, 1) * per_core), 3),
+        "output": f"{batch['image'].dtype}{list(batch['image'].shape[1:])}",
+        "chain": host_pp,
+        "image_size": f"{width}x{height}",
+        "cpu_count": os.cpu_count(),
+        "device": device_description(),
+      }
+    )
   return rows
 
 
 # ----------------------------------------------------------------------------- tokenizer
 
+
 def _zipf_captions(n: int, rng) -> list[str]:
   """ASCII captions whose words follow Zipf's law over ~100k made-up words (web alt-text has a
   long tail: a word cache does not cover it)."""
-  syllables = ("ka lo mi tra vel son ber gu xi pho to graph ing ed er ly tion pre un re sta "
-               "ble ment ness ous ive ist dog cat sun set").split()
+  syllables = (
+    "ka lo mi tra vel son ber gu xi pho to graph ing ed er ly tion pre un re sta "
+    "ble ment ness ous ive ist dog cat sun set"
+  ).split()
   words = sorted({"".join(rng.choice(syllables, rng.integers(1, 5))) for _ in range(300_000)})
   p = 1.0 / np.arange(1, len(words) + 1)
   p /= p.sum()
@@ -202,8 +240,7 @@ def _zipf_captions(n: int, rng) -> list[str]:
   return [" ".join(words[rng.choice(len(words), rng.integers(4, 24), p=p)]) for _ in range(n)]
 
 
-def bench_tokenizer(seconds: float, captions: int = 50_000, context_length: int = 77
-                    ) -> list[dict]:
+def bench_tokenizer(seconds: float, captions: int = 50_000, context_length: int = 77) -> list[dict]:
   """Captions/s on one core of the ``tokenize`` op's work (clean + BPE + pad), pure Python
   against the Rust encoder, measured in the same run, on two corpora: ``zipf_ascii`` (ASCII
   words drawn by Zipf's law from ~100k made-up words: a long tail, as in web alt-text) and
@@ -212,12 +249,16 @@ def bench_tokenizer(seconds: float, captions: int = 50_000, context_length: int 
   when open_clip_torch is installed, else one learnt from the sample."""
   rng = np.random.default_rng(0)
   words = " ".join(tokenizer.sample_captions()).split()
-  corpora = {"zipf_ascii": _zipf_captions(captions, rng),
-             "sample_mixed": [" ".join(rng.choice(words, rng.integers(4, 24)))
-                              for _ in range(captions)]}
+  corpora = {
+    "zipf_ascii": _zipf_captions(captions, rng),
+    "sample_mixed": [" ".join(rng.choice(words, rng.integers(4, 24))) for _ in range(captions)],
+  }
   path = tokenizer.packaged_clip_vocab()
-  ref = (tokenizer.Tokenizer.from_file(path) if path else
-         tokenizer.train(tokenizer.sample_captions() * 4, vocab_size=2048))
+  ref = (
+    tokenizer.Tokenizer.from_file(path)
+    if path
+    else tokenizer.train(tokenizer.sample_captions() * 4, vocab_size=2048)
+  )
   merges = sorted(ref.ranks, key=ref.ranks.get)
   rows = []
   for corpus, texts in corpora.items():
@@ -226,20 +267,25 @@ def bench_tokenizer(seconds: float, captions: int = 50_000, context_length: int 
       try:
         tok = tokenizer.Tokenizer(merges, backend=backend)  # a cold word cache for each
       except ImportError:
-        rows.append({"bench": "tokenizer", "backend": backend,
-                     "error": "tokenizers not installed"})
+        rows.append({"bench": "tokenizer", "backend": backend, "error": "tokenizers not installed"})
         continue
       n, t0 = 0, time.perf_counter()  # one pass at most: a caption never repeats
       while time.perf_counter() - t0 < seconds and n < len(texts):
         tok.tokenize(texts[n], context_length)
         n += 1
       rates[backend] = n / (time.perf_counter() - t0)
-      rows.append({"bench": "tokenizer", "corpus": corpus, "backend": backend,
-                   "captions_per_sec_per_core": round(rates[backend], 1),
-                   "needs_ftfy": round(float(np.mean([tokenizer._needs_ftfy(t)
-                                                      for t in texts[:2000]])), 3),
-                   "vocab": "clip" if path else "learnt(2048)",
-                   "context_length": context_length, "device": device_description()})
+      rows.append(
+        {
+          "bench": "tokenizer",
+          "corpus": corpus,
+          "backend": backend,
+          "captions_per_sec_per_core": round(rates[backend], 1),
+          "needs_ftfy": round(float(np.mean([tokenizer._needs_ftfy(t) for t in texts[:2000]])), 3),
+          "vocab": "clip" if path else "learnt(2048)",
+          "context_length": context_length,
+          "device": device_description(),
+        }
+      )
     if len(rates) == 2:
       rows[-1]["speedup_over_python"] = round(rates["rust"] / rates["python"], 2)
   return rows
@@ -247,12 +293,12 @@ def bench_tokenizer(seconds: float, captions: int = 50_000, context_length: int 
 
 # ----------------------------------------------------------------------------- model
 
+
 class SyntheticSource:
   """``n`` random images at ``resolution`` (uint8 arrays, or JPEGs for the real decode chain),
   labels and captions: the training data of a benchmark."""
 
-  def __init__(self, n: int, resolution: int, num_classes: int, jpeg: bool = False,
-               seed: int = 0):
+  def __init__(self, n: int, resolution: int, num_classes: int, jpeg: bool = False, seed: int = 0):
     rng = np.random.default_rng(seed)
     self.num_classes = num_classes
     self.class_names = [f"class {i}" for i in range(num_classes)]
@@ -260,8 +306,9 @@ class SyntheticSource:
       side = max(resolution * 3 // 2, 32)
       self.images = synthetic_jpegs(min(n, 64), side, side * 4 // 3, seed=seed)
     else:
-      self.images = [rng.integers(0, 256, (resolution, resolution, 3), np.uint8)
-                     for _ in range(min(n, 64))]
+      self.images = [
+        rng.integers(0, 256, (resolution, resolution, 3), np.uint8) for _ in range(min(n, 64))
+      ]
     self.n = n
 
   def __len__(self):
@@ -269,20 +316,35 @@ class SyntheticSource:
 
   def __getitem__(self, i):
     c = i % self.num_classes
-    return {"image": self.images[i % len(self.images)], "label": c,
-            "caption": f"a photo of a {self.class_names[c]}, number {i}"}
+    return {
+      "image": self.images[i % len(self.images)],
+      "label": c,
+      "caption": f"a photo of a {self.class_names[c]}, number {i}",
+    }
 
 
 TIMM_REFERENCE = (
-    (r"resnet(\d+)", lambda m: f"resnet{m[1]}"),
-    (r"bit_r(\d+)x(\d+)", lambda m: f"resnetv2_{m[1]}x{m[2]}_bit"),
-    (r"vit_(ti|s|b|l)(\d+)", lambda m: "vit_{}_patch{}_224".format(
-        dict(ti="tiny", s="small", b="base", l="large")[m[1]], m[2])),
+  (r"resnet(\d+)", lambda m: f"resnet{m[1]}"),
+  (r"bit_r(\d+)x(\d+)", lambda m: f"resnetv2_{m[1]}x{m[2]}_bit"),
+  (
+    r"vit_(ti|s|b|l)(\d+)",
+    lambda m: "vit_{}_patch{}_224".format(
+      dict(ti="tiny", s="small", b="base", l="large")[m[1]], m[2]
+    ),
+  ),
 )
 
 
-def bench_config(model: str, method: str, batch_size: int, resolution: int, steps: int,
-                 dtype: str, data: str, model_kwargs: dict | None = None):
+def bench_config(
+  model: str,
+  method: str,
+  batch_size: int,
+  resolution: int,
+  steps: int,
+  dtype: str,
+  data: str,
+  model_kwargs: dict | None = None,
+):
   c = config_lib.base_config()
   c.method, c.model, c.batch_size, c.dtype = method, model, batch_size, dtype
   c.model_kwargs.update(model_kwargs or {})
@@ -297,8 +359,11 @@ def bench_config(model: str, method: str, batch_size: int, resolution: int, step
   c.data_threads = max(2, os.cpu_count() or 2)
   # The method says how one image chain becomes its batch and which optimiser it trains with.
   cls = methods.method_class(method)
-  view = (f"inception_crop({resolution})|flip_lr|normalize('imagenet')" if data == "pipeline"
-          else "value_range(-1, 1)")  # ready-made arrays: the loop's own cost, not decoding
+  view = (
+    f"inception_crop({resolution})|flip_lr|normalize('imagenet')"
+    if data == "pipeline"
+    else "value_range(-1, 1)"
+  )  # ready-made arrays: the loop's own cost, not decoding
   c.pp_train = cls.training_pp("decode", view)
   c.optimizer.update(**cls.bench_optimizer)
   if cls.traits.text_tower:
@@ -349,41 +414,68 @@ def _cost_flops(program) -> float | None:
   return float((cost or {}).get("flops", 0.0)) or None
 
 
-def _train_setup(model: str, batch_size: int, resolution: int, steps: int, method: str,
-                 dtype: str, data: str, model_kwargs: dict | None):
+def _train_setup(
+  model: str,
+  batch_size: int,
+  resolution: int,
+  steps: int,
+  method: str,
+  dtype: str,
+  data: str,
+  model_kwargs: dict | None,
+):
   """Everything bench_model times, built as train.run builds it (the loop's own step, with
   the chain's normalisation on the device): a namespace."""
 
-
-
   c = bench_config(model, method, batch_size, resolution, steps, dtype, data, model_kwargs)
-  source = SyntheticSource(max(4096, batch_size * (steps + 8)), resolution, c.num_classes,
-                           jpeg=data == "pipeline")
+  source = SyntheticSource(
+    max(4096, batch_size * (steps + 8)), resolution, c.num_classes, jpeg=data == "pipeline"
+  )
   tok = _tokenizer(c, source)
   bind = {"vocab": c.text.tokenizer, "max_len": c.text.context_length} if tok else None
-  meth = methods.get(method, c, {"num_classes": c.num_classes, "class_names": source.class_names,
-                                 "tokenizer": tok})
+  meth = methods.get(
+    method, c, {"num_classes": c.num_classes, "class_names": source.class_names, "tokenizer": tok}
+  )
   mesh = sharding.make_mesh(-1, 1)
   tx, schedule = optim.build(c.optimizer, c.total_steps)
   pp_host, affines = ops.split_device_affine(c.pp_train)
-  trainer = trainer_lib.Trainer(meth, tx=tx, lr_schedule=schedule, mesh=mesh, seed=0,
-                                input_affine=affines, param_rules=c.param_sharding,
-                                param_min_size=c.param_sharding_min_size)
-  return types.SimpleNamespace(c=c, source=source, tok=tok, bind=bind, meth=meth, mesh=mesh,
-                               trainer=trainer, abstract=trainer.abstract,
-                               step_fn=trainer.step, pp_host=pp_host)
+  trainer = trainer_lib.Trainer(
+    meth,
+    tx=tx,
+    lr_schedule=schedule,
+    mesh=mesh,
+    seed=0,
+    input_affine=affines,
+    param_rules=c.param_sharding,
+    param_min_size=c.param_sharding_min_size,
+  )
+  return types.SimpleNamespace(
+    c=c,
+    source=source,
+    tok=tok,
+    bind=bind,
+    meth=meth,
+    mesh=mesh,
+    trainer=trainer,
+    abstract=trainer.abstract,
+    step_fn=trainer.step,
+    pp_host=pp_host,
+  )
 
 
 def abstract_batch(t, batch_size: int) -> dict:
   """The global batch's shapes and shardings, from one example through the loop's chain."""
   n_dev = t.mesh.devices.size
-  it = pipeline.train_dataset(t.source, pp=t.pp_host, batch_size=n_dev, seed=0,
-                              keys=t.meth.batch_keys, threads=1, bind=t.bind)
+  it = pipeline.train_dataset(
+    t.source, pp=t.pp_host, batch_size=n_dev, seed=0, keys=t.meth.batch_keys, threads=1, bind=t.bind
+  )
   one = next(it)
   it.close()
   sh = sharding.batch_sharding(t.mesh)
-  return {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype, sharding=sh)
-          for k, v in one.items()}
+  return {
+    k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype, sharding=sh)
+    for k, v in one.items()
+  }
 
 
 def available_memory() -> tuple[float | None, str]:
@@ -396,8 +488,9 @@ def available_memory() -> tuple[float | None, str]:
   except Exception:  # noqa: BLE001  some backends have none
     stats = None
   if stats and stats.get("bytes_limit"):
-    return float(stats["bytes_limit"] - stats.get("bytes_in_use", 0)), \
-        f"{device.device_kind} memory limit"
+    return float(
+      stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    ), f"{device.device_kind} memory limit"
   try:
     with open("/proc/meminfo") as f:
       info = dict(line.split(":", 1) for line in f)
@@ -416,14 +509,24 @@ def step_memory(compiled) -> dict | None:
   if m is None:
     return None
   get = lambda k: float(getattr(m, k, 0) or 0)
-  args, out, temp, alias = (get("argument_size_in_bytes"), get("output_size_in_bytes"),
-                            get("temp_size_in_bytes"), get("alias_size_in_bytes"))
-  return {"arguments": args, "outputs": out, "temporaries": temp, "donated": alias,
-          "needed": args + out + temp - alias}
+  args, out, temp, alias = (
+    get("argument_size_in_bytes"),
+    get("output_size_in_bytes"),
+    get("temp_size_in_bytes"),
+    get("alias_size_in_bytes"),
+  )
+  return {
+    "arguments": args,
+    "outputs": out,
+    "temporaries": temp,
+    "donated": alias,
+    "needed": args + out + temp - alias,
+  }
 
 
-def check_fits(memory: dict | None, batch_size: int, model: str, resolution: int,
-               headroom: float = 0.9) -> None:
+def check_fits(
+  memory: dict | None, batch_size: int, model: str, resolution: int, headroom: float = 0.9
+) -> None:
   """One UserError line when the step needs more memory than the device has."""
   have, where = available_memory()
   if memory is None or have is None or memory["needed"] <= headroom * have:
@@ -431,10 +534,11 @@ def check_fits(memory: dict | None, batch_size: int, model: str, resolution: int
   gb = lambda b: f"{b / 2**30:.1f} GB"
   fits = max(1, int(batch_size * headroom * have / memory["needed"]))
   raise UserError(
-      f"bench: the {model} step at batch {batch_size}, {resolution}px needs {gb(memory['needed'])}"
-      f" per device (XLA's memory analysis: {gb(memory['arguments'])} arguments, "
-      f"{gb(memory['temporaries'])} temporaries) and the device has {gb(have)} ({where}); a "
-      f"batch of about {fits} would fit — or run it on an accelerator (launch/gpu_bench.sh)")
+    f"bench: the {model} step at batch {batch_size}, {resolution}px needs {gb(memory['needed'])}"
+    f" per device (XLA's memory analysis: {gb(memory['arguments'])} arguments, "
+    f"{gb(memory['temporaries'])} temporaries) and the device has {gb(have)} ({where}); a "
+    f"batch of about {fits} would fit — or run it on an accelerator (launch/gpu_bench.sh)"
+  )
 
 
 def lowered_flops(lowered) -> float | None:
@@ -444,16 +548,21 @@ def lowered_flops(lowered) -> float | None:
   return _cost_flops(lowered)
 
 
-def train_step_flops(model: str, batch_size: int = 2, resolution: int = 224,
-                     method: str = "supervised", model_kwargs: dict | None = None) -> float:
+def train_step_flops(
+  model: str,
+  batch_size: int = 2,
+  resolution: int = 224,
+  method: str = "supervised",
+  model_kwargs: dict | None = None,
+) -> float:
   """FLOPs of one training step of ``model`` (multiply and add counted apart), from shapes
   only: nothing is allocated or compiled."""
-  t = _train_setup(model, batch_size, resolution, 1, method, "float32", "synthetic",
-                   model_kwargs)
-  example = pipeline._Builder(t.source, t.pp_host, 0, t.meth.batch_keys, t.bind, True,
-                              1).example(0)
-  batch = {k: jax.ShapeDtypeStruct((batch_size, *np.shape(v)), np.asarray(v).dtype)
-           for k, v in example.items()}
+  t = _train_setup(model, batch_size, resolution, 1, method, "float32", "synthetic", model_kwargs)
+  example = pipeline._Builder(t.source, t.pp_host, 0, t.meth.batch_keys, t.bind, True, 1).example(0)
+  batch = {
+    k: jax.ShapeDtypeStruct((batch_size, *np.shape(v)), np.asarray(v).dtype)
+    for k, v in example.items()
+  }
   return lowered_flops(t.step_fn.lower(t.abstract, batch))
 
 
@@ -487,7 +596,8 @@ def _hlo_op_classes(hlo_text: str) -> dict[str, str]:
     elif " dot(" in text or "gemm" in text or "matmul" in text:
       kind = "matmul"
     elif re.search(r" (transpose|copy)\(", text) and not re.search(
-        r" (add|multiply|subtract|divide|maximum|exponential|rsqrt|select)\(", text):
+      r" (add|multiply|subtract|divide|maximum|exponential|rsqrt|select)\(", text
+    ):
       kind = "layout copy"
     elif "transpose" in op_name or op_name.startswith("copy"):
       kind = "layout copy (fused with elementwise)"
@@ -510,8 +620,9 @@ def profile_step(compiled, state, batch, out_dir: str, steps: int = 2):
       state, m = compiled(state, batch)
     jax.block_until_ready(m)
   wall = (time.perf_counter() - t0) / steps
-  traces = sorted(glob.glob(os.path.join(out_dir, "**", "*.trace.json.gz"), recursive=True),
-                  key=os.path.getmtime)
+  traces = sorted(
+    glob.glob(os.path.join(out_dir, "**", "*.trace.json.gz"), recursive=True), key=os.path.getmtime
+  )
   if not traces:
     return state, {"bench": "profile", "error": f"no trace written under {out_dir}"}
   with gzip.open(traces[-1]) as f:
@@ -526,21 +637,38 @@ def profile_step(compiled, state, batch, out_dir: str, steps: int = 2):
     kind = classes.get(op, "other")
     by_kind[kind] = by_kind.get(kind, 0.0) + ms
   total = sum(per_op.values()) or 1.0
-  row = {"bench": "profile", "trace": traces[-1], "step_ms": round(wall * 1e3, 1),
-         "op_ms_per_step": round(total, 1),
-         "by_kind": {k: {"ms": round(v, 1), "share": round(v / total, 3)}
-                     for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
-         "slowest_ops": [[op, round(ms, 2), classes.get(op, "other")] for op, ms in
-                         sorted(per_op.items(), key=lambda kv: -kv[1])[:12]]}
+  row = {
+    "bench": "profile",
+    "trace": traces[-1],
+    "step_ms": round(wall * 1e3, 1),
+    "op_ms_per_step": round(total, 1),
+    "by_kind": {
+      k: {"ms": round(v, 1), "share": round(v / total, 3)}
+      for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])
+    },
+    "slowest_ops": [
+      [op, round(ms, 2), classes.get(op, "other")]
+      for op, ms in sorted(per_op.items(), key=lambda kv: -kv[1])[:12]
+    ],
+  }
   return state, row
 
 
-def bench_model(model: str, batch_size: int, resolution: int, steps: int, method: str,
-                dtype: str, data: str, torch_ref: bool = True, checkpoint: bool = True,
-                model_kwargs: dict | None = None, loop: bool = True,
-                data_workers: int = 0, profile_dir: str | None = None) -> list[dict]:
-
-
+def bench_model(
+  model: str,
+  batch_size: int,
+  resolution: int,
+  steps: int,
+  method: str,
+  dtype: str,
+  data: str,
+  torch_ref: bool = True,
+  checkpoint: bool = True,
+  model_kwargs: dict | None = None,
+  loop: bool = True,
+  data_workers: int = 0,
+  profile_dir: str | None = None,
+) -> list[dict]:
 
   t = _train_setup(model, batch_size, resolution, steps, method, dtype, data, model_kwargs)
   c, source, tok, bind, meth, mesh = t.c, t.source, t.tok, t.bind, t.meth, t.mesh
@@ -557,8 +685,15 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
   state = trainer.init()
 
   # The input pipeline alone (the loop's own, same threads): images/s it can deliver.
-  it = pipeline.train_dataset(source, pp=t.pp_host, batch_size=batch_size, seed=0,
-                              keys=meth.batch_keys, threads=c.data_threads, bind=bind)
+  it = pipeline.train_dataset(
+    source,
+    pp=t.pp_host,
+    batch_size=batch_size,
+    seed=0,
+    keys=meth.batch_keys,
+    threads=c.data_threads,
+    bind=bind,
+  )
   batch = sharding.to_global(next(it), mesh)
   n_pipe = max(4, min(steps, 50))
   t0 = time.perf_counter()
@@ -595,10 +730,16 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
     with tempfile.TemporaryDirectory(prefix="bt_bench_") as wd:
       c_loop = c.copy_and_resolve_references()
       c_loop.data_workers = data_workers
-      data_info = {"train_source": source, "eval_source": None, "total_steps": c.total_steps,
-                   "warmup_steps": c.optimizer.warmup_steps, "num_classes": c.num_classes,
-                   "class_names": source.class_names, "num_examples": len(source),
-                   "vocab": c.text.tokenizer if tok else None}
+      data_info = {
+        "train_source": source,
+        "eval_source": None,
+        "total_steps": c.total_steps,
+        "warmup_steps": c.optimizer.warmup_steps,
+        "num_classes": c.num_classes,
+        "class_names": source.class_names,
+        "num_examples": len(source),
+        "vocab": c.text.tokenizer if tok else None,
+      }
       train.fit(train.spec_of(c_loop, data_info, mesh, meth, tok), wd)
       rows = [r for r in log_lib.read_metrics(wd) if "train/steps_per_sec" in r]
       loop_step = 1.0 / rows[-1]["train/steps_per_sec"]
@@ -609,23 +750,31 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
   peak = peak_matmul_flops(dtype)
   device = jax.devices()[0]
   row = {
-      "bench": "model", "model": model, "method": method, "batch_size": batch_size,
-      "resolution": resolution, "dtype": dtype, "data": data, "steps": steps,
-      "model_kwargs": dict(model_kwargs or {}),
-      "images_per_sec": round(batch_size / (loop_step or bare_step), 2),
-      "bare_images_per_sec": round(batch_size / bare_step, 2),
-      "step_time_s": round(bare_step, 5),
-      "loop_step_time_s": round(loop_step, 5) if loop_step else None,
-      "bare_step_spread": round(abs(bare_after - bare_before) / bare_step, 4),
-      "loop_overhead": round(loop_step / bare_step - 1, 4) if loop_step else None,
-      "compile_time_s": round(compile_s, 2),
-      "step_memory_gb": round(memory["needed"] / 2**30, 3) if memory else None,
-      "flops_per_step": flops, "xla_compiled_flops_per_step": xla_compiled_flops,
-      "peak_matmul_tflops": _sig(peak / 1e12),
-      "mfu": _sig(flops / bare_step / peak) if flops else None,
-      "pipeline_images_per_sec": round(pipeline_rate, 1), "data_workers": data_workers,
-      "device": f"{device.device_kind} x{len(jax.devices())} ({device_description()})",
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "bench": "model",
+    "model": model,
+    "method": method,
+    "batch_size": batch_size,
+    "resolution": resolution,
+    "dtype": dtype,
+    "data": data,
+    "steps": steps,
+    "model_kwargs": dict(model_kwargs or {}),
+    "images_per_sec": round(batch_size / (loop_step or bare_step), 2),
+    "bare_images_per_sec": round(batch_size / bare_step, 2),
+    "step_time_s": round(bare_step, 5),
+    "loop_step_time_s": round(loop_step, 5) if loop_step else None,
+    "bare_step_spread": round(abs(bare_after - bare_before) / bare_step, 4),
+    "loop_overhead": round(loop_step / bare_step - 1, 4) if loop_step else None,
+    "compile_time_s": round(compile_s, 2),
+    "step_memory_gb": round(memory["needed"] / 2**30, 3) if memory else None,
+    "flops_per_step": flops,
+    "xla_compiled_flops_per_step": xla_compiled_flops,
+    "peak_matmul_tflops": _sig(peak / 1e12),
+    "mfu": _sig(flops / bare_step / peak) if flops else None,
+    "pipeline_images_per_sec": round(pipeline_rate, 1),
+    "data_workers": data_workers,
+    "device": f"{device.device_kind} x{len(jax.devices())} ({device_description()})",
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
   if torch_ref:
     ref = torch_reference(model, method, batch_size, resolution, steps, dtype)
@@ -634,8 +783,15 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
       row["ratio_to_torch"] = round(row["bare_images_per_sec"] / ref["torch_images_per_sec"], 3)
   out = [row]
   if profile_row is not None:
-    out.append({**profile_row, "model": model, "batch_size": batch_size,
-                "resolution": resolution, "device": row["device"]})
+    out.append(
+      {
+        **profile_row,
+        "model": model,
+        "batch_size": batch_size,
+        "resolution": resolution,
+        "device": row["device"],
+      }
+    )
   if checkpoint:
     out.append(bench_checkpoint(state, trainer, row))
   return out
@@ -646,8 +802,9 @@ def bench_model(model: str, batch_size: int, resolution: int, steps: int, method
 TORCH_REFERENCES = {"supervised": "timm", "clip": "open_clip"}
 
 
-def torch_reference(model: str, method: str, batch_size: int, resolution: int, steps: int,
-                    dtype: str) -> dict | None:
+def torch_reference(
+  model: str, method: str, batch_size: int, resolution: int, steps: int, dtype: str
+) -> dict | None:
   """The same architecture and batch as plain PyTorch on the same kind of device: timm's
   module with SGD + momentum and cross-entropy (supervised), OpenCLIP's model, ClipLoss and
   AdamW (clip). None when torch/timm/open_clip are not installed or the case has none."""
@@ -685,17 +842,26 @@ def torch_reference(model: str, method: str, batch_size: int, resolution: int, s
     opt.step()
 
   dt = _time_torch(step, steps, cuda)
-  return {"torch_model": name, "torch_images_per_sec": round(batch_size / dt, 2),
-          "torch_step_time_s": round(dt, 5), "torch_version": torch.__version__,
-          "torch_threads": torch.get_num_threads()}
+  return {
+    "torch_model": name,
+    "torch_images_per_sec": round(batch_size / dt, 2),
+    "torch_step_time_s": round(dt, 5),
+    "torch_version": torch.__version__,
+    "torch_threads": torch.get_num_threads(),
+  }
 
 
-OPENCLIP_REFERENCE = {"clip_rn50": "RN50", "clip_rn101": "RN101", "vit_b32": "ViT-B-32",
-                      "vit_b16": "ViT-B-16"}
+OPENCLIP_REFERENCE = {
+  "clip_rn50": "RN50",
+  "clip_rn101": "RN101",
+  "vit_b32": "ViT-B-32",
+  "vit_b16": "ViT-B-16",
+}
 
 
 def _time_torch(step, steps: int, cuda: bool) -> float:
   import torch
+
   for _ in range(2):
     step()
   if cuda:
@@ -708,8 +874,9 @@ def _time_torch(step, steps: int, cuda: bool) -> float:
   return (time.perf_counter() - t0) / steps
 
 
-def _openclip_reference(model: str, batch_size: int, resolution: int, steps: int,
-                        dtype: str) -> dict | None:
+def _openclip_reference(
+  model: str, batch_size: int, resolution: int, steps: int, dtype: str
+) -> dict | None:
   """OpenCLIP's own training step for the same CLIP (its model, ClipLoss, AdamW): the
   reference for CLIP throughput."""
   try:
@@ -728,7 +895,8 @@ def _openclip_reference(model: str, batch_size: int, resolution: int, steps: int
   opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=0.1)
   x = torch.randn(batch_size, 3, resolution, resolution, device=dev)
   tokens = open_clip.get_tokenizer(name)(
-      [f"a photo of a class {i % 1000}, number {i}" for i in range(batch_size)]).to(dev)
+    [f"a photo of a class {i % 1000}, number {i}" for i in range(batch_size)]
+  ).to(dev)
   amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
   def step():
@@ -740,14 +908,17 @@ def _openclip_reference(model: str, batch_size: int, resolution: int, steps: int
     opt.step()
 
   dt = _time_torch(step, steps, cuda)
-  return {"torch_model": f"open_clip {name}", "torch_images_per_sec": round(batch_size / dt, 2),
-          "torch_step_time_s": round(dt, 5), "torch_version": torch.__version__,
-          "torch_threads": torch.get_num_threads()}
+  return {
+    "torch_model": f"open_clip {name}",
+    "torch_images_per_sec": round(batch_size / dt, 2),
+    "torch_step_time_s": round(dt, 5),
+    "torch_version": torch.__version__,
+    "torch_threads": torch.get_num_threads(),
+  }
 
 
 def bench_checkpoint(state, trainer, row) -> dict:
   """Save and restore of the benchmarked train state (params, optimiser state): GB/s."""
-
 
   nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
   with tempfile.TemporaryDirectory(prefix="bt_ckpt_") as wd:
@@ -761,11 +932,16 @@ def bench_checkpoint(state, trainer, row) -> dict:
     jax.block_until_ready(restored)
     restore_s = time.perf_counter() - t0
     ck.close()
-  return {"bench": "checkpoint", "model": row["model"], "bytes": nbytes,
-          "save_gb_per_sec": round(nbytes / save_s / 1e9, 3),
-          "restore_gb_per_sec": round(nbytes / restore_s / 1e9, 3),
-          "save_s": round(save_s, 3), "restore_s": round(restore_s, 3),
-          "device": row["device"]}
+  return {
+    "bench": "checkpoint",
+    "model": row["model"],
+    "bytes": nbytes,
+    "save_gb_per_sec": round(nbytes / save_s / 1e9, 3),
+    "restore_gb_per_sec": round(nbytes / restore_s / 1e9, 3),
+    "save_s": round(save_s, 3),
+    "restore_s": round(restore_s, 3),
+    "device": row["device"],
+  }
 
 
 def bench_variants(base_args: list[str], variants: list[str], rounds: int) -> list[dict]:
@@ -786,9 +962,12 @@ def bench_variants(base_args: list[str], variants: list[str], rounds: int) -> li
         args += value.split()
       else:
         raise ValueError(f"variant {v!r}: 'xla:FLAGS' or 'args:ARGS'")
-      out = subprocess.run([sys.executable, "-m", "big_transfer.bench", *args,
-                            "--loop=off", "--torch=off"], env=env, capture_output=True,
-                           text=True)
+      out = subprocess.run(
+        [sys.executable, "-m", "big_transfer.bench", *args, "--loop=off", "--torch=off"],
+        env=env,
+        capture_output=True,
+        text=True,
+      )
       rows = [json.loads(x) for x in out.stdout.splitlines() if x.startswith("{")]
       if out.returncode or not rows:
         err = (out.stderr.strip().splitlines() or ["?"])[-1][:200]
@@ -802,61 +981,112 @@ def bench_variants(base_args: list[str], variants: list[str], rounds: int) -> li
   out_rows = []
   for v in variants:
     med = round(float(np.median(rates[v])), 3) if rates[v] else None
-    row = {"bench": "variant", "variant": v or "baseline", "images_per_sec": med,
-           "rounds": rates[v], "ratio_to_baseline": round(med / base, 3) if med and base
-           else None}
-    row.update({k: last[v].get(k) for k in ("model", "model_kwargs", "batch_size",
-                                            "resolution", "dtype", "compile_time_s", "mfu",
-                                            "device", "error")
-                if k in last.get(v, {})})
+    row = {
+      "bench": "variant",
+      "variant": v or "baseline",
+      "images_per_sec": med,
+      "rounds": rates[v],
+      "ratio_to_baseline": round(med / base, 3) if med and base else None,
+    }
+    row.update(
+      {
+        k: last[v].get(k)
+        for k in (
+          "model",
+          "model_kwargs",
+          "batch_size",
+          "resolution",
+          "dtype",
+          "compile_time_s",
+          "mfu",
+          "device",
+          "error",
+        )
+        if k in last.get(v, {})
+      }
+    )
     out_rows.append(row)
   return out_rows
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter,
-                     argparse.ArgumentDefaultsHelpFormatter):
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
   """The docstring as written, and every flag's default."""
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(prog="python -m big_transfer.bench", description=__doc__,
-                              formatter_class=_HelpFormatter)
-  p.add_argument("--what", choices=("model", "pipeline", "loader", "tokenizer"), default=None,
-                 help="default: model when --model is given, else pipeline")
+  p = argparse.ArgumentParser(
+    prog="python -m big_transfer.bench", description=__doc__, formatter_class=_HelpFormatter
+  )
+  p.add_argument(
+    "--what",
+    choices=("model", "pipeline", "loader", "tokenizer"),
+    default=None,
+    help="default: model when --model is given, else pipeline",
+  )
   p.add_argument("--model", default=None, help="e.g. resnet50, vit_s16, vit_b16, clip_rn50")
-  p.add_argument("--method", default="supervised",
-                 choices=("supervised", "clip", "simclr", "slip"), help="model: the step's method")
+  p.add_argument(
+    "--method",
+    default="supervised",
+    choices=("supervised", "clip", "simclr", "slip"),
+    help="model: the step's method",
+  )
   p.add_argument("--batch_size", type=int, default=16, help="global batch")
   p.add_argument("--resolution", type=int, default=224, help="model: image side")
   p.add_argument("--steps", type=int, default=10, help="model: timed steps")
-  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                 help="model: compute dtype")
-  p.add_argument("--data", default="synthetic", choices=("synthetic", "pipeline"),
-                 help="model: the loop's data (pipeline: JPEGs through the study chain)")
-  p.add_argument("--loop", default="on", choices=("on", "off"),
-                 help="off: the bare step only (quick comparisons of XLA flags)")
-  p.add_argument("--torch", default="auto", choices=("auto", "off"),
-                 help="the PyTorch side-by-side when torch and timm are installed")
+  p.add_argument(
+    "--dtype", default="float32", choices=("float32", "bfloat16"), help="model: compute dtype"
+  )
+  p.add_argument(
+    "--data",
+    default="synthetic",
+    choices=("synthetic", "pipeline"),
+    help="model: the loop's data (pipeline: JPEGs through the study chain)",
+  )
+  p.add_argument(
+    "--loop",
+    default="on",
+    choices=("on", "off"),
+    help="off: the bare step only (quick comparisons of XLA flags)",
+  )
+  p.add_argument(
+    "--torch",
+    default="auto",
+    choices=("auto", "off"),
+    help="the PyTorch side-by-side when torch and timm are installed",
+  )
   p.add_argument("--images", type=int, default=200, help="pipeline/loader: JPEGs made")
   p.add_argument("--height", type=int, default=375, help="pipeline/loader: JPEG height")
   p.add_argument("--width", type=int, default=500, help="pipeline/loader: JPEG width")
   p.add_argument("--seconds", type=float, default=3.0, help="about this much time per case")
-  p.add_argument("--variants", default=None,
-                 help="';'-separated 'xla:FLAGS' / 'args:ARGS' variants of the bare step, each "
-                      "in its own process, baseline first (e.g. 'xla:;xla:--xla_cpu_use_xnnpack"
-                      "=true;args:--dtype=bfloat16')")
+  p.add_argument(
+    "--variants",
+    default=None,
+    help="';'-separated 'xla:FLAGS' / 'args:ARGS' variants of the bare step, each "
+    "in its own process, baseline first (e.g. 'xla:;xla:--xla_cpu_use_xnnpack"
+    "=true;args:--dtype=bfloat16')",
+  )
   p.add_argument("--rounds", type=int, default=2, help="variants: rounds of each")
-  p.add_argument("--workers", default="0,1,2",
-                 help="loader: comma-separated worker counts to measure")
-  p.add_argument("--data_workers", type=int, default=0,
-                 help="model: the training loop's data worker processes")
-  p.add_argument("--model_kwargs", action="append", default=None,
-                 help='JSON, e.g. \'{"width": 0.5}\'; repeated ones are merged, later keys '
-                      'winning (so a variant\'s kwargs add to the base run\'s)')
-  p.add_argument("--profile", default=None, metavar="DIR",
-                 help="model: also trace two bare steps into DIR (TensorBoard / Perfetto) and "
-                      "print a 'profile' row: ms per step by what the operations compute "
-                      "(convolution, matmul, layout copies, ...) and the slowest operations")
+  p.add_argument(
+    "--workers", default="0,1,2", help="loader: comma-separated worker counts to measure"
+  )
+  p.add_argument(
+    "--data_workers", type=int, default=0, help="model: the training loop's data worker processes"
+  )
+  p.add_argument(
+    "--model_kwargs",
+    action="append",
+    default=None,
+    help='JSON, e.g. \'{"width": 0.5}\'; repeated ones are merged, later keys '
+    'winning (so a variant\'s kwargs add to the base run\'s)',
+  )
+  p.add_argument(
+    "--profile",
+    default=None,
+    metavar="DIR",
+    help="model: also trace two bare steps into DIR (TensorBoard / Perfetto) and "
+    "print a 'profile' row: ms per step by what the operations compute "
+    "(convolution, matmul, layout copies, ...) and the slowest operations",
+  )
   args = p.parse_args(argv)
   model_kwargs = {}
   for text in args.model_kwargs or []:
@@ -866,25 +1096,47 @@ def main(argv=None):
       p.error(f"--model_kwargs={text!r} is not a JSON object")
   what = args.what or ("model" if args.model else "pipeline")
   if what == "model" and args.variants is not None:
-    base = [f"--model={args.model}", f"--method={args.method}",
-            f"--batch_size={args.batch_size}", f"--resolution={args.resolution}",
-            f"--steps={args.steps}", f"--dtype={args.dtype}", f"--data={args.data}",
-            f"--model_kwargs={json.dumps(model_kwargs)}"]
+    base = [
+      f"--model={args.model}",
+      f"--method={args.method}",
+      f"--batch_size={args.batch_size}",
+      f"--resolution={args.resolution}",
+      f"--steps={args.steps}",
+      f"--dtype={args.dtype}",
+      f"--data={args.data}",
+      f"--model_kwargs={json.dumps(model_kwargs)}",
+    ]
     rows = bench_variants(base, args.variants.split(";"), args.rounds)
   elif what == "model":
     if not args.model:
       p.error("--what=model needs --model")
     absl_logging.set_verbosity(absl_logging.WARNING)
-    rows = bench_model(args.model, args.batch_size, args.resolution, args.steps, args.method,
-                       args.dtype, args.data, torch_ref=args.torch == "auto",
-                       checkpoint=args.loop == "on", loop=args.loop == "on",
-                       model_kwargs=model_kwargs,
-                       data_workers=args.data_workers, profile_dir=args.profile)
+    rows = bench_model(
+      args.model,
+      args.batch_size,
+      args.resolution,
+      args.steps,
+      args.method,
+      args.dtype,
+      args.data,
+      torch_ref=args.torch == "auto",
+      checkpoint=args.loop == "on",
+      loop=args.loop == "on",
+      model_kwargs=model_kwargs,
+      data_workers=args.data_workers,
+      profile_dir=args.profile,
+    )
   elif what == "tokenizer":
     rows = bench_tokenizer(args.seconds)
   elif what == "loader":
-    rows = bench_loader([int(w) for w in args.workers.split(",")], args.batch_size,
-                        args.seconds, min(args.images, 64), args.height, args.width)
+    rows = bench_loader(
+      [int(w) for w in args.workers.split(",")],
+      args.batch_size,
+      args.seconds,
+      min(args.images, 64),
+      args.height,
+      args.width,
+    )
   else:
     rows = bench_pipeline(args.images, args.height, args.width, args.seconds)
   for row in rows:

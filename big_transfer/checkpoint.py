@@ -52,10 +52,25 @@ from big_transfer.sharding import path_name
 log = logging.getLogger(__name__)
 
 CHECKSUMS = "CHECKSUMS.json"
-TRANSIENT_ERRNOS = {errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED,
-                    errno.EMFILE, errno.ENFILE, errno.EBUSY, errno.ESTALE, errno.EINTR}
-TRANSIENT_WORDS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
-                   "Too many open files", "Connection reset", "timed out")
+TRANSIENT_ERRNOS = {
+  errno.EAGAIN,
+  errno.ETIMEDOUT,
+  errno.ECONNRESET,
+  errno.ECONNREFUSED,
+  errno.EMFILE,
+  errno.ENFILE,
+  errno.EBUSY,
+  errno.ESTALE,
+  errno.EINTR,
+}
+TRANSIENT_WORDS = (
+  "UNAVAILABLE",
+  "DEADLINE_EXCEEDED",
+  "RESOURCE_EXHAUSTED",
+  "Too many open files",
+  "Connection reset",
+  "timed out",
+)
 
 
 class CheckpointError(RuntimeError):
@@ -66,8 +81,9 @@ def abstract_like(state, shardings=None):
   """ShapeDtypeStructs (with shardings) to restore ``state``'s structure into."""
   if shardings is None:
     shardings = jax.tree.map(lambda x: x.sharding, state)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      state, shardings)
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+  )
 
 
 def _chain(e: BaseException):
@@ -88,8 +104,10 @@ def is_transient(e: BaseException) -> bool:
 
 
 def is_disk_full(e: BaseException) -> bool:
-  return any((isinstance(x, OSError) and x.errno == errno.ENOSPC)
-             or "No space left on device" in str(x) for x in _chain(e))
+  return any(
+    (isinstance(x, OSError) and x.errno == errno.ENOSPC) or "No space left on device" in str(x)
+    for x in _chain(e)
+  )
 
 
 def _first_line(e: BaseException) -> str:
@@ -110,8 +128,12 @@ _UNCHECKED = (CHECKSUMS, "_CHECKPOINT_METADATA")
 
 
 def _files(step_dir: str) -> list[str]:
-  return sorted(os.path.relpath(os.path.join(dp, f), step_dir)
-                for dp, _, fs in os.walk(step_dir) for f in fs if f not in _UNCHECKED)
+  return sorted(
+    os.path.relpath(os.path.join(dp, f), step_dir)
+    for dp, _, fs in os.walk(step_dir)
+    for f in fs
+    if f not in _UNCHECKED
+  )
 
 
 def seal(step_dir: str) -> None:
@@ -192,16 +214,18 @@ def state_digest(state) -> dict[str, str]:
   same digest."""
   leaves = jax.tree.leaves(state)
   nbytes = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in leaves)
-  if nbytes <= HOST_DIGEST_MAX_BYTES and all(getattr(x, "is_fully_addressable", True)
-                                             for x in leaves):
+  if nbytes <= HOST_DIGEST_MAX_BYTES and all(
+    getattr(x, "is_fully_addressable", True) for x in leaves
+  ):
     return host_digest(jax.device_get(state))
   names = [n for n, _ in _named_leaves(state)]
   treedef = jax.tree_util.tree_structure(state)
   fn = _digest_fns.get(treedef)
   if fn is None:
-    opts = ({"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None)
-    fn = jax.jit(lambda t: [_leaf_digest(x, jax.numpy) for x in jax.tree.leaves(t)],
-                 compiler_options=opts)
+    opts = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    fn = jax.jit(
+      lambda t: [_leaf_digest(x, jax.numpy) for x in jax.tree.leaves(t)], compiler_options=opts
+    )
     _digest_fns[treedef] = fn
   values = jax.device_get(fn(state))
   return {n: f"{int(v):08x}" for n, v in zip(names, values)}
@@ -222,8 +246,10 @@ def digest_mismatch(saved: dict, got: dict[str, str]) -> str | None:
   bad = [n for n in sorted(set(want) | set(got)) if want.get(n) != got.get(n)]
   if not bad:
     return None
-  return (f"{len(bad)} array(s) do not match the digest saved with them (changed after the "
-          f"save): {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+  return (
+    f"{len(bad)} array(s) do not match the digest saved with them (changed after the "
+    f"save): {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+  )
 
 
 def read_digest(step_dir: str) -> dict | None:
@@ -264,24 +290,37 @@ def remove_unfinished(directory: str, log_fn=None) -> list[str]:
   for n in gone:
     shutil.rmtree(os.path.join(directory, n), ignore_errors=True)
   if gone and log_fn is not None:
-    log_fn(f"removed {len(gone)} unfinished checkpoint(s) a stopped run left in {directory}: "
-           f"{', '.join(gone[:4])}{' ...' if len(gone) > 4 else ''}")
+    log_fn(
+      f"removed {len(gone)} unfinished checkpoint(s) a stopped run left in {directory}: "
+      f"{', '.join(gone[:4])}{' ...' if len(gone) > 4 else ''}"
+    )
   return gone
 
 
 class Checkpointer:
   """Keeps the last ``keep`` checkpoints (and every ``keep_every``-th step, if set)."""
 
-  def __init__(self, workdir: str, *, keep: int = 3, keep_every: int | None = None,
-               async_save: bool = True, log_fn=None):
+  def __init__(
+    self,
+    workdir: str,
+    *,
+    keep: int = 3,
+    keep_every: int | None = None,
+    async_save: bool = True,
+    log_fn=None,
+  ):
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, "checkpoints")
     remove_unfinished(self.directory, log_fn or log.warning)
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, keep_period=keep_every or None,
-        enable_async_checkpointing=async_save, create=True,
-        async_options=(ocp.AsyncOptions(post_finalization_callback=self._seal_pending)
-                       if async_save else None))
+      max_to_keep=keep,
+      keep_period=keep_every or None,
+      enable_async_checkpointing=async_save,
+      create=True,
+      async_options=(
+        ocp.AsyncOptions(post_finalization_callback=self._seal_pending) if async_save else None
+      ),
+    )
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self.failed = False
     self.async_save = async_save
@@ -293,8 +332,7 @@ class Checkpointer:
     step, self._pending = self._pending, None
     if step is None or jax.process_index() != 0 or not os.path.isdir(self.directory):
       return
-    tmp = sorted(n for n in os.listdir(self.directory)
-                 if n.startswith(f"{step}{TMP_MARK}"))
+    tmp = sorted(n for n in os.listdir(self.directory) if n.startswith(f"{step}{TMP_MARK}"))
     step_dir = os.path.join(self.directory, tmp[-1] if tmp else str(step))
     try:
       seal(step_dir)
@@ -313,11 +351,13 @@ class Checkpointer:
     if is_disk_full(e):
       usage = shutil.disk_usage(self.directory)
       return CheckpointError(
-          f"saving checkpoint {where} failed: no space left on device ({usage.free / 2**30:.2f} "
-          f"GiB free of {usage.total / 2**30:.2f} GiB); the previous checkpoints are intact; "
-          f"free space and run the same command again to resume")
-    return CheckpointError(f"saving checkpoint {where} failed: {_first_line(e)}; the previous "
-                           f"checkpoints are intact")
+        f"saving checkpoint {where} failed: no space left on device ({usage.free / 2**30:.2f} "
+        f"GiB free of {usage.total / 2**30:.2f} GiB); the previous checkpoints are intact; "
+        f"free space and run the same command again to resume"
+      )
+    return CheckpointError(
+      f"saving checkpoint {where} failed: {_first_line(e)}; the previous checkpoints are intact"
+    )
 
   def save(self, step: int, state, loader: dict | None = None):
     """Saves (asynchronously) the state and the loader's bookkeeping (``next_batch``,
@@ -352,9 +392,11 @@ class Checkpointer:
     saved = read_digest(step_dir)
     if saved is None:
       if not os.path.exists(os.path.join(step_dir, CHECKSUMS)):
-        log.warning("checkpoint %s has neither an array digest nor file checksums (written "
-                    "by an older version and stopped before sealing): restored unverified",
-                    step_dir)
+        log.warning(
+          "checkpoint %s has neither an array digest nor file checksums (written "
+          "by an older version and stopped before sealing): restored unverified",
+          step_dir,
+        )
       return None
     return digest_mismatch(saved, state_digest(state))
 
@@ -365,12 +407,14 @@ class Checkpointer:
     mismatches = structure_mismatches(tree, abstract_state)
     if mismatches:
       raise CheckpointError(
-          f"checkpoint {self.directory}/{step} was written by a different model or optimiser "
-          f"than this config ({len(mismatches)} mismatches: {'; '.join(mismatches[:6])}"
-          f"{' ...' if len(mismatches) > 6 else ''}); use a new --workdir")
+        f"checkpoint {self.directory}/{step} was written by a different model or optimiser "
+        f"than this config ({len(mismatches)} mismatches: {'; '.join(mismatches[:6])}"
+        f"{' ...' if len(mismatches) > 6 else ''}); use a new --workdir"
+      )
 
-  def restore_latest(self, abstract_state, retries: int = 3, backoff_s: float = 2.0
-                     ) -> tuple[int | None, Any, dict, list[str]]:
+  def restore_latest(
+    self, abstract_state, retries: int = 3, backoff_s: float = 2.0
+  ) -> tuple[int | None, Any, dict, list[str]]:
     """The newest checkpoint that verifies and reads back: (step, state, loader info, problems
     with newer ones). (None, None, {}, problems) when none does — ``problems`` says for each
     checkpoint why (empty: there were none).
@@ -402,15 +446,24 @@ class Checkpointer:
               break
             if attempt == retries:
               raise CheckpointError(
-                  f"checkpoint {step_dir} could not be read after {retries + 1} tries "
-                  f"({_first_line(e)}); a transient failure, not corruption: nothing moved "
-                  f"aside; run again when the file system is back") from None
-            log.warning("checkpoint %s: %s; retrying in %.0fs", step_dir, _first_line(e),
-                        backoff_s * 2 ** attempt)
-            time.sleep(backoff_s * 2 ** attempt)
+                f"checkpoint {step_dir} could not be read after {retries + 1} tries "
+                f"({_first_line(e)}); a transient failure, not corruption: nothing moved "
+                f"aside; run again when the file system is back"
+              ) from None
+            log.warning(
+              "checkpoint %s: %s; retrying in %.0fs",
+              step_dir,
+              _first_line(e),
+              backoff_s * 2**attempt,
+            )
+            time.sleep(backoff_s * 2**attempt)
       problems.append(f"step {step}: {bad}")
-      log.warning("checkpoint %s %s; moving it aside to checkpoints_corrupt/ and falling "
-                  "back to the previous one", step_dir, bad)
+      log.warning(
+        "checkpoint %s %s; moving it aside to checkpoints_corrupt/ and falling "
+        "back to the previous one",
+        step_dir,
+        bad,
+      )
       self._move_aside(step)
     return None, None, {}, problems
 
@@ -443,7 +496,7 @@ class Checkpointer:
 
   def close(self):
     if self.failed:  # a failed save's threads are left to the exit: closing them only adds
-      return         # tracebacks ("Event loop is closed") after the one error line
+      return  # tracebacks ("Event loop is closed") after the one error line
     try:
       self.manager.wait_until_finished()
     except Exception as e:  # noqa: BLE001
@@ -459,15 +512,18 @@ def find_checkpoints(path: str) -> tuple[str, list[int]]:
   path = os.path.abspath(path)
   for d in (os.path.join(path, "checkpoints"), path):
     if os.path.isdir(d):
-      steps = [int(s) for s in os.listdir(d) if s.isdigit()
-               and os.path.isdir(os.path.join(d, s, "state"))]
+      steps = [
+        int(s) for s in os.listdir(d) if s.isdigit() and os.path.isdir(os.path.join(d, s, "state"))
+      ]
       if steps:
         return d, sorted(steps, reverse=True)
   base = os.path.basename(path)
   if base.isdigit() and os.path.isdir(os.path.join(path, "state")):
     return os.path.dirname(path), [int(base)]
-  raise CheckpointError(f"no checkpoint found at {path!r} (expected a workdir, its "
-                        f"checkpoints/ directory or a checkpoints/<step> directory)")
+  raise CheckpointError(
+    f"no checkpoint found at {path!r} (expected a workdir, its "
+    f"checkpoints/ directory or a checkpoints/<step> directory)"
+  )
 
 
 def find_checkpoint(path: str) -> tuple[str, int]:
@@ -482,8 +538,10 @@ def _metadata_tree(item_dir: str):
 
 
 def _shapes_by_name(tree) -> dict[str, tuple]:
-  return {path_name(p): tuple(getattr(v, "shape", ()))
-          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    path_name(p): tuple(getattr(v, "shape", ()))
+    for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 def structure_mismatches(saved_tree, target_tree) -> list[str]:
@@ -491,9 +549,11 @@ def structure_mismatches(saved_tree, target_tree) -> list[str]:
   saved, target = _shapes_by_name(saved_tree), _shapes_by_name(target_tree)
   out = [f"{k}: not in checkpoint" for k in sorted(set(target) - set(saved))]
   out += [f"{k}: not in this model" for k in sorted(set(saved) - set(target))]
-  out += [f"{k}: checkpoint {saved[k]} vs model {target[k]}"
-          for k in sorted(set(saved) & set(target))
-          if saved[k] != target[k]]
+  out += [
+    f"{k}: checkpoint {saved[k]} vs model {target[k]}"
+    for k in sorted(set(saved) & set(target))
+    if saved[k] != target[k]
+  ]
   return out
 
 
@@ -525,8 +585,12 @@ def load_state(path: str) -> tuple[dict, int]:
         bad = digest_mismatch(saved, host_digest(state)) if saved else None
         if bad is None:
           if problems:
-            log.warning("%s: using checkpoint %d; newer ones are unusable: %s", directory,
-                        step, "; ".join(problems))
+            log.warning(
+              "%s: using checkpoint %d; newer ones are unusable: %s",
+              directory,
+              step,
+              "; ".join(problems),
+            )
           return state, step
     problems.append(f"step {step}: {bad}")
   raise CheckpointError(f"no usable checkpoint in {directory}: " + "; ".join(problems))

@@ -35,8 +35,7 @@ def load(path_and_arg: str) -> ml_collections.ConfigDict:
   path, sep, arg = path_and_arg.partition(":")
   if not os.path.isfile(path):
     raise ConfigError(f"config file {path!r} does not exist")
-  spec = importlib.util.spec_from_file_location(
-      "_bt_config_" + os.path.basename(path)[:-3], path)
+  spec = importlib.util.spec_from_file_location("_bt_config_" + os.path.basename(path)[:-3], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(arg) if sep else module.get_config()
@@ -50,8 +49,9 @@ def placeholder(t):
 
 def _check_run(config) -> None:
   if config.method not in methods.METHODS:
-    raise ConfigError(f"config.method={config.method!r}: not one of "
-                      f"{', '.join(sorted(methods.METHODS))}")
+    raise ConfigError(
+      f"config.method={config.method!r}: not one of {', '.join(sorted(methods.METHODS))}"
+    )
   try:
     cls, defaults = models.parse(config.model)
   except ValueError as e:
@@ -60,8 +60,9 @@ def _check_run(config) -> None:
   for k in config.model_kwargs:
     if k not in params or k in ("self", "rngs", "num_classes", "dtype"):
       known = [p for p in params if p not in ("self", "rngs", "num_classes", "dtype")]
-      raise ConfigError(f"config.model_kwargs.{k}: not an argument of {cls.__name__} "
-                        f"(known: {', '.join(known)})")
+      raise ConfigError(
+        f"config.model_kwargs.{k}: not an argument of {cls.__name__} (known: {', '.join(known)})"
+      )
   if config.dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"config.dtype={config.dtype!r}: not float32 or bfloat16")
   for key in ("batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
@@ -75,39 +76,65 @@ def _check_run(config) -> None:
 # The run's own keys: what it trains (method, model), for how long, how often it logs and
 # saves, how it starts and where its parameters live. The data, optimiser, method, evaluator and
 # logging keys are declared by their modules (sections()).
-RUN = schema.Section("", __name__, keys=(
+RUN = schema.Section(
+  "",
+  __name__,
+  keys=(
     schema.Key("method", "supervised", "the pre-training method (methods.METHODS)"),
-    schema.Key("model", "resnet50", "a model name (models: resnetD, bit_rDxW, clip_rnD, "
-               "vit_{ti,s,m,b,l,h}P)"),
+    schema.Key(
+      "model", "resnet50", "a model name (models: resnetD, bit_rDxW, clip_rnD, vit_{ti,s,m,b,l,h}P)"
+    ),
     schema.Key("model_kwargs", {}, "the model's other arguments (e.g. width, image_size)"),
     schema.Key("batch_size", 256, "the global batch, over all processes and devices"),
-    schema.Key("total_steps", placeholder(int), "the run's length: exactly one of "
-               "total_steps, total_epochs, total_examples (resolved to steps)"),
+    schema.Key(
+      "total_steps",
+      placeholder(int),
+      "the run's length: exactly one of "
+      "total_steps, total_epochs, total_examples (resolved to steps)",
+    ),
     schema.Key("total_epochs", placeholder(float), "the run's length in epochs"),
     schema.Key("total_examples", placeholder(int), "the run's length in examples seen"),
     schema.Key("eval_batch_size", placeholder(int), "default: batch_size"),
     schema.Key("log_every", 50, "steps between metrics rows"),
-    schema.Key("eval_every", placeholder(int), "steps between evaluations (default: "
-               "checkpoint_every)"),
+    schema.Key(
+      "eval_every", placeholder(int), "steps between evaluations (default: checkpoint_every)"
+    ),
     schema.Key("checkpoint_every", 1000, "steps between checkpoints"),
     schema.Key("keep_checkpoints", 3, "the newest checkpoints kept"),
     schema.Key("keep_every", placeholder(int), "also keep every N-th step forever"),
-    schema.Key("allow_fresh_start", False, "when checkpoints exist but none restores (all "
-               "corrupt), a run stops with an error naming each; True starts again from step "
-               "0 instead (saying so)"),
+    schema.Key(
+      "allow_fresh_start",
+      False,
+      "when checkpoints exist but none restores (all "
+      "corrupt), a run stops with an error naming each; True starts again from step "
+      "0 instead (saying so)",
+    ),
     schema.Key("seed", 0, "initialisation, data order and augmentation"),
-    schema.Key("init_from", "", "start from another checkpoint of the same model (e.g. one "
-               "made by convert_checkpoint), by name, instead of random weights"),
+    schema.Key(
+      "init_from",
+      "",
+      "start from another checkpoint of the same model (e.g. one "
+      "made by convert_checkpoint), by name, instead of random weights",
+    ),
     schema.Key("init_skip", "", "init_from: comma-separated name prefixes kept fresh"),
     schema.Key("dtype", "float32", "compute dtype; parameters stay float32"),
     schema.Key("mesh", {"data": -1, "fsdp": 1}, "the device mesh (data x fsdp; -1: the rest)"),
-    schema.Key("param_sharding", ((".*", "fsdp"),), "ordered (regex over 'a/b/kernel', how) "
-               "rules; how: 'fsdp', 'replicate' or a spec tuple"),
+    schema.Key(
+      "param_sharding",
+      ((".*", "fsdp"),),
+      "ordered (regex over 'a/b/kernel', how) rules; how: 'fsdp', 'replicate' or a spec tuple",
+    ),
     schema.Key("param_sharding_min_size", 2**14, "'fsdp' leaves smaller arrays replicated"),
-    schema.Key("ema_decay", 0.0, "> 0 keeps an exponential moving average of the weights "
-               "(evaluated and transferred instead of the weights)"),
+    schema.Key(
+      "ema_decay",
+      0.0,
+      "> 0 keeps an exponential moving average of the weights "
+      "(evaluated and transferred instead of the weights)",
+    ),
     schema.Key("label_smoothing", 0.0, "supervised and transfer cross-entropy"),
-), check=_check_run)
+  ),
+  check=_check_run,
+)
 
 
 def sections() -> list[schema.Section]:
@@ -115,10 +142,21 @@ def sections() -> list[schema.Section]:
   registered method's, the evaluators', logging's."""
   from big_transfer import logging as log_lib
   from big_transfer.data import pipeline
-  method_sections = [s for name in methods.known()
-                     for s in methods.method_class(name).config_sections]
-  return schema.unique([RUN, pipeline.SECTION, optim.SECTION, *method_sections,
-                        evals_lib.SECTION, log_lib.SECTION, log_lib.WANDB_SECTION])
+
+  method_sections = [
+    s for name in methods.known() for s in methods.method_class(name).config_sections
+  ]
+  return schema.unique(
+    [
+      RUN,
+      pipeline.SECTION,
+      optim.SECTION,
+      *method_sections,
+      evals_lib.SECTION,
+      log_lib.SECTION,
+      log_lib.WANDB_SECTION,
+    ]
+  )
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -143,25 +181,35 @@ def transfer_config():
   jitter 0.4, which timm 0.4.12 does not apply under RandAugment, is ``color_jitter(0.4, 0.4,
   0.4, 0.0)`` added to ``pp_train``."""
   from big_transfer import finetune  # the transfer keys' owner (it imports this module)
+
   c = schema.build(sections() + [finetune.SECTION])
   c.method = "supervised"  # the transfer loss is supervised cross-entropy
   c.model = ""  # '' = the pre-trained run's model
   c.eval_data = "none"
   c.batch_size = 128
   c.total_epochs = 128.0
-  c.optimizer.update(name="adamw", lr=1e-3, weight_decay=0.1, b1=0.9, b2=0.999,
-                     schedule="cosine", warmup_steps=500, grad_clip_norm=1.0, decay="all")
+  c.optimizer.update(
+    name="adamw",
+    lr=1e-3,
+    weight_decay=0.1,
+    b1=0.9,
+    b2=0.999,
+    schedule="cosine",
+    warmup_steps=500,
+    grad_clip_norm=1.0,
+    decay="all",
+  )
   # timm 0.4.12's create_transform as the authors called it: with RandAugment on, the colour
   # jitter they set (0.4) is not applied.
-  c.pp_train = ("decode|inception_crop(224, method='bicubic')|flip_lr|randaugment(2, 9, 0.5)"
-                "|normalize('imagenet')|random_erasing(0.25)")
-  c.pp_eval = ("decode|resize_small(256, method='bicubic')|central_crop(224)"
-               "|normalize('imagenet')")
+  c.pp_train = (
+    "decode|inception_crop(224, method='bicubic')|flip_lr|randaugment(2, 9, 0.5)"
+    "|normalize('imagenet')|random_erasing(0.25)"
+  )
+  c.pp_eval = "decode|resize_small(256, method='bicubic')|central_crop(224)|normalize('imagenet')"
   c.checkpoint_every = 1000
   c.log_every = 50
   c.keep_checkpoints = 1
   return c
-
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -197,16 +245,28 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
-def resolve_steps(total_steps, total_epochs, total_examples, *, batch_size: int,
-                  num_examples: int | None, what: str = "total") -> int:
+def resolve_steps(
+  total_steps,
+  total_epochs,
+  total_examples,
+  *,
+  batch_size: int,
+  num_examples: int | None,
+  what: str = "total",
+) -> int:
   """One of steps / epochs / examples -> steps. 0 counts as unset, so a command line can
   switch units: ``--config.total_steps=0 --config.total_epochs=20``."""
-  given = {k: v for k, v in (("steps", total_steps), ("epochs", total_epochs),
-                             ("examples", total_examples)) if v}
+  given = {
+    k: v
+    for k, v in (("steps", total_steps), ("epochs", total_epochs), ("examples", total_examples))
+    if v
+  }
   if len(given) != 1:
-    raise ConfigError(f"config: set exactly one of {what}_steps, {what}_epochs, "
-                      f"{what}_examples (got {', '.join(given) or 'none'})")
-  (unit, v), = given.items()
+    raise ConfigError(
+      f"config: set exactly one of {what}_steps, {what}_epochs, "
+      f"{what}_examples (got {', '.join(given) or 'none'})"
+    )
+  ((unit, v),) = given.items()
   if v < 0:
     raise ConfigError(f"config.{what}_{unit}={v}: must be positive")
   if unit == "steps":
@@ -249,8 +309,13 @@ def usage(program: str) -> str:
   doc = (getattr(main, "__doc__", None) or "").strip()
   lines = [doc, "", "flags:"] if doc else [f"usage: {program} [flags]", "", "flags:"]
   by_module = flags.FLAGS.flags_by_module_dict()
-  mine = [f for m, fs in by_module.items() if m.startswith(("big_transfer", "__main__"))
-          or m.endswith(("train.py", "finetune.py", "study.py")) for f in fs]
+  mine = [
+    f
+    for m, fs in by_module.items()
+    if m.startswith(("big_transfer", "__main__"))
+    or m.endswith(("train.py", "finetune.py", "study.py"))
+    for f in fs
+  ]
   mine += [flags.FLAGS["verbosity"]] if "verbosity" in flags.FLAGS else []
   seen = set()
   for f in mine:
@@ -259,8 +324,10 @@ def usage(program: str) -> str:
     seen.add(f.name)
     default = f.default_as_str if f.name != "config" else "(required)"
     lines.append(f"  --{f.name}: {f.help} (default: {default})")
-  lines.append("  --config.KEY=VALUE: override any key of the config (--print_config lists "
-               "them with their values)")
+  lines.append(
+    "  --config.KEY=VALUE: override any key of the config (--print_config lists "
+    "them with their values)"
+  )
   return "\n".join(lines)
 
 
@@ -270,6 +337,7 @@ def describe(config) -> str:
   meanings = schema.help_of(sections())
   if "protocol" in config:
     from big_transfer import finetune
+
     meanings.update(schema.help_of([finetune.SECTION]))
   out = []
   for key, value in sorted(dotted(to_plain(config)).items()):
@@ -300,9 +368,17 @@ def dotted(d: dict, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-SYNONYMS = {"learning_rate": "lr", "lr_schedule": "schedule", "wd": "weight_decay",
-            "steps": "total_steps", "num_steps": "total_steps", "epochs": "total_epochs",
-            "bs": "batch_size", "warmup": "warmup_steps", "dataset": "data"}
+SYNONYMS = {
+  "learning_rate": "lr",
+  "lr_schedule": "schedule",
+  "wd": "weight_decay",
+  "steps": "total_steps",
+  "num_steps": "total_steps",
+  "epochs": "total_epochs",
+  "bs": "batch_size",
+  "warmup": "warmup_steps",
+  "dataset": "data",
+}
 
 
 def nearest_key(key: str, keys) -> str | None:
@@ -311,6 +387,7 @@ def nearest_key(key: str, keys) -> str | None:
   section ('optimizer.learning_rate' -> 'optimizer.lr'), else the closest spelling of the
   whole key, else of its last part (same section first). None when nothing is close."""
   import difflib
+
   keys = list(keys)
   tail = [k for k in keys if k.endswith("." + key)]
   if tail:
@@ -338,6 +415,7 @@ def _nearest_configs(path: str) -> str | None:
   """The existing config file nearest to a mistyped path."""
   import difflib
   import glob
+
   root = os.path.dirname(path) if os.path.isdir(os.path.dirname(path) or ".") else ""
   pool = glob.glob(os.path.join(root or "configs", "**", "*.py"), recursive=True)
   if not pool:
@@ -362,9 +440,9 @@ def explain_flag_error(argv: list[str]) -> str | None:
   path = spec.partition(":")[0]
   if not os.path.isfile(path):
     near = _nearest_configs(path)
-    return (f"--config={spec}: no such config file"
-            + (f"; the nearest existing one is {near}" if near else
-               " (configs are under configs/)"))
+    return f"--config={spec}: no such config file" + (
+      f"; the nearest existing one is {near}" if near else " (configs are under configs/)"
+    )
   try:
     config = load(spec)
   except Exception:  # noqa: BLE001  the config file's own error: reported as before
@@ -373,7 +451,7 @@ def explain_flag_error(argv: list[str]) -> str | None:
   for a in argv[1:]:
     if not a.startswith("--config.") or "=" not in a:
       continue
-    key, value = a[len("--config."):].split("=", 1)
+    key, value = a[len("--config.") :].split("=", 1)
     node, parts, ok = config, key.split("."), True
     for part in parts[:-1]:
       if isinstance(node, ml_collections.ConfigDict) and part in node:
@@ -387,11 +465,14 @@ def explain_flag_error(argv: list[str]) -> str | None:
       evaluator = key.split(".")[0] in evals_lib.types() and "evals" in config
       if evaluator and near and not near.startswith("evals."):
         near = None  # an evaluator's key: the hint below says where evaluators live
-      hint = (f"; did you mean {near} ({_type_name(_key_type(config, near))}, now "
-              f"{keys[near]!r})?" if near else
-              f"; evaluators are configured under evals.<name> (this config has "
-              f"{', '.join(config.evals.keys()) or 'none'}); --print_config lists every key"
-              if evaluator else "; --print_config lists every key")
+      hint = (
+        f"; did you mean {near} ({_type_name(_key_type(config, near))}, now {keys[near]!r})?"
+        if near
+        else f"; evaluators are configured under evals.<name> (this config has "
+        f"{', '.join(config.evals.keys()) or 'none'}); --print_config lists every key"
+        if evaluator
+        else "; --print_config lists every key"
+      )
       return f"--config.{key}={value}: {path} has no key {key!r}{hint}"
     if isinstance(node[leaf], ml_collections.ConfigDict):
       continue
@@ -401,8 +482,10 @@ def explain_flag_error(argv: list[str]) -> str | None:
         t(value)
       except ValueError:
         if not (t is float and _is_int(value)):
-          return (f"--config.{key}={value}: {key} expects {_type_name(t)} "
-                  f"(now {node[leaf]!r}); {value!r} is not one")
+          return (
+            f"--config.{key}={value}: {key} expects {_type_name(t)} "
+            f"(now {node[leaf]!r}); {value!r} is not one"
+          )
     if t is bool and value.lower() not in ("true", "false", "1", "0", "yes", "no", "t", "f"):
       return f"--config.{key}={value}: {key} expects true or false (now {node[leaf]!r})"
   return None
@@ -451,8 +534,11 @@ def flags_parser(argv: list[str]) -> list[str]:
     if explained:
       print(f"error: {explained}", file=sys.stderr)
       sys.exit(2)
-    bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")
-           and a.split("=")[0].rsplit(".", 1)[-1] in text]
+    bad = [
+      a.split("=")[0]
+      for a in argv[1:]
+      if a.startswith("--config.") and a.split("=")[0].rsplit(".", 1)[-1] in text
+    ]
     if "Traceback" in text:  # an exception inside the config file: keep its last line
       config_arg = next((a for a in argv[1:] if a.startswith("--config=")), "--config")
       msg = f"{config_arg[2:]}: " + re.split(r"\b\w*(?:Error|Exception): ", text)[-1]

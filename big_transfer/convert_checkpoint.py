@@ -47,7 +47,6 @@ from big_transfer.sharding import path_name
 def _model_shapes(spec: Spec):
   """(config, {name: shape} of params, {name: shape} of model_state, abstract pure dicts)."""
 
-
   config = config_lib.base_config()
   config.method = spec.method
   config.model = spec.model
@@ -58,15 +57,17 @@ def _model_shapes(spec: Spec):
     config.text.update(spec.text)
     config.clip.embed_dim = spec.embed_dim
     # Shapes only: the vocabulary size is the embedding's; CLIP's end-of-text id is its last.
-    info["tokenizer"] = types.SimpleNamespace(vocab_size=spec.vocab_size,
-                                              eot_id=spec.vocab_size - 1)
+    info["tokenizer"] = types.SimpleNamespace(
+      vocab_size=spec.vocab_size, eot_id=spec.vocab_size - 1
+    )
   method = methods.get(spec.method, config, info)
   abstract = nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0)))
   _, params, rest = nnx.split(abstract, nnx.Param, ...)
   trees = {"params": params.to_pure_dict(), "model_state": rest.to_pure_dict()}
-  shapes = {part: {path_name(p): tuple(v.shape)
-                   for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-            for part, tree in trees.items()}
+  shapes = {
+    part: {path_name(p): tuple(v.shape) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    for part, tree in trees.items()
+  }
   return config, shapes, trees
 
 
@@ -89,8 +90,7 @@ def _rule_and_spec(fmt: str, sd: dict, model: str | None, act: str | None):
     _check_model(model, spec)
     return spec, interop.bit_rule, sd
   if fmt == "big_vision":
-    sd = interop.unstack_scan(interop.strip_prefix(sd, ("opt/target/", "params/img/",
-                                                        "params/")))
+    sd = interop.unstack_scan(interop.strip_prefix(sd, ("opt/target/", "params/img/", "params/")))
     if "embedding/kernel" not in sd:
       raise ConversionError("not a big_vision ViT .npz (no embedding/kernel)")
     spec, layout, heads = interop.big_vision_spec(sd)
@@ -100,8 +100,9 @@ def _rule_and_spec(fmt: str, sd: dict, model: str | None, act: str | None):
     return spec, interop.big_vision_rule(layout, spec.model_kwargs["pool"], heads), sd
   if fmt == "timm":
     if not model:
-      raise ConversionError("--from=timm needs --model (e.g. resnet50, vit_base_patch16_224, "
-                            "resnetv2_50x1_bit)")
+      raise ConversionError(
+        "--from=timm needs --model (e.g. resnet50, vit_base_patch16_224, resnetv2_50x1_bit)"
+      )
     spec, kind = interop.timm_spec(sd, model)
     if act:
       spec.model_kwargs["act"] = act
@@ -111,24 +112,32 @@ def _rule_and_spec(fmt: str, sd: dict, model: str | None, act: str | None):
 
 def _check_model(model: str | None, spec: Spec):
   if model and model != spec.model:
-    raise ConversionError(f"--model={model}, but the checkpoint's tensors are a {spec.model} "
-                          f"({spec.model_kwargs})")
+    raise ConversionError(
+      f"--model={model}, but the checkpoint's tensors are a {spec.model} ({spec.model_kwargs})"
+    )
 
 
-def convert(fmt: str, src: str, out: str, *, model: str | None = None,
-            act: str | None = None) -> dict[str, Any]:
+def convert(
+  fmt: str, src: str, out: str, *, model: str | None = None, act: str | None = None
+) -> dict[str, Any]:
   """Converts ``src`` into the workdir ``out``; returns a summary (spec, tensors, params)."""
   sd = interop.read_source(src)
   spec, rule, sd = _rule_and_spec(fmt, sd, model, act)
   config, shapes, trees = _model_shapes(spec)
   names = {**shapes["params"], **shapes["model_state"]}
   flat = interop.convert(names, sd, rule, what=f"{fmt} checkpoint", path=src)
-  state = {part: _nest(trees[part], flat) for part in ("params", "model_state")
-           if shapes[part]}
+  state = {part: _nest(trees[part], flat) for part in ("params", "model_state") if shapes[part]}
   n_params = sum(int(np.prod(s)) for s in shapes["params"].values())
-  summary = {"from": fmt, "source": os.path.abspath(src), "model": spec.model,
-             "model_kwargs": spec.model_kwargs, "method": spec.method,
-             "num_classes": spec.num_classes, "tensors": len(flat), "params": n_params}
+  summary = {
+    "from": fmt,
+    "source": os.path.abspath(src),
+    "model": spec.model,
+    "model_kwargs": spec.model_kwargs,
+    "method": spec.method,
+    "num_classes": spec.num_classes,
+    "tensors": len(flat),
+    "params": n_params,
+  }
   write(out, config, state, summary)
   return summary
 
@@ -154,11 +163,18 @@ def export_openclip(workdir: str, out: str) -> dict[str, Any]:
   flat = {**transfer.flatten(pre.params()), **transfer.flatten(pre.state.get("model_state", {}))}
   flat = {k: v for k, v in flat.items() if not k.startswith("ssl_projection/")}
   if "logit_bias" in flat:
-    raise ConversionError("a SigLIP run (logit_bias): OpenCLIP's CLIP class has no bias; use "
-                          "its CustomTextCLIP/SigLIP configs by hand")
-  spec = Spec("clip", c.model, c.model_kwargs.to_dict(), text=c.text.to_dict(),
-              embed_dim=c.clip.embed_dim,
-              vocab_size=vocab or int(flat["text/token_embed/embedding"].shape[0]))
+    raise ConversionError(
+      "a SigLIP run (logit_bias): OpenCLIP's CLIP class has no bias; use "
+      "its CustomTextCLIP/SigLIP configs by hand"
+    )
+  spec = Spec(
+    "clip",
+    c.model,
+    c.model_kwargs.to_dict(),
+    text=c.text.to_dict(),
+    embed_dim=c.clip.embed_dim,
+    vocab_size=vocab or int(flat["text/token_embed/embedding"].shape[0]),
+  )
   cfg = interop.openclip_config(spec)
   sd = _with_batchnorm_counters(interop.export(flat, interop.openclip_rule, what="OpenCLIP"))
   save_state_dict(sd, out)
@@ -198,16 +214,19 @@ def export_timm(workdir: str, out: str) -> dict[str, Any]:
   run_dir = transfer.workdir_of(directory)
   config = _run_config(run_dir)
   if config is None:
-    raise ConversionError(f"{workdir}: no config.json in {run_dir} (it says which model made "
-                          f"the checkpoint)")
+    raise ConversionError(
+      f"{workdir}: no config.json in {run_dir} (it says which model made the checkpoint)"
+    )
   state, step = ckpt_lib.load_state(workdir)
   params = state_lib.eval_params(state)
   model_state = state.get("model_state", {})
   flat_p, flat_s = transfer.flatten(params), transfer.flatten(model_state)
   if "pretrained" in config:  # a fine-tuning run: Classifier(backbone, head)
     if "projection" in params and params["projection"] is not None:
-      raise ConversionError(f"{workdir}: a classifier on normalised CLIP embeddings (projection "
-                            f"+ L2 norm); timm's models have no such head")
+      raise ConversionError(
+        f"{workdir}: a classifier on normalised CLIP embeddings (projection "
+        f"+ L2 norm); timm's models have no such head"
+      )
     # The backbone's name and kwargs as fine-tuning resolved them: from the pre-training run's
     # config where it is still there.
     pc = _run_config(transfer.workdir_of(config.pretrained)) if config.pretrained else None
@@ -225,34 +244,52 @@ def export_timm(workdir: str, out: str) -> dict[str, Any]:
       # CLIP's projection as timm's head (bias 0): the model outputs the image embedding.
       proj = np.asarray(flat_p["image_projection"])
       extra = {"head/kernel": proj, "head/bias": np.zeros(proj.shape[1], proj.dtype)}
-  strip = lambda flat: ({k[len(tower) + 1:]: v for k, v in flat.items()
-                         if k.startswith(tower + "/")} if tower else dict(flat))
+  strip = lambda flat: (
+    {k[len(tower) + 1 :]: v for k, v in flat.items() if k.startswith(tower + "/")}
+    if tower
+    else dict(flat)
+  )
   flat = {**strip(flat_p), **strip(flat_s), **extra}
   flat = {k: np.asarray(v, np.float32) for k, v in flat.items()}
   num_classes = int(flat["head/kernel"].shape[-1]) if "head/kernel" in flat else 0
   arch, args, kind = interop.timm_config(model, kwargs, num_classes)
   sd = _with_batchnorm_counters(interop.export(flat, interop.timm_rule(kind), what="timm"))
   save_state_dict(sd, out)
-  pretrained_cfg = {"file": os.path.abspath(out), "num_classes": num_classes,
-                    **_image_mean_std(config)}
+  pretrained_cfg = {
+    "file": os.path.abspath(out),
+    "num_classes": num_classes,
+    **_image_mean_std(config),
+  }
   if kind == "vit":
     pretrained_cfg["input_size"] = [3, args["img_size"], args["img_size"]]
-  meta = {"architecture": arch, "kwargs": args, "pretrained_cfg": pretrained_cfg,
-          "source": os.path.abspath(directory), "step": step, "model": model,
-          "model_kwargs": kwargs,
-          "usage": "timm.create_model(architecture, pretrained=True, "
-                   "pretrained_cfg_overlay=pretrained_cfg, **kwargs)"}
+  meta = {
+    "architecture": arch,
+    "kwargs": args,
+    "pretrained_cfg": pretrained_cfg,
+    "source": os.path.abspath(directory),
+    "step": step,
+    "model": model,
+    "model_kwargs": kwargs,
+    "usage": "timm.create_model(architecture, pretrained=True, "
+    "pretrained_cfg_overlay=pretrained_cfg, **kwargs)",
+  }
   with open(os.path.splitext(out)[0] + ".json", "w") as f:
     json.dump(meta, f, indent=1)
-  return {"to": "timm", "out": out, "tensors": len(sd), "architecture": arch, "kwargs": args,
-          "num_classes": num_classes}
+  return {
+    "to": "timm",
+    "out": out,
+    "tensors": len(sd),
+    "architecture": arch,
+    "kwargs": args,
+    "num_classes": num_classes,
+  }
 
 
 def _with_batchnorm_counters(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """A PyTorch state dict with each BatchNorm's step counter, which strict loading expects."""
   for k in list(sd):
     if k.endswith(".running_mean"):
-      sd[k[:-len("running_mean")] + "num_batches_tracked"] = np.zeros((), np.int64)
+      sd[k[: -len("running_mean")] + "num_batches_tracked"] = np.zeros((), np.int64)
   return sd
 
 
@@ -268,6 +305,7 @@ def save_state_dict(sd: dict[str, np.ndarray], out: str):
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   if out.endswith(".safetensors"):
     from safetensors.numpy import save_file
+
     save_file(sd, out)
     # safetensors writes through a private temp file (0600): give the export the mode any file
     # written here gets (0666 less the umask), so others who may read the directory can read it.
@@ -278,30 +316,50 @@ def save_state_dict(sd: dict[str, np.ndarray], out: str):
   try:
     import torch
   except ImportError:
-    raise ConversionError(f"--out={out}: writing .pt needs torch; use a .safetensors name"
-                          ) from None
+    raise ConversionError(
+      f"--out={out}: writing .pt needs torch; use a .safetensors name"
+    ) from None
   torch.save({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, out)
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog="python -m big_transfer.convert_checkpoint",
-                              description=__doc__.split("\n\n")[0],
-                              epilog=__doc__.split("\n\n", 1)[1],
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m big_transfer.convert_checkpoint",
+    description=__doc__.split("\n\n")[0],
+    epilog=__doc__.split("\n\n", 1)[1],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   p.add_argument("src", help="checkpoint file (or, with --to, a run's workdir)")
   g = p.add_mutually_exclusive_group(required=True)
-  g.add_argument("--from", dest="fmt", choices=interop.FORMATS,
-                 help="import a checkpoint file of this format into a workdir")
-  g.add_argument("--to", choices=("openclip", "timm"),
-                 help="export a run: openclip (a CLIP model), timm (any image tower timm has)")
-  p.add_argument("--model", default=None,
-                 help="ours (vit_b16, resnet50, bit_r50x1, clip_rn50) or the source's name "
-                      "(ViT-B-32-quickgelu, vit_base_patch16_224, resnetv2_50x1_bit)")
-  p.add_argument("--act", default=None, choices=("gelu", "gelu_tanh", "quick_gelu"),
-                 help="override the transformer activation (not stored in checkpoints)")
-  p.add_argument("--out", required=True,
-                 help="a new workdir (--from), or the exported file (--to: .pt or .safetensors; "
-                      "<out>.json is written beside it)")
+  g.add_argument(
+    "--from",
+    dest="fmt",
+    choices=interop.FORMATS,
+    help="import a checkpoint file of this format into a workdir",
+  )
+  g.add_argument(
+    "--to",
+    choices=("openclip", "timm"),
+    help="export a run: openclip (a CLIP model), timm (any image tower timm has)",
+  )
+  p.add_argument(
+    "--model",
+    default=None,
+    help="ours (vit_b16, resnet50, bit_r50x1, clip_rn50) or the source's name "
+    "(ViT-B-32-quickgelu, vit_base_patch16_224, resnetv2_50x1_bit)",
+  )
+  p.add_argument(
+    "--act",
+    default=None,
+    choices=("gelu", "gelu_tanh", "quick_gelu"),
+    help="override the transformer activation (not stored in checkpoints)",
+  )
+  p.add_argument(
+    "--out",
+    required=True,
+    help="a new workdir (--from), or the exported file (--to: .pt or .safetensors; "
+    "<out>.json is written beside it)",
+  )
   args = p.parse_args(argv)
   try:
     if args.to:

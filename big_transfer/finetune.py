@@ -71,61 +71,114 @@ class TransferError(ValueError):
   """A transfer config that cannot run; printed as one line."""
 
 
-SECTION = schema.Section("", __name__, keys=(
+SECTION = schema.Section(
+  "",
+  __name__,
+  keys=(
     schema.Key("pretrained", "", "a pre-training workdir or checkpoint; '' = from scratch"),
     schema.Key("protocol", "ft", f"one of {', '.join(PROTOCOLS)}"),
     schema.Key("shots", "full", "training images per class, or 'full'"),
-    schema.Key("shot_seed", config_dict.placeholder(int), "the k-shot draw's seed (default: "
-               "seed): the same images for every pre-trained model"),
-    schema.Key("val_fraction", 0.1, "the stratified share of the pool held out for every "
-               "choice (learning rate, L2, alpha) unless val_split names a split"),
+    schema.Key(
+      "shot_seed",
+      config_dict.placeholder(int),
+      "the k-shot draw's seed (default: seed): the same images for every pre-trained model",
+    ),
+    schema.Key(
+      "val_fraction",
+      0.1,
+      "the stratified share of the pool held out for every "
+      "choice (learning rate, L2, alpha) unless val_split names a split",
+    ),
     schema.Key("val_split", "", "a named validation split instead of carving one from train"),
     schema.Key("test_split", "test", "evaluated once per candidate, never used for a choice"),
     schema.Key("lrs", (1e-4, 3e-4, 1e-3, 3e-3), "fine-tuning's learning-rate grid"),
-    schema.Key("paper_grid", "", "the authors' real grid instead of lrs: a downstream name of "
-               "their results log (cifar100, dtd, pets, caltech101, domainnet_real, "
-               "domainnet_clipart, eurosat, cassava, caltech_camera_traps): every (lr, batch, "
-               "epochs) they ran there, with the test accuracy after every epoch recorded so "
-               "the row can show their best-over-epochs, test-selected number beside the "
-               "validation-selected one. '' = off"),
-    schema.Key("warmup_cap", 0.0, "warm-up (optimizer.warmup_steps, 500 as published) capped "
-               "at this fraction of a run (the few-shot runs are shorter than 500 steps). 0 = "
-               "uncapped, as the authors ran: their short runs never reach the peak lr"),
-    schema.Key("refit_full", True, "full-data runs: after choosing hyperparameters on the "
-               "validation split carved from the training data, train once more on all of it "
-               "(train + val) and report that test accuracy"),
-    schema.Key("test_shots", False, "few-shot runs: subsample the test split to k images per "
-               "class, as the authors' code did on DomainNet, Cassava, EuroSAT and Camera Traps "
-               "(rows are marked test_subsampled)"),
-    schema.Key("head_init", "auto", "auto: text for CLIP/SLIP (ft, wise_ft), probe for lp_ft, "
-               "else zero; or zero, text, probe"),
-    schema.Key("lp", {"solver": "closed_form",
-                      "l2_grid": (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
-                      "sgd_steps": 500, "sgd_lr": 0.1, "adamw_epochs": 128.0, "adamw_lr": 3e-3,
-                      "lp_ft_solver": "adamw"},
-               "linear probes on frozen features. solver: 'closed_form' (ridge over l2_grid, "
-               "chosen on validation), 'sgd' (softmax regression, one run per l2_grid value) "
-               "or 'adamw' (the authors': a softmax head trained by AdamW for adamw_epochs at "
-               "adamw_lr, batch_size, weight decay optimizer.weight_decay on weight and bias, "
-               "optimizer.warmup_steps of warm-up and cosine, gradient clipping "
-               "optimizer.grad_clip_norm). lp_ft_solver: LP-FT's first stage, 'adamw' "
-               "(theirs) or 'lp' (lp.solver)"),
-    schema.Key("feature_norm", "auto", "features as the head sees them: 'auto' L2-normalises "
-               "CLIP/SLIP towers' embeddings (what the text head needs) and SimCLR's features "
-               "(the authors' wise_ft.py), others raw; 'l2' or 'none' for every method"),
-    schema.Key("wise_ft", {"alphas": (0.0, 0.25, 0.5, 0.75, 1.0)},
-               "WiSE-FT's interpolation weights of the fine-tuned model"),
-    schema.Key("templates", "openai80", "prompt templates of CLIP text heads (zeroshot, and "
-               "the head ft/wise_ft start from): 'openai80' (OpenAI's 80 ImageNet templates, "
-               "the authors'), 'clip7', 'simple', or 'a {};the {}'"),
-    schema.Key("schedule_rule", "", "'bit': BiT-HyperRule (steps, schedule, batch, MixUp, "
-               "resolution)"),
+    schema.Key(
+      "paper_grid",
+      "",
+      "the authors' real grid instead of lrs: a downstream name of "
+      "their results log (cifar100, dtd, pets, caltech101, domainnet_real, "
+      "domainnet_clipart, eurosat, cassava, caltech_camera_traps): every (lr, batch, "
+      "epochs) they ran there, with the test accuracy after every epoch recorded so "
+      "the row can show their best-over-epochs, test-selected number beside the "
+      "validation-selected one. '' = off",
+    ),
+    schema.Key(
+      "warmup_cap",
+      0.0,
+      "warm-up (optimizer.warmup_steps, 500 as published) capped "
+      "at this fraction of a run (the few-shot runs are shorter than 500 steps). 0 = "
+      "uncapped, as the authors ran: their short runs never reach the peak lr",
+    ),
+    schema.Key(
+      "refit_full",
+      True,
+      "full-data runs: after choosing hyperparameters on the "
+      "validation split carved from the training data, train once more on all of it "
+      "(train + val) and report that test accuracy",
+    ),
+    schema.Key(
+      "test_shots",
+      False,
+      "few-shot runs: subsample the test split to k images per "
+      "class, as the authors' code did on DomainNet, Cassava, EuroSAT and Camera Traps "
+      "(rows are marked test_subsampled)",
+    ),
+    schema.Key(
+      "head_init",
+      "auto",
+      "auto: text for CLIP/SLIP (ft, wise_ft), probe for lp_ft, else zero; or zero, text, probe",
+    ),
+    schema.Key(
+      "lp",
+      {
+        "solver": "closed_form",
+        "l2_grid": (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0),
+        "sgd_steps": 500,
+        "sgd_lr": 0.1,
+        "adamw_epochs": 128.0,
+        "adamw_lr": 3e-3,
+        "lp_ft_solver": "adamw",
+      },
+      "linear probes on frozen features. solver: 'closed_form' (ridge over l2_grid, "
+      "chosen on validation), 'sgd' (softmax regression, one run per l2_grid value) "
+      "or 'adamw' (the authors': a softmax head trained by AdamW for adamw_epochs at "
+      "adamw_lr, batch_size, weight decay optimizer.weight_decay on weight and bias, "
+      "optimizer.warmup_steps of warm-up and cosine, gradient clipping "
+      "optimizer.grad_clip_norm). lp_ft_solver: LP-FT's first stage, 'adamw' "
+      "(theirs) or 'lp' (lp.solver)",
+    ),
+    schema.Key(
+      "feature_norm",
+      "auto",
+      "features as the head sees them: 'auto' L2-normalises "
+      "CLIP/SLIP towers' embeddings (what the text head needs) and SimCLR's features "
+      "(the authors' wise_ft.py), others raw; 'l2' or 'none' for every method",
+    ),
+    schema.Key(
+      "wise_ft",
+      {"alphas": (0.0, 0.25, 0.5, 0.75, 1.0)},
+      "WiSE-FT's interpolation weights of the fine-tuned model",
+    ),
+    schema.Key(
+      "templates",
+      "openai80",
+      "prompt templates of CLIP text heads (zeroshot, and "
+      "the head ft/wise_ft start from): 'openai80' (OpenAI's 80 ImageNet templates, "
+      "the authors'), 'clip7', 'simple', or 'a {};the {}'",
+    ),
+    schema.Key(
+      "schedule_rule", "", "'bit': BiT-HyperRule (steps, schedule, batch, MixUp, resolution)"
+    ),
     schema.Key("mixup_alpha", 0.0, "MixUp's Beta parameter (0: off)"),
     schema.Key("results_file", "", "also append rows here (the study's results table)"),
-    schema.Key("feature_cache", "", "a directory: frozen features per pre-trained model, "
-               "shared by linear-probe runs"),
+    schema.Key(
+      "feature_cache",
+      "",
+      "a directory: frozen features per pre-trained model, shared by linear-probe runs",
+    ),
     schema.Key("tags", "", "'k=v;k2=v2': labels copied into every row (study arm names, ...)"),
-))
+  ),
+)
 
 FINETUNING = ("ft", "lp_ft", "wise_ft")  # the protocols that train on a grid
 LP_SOLVERS = ("closed_form", "sgd", "adamw")
@@ -166,10 +219,12 @@ def transfer_sources(config) -> dict[str, Any]:
   pool = sources.open_source(sources.spec_with_default_split(config.data, config.train_split))
   val = None
   if config.val_split:
-    val = sources.open_source(sources.spec_at_split(config.data, config.val_split,
-                                                    drop=sources.TRAINING_ONLY_OPTIONS))
-  test = sources.open_source(sources.spec_at_split(config.data, config.test_split,
-                                                   drop=sources.TRAINING_ONLY_OPTIONS))
+    val = sources.open_source(
+      sources.spec_at_split(config.data, config.val_split, drop=sources.TRAINING_ONLY_OPTIONS)
+    )
+  test = sources.open_source(
+    sources.spec_at_split(config.data, config.test_split, drop=sources.TRAINING_ONLY_OPTIONS)
+  )
   return dict(pool=pool, val=val, test=test, class_names=getattr(pool, "class_names", None))
 
 
@@ -186,8 +241,9 @@ def transfer_data(config) -> dict[str, Any]:
     val = sources.Subset(pool, val_idx)
   k = parse_shots(config.shots)
   # Full-data runs may retrain on train + val once the hyperparameters are chosen: the pool.
-  refit = (sources.Subset(pool, np.arange(len(pool)))
-           if k is None and opened["val"] is None else None)
+  refit = (
+    sources.Subset(pool, np.arange(len(pool))) if k is None and opened["val"] is None else None
+  )
   if k is not None:
     train_idx = train_idx[fewshot.sample_shots(labels[train_idx], k, seed)]
   test_subsampled = None
@@ -198,12 +254,21 @@ def transfer_data(config) -> dict[str, Any]:
   outside = (labels < 0) | (labels >= num_classes)
   if outside.any():
     raise sources.DataError(
-        f"{config.data}: {int(outside.sum())} of {len(labels)} records have a label outside "
-        f"[0, {num_classes}) (e.g. {int(labels[outside][0])}); a class the data does not name "
-        f"cannot be trained or sampled: fix the data (convert counts such records as bad_label)")
-  return dict(train=sources.Subset(pool, train_idx), val=val, test=test, class_names=names,
-              num_classes=num_classes, shots=k, shot_seed=seed, refit=refit,
-              test_subsampled=test_subsampled)
+      f"{config.data}: {int(outside.sum())} of {len(labels)} records have a label outside "
+      f"[0, {num_classes}) (e.g. {int(labels[outside][0])}); a class the data does not name "
+      f"cannot be trained or sampled: fix the data (convert counts such records as bad_label)"
+    )
+  return dict(
+    train=sources.Subset(pool, train_idx),
+    val=val,
+    test=test,
+    class_names=names,
+    num_classes=num_classes,
+    shots=k,
+    shot_seed=seed,
+    refit=refit,
+    test_subsampled=test_subsampled,
+  )
 
 
 def _apply_bit_rule(config, num_train: int, image_size: int | None):
@@ -213,15 +278,15 @@ def _apply_bit_rule(config, num_train: int, image_size: int | None):
   config.mixup_alpha = r["mixup_alpha"]
   config.optimizer.update(**r["optimizer"])
   config.lrs = (r["optimizer"]["lr"],)
-  config.pp_train = (f"decode|to_rgb|resize({r['resize']})|random_crop({r['crop']})|flip_lr"
-                     f"|value_range(-1, 1)")
+  config.pp_train = (
+    f"decode|to_rgb|resize({r['resize']})|random_crop({r['crop']})|flip_lr|value_range(-1, 1)"
+  )
   config.pp_eval = f"decode|to_rgb|resize({r['crop']})|value_range(-1, 1)"
 
 
 def check_protocol(config) -> None:
   if config.protocol not in PROTOCOLS:
-    raise TransferError(f"config.protocol={config.protocol!r}: not one of "
-                        f"{', '.join(PROTOCOLS)}")
+    raise TransferError(f"config.protocol={config.protocol!r}: not one of {', '.join(PROTOCOLS)}")
 
 
 def with_model(config, pre_model: str | None):
@@ -230,8 +295,10 @@ def with_model(config, pre_model: str | None):
   config.unlock()
   if not config.model:
     if not pre_model:
-      raise TransferError("config.model: empty and no config.pretrained to take it from (a run "
-                          "from scratch names its architecture)")
+      raise TransferError(
+        "config.model: empty and no config.pretrained to take it from (a run "
+        "from scratch names its architecture)"
+      )
     config.model = pre_model
   return config
 
@@ -255,12 +322,18 @@ def resolve(config, pre_method: str | None, pre_model: str | None, data) -> tupl
     raise TransferError(str(e)) from None
   is_clip = methods.has_text_tower(pre_method)
   if config.protocol == "zeroshot" and not is_clip:
-    raise TransferError(f"config.protocol=zeroshot needs a CLIP/SLIP pre-trained run (got "
-                        f"{pre_method or 'none'})")
+    raise TransferError(
+      f"config.protocol=zeroshot needs a CLIP/SLIP pre-trained run (got {pre_method or 'none'})"
+    )
   head = config.head_init
   if head == "auto":
-    head = ("text" if is_clip and config.protocol in ("ft", "wise_ft", "zeroshot")
-            else "probe" if config.protocol in ("lp_ft", "wise_ft") else "zero")
+    head = (
+      "text"
+      if is_clip and config.protocol in ("ft", "wise_ft", "zeroshot")
+      else "probe"
+      if config.protocol in ("lp_ft", "wise_ft")
+      else "zero"
+    )
   if head == "text" and not is_clip:
     raise TransferError("config.head_init=text needs a CLIP/SLIP pre-trained run")
   if head not in ("zero", "text", "probe"):
@@ -268,8 +341,7 @@ def resolve(config, pre_method: str | None, pre_model: str | None, data) -> tupl
   if head == "text" and not data["class_names"]:
     raise sources.DataError(f"{config.data}: no class names for a text-initialised head")
   if config.lp.solver not in LP_SOLVERS:
-    raise TransferError(f"config.lp.solver={config.lp.solver!r}: one of "
-                        f"{', '.join(LP_SOLVERS)}")
+    raise TransferError(f"config.lp.solver={config.lp.solver!r}: one of {', '.join(LP_SOLVERS)}")
   if config.lp.lp_ft_solver not in ("adamw", "lp"):
     raise TransferError(f"config.lp.lp_ft_solver={config.lp.lp_ft_solver!r}: adamw or lp")
   try:
@@ -289,8 +361,9 @@ class Session:
     check_protocol(config)
     self.pre = transfer.load_pretrained(config.pretrained) if config.pretrained else None
     self.data = transfer_data(with_model(config, self.pre and self.pre.config.model))
-    config, self.head_init = resolve(config, self.pre and self.pre.method,
-                                     self.pre and self.pre.config.model, self.data)
+    config, self.head_init = resolve(
+      config, self.pre and self.pre.method, self.pre and self.pre.config.model, self.data
+    )
     self.config = config
     self.method = transfer.TransferMethod(config, self.pre, self.data["num_classes"])
     self.mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
@@ -300,8 +373,10 @@ class Session:
     self.abstract = Weights(abs_params.to_pure_dict(), abs_rest.to_pure_dict())
     rules = [tuple(r) for r in config.param_sharding]
     self.shardings = jax.tree.map(
-        lambda t: sharding.tree_shardings(t, rules, self.mesh, config.param_sharding_min_size),
-        self.abstract, is_leaf=lambda x: isinstance(x, dict))
+      lambda t: sharding.tree_shardings(t, rules, self.mesh, config.param_sharding_min_size),
+      self.abstract,
+      is_leaf=lambda x: isinstance(x, dict),
+    )
     self._evaluators = {}
     self._features = None
 
@@ -313,15 +388,20 @@ class Session:
     def init(key):
       _, p, r = nnx.split(self.method.create_model(nnx.Rngs(params=key)), nnx.Param, ...)
       return p.to_pure_dict(), r.to_pure_dict()
-    params, rest = jax.device_get(jax.jit(init, compiler_options=opts)(
-        jax.random.key(self.config.seed)))
+
+    params, rest = jax.device_get(
+      jax.jit(init, compiler_options=opts)(jax.random.key(self.config.seed))
+    )
     params, rest = transfer.initial_weights(self.method, params, rest, head)
     return Weights(params, rest)
 
   def to_device(self, host: Weights) -> Weights:
     """Host weights -> global arrays with this session's shardings."""
-    like = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                        self.abstract, self.shardings)
+    like = jax.tree.map(
+      lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+      self.abstract,
+      self.shardings,
+    )
     return put_like(host, like)
 
   # --------------------------------------------------------------- evaluation
@@ -331,14 +411,21 @@ class Session:
     if split not in self._evaluators:
       bs = self.config.eval_batch_size or self.config.batch_size
       ctx = evals_lib.Context(
-          predict=self.method.predictions(), mesh=self.mesh, weight_shardings=self.shardings,
-          model_of=lambda w: nnx.merge(self.graphdef, w.params, w.model_state),
-          method_name=self.method.name, batch_keys=self.method.batch_keys,
-          batch_size=max(self.mesh.devices.size, bs - bs % self.mesh.devices.size),
-          process_index=jax.process_index(), process_count=jax.process_count(),
-          threads=self.config.data_threads, pp_eval=self.config.pp_eval)
-      self._evaluators[split] = evals_lib.build(split, {"type": "classification"}, ctx,
-                                                source=self.data[split])
+        predict=self.method.predictions(),
+        mesh=self.mesh,
+        weight_shardings=self.shardings,
+        model_of=lambda w: nnx.merge(self.graphdef, w.params, w.model_state),
+        method_name=self.method.name,
+        batch_keys=self.method.batch_keys,
+        batch_size=max(self.mesh.devices.size, bs - bs % self.mesh.devices.size),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        threads=self.config.data_threads,
+        pp_eval=self.config.pp_eval,
+      )
+      self._evaluators[split] = evals_lib.build(
+        split, {"type": "classification"}, ctx, source=self.data[split]
+      )
     return self._evaluators[split]
 
   def accuracy(self, weights: Weights, split: str) -> float:
@@ -353,12 +440,24 @@ class Session:
     evaluation preprocessing and the dtype. Shots, seeds and test subsampling pick rows of it
     (they are indices into the base, applied after the cache)."""
     c, m = self.config, self.method
-    weights = ([os.path.abspath(self.pre.path), self.pre.step, self.pre.fingerprint]
-               if self.pre else ["scratch", c.seed])
+    weights = (
+      [os.path.abspath(self.pre.path), self.pre.step, self.pre.fingerprint]
+      if self.pre
+      else ["scratch", c.seed]
+    )
     if identity[0] == "tfds":  # the same name and split under another data_dir is other data
       identity = (*identity, sources.tfds_data_dir())
-    parts = [FEATURE_CACHE_VERSION, weights, c.model, m.model_kwargs, m.projection_dim,
-             m.normalize, list(identity), c.pp_eval, c.dtype]
+    parts = [
+      FEATURE_CACHE_VERSION,
+      weights,
+      c.model,
+      m.model_kwargs,
+      m.projection_dim,
+      m.normalize,
+      list(identity),
+      c.pp_eval,
+      c.dtype,
+    ]
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
@@ -389,8 +488,10 @@ class Session:
       if usable and cached is None:
         cached = _read_cached_features(path, len(base))
         if cached is None:
-          raise TransferError(f"{path}: process {jax.process_index()} cannot read the feature "
-                              f"cache entry process 0 read")
+          raise TransferError(
+            f"{path}: process {jax.process_index()} cannot read the feature "
+            f"cache entry process 0 read"
+          )
     if usable:
       x, y = cached
     else:
@@ -405,22 +506,35 @@ class Session:
   def features(self, weights: Weights, split: str, source=None):
     """(features, labels) of a split as the head sees them (frozen tower), host float32."""
     if self._features is None:
+
       def feats(w, batch):
         model = nnx.merge(self.graphdef, w.params, w.model_state)
-        return {"x": self.method.features(model, batch["image"]), "y": batch["label"],
-                pipeline.MASK: batch[pipeline.MASK], pipeline.INDEX: batch[pipeline.INDEX]}
-      self._features = jax.jit(feats, in_shardings=(self.shardings,
-                                                    sharding.batch_sharding(self.mesh)),
-                               out_shardings=sharding.replicated(self.mesh))
+        return {
+          "x": self.method.features(model, batch["image"]),
+          "y": batch["label"],
+          pipeline.MASK: batch[pipeline.MASK],
+          pipeline.INDEX: batch[pipeline.INDEX],
+        }
+
+      self._features = jax.jit(
+        feats,
+        in_shardings=(self.shardings, sharding.batch_sharding(self.mesh)),
+        out_shardings=sharding.replicated(self.mesh),
+      )
     bs = self.config.eval_batch_size or self.config.batch_size
     bs = max(self.mesh.devices.size, bs - bs % self.mesh.devices.size)
     source = self.data[split] if source is None else source
     # Each process reads its share of every batch; the gathered rows come back in source
     # order on every process (by _index), so a probe is the same on any number of hosts.
-    batches = pipeline.eval_dataset(source, pp=self.config.pp_eval, batch_size=bs,
-                                    keys=("image", "label"), process_index=jax.process_index(),
-                                    process_count=jax.process_count(),
-                                    threads=self.config.data_threads)
+    batches = pipeline.eval_dataset(
+      source,
+      pp=self.config.pp_eval,
+      batch_size=bs,
+      keys=("image", "label"),
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      threads=self.config.data_threads,
+    )
     out = gather_masked(self._features, weights, batches, self.mesh)
     return out["x"].astype(np.float32), out["y"]
 
@@ -442,21 +556,34 @@ class Session:
     if solver == "closed_form":
       return transfer.ridge_probe(tx, ty, vx, vy, n, c.l2_grid)
     if solver == "sgd":
-      return transfer.sgd_probe(tx, ty, vx, vy, n, c.l2_grid, steps=c.sgd_steps, lr=c.sgd_lr,
-                                seed=self.config.seed)
+      return transfer.sgd_probe(
+        tx, ty, vx, vy, n, c.l2_grid, steps=c.sgd_steps, lr=c.sgd_lr, seed=self.config.seed
+      )
     if solver == "adamw":
       o = self.config.optimizer
-      return transfer.adamw_probe(tx, ty, vx, vy, n, epochs=c.adamw_epochs, lr=c.adamw_lr,
-                                  batch=self.config.batch_size, weight_decay=o.weight_decay,
-                                  warmup_steps=o.warmup_steps, clip_norm=o.grad_clip_norm,
-                                  seed=self.config.seed, init=init)
+      return transfer.adamw_probe(
+        tx,
+        ty,
+        vx,
+        vy,
+        n,
+        epochs=c.adamw_epochs,
+        lr=c.adamw_lr,
+        batch=self.config.batch_size,
+        weight_decay=o.weight_decay,
+        warmup_steps=o.warmup_steps,
+        clip_norm=o.grad_clip_norm,
+        seed=self.config.seed,
+        init=init,
+      )
     raise TransferError(f"config.lp.solver={solver!r}: one of {', '.join(LP_SOLVERS)}")
 
   def text_head(self):
     """CLIP/SLIP's zero-shot head on this run's class names and templates (computed once)."""
     if getattr(self, "_text_head", None) is None:
-      self._text_head = transfer.text_head(self.pre, self.data["class_names"],
-                                           self.config.templates)
+      self._text_head = transfer.text_head(
+        self.pre, self.data["class_names"], self.config.templates
+      )
     return self._text_head
 
   def adamw_probe_init(self):
@@ -469,9 +596,17 @@ class Session:
     """The solver of a probe-initialised head (LP-FT's first stage): lp.lp_ft_solver."""
     return self.config.lp.solver if self.config.lp.lp_ft_solver == "lp" else "adamw"
 
-  def finetune(self, lr: float, head, *, batch_size: int | None = None,
-               epochs: float | None = None, train=None, name: str | None = None,
-               test_every_epoch: bool = False) -> tuple[Weights, dict]:
+  def finetune(
+    self,
+    lr: float,
+    head,
+    *,
+    batch_size: int | None = None,
+    epochs: float | None = None,
+    train=None,
+    name: str | None = None,
+    test_every_epoch: bool = False,
+  ) -> tuple[Weights, dict]:
     """One fine-tuning run (resumable) at ``lr`` — and ``batch_size`` / ``epochs`` when given,
     else the config's — on ``train`` (default: the k-shot training subset), in
     WORKDIR/``name`` (default ``lr_<lr>[_b<batch>_e<epochs>]``). Returns (device weights,
@@ -486,11 +621,13 @@ class Session:
     # Few-shot sets can be smaller than a batch: shrink it (a multiple of the device count).
     batch = max(n_dev, min(batch, n_train - n_train % n_dev or n_dev))
     if epochs:
-      steps = config_lib.resolve_steps(None, float(epochs), None, batch_size=batch,
-                                       num_examples=n_train)
+      steps = config_lib.resolve_steps(
+        None, float(epochs), None, batch_size=batch, num_examples=n_train
+      )
     else:
-      steps = config_lib.resolve_steps(c.total_steps, c.total_epochs, c.total_examples,
-                                       batch_size=batch, num_examples=n_train)
+      steps = config_lib.resolve_steps(
+        c.total_steps, c.total_epochs, c.total_examples, batch_size=batch, num_examples=n_train
+      )
     optimizer = ml_collections.ConfigDict(c.optimizer.to_dict())
     optimizer.lr, optimizer.warmup_epochs = float(lr), None
     # The published 500 warm-up steps are most of a few-shot run: capped at warmup_cap of it
@@ -501,45 +638,77 @@ class Session:
 
     def initialize(state):
       return state.replace(
-          params=put_like(init.params, state.params),
-          model_state=put_like(init.model_state, state.model_state),
-          ema_params=(None if state.ema_params is None
-                      else put_like(init.params, state.ema_params)))
-    name = name or (f"lr_{lr:g}" + (f"_b{batch_size}" if batch_size else "")
-                    + (f"_e{epochs:g}" if epochs else ""))
+        params=put_like(init.params, state.params),
+        model_state=put_like(init.model_state, state.model_state),
+        ema_params=(None if state.ema_params is None else put_like(init.params, state.ema_params)),
+      )
+
+    name = name or (
+      f"lr_{lr:g}" + (f"_b{batch_size}" if batch_size else "") + (f"_e{epochs:g}" if epochs else "")
+    )
     workdir = os.path.join(self.workdir, name)
     per_epoch = max(1, math.ceil(n_train / batch))
-    resolved = {"lr": float(lr), "batch_size": batch, "total_steps": steps,
-                "warmup_steps": optimizer.warmup_steps, "num_train_examples": n_train,
-                "num_classes": self.data["num_classes"], "mesh": dict(self.mesh.shape),
-                "process_count": jax.process_count()}
+    resolved = {
+      "lr": float(lr),
+      "batch_size": batch,
+      "total_steps": steps,
+      "warmup_steps": optimizer.warmup_steps,
+      "num_train_examples": n_train,
+      "num_classes": self.data["num_classes"],
+      "mesh": dict(self.mesh.shape),
+      "process_count": jax.process_count(),
+    }
     record = config_lib.to_plain(c)  # config.json: the session's config with this run's values
-    record.update(batch_size=batch, total_steps=steps, total_epochs=None, total_examples=None,
-                  optimizer=config_lib.to_plain(optimizer), checkpoint_every=min(
-                      c.checkpoint_every, steps), eval_data="none", evals={})
+    record.update(
+      batch_size=batch,
+      total_steps=steps,
+      total_epochs=None,
+      total_examples=None,
+      optimizer=config_lib.to_plain(optimizer),
+      checkpoint_every=min(c.checkpoint_every, steps),
+      eval_data="none",
+      evals={},
+    )
     spec = train_lib.RunSpec(
-        method=self.method, source=source, total_steps=steps, batch_size=batch,
-        optimizer=optimizer, pp_train=c.pp_train, mesh=self.mesh, seed=c.seed,
-        ema_decay=c.ema_decay, normalize_on_device=c.normalize_on_device,
-        num_classes=self.data["num_classes"], data_threads=c.data_threads,
-        data_workers=c.data_workers, max_skip_fraction=c.max_skip_fraction,
-        log_every=c.log_every, checkpoint_every=min(c.checkpoint_every, steps),
-        keep_checkpoints=c.keep_checkpoints, keep_every=c.keep_every,
-        tensorboard=c.tensorboard, param_rules=tuple(tuple(r) for r in c.param_sharding),
-        param_min_size=c.param_sharding_min_size, allow_fresh_start=c.allow_fresh_start,
-        initialize=initialize, graphdef=self.graphdef,
-        # A transfer run's fine-tuning runs evaluate after training, not during (except the
-        # authors' per-epoch test accuracy).
-        evaluators=((lambda _: [(self.evaluator("test"), per_epoch)]) if test_every_epoch
-                    else None),
-        record={"config": record, "resolved": resolved})
-    log_lib.info(f"fine-tuning {name}: {steps} steps of batch {batch} "
-                 f"({steps * batch / n_train:.2f} epochs of {n_train}) at lr {lr:g}")
+      method=self.method,
+      source=source,
+      total_steps=steps,
+      batch_size=batch,
+      optimizer=optimizer,
+      pp_train=c.pp_train,
+      mesh=self.mesh,
+      seed=c.seed,
+      ema_decay=c.ema_decay,
+      normalize_on_device=c.normalize_on_device,
+      num_classes=self.data["num_classes"],
+      data_threads=c.data_threads,
+      data_workers=c.data_workers,
+      max_skip_fraction=c.max_skip_fraction,
+      log_every=c.log_every,
+      checkpoint_every=min(c.checkpoint_every, steps),
+      keep_checkpoints=c.keep_checkpoints,
+      keep_every=c.keep_every,
+      tensorboard=c.tensorboard,
+      param_rules=tuple(tuple(r) for r in c.param_sharding),
+      param_min_size=c.param_sharding_min_size,
+      allow_fresh_start=c.allow_fresh_start,
+      initialize=initialize,
+      graphdef=self.graphdef,
+      # A transfer run's fine-tuning runs evaluate after training, not during (except the
+      # authors' per-epoch test accuracy).
+      evaluators=((lambda _: [(self.evaluator("test"), per_epoch)]) if test_every_epoch else None),
+      record={"config": record, "resolved": resolved},
+    )
+    log_lib.info(
+      f"fine-tuning {name}: {steps} steps of batch {batch} "
+      f"({steps * batch / n_train:.2f} epochs of {n_train}) at lr {lr:g}"
+    )
     state = train_lib.fit(spec, workdir)
     info = {"steps": steps, "batch_size": batch, "epochs": steps * batch / n_train}
     if test_every_epoch:
-      by_step = {r["step"]: r["test/accuracy"] for r in read_metrics(workdir)
-                 if "test/accuracy" in r}
+      by_step = {
+        r["step"]: r["test/accuracy"] for r in read_metrics(workdir) if "test/accuracy" in r
+      }
       info["test_by_epoch"] = [by_step[k] for k in sorted(by_step)]
     return state.weights(), info
 
@@ -557,8 +726,10 @@ def _read_cached_features(path: str, rows: int):
     log_lib.info(f"warning: feature cache {path}: unreadable ({e}); recomputing")
     return None
   if x.ndim != 2 or len(x) != rows or y.shape != (rows,):
-    log_lib.info(f"warning: feature cache {path}: holds {x.shape}/{y.shape} for a source of "
-                 f"{rows} examples; recomputing")
+    log_lib.info(
+      f"warning: feature cache {path}: holds {x.shape}/{y.shape} for a source of "
+      f"{rows} examples; recomputing"
+    )
     return None
   return x, y
 
@@ -567,17 +738,22 @@ def recipe_of(s: Session) -> dict[str, Any]:
   """How a run's numbers were made where the authors' recipe and the text's differ (the report
   names every value that is not theirs)."""
   c = s.config
-  out = {"feature_norm": "l2" if s.method.normalize else "none",
-         "normalize": "clip" if "normalize('clip')" in c.pp_eval else (
-             "imagenet" if "normalize('imagenet')" in c.pp_eval else "other"),
-         "pp_train": c.pp_train}
+  out = {
+    "feature_norm": "l2" if s.method.normalize else "none",
+    "normalize": "clip"
+    if "normalize('clip')" in c.pp_eval
+    else ("imagenet" if "normalize('imagenet')" in c.pp_eval else "other"),
+    "pp_train": c.pp_train,
+  }
   if c.protocol in FINETUNING:
-    out.update(decay=c.optimizer.decay, grad_clip_norm=c.optimizer.grad_clip_norm,
-               warmup_cap=c.warmup_cap)
+    out.update(
+      decay=c.optimizer.decay, grad_clip_norm=c.optimizer.grad_clip_norm, warmup_cap=c.warmup_cap
+    )
   if s.head_init == "text":
     out["templates"] = c.templates
-  solver = (s.probe_head_solver() if s.head_init == "probe" else
-            c.lp.solver if c.protocol == "lp" else None)
+  solver = (
+    s.probe_head_solver() if s.head_init == "probe" else c.lp.solver if c.protocol == "lp" else None
+  )
   if s.head_init == "probe":
     out["probe_solver"] = solver
   if solver == "adamw":
@@ -603,35 +779,55 @@ def grid_of(paper_grid: str, protocol: str, lrs) -> tuple[list[tuple], str]:
   desc = f"the authors' log ({paper_grid}, {protocol}, {len(points)} points)"
   if not points and protocol == "lp_ft":
     points = published.authors_grid(paper_grid, "ft")
-    desc = (f"the authors' log ({paper_grid}, their ft grid: no lp_ft runs there, "
-            f"{len(points)} points)")
+    desc = (
+      f"the authors' log ({paper_grid}, their ft grid: no lp_ft runs there, {len(points)} points)"
+    )
   if not points:
     known = sorted({r.downstream for r in published.runs() if r.protocol == "ft"})
-    raise TransferError(f"config.paper_grid={paper_grid!r}: the authors' log has no "
-                        f"runs on it (known: {', '.join(known)})")
+    raise TransferError(
+      f"config.paper_grid={paper_grid!r}: the authors' log has no "
+      f"runs on it (known: {', '.join(known)})"
+    )
   return [(lr, b, float(e)) for lr, b, e in points], desc
 
 
 def _pretrain_fields(pre) -> dict[str, Any]:
   if pre is None:
-    return {"pretrain_method": "scratch", "pretrain_data": "", "pretrain_size": "",
-            "pretrain_steps": 0, "pretrained": ""}
+    return {
+      "pretrain_method": "scratch",
+      "pretrain_data": "",
+      "pretrain_size": "",
+      "pretrain_steps": 0,
+      "pretrained": "",
+    }
   base, _, query = pre.config.data.partition("?")
   opts = dict(kv.split("=", 1) for kv in query.split("&") if "=" in kv) if query else {}
-  return {"pretrain_method": pre.method, "pretrain_data": base,
-          "pretrain_size": opts.get("size", ""), "pretrain_options": opts,
-          "pretrain_steps": pre.step, "pretrained": pre.path}
+  return {
+    "pretrain_method": pre.method,
+    "pretrain_data": base,
+    "pretrain_size": opts.get("size", ""),
+    "pretrain_options": opts,
+    "pretrain_steps": pre.step,
+    "pretrained": pre.path,
+  }
 
 
 def run_identity(config, s: Session) -> dict[str, Any]:
   """What a transfer run is (identity.py): its config (protocol, shots, seeds, data, grid...),
   the pre-trained checkpoint it starts from, and the sizes of its data."""
   d = s.data
-  return {**config_lib.to_plain(config),
-          "pretrained_checkpoint": ({"step": s.pre.step, "fingerprint": s.pre.fingerprint}
-                                    if s.pre else None),
-          "resolved": {"num_train": len(d["train"]), "num_val": len(d["val"]),
-                       "num_test": len(d["test"]), "num_classes": d["num_classes"]}}
+  return {
+    **config_lib.to_plain(config),
+    "pretrained_checkpoint": (
+      {"step": s.pre.step, "fingerprint": s.pre.fingerprint} if s.pre else None
+    ),
+    "resolved": {
+      "num_train": len(d["train"]),
+      "num_val": len(d["val"]),
+      "num_test": len(d["test"]),
+      "num_classes": d["num_classes"],
+    },
+  }
 
 
 def run(config, workdir: str, devices=None, accept_changes=()) -> list[dict]:
@@ -640,13 +836,13 @@ def run(config, workdir: str, devices=None, accept_changes=()) -> list[dict]:
   data or pre-trained checkpoint is refused (identity.py) unless accepted (``accept_changes``),
   even when the run has finished."""
   done_path = os.path.join(workdir, "done.json")
-  lock = (runlock.WorkdirLock(workdir, log_lib.info).acquire() if jax.process_index() == 0
-          else None)
+  lock = runlock.WorkdirLock(workdir, log_lib.info).acquire() if jax.process_index() == 0 else None
   try:
     # Everything is checked (config, data, checkpoint) before anything is frozen or written.
     s = Session(config, workdir, devices)
-    accepted = identity.check(workdir, run_identity(config, s), kind="finetune",
-                              accept=accept_changes, log=log_lib.info)
+    accepted = identity.check(
+      workdir, run_identity(config, s), kind="finetune", accept=accept_changes, log=log_lib.info
+    )
     if accepted:
       if os.path.exists(done_path):  # the rows of another run: this one is computed anew
         os.replace(done_path, done_path + ".before_change")
@@ -667,16 +863,32 @@ def run(config, workdir: str, devices=None, accept_changes=()) -> list[dict]:
 def _run(s: Session, workdir: str, done_path: str) -> list[dict]:
   t0 = time.time()
   c, d = s.config, s.data
-  log_lib.info(f"transfer: {c.protocol} of {c.model} "
-               f"({s.pre.method + ' ' + s.pre.path if s.pre else 'from scratch'}) on {c.data}: "
-               f"{len(d['train'])} train ({'full' if d['shots'] is None else d['shots']} shots), "
-               f"{len(d['val'])} val, {len(d['test'])} test, {d['num_classes']} classes")
-  base = {"time": transfer.now(), **_pretrain_fields(s.pre), "model": c.model, "data": c.data,
-          "protocol": c.protocol, "shots": "full" if d["shots"] is None else d["shots"],
-          "seed": c.seed, "shot_seed": d["shot_seed"], "num_train": len(d["train"]),
-          "num_val": len(d["val"]), "num_test": len(d["test"]), "head_init": s.head_init,
-          "num_classes": d["num_classes"], "val_split": c.val_split, "recipe": recipe_of(s),
-          "selection": "val", "tags": parse_tags(c.tags), "workdir": os.path.abspath(workdir)}
+  log_lib.info(
+    f"transfer: {c.protocol} of {c.model} "
+    f"({s.pre.method + ' ' + s.pre.path if s.pre else 'from scratch'}) on {c.data}: "
+    f"{len(d['train'])} train ({'full' if d['shots'] is None else d['shots']} shots), "
+    f"{len(d['val'])} val, {len(d['test'])} test, {d['num_classes']} classes"
+  )
+  base = {
+    "time": transfer.now(),
+    **_pretrain_fields(s.pre),
+    "model": c.model,
+    "data": c.data,
+    "protocol": c.protocol,
+    "shots": "full" if d["shots"] is None else d["shots"],
+    "seed": c.seed,
+    "shot_seed": d["shot_seed"],
+    "num_train": len(d["train"]),
+    "num_val": len(d["val"]),
+    "num_test": len(d["test"]),
+    "head_init": s.head_init,
+    "num_classes": d["num_classes"],
+    "val_split": c.val_split,
+    "recipe": recipe_of(s),
+    "selection": "val",
+    "tags": parse_tags(c.tags),
+    "workdir": os.path.abspath(workdir),
+  }
   if d["test_subsampled"]:
     base["test_subsampled"] = d["test_subsampled"]  # k test images per class (the authors')
 
@@ -686,75 +898,134 @@ def _run(s: Session, workdir: str, done_path: str) -> list[dict]:
   rows = []
   if c.protocol == "zeroshot":
     w = s.to_device(s.initial_weights(head))
-    rows.append({**base, "hyperparameters": {"templates": c.templates},
-                 "val_accuracy": s.accuracy(w, "val"), "test_accuracy": s.accuracy(w, "test"),
-                 "steps": 0})
+    rows.append(
+      {
+        **base,
+        "hyperparameters": {"templates": c.templates},
+        "val_accuracy": s.accuracy(w, "val"),
+        "test_accuracy": s.accuracy(w, "test"),
+        "steps": 0,
+      }
+    )
   elif c.protocol == "lp":
     kernel, bias, chosen, scores = s.probe(
-        init=s.adamw_probe_init() if c.lp.solver == "adamw" else None)
+      init=s.adamw_probe_init() if c.lp.solver == "adamw" else None
+    )
     with log_lib.timed("features and probes"):
       tx, ty = s.frozen_features("test")
     test = float(np.mean(np.argmax(tx @ kernel + bias, -1) == ty))
     what = "lr" if c.lp.solver == "adamw" else "l2"  # the value the probe chose
-    rows.append({**base, "hyperparameters": {"solver": c.lp.solver, what: chosen},
-                 "grid": [{what: k, "val_accuracy": v} for k, v in scores.items()],
-                 "val_accuracy": scores[chosen], "test_accuracy": test, "steps": 0})
+    rows.append(
+      {
+        **base,
+        "hyperparameters": {"solver": c.lp.solver, what: chosen},
+        "grid": [{what: k, "val_accuracy": v} for k, v in scores.items()],
+        "val_accuracy": scores[chosen],
+        "test_accuracy": test,
+        "steps": 0,
+      }
+    )
   else:  # ft, lp_ft, wise_ft
     if s.head_init == "probe":
       solver = s.probe_head_solver()
       kernel, bias, chosen, scores = s.probe(
-          solver, init=s.adamw_probe_init() if solver == "adamw" else None)
+        solver, init=s.adamw_probe_init() if solver == "adamw" else None
+      )
       head = (kernel, bias)
-      log_lib.info(f"probe head ({solver}): {'lr' if solver == 'adamw' else 'l2'} {chosen:g}, "
-                   f"val {scores[chosen]:.4f}")
+      log_lib.info(
+        f"probe head ({solver}): {'lr' if solver == 'adamw' else 'l2'} {chosen:g}, "
+        f"val {scores[chosen]:.4f}"
+      )
     points, grid_name = grid_points(c)
     by_epoch = bool(c.paper_grid)  # the authors' selection: best test over epochs too
     grid, best, best_weights = [], None, None
     for i, (lr, batch, epochs) in enumerate(points, 1):
-      w, info = s.finetune(lr, head, batch_size=batch, epochs=epochs,
-                           test_every_epoch=by_epoch)
-      g = {"lr": float(lr), "batch_size": info["batch_size"],
-           "epochs": float(epochs) if epochs else round(info["epochs"], 3),
-           "val_accuracy": s.accuracy(w, "val"),
-           "test_accuracy": s.accuracy(w, "test"), "steps": info["steps"]}
+      w, info = s.finetune(lr, head, batch_size=batch, epochs=epochs, test_every_epoch=by_epoch)
+      g = {
+        "lr": float(lr),
+        "batch_size": info["batch_size"],
+        "epochs": float(epochs) if epochs else round(info["epochs"], 3),
+        "val_accuracy": s.accuracy(w, "val"),
+        "test_accuracy": s.accuracy(w, "test"),
+        "steps": info["steps"],
+      }
       if by_epoch:
         g["test_by_epoch"] = info["test_by_epoch"]
       grid.append(g)
       if best is None or (g["val_accuracy"], -g["lr"]) > (best["val_accuracy"], -best["lr"]):
         best, best_weights = g, w  # only the best weights are kept (device memory)
-      log_lib.info(f"[{i}/{len(points)}] lr {lr:g} batch {info['batch_size']} "
-                   f"{g['epochs']:g} epochs: val {g['val_accuracy']:.4f}")
-    hp = {"lr": best["lr"], "batch_size": best["batch_size"], "epochs": best["epochs"],
-          "optimizer": c.optimizer.name, "weight_decay": c.optimizer.weight_decay,
-          "schedule": c.optimizer.schedule, "schedule_rule": c.schedule_rule or "config",
-          "mixup_alpha": c.mixup_alpha, "warmup_cap": c.warmup_cap, "grid": grid_name}
+      log_lib.info(
+        f"[{i}/{len(points)}] lr {lr:g} batch {info['batch_size']} "
+        f"{g['epochs']:g} epochs: val {g['val_accuracy']:.4f}"
+      )
+    hp = {
+      "lr": best["lr"],
+      "batch_size": best["batch_size"],
+      "epochs": best["epochs"],
+      "optimizer": c.optimizer.name,
+      "weight_decay": c.optimizer.weight_decay,
+      "schedule": c.optimizer.schedule,
+      "schedule_rule": c.schedule_rule or "config",
+      "mixup_alpha": c.mixup_alpha,
+      "warmup_cap": c.warmup_cap,
+      "grid": grid_name,
+    }
     test_selected = max(max(g.get("test_by_epoch") or [g["test_accuracy"]]) for g in grid)
     if c.protocol != "wise_ft":
-      row = {**base, "hyperparameters": hp, "grid": grid,
-             "val_accuracy": best["val_accuracy"], "test_accuracy": best["test_accuracy"],
-             "test_selected_accuracy": test_selected,
-             "test_selected_by": "best test over the grid" + (" and epochs" if by_epoch else ""),
-             "steps": best["steps"]}
+      row = {
+        **base,
+        "hyperparameters": hp,
+        "grid": grid,
+        "val_accuracy": best["val_accuracy"],
+        "test_accuracy": best["test_accuracy"],
+        "test_selected_accuracy": test_selected,
+        "test_selected_by": "best test over the grid" + (" and epochs" if by_epoch else ""),
+        "steps": best["steps"],
+      }
       if c.refit_full and d["refit"] is not None:
         # Chosen on validation; then trained once more on train + val (all of the pool).
-        w, info = s.finetune(best["lr"], head, batch_size=best["batch_size"],
-                             epochs=best["epochs"], train=d["refit"], name="refit")
-        row["refit"] = {"on": "train+val", "num_train": len(d["refit"]),
-                        "steps": info["steps"], "test_accuracy_before": best["test_accuracy"]}
+        w, info = s.finetune(
+          best["lr"],
+          head,
+          batch_size=best["batch_size"],
+          epochs=best["epochs"],
+          train=d["refit"],
+          name="refit",
+        )
+        row["refit"] = {
+          "on": "train+val",
+          "num_train": len(d["refit"]),
+          "steps": info["steps"],
+          "test_accuracy_before": best["test_accuracy"],
+        }
         row["test_accuracy"] = s.accuracy(w, "test")
-        log_lib.info(f"refit on train+val ({len(d['refit'])} examples): test "
-                     f"{row['test_accuracy']:.4f} (before: {best['test_accuracy']:.4f})")
+        log_lib.info(
+          f"refit on train+val ({len(d['refit'])} examples): test "
+          f"{row['test_accuracy']:.4f} (before: {best['test_accuracy']:.4f})"
+        )
       rows.append(row)
     else:  # WiSE-FT: theta(alpha) = (1 - alpha) theta_0 + alpha theta_ft, each alpha reported
       init_host = s.initial_weights(head)
       ft = jax.device_get(best_weights)
       for alpha in c.wise_ft.alphas:
-        mixed = jax.tree.map(lambda a, b, alpha=alpha: (1 - alpha) * np.asarray(a, np.float32)
-                             + alpha * np.asarray(b, np.float32), init_host, ft)
+        mixed = jax.tree.map(
+          lambda a, b, alpha=alpha: (
+            (1 - alpha) * np.asarray(a, np.float32) + alpha * np.asarray(b, np.float32)
+          ),
+          init_host,
+          ft,
+        )
         w = s.to_device(mixed)
-        rows.append({**base, "hyperparameters": {**hp, "alpha": float(alpha)}, "grid": grid,
-                     "val_accuracy": s.accuracy(w, "val"),
-                     "test_accuracy": s.accuracy(w, "test"), "steps": best["steps"]})
+        rows.append(
+          {
+            **base,
+            "hyperparameters": {**hp, "alpha": float(alpha)},
+            "grid": grid,
+            "val_accuracy": s.accuracy(w, "val"),
+            "test_accuracy": s.accuracy(w, "test"),
+            "steps": best["steps"],
+          }
+        )
       chosen = max(rows, key=lambda r: (r["val_accuracy"], r["hyperparameters"]["alpha"]))
       for r in rows:  # the alpha validation chooses (ties: more of the fine-tuned weights)
         r["chosen"] = r is chosen
@@ -771,8 +1042,10 @@ def _run(s: Session, workdir: str, done_path: str) -> list[dict]:
   for r in rows:
     extra = f" alpha {r['hyperparameters']['alpha']}" if "alpha" in r["hyperparameters"] else ""
     extra += " <- chosen on validation" if r.get("chosen") else ""
-    log_lib.info(f"result: {r['protocol']}{extra} val {r['val_accuracy']:.4f} test "
-                 f"{r['test_accuracy']:.4f} ({log_lib.format_duration(wall)})")
+    log_lib.info(
+      f"result: {r['protocol']}{extra} val {r['val_accuracy']:.4f} test "
+      f"{r['test_accuracy']:.4f} ({log_lib.format_duration(wall)})"
+    )
   return rows
 
 

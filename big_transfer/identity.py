@@ -33,10 +33,28 @@ from big_transfer.app import UserError
 RUN_FILE = "run.json"
 
 # Keys whose change cannot alter what the run computes (prefixes of dotted keys).
-NEUTRAL = ("data_workers", "data_threads", "log_every", "checkpoint_every", "keep_checkpoints",
-           "keep_every", "tensorboard", "wandb", "eval_every", "eval_batch_size", "evals",
-           "eval_data", "eval_split", "allow_fresh_start", "max_skip_fraction", "mesh",
-           "param_sharding", "param_sharding_min_size", "results_file", "feature_cache")
+NEUTRAL = (
+  "data_workers",
+  "data_threads",
+  "log_every",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "keep_every",
+  "tensorboard",
+  "wandb",
+  "eval_every",
+  "eval_batch_size",
+  "evals",
+  "eval_data",
+  "eval_split",
+  "allow_fresh_start",
+  "max_skip_fraction",
+  "mesh",
+  "param_sharding",
+  "param_sharding_min_size",
+  "results_file",
+  "feature_cache",
+)
 
 
 class IdentityError(UserError):
@@ -64,8 +82,11 @@ _ABSENT = "(absent)"
 def differences(frozen: dict, now: dict) -> list[tuple[str, Any, Any]]:
   """(key, frozen value, new value) for every dotted key that differs."""
   a, b = config_lib.dotted(_plain(frozen)), config_lib.dotted(_plain(now))
-  return [(k, a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(set(a) | set(b))
-          if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
+  return [
+    (k, a.get(k, _ABSENT), b.get(k, _ABSENT))
+    for k in sorted(set(a) | set(b))
+    if a.get(k, _ABSENT) != b.get(k, _ABSENT)
+  ]
 
 
 def declared_defaults(kind: str) -> dict[str, Any]:
@@ -101,8 +122,10 @@ def read(workdir: str) -> dict | None:
       record = json.load(f)
     record["identity"]  # noqa: B018  (a record without one is unreadable)
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise IdentityError(f"{path} is unreadable ({type(e).__name__}: {e}); it records what run "
-                        f"this workdir holds: restore it or use another --workdir") from None
+    raise IdentityError(
+      f"{path} is unreadable ({type(e).__name__}: {e}); it records what run "
+      f"this workdir holds: restore it or use another --workdir"
+    ) from None
   return record
 
 
@@ -116,8 +139,9 @@ def _write(workdir: str, record: dict) -> None:
   os.replace(path + ".tmp", path)
 
 
-def check(workdir: str, identity: dict, *, kind: str, accept=(), log=print,
-          flag: str = "--accept_changes") -> list[tuple[str, Any, Any]]:
+def check(
+  workdir: str, identity: dict, *, kind: str, accept=(), log=print, flag: str = "--accept_changes"
+) -> list[tuple[str, Any, Any]]:
   """Freezes ``identity`` at a workdir's first start; at a restart compares it with the frozen
   one and raises IdentityError (one line) for differences that are neither neutral nor
   accepted. Returns the accepted differences (recorded in run.json)."""
@@ -127,29 +151,38 @@ def check(workdir: str, identity: dict, *, kind: str, accept=(), log=print,
   now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
   if record is None:
     if os.path.exists(os.path.join(workdir, "config.json")) or os.path.exists(
-        os.path.join(workdir, "done.json")):
-      log(f"{workdir} has no {RUN_FILE} (a workdir of an older version): this run's identity "
-          f"is frozen from now on")
+      os.path.join(workdir, "done.json")
+    ):
+      log(
+        f"{workdir} has no {RUN_FILE} (a workdir of an older version): this run's identity "
+        f"is frozen from now on"
+      )
     _write(workdir, {"kind": kind, "created": now, "identity": identity, "changes": []})
     return []
   if record.get("kind", kind) != kind:
-    raise IdentityError(f"workdir {workdir} holds a {record.get('kind')} run ({RUN_FILE}), not "
-                        f"a {kind} run: use another --workdir")
+    raise IdentityError(
+      f"workdir {workdir} holds a {record.get('kind')} run ({RUN_FILE}), not "
+      f"a {kind} run: use another --workdir"
+    )
   diffs = differences(record["identity"], identity)
   # Keys the code declared after this run froze its identity (a newer version, a method
   # registered since), at their declared defaults: the run could not have set them otherwise.
   defaults = declared_defaults(kind)
-  added = [d for d in diffs if d[1] == _ABSENT and d[0] in defaults
-           and _plain(defaults[d[0]]) == d[2]]
+  added = [
+    d for d in diffs if d[1] == _ABSENT and d[0] in defaults and _plain(defaults[d[0]]) == d[2]
+  ]
   diffs = [d for d in diffs if d not in added]
   if added:
-    log(f"resuming with keys added to the config since this run started, at their defaults: "
-        f"{', '.join(k for k, _, _ in added)}")
+    log(
+      f"resuming with keys added to the config since this run started, at their defaults: "
+      f"{', '.join(k for k, _, _ in added)}"
+    )
   if not diffs:
     if added:
       record["changes"] = list(record.get("changes", [])) + [
-          {"time": now, "key": k, "from": a, "to": b, "why": "added at its default"}
-          for k, a, b in added]
+        {"time": now, "key": k, "from": a, "to": b, "why": "added at its default"}
+        for k, a, b in added
+      ]
       record["identity"] = identity
       _write(workdir, record)
     return []
@@ -160,25 +193,40 @@ def check(workdir: str, identity: dict, *, kind: str, accept=(), log=print,
   all_ok = "all" in accept
   refused = [d for d in candidates if not all_ok and not _matches(d[0], accept)]
   if refused:
-    keys = sorted({"pretrained_checkpoint" if k.startswith("pretrained_checkpoint.") else
-                   k.removeprefix("resolved.") for k, _, _ in refused})
+    keys = sorted(
+      {
+        "pretrained_checkpoint"
+        if k.startswith("pretrained_checkpoint.")
+        else k.removeprefix("resolved.")
+        for k, _, _ in refused
+      }
+    )
     raise IdentityError(
-        f"workdir {workdir} holds a run with another config ({len(refused)} key(s) differ: "
-        f"{describe(refused[:6])}{' ...' if len(refused) > 6 else ''}); rerun with the run's "
-        f"own config, use another --workdir, or accept the change (recorded in {RUN_FILE}): "
-        f"{flag}={','.join(keys)}")
+      f"workdir {workdir} holds a run with another config ({len(refused)} key(s) differ: "
+      f"{describe(refused[:6])}{' ...' if len(refused) > 6 else ''}); rerun with the run's "
+      f"own config, use another --workdir, or accept the change (recorded in {RUN_FILE}): "
+      f"{flag}={','.join(keys)}"
+    )
   neutral = [d for d in diffs if is_neutral(d[0])]
   accepted = [d for d in diffs if not is_neutral(d[0])]
   if neutral:
     log(f"resuming with changes that cannot alter the result: {describe(neutral)}")
   if accepted:
-    log(f"resuming with accepted changes (recorded in {os.path.join(workdir, RUN_FILE)}): "
-        f"{describe(accepted)}")
-  record["changes"] = list(record.get("changes", [])) + [
+    log(
+      f"resuming with accepted changes (recorded in {os.path.join(workdir, RUN_FILE)}): "
+      f"{describe(accepted)}"
+    )
+  record["changes"] = (
+    list(record.get("changes", []))
+    + [
       {"time": now, "key": k, "from": a, "to": b, "why": "added at its default"}
-      for k, a, b in added] + [
-      {"time": now, "key": k, "from": a, "to": b,
-       "why": "neutral" if is_neutral(k) else "accepted"} for k, a, b in diffs]
+      for k, a, b in added
+    ]
+    + [
+      {"time": now, "key": k, "from": a, "to": b, "why": "neutral" if is_neutral(k) else "accepted"}
+      for k, a, b in diffs
+    ]
+  )
   record["identity"] = identity
   _write(workdir, record)
   return accepted

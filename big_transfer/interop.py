@@ -36,12 +36,13 @@ class ConversionError(ValueError):
 
 # ----------------------------------------------------------------------------- reading sources
 
+
 def _unwrap(sd: dict) -> dict:
   for key in ("state_dict", "model", "module"):
     if key in sd and isinstance(sd[key], dict) and len(sd) <= 4:
       sd = sd[key]
   if sd and all(k.startswith("module.") for k in sd):
-    sd = {k[len("module."):]: v for k, v in sd.items()}
+    sd = {k[len("module.") :]: v for k, v in sd.items()}
   return sd
 
 
@@ -57,17 +58,21 @@ def read_source(path: str) -> dict[str, np.ndarray]:
         return {k: np.asarray(z[k]) for k in z.files}
     if lower.endswith(".safetensors"):
       from safetensors.numpy import load_file
+
       return dict(load_file(path))
   except ConversionError:
     raise
   except Exception as e:  # noqa: BLE001  (zip/header errors: one line naming the file)
-    raise ConversionError(f"{path}: not a readable {os.path.splitext(path)[1]} file "
-                          f"({type(e).__name__}: {e})") from None
+    raise ConversionError(
+      f"{path}: not a readable {os.path.splitext(path)[1]} file ({type(e).__name__}: {e})"
+    ) from None
   try:
     import torch
   except ImportError:
-    raise ConversionError(f"{path}: reading a PyTorch checkpoint needs torch (pip install -r "
-                          f"requirements-dev.txt), or convert it to .safetensors") from None
+    raise ConversionError(
+      f"{path}: reading a PyTorch checkpoint needs torch (pip install -r "
+      f"requirements-dev.txt), or convert it to .safetensors"
+    ) from None
   try:
     try:
       obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -76,8 +81,10 @@ def read_source(path: str) -> dict[str, np.ndarray]:
         raise
       obj = torch.jit.load(path, map_location="cpu").state_dict()  # OpenAI's .pt archives
   except Exception as e:  # noqa: BLE001
-    raise ConversionError(f"{path}: not a readable PyTorch checkpoint "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    raise ConversionError(
+      f"{path}: not a readable PyTorch checkpoint "
+      f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+    ) from None
   if not isinstance(obj, dict):
     raise ConversionError(f"{path}: holds a {type(obj).__name__}, not a state dict")
   out = {}
@@ -91,16 +98,18 @@ def read_source(path: str) -> dict[str, np.ndarray]:
 def strip_prefix(sd: dict, prefixes: Sequence[str]) -> dict:
   for p in prefixes:
     if any(k.startswith(p) for k in sd):
-      return {k[len(p):]: v for k, v in sd.items() if k.startswith(p)}
+      return {k[len(p) :]: v for k, v in sd.items() if k.startswith(p)}
   return sd
 
 
 # ----------------------------------------------------------------------------- rules
 
+
 @dataclasses.dataclass
 class Rule:
   """Our tensor from source tensors ``src``: ``fwd(*arrays) -> ours``, ``inv(ours) -> arrays``
   (the export direction; None where the format is import-only)."""
+
   src: tuple[str, ...]
   fwd: Callable
   inv: Callable | None = None
@@ -118,8 +127,14 @@ def _linear(name):  # PyTorch (out, in) <-> our (in, out)
   return Rule((name,), lambda a: a.T, lambda a: (np.ascontiguousarray(a.T),))
 
 
-_TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean",
-               "var": "running_var", "embedding": "weight"}
+_TORCH_LEAF = {
+  "kernel": "weight",
+  "scale": "weight",
+  "bias": "bias",
+  "mean": "running_mean",
+  "var": "running_var",
+  "embedding": "weight",
+}
 
 
 def _torch_leaf(module: str, leaf: str, ndim: int) -> Rule:
@@ -134,10 +149,18 @@ def _torch_block(prefix: str, rest: str, leaf: str, ndim: int, fmt: str) -> Rule
   or timm (norm1, attn.qkv, attn.proj, mlp.fc1)."""
   if fmt == "openclip":
     if rest == "attn/qkv":
-      return (_linear(f"{prefix}.attn.in_proj_weight") if leaf == "kernel"
-              else _same(f"{prefix}.attn.in_proj_bias"))
-    module = {"norm1": "ln_1", "norm2": "ln_2", "attn/proj": "attn.out_proj",
-              "mlp/fc1": "mlp.c_fc", "mlp/fc2": "mlp.c_proj"}.get(rest)
+      return (
+        _linear(f"{prefix}.attn.in_proj_weight")
+        if leaf == "kernel"
+        else _same(f"{prefix}.attn.in_proj_bias")
+      )
+    module = {
+      "norm1": "ln_1",
+      "norm2": "ln_2",
+      "attn/proj": "attn.out_proj",
+      "mlp/fc1": "mlp.c_fc",
+      "mlp/fc2": "mlp.c_proj",
+    }.get(rest)
   else:
     module = rest.replace("/", ".")
   return None if module is None else _torch_leaf(f"{prefix}.{module}", leaf, ndim)
@@ -162,8 +185,7 @@ def _resnet_torch(name: str, ndim: int, *, style: str) -> Rule | None:
       k = int(parts[4])
       return _torch_leaf(f"{base}.{'norm' if style == 'timm_v2' else 'bn'}{k + 1}", leaf, ndim)
     if what == "proj":
-      return _torch_leaf(f"{base}.downsample.{'conv' if style == 'timm_v2' else '0'}", leaf,
-                         ndim)
+      return _torch_leaf(f"{base}.downsample.{'conv' if style == 'timm_v2' else '0'}", leaf, ndim)
     if what == "proj_norm":
       return _torch_leaf(f"{base}.downsample.1", leaf, ndim)
   if parts[0] == "final_norm":
@@ -176,8 +198,11 @@ def _resnet_torch(name: str, ndim: int, *, style: str) -> Rule | None:
     if style == "timm_v2":  # a 1x1 conv (classes, C, 1, 1)
       if leaf == "bias":
         return _same("head.fc.bias")
-      return Rule(("head.fc.weight",), lambda a: a[:, :, 0, 0].T,
-                  lambda a: (np.ascontiguousarray(a.T)[:, :, None, None],))
+      return Rule(
+        ("head.fc.weight",),
+        lambda a: a[:, :, 0, 0].T,
+        lambda a: (np.ascontiguousarray(a.T)[:, :, None, None],),
+      )
     return _torch_leaf("fc", leaf, ndim)
   return None
 
@@ -190,11 +215,17 @@ def _vit_torch(name: str, ndim: int, *, fmt: str) -> Rule | None:
   if parts[0] == "patch_embed":
     return _torch_leaf("conv1" if oc else "patch_embed.proj", leaf, ndim)
   if parts[0] == "cls_token":
-    return (Rule(("class_embedding",), lambda a: a.reshape(1, 1, -1),
-                 lambda a: (a.reshape(-1),)) if oc else _same("cls_token"))
+    return (
+      Rule(("class_embedding",), lambda a: a.reshape(1, 1, -1), lambda a: (a.reshape(-1),))
+      if oc
+      else _same("cls_token")
+    )
   if parts[0] == "pos_embed":
-    return (_same("positional_embedding") if oc else
-            Rule(("pos_embed",), lambda a: a[0], lambda a: (a[None],)))
+    return (
+      _same("positional_embedding")
+      if oc
+      else Rule(("pos_embed",), lambda a: a[0], lambda a: (a[None],))
+    )
   if parts[0] == "ln_pre":
     return _torch_leaf("ln_pre", leaf, ndim)
   if parts[0] == "blocks":
@@ -216,8 +247,11 @@ def openclip_rule(name: str, ndim: int) -> Rule | None:
     return _same("visual.proj")
   if parts[0] == "image":
     rest = "/".join(parts[1:])
-    rule = (_vit_torch(rest, ndim, fmt="openclip") if _is_vit_name(rest)
-            else _resnet_torch(rest, ndim, style="clip"))
+    rule = (
+      _vit_torch(rest, ndim, fmt="openclip")
+      if _is_vit_name(rest)
+      else _resnet_torch(rest, ndim, style="clip")
+    )
     return None if rule is None else _prefixed(rule, "visual.")
   if parts[0] == "text":
     rest, leaf = parts[1:], parts[-1]
@@ -230,14 +264,14 @@ def openclip_rule(name: str, ndim: int) -> Rule | None:
     if rest[0] == "norm":
       return _torch_leaf("ln_final", leaf, ndim)
     if rest[0] == "blocks":
-      return _torch_block(f"transformer.resblocks.{rest[1]}", "/".join(rest[2:-1]), leaf, ndim,
-                          "openclip")
+      return _torch_block(
+        f"transformer.resblocks.{rest[1]}", "/".join(rest[2:-1]), leaf, ndim, "openclip"
+      )
   return None
 
 
 def _is_vit_name(rest: str) -> bool:
-  return rest.split("/")[0] in ("patch_embed", "cls_token", "pos_embed", "ln_pre", "blocks",
-                                "norm")
+  return rest.split("/")[0] in ("patch_embed", "cls_token", "pos_embed", "ln_pre", "blocks", "norm")
 
 
 def _prefixed(rule: Rule, prefix: str) -> Rule:
@@ -264,8 +298,11 @@ def bit_rule(name: str, ndim: int) -> Rule | None:
   if parts[0] == "head":
     if leaf == "bias":
       return flat("resnet/head/conv2d/bias")
-    return Rule(("resnet/head/conv2d/kernel",), lambda a: a.reshape(a.shape[-2], a.shape[-1]),
-                lambda a: (a[None, None],))
+    return Rule(
+      ("resnet/head/conv2d/kernel",),
+      lambda a: a.reshape(a.shape[-2], a.shape[-1]),
+      lambda a: (a[None, None],),
+    )
   if parts[0] == "stages":
     unit = f"resnet/block{int(parts[1]) + 1}/unit{int(parts[2]) + 1:02d}"
     what = parts[3]
@@ -289,8 +326,9 @@ def big_vision_rule(layout: str, pool: str, heads: int) -> Callable[[str, int], 
 
   def pos_rule():
     if layout == "vit_jax":
-      return Rule(("Transformer/posembed_input/pos_embedding",), lambda a: a[0],
-                  lambda a: (a[None],))
+      return Rule(
+        ("Transformer/posembed_input/pos_embedding",), lambda a: a[0], lambda a: (a[None],)
+      )
     if pool == "gap":
       return Rule(("pos_embedding",), lambda a: a[0], lambda a: (a[None],))
 
@@ -298,11 +336,15 @@ def big_vision_rule(layout: str, pool: str, heads: int) -> Callable[[str, int], 
     # prepended: a zero row for the class token is the same network.
     def inv(a):
       if np.any(a[0] != 0):
-        raise ConversionError("pos_embed: big_vision has no position embedding for the class "
-                              "token, and this model's is not zero")
+        raise ConversionError(
+          "pos_embed: big_vision has no position embedding for the class "
+          "token, and this model's is not zero"
+        )
       return (a[None, 1:],)
-    return Rule(("pos_embedding",), lambda a: np.concatenate(
-        [np.zeros((1, a.shape[-1]), a.dtype), a[0]]), inv)
+
+    return Rule(
+      ("pos_embedding",), lambda a: np.concatenate([np.zeros((1, a.shape[-1]), a.dtype), a[0]]), inv
+    )
 
   def rule(name: str, ndim: int) -> Rule | None:
     parts = name.split("/")
@@ -331,15 +373,23 @@ def big_vision_rule(layout: str, pool: str, heads: int) -> Callable[[str, int], 
     if rest == "attn/qkv":
       names = tuple(f"{att}/{n}/{leaf}" for n in ("query", "key", "value"))
       if leaf == "kernel":  # three (D, heads, head_dim) <-> (D, 3 * D)
-        return Rule(names, lambda q, k, v: np.concatenate(
-            [t.reshape(t.shape[0], -1) for t in (q, k, v)], axis=1),
-            lambda a: tuple(split_heads(t) for t in np.split(a, 3, axis=1)))
-      return Rule(names, lambda q, k, v: np.concatenate([t.reshape(-1) for t in (q, k, v)]),
-                  lambda a: tuple(t.reshape(heads, -1) for t in np.split(a, 3)))
+        return Rule(
+          names,
+          lambda q, k, v: np.concatenate([t.reshape(t.shape[0], -1) for t in (q, k, v)], axis=1),
+          lambda a: tuple(split_heads(t) for t in np.split(a, 3, axis=1)),
+        )
+      return Rule(
+        names,
+        lambda q, k, v: np.concatenate([t.reshape(-1) for t in (q, k, v)]),
+        lambda a: tuple(t.reshape(heads, -1) for t in np.split(a, 3)),
+      )
     if rest == "attn/proj":
       if leaf == "kernel":  # (heads, head_dim, D) <-> (D, D)
-        return Rule((f"{att}/out/kernel",), lambda a: a.reshape(-1, a.shape[-1]),
-                    lambda a: (a.reshape(heads, -1, a.shape[-1]),))
+        return Rule(
+          (f"{att}/out/kernel",),
+          lambda a: a.reshape(-1, a.shape[-1]),
+          lambda a: (a.reshape(heads, -1, a.shape[-1]),),
+        )
       return _same(f"{att}/out/bias")
     return None
 
@@ -349,13 +399,20 @@ def big_vision_rule(layout: str, pool: str, heads: int) -> Callable[[str, int], 
 # ----------------------------------------------------------------------------- applying rules
 
 # Source tensors that carry no weights: BatchNorm step counters, OpenAI's int buffers, masks.
-IGNORED = re.compile(r"(^|\.)(num_batches_tracked|attn_mask)$|^(input_resolution|context_length"
-                     r"|vocab_size)$")
+IGNORED = re.compile(
+  r"(^|\.)(num_batches_tracked|attn_mask)$|^(input_resolution|context_length"
+  r"|vocab_size)$"
+)
 
 
-def convert(ours: dict[str, tuple], source: dict[str, np.ndarray],
-            rule_of: Callable[[str, int], Rule | None], *, what: str = "source",
-            path: str = "") -> dict[str, np.ndarray]:
+def convert(
+  ours: dict[str, tuple],
+  source: dict[str, np.ndarray],
+  rule_of: Callable[[str, int], Rule | None],
+  *,
+  what: str = "source",
+  path: str = "",
+) -> dict[str, np.ndarray]:
   """{our name: array} for every name in ``ours`` ({name: shape}) from ``source`` by the rules.
   Raises ConversionError listing every name without a rule, missing source tensor, shape
   mismatch and unused source tensor."""
@@ -377,18 +434,21 @@ def convert(ours: dict[str, tuple], source: dict[str, np.ndarray],
       continue
     out[name] = value.astype(np.float32) if value.dtype.kind == "f" else value
   leftovers = sorted(k for k in source if k not in used and not IGNORED.search(k))
-  problems += [f"{k} {tuple(np.shape(source[k]))}: in the {what}, not in this model"
-               for k in leftovers]
+  problems += [
+    f"{k} {tuple(np.shape(source[k]))}: in the {what}, not in this model" for k in leftovers
+  ]
   if problems:
     more = f"\n  ... and {len(problems) - 40} more" if len(problems) > 40 else ""
-    raise ConversionError(f"{path + ': ' if path else ''}the {what} does not fit the model "
-                          f"({len(problems)} mismatches):\n  "
-                          + "\n  ".join(problems[:40]) + more)
+    raise ConversionError(
+      f"{path + ': ' if path else ''}the {what} does not fit the model "
+      f"({len(problems)} mismatches):\n  " + "\n  ".join(problems[:40]) + more
+    )
   return out
 
 
-def export(ours: dict[str, np.ndarray], rule_of: Callable[[str, int], Rule | None],
-           what: str = "export") -> dict[str, np.ndarray]:
+def export(
+  ours: dict[str, np.ndarray], rule_of: Callable[[str, int], Rule | None], what: str = "export"
+) -> dict[str, np.ndarray]:
   """The reverse of ``convert``: {source name: array}."""
   out, problems = {}, []
   for name, value in sorted(ours.items()):
@@ -405,9 +465,11 @@ def export(ours: dict[str, np.ndarray], rule_of: Callable[[str, int], Rule | Non
 
 # ----------------------------------------------------------------------------- architectures
 
+
 @dataclasses.dataclass
 class Spec:
   """What a converted checkpoint is, as this codebase's config keys."""
+
   method: str  # 'supervised' or 'clip'
   model: str
   model_kwargs: dict[str, Any]
@@ -436,12 +498,19 @@ def _resnet_depth(blocks: tuple[int, ...], bottleneck: bool = True) -> int:
   for depth, (b, bn) in DEPTHS.items():
     if tuple(b) == tuple(blocks) and bn == bottleneck:
       return depth
-  raise ConversionError(f"a ResNet with {blocks} blocks per stage is not one of ours "
-                        f"({', '.join(f'resnet{d}' for d in DEPTHS)})")
+  raise ConversionError(
+    f"a ResNet with {blocks} blocks per stage is not one of ours "
+    f"({', '.join(f'resnet{d}' for d in DEPTHS)})"
+  )
 
 
-OPENCLIP_NAMES = {"RN50": "clip_rn50", "RN101": "clip_rn101", "ViT-B-32": "vit_b32",
-                  "ViT-B-16": "vit_b16", "ViT-L-14": "vit_l14"}
+OPENCLIP_NAMES = {
+  "RN50": "clip_rn50",
+  "RN101": "clip_rn101",
+  "ViT-B-32": "vit_b32",
+  "ViT-B-16": "vit_b16",
+  "ViT-L-14": "vit_l14",
+}
 
 
 def openclip_spec(sd: dict, act: str) -> Spec:
@@ -465,23 +534,38 @@ def openclip_spec(sd: dict, act: str) -> Spec:
     if width != 64:
       kwargs["width"] = width / 64
   else:
-    raise ConversionError("not an OpenCLIP/OpenAI CLIP state dict (no visual.proj and no "
-                          "visual.attnpool)")
+    raise ConversionError(
+      "not an OpenCLIP/OpenAI CLIP state dict (no visual.proj and no visual.attnpool)"
+    )
   t_width = sd["ln_final.weight"].shape[0]
-  text = dict(width=int(t_width), heads=int(t_width // 64),
-              layers=_count(sd, r"transformer\.resblocks\.(\d+)\."),
-              context_length=int(sd["positional_embedding"].shape[0]), act=act,
-              tokenizer="clip")
-  return Spec("clip", model, kwargs, text=text, embed_dim=int(embed),
-              vocab_size=int(sd["token_embedding.weight"].shape[0]))
+  text = dict(
+    width=int(t_width),
+    heads=int(t_width // 64),
+    layers=_count(sd, r"transformer\.resblocks\.(\d+)\."),
+    context_length=int(sd["positional_embedding"].shape[0]),
+    act=act,
+    tokenizer="clip",
+  )
+  return Spec(
+    "clip",
+    model,
+    kwargs,
+    text=text,
+    embed_dim=int(embed),
+    vocab_size=int(sd["token_embedding.weight"].shape[0]),
+  )
 
 
 def bit_spec(sd: dict) -> Spec:
   blocks = tuple(_count(sd, rf"resnet/block{i}/unit(\d+)/") for i in range(1, 5))
   width = sd["resnet/root_block/standardized_conv2d/kernel"].shape[-1] // 64
   head = sd.get("resnet/head/conv2d/kernel")
-  return Spec("supervised", f"bit_r{_resnet_depth(blocks)}x{width}", {},
-              num_classes=0 if head is None else int(head.shape[-1]))
+  return Spec(
+    "supervised",
+    f"bit_r{_resnet_depth(blocks)}x{width}",
+    {},
+    num_classes=0 if head is None else int(head.shape[-1]),
+  )
 
 
 def big_vision_spec(sd: dict) -> tuple[Spec, str, int]:
@@ -494,8 +578,10 @@ def big_vision_spec(sd: dict) -> tuple[Spec, str, int]:
   heads = sd[f"Transformer/encoderblock_0/MultiHeadDotProductAttention_{mha}/query/kernel"].shape[1]
   mlp = sd[f"Transformer/encoderblock_0/MlpBlock_{mlp_key}/Dense_0/kernel"].shape[1]
   if "MAPHead_0/probe" in sd:
-    raise ConversionError("big_vision ViT with a MAP head (pool_type='map'): not supported "
-                          "here (our ViTs pool by class token or average)")
+    raise ConversionError(
+      "big_vision ViT with a MAP head (pool_type='map'): not supported "
+      "here (our ViTs pool by class token or average)"
+    )
   pool = "tok" if "cls" in sd else "gap"
   pos = sd["Transformer/posembed_input/pos_embedding" if layout == "vit_jax" else "pos_embedding"]
   grid = int(round((pos.shape[1] - (1 if layout == "vit_jax" and pool == "tok" else 0)) ** 0.5))
@@ -503,8 +589,11 @@ def big_vision_spec(sd: dict) -> tuple[Spec, str, int]:
   # Flax's nn.gelu is the tanh approximation: big_vision's ViTs were trained with it.
   kwargs.update(pool=pool, image_size=grid * patch, act="gelu_tanh")
   head = sd.get("head/kernel")
-  return Spec("supervised", model, kwargs,
-              num_classes=0 if head is None else int(head.shape[-1])), layout, heads
+  return (
+    Spec("supervised", model, kwargs, num_classes=0 if head is None else int(head.shape[-1])),
+    layout,
+    heads,
+  )
 
 
 def unstack_scan(sd: dict) -> dict:
@@ -521,29 +610,36 @@ def unstack_scan(sd: dict) -> dict:
 
 
 # Our ViT variant letters and timm's size names, both directions.
-_TIMM_VIT_SIZE = {"ti": "tiny", "s": "small", "m": "medium", "b": "base", "l": "large",
-                  "h": "huge"}
+_TIMM_VIT_SIZE = {"ti": "tiny", "s": "small", "m": "medium", "b": "base", "l": "large", "h": "huge"}
 _OUR_VIT_VARIANT = {size: v for v, size in _TIMM_VIT_SIZE.items()}
 
 TIMM_NAMES = (
-    (r"resnet(\d+)(\.\w+)?", lambda m: f"resnet{m[1]}", "v1.5"),
-    (r"resnetv2_(\d+)x(\d+)_bit(\.\w+)?", lambda m: f"bit_r{m[1]}x{m[2]}", "v2"),
-    (r"vit_(tiny|small|base|large|huge)_patch(\d+)_(\d+)(\.\w+)?",
-     lambda m: f"vit_{_OUR_VIT_VARIANT[m[1]]}{m[2]}", "vit"),
+  (r"resnet(\d+)(\.\w+)?", lambda m: f"resnet{m[1]}", "v1.5"),
+  (r"resnetv2_(\d+)x(\d+)_bit(\.\w+)?", lambda m: f"bit_r{m[1]}x{m[2]}", "v2"),
+  (
+    r"vit_(tiny|small|base|large|huge)_patch(\d+)_(\d+)(\.\w+)?",
+    lambda m: f"vit_{_OUR_VIT_VARIANT[m[1]]}{m[2]}",
+    "vit",
+  ),
 )
 
 
 def _vit_dims(kw: dict[str, Any]) -> tuple[int, int, int, int]:
   """(width, depth, mlp_dim, heads) of a ViT's kwargs: the variant's, overridden where given."""
   w, depth, mlp, heads = VARIANTS[kw["variant"]]
-  return (kw.get("width") or w, kw.get("depth") or depth, kw.get("mlp_dim") or mlp,
-          kw.get("heads") or heads)
+  return (
+    kw.get("width") or w,
+    kw.get("depth") or depth,
+    kw.get("mlp_dim") or mlp,
+    kw.get("heads") or heads,
+  )
 
 
 def timm_spec(sd: dict, model: str) -> tuple[Spec, str]:
   """timm's state dicts name tensors but not heads or depth: ``model`` (ours, or a timm name
   such as vit_base_patch16_224 / resnetv2_50x1_bit / resnet50) says which network."""
   from big_transfer import models
+
   kwargs: dict[str, Any] = {}
   for pattern, ours, kind in TIMM_NAMES:
     m = re.fullmatch(pattern, model)
@@ -564,8 +660,9 @@ def timm_spec(sd: dict, model: str) -> tuple[Spec, str]:
       kwargs.pop("image_size", None)
   if kind is None:
     raise ConversionError(f"--model={model}: timm checkpoints are resnetD, bit_rDxW or vit_*")
-  head = sd.get("head.fc.weight" if kind == "v2" else "fc.weight" if kind == "v1.5"
-                else "head.weight")
+  head = sd.get(
+    "head.fc.weight" if kind == "v2" else "fc.weight" if kind == "v1.5" else "head.weight"
+  )
   if kind == "vit":
     grid = int(round((sd["pos_embed"].shape[1] - 1) ** 0.5)) if "pos_embed" in sd else 14
     if "pos_embed" in sd:
@@ -573,23 +670,30 @@ def timm_spec(sd: dict, model: str) -> tuple[Spec, str]:
     kwargs.setdefault("image_size", grid * defaults["patch"])
     # Depth and widths are in the tensors (an off-grid ViT: spelt out); heads are not.
     w, depth, mlp, _ = VARIANTS[defaults["variant"]]
-    found = {"depth": _count(sd, r"blocks\.(\d+)\."),
-             "width": sd["patch_embed.proj.weight"].shape[0]
-             if "patch_embed.proj.weight" in sd else w,
-             "mlp_dim": sd["blocks.0.mlp.fc1.weight"].shape[0]
-             if "blocks.0.mlp.fc1.weight" in sd else mlp}
-    kwargs.update({k: int(v) for k, v in found.items()
-                   if v and v != {"depth": depth, "width": w, "mlp_dim": mlp}[k]})
-  return Spec("supervised", model, kwargs,
-              num_classes=0 if head is None else int(head.shape[0])), kind
+    found = {
+      "depth": _count(sd, r"blocks\.(\d+)\."),
+      "width": sd["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in sd else w,
+      "mlp_dim": sd["blocks.0.mlp.fc1.weight"].shape[0] if "blocks.0.mlp.fc1.weight" in sd else mlp,
+    }
+    kwargs.update(
+      {
+        k: int(v)
+        for k, v in found.items()
+        if v and v != {"depth": depth, "width": w, "mlp_dim": mlp}[k]
+      }
+    )
+  return Spec(
+    "supervised", model, kwargs, num_classes=0 if head is None else int(head.shape[0])
+  ), kind
 
 
 def resolve_openclip_name(model: str | None) -> tuple[str | None, str | None]:
   """An OpenCLIP model name ('ViT-B-32', 'RN50-quickgelu') -> (our model, act)."""
   if not model:
     return None, None
-  base, quick = (model[:-len("-quickgelu")], True) if model.endswith("-quickgelu") else (
-      model, False)
+  base, quick = (
+    (model[: -len("-quickgelu")], True) if model.endswith("-quickgelu") else (model, False)
+  )
   if base in OPENCLIP_NAMES:
     return OPENCLIP_NAMES[base], "quick_gelu" if quick else "gelu"
   return model, None
@@ -602,31 +706,51 @@ def resolve_openclip_name(model: str | None) -> tuple[str | None, str | None]:
 TIMM_BIT = {(50, 1), (50, 3), (101, 1), (101, 3), (152, 2), (152, 4)}
 # Registered timm ViT names; any other size is built from one of these (which supplies the
 # LayerNorm: eps 1e-6, or 1e-5 for the CLIP form) with every dimension given as an argument.
-_TIMM_VITS = {"vit_tiny_patch16_224", "vit_tiny_patch16_384", "vit_small_patch16_224",
-              "vit_small_patch32_224", "vit_small_patch16_384", "vit_small_patch32_384",
-              "vit_base_patch16_224", "vit_base_patch32_224", "vit_base_patch16_384",
-              "vit_base_patch32_384", "vit_large_patch16_224", "vit_large_patch32_384",
-              "vit_large_patch16_384", "vit_huge_patch14_224"}
-_TIMM_CLIP_VITS = {"vit_base_patch32_clip_224", "vit_base_patch16_clip_224",
-                   "vit_large_patch14_clip_224", "vit_huge_patch14_clip_224",
-                   "vit_base_patch32_clip_384", "vit_base_patch16_clip_384",
-                   "vit_large_patch14_clip_336"}
+_TIMM_VITS = {
+  "vit_tiny_patch16_224",
+  "vit_tiny_patch16_384",
+  "vit_small_patch16_224",
+  "vit_small_patch32_224",
+  "vit_small_patch16_384",
+  "vit_small_patch32_384",
+  "vit_base_patch16_224",
+  "vit_base_patch32_224",
+  "vit_base_patch16_384",
+  "vit_base_patch32_384",
+  "vit_large_patch16_224",
+  "vit_large_patch32_384",
+  "vit_large_patch16_384",
+  "vit_huge_patch14_224",
+}
+_TIMM_CLIP_VITS = {
+  "vit_base_patch32_clip_224",
+  "vit_base_patch16_clip_224",
+  "vit_large_patch14_clip_224",
+  "vit_huge_patch14_clip_224",
+  "vit_base_patch32_clip_384",
+  "vit_base_patch16_clip_384",
+  "vit_large_patch14_clip_336",
+}
 
 
-def timm_config(model: str, model_kwargs: dict[str, Any], num_classes: int
-                ) -> tuple[str, dict[str, Any], str]:
+def timm_config(
+  model: str, model_kwargs: dict[str, Any], num_classes: int
+) -> tuple[str, dict[str, Any], str]:
   """(timm architecture, ``timm.create_model`` keyword arguments, rule kind) of an image tower
   of ours; a ConversionError where timm has no such network."""
   from big_transfer import models
+
   _, d = models.parse(model)
   kw = {**d, **model_kwargs}
   if "variant" in kw:
     w, depth, mlp, heads = _vit_dims(kw)
     eps, ln_pre = kw.get("eps", 1e-6), kw.get("ln_pre", False)
     if kw.get("patch_bias", True) == ln_pre:
-      raise ConversionError(f"{model}: timm's ViT has a patch-embedding bias exactly when it "
-                            f"has no pre-norm; this one has patch_bias={kw.get('patch_bias', True)}"
-                            f", ln_pre={ln_pre}")
+      raise ConversionError(
+        f"{model}: timm's ViT has a patch-embedding bias exactly when it "
+        f"has no pre-norm; this one has patch_bias={kw.get('patch_bias', True)}"
+        f", ln_pre={ln_pre}"
+      )
     if eps not in (1e-6, 1e-5):
       raise ConversionError(f"{model}: LayerNorm eps {eps}; timm's ViTs use 1e-6 (or 1e-5, CLIP)")
     size = _TIMM_VIT_SIZE[kw["variant"]]
@@ -636,65 +760,104 @@ def timm_config(model: str, model_kwargs: dict[str, Any], num_classes: int
     name = f"vit_{size}_patch{kw['patch']}_{'clip_' if clip else ''}{image}"
     known = _TIMM_CLIP_VITS if clip else _TIMM_VITS
     same_size = f"vit_{size}_patch16_{'clip_' if clip else ''}224"
-    arch = name if name in known else same_size if same_size in known else (
-        "vit_base_patch16_clip_224" if clip else "vit_base_patch16_224")
-    args = dict(img_size=image, patch_size=kw["patch"], embed_dim=w, depth=depth,
-                num_heads=heads, mlp_ratio=mlp / w, class_token=pool == "tok",
-                global_pool="token" if pool == "tok" else "avg", fc_norm=False,
-                pre_norm=ln_pre, act_layer=kw.get("act", "gelu"), num_classes=num_classes)
+    arch = (
+      name
+      if name in known
+      else same_size
+      if same_size in known
+      else ("vit_base_patch16_clip_224" if clip else "vit_base_patch16_224")
+    )
+    args = dict(
+      img_size=image,
+      patch_size=kw["patch"],
+      embed_dim=w,
+      depth=depth,
+      num_heads=heads,
+      mlp_ratio=mlp / w,
+      class_token=pool == "tok",
+      global_pool="token" if pool == "tok" else "avg",
+      fc_norm=False,
+      pre_norm=ln_pre,
+      act_layer=kw.get("act", "gelu"),
+      num_classes=num_classes,
+    )
     return arch, args, "vit"
   version = kw.get("version")
   if version == "clip":
-    raise ConversionError(f"{model}: timm has no CLIP ModifiedResNet; export the whole CLIP "
-                          f"model with --to=openclip")
+    raise ConversionError(
+      f"{model}: timm has no CLIP ModifiedResNet; export the whole CLIP model with --to=openclip"
+    )
   if version == "v2":
     width = kw.get("width", 1)
     if (kw["depth"], width) not in TIMM_BIT:
-      raise ConversionError(f"{model}: timm's BiT ResNets are "
-                            + ", ".join(f"bit_r{a}x{b}" for a, b in sorted(TIMM_BIT)))
+      raise ConversionError(
+        f"{model}: timm's BiT ResNets are "
+        + ", ".join(f"bit_r{a}x{b}" for a, b in sorted(TIMM_BIT))
+      )
     return f"resnetv2_{kw['depth']}x{width}_bit", {"num_classes": num_classes}, "v2"
   if kw.get("width", 1.0) != 1.0 or kw.get("stem_width") not in (None, 64):
-    raise ConversionError(f"{model}: timm's resnet{kw['depth']} has width 1 and a 64-channel "
-                          f"stem; this one has width={kw.get('width')}, "
-                          f"stem_width={kw.get('stem_width')}")
+    raise ConversionError(
+      f"{model}: timm's resnet{kw['depth']} has width 1 and a 64-channel "
+      f"stem; this one has width={kw.get('width')}, "
+      f"stem_width={kw.get('stem_width')}"
+    )
   return f"resnet{kw['depth']}", {"num_classes": num_classes}, "v1.5"
 
 
 # ----------------------------------------------------------------------------- OpenCLIP export
 
+
 def openclip_config(spec: Spec) -> dict[str, Any]:
   """OpenCLIP's model config (``open_clip.CLIP(**cfg)``) for a CLIP spec of ours."""
   from big_transfer import models
+
   cls, d = models.parse(spec.model)
   kw = {**d, **spec.model_kwargs}
   act = spec.text["act"]
   if "variant" in kw:
     for k, v in CLIP_VIT_KWARGS.items():
       if kw.get(k, {"eps": 1e-6, "patch_bias": True, "ln_pre": False}[k]) != v:
-        raise ConversionError(f"OpenCLIP's ViT has {k}={v}; this model has {k}={kw.get(k)} "
-                              f"(train with model_kwargs {CLIP_VIT_KWARGS} to export)")
+        raise ConversionError(
+          f"OpenCLIP's ViT has {k}={v}; this model has {k}={kw.get(k)} "
+          f"(train with model_kwargs {CLIP_VIT_KWARGS} to export)"
+        )
     if kw.get("act", "gelu") != act:
-      raise ConversionError("OpenCLIP uses one activation for both towers; image "
-                            f"{kw.get('act', 'gelu')} vs text {act}")
+      raise ConversionError(
+        f"OpenCLIP uses one activation for both towers; image {kw.get('act', 'gelu')} vs text {act}"
+      )
     w, depth, mlp, heads = _vit_dims(kw)
     if heads != w // 64 and w >= 64:
       raise ConversionError(f"OpenCLIP's ViT has width/64 heads; this one has {heads}")
-    vision = dict(layers=depth, width=w, patch_size=kw["patch"], mlp_ratio=mlp / w,
-                  image_size=kw.get("image_size", 224), head_width=w // heads)
+    vision = dict(
+      layers=depth,
+      width=w,
+      patch_size=kw["patch"],
+      mlp_ratio=mlp / w,
+      image_size=kw.get("image_size", 224),
+      head_width=w // heads,
+    )
     if kw.get("pool", "tok") != "tok":
       raise ConversionError("OpenCLIP's ViT pools by class token; this one by average")
   elif kw.get("version") == "clip":
     blocks, _ = DEPTHS[kw["depth"]]
     width = int(64 * kw.get("width", 1.0))
-    vision = dict(layers=list(blocks), width=width, image_size=kw.get("image_size", 224),
-                  head_width=64)
+    vision = dict(
+      layers=list(blocks), width=width, image_size=kw.get("image_size", 224), head_width=64
+    )
     if kw.get("attn_heads") not in (None, width * 32 // 64):
       raise ConversionError("OpenCLIP's ModifiedResNet has width*32/64 attention-pool heads")
   else:
-    raise ConversionError(f"{spec.model}: OpenCLIP has CLIP ViTs and CLIP ResNets (clip_rnD), "
-                          f"not this image tower")
+    raise ConversionError(
+      f"{spec.model}: OpenCLIP has CLIP ViTs and CLIP ResNets (clip_rnD), not this image tower"
+    )
   t = spec.text
-  text = dict(context_length=t["context_length"], vocab_size=spec.vocab_size, width=t["width"],
-              heads=t["heads"], layers=t["layers"])
-  return dict(embed_dim=spec.embed_dim, vision_cfg=vision, text_cfg=text,
-              quick_gelu=act == "quick_gelu")
+  text = dict(
+    context_length=t["context_length"],
+    vocab_size=spec.vocab_size,
+    width=t["width"],
+    heads=t["heads"],
+    layers=t["layers"],
+  )
+  return dict(
+    embed_dim=spec.embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=act == "quick_gelu"
+  )

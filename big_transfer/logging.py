@@ -30,25 +30,36 @@ def _check(config) -> None:
   if w.mode not in WANDB_MODES:
     raise schema.SectionError(f"config.wandb.mode={w.mode!r}: not online, offline or disabled")
   if importlib.util.find_spec("wandb") is None:
-    raise schema.SectionError(f"config.wandb.project={w.project!r}: wandb is not installed "
-                              f"(pip install -e '.[wandb]')")
+    raise schema.SectionError(
+      f"config.wandb.project={w.project!r}: wandb is not installed (pip install -e '.[wandb]')"
+    )
 
 
-SECTION = schema.Section("", __name__, keys=(
-    schema.Key("tensorboard", True, "also write TensorBoard event files in the workdir"),
-), check=_check)
+SECTION = schema.Section(
+  "",
+  __name__,
+  keys=(schema.Key("tensorboard", True, "also write TensorBoard event files in the workdir"),),
+  check=_check,
+)
 WANDB_SECTION = schema.Section(
-    "wandb", __name__, help="Weights & Biases, on when project is set (optional: pip install "
-    "-e '.[wandb]'): metrics as logged, the config, one W&B run per workdir (its id kept in "
-    "WORKDIR/wandb_run_id, so a resumed run continues it)", keys=(
-        schema.Key("project", "", "the W&B project ('' = off)"),
-        schema.Key("entity", "", "the W&B entity (team or user)"),
-        schema.Key("name", "", "the run's name ('' = the workdir's last two path parts)"),
-        schema.Key("group", "", "the W&B group"),
-        schema.Key("tags", "", "'a,b'"),
-        schema.Key("mode", "online", "'offline' writes WORKDIR/wandb/ for `wandb sync` later "
-                   "(hosts without network); 'disabled'"),
-    ))
+  "wandb",
+  __name__,
+  help="Weights & Biases, on when project is set (optional: pip install "
+  "-e '.[wandb]'): metrics as logged, the config, one W&B run per workdir (its id kept in "
+  "WORKDIR/wandb_run_id, so a resumed run continues it)",
+  keys=(
+    schema.Key("project", "", "the W&B project ('' = off)"),
+    schema.Key("entity", "", "the W&B entity (team or user)"),
+    schema.Key("name", "", "the run's name ('' = the workdir's last two path parts)"),
+    schema.Key("group", "", "the W&B group"),
+    schema.Key("tags", "", "'a,b'"),
+    schema.Key(
+      "mode",
+      "online",
+      "'offline' writes WORKDIR/wandb/ for `wandb sync` later (hosts without network); 'disabled'",
+    ),
+  ),
+)
 
 
 def _scalar(v):
@@ -76,8 +87,9 @@ class MetricWriter:
   ``resume_step``: the step the run (re)starts from. Rows of later steps — written after that
   checkpoint by a run that was then killed — are dropped, so every step appears once."""
 
-  def __init__(self, workdir: str, tensorboard: bool = True, resume_step: int = 0,
-               config: dict | None = None):
+  def __init__(
+    self, workdir: str, tensorboard: bool = True, resume_step: int = 0, config: dict | None = None
+  ):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._file = None
@@ -93,20 +105,23 @@ class MetricWriter:
       if tensorboard:
         try:
           from tensorboardX import SummaryWriter  # lazy: optional, +0.2 s
-          self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                                   purge_step=resume_step + 1 if resume_step else None)
+
+          self._tb = SummaryWriter(
+            os.path.join(workdir, "tensorboard"),
+            purge_step=resume_step + 1 if resume_step else None,
+          )
         except ImportError:
           self._tb = None
       if self._tb is not None and config is not None and not resume_step:
         # The config in TensorBoard: as hparams (to compare runs) and as text (to read).
         from tensorboardX.summary import hparams
+
         flat = flatten_config(config)
         # Into this writer's own file (add_hparams would open a second writer on the same
         # directory, whose file can take the same name and replace this one's).
         for summary in hparams(flat, {}):
           self._tb._get_file_writer().add_summary(summary)  # noqa: SLF001
-        self._tb.add_text("config", "\n".join(f"    {k} = {v}" for k, v in sorted(
-            flat.items())), 0)
+        self._tb.add_text("config", "\n".join(f"    {k} = {v}" for k, v in sorted(flat.items())), 0)
 
   def _drop_after(self, step: int):
     if not os.path.exists(self.path):
@@ -137,8 +152,10 @@ class MetricWriter:
           self._tb.add_scalar(k, v, step)
       self._tb.flush()
     if self._wandb is not None:
-      self._wandb.log({k: v for k, v in row.items()
-                       if k != "step" and isinstance(v, (int, float))}, step=int(step))
+      self._wandb.log(
+        {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))},
+        step=int(step),
+      )
 
   def close(self):
     if self._file:
@@ -155,6 +172,7 @@ def _wandb_run(workdir: str, cfg: dict, config: dict):
   continues its W&B run (steps a killed attempt logged past the checkpoint it resumes from are
   not logged twice: W&B keeps the first)."""
   import wandb  # lazy: optional dependency (config validation says so when it is missing)
+
   id_path = os.path.join(workdir, "wandb_run_id")
   if os.path.exists(id_path):
     with open(id_path) as f:
@@ -165,11 +183,18 @@ def _wandb_run(workdir: str, cfg: dict, config: dict):
       f.write(run_id + "\n")
   parts = os.path.normpath(os.path.abspath(workdir)).split(os.sep)
   return wandb.init(
-      project=cfg["project"], entity=cfg.get("entity") or None,
-      name=cfg.get("name") or "/".join(parts[-2:]), group=cfg.get("group") or None,
-      tags=[t.strip() for t in cfg.get("tags", "").split(",") if t.strip()] or None,
-      mode=cfg.get("mode", "online"), dir=workdir, id=run_id, resume="allow",
-      config=flatten_config(config), settings=wandb.Settings(silent=True))
+    project=cfg["project"],
+    entity=cfg.get("entity") or None,
+    name=cfg.get("name") or "/".join(parts[-2:]),
+    group=cfg.get("group") or None,
+    tags=[t.strip() for t in cfg.get("tags", "").split(",") if t.strip()] or None,
+    mode=cfg.get("mode", "online"),
+    dir=workdir,
+    id=run_id,
+    resume="allow",
+    config=flatten_config(config),
+    settings=wandb.Settings(silent=True),
+  )
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
@@ -229,6 +254,7 @@ class TimeBreakdown:
         breakdown.count[kind] = breakdown.count.get(kind, 0) + 1
         breakdown.runs_of.add(kind)
         return False
+
     return _Run()
 
   def add(self, kind: str, seconds: float) -> None:
@@ -239,13 +265,17 @@ class TimeBreakdown:
   def summary(self, total: float) -> str:
     lines = [f"where the time went ({format_duration(total)} wall):"]
     for kind, row in self.by_kind.items():
-      parts = [f"{k} {format_duration(v)} ({100 * v / row['wall']:.0f}%)"
-               for k, v in sorted(row.items(), key=lambda kv: -kv[1])
-               if k != "wall" and row["wall"] > 0 and v >= 0.5]
+      parts = [
+        f"{k} {format_duration(v)} ({100 * v / row['wall']:.0f}%)"
+        for k, v in sorted(row.items(), key=lambda kv: -kv[1])
+        if k != "wall" and row["wall"] > 0 and v >= 0.5
+      ]
       n = self.count.get(kind, 0)
       runs = f"{n} run(s), " if kind in self.runs_of else ""
-      lines.append(f"  {kind}: {runs}{format_duration(row['wall'])}"
-                   + (": " + ", ".join(parts) if parts else ""))
+      lines.append(
+        f"  {kind}: {runs}{format_duration(row['wall'])}"
+        + (": " + ", ".join(parts) if parts else "")
+      )
     return "\n".join(lines)
 
 
@@ -297,8 +327,13 @@ def quiet_absl():
 class _DropOrbaxSaveFailure:
   """Drops the log records Orbax writes (with whole tracebacks) when a background save fails:
   the save's caller reports the failure as one line naming its cause."""
-  NEEDLES = ("_SignalingThread.run() raised", "Handler Commit operations",
-             "Save Finalize thread", "exception was never retrieved")
+
+  NEEDLES = (
+    "_SignalingThread.run() raised",
+    "Handler Commit operations",
+    "Save Finalize thread",
+    "exception was never retrieved",
+  )
 
   def filter(self, record) -> bool:
     try:
@@ -322,4 +357,5 @@ def quiet_library_noise():
   def on_unraisable(u):
     if not (isinstance(u.exc_value, RuntimeError) and "Event loop is closed" in str(u.exc_value)):
       default(u)
+
   sys.unraisablehook = on_unraisable

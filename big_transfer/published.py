@@ -30,39 +30,47 @@ TEXT_GRID_LRS = (1e-4, 3e-4, 1e-3, 3e-3)  # the grid the paper's text describes
 
 # (loss, arch, upstream) in the log -> published arm key
 ARMS = {
-    ("CLIP", "RN50", "CC3m"): "cc3m",
-    ("CLIP", "RN50", "CC12m"): "cc12m_2.7m",
-    ("CLIP", "RN50", "Redcaps2.7m"): "redcaps_2.7m",
-    ("CLIP", "RN50", "YFCC2.7m"): "yfcc_2.7m",
-    ("CLIP", "RN50", "LAION2.7m"): "laion_2.7m",
-    ("CLIP", "RN50", "WIT2.7m"): "wit_2.7m",
-    ("CLIP", "RN50", "Shutterstock2.7m"): "shutterstock_2.7m",
-    ("CLIP", "RN50", "LAION1m"): "laion_1m",
-    ("CLIP", "RN50", "LAION5m"): "laion_5m",
-    ("CLIP", "RN50", "LAION7.5m"): "laion_7.5m",
-    ("CLIP", "RN50", "LAION9.6m"): "laion_9.6m",
-    ("CLIP", "RN50", "LAION15m"): "laion_15m",
-    ("CLIP", "RN50", "YFCC_0.5m"): "yfcc_0.5m",
-    ("CLIP", "RN50", "YFCC15m"): "yfcc_15m",
-    ("CLIP", "RN50", "IN1K-Captions"): "in1k_web_captions",
-    ("CLIP", "RN50", "IN_1K_CLIP_captions"): "in1k_template_captions",
-    ("CLIP", "RN50", "LAION0m"): "scratch",
-    ("CLIP", "RN50", "Scratch"): "scratch",
-    ("Supervised", "RN50", "IN1K"): "supervised_in1k",
-    ("CLIP", "RN50", "LAION2B"): "laion_2b_vitb32",  # the log's label; the table's ViT-B/32
-    ("CLIP", "VITB32", "LAION2B"): "laion_2b_vitb32",
-    ("CLIP", "VITB32", "LAION400m"): "laion_400m_vitb32",
-    ("CLIP", "VITB32", "OpenAI400m"): "openai_400m_vitb32",
-    ("CLIP_LP-FT", "RN50", "CC12m"): "cc12m_2.7m",
-    ("CLIP_LP-FT", "RN50", "Redcaps2.7m"): "redcaps_2.7m",
-    ("CLIP_LP-FT", "RN50", "Shutterstock2.7m"): "shutterstock_2.7m",
-    ("SimCLR_LP-FT", "RN50", "CC12m"): "simclr_cc12m_2.7m",
-    ("SimCLR_LP-FT", "RN50", "Redcaps2.7m"): "simclr_redcaps_2.7m",
-    ("SimCLR_LP-FT", "RN50", "Shutterstock2.7m"): "simclr_shutterstock_2.7m",
+  ("CLIP", "RN50", "CC3m"): "cc3m",
+  ("CLIP", "RN50", "CC12m"): "cc12m_2.7m",
+  ("CLIP", "RN50", "Redcaps2.7m"): "redcaps_2.7m",
+  ("CLIP", "RN50", "YFCC2.7m"): "yfcc_2.7m",
+  ("CLIP", "RN50", "LAION2.7m"): "laion_2.7m",
+  ("CLIP", "RN50", "WIT2.7m"): "wit_2.7m",
+  ("CLIP", "RN50", "Shutterstock2.7m"): "shutterstock_2.7m",
+  ("CLIP", "RN50", "LAION1m"): "laion_1m",
+  ("CLIP", "RN50", "LAION5m"): "laion_5m",
+  ("CLIP", "RN50", "LAION7.5m"): "laion_7.5m",
+  ("CLIP", "RN50", "LAION9.6m"): "laion_9.6m",
+  ("CLIP", "RN50", "LAION15m"): "laion_15m",
+  ("CLIP", "RN50", "YFCC_0.5m"): "yfcc_0.5m",
+  ("CLIP", "RN50", "YFCC15m"): "yfcc_15m",
+  ("CLIP", "RN50", "IN1K-Captions"): "in1k_web_captions",
+  ("CLIP", "RN50", "IN_1K_CLIP_captions"): "in1k_template_captions",
+  ("CLIP", "RN50", "LAION0m"): "scratch",
+  ("CLIP", "RN50", "Scratch"): "scratch",
+  ("Supervised", "RN50", "IN1K"): "supervised_in1k",
+  ("CLIP", "RN50", "LAION2B"): "laion_2b_vitb32",  # the log's label; the table's ViT-B/32
+  ("CLIP", "VITB32", "LAION2B"): "laion_2b_vitb32",
+  ("CLIP", "VITB32", "LAION400m"): "laion_400m_vitb32",
+  ("CLIP", "VITB32", "OpenAI400m"): "openai_400m_vitb32",
+  ("CLIP_LP-FT", "RN50", "CC12m"): "cc12m_2.7m",
+  ("CLIP_LP-FT", "RN50", "Redcaps2.7m"): "redcaps_2.7m",
+  ("CLIP_LP-FT", "RN50", "Shutterstock2.7m"): "shutterstock_2.7m",
+  ("SimCLR_LP-FT", "RN50", "CC12m"): "simclr_cc12m_2.7m",
+  ("SimCLR_LP-FT", "RN50", "Redcaps2.7m"): "simclr_redcaps_2.7m",
+  ("SimCLR_LP-FT", "RN50", "Shutterstock2.7m"): "simclr_shutterstock_2.7m",
 }
-DOWNSTREAM = {"CIFAR100": "cifar100", "DTD": "dtd", "CALTECH101": "caltech101", "PETS": "pets",
-              "REAL": "domainnet_real", "CLIPART": "domainnet_clipart", "EuroSAT": "eurosat",
-              "CassavaLeafDisease": "cassava", "CameraTraps": "caltech_camera_traps"}
+DOWNSTREAM = {
+  "CIFAR100": "cifar100",
+  "DTD": "dtd",
+  "CALTECH101": "caltech101",
+  "PETS": "pets",
+  "REAL": "domainnet_real",
+  "CLIPART": "domainnet_clipart",
+  "EuroSAT": "eurosat",
+  "CassavaLeafDisease": "cassava",
+  "CameraTraps": "caltech_camera_traps",
+}
 
 
 # The paper's method figure sets SimCLR's LP-FT beside CLIP's FT (its SimCLR numbers are
@@ -82,6 +90,7 @@ def _protocol(loss: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class Run:
   """One fine-tuning run of the log: its hyperparameters and test accuracy per shots."""
+
   arm: str
   downstream: str
   protocol: str
@@ -93,13 +102,14 @@ class Run:
 
   @property
   def in_text_grid(self) -> bool:
-    return (self.lr in TEXT_GRID_LRS and self.batch_size == 128 and self.epochs == 128)
+    return self.lr in TEXT_GRID_LRS and self.batch_size == 128 and self.epochs == 128
 
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
   """A published number: the best test accuracy (%) over the runs of one cell, and the run
   that reached it."""
+
   accuracy: float
   protocol: str
   lr: float
@@ -110,8 +120,10 @@ class Cell:
 
   def label(self) -> str:
     grid = "" if self.in_text_grid else ", outside the text's grid"
-    return (f"{self.protocol}, lr {self.lr:g} b{self.batch_size} {self.epochs}ep{grid}; "
-            f"best test over grid and epochs")
+    return (
+      f"{self.protocol}, lr {self.lr:g} b{self.batch_size} {self.epochs}ep{grid}; "
+      f"best test over grid and epochs"
+    )
 
 
 @functools.cache
@@ -122,12 +134,22 @@ def runs() -> tuple[Run, ...]:
       arm = ARMS.get((r["loss"], r["arch"], r["us"]))
       ds = DOWNSTREAM.get(r["ds"])
       if arm is None or ds is None:
-        raise ValueError(f"{LOG}: row {r['']}: unmapped {r['loss']}/{r['arch']}/{r['us']} "
-                         f"on {r['ds']}")
+        raise ValueError(
+          f"{LOG}: row {r['']}: unmapped {r['loss']}/{r['arch']}/{r['us']} on {r['ds']}"
+        )
       acc = {s: float(r[s]) for s in SHOTS if r[s].strip()}
-      out.append(Run(arm, ds, _protocol(r["loss"]), float(r["ds_lr"]), int(r["ds_bs"]),
-                     int(r["ds_epochs"]), acc,
-                     relabelled=arm.endswith("_vitb32") and r["arch"] != "VITB32"))
+      out.append(
+        Run(
+          arm,
+          ds,
+          _protocol(r["loss"]),
+          float(r["ds_lr"]),
+          int(r["ds_bs"]),
+          int(r["ds_epochs"]),
+          acc,
+          relabelled=arm.endswith("_vitb32") and r["arch"] != "VITB32",
+        )
+      )
   return tuple(out)
 
 
@@ -144,8 +166,15 @@ def cells() -> dict[tuple, Cell]:
     rs = [r for r in rs if not r.relabelled] or rs
     best = max(rs, key=lambda r: (r.accuracy[shots], r.in_text_grid))
     top = best.accuracy[shots]
-    out[key] = Cell(top, best.protocol, best.lr, best.batch_size, best.epochs,
-                    any(r.in_text_grid and r.accuracy[shots] == top for r in rs), len(rs))
+    out[key] = Cell(
+      top,
+      best.protocol,
+      best.lr,
+      best.batch_size,
+      best.epochs,
+      any(r.in_text_grid and r.accuracy[shots] == top for r in rs),
+      len(rs),
+    )
   return out
 
 
@@ -158,6 +187,13 @@ def lookup(arm: str | None, downstream: str, shots, protocol: str = "ft") -> Cel
 def authors_grid(downstream: str, protocol: str = "ft") -> list[tuple[float, int, int]]:
   """Every (lr, batch, epochs) the log ran on ``downstream`` with ``protocol`` for CLIP RN50
   pre-training: the grid their published numbers came from."""
-  return sorted({(r.lr, r.batch_size, r.epochs) for r in runs()
-                 if r.downstream == downstream and r.protocol == protocol
-                 and not r.arm.endswith("vitb32") and r.arm != "scratch"})
+  return sorted(
+    {
+      (r.lr, r.batch_size, r.epochs)
+      for r in runs()
+      if r.downstream == downstream
+      and r.protocol == protocol
+      and not r.arm.endswith("vitb32")
+      and r.arm != "scratch"
+    }
+  )

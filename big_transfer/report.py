@@ -77,8 +77,11 @@ def split_rows(rows: Sequence) -> tuple[list[dict], list[tuple[Any, str]]]:
 def _row_name(r) -> str:
   if not isinstance(r, dict):
     return repr(r)[:80]
-  return str(r.get("row_id") or r.get("workdir") or
-             "/".join(str(r.get(k, "?")) for k in ("data", "protocol", "shots", "seed")))
+  return str(
+    r.get("row_id")
+    or r.get("workdir")
+    or "/".join(str(r.get(k, "?")) for k in ("data", "protocol", "shots", "seed"))
+  )
 
 
 def left_out(bad: list[tuple[Any, str]]) -> str:
@@ -98,8 +101,12 @@ def aggregate(rows: Sequence[dict]) -> dict[tuple, dict[str, Any]]:
   by_seed: dict[tuple, dict[Any, dict]] = defaultdict(dict)
   for r in rows:
     tags = r.get("tags", {})
-    key = (tags.get("arm", r.get("pretrain_method", "?")), tags.get("downstream", r["data"]),
-           r["protocol"], str(r["shots"]))
+    key = (
+      tags.get("arm", r.get("pretrain_method", "?")),
+      tags.get("downstream", r["data"]),
+      r["protocol"],
+      str(r["shots"]),
+    )
     prev = by_seed[key].get(r["seed"])
     if prev is None or r["val_accuracy"] > prev["val_accuracy"]:
       by_seed[key][r["seed"]] = r
@@ -110,19 +117,24 @@ def aggregate(rows: Sequence[dict]) -> dict[tuple, dict[str, Any]]:
     val = np.array([r["val_accuracy"] for r in rs])
     ts = [r["test_selected_accuracy"] for r in rs if r.get("test_selected_accuracy") is not None]
     any_row = rs[0]
-    out[key] = {"mean": float(test.mean()), "std": float(test.std()), "n": len(test),
-                "val": float(val.mean()), "tags": any_row.get("tags", {}),
-                "ts_mean": float(np.mean(ts)) if ts else None,
-                "grid": any_row.get("hyperparameters", {}).get("grid", ""),
-                "refit": any("refit" in r for r in rs),
-                "val_split": any_row.get("val_split", ""),
-                "recipe": any_row.get("recipe", {}),
-                "data": any_row.get("data", ""),
-                "test_subsampled": any_row.get("test_subsampled"),
-                "pretrain_size": any_row.get("pretrain_size", ""),
-                "num_classes": any_row.get("num_classes"),
-                "pretrain_method": any_row.get("pretrain_method", ""),
-                "seeds": sorted(seeds, key=str)}
+    out[key] = {
+      "mean": float(test.mean()),
+      "std": float(test.std()),
+      "n": len(test),
+      "val": float(val.mean()),
+      "tags": any_row.get("tags", {}),
+      "ts_mean": float(np.mean(ts)) if ts else None,
+      "grid": any_row.get("hyperparameters", {}).get("grid", ""),
+      "refit": any("refit" in r for r in rs),
+      "val_split": any_row.get("val_split", ""),
+      "recipe": any_row.get("recipe", {}),
+      "data": any_row.get("data", ""),
+      "test_subsampled": any_row.get("test_subsampled"),
+      "pretrain_size": any_row.get("pretrain_size", ""),
+      "num_classes": any_row.get("num_classes"),
+      "pretrain_method": any_row.get("pretrain_method", ""),
+      "seeds": sorted(seeds, key=str),
+    }
   peers: dict[tuple, set] = defaultdict(set)
   for key, a in out.items():
     peers[key[1:]] |= set(a["seeds"])
@@ -166,8 +178,9 @@ def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
 
   # Figures 1 and 2: a panel per downstream set and protocol (fine-tuning and probes side by
   # side: the paper's finding is how the source's effect changes between them).
-  pairs = [(ds, p) for ds in downstreams for p in protocols
-           if any(k[1] == ds and k[2] == p for k in agg)]
+  pairs = [
+    (ds, p) for ds in downstreams for p in protocols if any(k[1] == ds and k[2] == p for k in agg)
+  ]
 
   # 1. accuracy against shots, one series per arm
   panels = []
@@ -178,38 +191,59 @@ def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
     for arm in sorted({k[0] for k in keys}):
       pts = [(x, agg[(arm, ds, protocol, x)]) for x in xs if (arm, ds, protocol, x) in agg]
       tags = pts[0][1]["tags"]
-      series[arm] = {"x": [p[0] for p in pts], "y": [p[1]["mean"] for p in pts],
-                     "err": [p[1]["std"] for p in pts],
-                     "seeds": [f"{p[1]['n']}/{p[1]['expected_seeds']}"
-                               if p[1].get("missing_seeds") else "" for p in pts],
-                     "style": {"source": tags.get("source", ""), "size": tags.get("size", ""),
-                               "method": pts[0][1]["pretrain_method"]}}
+      series[arm] = {
+        "x": [p[0] for p in pts],
+        "y": [p[1]["mean"] for p in pts],
+        "err": [p[1]["std"] for p in pts],
+        "seeds": [
+          f"{p[1]['n']}/{p[1]['expected_seeds']}" if p[1].get("missing_seeds") else "" for p in pts
+        ],
+        "style": {
+          "source": tags.get("source", ""),
+          "size": tags.get("size", ""),
+          "method": pts[0][1]["pretrain_method"],
+        },
+      }
     classes = {agg[k]["num_classes"] for k in keys if agg[k].get("num_classes")}
-    zeroshot = {k[0]: agg[k]["mean"] for k in agg if k[1] == ds and k[2] == "zeroshot"
-                and k[0] in series}
-    panels.append({"title": f"{ds} ({protocol})", "xlabel": "shots per class",
-                   "ylabel": "test accuracy", "xcategories": xs, "series": series,
-                   "chance": 1.0 / classes.pop() if len(classes) == 1 else None,
-                   "zeroshot": zeroshot, "shots_axis": True,
-                   "seeds": max(agg[k]["n"] for k in keys)})
+    zeroshot = {
+      k[0]: agg[k]["mean"] for k in agg if k[1] == ds and k[2] == "zeroshot" and k[0] in series
+    }
+    panels.append(
+      {
+        "title": f"{ds} ({protocol})",
+        "xlabel": "shots per class",
+        "ylabel": "test accuracy",
+        "xcategories": xs,
+        "series": series,
+        "chance": 1.0 / classes.pop() if len(classes) == 1 else None,
+        "zeroshot": zeroshot,
+        "shots_axis": True,
+        "seeds": max(agg[k]["n"] for k in keys),
+      }
+    )
   specs["accuracy_vs_shots"] = {"title": "Transfer accuracy against shots", "panels": panels}
 
   # 2. spread across pre-training sources against shots (max - min of the source arms)
   panels = []
   for ds, protocol in pairs:
-    keys = [k for k in agg if k[1] == ds and k[2] == protocol
-            and "sources" in groups_of(agg[k])]
+    keys = [k for k in agg if k[1] == ds and k[2] == protocol and "sources" in groups_of(agg[k])]
     xs = shots_axis(keys)
     spread = []
     for x in xs:
       vals = [agg[k]["mean"] for k in keys if k[3] == x]
       spread.append(max(vals) - min(vals) if len(vals) >= 2 else float("nan"))
-    panels.append({"title": f"{ds} ({protocol})", "xlabel": "shots per class",
-                   "ylabel": "spread across sources (max - min accuracy)", "xcategories": xs,
-                   "series": {"spread": {"x": xs, "y": spread, "err": [0.0] * len(xs)}},
-                   "n_sources": len({k[0] for k in keys}), "shots_axis": True})
-  specs["spread_vs_shots"] = {"title": "How much the pre-training source matters",
-                              "panels": panels}
+    panels.append(
+      {
+        "title": f"{ds} ({protocol})",
+        "xlabel": "shots per class",
+        "ylabel": "spread across sources (max - min accuracy)",
+        "xcategories": xs,
+        "series": {"spread": {"x": xs, "y": spread, "err": [0.0] * len(xs)}},
+        "n_sources": len({k[0] for k in keys}),
+        "shots_axis": True,
+      }
+    )
+  specs["spread_vs_shots"] = {"title": "How much the pre-training source matters", "panels": panels}
 
   # 3. accuracy against pre-training size, one figure per size group ('size' = LAION,
   # 'size_yfcc', ...); each reference arm (supervised ImageNet, scratch) its own labelled line.
@@ -220,38 +254,53 @@ def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
       keys = [k for k in agg if k[1] == ds and k[2] == main and group in groups_of(agg[k])]
       series, refs = {}, {}
       for x in shots_axis(keys):
-        pts = sorted((_size_value(agg[k]["pretrain_size"] or agg[k]["tags"].get("size")),
-                      agg[k]) for k in keys if k[3] == x)
+        pts = sorted(
+          (_size_value(agg[k]["pretrain_size"] or agg[k]["tags"].get("size")), agg[k])
+          for k in keys
+          if k[3] == x
+        )
         pts = [p for p in pts if p[0] is not None]
         if pts:
-          series[f"{x} shots"] = {"x": [p[0] for p in pts], "y": [p[1]["mean"] for p in pts],
-                                  "err": [p[1]["std"] for p in pts]}
+          series[f"{x} shots"] = {
+            "x": [p[0] for p in pts],
+            "y": [p[1]["mean"] for p in pts],
+            "err": [p[1]["std"] for p in pts],
+          }
           for k in agg:
-            if (k[1] == ds and k[2] == main and k[3] == x
-                and "reference" in groups_of(agg[k])):
+            if k[1] == ds and k[2] == main and k[3] == x and "reference" in groups_of(agg[k]):
               refs[f"{k[0]}, {x} shots"] = agg[k]["mean"]
       if series:
         source = size_source(agg, group)
-        panels.append({"title": f"{ds} ({main})", "xlabel": f"pre-training examples ({source})",
-                       "ylabel": "test accuracy", "xscale": "log", "series": series,
-                       "hlines": refs})
+        panels.append(
+          {
+            "title": f"{ds} ({main})",
+            "xlabel": f"pre-training examples ({source})",
+            "ylabel": "test accuracy",
+            "xscale": "log",
+            "series": series,
+            "hlines": refs,
+          }
+        )
     name = "accuracy_vs_size" + (f"_{group.partition('_')[2]}" if "_" in group else "")
-    specs[name] = {"title": f"Pre-training size, {size_source(agg, group)} "
-                            f"(reference arms dashed)", "panels": panels}
+    specs[name] = {
+      "title": f"Pre-training size, {size_source(agg, group)} (reference arms dashed)",
+      "panels": panels,
+    }
 
   # 4./5. paired comparisons as grouped bars: captions (web vs template), method (SimCLR vs
   # CLIP). The paper sets SimCLR's LP-FT beside CLIP's FT (its SimCLR numbers are LP-FT): the
   # method figure pairs them so where SimCLR arms ran LP-FT, and its title says which it shows.
-  for group, name, title in (("captions", "captions", "Web vs. template captions"),
-                             ("method", "method", "SimCLR vs. CLIP on the same data")):
+  for group, name, title in (
+    ("captions", "captions", "Web vs. template captions"),
+    ("method", "method", "SimCLR vs. CLIP on the same data"),
+  ):
     panels, pairs = [], set()
     for ds in downstreams:
       arms = sorted({k[0] for k in agg if k[1] == ds and group in groups_of(agg[k])})
       protocol_of = {}
       for arm in arms:
         method = agg[next(k for k in agg if k[0] == arm and k[1] == ds)]["pretrain_method"]
-        want = (published.METHOD_FIGURE_PROTOCOL.get(method, main) if group == "method"
-                else main)
+        want = published.METHOD_FIGURE_PROTOCOL.get(method, main) if group == "method" else main
         have = {k[2] for k in agg if k[0] == arm and k[1] == ds}
         if want in have or main in have:
           protocol_of[arm] = want if want in have else main
@@ -262,19 +311,31 @@ def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
       series = {}
       for arm, p in sorted(protocol_of.items()):
         label = arm if len(set(protocol_of.values())) == 1 else f"{arm} ({p})"
-        series[label] = {"x": xs, "y": [agg[(arm, ds, p, x)]["mean"] if (arm, ds, p, x)
-                                        in agg else float("nan") for x in xs],
-                         "err": [agg[(arm, ds, p, x)]["std"] if (arm, ds, p, x) in agg
-                                 else 0.0 for x in xs]}
+        series[label] = {
+          "x": xs,
+          "y": [
+            agg[(arm, ds, p, x)]["mean"] if (arm, ds, p, x) in agg else float("nan") for x in xs
+          ],
+          "err": [agg[(arm, ds, p, x)]["std"] if (arm, ds, p, x) in agg else 0.0 for x in xs],
+        }
       used = sorted(set(protocol_of.values()))
       pairs.add(" vs. ".join(used))
-      panels.append({"title": f"{ds} ({' vs. '.join(used)})", "xlabel": "shots per class",
-                     "ylabel": "test accuracy", "xcategories": xs, "series": series,
-                     "kind": "bar"})
+      panels.append(
+        {
+          "title": f"{ds} ({' vs. '.join(used)})",
+          "xlabel": "shots per class",
+          "ylabel": "test accuracy",
+          "xcategories": xs,
+          "series": series,
+          "kind": "bar",
+        }
+      )
     if group == "method" and panels:
-      title += ("; SimCLR LP-FT beside CLIP FT, as the paper pairs them" if
-                any("lp_ft" in p and "ft" in p.split(" vs. ") for p in pairs) else
-                f"; both {main} (no SimCLR LP-FT runs: the paper pairs SimCLR LP-FT with CLIP FT)")
+      title += (
+        "; SimCLR LP-FT beside CLIP FT, as the paper pairs them"
+        if any("lp_ft" in p and "ft" in p.split(" vs. ") for p in pairs)
+        else f"; both {main} (no SimCLR LP-FT runs: the paper pairs SimCLR LP-FT with CLIP FT)"
+      )
     specs[name] = {"title": title, "panels": panels}
   return {k: v for k, v in specs.items() if v["panels"]}
 
@@ -295,26 +356,34 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 def _styles(series: dict) -> dict[str, dict]:
   """Source as colour, method as line style, size as marker: each property its own channel."""
+
   def index(key):
     values = sorted({str(s.get("style", {}).get(key, "")) for s in series.values()})
     return {v: i for i, v in enumerate(values)}
+
   colour, line, marker = index("source"), index("method"), index("size")
   cmap = __import__("matplotlib").colormaps["tab10"]
-  styled = {label: {k: str(s.get("style", {}).get(k, "")) for k in ("source", "method", "size")}
-            for label, s in series.items()}
+  styled = {
+    label: {k: str(s.get("style", {}).get(k, "")) for k in ("source", "method", "size")}
+    for label, s in series.items()
+  }
   # Arms of one source share its hue, each in its own shade (darker to lighter), so no two
   # series are drawn in the same colour.
-  same = {label: [l for l in sorted(styled) if styled[l]["source"] == st["source"]]
-          for label, st in styled.items()}
+  same = {
+    label: [l for l in sorted(styled) if styled[l]["source"] == st["source"]]
+    for label, st in styled.items()
+  }
   out = {}
   for label, st in styled.items():
     base = np.array(cmap(colour[st["source"]] % 10)[:3])
     k, n = same[label].index(label), len(same[label])
     t = (k / (n - 1) - 0.5) * 0.7 if n > 1 else 0.0  # -0.35 (darker) .. +0.35 (lighter)
     rgb = base + (1 - base) * t if t > 0 else base * (1 + t)
-    out[label] = {"color": tuple(float(v) for v in rgb),
-                  "linestyle": _LINESTYLES[line[st["method"]] % len(_LINESTYLES)],
-                  "marker": _MARKERS[marker[st["size"]] % len(_MARKERS)]}
+    out[label] = {
+      "color": tuple(float(v) for v in rgb),
+      "linestyle": _LINESTYLES[line[st["method"]] % len(_LINESTYLES)],
+      "marker": _MARKERS[marker[st["size"]] % len(_MARKERS)],
+    }
   return out
 
 
@@ -328,13 +397,16 @@ def _legend_label(label: str, s: dict) -> str:
 
 def draw(spec: dict, path: str) -> None:
   import matplotlib  # lazy: +0.4 s, for drawing only (train/finetune import this module)
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   panels = spec["panels"]
   # One y scale across panels that show the same quantity: panels compare at a glance.
   share = len({p["ylabel"] for p in panels}) == 1 and not any(p.get("kind") for p in panels)
-  fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.9), squeeze=False,
-                           sharey=share)
+  fig, axes = plt.subplots(
+    1, len(panels), figsize=(4.6 * len(panels), 3.9), squeeze=False, sharey=share
+  )
   handles: dict[str, Any] = {}
   any_err = any_missing = False
   for ax, p in zip(axes[0], panels):
@@ -354,54 +426,104 @@ def draw(spec: dict, path: str) -> None:
       pos = _shot_positions(ticks)
       for label, s in p["series"].items():
         st = styles[label] if s.get("style") else {"marker": "o"}
-        h = ax.errorbar([pos[x] for x in s["x"]], s["y"], yerr=s["err"], capsize=2,
-                        markersize=4, **st)
+        h = ax.errorbar(
+          [pos[x] for x in s["x"]], s["y"], yerr=s["err"], capsize=2, markersize=4, **st
+        )
         handles.setdefault(_legend_label(label, s), h)
         any_err |= any(e > 0 for e in s["err"])
         if label in p.get("zeroshot", {}):  # zero-shot: an open marker at '0'
-          z = ax.plot([pos["0"]], [p["zeroshot"][label]], marker=st.get("marker", "o"),
-                      markerfacecolor="none", color="gray", linestyle="none")[0]
+          z = ax.plot(
+            [pos["0"]],
+            [p["zeroshot"][label]],
+            marker=st.get("marker", "o"),
+            markerfacecolor="none",
+            color="gray",
+            linestyle="none",
+          )[0]
           z.set_markeredgecolor(st.get("color"))
-          handles.setdefault("zero-shot (hollow marker, the arm's colour)", ax.plot(
-              [], [], marker="o", markerfacecolor="none", color="gray", linestyle="none")[0])
+          handles.setdefault(
+            "zero-shot (hollow marker, the arm's colour)",
+            ax.plot([], [], marker="o", markerfacecolor="none", color="gray", linestyle="none")[0],
+          )
       if "full" in cats and len(cats) > 1:
-        ax.axvline((pos["full"] + max(v for k, v in pos.items() if k not in ("full", "0")))
-                   / 2, color="gray", linewidth=0.6, linestyle=(0, (2, 2)))
-      ax.set_xticks([pos[t] for t in ticks],
-                    [("zero-shot" if t == "0" else t) for t in ticks])
+        ax.axvline(
+          (pos["full"] + max(v for k, v in pos.items() if k not in ("full", "0"))) / 2,
+          color="gray",
+          linewidth=0.6,
+          linestyle=(0, (2, 2)),
+        )
+      ax.set_xticks([pos[t] for t in ticks], [("zero-shot" if t == "0" else t) for t in ticks])
       if p.get("chance") is not None:
         ax.axhline(p["chance"], color="gray", linewidth=0.8, linestyle=":")
-        ax.annotate("chance", (0.99, p["chance"]), xycoords=("axes fraction", "data"),
-                    fontsize=7, ha="right", va="bottom", color="gray")
+        ax.annotate(
+          "chance",
+          (0.99, p["chance"]),
+          xycoords=("axes fraction", "data"),
+          fontsize=7,
+          ha="right",
+          va="bottom",
+          color="gray",
+        )
     else:
       for label, s in p["series"].items():
         h = ax.errorbar(s["x"], s["y"], yerr=s["err"], marker="o", capsize=2, label=label)
         handles.setdefault(label, h)
         for x, y, n in zip(s["x"], s["y"], s.get("seeds") or []):
           if n:  # a point missing seeds says so where it is drawn
-            ax.annotate(f"{n} seeds", (x, y), textcoords="offset points", xytext=(3, 3),
-                        fontsize=6, color=h.lines[0].get_color())
+            ax.annotate(
+              f"{n} seeds",
+              (x, y),
+              textcoords="offset points",
+              xytext=(3, 3),
+              fontsize=6,
+              color=h.lines[0].get_color(),
+            )
             any_missing = True
         any_err |= any(e > 0 for e in s["err"])
       for label, y in p.get("hlines", {}).items():
         ax.axhline(y, linestyle="--", linewidth=1, color="gray")
-        ax.annotate(label, (0.01, y), xycoords=("axes fraction", "data"), fontsize=7,
-                    va="bottom", color="gray")
+        ax.annotate(
+          label,
+          (0.01, y),
+          xycoords=("axes fraction", "data"),
+          fontsize=7,
+          va="bottom",
+          color="gray",
+        )
     if p.get("xscale"):
       ax.set_xscale(p["xscale"])
     seeds = p.get("seeds")
-    ax.set_title(p["title"] + (f", {seeds} seeds" if seeds and seeds > 1 else
-                               ", 1 seed: no error bars" if seeds == 1 else ""), fontsize=10)
+    ax.set_title(
+      p["title"]
+      + (
+        f", {seeds} seeds"
+        if seeds and seeds > 1
+        else ", 1 seed: no error bars"
+        if seeds == 1
+        else ""
+      ),
+      fontsize=10,
+    )
     ax.set_xlabel(p["xlabel"])
     ax.set_ylabel(p["ylabel"])
     ax.grid(alpha=0.3)
   if handles and not (len(handles) == 1 and "spread" in handles):
-    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center",
-               ncol=min(4, len(handles)), fontsize=7, frameon=False)
+    fig.legend(
+      list(handles.values()),
+      list(handles.keys()),
+      loc="lower center",
+      ncol=min(4, len(handles)),
+      fontsize=7,
+      frameon=False,
+    )
   note = "; ".join(
-      ([("error bars: ±1 standard deviation over seeds, in panels with more than one")]
-       if any_err else []) +
-      (["'n/N seeds': a point missing seeds other arms have"] if any_missing else []))
+    (
+      [("error bars: ±1 standard deviation over seeds, in panels with more than one")]
+      if any_err
+      else []
+    )
+    + (["'n/N seeds': a point missing seeds other arms have"] if any_missing else [])
+  )
   fig.suptitle(spec["title"] + (f"\n{note}" if note else ""), fontsize=11)
   rows = -(-len(handles) // 4) if handles else 0
   fig.tight_layout(rect=(0, min(0.35, 0.06 * rows + 0.02), 1, 1))
@@ -412,12 +534,17 @@ def draw(spec: dict, path: str) -> None:
 def _cell(a: dict | None) -> str:
   if a is None:
     return ""
-  text = (f"{100 * a['mean']:.1f}" if a["n"] == 1 else
-          f"{100 * a['mean']:.1f} ± {100 * a['std']:.1f} ({a['n']})")
+  text = (
+    f"{100 * a['mean']:.1f}"
+    if a["n"] == 1
+    else f"{100 * a['mean']:.1f} ± {100 * a['std']:.1f} ({a['n']})"
+  )
   missing = a.get("missing_seeds")
   if missing:
-    text += (f" — {a['n']} of {a['expected_seeds']} seeds, missing seed "
-             f"{', '.join(str(m) for m in missing)}")
+    text += (
+      f" — {a['n']} of {a['expected_seeds']} seeds, missing seed "
+      f"{', '.join(str(m) for m in missing)}"
+    )
   return text
 
 
@@ -436,14 +563,25 @@ def summary(agg: dict[tuple, dict]) -> str:
       out.append(f"  {'':<{width}}  {head}")
       for arm in arms:
         cells = [agg.get((arm, ds, protocol, x)) for x in xs]
-        out.append(f"  {arm:<{width}}  " + "  ".join(
+        out.append(
+          f"  {arm:<{width}}  "
+          + "  ".join(
             (f"{100 * c['mean']:>5.1f}" + ("*" if c.get("missing_seeds") else " "))
-            if c else f"{'-':>6}" for c in cells))
+            if c
+            else f"{'-':>6}"
+            for c in cells
+          )
+        )
   gaps = [k for k, a in sorted(agg.items()) if a.get("missing_seeds")]
   if gaps:
-    out.append("* missing seeds (other arms have them): " + "; ".join(
+    out.append(
+      "* missing seeds (other arms have them): "
+      + "; ".join(
         f"{k[0]} {k[1]} {k[2]} {k[3]} shots {agg[k]['n']}/{agg[k]['expected_seeds']}"
-        for k in gaps[:8]) + (" ..." if len(gaps) > 8 else ""))
+        for k in gaps[:8]
+      )
+      + (" ..." if len(gaps) > 8 else "")
+    )
   return "\n".join(out)
 
 
@@ -454,21 +592,30 @@ def tables(agg: dict[tuple, dict]) -> str:
     for protocol in sorted({k[2] for k in agg if k[1] == ds}):
       keys = [k for k in agg if k[1] == ds and k[2] == protocol]
       xs = sorted({k[3] for k in keys}, key=shot_key)
-      out.append(f"### {ds} — {protocol} (test accuracy %, chosen on validation; "
-                 f"mean ± std over (n) seeds)\n")
-      out.append("| pre-training | " + " | ".join(f"{x} shots" if x != "full" else "full"
-                                                 for x in xs) + " |")
+      out.append(
+        f"### {ds} — {protocol} (test accuracy %, chosen on validation; "
+        f"mean ± std over (n) seeds)\n"
+      )
+      out.append(
+        "| pre-training | " + " | ".join(f"{x} shots" if x != "full" else "full" for x in xs) + " |"
+      )
       out.append("|---" * (len(xs) + 1) + "|")
       for arm in sorted({k[0] for k in keys}):
-        out.append(f"| {arm} | " + " | ".join(_cell(agg.get((arm, ds, protocol, x)))
-                                             for x in xs) + " |")
+        out.append(
+          f"| {arm} | " + " | ".join(_cell(agg.get((arm, ds, protocol, x))) for x in xs) + " |"
+        )
       out.append("")
   return "\n".join(out)
 
 
 # The downstream sets whose few-shot test sets the authors' code subsampled to k per class.
-AUTHORS_SUBSAMPLED_TEST = ("domainnet_real", "domainnet_clipart", "cassava", "eurosat",
-                           "caltech_camera_traps")
+AUTHORS_SUBSAMPLED_TEST = (
+  "domainnet_real",
+  "domainnet_clipart",
+  "cassava",
+  "eurosat",
+  "caltech_camera_traps",
+)
 
 
 def differences(key: tuple, a: dict, pub) -> list[str]:
@@ -477,8 +624,10 @@ def differences(key: tuple, a: dict, pub) -> list[str]:
   out = []
   if "authors' log" not in a["grid"]:  # ours ran their grid: where theirs peaked is no difference
     if not pub.in_text_grid:
-      out.append(f"paper's number only outside the text's grid (lr {pub.lr:g}, batch "
-                 f"{pub.batch_size}, {pub.epochs} epochs)")
+      out.append(
+        f"paper's number only outside the text's grid (lr {pub.lr:g}, batch "
+        f"{pub.batch_size}, {pub.epochs} epochs)"
+      )
     out.append(f"our grid: {a['grid'] or 'unknown'}")
   if a["ts_mean"] is None:
     out.append("ours not test-selected")
@@ -500,12 +649,12 @@ def differences(key: tuple, a: dict, pub) -> list[str]:
 # The authors' fine-tuning recipe (their finetune.py, wise_ft.py, args.py; timm 0.4.12), as
 # the rows record it (finetune.recipe_of): each value of ours that differs is named.
 AUTHORS_RECIPE = {
-    "decay": ("all", "weight decay on kernels only (theirs: every parameter)"),
-    "grad_clip_norm": (1.0, "gradient clipping {ours} (theirs: 1.0)"),
-    "warmup_cap": (0.0, "warm-up capped at {ours} of a run (theirs: uncapped)"),
-    "templates": ("openai80", "text head from templates {ours} (theirs: OpenAI's 80)"),
-    "probe_solver": ("adamw", "LP-FT probe by {ours} (theirs: an AdamW head)"),
-    "normalize": ("imagenet", "{ours} mean/std (theirs: ImageNet's)"),
+  "decay": ("all", "weight decay on kernels only (theirs: every parameter)"),
+  "grad_clip_norm": (1.0, "gradient clipping {ours} (theirs: 1.0)"),
+  "warmup_cap": (0.0, "warm-up capped at {ours} of a run (theirs: uncapped)"),
+  "templates": ("openai80", "text head from templates {ours} (theirs: OpenAI's 80)"),
+  "probe_solver": ("adamw", "LP-FT probe by {ours} (theirs: an AdamW head)"),
+  "normalize": ("imagenet", "{ours} mean/std (theirs: ImageNet's)"),
 }
 
 
@@ -522,8 +671,11 @@ def recipe_differences(key: tuple, a: dict) -> list[str]:
   if methods.has_text_tower(a.get("pretrain_method")) and recipe.get("probe_init") == "zero":
     out.append("AdamW probe from a zero head (theirs: from the zero-shot head)")
   method = a.get("pretrain_method")
-  if (methods.traits(method).normalized_features and not methods.has_text_tower(method)
-      and recipe.get("feature_norm") != "l2"):
+  if (
+    methods.traits(method).normalized_features
+    and not methods.has_text_tower(method)
+    and recipe.get("feature_norm") != "l2"
+  ):
     out.append(f"{published.method_title(method)} features not L2-normalised (theirs are)")
   pp = recipe.get("pp_train", "")
   if "randaugment" in pp and "color_jitter" in pp:
@@ -545,13 +697,17 @@ def comparison(agg: dict[tuple, dict]) -> str:
       continue
     ts = f"{100 * a['ts_mean']:.1f}" if a["ts_mean"] is not None else "–"
     diffs = differences(key, a, pub)
-    lines.append(f"| {key[1]} | {key[2]} | {key[0]} | {key[3]} | {_cell(a)} | {ts} | "
-                 f"{pub.accuracy:.1f} | {'; '.join(diffs) or 'like for like'} |")
+    lines.append(
+      f"| {key[1]} | {key[2]} | {key[0]} | {key[3]} | {_cell(a)} | {ts} | "
+      f"{pub.accuracy:.1f} | {'; '.join(diffs) or 'like for like'} |"
+    )
   if not lines:
     return ""
-  head = ["| downstream | protocol | pre-training | shots | ours (val-selected) | "
-          "ours (test-selected) | paper (test-selected) | differences |",
-          "|---|---|---|---|---|---|---|---|"]
+  head = [
+    "| downstream | protocol | pre-training | shots | ours (val-selected) | "
+    "ours (test-selected) | paper (test-selected) | differences |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   return "\n".join(head + lines)
 
 
@@ -559,43 +715,61 @@ def write_report(workdir: str, study=None) -> str:
   path = os.path.join(workdir, "results.jsonl")
   rows, bad = split_rows(transfer.read_results(path))
   if not rows:
-    raise ValueError(f"{path}: no usable results rows"
-                     + (f" ({len(bad)} left out: {bad[0][1]}, ...)" if bad else ""))
+    raise ValueError(
+      f"{path}: no usable results rows"
+      + (f" ({len(bad)} left out: {bad[0][1]}, ...)" if bad else "")
+    )
   agg = aggregate(rows)
   out_dir = os.path.join(workdir, "report")
   os.makedirs(out_dir, exist_ok=True)
   specs = figure_specs(agg)
-  lines = [f"# Study report: {study.get('name', '') if study else os.path.basename(workdir)}",
-           "", f"{len(rows)} result rows from `{path}`. Figures and tables show the test "
-           "accuracy of the run chosen on validation (never on test); the comparison with the "
-           "paper also shows the test-selected number, the paper's own selection.", ""]
+  lines = [
+    f"# Study report: {study.get('name', '') if study else os.path.basename(workdir)}",
+    "",
+    f"{len(rows)} result rows from `{path}`. Figures and tables show the test "
+    "accuracy of the run chosen on validation (never on test); the comparison with the "
+    "paper also shows the test-selected number, the paper's own selection.",
+    "",
+  ]
   for name, spec in specs.items():
     draw(spec, os.path.join(out_dir, f"{name}.png"))
     lines += [f"## {spec['title']}", "", f"![{name}]({name}.png)", ""]
     if name == "spread_vs_shots":
       for p in spec["panels"]:
-        vals = ", ".join(f"{x}: {100 * y:.1f}" for x, y in zip(p["series"]["spread"]["x"],
-                                                               p["series"]["spread"]["y"]))
+        vals = ", ".join(
+          f"{x}: {100 * y:.1f}"
+          for x, y in zip(p["series"]["spread"]["x"], p["series"]["spread"]["y"])
+        )
         lines.append(f"- {p['title']}: spread over {p['n_sources']} sources (points) — {vals}")
       lines.append("")
   lines += ["## Tables", "", tables(agg)]
   gaps = [(k, a) for k, a in sorted(agg.items()) if a.get("missing_seeds")]
   if gaps or bad:
     lines += ["## Missing results", ""]
-    lines += [f"- {k[0]} on {k[1]}, {k[2]}, {k[3]} shots: {a['n']} of {a['expected_seeds']} "
-              f"seeds (missing seed {', '.join(str(m) for m in a['missing_seeds'])})"
-              for k, a in gaps]
+    lines += [
+      f"- {k[0]} on {k[1]}, {k[2]}, {k[3]} shots: {a['n']} of {a['expected_seeds']} "
+      f"seeds (missing seed {', '.join(str(m) for m in a['missing_seeds'])})"
+      for k, a in gaps
+    ]
     if bad:
-      lines += [f"- {len(bad)} row(s) of `{path}` left out of every table (a failed run's "
-                f"row, or one written by hand):", left_out(bad)]
+      lines += [
+        f"- {len(bad)} row(s) of `{path}` left out of every table (a failed run's "
+        f"row, or one written by hand):",
+        left_out(bad),
+      ]
     lines.append("")
   compared = comparison(agg)
   if compared:
-    lines += ["## Beside the paper", "",
-              "Published numbers (the authors' results log) only beside runs of the same "
-              "protocol. Theirs is the best *test* accuracy over their grid and epochs; ours is "
-              "shown both ways. Each difference in how the numbers were made is listed.", "",
-              compared, ""]
+    lines += [
+      "## Beside the paper",
+      "",
+      "Published numbers (the authors' results log) only beside runs of the same "
+      "protocol. Theirs is the best *test* accuracy over their grid and epochs; ours is "
+      "shown both ways. Each difference in how the numbers were made is listed.",
+      "",
+      compared,
+      "",
+    ]
   with open(os.path.join(out_dir, "specs.json"), "w") as f:
     json.dump(specs, f, indent=1, default=str)
   md = os.path.join(out_dir, "report.md")
@@ -606,11 +780,15 @@ def write_report(workdir: str, study=None) -> str:
 
 # ------------------------------------------------------------------------------ README numbers
 
-README_BEGIN = ("<!-- mini-study results: written by `python -m big_transfer.report "
-                "--workdir=runs/mini_study --readme=README.md`; edit the code, not the text -->")
+README_BEGIN = (
+  "<!-- mini-study results: written by `python -m big_transfer.report "
+  "--workdir=runs/mini_study --readme=README.md`; edit the code, not the text -->"
+)
 README_END = "<!-- end of mini-study results -->"
-README_FIGURES = {"accuracy_vs_shots": "mini_study_accuracy_vs_shots.png",
-                  "spread_vs_shots": "mini_study_spread_vs_shots.png"}
+README_FIGURES = {
+  "accuracy_vs_shots": "mini_study_accuracy_vs_shots.png",
+  "spread_vs_shots": "mini_study_spread_vs_shots.png",
+}
 
 
 def _ranked(values: dict[str, float]) -> str:
@@ -621,11 +799,14 @@ def _ranked(values: dict[str, float]) -> str:
 def mini_study_paragraph(agg: dict[tuple, dict], when: str) -> str:
   """The README's account of the mini study (configs/mini/study.py), every number and every
   comparison word computed from its results, so the text cannot drift from a run."""
+
   def acc(arm, ds, protocol, shots):
     a = agg.get((arm, ds, protocol, shots))
     if a is None:
-      raise ValueError(f"no {protocol} result of {arm} on {ds} at {shots} shots: the README's "
-                       f"numbers come from the whole mini study (configs/mini/study.py)")
+      raise ValueError(
+        f"no {protocol} result of {arm} on {ds} at {shots} shots: the README's "
+        f"numbers come from the whole mini study (configs/mini/study.py)"
+      )
     return 100 * a["mean"]
 
   clip = {"letters": "clip_letters", "glyphs": "clip_glyphs", "shapes": "clip_shapes"}
@@ -634,8 +815,13 @@ def mini_study_paragraph(agg: dict[tuple, dict], when: str) -> str:
   lpf = {k: acc(a, "digits", "lp", "full") for k, a in clip.items()}
   let = {k: acc(a, "letters", "lp", "full") for k, a in clip.items()}
   top, second = sorted(let, key=lambda k: -let[k])[:2]
-  pretrained = sorted({k[0] for k in agg if k[0] != "scratch" and k[1] == "digits"
-                       and k[2] == "lp" and k[3] == "full"})
+  pretrained = sorted(
+    {
+      k[0]
+      for k in agg
+      if k[0] != "scratch" and k[1] == "digits" and k[2] == "lp" and k[3] == "full"
+    }
+  )
   scratch = acc("scratch", "digits", "lp", "full")
   beat = sum(acc(a, "digits", "lp", "full") > scratch for a in pretrained)
   sup = acc("supervised_glyphs", "digits", "lp", "full")
@@ -646,27 +832,37 @@ def mini_study_paragraph(agg: dict[tuple, dict], when: str) -> str:
   every_ft = {a: acc(a, "digits", "ft", "full") for a in pretrained + ["scratch"]}
   narrows = spread(ftf) < spread(lpf)
   return (
-      f"What it shows (these figures and numbers: a fresh run of {when}; deterministic on a "
-      f"given machine): with frozen features the pre-training source matters — on the digits "
-      f"the three CLIP sources are {spread(lp5):.1f} points apart at 5 shots and "
-      f"{spread(lpf):.1f} with all the data ({_ranked(lpf)}); on the held-out letters the "
-      f"model pre-trained on {top} leads by {let[top] - let[second]:.1f} points with all the "
-      f"data ({_ranked(let)}); "
-      + ("every pre-trained model beats" if beat == len(pretrained) else
-         f"{beat} of {len(pretrained)} pre-trained models beat")
-      + f" random features ({scratch:.1f}% on the digits); supervised labels from the related "
-      f"source reach {sup:.1f}%"
-      + (" (the best probe)" if best_probe == "supervised_glyphs" else
-         f" ({best_probe} probes best, {acc(best_probe, 'digits', 'lp', 'full'):.1f}%)")
-      + f"; CLIP zero-shot reaches {zs:.1f}% on the real digits from glyph captions (chance "
-      f"10%). Full fine-tuning "
-      + ("narrows the gap between the sources, as in the paper" if narrows else
-         "does not narrow the gap between the sources here (the paper finds it does)")
-      + f": the CLIP sources are {spread(ft5):.1f} points apart at 5 digits per class "
-      f"({min(ft5.values()):.1f}–{max(ft5.values()):.1f}%) and {spread(ftf):.1f} with all of "
-      f"them ({min(ftf.values()):.1f}–{max(ftf.values()):.1f}%), where every model — random "
-      f"init included ({every_ft['scratch']:.1f}%) — ends within {spread(every_ft):.1f} "
-      f"points.")
+    f"What it shows (these figures and numbers: a fresh run of {when}; deterministic on a "
+    f"given machine): with frozen features the pre-training source matters — on the digits "
+    f"the three CLIP sources are {spread(lp5):.1f} points apart at 5 shots and "
+    f"{spread(lpf):.1f} with all the data ({_ranked(lpf)}); on the held-out letters the "
+    f"model pre-trained on {top} leads by {let[top] - let[second]:.1f} points with all the "
+    f"data ({_ranked(let)}); "
+    + (
+      "every pre-trained model beats"
+      if beat == len(pretrained)
+      else f"{beat} of {len(pretrained)} pre-trained models beat"
+    )
+    + f" random features ({scratch:.1f}% on the digits); supervised labels from the related "
+    f"source reach {sup:.1f}%"
+    + (
+      " (the best probe)"
+      if best_probe == "supervised_glyphs"
+      else f" ({best_probe} probes best, {acc(best_probe, 'digits', 'lp', 'full'):.1f}%)"
+    )
+    + f"; CLIP zero-shot reaches {zs:.1f}% on the real digits from glyph captions (chance "
+    f"10%). Full fine-tuning "
+    + (
+      "narrows the gap between the sources, as in the paper"
+      if narrows
+      else "does not narrow the gap between the sources here (the paper finds it does)"
+    )
+    + f": the CLIP sources are {spread(ft5):.1f} points apart at 5 digits per class "
+    f"({min(ft5.values()):.1f}–{max(ft5.values()):.1f}%) and {spread(ftf):.1f} with all of "
+    f"them ({min(ftf.values()):.1f}–{max(ftf.values()):.1f}%), where every model — random "
+    f"init included ({every_ft['scratch']:.1f}%) — ends within {spread(every_ft):.1f} "
+    f"points."
+  )
 
 
 def rewrite_readme(readme: str, workdir: str) -> None:
@@ -678,12 +874,15 @@ def rewrite_readme(readme: str, workdir: str) -> None:
   when = min(r["time"] for r in rows if r.get("time"))[:10]
   text = open(readme).read()
   if text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
-    raise ValueError(f"{readme}: needs one mini-study block ({README_BEGIN!r} ... "
-                     f"{README_END!r})")
+    raise ValueError(f"{readme}: needs one mini-study block ({README_BEGIN!r} ... {README_END!r})")
   head, rest = text.split(README_BEGIN)
   _, tail = rest.split(README_END)
-  body = textwrap.fill(mini_study_paragraph(aggregate(rows), when), width=96,
-                       break_long_words=False, break_on_hyphens=False)
+  body = textwrap.fill(
+    mini_study_paragraph(aggregate(rows), when),
+    width=96,
+    break_long_words=False,
+    break_on_hyphens=False,
+  )
   docs = os.path.join(os.path.dirname(os.path.abspath(readme)), "docs")
   for name, dst in README_FIGURES.items():
     src = os.path.join(workdir, "report", f"{name}.png")
@@ -696,17 +895,24 @@ def rewrite_readme(readme: str, workdir: str) -> None:
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(prog="python -m big_transfer.report",
-                              description=__doc__.split("\n\n")[0],
-                              epilog="example: python -m big_transfer.report "
-                                     "--workdir=runs/mini_study")
-  p.add_argument("--workdir", required=True,
-                 help="a study's directory: reads results.jsonl, writes report/ (report.md, "
-                      "the figures, specs.json)")
-  p.add_argument("--readme", default="",
-                 help="also rewrite this README's mini-study block (numbers and sentences) "
-                      "from the results and copy the figures to its docs/ (the mini study's "
-                      "workdir only)")
+  p = argparse.ArgumentParser(
+    prog="python -m big_transfer.report",
+    description=__doc__.split("\n\n")[0],
+    epilog="example: python -m big_transfer.report --workdir=runs/mini_study",
+  )
+  p.add_argument(
+    "--workdir",
+    required=True,
+    help="a study's directory: reads results.jsonl, writes report/ (report.md, "
+    "the figures, specs.json)",
+  )
+  p.add_argument(
+    "--readme",
+    default="",
+    help="also rewrite this README's mini-study block (numbers and sentences) "
+    "from the results and copy the figures to its docs/ (the mini study's "
+    "workdir only)",
+  )
   args = p.parse_args(argv)
   try:
     print(write_report(args.workdir))

@@ -33,11 +33,15 @@ class Preempted(Exception):
   def __init__(self, step: int | None, signum: int, workdir: str):
     name = signal.Signals(signum).name if signum else "a preemption notice"
     if step is None:
-      text = (f"{name} outside a training loop (start-up, evaluation or a probe): what was "
-              f"saved in {workdir} so far is kept; run the same command again to go on")
+      text = (
+        f"{name} outside a training loop (start-up, evaluation or a probe): what was "
+        f"saved in {workdir} so far is kept; run the same command again to go on"
+      )
     else:
-      text = (f"{name} at step {step}: checkpoint {step} saved in {workdir}; run the same "
-              f"command again to resume from it")
+      text = (
+        f"{name} at step {step}: checkpoint {step} saved in {workdir}; run the same "
+        f"command again to resume from it"
+      )
     super().__init__(text)
     self.step, self.signum = step, signum
 
@@ -81,8 +85,11 @@ class WorkdirLock:
   def __init__(self, workdir: str, log=print):
     self.path = os.path.join(os.path.abspath(workdir), ".lock")
     self.log = log
-    self.me = {"pid": os.getpid(), "host": socket.gethostname(),
-               "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    self.me = {
+      "pid": os.getpid(),
+      "host": socket.gethostname(),
+      "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     self._stop = threading.Event()
     self._thread = None
     self.held = False
@@ -121,10 +128,15 @@ class WorkdirLock:
           continue
         why = self._stale(holder) if holder else None
         if why is None:
-          who = (f"pid {holder.get('pid')} on {holder.get('host')} since "
-                 f"{holder.get('started')}" if holder else "another run (lock unreadable)")
-          raise LockError(f"workdir {os.path.dirname(self.path)} is in use by {who} "
-                          f"({self.path}); stop that run or use another --workdir") from None
+          who = (
+            f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')}"
+            if holder
+            else "another run (lock unreadable)"
+          )
+          raise LockError(
+            f"workdir {os.path.dirname(self.path)} is in use by {who} "
+            f"({self.path}); stop that run or use another --workdir"
+          ) from None
         self.log(f"taking over the lock of a run that is gone ({why}): {holder}")
         try:
           os.remove(self.path)
@@ -184,8 +196,11 @@ class StopSignals:
     if self.signum == signal.SIGINT and signum == signal.SIGINT:
       raise KeyboardInterrupt  # the second Ctrl-C
     self.signum = signum
-    print(f"received {signal.Signals(signum).name}: finishing this step, then saving and "
-          f"stopping (exit {PREEMPTED_EXIT})", flush=True)
+    print(
+      f"received {signal.Signals(signum).name}: finishing this step, then saving and "
+      f"stopping (exit {PREEMPTED_EXIT})",
+      flush=True,
+    )
 
   def _to_sigterm(self, signum, frame):
     del signum, frame

@@ -26,8 +26,7 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
   known = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
     if n % known:
-      raise ValueError(f"mesh: {n} devices are not divisible by {known} (data={data}, "
-                       f"fsdp={fsdp})")
+      raise ValueError(f"mesh: {n} devices are not divisible by {known} (data={data}, fsdp={fsdp})")
     sizes[sizes.index(-1)] = n // known
   if int(np.prod(sizes)) != n:
     raise ValueError(f"mesh: data={sizes[0]} x fsdp={sizes[1]} != {n} devices")
@@ -75,8 +74,10 @@ def spec_for(name: str, shape, rules, mesh: Mesh, min_size: int = 2**14) -> P:
 
 def tree_shardings(tree, rules, mesh: Mesh, min_size: int = 2**14):
   """NamedShardings for every leaf of an (abstract) pytree, by name rules."""
+
   def one(path, leaf):
     return NamedSharding(mesh, spec_for(path_name(path), np.shape(leaf), rules, mesh, min_size))
+
   return jax.tree_util.tree_map_with_path(one, tree)
 
 
@@ -91,5 +92,6 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def to_global(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
   """This process's slice of the global batch -> global jax.Arrays sharded over the batch axes."""
   sharding = batch_sharding(mesh)
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
-                      batch)
+  return jax.tree.map(
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
+  )

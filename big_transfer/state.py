@@ -48,8 +48,13 @@ class TrainState:
 
   def to_dict(self) -> dict[str, Any]:
     """The checkpoint layout (``ema_params`` only when kept)."""
-    out = {"step": self.step, "params": self.params, "model_state": self.model_state,
-           "opt_state": self.opt_state, "nonfinite_step": self.nonfinite_step}
+    out = {
+      "step": self.step,
+      "params": self.params,
+      "model_state": self.model_state,
+      "opt_state": self.opt_state,
+      "nonfinite_step": self.nonfinite_step,
+    }
     if self.ema_params is not None:
       out["ema_params"] = self.ema_params
     return out
@@ -59,13 +64,17 @@ class TrainState:
     unknown = sorted(set(d) - FIELDS)
     if unknown:
       raise ValueError(f"train state: unknown field(s) {', '.join(unknown)}")
-    return cls(step=d["step"], params=d["params"], model_state=d["model_state"],
-               opt_state=d["opt_state"], nonfinite_step=d["nonfinite_step"],
-               ema_params=d.get("ema_params"))
+    return cls(
+      step=d["step"],
+      params=d["params"],
+      model_state=d["model_state"],
+      opt_state=d["opt_state"],
+      nonfinite_step=d["nonfinite_step"],
+      ema_params=d.get("ema_params"),
+    )
 
 
-FIELDS = frozenset(("step", "params", "model_state", "opt_state", "nonfinite_step",
-                    "ema_params"))
+FIELDS = frozenset(("step", "params", "model_state", "opt_state", "nonfinite_step", "ema_params"))
 
 
 def eval_params(state):

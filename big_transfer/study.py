@@ -52,19 +52,31 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-  config_flags.DEFINE_config_file("config", None, "Study config (configs/study/...py[:args]).",
-                                  lock_config=False)
+  config_flags.DEFINE_config_file(
+    "config", None, "Study config (configs/study/...py[:args]).", lock_config=False
+  )
   flags.DEFINE_string("workdir", None, "The study's directory: runs, results.jsonl, report/.")
   flags.DEFINE_bool("dry_run", False, "List every run and the compute estimate; run nothing.")
   flags.DEFINE_bool("print_commands", False, "Print each run's command (dependency order).")
-  flags.DEFINE_string("only", "", "Run only runs whose name contains this string (and their "
-                      "pre-training dependencies).")
+  flags.DEFINE_string(
+    "only",
+    "",
+    "Run only runs whose name contains this string (and their pre-training dependencies).",
+  )
   flags.DEFINE_bool("report", True, "Write the report when the runs are done.")
-  flags.DEFINE_string("accept_changes", "", "Passed to every run: resume runs whose config "
-                      "changed in these keys (comma-separated, or 'all'; recorded in each "
-                      "run's run.json). Without it such runs are refused (and listed).")
-  flags.DEFINE_bool("check", False, "Resolve and validate every run's config and open its data "
-                    "(no training); list every problem once; exit 1 if there is any.")
+  flags.DEFINE_string(
+    "accept_changes",
+    "",
+    "Passed to every run: resume runs whose config "
+    "changed in these keys (comma-separated, or 'all'; recorded in each "
+    "run's run.json). Without it such runs are refused (and listed).",
+  )
+  flags.DEFINE_bool(
+    "check",
+    False,
+    "Resolve and validate every run's config and open its data "
+    "(no training); list every problem once; exit 1 if there is any.",
+  )
 
 
 @dataclasses.dataclass
@@ -81,12 +93,17 @@ class Run:
 
   def command(self) -> list[str]:
     if self.kind == "convert":
-      return (["python", "-m", "big_transfer.convert_checkpoint", *self.convert_args,
-               f"--out={self.workdir}"])
+      return [
+        "python",
+        "-m",
+        "big_transfer.convert_checkpoint",
+        *self.convert_args,
+        f"--out={self.workdir}",
+      ]
     module = "big_transfer.train" if self.kind == "pretrain" else "big_transfer.finetune"
-    return (["python", "-m", module, f"--config={self.config}",
-             f"--workdir={self.workdir}"]
-            + [f"--config.{k}={_flag_value(v)}" for k, v in self.overrides.items()])
+    return ["python", "-m", module, f"--config={self.config}", f"--workdir={self.workdir}"] + [
+      f"--config.{k}={_flag_value(v)}" for k, v in self.overrides.items()
+    ]
 
   def done(self, table_ids: set | None = None) -> bool:
     """Finished: pre-training wrote its done marker for its step count; a transfer run wrote
@@ -145,8 +162,11 @@ class Eta:
   def _keys(r: Run) -> list[tuple]:
     f = r.fields
     shots = "full" if str(f.get("shots")) == "full" else "few"
-    return [(r.kind, f.get("protocol"), f.get("downstream"), shots), (r.kind, f.get("protocol")),
-            (r.kind,)]
+    return [
+      (r.kind, f.get("protocol"), f.get("downstream"), shots),
+      (r.kind, f.get("protocol")),
+      (r.kind,),
+    ]
 
   def add(self, r: Run, seconds: float) -> None:
     for k in self._keys(r):
@@ -195,8 +215,15 @@ def apply_overrides(config, overrides: dict[str, Any]):
 
 
 def _slug(v) -> str:
-  return str(v).replace("/", "_").replace(":", "_").replace("?", "_").replace("=", "-") \
-      .replace("&", "_").replace(" ", "")
+  return (
+    str(v)
+    .replace("/", "_")
+    .replace(":", "_")
+    .replace("?", "_")
+    .replace("=", "-")
+    .replace("&", "_")
+    .replace(" ", "")
+  )
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -222,10 +249,23 @@ def expand(study, workdir: str) -> list[Run]:
     arms[name] = arm
     if arm.get("convert"):  # a public checkpoint, converted (transfer-only reference arm)
       wd = arm.get("workdir") or os.path.join(workdir, "pretrain", name)
-      runs.append(Run("convert", f"pretrain/{name}", wd, "", {}, [],
-                      {"method": arm.get("method", ""), "data": arm.get("source", ""),
-                       "size": arm.get("size", ""), "model": arm.get("model", "")},
-                      convert_args=tuple(arm["convert"])))
+      runs.append(
+        Run(
+          "convert",
+          f"pretrain/{name}",
+          wd,
+          "",
+          {},
+          [],
+          {
+            "method": arm.get("method", ""),
+            "data": arm.get("source", ""),
+            "size": arm.get("size", ""),
+            "model": arm.get("model", ""),
+          },
+          convert_args=tuple(arm["convert"]),
+        )
+      )
       arm["workdir"] = wd
     elif arm.get("config"):
       wd = arm.get("workdir") or os.path.join(workdir, "pretrain", name)
@@ -241,10 +281,23 @@ def expand(study, workdir: str) -> list[Run]:
         arm.setdefault("model", c.model)
       except Exception:  # noqa: BLE001 - an estimate only; the run validates itself
         pass
-      runs.append(Run("pretrain", f"pretrain/{name}", wd, resolve_config_path(arm["config"]),
-                      overrides, [],
-                      {"method": arm.get("method", ""), "data": arm.get("source", ""),
-                       "size": arm.get("size", ""), "model": arm.get("model", "")}, images))
+      runs.append(
+        Run(
+          "pretrain",
+          f"pretrain/{name}",
+          wd,
+          resolve_config_path(arm["config"]),
+          overrides,
+          [],
+          {
+            "method": arm.get("method", ""),
+            "data": arm.get("source", ""),
+            "size": arm.get("size", ""),
+            "model": arm.get("model", ""),
+          },
+          images,
+        )
+      )
       arm["workdir"] = wd
     else:  # from scratch
       arm["workdir"] = ""
@@ -263,8 +316,7 @@ def expand(study, workdir: str) -> list[Run]:
         limit = limits.get(protocol, {})
         if limit.get("downstream") and ds["name"] not in limit["downstream"]:
           continue
-        shots_list = tuple(arm.get("shots") or limit.get("shots") or ds.get("shots")
-                           or study.shots)
+        shots_list = tuple(arm.get("shots") or limit.get("shots") or ds.get("shots") or study.shots)
         seeds = tuple(limit.get("seeds") or study.seeds)
         if protocol == "zeroshot":
           if not methods.has_text_tower(arm.get("method")):
@@ -272,39 +324,69 @@ def expand(study, workdir: str) -> list[Run]:
           shots_list, seeds = ("full",), seeds[:1]  # no training images, nothing random
         for shots in shots_list:
           for seed in seeds:
-            what = protocol if protocol == "zeroshot" else (
-                f"{protocol}_full" if str(shots) == "full" else f"{protocol}_{shots}shot")
+            what = (
+              protocol
+              if protocol == "zeroshot"
+              else (f"{protocol}_full" if str(shots) == "full" else f"{protocol}_{shots}shot")
+            )
             name = f"transfer/{arm['name']}/{ds['name']}/{what}_s{seed}"
-            tags = {"arm": arm["name"], "downstream": ds["name"],
-                    **{k: arm[k] for k in ("source", "size", "method", "group", "published",
-                                           "pretrain_note")
-                       if arm.get(k) not in (None, "")}}
+            tags = {
+              "arm": arm["name"],
+              "downstream": ds["name"],
+              **{
+                k: arm[k]
+                for k in ("source", "size", "method", "group", "published", "pretrain_note")
+                if arm.get(k) not in (None, "")
+              },
+            }
             bad = [k for k, v in tags.items() if ";" in str(v) or "=" in str(v)]
             if bad:
-              raise ValueError(f"study: arm {arm['name']!r}: {bad[0]}={tags[bad[0]]!r} holds "
-                               f"';' or '=' (row tags are 'k=v;k2=v2')")
+              raise ValueError(
+                f"study: arm {arm['name']!r}: {bad[0]}={tags[bad[0]]!r} holds "
+                f"';' or '=' (row tags are 'k=v;k2=v2')"
+              )
             # Config args choose how the config is built; values reach the run as structured
             # overrides (a data spec may hold commas, which an args string splits on).
-            args = [f"pretrained={arm['workdir']}", f"protocol={protocol}", f"shots={shots}",
-                    f"seed={seed}"]
+            args = [
+              f"pretrained={arm['workdir']}",
+              f"protocol={protocol}",
+              f"shots={shots}",
+              f"seed={seed}",
+            ]
             if not arm["workdir"] and arm.get("model"):  # from scratch: its architecture
               args.append(f"model={arm['model']}")
-            overrides = {"data": ds["data"], **dict(study.get("transfer_overrides", {})),
-                         **dict(limit.get("overrides", {})),
-                         **dict(ds.get("overrides", {})),
-                         **dict(arm.get("transfer_overrides", {})),
-                         "results_file": os.path.join(workdir, "results.jsonl"),
-                         "feature_cache": os.path.join(workdir, "features"),
-                         "tags": ";".join(f"{k}={v}" for k, v in tags.items())}
+            overrides = {
+              "data": ds["data"],
+              **dict(study.get("transfer_overrides", {})),
+              **dict(limit.get("overrides", {})),
+              **dict(ds.get("overrides", {})),
+              **dict(arm.get("transfer_overrides", {})),
+              "results_file": os.path.join(workdir, "results.jsonl"),
+              "feature_cache": os.path.join(workdir, "features"),
+              "tags": ";".join(f"{k}={v}" for k, v in tags.items()),
+            }
             deps = [f"pretrain/{arm['name']}"] if arm["workdir"] else []
-            runs.append(Run("transfer", name, os.path.join(workdir, name),
-                            resolve_config_path(f"{study.transfer_config}:{','.join(args)}"),
-                            overrides, deps,
-                            {"method": arm.get("method", "scratch"),
-                             "data": arm.get("source", ""), "size": arm.get("size", ""),
-                             "model": arm.get("model", ""), "downstream": ds["name"],
-                             "protocol": protocol, "shots": shots, "seed": seed},
-                            _transfer_images(transfer_base, ds, shots, protocol, overrides)))
+            runs.append(
+              Run(
+                "transfer",
+                name,
+                os.path.join(workdir, name),
+                resolve_config_path(f"{study.transfer_config}:{','.join(args)}"),
+                overrides,
+                deps,
+                {
+                  "method": arm.get("method", "scratch"),
+                  "data": arm.get("source", ""),
+                  "size": arm.get("size", ""),
+                  "model": arm.get("model", ""),
+                  "downstream": ds["name"],
+                  "protocol": protocol,
+                  "shots": shots,
+                  "seed": seed,
+                },
+                _transfer_images(transfer_base, ds, shots, protocol, overrides),
+              )
+            )
   return runs
 
 
@@ -326,12 +408,14 @@ def _transfer_images(base, ds, shots, protocol, overrides) -> float:
   n = ds.get("num_train", 0) if str(shots) == "full" else int(shots) * ds.get("num_classes", 0)
   points, _ = finetune.grid_of(get("paper_grid") or "", protocol, get("lrs") or (0.0,))
   steps, epochs, batch = get("total_steps"), get("total_epochs"), get("batch_size") or 1
-  per_point = [float(n) * e if e else (float(steps) * min(int(b or batch), n) if steps
-                                       else float(n) * float(epochs or 0))
-               for _, b, e in points]
+  per_point = [
+    float(n) * e
+    if e
+    else (float(steps) * min(int(b or batch), n) if steps else float(n) * float(epochs or 0))
+    for _, b, e in points
+  ]
   total = sum(per_point)
-  if (str(shots) == "full" and get("refit_full") and not get("val_split")
-      and protocol != "wise_ft"):
+  if str(shots) == "full" and get("refit_full") and not get("val_split") and protocol != "wise_ft":
     total += total / len(per_point)
   return total
 
@@ -370,8 +454,15 @@ def check(runs: list[Run]) -> list[tuple[str, list[str]]]:
   """Every run's config resolved and validated and its data opened, as the run itself would
   before compiling — nothing trained, nothing written. Returns [(problem, run names)], one
   entry per distinct problem."""
-  errors = (config_lib.ConfigError, sources.DataError, finetune.TransferError,
-            app.UserError, checkpoint.CheckpointError, ValueError, KeyError)
+  errors = (
+    config_lib.ConfigError,
+    sources.DataError,
+    finetune.TransferError,
+    app.UserError,
+    checkpoint.CheckpointError,
+    ValueError,
+    KeyError,
+  )
   problems: dict[str, list[str]] = {}
   arm_of: dict[str, tuple] = {}  # pre-training run name -> (method, model)
   opened: dict[tuple, Any] = {}  # downstream data, opened once for all its runs
@@ -386,8 +477,9 @@ def check(runs: list[Run]) -> list[tuple[str, list[str]]]:
         src = next((a for a in run.convert_args if not a.startswith("-")), "")
         if not run.done() and not os.path.isfile(src):
           raise checkpoint.CheckpointError(
-              f"public checkpoint {src!r} not found (download it first: docs/DATA.md, "
-              f"'Reference checkpoints')")
+            f"public checkpoint {src!r} not found (download it first: docs/DATA.md, "
+            f"'Reference checkpoints')"
+          )
         arm_of[run.name] = (run.fields["method"], run.fields["model"])
         continue
       config = _load_run_config(run)
@@ -400,13 +492,15 @@ def check(runs: list[Run]) -> list[tuple[str, list[str]]]:
       pre_method, pre_model = arm_of[run.deps[0]] if run.deps else (None, None)
       finetune.check_protocol(config)  # config problems first: they hold with or without data
       finetune.with_model(config, pre_model)
-      key = (config.data, config.train_split, config.val_split, config.test_split,
-             config.data_dir)
+      key = (config.data, config.train_split, config.val_split, config.test_split, config.data_dir)
       if key not in opened:
         opened[key] = finetune.transfer_sources(config)
       names = opened[key]["class_names"]
-      data = {"train": opened[key]["pool"], "class_names": names,
-              "num_classes": config.num_classes or (len(names) if names else 2)}
+      data = {
+        "train": opened[key]["pool"],
+        "class_names": names,
+        "num_classes": config.num_classes or (len(names) if names else 2),
+      }
       finetune.resolve(config, pre_method, pre_model, data)
     except errors as e:
       note(run, e)
@@ -416,8 +510,9 @@ def check(runs: list[Run]) -> list[tuple[str, list[str]]]:
 def _table(runs: list[Run]) -> str:
   cols = ("kind", "method", "data", "size", "model", "downstream", "protocol", "shots", "seed")
   rows = [[r.kind] + [str(r.fields.get(c, "")) or "-" for c in cols[1:]] for r in runs]
-  widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c)
-            for i, c in enumerate(cols)]
+  widths = [
+    max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)
+  ]
   line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()
   return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
@@ -432,12 +527,14 @@ def summary(runs: list[Run], throughput: float) -> str:
     by.setdefault(r.fields["downstream"], 0)
     by[r.fields["downstream"]] += 1
   methods = sorted({r.fields["method"] for r in runs if r.fields.get("method")})
-  return (f"{len(runs)} runs: {len(pre)} pre-training, "
-          + (f"{len(conv)} public checkpoints converted, " if conv else "")
-          + f"{len(tr)} transfer over "
-          f"{len(by)} downstream sets ({', '.join(f'{k} {v}' for k, v in by.items())}); methods: "
-          f"{', '.join(methods)}\ncompute estimate: {images:.3g} images processed "
-          f"(~{images / throughput / 3600:.3g} accelerator-hours at {throughput:g} images/s)")
+  return (
+    f"{len(runs)} runs: {len(pre)} pre-training, "
+    + (f"{len(conv)} public checkpoints converted, " if conv else "")
+    + f"{len(tr)} transfer over "
+    f"{len(by)} downstream sets ({', '.join(f'{k} {v}' for k, v in by.items())}); methods: "
+    f"{', '.join(methods)}\ncompute estimate: {images:.3g} images processed "
+    f"(~{images / throughput / 3600:.3g} accelerator-hours at {throughput:g} images/s)"
+  )
 
 
 def main(argv):
@@ -462,8 +559,10 @@ def main(argv):
       more = f" and {len(names) - 1} more run(s)" if len(names) > 1 else ""
       print(f"error: {names[0]}{more}: {msg}", file=sys.stderr)
     bad = sum(len(n) for _, n in problems)
-    print(f"checked {len(runs)} runs: {len(runs) - bad} ok, {bad} with {len(problems)} "
-          f"distinct problem(s)")
+    print(
+      f"checked {len(runs)} runs: {len(runs) - bad} ok, {bad} with {len(problems)} "
+      f"distinct problem(s)"
+    )
     sys.exit(1 if problems else 0)
   if FLAGS.dry_run:
     print(_table(runs))
@@ -483,15 +582,19 @@ def main(argv):
   results_path = os.path.join(workdir, "results.jsonl")
   healed, healed_runs, table_ids = heal_results(runs, results_path)
   if healed:
-    log_lib.info(f"{results_path}: {healed} row(s) of {healed_runs} finished run(s) were "
-                 f"missing; appended from the runs' own done.json")
+    log_lib.info(
+      f"{results_path}: {healed} row(s) of {healed_runs} finished run(s) were "
+      f"missing; appended from the runs' own done.json"
+    )
   finished = {r.name for r in runs if r.done(table_ids)}
   todo = [r for r in runs if r.name not in finished]
   for r in runs:
     if r.name in finished:
       status[r.name] = "done"
-  log_lib.info(f"study {study.get('name', '')}: {len(runs)} runs, {len(runs) - len(todo)} "
-               f"already finished, {len(todo)} to run")
+  log_lib.info(
+    f"study {study.get('name', '')}: {len(runs)} runs, {len(runs) - len(todo)} "
+    f"already finished, {len(todo)} to run"
+  )
   eta = Eta()
   times = log_lib.TimeBreakdown()
 
@@ -512,15 +615,19 @@ def main(argv):
       sys.exit(runlock.PREEMPTED_EXIT)
     except Exception as e:  # noqa: BLE001 - one run's failure must not stop the study
       status[r.name] = "failed"
-      log_lib.info(f"[{i + 1}/{len(todo)}] {r.name}: FAILED: {type(e).__name__}: "
-                   f"{str(e).splitlines()[0] if str(e) else ''}")
+      log_lib.info(
+        f"[{i + 1}/{len(todo)}] {r.name}: FAILED: {type(e).__name__}: "
+        f"{str(e).splitlines()[0] if str(e) else ''}"
+      )
       continue
     eta.add(r, time.time() - t)
     done_n = sum(1 for v in status.values() if v == "done")
-    log_lib.info(f"[{i + 1}/{len(todo)}] {r.name}: ok in "
-                 f"{log_lib.format_duration(time.time() - t)} | {done_n}/{len(runs)} done, "
-                 f"elapsed {log_lib.format_duration(time.time() - t0)}, eta "
-                 f"{log_lib.format_duration(eta.remaining(todo[i + 1:]))}")
+    log_lib.info(
+      f"[{i + 1}/{len(todo)}] {r.name}: ok in "
+      f"{log_lib.format_duration(time.time() - t)} | {done_n}/{len(runs)} done, "
+      f"elapsed {log_lib.format_duration(time.time() - t0)}, eta "
+      f"{log_lib.format_duration(eta.remaining(todo[i + 1 :]))}"
+    )
   failed = [k for k, v in status.items() if v in ("failed", "skipped")]
   if FLAGS.report and os.path.exists(os.path.join(workdir, "results.jsonl")):
     t_report = time.time()
@@ -529,14 +636,18 @@ def main(argv):
     rows, bad = report.split_rows(transfer.read_results(os.path.join(workdir, "results.jsonl")))
     print(report.summary(report.aggregate(rows)), flush=True)
     if bad:
-      print(f"{len(bad)} row(s) left out of the tables (listed in the report): "
-            f"{bad[0][1]}{', ...' if len(bad) > 1 else ''}", flush=True)
+      print(
+        f"{len(bad)} row(s) left out of the tables (listed in the report): "
+        f"{bad[0][1]}{', ...' if len(bad) > 1 else ''}",
+        flush=True,
+      )
     log_lib.info(f"report: {out} (figures and every table beside it)")
   if times.by_kind:
     log_lib.info(times.summary(time.time() - t0))
   if failed:
-    print(f"error: {len(failed)} runs failed or were skipped: {', '.join(failed[:5])}",
-          file=sys.stderr)
+    print(
+      f"error: {len(failed)} runs failed or were skipped: {', '.join(failed[:5])}", file=sys.stderr
+    )
     sys.exit(1)
   log_lib.info(f"study done: {len(runs)} runs in {log_lib.format_duration(time.time() - t0)}")
 

@@ -47,18 +47,24 @@ def prepare(config, workdir: str | None) -> dict[str, Any]:
   train_source = sources.open_source(config.data, config.train_split)
   if len(train_source) < config.batch_size:
     raise config_lib.ConfigError(
-        f"config.batch_size={config.batch_size} is larger than the {len(train_source)} "
-        f"training examples of {config.data}")
+      f"config.batch_size={config.batch_size} is larger than the {len(train_source)} "
+      f"training examples of {config.data}"
+    )
   num_classes = config.num_classes
   class_names = getattr(train_source, "class_names", None)
   if num_classes is None and methods.traits(config.method).needs_labels:
     if not class_names:
-      raise config_lib.ConfigError(f"config.num_classes: {config.data} has no class names; "
-                                   f"set num_classes")
+      raise config_lib.ConfigError(
+        f"config.num_classes: {config.data} has no class names; set num_classes"
+      )
     num_classes = len(class_names)
   total_steps = config_lib.resolve_steps(
-      config.total_steps, config.total_epochs, config.total_examples,
-      batch_size=config.batch_size, num_examples=len(train_source))
+    config.total_steps,
+    config.total_epochs,
+    config.total_examples,
+    batch_size=config.batch_size,
+    num_examples=len(train_source),
+  )
   warmup = config.optimizer.warmup_steps
   if config.optimizer.warmup_epochs is not None:
     warmup = int(round(config.optimizer.warmup_epochs * len(train_source) / config.batch_size))
@@ -69,12 +75,20 @@ def prepare(config, workdir: str | None) -> dict[str, Any]:
   if config.eval_data != "none":
     # The training source at the eval split, without training-only options (subset size,
     # label noise, template captions); filters are kept.
-    spec = config.eval_data or sources.spec_at_split(config.data, config.eval_split,
-                                                     drop=sources.TRAINING_ONLY_OPTIONS)
+    spec = config.eval_data or sources.spec_at_split(
+      config.data, config.eval_split, drop=sources.TRAINING_ONLY_OPTIONS
+    )
     eval_source = sources.open_source(spec, config.eval_split)
-  return dict(train_source=train_source, eval_source=eval_source, num_classes=num_classes,
-              class_names=class_names, total_steps=total_steps, warmup_steps=warmup,
-              num_examples=len(train_source), vocab=vocab)
+  return dict(
+    train_source=train_source,
+    eval_source=eval_source,
+    num_classes=num_classes,
+    class_names=class_names,
+    total_steps=total_steps,
+    warmup_steps=warmup,
+    num_examples=len(train_source),
+    vocab=vocab,
+  )
 
 
 def resolve_tokenizer(config, workdir: str, train_source) -> str | None:
@@ -83,8 +97,10 @@ def resolve_tokenizer(config, workdir: str, train_source) -> str | None:
   spec = config.text.tokenizer
   if not spec:
     if methods.has_text_tower(config.method):
-      raise config_lib.ConfigError(f"config.method={config.method} needs a tokenizer: set "
-                                   f"config.text.tokenizer (a merges file or 'train:SIZE')")
+      raise config_lib.ConfigError(
+        f"config.method={config.method} needs a tokenizer: set "
+        f"config.text.tokenizer (a merges file or 'train:SIZE')"
+      )
     return None
   if not spec.startswith("train:"):
     try:
@@ -99,17 +115,23 @@ def resolve_tokenizer(config, workdir: str, train_source) -> str | None:
   if not os.path.exists(path):
     texts = tokenizer.captions_of(train_source, config.text.max_captions)
     if not texts:
-      raise config_lib.ConfigError(f"config.text.tokenizer={spec}: {config.data} has no "
-                                   f"captions to learn a vocabulary from")
+      raise config_lib.ConfigError(
+        f"config.text.tokenizer={spec}: {config.data} has no captions to learn a vocabulary from"
+      )
     t0 = time.perf_counter()
-    asked = int(spec[len("train:"):])
+    asked = int(spec[len("train:") :])
     tok = tokenizer.train(texts, asked)
     os.makedirs(workdir, exist_ok=True)
     tok.save(path, note=f"learnt from {len(texts)} captions of {config.data}")
-    short = (f" ({asked} asked: no other pair of symbols occurs twice in these captions)"
-             if tok.vocab_size < asked else "")
-    log_lib.info(f"tokenizer: {tok.vocab_size} tokens learnt from {len(texts)} captions in "
-                 f"{time.perf_counter() - t0:.1f}s -> {path}{short}")
+    short = (
+      f" ({asked} asked: no other pair of symbols occurs twice in these captions)"
+      if tok.vocab_size < asked
+      else ""
+    )
+    log_lib.info(
+      f"tokenizer: {tok.vocab_size} tokens learnt from {len(texts)} captions in "
+      f"{time.perf_counter() - t0:.1f}s -> {path}{short}"
+    )
   return path
 
 
@@ -127,11 +149,16 @@ def init_from_checkpoint(state: TrainState, path: str, skip: str = "") -> TrainS
     if not jax.tree.leaves(shapes):
       new[part] = fresh_part
       continue
-    host, _ = transfer.load_by_name(shapes, saved.get(part, {}), keep=keep,
-                                    what=f"checkpoint {path} ({part})")
+    host, _ = transfer.load_by_name(
+      shapes, saved.get(part, {}), keep=keep, what=f"checkpoint {path} ({part})"
+    )
     new[part] = jax.tree.map(
-        lambda h, fresh: fresh if isinstance(h, jax.ShapeDtypeStruct)
-        else transfer.put_like(h, fresh), host, fresh_part)
+      lambda h, fresh: (
+        fresh if isinstance(h, jax.ShapeDtypeStruct) else transfer.put_like(h, fresh)
+      ),
+      host,
+      fresh_part,
+    )
   if state.ema_params is not None:
     new["ema_params"] = jax.tree.map(lambda x: x.copy(), new["params"])
   return state.replace(**new)
@@ -139,10 +166,15 @@ def init_from_checkpoint(state: TrainState, path: str, skip: str = "") -> TrainS
 
 def run_identity(config, data: dict) -> dict[str, Any]:
   """What this run is (identity.py): every config key and what the run resolved from them."""
-  return {**config_lib.to_plain(config),
-          "resolved": {"total_steps": data["total_steps"], "warmup_steps": data["warmup_steps"],
-                       "num_classes": data["num_classes"],
-                       "num_train_examples": data["num_examples"]}}
+  return {
+    **config_lib.to_plain(config),
+    "resolved": {
+      "total_steps": data["total_steps"],
+      "warmup_steps": data["warmup_steps"],
+      "num_classes": data["num_classes"],
+      "num_train_examples": data["num_examples"],
+    },
+  }
 
 
 def run(config, workdir: str, *, devices=None, accept_changes=()) -> TrainState:
@@ -155,11 +187,11 @@ def run(config, workdir: str, *, devices=None, accept_changes=()) -> TrainState:
   runlock.Preempted."""
   # Everything a user can get wrong is checked here, before any array exists.
   data = prepare(config, workdir)
-  lock = runlock.WorkdirLock(workdir, log_lib.info).acquire() if jax.process_index() == 0 \
-      else None
+  lock = runlock.WorkdirLock(workdir, log_lib.info).acquire() if jax.process_index() == 0 else None
   try:
-    identity.check(workdir, run_identity(config, data), kind="train", accept=accept_changes,
-                   log=log_lib.info)
+    identity.check(
+      workdir, run_identity(config, data), kind="train", accept=accept_changes, log=log_lib.info
+    )
     return _pretrain(config, workdir, data, devices=devices)
   finally:
     if lock is not None:
@@ -214,42 +246,78 @@ def spec_of(config, data: dict, mesh, method, tok) -> RunSpec:
   bind = {"vocab": data["vocab"], "max_len": config.text.context_length} if tok else None
 
   def evaluators(trainer):
-    return make_evaluators(config, data, trainer.eval_context(
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        threads=config.data_threads, bind=bind, tokenizer=tok,
-        batch_size=config.eval_batch_size or config.batch_size, pp_eval=config.pp_eval,
-        context_length=config.text.context_length))
+    return make_evaluators(
+      config,
+      data,
+      trainer.eval_context(
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        threads=config.data_threads,
+        bind=bind,
+        tokenizer=tok,
+        batch_size=config.eval_batch_size or config.batch_size,
+        pp_eval=config.pp_eval,
+        context_length=config.text.context_length,
+      ),
+    )
+
   return RunSpec(
-      method=method, source=data["train_source"], total_steps=data["total_steps"],
-      batch_size=config.batch_size, optimizer=opt_cfg, pp_train=config.pp_train, mesh=mesh,
-      seed=config.seed, ema_decay=config.ema_decay,
-      normalize_on_device=config.normalize_on_device, num_classes=data["num_classes"],
-      bind=bind, data_threads=config.data_threads, data_workers=config.data_workers,
-      max_skip_fraction=config.max_skip_fraction, log_every=config.log_every,
-      checkpoint_every=config.checkpoint_every, keep_checkpoints=config.keep_checkpoints,
-      keep_every=config.keep_every, tensorboard=config.tensorboard,
-      param_rules=tuple(tuple(r) for r in config.param_sharding),
-      param_min_size=config.param_sharding_min_size,
-      allow_fresh_start=config.allow_fresh_start, init_from=config.get("init_from", ""),
-      init_skip=config.get("init_skip", ""), evaluators=evaluators,
-      graphdef=abstract_model(method, config),
-      record={"config": config_lib.to_plain(config), "resolved": {
-          "total_steps": data["total_steps"], "num_classes": data["num_classes"],
-          "warmup_steps": data["warmup_steps"], "num_train_examples": data["num_examples"],
-          "mesh": dict(mesh.shape), "process_count": jax.process_count()}})
+    method=method,
+    source=data["train_source"],
+    total_steps=data["total_steps"],
+    batch_size=config.batch_size,
+    optimizer=opt_cfg,
+    pp_train=config.pp_train,
+    mesh=mesh,
+    seed=config.seed,
+    ema_decay=config.ema_decay,
+    normalize_on_device=config.normalize_on_device,
+    num_classes=data["num_classes"],
+    bind=bind,
+    data_threads=config.data_threads,
+    data_workers=config.data_workers,
+    max_skip_fraction=config.max_skip_fraction,
+    log_every=config.log_every,
+    checkpoint_every=config.checkpoint_every,
+    keep_checkpoints=config.keep_checkpoints,
+    keep_every=config.keep_every,
+    tensorboard=config.tensorboard,
+    param_rules=tuple(tuple(r) for r in config.param_sharding),
+    param_min_size=config.param_sharding_min_size,
+    allow_fresh_start=config.allow_fresh_start,
+    init_from=config.get("init_from", ""),
+    init_skip=config.get("init_skip", ""),
+    evaluators=evaluators,
+    graphdef=abstract_model(method, config),
+    record={
+      "config": config_lib.to_plain(config),
+      "resolved": {
+        "total_steps": data["total_steps"],
+        "num_classes": data["num_classes"],
+        "warmup_steps": data["warmup_steps"],
+        "num_train_examples": data["num_examples"],
+        "mesh": dict(mesh.shape),
+        "process_count": jax.process_count(),
+      },
+    },
+  )
 
 
 def _pretrain(config, workdir: str, data: dict, *, devices) -> TrainState:
   total_steps = data["total_steps"]
-  log_lib.info(f"data: {config.data} ({data['num_examples']} examples, "
-               f"{data['num_classes'] or 'no'} classes); {total_steps} steps of batch "
-               f"{config.batch_size} ({total_steps * config.batch_size / data['num_examples']:.2f}"
-               f" epochs); workdir {workdir}")
+  log_lib.info(
+    f"data: {config.data} ({data['num_examples']} examples, "
+    f"{data['num_classes'] or 'no'} classes); {total_steps} steps of batch "
+    f"{config.batch_size} ({total_steps * config.batch_size / data['num_examples']:.2f}"
+    f" epochs); workdir {workdir}"
+  )
   mesh = make_mesh(config, devices)
   tok = tokenizer.load(data["vocab"]) if data["vocab"] else None
-  method = methods.get(config.method, config, {"num_classes": data["num_classes"],
-                                               "class_names": data["class_names"],
-                                               "tokenizer": tok})
+  method = methods.get(
+    config.method,
+    config,
+    {"num_classes": data["num_classes"], "class_names": data["class_names"], "tokenizer": tok},
+  )
   return fit(spec_of(config, data, mesh, method, tok), workdir)
 
 
@@ -264,17 +332,27 @@ def fit(spec: RunSpec, workdir: str) -> TrainState:
 
   # ---------------------------------------------------------------- the training program
   # The chain's trailing value_range / normalize run inside the step: uint8 leaves the host.
-  pp_host, affines = (ops.split_device_affine(spec.pp_train) if spec.normalize_on_device
-                      else (spec.pp_train, ()))
+  pp_host, affines = (
+    ops.split_device_affine(spec.pp_train) if spec.normalize_on_device else (spec.pp_train, ())
+  )
   tx, lr_schedule = optim.build(spec.optimizer, total_steps)
   trainer = trainer_lib.Trainer(
-      spec.method, tx=tx, lr_schedule=lr_schedule, mesh=mesh, seed=spec.seed,
-      ema_decay=spec.ema_decay, input_affine=affines, param_rules=spec.param_rules,
-      param_min_size=spec.param_min_size, graphdef=spec.graphdef)
+    spec.method,
+    tx=tx,
+    lr_schedule=lr_schedule,
+    mesh=mesh,
+    seed=spec.seed,
+    ema_decay=spec.ema_decay,
+    input_affine=affines,
+    param_rules=spec.param_rules,
+    param_min_size=spec.param_min_size,
+    graphdef=spec.graphdef,
+  )
 
   # ---------------------------------------------------------------- restore or init
-  ckpt = ckpt_lib.Checkpointer(workdir, keep=spec.keep_checkpoints,
-                               keep_every=spec.keep_every, log_fn=log_lib.info)
+  ckpt = ckpt_lib.Checkpointer(
+    workdir, keep=spec.keep_checkpoints, keep_every=spec.keep_every, log_fn=log_lib.info
+  )
   start_step, state, loader_info = restore_or_init(ckpt, spec, trainer)
   # The run's records are written once it is known to be this run (identity, restore).
   app.write_record(spec.record, workdir)
@@ -287,27 +365,49 @@ def fit(spec: RunSpec, workdir: str) -> TrainState:
   # number of processes, devices or data workers.
   skipped = pipeline.SkipCounter(spec.pp_train, spec.max_skip_fraction)  # as written
   train_iter = pipeline.train_dataset(
-      spec.source, pp=pp_host, batch_size=spec.batch_size, seed=spec.seed,
-      keys=spec.method.batch_keys, process_index=pid, process_count=pcount,
-      threads=spec.data_threads, workers=spec.data_workers, skipped=skipped, bind=spec.bind,
-      start_batch=start_step, num_classes=spec.num_classes)
+    spec.source,
+    pp=pp_host,
+    batch_size=spec.batch_size,
+    seed=spec.seed,
+    keys=spec.method.batch_keys,
+    process_index=pid,
+    process_count=pcount,
+    threads=spec.data_threads,
+    workers=spec.data_workers,
+    skipped=skipped,
+    bind=spec.bind,
+    start_batch=start_step,
+    num_classes=spec.num_classes,
+  )
   skipped_total = lambda: int(loader_info.get("skipped", 0)) + global_count(skipped.count)
 
   # ---------------------------------------------------------------- loop
-  writer = log_lib.MetricWriter(workdir, tensorboard=spec.tensorboard,
-                                resume_step=start_step, config=spec.record.get("config"))
+  writer = log_lib.MetricWriter(
+    workdir, tensorboard=spec.tensorboard, resume_step=start_step, config=spec.record.get("config")
+  )
   evaluators = spec.evaluators(trainer) if spec.evaluators is not None else []
-  hooks = [trainer_lib.LogMetrics(writer, every=spec.log_every, total_steps=total_steps,
-                                  start_step=start_step, batch_size=spec.batch_size,
-                                  skipped=skipped_total, ckpt=ckpt)]
+  hooks = [
+    trainer_lib.LogMetrics(
+      writer,
+      every=spec.log_every,
+      total_steps=total_steps,
+      start_step=start_step,
+      batch_size=spec.batch_size,
+      skipped=skipped_total,
+      ckpt=ckpt,
+    )
+  ]
   hooks += [trainer_lib.Evaluate(ev, every, writer, total_steps) for ev, every in evaluators]
-  hooks.append(trainer_lib.SaveCheckpoints(
-      ckpt, spec.checkpoint_every,
-      lambda step: {"next_batch": step, "skipped": skipped_total()}))
+  hooks.append(
+    trainer_lib.SaveCheckpoints(
+      ckpt, spec.checkpoint_every, lambda step: {"next_batch": step, "skipped": skipped_total()}
+    )
+  )
   stopper = runlock.StopSignals(pcount > 1)
   try:
-    state, stopped = trainer.fit(state, train_iter, start_step=start_step,
-                                 total_steps=total_steps, hooks=hooks, stop=stopper)
+    state, stopped = trainer.fit(
+      state, train_iter, start_step=start_step, total_steps=total_steps, hooks=hooks, stop=stopper
+    )
   finally:
     stopper.restore()
     train_iter.close()
@@ -315,12 +415,15 @@ def fit(spec: RunSpec, workdir: str) -> TrainState:
   if stopped is not None:
     raise runlock.Preempted(stopped, stopper.signum, ckpt.directory)
   mark_done(workdir, total_steps)
-  log_lib.info(f"done: {total_steps} steps; checkpoints in {ckpt.directory}; skipped "
-               f"{skipped_total()} corrupt records over the run")
+  log_lib.info(
+    f"done: {total_steps} steps; checkpoints in {ckpt.directory}; skipped "
+    f"{skipped_total()} corrupt records over the run"
+  )
   return state
 
 
 # ------------------------------------------------------------------ the loop's building blocks
+
 
 def make_mesh(config, devices=None):
   """The (data, fsdp) mesh of ``config.mesh``; a mesh or batch that does not fit the devices is
@@ -331,10 +434,14 @@ def make_mesh(config, devices=None):
     raise UserError(f"config.mesh: {str(e).removeprefix('mesh: ')}") from None
   n_dev = mesh.devices.size
   if config.batch_size % n_dev:
-    raise UserError(f"config.batch_size={config.batch_size} is not divisible by {n_dev} "
-                    f"devices (mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})")
-  log_lib.info(f"mesh: data={mesh.shape['data']} fsdp={mesh.shape['fsdp']} over {n_dev} "
-               f"{mesh.devices.flat[0].platform} devices, {jax.process_count()} process(es)")
+    raise UserError(
+      f"config.batch_size={config.batch_size} is not divisible by {n_dev} "
+      f"devices (mesh data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']})"
+    )
+  log_lib.info(
+    f"mesh: data={mesh.shape['data']} fsdp={mesh.shape['fsdp']} over {n_dev} "
+    f"{mesh.devices.flat[0].platform} devices, {jax.process_count()} process(es)"
+  )
   return mesh
 
 
@@ -344,12 +451,16 @@ def abstract_model(method, config):
   try:
     model = nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0)))
   except (TypeError, ValueError) as e:
-    raise UserError(f"config.model={config.model!r} with model_kwargs="
-                    f"{config.model_kwargs.to_dict()}: {str(e).splitlines()[0]}") from None
+    raise UserError(
+      f"config.model={config.model!r} with model_kwargs="
+      f"{config.model_kwargs.to_dict()}: {str(e).splitlines()[0]}"
+    ) from None
   graphdef, params, _ = nnx.split(model, nnx.Param, ...)
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-  log_lib.info(f"model: {config.model} ({n_params / 1e6:.2f}M parameters), method "
-               f"{config.method}, {config.optimizer.name} lr {config.optimizer.lr}")
+  log_lib.info(
+    f"model: {config.model} ({n_params / 1e6:.2f}M parameters), method "
+    f"{config.method}, {config.optimizer.name} lr {config.optimizer.lr}"
+  )
   return graphdef
 
 
@@ -359,8 +470,8 @@ def write_parameter_overview(params, workdir: str) -> None:
   if jax.process_index() != 0:
     return
   text = parameter_overview.get_parameter_overview(
-      jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params),
-      include_stats=False)
+    jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params), include_stats=False
+  )
   path = os.path.join(workdir, "parameters.txt")
   with open(path + ".tmp", "w") as f:
     f.write(text + "\n")
@@ -383,8 +494,7 @@ def restore_or_init(ckpt, spec: RunSpec, trainer) -> tuple[int, TrainState, dict
   but none of which restores stops (naming each) unless ``spec.allow_fresh_start``; then its
   earlier metrics and corrupt checkpoints are kept aside and the fresh start is said.
   Checkpoints hold ``TrainState.to_dict()`` (the layout of every earlier version)."""
-  start_step, saved, loader_info, problems = ckpt.restore_latest(
-      trainer.abstract_state().to_dict())
+  start_step, saved, loader_info, problems = ckpt.restore_latest(trainer.abstract_state().to_dict())
   state = TrainState.from_dict(saved) if saved is not None else None
   if start_step is not None:
     log_lib.info(f"resumed from {ckpt.directory}/{start_step}")
@@ -394,17 +504,22 @@ def restore_or_init(ckpt, spec: RunSpec, trainer) -> tuple[int, TrainState, dict
     if (problems or earlier) and not spec.allow_fresh_start:
       what = "; ".join(problems + earlier)
       raise ckpt_lib.CheckpointError(
-          f"no checkpoint in {ckpt.directory} restores ({what}); corrupt ones are in "
-          f"checkpoints_corrupt/. Not starting again from step 0: set "
-          f"config.allow_fresh_start=True for that")
+        f"no checkpoint in {ckpt.directory} restores ({what}); corrupt ones are in "
+        f"checkpoints_corrupt/. Not starting again from step 0: set "
+        f"config.allow_fresh_start=True for that"
+      )
     if problems or earlier:
       kept = set_aside_earlier_run(workdir)
-      log_lib.info(f"starting again from step 0 (allow_fresh_start): no checkpoint restores "
-                   f"({'; '.join(problems + earlier)}){kept}")
+      log_lib.info(
+        f"starting again from step 0 (allow_fresh_start): no checkpoint restores "
+        f"({'; '.join(problems + earlier)}){kept}"
+      )
     elif last := _last_metric_step(workdir):
-      log_lib.info(f"starting from step 0: no checkpoint was saved before the run stopped "
-                   f"(metrics.jsonl reaches step {last}; checkpoint_every="
-                   f"{spec.checkpoint_every})")
+      log_lib.info(
+        f"starting from step 0: no checkpoint was saved before the run stopped "
+        f"(metrics.jsonl reaches step {last}; checkpoint_every="
+        f"{spec.checkpoint_every})"
+      )
     start_step, state = 0, trainer.init()
     if spec.initialize is not None:
       state = spec.initialize(state)
@@ -480,8 +595,17 @@ def make_evaluators(config, data, ctx: evals_lib.Context) -> list[tuple[Any, int
   every = config.eval_every or config.checkpoint_every
   out = []
   if data["eval_source"] is not None and "metrics" in ctx.predict:
-    out.append((evals_lib.build("eval", {"type": "classification", "split": config.eval_split},
-                                ctx, source=data["eval_source"]), every))
+    out.append(
+      (
+        evals_lib.build(
+          "eval",
+          {"type": "classification", "split": config.eval_split},
+          ctx,
+          source=data["eval_source"],
+        ),
+        every,
+      )
+    )
   return out + evals_lib.from_config(config.evals, ctx, every)
 
 
@@ -491,8 +615,7 @@ def mark_done(workdir: str, total_steps: int):
     return
   path = os.path.join(workdir, "done.json")
   with open(path + ".tmp", "w") as f:
-    json.dump({"step": total_steps,
-               "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, f)
+    json.dump({"step": total_steps, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, f)
   os.replace(path + ".tmp", path)
 
 

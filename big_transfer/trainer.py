@@ -40,29 +40,41 @@ def make_init_state(method, tx, ema_decay: float = 0.0) -> Callable[[Any], Train
     model = method.create_model(nnx.Rngs(params=key))
     _, params, rest = nnx.split(model, nnx.Param, ...)
     params, rest = params.to_pure_dict(), rest.to_pure_dict()
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=rest,
-                      opt_state=tx.init(params), nonfinite_step=jnp.full((), -1, jnp.int32),
-                      ema_params=params if ema_decay else None)
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      model_state=rest,
+      opt_state=tx.init(params),
+      nonfinite_step=jnp.full((), -1, jnp.int32),
+      ema_params=params if ema_decay else None,
+    )
+
   return init_state
 
 
-def state_shardings(abstract: TrainState, mesh, tx, rules=DEFAULT_PARAM_RULES,
-                    min_size: int = 2**14) -> TrainState:
+def state_shardings(
+  abstract: TrainState, mesh, tx, rules=DEFAULT_PARAM_RULES, min_size: int = 2**14
+) -> TrainState:
   """Shardings of a train state from name rules (parameters and their optimiser state alike;
   scalars replicated)."""
   rules = [tuple(r) for r in rules]
   param_sh = sharding.tree_shardings(abstract.params, rules, mesh, min_size)
   repl = sharding.replicated(mesh)
   return TrainState(
-      step=repl, nonfinite_step=repl, params=param_sh,
-      model_state=sharding.tree_shardings(abstract.model_state, rules, mesh, min_size),
-      opt_state=optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_sh,
-                                      transform_non_params=lambda _: repl),
-      ema_params=param_sh if abstract.ema_params is not None else None)
+    step=repl,
+    nonfinite_step=repl,
+    params=param_sh,
+    model_state=sharding.tree_shardings(abstract.model_state, rules, mesh, min_size),
+    opt_state=optax.tree_map_params(
+      tx, lambda _, s: s, abstract.opt_state, param_sh, transform_non_params=lambda _: repl
+    ),
+    ema_params=param_sh if abstract.ema_params is not None else None,
+  )
 
 
-def make_train_step(method, graphdef, tx, lr_schedule, *, seed: int, ema_decay: float = 0.0,
-                    input_affine=()):
+def make_train_step(
+  method, graphdef, tx, lr_schedule, *, seed: int, ema_decay: float = 0.0, input_affine=()
+):
   """(state, batch) -> (state, metrics): one optimiser step of ``method``'s loss, with the
   gradient and parameter norms, a non-finite sentinel and the EMA update. Pure: the Trainer
   jits it with shardings (and the bench times it bare). ``input_affine``: the preprocessing's
@@ -90,35 +102,58 @@ def make_train_step(method, graphdef, tx, lr_schedule, *, seed: int, ema_decay: 
     if ema_decay:
       d = ema_decay
       ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state.ema_params, params)
-    new = TrainState(step=step + 1, params=params, model_state=new_rest, opt_state=opt_state,
-                     nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, step + 1,
-                                              state.nonfinite_step),
-                     ema_params=ema)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "param_norm": param_norm,
-               "lr": lr_schedule(step), **aux}
+    new = TrainState(
+      step=step + 1,
+      params=params,
+      model_state=new_rest,
+      opt_state=opt_state,
+      nonfinite_step=jnp.where(
+        (state.nonfinite_step < 0) & ~finite, step + 1, state.nonfinite_step
+      ),
+      ema_params=ema,
+    )
+    metrics = {
+      "loss": loss,
+      "grad_norm": grad_norm,
+      "param_norm": param_norm,
+      "lr": lr_schedule(step),
+      **aux,
+    }
     return new, metrics
+
   return train_step
 
 
 def _init_options(mesh):
   # Random initialisers compile slowly on XLA:CPU (16s for a small ResNet); the init runs
   # once, so the CPU backend compiles it without optimisation (3s).
-  return ({"xla_backend_optimization_level": 0} if mesh.devices.flat[0].platform == "cpu"
-          else None)
+  return {"xla_backend_optimization_level": 0} if mesh.devices.flat[0].platform == "cpu" else None
 
 
 class Trainer:
   """The training program of one run (see the module docstring). ``graphdef``: the model's
   graph definition when the caller already built it from shapes (else built here)."""
 
-  def __init__(self, method, *, tx, lr_schedule, mesh, seed: int = 0, ema_decay: float = 0.0,
-               input_affine=(), param_rules=DEFAULT_PARAM_RULES, param_min_size: int = 2**14,
-               graphdef=None):
+  def __init__(
+    self,
+    method,
+    *,
+    tx,
+    lr_schedule,
+    mesh,
+    seed: int = 0,
+    ema_decay: float = 0.0,
+    input_affine=(),
+    param_rules=DEFAULT_PARAM_RULES,
+    param_min_size: int = 2**14,
+    graphdef=None,
+  ):
     self.method, self.tx, self.lr_schedule, self.mesh = method, tx, lr_schedule, mesh
     self.seed, self.ema_decay = seed, float(ema_decay)
     if graphdef is None:
-      graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0))),
-                                 nnx.Param, ...)
+      graphdef, _, _ = nnx.split(
+        nnx.eval_shape(lambda: method.create_model(nnx.Rngs(0))), nnx.Param, ...
+      )
     self.graphdef = graphdef
     self.init_fn = make_init_state(method, tx, self.ema_decay)
     # Shapes first, then shardings from name rules, then a jitted init that creates the
@@ -126,24 +161,35 @@ class Trainer:
     self.abstract = jax.eval_shape(self.init_fn, jax.random.key(0))
     self.shardings = state_shardings(self.abstract, mesh, tx, param_rules, param_min_size)
     self.weight_shardings = Weights(self.shardings.params, self.shardings.model_state)
-    self.step_fn = make_train_step(method, graphdef, tx, lr_schedule, seed=seed,
-                                   ema_decay=self.ema_decay, input_affine=input_affine)
-    self.step = jax.jit(self.step_fn,
-                        in_shardings=(self.shardings, sharding.batch_sharding(mesh)),
-                        out_shardings=(self.shardings, sharding.replicated(mesh)),
-                        donate_argnums=(0,))
+    self.step_fn = make_train_step(
+      method,
+      graphdef,
+      tx,
+      lr_schedule,
+      seed=seed,
+      ema_decay=self.ema_decay,
+      input_affine=input_affine,
+    )
+    self.step = jax.jit(
+      self.step_fn,
+      in_shardings=(self.shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(self.shardings, sharding.replicated(mesh)),
+      donate_argnums=(0,),
+    )
 
   # --------------------------------------------------------------- state
   def init(self, seed: int | None = None) -> TrainState:
     """A fresh state, created sharded."""
     key = jax.random.key(self.seed if seed is None else seed)
-    return jax.jit(self.init_fn, out_shardings=self.shardings,
-                   compiler_options=_init_options(self.mesh))(key)
+    return jax.jit(
+      self.init_fn, out_shardings=self.shardings, compiler_options=_init_options(self.mesh)
+    )(key)
 
   def abstract_state(self) -> TrainState:
     """ShapeDtypeStructs with this trainer's shardings (what a checkpoint restores into)."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        self.abstract, self.shardings)
+    return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.abstract, self.shardings
+    )
 
   def model_of(self, weights: Weights) -> nnx.Module:
     return nnx.merge(self.graphdef, weights.params, weights.model_state)
@@ -152,15 +198,28 @@ class Trainer:
     """What evaluators of this trainer's models share: the method's named predict functions,
     the model from Weights, the mesh and the weights' shardings (``kwargs``: the rest of
     :class:`evaluators.common.Context`)."""
-    return evals_lib.Context(predict=self.method.predictions(), model_of=self.model_of,
-                             mesh=self.mesh, weight_shardings=self.weight_shardings,
-                             method_name=getattr(self.method, "name", ""),
-                             batch_keys=tuple(self.method.batch_keys), **kwargs)
+    return evals_lib.Context(
+      predict=self.method.predictions(),
+      model_of=self.model_of,
+      mesh=self.mesh,
+      weight_shardings=self.weight_shardings,
+      method_name=getattr(self.method, "name", ""),
+      batch_keys=tuple(self.method.batch_keys),
+      **kwargs,
+    )
 
   # --------------------------------------------------------------- loop
-  def fit(self, state: TrainState, batches: Iterator[dict], *, start_step: int,
-          total_steps: int, hooks: Sequence[Hook] = (), stop=None,
-          batch_size: int | None = None) -> tuple[TrainState, int | None]:
+  def fit(
+    self,
+    state: TrainState,
+    batches: Iterator[dict],
+    *,
+    start_step: int,
+    total_steps: int,
+    hooks: Sequence[Hook] = (),
+    stop=None,
+    batch_size: int | None = None,
+  ) -> tuple[TrainState, int | None]:
     """Steps from ``start_step`` to ``total_steps``; after each step every hook runs (in
     order); ``stop.stop_now(step)`` (a preemption notice) ends the loop after that step's hooks
     see it as the last. Returns (state, the step it stopped at early, or None). Every hook is
@@ -204,6 +263,7 @@ class Trainer:
 
 # ------------------------------------------------------------------ hooks
 
+
 class Hook:
   """Runs between steps. ``phase``: where its time is counted (the study's breakdown)."""
 
@@ -226,16 +286,26 @@ def check_finite(state: TrainState, ckpt) -> None:
     last = ckpt.steps()[-1] if ckpt is not None and ckpt.steps() else None
     where = f" in {ckpt.directory}" if ckpt is not None else ""
     raise FloatingPointError(
-        f"non-finite loss or gradient at step {bad}; stopping. Last good checkpoint: "
-        f"{'step ' + str(last) if last is not None else 'none'}{where}")
+      f"non-finite loss or gradient at step {bad}; stopping. Last good checkpoint: "
+      f"{'step ' + str(last) if last is not None else 'none'}{where}"
+    )
 
 
 class LogMetrics(Hook):
   """Every ``every`` steps (and the last): the window's mean metrics, rate and ETA to the
   writer and the log; checks the state is finite and that no background save failed."""
 
-  def __init__(self, writer, *, every: int, total_steps: int, start_step: int,
-               batch_size: int, skipped: Callable[[], int], ckpt=None):
+  def __init__(
+    self,
+    writer,
+    *,
+    every: int,
+    total_steps: int,
+    start_step: int,
+    batch_size: int,
+    skipped: Callable[[], int],
+    ckpt=None,
+  ):
     self.writer, self.every, self.total_steps = writer, every, total_steps
     self.batch_size, self.skipped, self.ckpt = batch_size, skipped, ckpt
     self.progress = log_lib.Progress(total_steps, start_step, batch_size)
@@ -250,24 +320,36 @@ class LogMetrics(Hook):
       check_finite(state, self.ckpt)
       if self.ckpt is not None:
         self.ckpt.check()  # a failed background save stops the run now, not at the next save
-      log_window(self.writer, step, self.total_steps, jax.device_get(self.pending),
-                 self.progress.update(step), self.skipped())
+      log_window(
+        self.writer,
+        step,
+        self.total_steps,
+        jax.device_get(self.pending),
+        self.progress.update(step),
+        self.skipped(),
+      )
       self.pending = []
 
 
-def log_window(writer, step: int, total_steps: int, rows: list[dict], rate: dict,
-               skipped: int):
+def log_window(writer, step: int, total_steps: int, rows: list[dict], rate: dict, skipped: int):
   """One metrics row for the steps since the last: their means (the learning rate: its value at
   this step, not the window's mean), the rate and ETA."""
   mean = {f"train/{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]}
   mean["train/lr"] = float(rows[-1]["lr"])
-  mean.update({"train/examples_per_sec": rate["examples_per_sec"],
-               "train/steps_per_sec": rate["steps_per_sec"], "eta_s": rate["eta_s"],
-               "train/skipped_records": skipped})
+  mean.update(
+    {
+      "train/examples_per_sec": rate["examples_per_sec"],
+      "train/steps_per_sec": rate["steps_per_sec"],
+      "eta_s": rate["eta_s"],
+      "train/skipped_records": skipped,
+    }
+  )
   writer.write(step, mean)
-  log_lib.info(f"step {step}/{total_steps} loss {mean['train/loss']:.4f} "
-               f"lr {mean['train/lr']:.3g} {rate['examples_per_sec']:.1f} img/s "
-               f"eta {log_lib.format_duration(rate['eta_s'])}")
+  log_lib.info(
+    f"step {step}/{total_steps} loss {mean['train/loss']:.4f} "
+    f"lr {mean['train/lr']:.3g} {rate['examples_per_sec']:.1f} img/s "
+    f"eta {log_lib.format_duration(rate['eta_s'])}"
+  )
 
 
 class Evaluate(Hook):

@@ -38,9 +38,11 @@ PRETRAINING_HEADS = ("head",)
 
 # ----------------------------------------------------------------------------- checkpoints
 
+
 @dataclasses.dataclass
 class Pretrained:
   """A pre-training run's checkpoint and config, host-side."""
+
   path: str
   step: int
   workdir: str
@@ -86,8 +88,11 @@ class Pretrained:
 
 def workdir_of(checkpoints_dir: str) -> str:
   """The run's workdir of its checkpoints dir (or the path itself)."""
-  return (os.path.dirname(checkpoints_dir) if os.path.basename(checkpoints_dir) == "checkpoints"
-          else checkpoints_dir)
+  return (
+    os.path.dirname(checkpoints_dir)
+    if os.path.basename(checkpoints_dir) == "checkpoints"
+    else checkpoints_dir
+  )
 
 
 def load_pretrained(path: str) -> Pretrained:
@@ -97,17 +102,27 @@ def load_pretrained(path: str) -> Pretrained:
   workdir = workdir_of(directory)
   cfg_path = os.path.join(workdir, "config.json")
   if not os.path.exists(cfg_path):
-    raise ckpt_lib.CheckpointError(f"{path}: no config.json in {workdir} (the pre-training "
-                                   f"run's config says which model and method made it)")
+    raise ckpt_lib.CheckpointError(
+      f"{path}: no config.json in {workdir} (the pre-training "
+      f"run's config says which model and method made it)"
+    )
   with open(cfg_path) as f:
     config = ml_collections.ConfigDict(json.load(f)["config"])
   if config.method not in methods.METHODS:
-    raise ckpt_lib.CheckpointError(f"{path}: method {config.method!r} has no image tower to "
-                                   f"transfer (known: {', '.join(methods.known())})")
+    raise ckpt_lib.CheckpointError(
+      f"{path}: method {config.method!r} has no image tower to "
+      f"transfer (known: {', '.join(methods.known())})"
+    )
   state, step = ckpt_lib.load_state(path)
   keep = {k: state[k] for k in ("params", "model_state", "ema_params") if k in state}
-  return Pretrained(path=path, step=step, workdir=workdir, config=config, state=keep,
-                    step_dir=os.path.join(directory, str(step)))
+  return Pretrained(
+    path=path,
+    step=step,
+    workdir=workdir,
+    config=config,
+    state=keep,
+    step_dir=os.path.join(directory, str(step)),
+  )
 
 
 def flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
@@ -117,7 +132,7 @@ def flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
     if prefix:
       if not name.startswith(prefix + "/"):
         continue
-      name = name[len(prefix) + 1:]
+      name = name[len(prefix) + 1 :]
     out[name] = v
   return out
 
@@ -134,8 +149,14 @@ def _resample_positions(value: np.ndarray, shape: tuple) -> np.ndarray | None:
   return None
 
 
-def load_by_name(target: dict, source: dict, *, prefix: str = "", keep: Sequence[str] = (),
-                 what: str = "checkpoint") -> tuple[dict, list[str]]:
+def load_by_name(
+  target: dict,
+  source: dict,
+  *,
+  prefix: str = "",
+  keep: Sequence[str] = (),
+  what: str = "checkpoint",
+) -> tuple[dict, list[str]]:
   """Fills ``target`` (a pure-dict tree, e.g. fresh parameters) from ``source[prefix/...]`` by
   name. Leaves named in ``keep`` (prefixes, e.g. the new head) keep their target value; position
   embeddings of another grid size are resampled. Returns (tree, resampled names); raises
@@ -164,33 +185,48 @@ def load_by_name(target: dict, source: dict, *, prefix: str = "", keep: Sequence
     return value.astype(leaf.dtype)
 
   out = jax.tree_util.tree_map_with_path(fill, target)
-  dropped = sorted(n for n in set(src) - used
-                   if not any(n == h or n.startswith(h + "/") for h in PRETRAINING_HEADS))
+  dropped = sorted(
+    n
+    for n in set(src) - used
+    if not any(n == h or n.startswith(h + "/") for h in PRETRAINING_HEADS)
+  )
   problems += [f"{n}: in the {what}, not in this model" for n in dropped]
   if problems:
     more = f" (and {len(problems) - 12} more)" if len(problems) > 12 else ""
     raise ckpt_lib.CheckpointError(
-        f"the {what} does not fit the model ({len(problems)} mismatches): "
-        + "; ".join(problems[:12]) + more)
+      f"the {what} does not fit the model ({len(problems)} mismatches): "
+      + "; ".join(problems[:12])
+      + more
+    )
   return out, resampled
 
 
 # ----------------------------------------------------------------------------- the model
+
 
 class Classifier(nnx.Module):
   """An image tower and a linear head on its features. CLIP image towers keep their projection
   to the shared embedding and L2-normalise it, so a head of (scaled) class-name text
   embeddings reproduces zero-shot classification exactly."""
 
-  def __init__(self, backbone, num_classes: int, *, projection_dim: int = 0,
-               normalize: bool = False, dtype=None, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    backbone,
+    num_classes: int,
+    *,
+    projection_dim: int = 0,
+    normalize: bool = False,
+    dtype=None,
+    rngs: nnx.Rngs,
+  ):
     self.backbone = backbone
     width = backbone.num_features
     self.projection = nnx.Param(jnp.zeros((width, projection_dim))) if projection_dim else None
     self.normalize = normalize
     dim = projection_dim or width
-    self.head = nnx.Linear(dim, num_classes, kernel_init=nnx.initializers.zeros, dtype=dtype,
-                           rngs=rngs)
+    self.head = nnx.Linear(
+      dim, num_classes, kernel_init=nnx.initializers.zeros, dtype=dtype, rngs=rngs
+    )
     self.num_features = dim
 
   def features(self, x, train: bool = False, rngs=None):
@@ -255,10 +291,17 @@ class TransferMethod(methods.Method):
     self.label_smoothing = float(config.label_smoothing)
 
   def create_model(self, rngs: nnx.Rngs) -> Classifier:
-    backbone = models.create(self.model_name, num_classes=0, rngs=rngs, dtype=self.dtype,
-                             **self.model_kwargs)
-    return Classifier(backbone, self.num_classes, projection_dim=self.projection_dim,
-                      normalize=self.normalize, dtype=self.dtype, rngs=rngs)
+    backbone = models.create(
+      self.model_name, num_classes=0, rngs=rngs, dtype=self.dtype, **self.model_kwargs
+    )
+    return Classifier(
+      backbone,
+      self.num_classes,
+      projection_dim=self.projection_dim,
+      normalize=self.normalize,
+      dtype=self.dtype,
+      rngs=rngs,
+    )
 
   def predictions(self):
     return {"metrics": self.eval_metrics, "features": self.features}
@@ -284,8 +327,12 @@ class TransferMethod(methods.Method):
     return {"accuracy": (logits.argmax(-1) == batch["label"]).astype(jnp.float32)}
 
 
-def initial_weights(method: TransferMethod, params: dict, model_state: dict,
-                    head: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[dict, dict]:
+def initial_weights(
+  method: TransferMethod,
+  params: dict,
+  model_state: dict,
+  head: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[dict, dict]:
   """Fresh (params, model_state) host trees with the pre-trained image tower loaded by name
   and the head set to ``head`` (kernel, bias) or left at zero."""
   pre = method.pre
@@ -294,30 +341,39 @@ def initial_weights(method: TransferMethod, params: dict, model_state: dict,
   if pre is not None:
     source = pre.params()
     tower = pre.tower
-    loaded, resampled = load_by_name(params["backbone"], source, prefix=tower,
-                                     what=f"{pre.method} checkpoint {pre.path}")
+    loaded, resampled = load_by_name(
+      params["backbone"], source, prefix=tower, what=f"{pre.method} checkpoint {pre.path}"
+    )
     params = {**params, "backbone": loaded}
     if method.projection_dim:
       params["projection"] = np.asarray(source["image_projection"], np.float32)
     if model_state.get("backbone"):
-      ms, _ = load_by_name(model_state["backbone"], pre.state.get("model_state", {}),
-                           prefix=tower, what=f"{pre.method} checkpoint {pre.path} (statistics)")
+      ms, _ = load_by_name(
+        model_state["backbone"],
+        pre.state.get("model_state", {}),
+        prefix=tower,
+        what=f"{pre.method} checkpoint {pre.path} (statistics)",
+      )
       model_state = {**model_state, "backbone": ms}
     if resampled:
       log_lib.info("resampled " + ", ".join(resampled))
   if head is not None:
     k, b = head
-    params = {**params, "head": {"kernel": np.asarray(k, np.float32),
-                                 "bias": np.asarray(b, np.float32)}}
+    params = {
+      **params,
+      "head": {"kernel": np.asarray(k, np.float32), "bias": np.asarray(b, np.float32)},
+    }
   return params, model_state
 
 
 def put_like(host_tree, like_tree):
   """Host arrays -> global arrays with the shardings of ``like_tree`` (every process holds the
   full host value, so this works across hosts)."""
+
   def put(h, like):
     h = np.asarray(h, like.dtype)
     return jax.make_array_from_callback(like.shape, like.sharding, lambda idx: h[idx])
+
   return jax.tree.map(put, host_tree, like_tree)
 
 
@@ -325,8 +381,11 @@ def restore_model(pre: Pretrained, tokenizer=None):
   """The pre-training run's whole model, host-side: (method, graphdef, params, model_state)
   (``nnx.merge(graphdef, params, model_state)`` is the module). ``tokenizer``: the run's, for
   image-text methods."""
-  info = {"tokenizer": tokenizer, "num_classes": pre.config.get("num_classes") or 0,
-          "class_names": None}
+  info = {
+    "tokenizer": tokenizer,
+    "num_classes": pre.config.get("num_classes") or 0,
+    "class_names": None,
+  }
   if methods.traits(pre.method).needs_labels and not info["num_classes"]:
     head = flatten(pre.params()).get("head/bias")
     info["num_classes"] = 0 if head is None else int(head.shape[0])
@@ -342,8 +401,10 @@ def restore_model(pre: Pretrained, tokenizer=None):
 
 # ----------------------------------------------------------------------------- CLIP text head
 
-def text_head(pre: Pretrained, class_names: Sequence[str], templates) -> tuple[np.ndarray,
-                                                                             np.ndarray]:
+
+def text_head(
+  pre: Pretrained, class_names: Sequence[str], templates
+) -> tuple[np.ndarray, np.ndarray]:
   """CLIP's zero-shot classifier as a head: kernel (dim, classes) = logit_scale x the
   prompt-ensembled, normalised text embeddings of the class names; bias 0."""
   path = pre.tokenizer_path()
@@ -353,14 +414,15 @@ def text_head(pre: Pretrained, class_names: Sequence[str], templates) -> tuple[n
   method, graphdef, params, rest = restore_model(pre, tok)
   names = sources.prompt_names(class_names)
   temps = templates_of(templates)
-  tokens = tok.tokenize([t.format(n) for n in names for t in temps],
-                        pre.config.text.context_length)
+  tokens = tok.tokenize([t.format(n) for n in names for t in temps], pre.config.text.context_length)
 
   @jax.jit
   def encode(params, rest, tokens):
     return method.encode_text(nnx.merge(graphdef, params, rest), tokens)
-  emb = np.concatenate([np.asarray(encode(params, rest, tokens[i:i + 256]))
-                        for i in range(0, len(tokens), 256)])
+
+  emb = np.concatenate(
+    [np.asarray(encode(params, rest, tokens[i : i + 256])) for i in range(0, len(tokens), 256)]
+  )
   emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
   emb = emb.reshape(len(names), len(temps), -1).mean(1)
   emb = emb / np.linalg.norm(emb, axis=-1, keepdims=True)
@@ -369,6 +431,7 @@ def text_head(pre: Pretrained, class_names: Sequence[str], templates) -> tuple[n
 
 
 # ----------------------------------------------------------------------------- linear probes
+
 
 def ridge_probe(train_x, train_y, val_x, val_y, num_classes: int, l2_grid: Sequence[float]):
   """Closed-form ridge (+-1 targets, unpenalised bias) for each L2 in the grid, scaled by the
@@ -385,8 +448,19 @@ def ridge_probe(train_x, train_y, val_x, val_y, num_classes: int, l2_grid: Seque
   return w.astype(np.float32), b.astype(np.float32), best, scores
 
 
-def sgd_probe(train_x, train_y, val_x, val_y, num_classes: int, wd_grid: Sequence[float], *,
-              steps: int = 500, lr: float = 0.1, batch: int = 256, seed: int = 0):
+def sgd_probe(
+  train_x,
+  train_y,
+  val_x,
+  val_y,
+  num_classes: int,
+  wd_grid: Sequence[float],
+  *,
+  steps: int = 500,
+  lr: float = 0.1,
+  batch: int = 256,
+  seed: int = 0,
+):
   """Softmax regression on frozen features by SGD with momentum and a cosine schedule, one run
   per weight decay in the grid; picks the best on validation. Same return as ridge_probe."""
   x = jnp.asarray(train_x, jnp.float32)
@@ -395,8 +469,9 @@ def sgd_probe(train_x, train_y, val_x, val_y, num_classes: int, wd_grid: Sequenc
   x_scale = jnp.sqrt(jnp.mean(jnp.sum((x - x_mean) ** 2, -1))) + 1e-12
 
   def fit(wd):
-    tx = optax.chain(optax.add_decayed_weights(wd),
-                     optax.sgd(optax.cosine_decay_schedule(lr, steps), momentum=0.9))
+    tx = optax.chain(
+      optax.add_decayed_weights(wd), optax.sgd(optax.cosine_decay_schedule(lr, steps), momentum=0.9)
+    )
     p = {"w": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros(num_classes)}
 
     def loss(p, xb, yb):
@@ -409,8 +484,8 @@ def sgd_probe(train_x, train_y, val_x, val_y, num_classes: int, wd_grid: Sequenc
       g = jax.grad(loss)(p, x[idx], y[idx])
       u, s = tx.update(g, s, p)
       return (optax.apply_updates(p, u), s), None
-    (p, _), _ = jax.lax.scan(step, (p, tx.init(p)),
-                             jax.random.split(jax.random.key(seed), steps))
+
+    (p, _), _ = jax.lax.scan(step, (p, tx.init(p)), jax.random.split(jax.random.key(seed), steps))
     w = p["w"] / x_scale  # fold the standardisation into the head
     return w, p["b"] - x_mean @ w
 
@@ -425,9 +500,22 @@ def sgd_probe(train_x, train_y, val_x, val_y, num_classes: int, wd_grid: Sequenc
   return w.astype(np.float32), b.astype(np.float32), best, scores
 
 
-def adamw_probe(train_x, train_y, val_x, val_y, num_classes: int, *, epochs: float, lr: float,
-                batch: int, weight_decay: float, warmup_steps: int, clip_norm: float,
-                seed: int = 0, init: tuple | None = None):
+def adamw_probe(
+  train_x,
+  train_y,
+  val_x,
+  val_y,
+  num_classes: int,
+  *,
+  epochs: float,
+  lr: float,
+  batch: int,
+  weight_decay: float,
+  warmup_steps: int,
+  clip_norm: float,
+  seed: int = 0,
+  init: tuple | None = None,
+):
   """The authors' linear probe: a softmax head (weight and bias from ``init``, else zero; they
   start CLIP heads from the zero-shot classifier) on frozen
   features, trained by AdamW (decoupled weight decay on weight and bias) for ``epochs`` passes
@@ -446,12 +534,22 @@ def adamw_probe(train_x, train_y, val_x, val_y, num_classes: int, *, epochs: flo
   mask = np.zeros((steps, batch), np.float32)
   for s in range(steps):
     e, b = divmod(s, per_epoch)
-    rows = order[e * n + b * batch: e * n + min((b + 1) * batch, n)]
-    idx[s, :len(rows)], mask[s, :len(rows)] = rows, 1.0
-  tx, _ = optim.build(ml_collections.ConfigDict(
-      {"name": "adamw", "lr": float(lr), "weight_decay": float(weight_decay), "decay": "all",
-       "grad_clip_norm": float(clip_norm), "warmup_steps": int(warmup_steps),
-       "schedule": "cosine"}), steps)
+    rows = order[e * n + b * batch : e * n + min((b + 1) * batch, n)]
+    idx[s, : len(rows)], mask[s, : len(rows)] = rows, 1.0
+  tx, _ = optim.build(
+    ml_collections.ConfigDict(
+      {
+        "name": "adamw",
+        "lr": float(lr),
+        "weight_decay": float(weight_decay),
+        "decay": "all",
+        "grad_clip_norm": float(clip_norm),
+        "warmup_steps": int(warmup_steps),
+        "schedule": "cosine",
+      }
+    ),
+    steps,
+  )
   xs, ys = jnp.asarray(x), jnp.asarray(train_y)
 
   @jax.jit
@@ -469,19 +567,25 @@ def adamw_probe(train_x, train_y, val_x, val_y, num_classes: int, *, epochs: flo
       g = jax.grad(loss)(p, xs[i], ys[i], m)
       u, s = tx.update(g, s, p)
       return (optax.apply_updates(p, u), s), None
+
     (p, _), _ = jax.lax.scan(step, (p, tx.init(p)), (idx, mask))
     return p["w"], p["b"]
 
-  w0, b0 = ((np.asarray(init[0], np.float32), np.asarray(init[1], np.float32)) if init
-            is not None else (np.zeros((x.shape[1], num_classes), np.float32),
-                              np.zeros(num_classes, np.float32)))
-  w, b = (np.asarray(a, np.float32) for a in fit(jnp.asarray(idx), jnp.asarray(mask),
-                                                   jnp.asarray(w0), jnp.asarray(b0)))
+  w0, b0 = (
+    (np.asarray(init[0], np.float32), np.asarray(init[1], np.float32))
+    if init is not None
+    else (np.zeros((x.shape[1], num_classes), np.float32), np.zeros(num_classes, np.float32))
+  )
+  w, b = (
+    np.asarray(a, np.float32)
+    for a in fit(jnp.asarray(idx), jnp.asarray(mask), jnp.asarray(w0), jnp.asarray(b0))
+  )
   score = float(np.mean(np.argmax(np.asarray(val_x) @ w + b, -1) == val_y))
   return w, b, float(lr), {float(lr): score}
 
 
 # ----------------------------------------------------------------------------- BiT-HyperRule
+
 
 def bit_hyperrule(num_examples: int, image_size: int | None = None) -> dict[str, Any]:
   """BiT's fine-tuning rule (Kolesnikov et al., 2020) from the training set's size and image
@@ -496,14 +600,27 @@ def bit_hyperrule(num_examples: int, image_size: int | None = None) -> dict[str,
   else:
     steps, warmup, bounds = 20_000, 500, (6000, 12000, 18000)
   small = image_size is not None and image_size < 96
-  return {"total_steps": steps, "batch_size": 512, "mixup_alpha": 0.1 if num_examples >= 20_000
-          else 0.0, "resize": 160 if small else 512, "crop": 128 if small else 480,
-          "optimizer": {"name": "sgd", "lr": 0.003, "momentum": 0.9, "weight_decay": 0.0,
-                        "schedule": "step", "warmup_steps": warmup, "boundaries": bounds,
-                        "decay_factor": 0.1}}
+  return {
+    "total_steps": steps,
+    "batch_size": 512,
+    "mixup_alpha": 0.1 if num_examples >= 20_000 else 0.0,
+    "resize": 160 if small else 512,
+    "crop": 128 if small else 480,
+    "optimizer": {
+      "name": "sgd",
+      "lr": 0.003,
+      "momentum": 0.9,
+      "weight_decay": 0.0,
+      "schedule": "step",
+      "warmup_steps": warmup,
+      "boundaries": bounds,
+      "decay_factor": 0.1,
+    },
+  }
 
 
 # ----------------------------------------------------------------------------- results
+
 
 def append_results(rows: Sequence[dict], *paths: str) -> None:
   """Appends JSON lines (one write per file, so concurrent runs do not interleave rows), each
@@ -511,15 +628,17 @@ def append_results(rows: Sequence[dict], *paths: str) -> None:
   for path in paths:
     if not path:
       continue
-    have = ({r.get("row_id") for r in read_results(path) if isinstance(r, dict)}
-            if os.path.exists(path) else set())
+    have = (
+      {r.get("row_id") for r in read_results(path) if isinstance(r, dict)}
+      if os.path.exists(path)
+      else set()
+    )
     new = [r for r in rows if r.get("row_id") is None or r["row_id"] not in have]
     if not new:
       continue
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a") as f:
-      f.write("".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n"
-                      for r in new))
+      f.write("".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n" for r in new))
 
 
 def _json_default(v):
@@ -535,8 +654,12 @@ def _json_default(v):
 def read_results(path: str) -> list[dict]:
   rows = []
   if os.path.isdir(path):
-    files = sorted(os.path.join(dp, f) for dp, _, fs in os.walk(path) for f in fs
-                   if f.startswith("results") and f.endswith(".jsonl"))
+    files = sorted(
+      os.path.join(dp, f)
+      for dp, _, fs in os.walk(path)
+      for f in fs
+      if f.startswith("results") and f.endswith(".jsonl")
+    )
   else:
     files = [path] if os.path.exists(path) else []
   for fp in files:

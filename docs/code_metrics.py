@@ -15,14 +15,24 @@ METHOD_NAMES = ("supervised", "simclr", "clip", "slip")
 
 def files(rev):
   if rev:
-    out = subprocess.run(["git", "ls-tree", "-r", "--name-only", rev, "big_transfer"],
-                         capture_output=True, text=True, check=True).stdout.split()
-    read = lambda p: subprocess.run(["git", "show", f"{rev}:{p}"], capture_output=True,
-                                    text=True, check=True).stdout
+    out = subprocess.run(
+      ["git", "ls-tree", "-r", "--name-only", rev, "big_transfer"],
+      capture_output=True,
+      text=True,
+      check=True,
+    ).stdout.split()
+    read = lambda p: (
+      subprocess.run(
+        ["git", "show", f"{rev}:{p}"], capture_output=True, text=True, check=True
+      ).stdout
+    )
   else:
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard",
-                          "big_transfer"], capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+      ["git", "ls-files", "--cached", "--others", "--exclude-standard", "big_transfer"],
+      capture_output=True,
+      text=True,
+      check=True,
+    ).stdout.split()
     read = lambda p: open(p).read()
   return {p: read(p) for p in out if p.endswith(".py")}
 
@@ -59,13 +69,18 @@ def main():
         funcs.append((node.end_lineno - node.lineno + 1, f"{path}:{node.name}"))
   funcs.sort(reverse=True)
   print(f"modules: {len(src)}, lines: {sum(n for n, _ in lines)}")
-  print("largest modules: " + ", ".join(f"{p.removeprefix('big_transfer/')} {n}"
-                                        for n, p in lines[:8]))
-  print("longest functions: " + ", ".join(f"{p.removeprefix('big_transfer/')} {n}"
-                                          for n, p in funcs[:8]))
+  print(
+    "largest modules: " + ", ".join(f"{p.removeprefix('big_transfer/')} {n}" for n, p in lines[:8])
+  )
+  print(
+    "longest functions: "
+    + ", ".join(f"{p.removeprefix('big_transfer/')} {n}" for n, p in funcs[:8])
+  )
   hits = method_string_modules(src)
-  print(f"modules comparing method names outside methods/: {len(hits)} "
-        f"({', '.join(h.removeprefix('big_transfer/') for h in hits) or 'none'})")
+  print(
+    f"modules comparing method names outside methods/: {len(hits)} "
+    f"({', '.join(h.removeprefix('big_transfer/') for h in hits) or 'none'})"
+  )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   import atexit
   import shutil
   import tempfile
+
   _cache = tempfile.mkdtemp(prefix="bt_jax_cache_")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
@@ -32,6 +33,7 @@ FAST_ARG = "steps=6,batch=32,width=0.125"
 
 def mini_config(arg=FAST_ARG, **overrides):
   from big_transfer import config_lib
+
   c = config_lib.load(f"{MINI}:{arg}")
   c.log_every = 1
   c.tensorboard = False
@@ -53,22 +55,33 @@ def override(config, **overrides):
 
 def one_device():
   import jax
+
   return jax.devices()[:1]
 
 
 def run_cli(args, *, env=None, timeout=600, check=False):
   """Runs ``python -m big_transfer.train ARGS`` with the test environment."""
   full_env = {**os.environ, **(env or {})}
-  return subprocess.run([sys.executable, "-m", "big_transfer.train", *args], cwd=ROOT,
-                        env=full_env, capture_output=True, text=True, timeout=timeout,
-                        check=check)
+  return subprocess.run(
+    [sys.executable, "-m", "big_transfer.train", *args],
+    cwd=ROOT,
+    env=full_env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    check=check,
+  )
 
 
 def flip_a_byte(step_dir):
   """Corrupts a checkpoint as a bad disk would: one bit of its largest array file."""
   import glob
-  files = [f for f in glob.glob(os.path.join(step_dir, "state", "**", "*"), recursive=True)
-           if os.path.isfile(f)]
+
+  files = [
+    f
+    for f in glob.glob(os.path.join(step_dir, "state", "**", "*"), recursive=True)
+    if os.path.isfile(f)
+  ]
   biggest = max(files, key=os.path.getsize)
   data = bytearray(open(biggest, "rb").read())
   data[len(data) // 2] ^= 0x40
@@ -77,6 +90,7 @@ def flip_a_byte(step_dir):
 
 def losses(workdir):
   from big_transfer.logging import read_metrics
+
   return [r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r]
 
 

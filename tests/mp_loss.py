@@ -18,10 +18,11 @@ def data():
 
 def loss_fns():
   from big_transfer.methods import losses
+
   return {
-      "nt_xent": lambda w, a, b: losses.nt_xent(a @ w, b @ w, 0.1)[0],
-      "clip": lambda w, a, b: losses.clip_softmax(a @ w, b @ w, 14.3)[0],
-      "siglip": lambda w, a, b: losses.siglip_sigmoid(a @ w, b @ w, 10.0, -10.0)[0],
+    "nt_xent": lambda w, a, b: losses.nt_xent(a @ w, b @ w, 0.1)[0],
+    "clip": lambda w, a, b: losses.clip_softmax(a @ w, b @ w, 14.3)[0],
+    "siglip": lambda w, a, b: losses.siglip_sigmoid(a @ w, b @ w, 10.0, -10.0)[0],
   }
 
 
@@ -29,9 +30,11 @@ def main():
   out = sys.argv[1]
   flags = dict(a.lstrip("-").split("=", 1) for a in sys.argv[2:])
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(flags["coordinator_address"], int(flags["num_processes"]),
-                             int(flags["process_id"]))
+  jax.distributed.initialize(
+    flags["coordinator_address"], int(flags["num_processes"]), int(flags["process_id"])
+  )
   from big_transfer import sharding
+
   pid, n = jax.process_index(), jax.process_count()
   w, x1, x2 = data()
   mesh = sharding.make_mesh(-1, 1)

@@ -22,12 +22,17 @@ class Indexed:
 def main():
   out = sys.argv[1]
   flags = dict(a.lstrip("-").split("=", 1) for a in sys.argv[2:])
-  jax.distributed.initialize(flags["coordinator_address"], int(flags["num_processes"]),
-                             int(flags["process_id"]))
+  jax.distributed.initialize(
+    flags["coordinator_address"], int(flags["num_processes"]), int(flags["process_id"])
+  )
   from big_transfer.data import pipeline
+
   pid, n = jax.process_index(), jax.process_count()
-  it = iter(pipeline.train_dataset(Indexed(), pp="", batch_size=8, seed=4, keys=("label",),
-                                   process_index=pid, process_count=n))
+  it = iter(
+    pipeline.train_dataset(
+      Indexed(), pp="", batch_size=8, seed=4, keys=("label",), process_index=pid, process_count=n
+    )
+  )
   ids = [int(x) for _ in range(6) for x in next(it)["label"]]  # one epoch: 6 global batches
   with open(f"{out}/process_{pid}.json", "w") as f:
     json.dump({"ids": ids, "process_count": n}, f)

@@ -24,11 +24,19 @@ from big_transfer.models.text import TextTransformer
 from conftest import ROOT, losses, one_device, override
 
 CLIP_MINI = os.path.join(ROOT, "configs", "mini", "clip.py")
-CAPTIONS = ["a photo of a dog", "A Photo of a Cat!", "two dogs and a cat", "a dog's toy",
-            "photos of dogs &amp; cats", "the cat sat on the mat", "dogs dogs dogs"]
+CAPTIONS = [
+  "a photo of a dog",
+  "A Photo of a Cat!",
+  "two dogs and a cat",
+  "a dog's toy",
+  "photos of dogs &amp; cats",
+  "the cat sat on the mat",
+  "dogs dogs dogs",
+]
 
 
 # ------------------------------------------------------------------------------ tokenizer
+
 
 def test_trained_bpe_is_deterministic_round_trips_and_saves(tmp_path):
   tok = tokenizer.train(CAPTIONS * 3, vocab_size=560)
@@ -53,10 +61,19 @@ def real_looking_captions():
   tokens) plus control characters and random printable ASCII."""
   lines = tokenizer.sample_captions()
   rng = np.random.RandomState(0)
-  ascii_ = ["".join(chr(c) for c in rng.randint(32, 127, rng.randint(1, 60)))
-            for _ in range(300)]
-  return lines + ascii_ + ["\x1b[31mred\x1b[0m terminal text", "null\x00byte", "bell\x07",
-                           "line\u2028separator", "form\x0cfeed", "a\r\nb"]
+  ascii_ = ["".join(chr(c) for c in rng.randint(32, 127, rng.randint(1, 60))) for _ in range(300)]
+  return (
+    lines
+    + ascii_
+    + [
+      "\x1b[31mred\x1b[0m terminal text",
+      "null\x00byte",
+      "bell\x07",
+      "line\u2028separator",
+      "form\x0cfeed",
+      "a\r\nb",
+    ]
+  )
 
 
 def test_rust_encoder_gives_the_python_encoders_ids(monkeypatch):
@@ -77,6 +94,7 @@ def test_cleaning_skips_ftfy_only_where_it_cannot_change_the_text():
   import html
 
   import ftfy
+
   for text in real_looking_captions() + ["&amp;amp;amp;", "a &lt;b&gt;", "Caf\u00e9"]:
     full = " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).strip().split()).lower()
     assert tokenizer.clean(text) == full, repr(text)
@@ -88,7 +106,7 @@ def test_tokenize_truncates_keeping_end_of_text_and_pads():
   assert rows.shape == (2, 8) and rows.dtype == np.int32
   short, long = rows
   n = len(tok.encode("a dog"))
-  assert short[0] == tok.sot_id and short[n + 1] == tok.eot_id and (short[n + 2:] == 0).all()
+  assert short[0] == tok.sot_id and short[n + 1] == tok.eot_id and (short[n + 2 :] == 0).all()
   assert long[0] == tok.sot_id and long[-1] == tok.eot_id and tok.eot_id not in long[:-1]
 
 
@@ -140,19 +158,33 @@ def test_tokenize_op_is_bound_by_the_trainer_and_rejects_empty_captions(tmp_path
 
 # ------------------------------------------------------------------------------ text tower
 
+
 def test_text_tower_is_causal_and_reads_the_end_of_text_token():
-  m = TextTransformer(vocab_size=100, context_length=8, width=32, layers=2, heads=4,
-                      embed_dim=16, eot_id=99, rngs=nnx.Rngs(0))
-  t = jnp.array([[98, 5, 6, 99, 0, 0, 0, 0],
-                 [98, 5, 6, 99, 7, 8, 9, 1],   # tokens after the end: invisible
-                 [98, 5, 7, 99, 0, 0, 0, 0],   # an earlier token changed: visible
-                 [98, 5, 6, 3, 99, 0, 0, 0]])  # a longer text: read at its own end
+  m = TextTransformer(
+    vocab_size=100,
+    context_length=8,
+    width=32,
+    layers=2,
+    heads=4,
+    embed_dim=16,
+    eot_id=99,
+    rngs=nnx.Rngs(0),
+  )
+  t = jnp.array(
+    [
+      [98, 5, 6, 99, 0, 0, 0, 0],
+      [98, 5, 6, 99, 7, 8, 9, 1],  # tokens after the end: invisible
+      [98, 5, 7, 99, 0, 0, 0, 0],  # an earlier token changed: visible
+      [98, 5, 6, 3, 99, 0, 0, 0],
+    ]
+  )  # a longer text: read at its own end
   y = np.asarray(m(t))
   np.testing.assert_allclose(y[0], y[1], atol=1e-6)
   assert np.abs(y[0] - y[2]).max() > 1e-3 and np.abs(y[0] - y[3]).max() > 1e-3
 
 
 # ------------------------------------------------------------------------------ evaluators
+
 
 def test_recall_at_k_against_brute_force():
   rng = np.random.default_rng(0)
@@ -178,12 +210,21 @@ def test_zeroshot_templates():
 
 # ------------------------------------------------------------------------------ losses
 
+
 def test_global_batch_losses_and_gradients_are_the_same_across_two_processes(tmp_path):
   sys.path.insert(0, os.path.join(ROOT, "tests"))
   import mp_loss
+
   w, x1, x2 = mp_loss.data()
-  cmd = [os.path.join(ROOT, "launch", "local.sh"), "2", "2", "--", sys.executable,
-         os.path.join(ROOT, "tests", "mp_loss.py"), str(tmp_path)]
+  cmd = [
+    os.path.join(ROOT, "launch", "local.sh"),
+    "2",
+    "2",
+    "--",
+    sys.executable,
+    os.path.join(ROOT, "tests", "mp_loss.py"),
+    str(tmp_path),
+  ]
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stdout[-3000:]
@@ -192,11 +233,11 @@ def test_global_batch_losses_and_gradients_are_the_same_across_two_processes(tmp
   for name, fn in mp_loss.loss_fns().items():
     ref_loss, ref_grad = jax.value_and_grad(fn)(w, x1, x2)  # one device, the whole batch
     np.testing.assert_allclose(got[name]["loss"], ref_loss, rtol=1e-5, err_msg=name)
-    np.testing.assert_allclose(got[name]["grad"], ref_grad, rtol=1e-4, atol=1e-6,
-                               err_msg=name)
+    np.testing.assert_allclose(got[name]["grad"], ref_grad, rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 # ------------------------------------------------------------------------------ training
+
 
 def clip_config(arg="steps=6,batch=32,width=0.125", **overrides):
   c = config_lib.load(f"{CLIP_MINI}:{arg}")
@@ -209,18 +250,28 @@ def clip_config(arg="steps=6,batch=32,width=0.125", **overrides):
 
 def test_mini_clip_learns_and_zero_shot_rises_above_chance(tmp_path):
   wd = str(tmp_path)
-  c = clip_config("steps=150,batch=64", log_every=10, eval_every=150,
-                  checkpoint_every=150, **{"optimizer.warmup_steps": 10,
-                                           "evals.retrieval.data": "builtin:glyphs?n=6000",
-                                           "evals.retrieval.max_examples": 200})
+  c = clip_config(
+    "steps=150,batch=64",
+    log_every=10,
+    eval_every=150,
+    checkpoint_every=150,
+    **{
+      "optimizer.warmup_steps": 10,
+      "evals.retrieval.data": "builtin:glyphs?n=6000",
+      "evals.retrieval.max_examples": 200,
+    },
+  )
   train.run(c, wd, devices=one_device())
   ls = losses(wd)
   assert ls[-1] < 0.85 * ls[0], ls
   rows = read_metrics(wd)
   zs = [r["zeroshot/digits/accuracy"] for r in rows if "zeroshot/digits/accuracy" in r]
   assert zs[-1] > 0.2, zs  # ten classes of real handwritten digits: chance is 0.1
-  r10 = [r["retrieval/glyphs/image_to_text_r10"] for r in rows
-         if "retrieval/glyphs/image_to_text_r10" in r]
+  r10 = [
+    r["retrieval/glyphs/image_to_text_r10"]
+    for r in rows
+    if "retrieval/glyphs/image_to_text_r10" in r
+  ]
   assert r10[-1] > 0.1  # 200 candidates: chance is 0.05
   assert open(os.path.join(wd, "tokenizer_bpe.txt")).readline().startswith("#version")
   scales = [r["train/logit_scale"] for r in rows if "train/logit_scale" in r]
@@ -229,8 +280,9 @@ def test_mini_clip_learns_and_zero_shot_rises_above_chance(tmp_path):
 
 @pytest.mark.slow  # ~30 s: two more model variants (the losses are tested by default)
 def test_siglip_and_slip_train(tmp_path):
-  c = clip_config("steps=3,batch=16,width=0.125,loss=sigmoid,method=slip",
-                  **{"evals.zeroshot.data": ""})
+  c = clip_config(
+    "steps=3,batch=16,width=0.125,loss=sigmoid,method=slip", **{"evals.zeroshot.data": ""}
+  )
   state = train.run(c, str(tmp_path), devices=one_device())
   rows = [r for r in read_metrics(str(tmp_path)) if "train/loss" in r]
   assert all(np.isfinite(r["train/loss"]) for r in rows)
@@ -241,6 +293,7 @@ def test_siglip_and_slip_train(tmp_path):
 
 def _jpeg(rng, size=20):
   from PIL import Image
+
   buf = io.BytesIO()
   Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG")
   return buf.getvalue()
@@ -248,6 +301,7 @@ def _jpeg(rng, size=20):
 
 def test_clip_trains_on_a_converted_webdataset_and_resumes_exactly(tmp_path):
   from big_transfer.data import convert
+
   rng = np.random.default_rng(0)
   shards = tmp_path / "shards"
   shards.mkdir()
@@ -259,10 +313,16 @@ def test_clip_trains_on_a_converted_webdataset_and_resumes_exactly(tmp_path):
         tar.addfile(info, io.BytesIO(data))
   dst = tmp_path / "converted"
   convert.main(["webdataset", str(shards), str(dst), "--workers=1"])
-  kw = {"evals.zeroshot.data": "", "data": f"arrayrecord:{dst}", "batch_size": 16,
-        "total_steps": 4, "checkpoint_every": 2, "keep_checkpoints": 5,
-        "text.tokenizer": "train:600",
-        "pp_train": "decode|resize(32)|value_range(-1, 1)|tokenize"}
+  kw = {
+    "evals.zeroshot.data": "",
+    "data": f"arrayrecord:{dst}",
+    "batch_size": 16,
+    "total_steps": 4,
+    "checkpoint_every": 2,
+    "keep_checkpoints": 5,
+    "text.tokenizer": "train:600",
+    "pp_train": "decode|resize(32)|value_range(-1, 1)|tokenize",
+  }
   ref_wd, wd = str(tmp_path / "ref"), str(tmp_path / "run")
   ref = train.run(clip_config(**kw), ref_wd, devices=one_device())
   assert len(losses(ref_wd)) == 4
@@ -285,17 +345,34 @@ def test_clip_without_tokenizer_is_a_config_error(tmp_path):
 
 
 def test_paper_pretraining_configs_carry_the_published_settings():
-  clip = config_lib.load(os.path.join(ROOT, "configs/pretrain/clip.py") +
-                         ":data=arrayrecord:/data/laion,size=2.7M")
+  clip = config_lib.load(
+    os.path.join(ROOT, "configs/pretrain/clip.py") + ":data=arrayrecord:/data/laion,size=2.7M"
+  )
   assert clip.data == "arrayrecord:/data/laion?size=2.7M" and clip.model == "clip_rn50"
-  assert (clip.batch_size, clip.total_epochs, clip.optimizer.lr, clip.optimizer.weight_decay,
-          clip.optimizer.b2, clip.optimizer.warmup_steps) == (1024, 16, 1e-3, 0.1, 0.999, 5000)
-  assert (clip.text.width, clip.text.layers, clip.text.heads, clip.text.context_length,
-          clip.clip.embed_dim) == (512, 12, 8, 77, 1024)
+  assert (
+    clip.batch_size,
+    clip.total_epochs,
+    clip.optimizer.lr,
+    clip.optimizer.weight_decay,
+    clip.optimizer.b2,
+    clip.optimizer.warmup_steps,
+  ) == (1024, 16, 1e-3, 0.1, 0.999, 5000)
+  assert (
+    clip.text.width,
+    clip.text.layers,
+    clip.text.heads,
+    clip.text.context_length,
+    clip.clip.embed_dim,
+  ) == (512, 12, 8, 77, 1024)
   assert clip.clip.logit_scale_init == pytest.approx(1 / 0.07) and clip.clip.logit_scale_max == 100
   simclr = config_lib.load(os.path.join(ROOT, "configs/pretrain/simclr.py") + ":size=2.7M")
-  assert (simclr.batch_size, simclr.total_epochs, simclr.optimizer.b2,
-          simclr.optimizer.warmup_epochs, simclr.temperature) == (1024, 16, 0.98, 2, 0.1)
+  assert (
+    simclr.batch_size,
+    simclr.total_epochs,
+    simclr.optimizer.b2,
+    simclr.optimizer.warmup_epochs,
+    simclr.temperature,
+  ) == (1024, 16, 0.98, 2, 0.1)
   assert tuple(simclr.projection_dims) == (4096, 4096, 256)
   for c in (clip, simclr):
     ops.parse(c.pp_train, bind={"vocab": None, "max_len": 77})
@@ -315,6 +392,7 @@ def test_clip_vocabulary_comes_from_open_clip_or_a_clear_message():
 def test_a_learnt_vocabulary_smaller_than_asked_says_why(tmp_path, capsys):
   from big_transfer import config_lib, train
   from big_transfer.data import sources
+
   c = config_lib.load(os.path.join(ROOT, "configs/mini/clip.py") + ":steps=1,batch=8")
   c.unlock()
   c.text.tokenizer = "train:5000"

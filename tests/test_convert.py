@@ -18,7 +18,8 @@ RNG = np.random.default_rng(0)
 def _jpeg(h=24, w=32, quality=90):
   buf = io.BytesIO()
   Image.fromarray(RNG.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
-      buf, format="JPEG", quality=quality)
+    buf, format="JPEG", quality=quality
+  )
   return buf.getvalue()
 
 
@@ -42,11 +43,17 @@ def test_imagefolder_with_splits_and_broken_files(tmp_path, capsys):
   (src / "train" / "dog" / "notes.jpg").write_bytes(b"this is not an image")
   (src / "test" / "dog" / "huge.jpg").write_bytes(_jpeg(120, 120))
   dst = tmp_path / "dst"
-  manifest, last = _convert(["imagefolder", str(src), str(dst), "--workers=2",
-                             "--output_shards=3", "--max_pixels=5000"], capsys)
+  manifest, last = _convert(
+    ["imagefolder", str(src), str(dst), "--workers=2", "--output_shards=3", "--max_pixels=5000"],
+    capsys,
+  )
   assert last.endswith("skipped 4 (decompression_bomb 1, empty 1, truncated 1, undecodable 1)")
-  assert manifest["skipped"] == {"decompression_bomb": 1, "empty": 1, "truncated": 1,
-                                 "undecodable": 1}
+  assert manifest["skipped"] == {
+    "decompression_bomb": 1,
+    "empty": 1,
+    "truncated": 1,
+    "undecodable": 1,
+  }
   assert manifest["class_names"] == ["cat", "dog"]
   assert manifest["splits"]["train"]["num_examples"] == 10
   assert manifest["splits"]["train"]["per_class"] == {"cat": 5, "dog": 5}
@@ -127,14 +134,31 @@ def test_csv_manifest_with_missing_file_and_bad_column(tmp_path, capsys):
     w.writeheader()
     w.writerows(rows)
   dst = tmp_path / "dst"
-  manifest, last = _convert(["csv", str(tmp_path / "m.csv"), str(dst), "--image_column=path",
-                             "--label_column=y", "--caption_column=text", "--workers=1"], capsys)
+  manifest, last = _convert(
+    [
+      "csv",
+      str(tmp_path / "m.csv"),
+      str(dst),
+      "--image_column=path",
+      "--label_column=y",
+      "--caption_column=text",
+      "--workers=1",
+    ],
+    capsys,
+  )
   assert last.endswith("skipped 1 (unreadable_file 1)")
   assert manifest["class_names"] == ["0", "1"]
   assert manifest["splits"]["train"]["per_class"] == {"0": 3, "1": 3}
   with pytest.raises(SystemExit, match="--label_column='label' is not a column"):
-    convert.main(["csv", str(tmp_path / "m.csv"), str(tmp_path / "x"), "--image_column=path",
-                  "--label_column=label"])
+    convert.main(
+      [
+        "csv",
+        str(tmp_path / "m.csv"),
+        str(tmp_path / "x"),
+        "--image_column=path",
+        "--label_column=label",
+      ]
+    )
 
 
 def test_interrupted_conversion_redoes_only_unfinished_shards(tmp_path, capsys, monkeypatch):
@@ -152,6 +176,7 @@ def test_interrupted_conversion_redoes_only_unfinished_shards(tmp_path, capsys, 
     if job.index == 2 and calls.count(2) == 1:
       raise KeyboardInterrupt  # the machine went away while writing shard 2
     return real(job, opts)
+
   monkeypatch.setattr(convert, "convert_shard", flaky)
   args = ["imagefolder", str(src), str(dst), "--output_shards=4", "--workers=1"]
   with pytest.raises(KeyboardInterrupt):
@@ -164,8 +189,9 @@ def test_interrupted_conversion_redoes_only_unfinished_shards(tmp_path, capsys, 
 
 def _records(dst):
   src = sources.open_source(f"arrayrecord:{dst}")
-  return sorted((r["key"], int(r.get("label", -1)), r["image"]) for r in
-                (src[i] for i in range(len(src))))
+  return sorted(
+    (r["key"], int(r.get("label", -1)), r["image"]) for r in (src[i] for i in range(len(src)))
+  )
 
 
 def test_imagefolder_accounts_for_every_file_and_keeps_empty_classes(tmp_path, capsys):
@@ -182,33 +208,53 @@ def test_imagefolder_accounts_for_every_file_and_keeps_empty_classes(tmp_path, c
   (src / "README.md").write_text("notes")
   (src / "train" / "cat" / "more").mkdir()
   (src / "train" / "cat" / "more" / "x.jpg").write_bytes(_jpeg())  # nested in a class
-  manifest, last = _convert(["imagefolder", str(src), str(tmp_path / "dst"), "--workers=1"],
-                            capsys)
+  manifest, last = _convert(["imagefolder", str(src), str(tmp_path / "dst"), "--workers=1"], capsys)
   assert manifest["splits"]["train"]["num_examples"] == 6
   assert manifest["skipped"] == {"hidden": 2, "nested": 1, "stray_file": 1}
-  assert last.endswith("skipped 4 (hidden 2, nested 1, stray_file 1); empty classes kept "
-                       "in class_names: bird")
+  assert last.endswith(
+    "skipped 4 (hidden 2, nested 1, stray_file 1); empty classes kept in class_names: bird"
+  )
   assert manifest["class_names"] == ["bird", "cat", "dog"] and manifest["empty_classes"] == ["bird"]
   assert manifest["splits"]["train"]["per_class"] == {"cat": 3, "dog": 3}
   labels = {(k.split("/")[0], y) for k, y, _ in _records(tmp_path / "dst")}
   assert labels == {("cat", 1), ("dog", 2)}  # ids are the class's place, empty classes included
-  manifest, _ = _convert(["imagefolder", str(src), str(tmp_path / "rec"), "--workers=1",
-                          "--recursive"], capsys)
+  manifest, _ = _convert(
+    ["imagefolder", str(src), str(tmp_path / "rec"), "--workers=1", "--recursive"], capsys
+  )
   assert manifest["splits"]["train"]["per_class"] == {"cat": 4, "dog": 3}
 
 
 def test_csv_rows_with_bad_labels_short_rows_or_path_like_splits_are_counted_not_written(
-    tmp_path, capsys):
+  tmp_path, capsys
+):
   (tmp_path / "img").mkdir()
   for i in range(5):
     (tmp_path / "img" / f"{i}.jpg").write_bytes(_jpeg())
-  lines = ["path,y,split", "img/0.jpg,0,train", "img/1.jpg,1,test", "img/2.jpg,-1,train",
-           "img/3.jpg,1", "img/4.jpg,0,../../escape", "img/4.jpg,0,/abs/x", "img/1.jpg,,train",
-           "img/0.jpg,1,train,extra"]
+  lines = [
+    "path,y,split",
+    "img/0.jpg,0,train",
+    "img/1.jpg,1,test",
+    "img/2.jpg,-1,train",
+    "img/3.jpg,1",
+    "img/4.jpg,0,../../escape",
+    "img/4.jpg,0,/abs/x",
+    "img/1.jpg,,train",
+    "img/0.jpg,1,train,extra",
+  ]
   (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
   dst = tmp_path / "out" / "dst"
-  manifest, last = _convert(["csv", str(tmp_path / "m.csv"), str(dst), "--image_column=path",
-                             "--label_column=y", "--split_column=split", "--workers=1"], capsys)
+  manifest, last = _convert(
+    [
+      "csv",
+      str(tmp_path / "m.csv"),
+      str(dst),
+      "--image_column=path",
+      "--label_column=y",
+      "--split_column=split",
+      "--workers=1",
+    ],
+    capsys,
+  )
   assert manifest["skipped"] == {"bad_label": 2, "bad_split": 2, "long_row": 1, "short_row": 1}
   assert last.endswith("skipped 6 (bad_label 2, bad_split 2, long_row 1, short_row 1)")
   assert sorted(manifest["splits"]) == ["test", "train"]
@@ -230,8 +276,9 @@ def test_webdataset_duplicate_keys_are_skipped_and_keys_are_unique_across_tars(t
         _add(tar, "c.jpg", _jpeg())
         _add(tar, "c.jpg", _jpeg())  # one sample with two images
         _add(tar, "c.txt", b"c")
-  manifest, last = _convert(["webdataset", str(shards), str(tmp_path / "dst"), "--workers=1"],
-                            capsys)
+  manifest, last = _convert(
+    ["webdataset", str(shards), str(tmp_path / "dst"), "--workers=1"], capsys
+  )
   assert manifest["skipped"] == {"duplicate_key": 2}
   keys = [k for k, _, _ in _records(tmp_path / "dst")]
   assert keys == ["part0/a", "part0/b", "part1/a", "part1/b"]
@@ -246,30 +293,50 @@ def test_coco_annotations_camera_traps_style(tmp_path, capsys):
   img.mkdir()
   for i in range(8):
     (img / f"{i}.jpg").write_bytes(_jpeg())
-  cats = [{"id": 1, "name": "opossum"}, {"id": 3, "name": "empty"}, {"id": 5, "name": "bobcat"},
-          {"id": 9, "name": "badger"}]  # badger: a category with no images here
+  cats = [
+    {"id": 1, "name": "opossum"},
+    {"id": 3, "name": "empty"},
+    {"id": 5, "name": "bobcat"},
+    {"id": 9, "name": "badger"},
+  ]  # badger: a category with no images here
   ims = [{"id": f"i{i}", "file_name": f"{i}.jpg", "location": i % 2} for i in range(8)]
   ims.append({"id": "gone", "file_name": "missing.jpg"})
-  anns = ([{"image_id": f"i{i}", "category_id": 1 if i < 3 else 5} for i in range(5)]
-          + [{"image_id": "i5", "category_id": 3},  # empty frame
-             {"image_id": "i6", "category_id": 1}, {"image_id": "i6", "category_id": 5},
-             {"image_id": "gone", "category_id": 1}])  # i7: no annotation
+  anns = [{"image_id": f"i{i}", "category_id": 1 if i < 3 else 5} for i in range(5)] + [
+    {"image_id": "i5", "category_id": 3},  # empty frame
+    {"image_id": "i6", "category_id": 1},
+    {"image_id": "i6", "category_id": 5},
+    {"image_id": "gone", "category_id": 1},
+  ]  # i7: no annotation
   _coco(tmp_path / "train.json", ims[:7] + ims[8:], anns, cats)
-  _coco(tmp_path / "test.json", [ims[7], {"id": "t", "file_name": "0.jpg"}],
-        [{"image_id": "t", "category_id": 5}], cats)
+  _coco(
+    tmp_path / "test.json",
+    [ims[7], {"id": "t", "file_name": "0.jpg"}],
+    [{"image_id": "t", "category_id": 5}],
+    cats,
+  )
   manifest, last = _convert(
-      ["coco", f"train={tmp_path / 'train.json'},test={tmp_path / 'test.json'}",
-       str(tmp_path / "dst"), f"--images={img}", "--skip_categories=empty", "--workers=1"],
-      capsys)
+    [
+      "coco",
+      f"train={tmp_path / 'train.json'},test={tmp_path / 'test.json'}",
+      str(tmp_path / "dst"),
+      f"--images={img}",
+      "--skip_categories=empty",
+      "--workers=1",
+    ],
+    capsys,
+  )
   assert manifest["class_names"] == ["badger", "bobcat", "opossum"]
   assert manifest["empty_classes"] == ["badger"]
   assert manifest["splits"]["train"]["per_class"] == {"bobcat": 2, "opossum": 3}
   assert manifest["splits"]["test"]["per_class"] == {"bobcat": 1}
-  assert manifest["skipped"] == {"multi_label": 1, "no_label": 1, "skipped_category": 1,
-                                 "unreadable_file": 1}
+  assert manifest["skipped"] == {
+    "multi_label": 1,
+    "no_label": 1,
+    "skipped_category": 1,
+    "unreadable_file": 1,
+  }
   ex = sources.open_source(f"arrayrecord:{tmp_path / 'dst'}")[0]
-  assert json.loads(ex["meta"])["location"] in (0, 1) and ex["label_name"] in ("bobcat",
-                                                                                "opossum")
+  assert json.loads(ex["meta"])["location"] in (0, 1) and ex["label_name"] in ("bobcat", "opossum")
 
 
 def test_a_conversion_split_across_two_hosts_then_merged_equals_one_run(tmp_path, capsys):
@@ -282,13 +349,18 @@ def test_a_conversion_split_across_two_hosts_then_merged_equals_one_run(tmp_path
   base = ["imagefolder", str(src)]
   one, _ = _convert(base + [str(tmp_path / "one"), "--output_shards=5", "--workers=1"], capsys)
   multi = str(tmp_path / "multi")
-  assert convert.main(base + [multi, "--output_shards=5", "--workers=1", "--num_shards=2",
-                              "--shard_index=1"]) is None
+  assert (
+    convert.main(
+      base + [multi, "--output_shards=5", "--workers=1", "--num_shards=2", "--shard_index=1"]
+    )
+    is None
+  )
   assert "convert merge" in capsys.readouterr().out
   with pytest.raises(SystemExit, match="3 of 5 shards are not done yet"):
     convert.main(["merge", multi])
-  convert.main(base + [multi, "--output_shards=5", "--workers=1", "--num_shards=2",
-                       "--shard_index=0"])
+  convert.main(
+    base + [multi, "--output_shards=5", "--workers=1", "--num_shards=2", "--shard_index=0"]
+  )
   merged = convert.main(["merge", multi])
   assert merged == one
   assert _records(multi) == _records(tmp_path / "one")
@@ -307,9 +379,18 @@ def test_imagenet_captions_as_documented_template_readable_class_names(tmp_path,
       (tmp_path / "img" / f"{i}.jpg").write_bytes(_jpeg())
       w.writerow([f"img/{i}.jpg", wnid, f"my holiday photo {i}"])
   dst = tmp_path / "in1k_captions"
-  manifest, _ = _convert(["csv", str(tmp_path / "in1k_captions.csv"), str(dst),
-                          "--image_column=path", "--label_column=wnid",
-                          "--caption_column=caption", "--workers=1"], capsys)
+  manifest, _ = _convert(
+    [
+      "csv",
+      str(tmp_path / "in1k_captions.csv"),
+      str(dst),
+      "--image_column=path",
+      "--label_column=wnid",
+      "--caption_column=caption",
+      "--workers=1",
+    ],
+    capsys,
+  )
   assert manifest["class_names"] == ["n01440764", "n01443537", "n15075141"]
   src = sources.open_source(f"arrayrecord:{dst}?captions=template")
   caps = [src[i]["caption"] for i in range(len(src))]
@@ -325,8 +406,13 @@ def test_imagenet_captions_as_documented_template_readable_class_names(tmp_path,
 def test_cassava_2020_kaggle_layout_converts_with_names_and_a_stable_test_split(tmp_path, capsys):
   """The Cassava the authors used: Kaggle's 2020 competition (train.csv of image_id,label;
   train_images/; label_num_to_disease_map.json), as docs/DATA.md converts it."""
-  names = {"0": "Cassava Bacterial Blight (CBB)", "1": "Cassava Brown Streak Disease (CBSD)",
-           "2": "Cassava Green Mottle (CGM)", "3": "Cassava Mosaic Disease (CMD)", "4": "Healthy"}
+  names = {
+    "0": "Cassava Bacterial Blight (CBB)",
+    "1": "Cassava Brown Streak Disease (CBSD)",
+    "2": "Cassava Green Mottle (CGM)",
+    "3": "Cassava Mosaic Disease (CMD)",
+    "4": "Healthy",
+  }
   (tmp_path / "train_images").mkdir()
   (tmp_path / "label_num_to_disease_map.json").write_text(json.dumps(names))
   with open(tmp_path / "train.csv", "w", newline="") as f:
@@ -337,10 +423,17 @@ def test_cassava_2020_kaggle_layout_converts_with_names_and_a_stable_test_split(
       w.writerow([f"{1000 + i}.jpg", str(i % 5)])
     (tmp_path / "train_images" / "9999.jpg").write_bytes(_jpeg())
     w.writerow(["9999.jpg", "7"])  # a label the map does not name
-  args = ["csv", str(tmp_path / "train.csv"), None, "--image_column=image_id",
-          "--label_column=label", f"--images={tmp_path / 'train_images'}",
-          f"--label_names={tmp_path / 'label_num_to_disease_map.json'}", "--split_fraction=0.25",
-          "--workers=1"]
+  args = [
+    "csv",
+    str(tmp_path / "train.csv"),
+    None,
+    "--image_column=image_id",
+    "--label_column=label",
+    f"--images={tmp_path / 'train_images'}",
+    f"--label_names={tmp_path / 'label_num_to_disease_map.json'}",
+    "--split_fraction=0.25",
+    "--workers=1",
+  ]
   manifest, last = _convert([*args[:2], str(tmp_path / "a"), *args[3:]], capsys)
   assert last.endswith("skipped 1 (unnamed_label 1)")
   assert manifest["class_names"] == [names[str(i)] for i in range(5)]
@@ -349,8 +442,10 @@ def test_cassava_2020_kaggle_layout_converts_with_names_and_a_stable_test_split(
   assert n_train + n_test == 40 and 4 <= n_test <= 18
   src = sources.open_source(f"arrayrecord:{tmp_path / 'a'}:test")
   assert {src[i]["label_name"] for i in range(len(src))} <= set(names.values())
-  assert all(names[str(int(src[i]["key"].split(":")[1][:4]) % 5)] == src[i]["label_name"]
-             for i in range(len(src)))
+  assert all(
+    names[str(int(src[i]["key"].split(":")[1][:4]) % 5)] == src[i]["label_name"]
+    for i in range(len(src))
+  )
   # The split is a property of each image, not of the run: converting again gives the same.
   again, _ = _convert([*args[:2], str(tmp_path / "b"), *args[3:]], capsys)
   assert again["splits"]["test"]["num_examples"] == n_test
@@ -369,8 +464,7 @@ def test_hidden_entries_are_never_classes_or_examples(tmp_path, capsys):
   (src / ".ipynb_checkpoints" / "x-checkpoint.jpg").write_bytes(_jpeg())
   (src / "cat" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
   (src / "dog" / "._0.jpg").write_bytes(b"\0\5\26\7")
-  manifest, last = _convert(["imagefolder", str(src), str(tmp_path / "dst"), "--workers=1"],
-                            capsys)
+  manifest, last = _convert(["imagefolder", str(src), str(tmp_path / "dst"), "--workers=1"], capsys)
   assert manifest["class_names"] == ["cat", "dog", "fish"]
   assert manifest["skipped"] == {"hidden": 3} and last.endswith("skipped 3 (hidden 3)")
   assert manifest["splits"]["train"]["per_class"] == {"cat": 2, "dog": 2, "fish": 2}
@@ -381,8 +475,9 @@ def test_hidden_entries_are_never_classes_or_examples(tmp_path, capsys):
       _add(tar, f"{i:04d}.jpg", _jpeg())
       _add(tar, f"{i:04d}.txt", f"a photo {i}".encode())
     _add(tar, "._0000.jpg", b"\0\5\26\7")
-  manifest, last = _convert(["webdataset", str(shards), str(tmp_path / "wds"), "--workers=1"],
-                            capsys)
+  manifest, last = _convert(
+    ["webdataset", str(shards), str(tmp_path / "wds"), "--workers=1"], capsys
+  )
   assert manifest["splits"]["train"]["num_examples"] == 3
   assert last.endswith("skipped 1 (hidden 1)")
 
@@ -393,6 +488,7 @@ def test_readmes_own_data_command_trains_and_evaluates_on_converted_jpegs(tmp_pa
   from big_transfer import config_lib, train
   from big_transfer.logging import read_metrics
   from conftest import MINI, one_device
+
   src = tmp_path / "pets"
   for k, cls in enumerate(("cat", "dog")):
     (src / cls).mkdir(parents=True)
@@ -401,8 +497,10 @@ def test_readmes_own_data_command_trains_and_evaluates_on_converted_jpegs(tmp_pa
       buf = io.BytesIO()
       Image.fromarray(arr).save(buf, format="JPEG")
       (src / cls / f"{i}.jpg").write_bytes(buf.getvalue())
-  _convert(["imagefolder", str(src), str(tmp_path / "pets_ar"), "--split_fraction=0.25",
-            "--workers=1"], capsys)
+  _convert(
+    ["imagefolder", str(src), str(tmp_path / "pets_ar"), "--split_fraction=0.25", "--workers=1"],
+    capsys,
+  )
   c = config_lib.load(f"{MINI}:steps=4,batch=8,width=0.125")
   c.data = f"arrayrecord:{tmp_path / 'pets_ar'}"
   c.pp_train = "decode|inception_crop(32)|flip_lr|value_range(-1,1)"
@@ -413,8 +511,7 @@ def test_readmes_own_data_command_trains_and_evaluates_on_converted_jpegs(tmp_pa
   assert evals and evals[-1]["step"] == 4
 
 
-def test_class_folders_stay_names_and_negative_webdataset_classes_are_bad_labels(
-    tmp_path, capsys):
+def test_class_folders_stay_names_and_negative_webdataset_classes_are_bad_labels(tmp_path, capsys):
   # Folders '1' and '01' are two classes (never merged by parsing them as numbers), '-1' a
   # third; no phantom classes; every label is a valid index into class_names.
   src = tmp_path / "folders"

@@ -31,13 +31,16 @@ def test_split_slices():
   assert np.array_equal(src[0]["image"], full[100]["image"])
 
 
-@pytest.mark.parametrize("spec,message", [
+@pytest.mark.parametrize(
+  "spec,message",
+  [
     ("digits", "expected one of builtin"),
     ("builtin:nope", "unknown built-in dataset 'nope'"),
     ("builtin:digits:validation", "no split 'validation'"),
     ("tfds:surely_not_a_dataset", "TFDS has no dataset"),
     ("arrayrecord:/does/not/exist", "does not exist"),
-])
+  ],
+)
 def test_bad_specs_name_what_is_wrong(spec, message):
   with pytest.raises(sources.DataError, match=message):
     sources.open_source(spec)
@@ -45,6 +48,7 @@ def test_bad_specs_name_what_is_wrong(spec, message):
 
 def test_tfds_source_through_mock_data():
   import tensorflow_datasets as tfds
+
   with tfds.testing.mock_data(num_examples=12):
     src = sources.open_source("tfds:mnist:train")
     assert len(src) == 12
@@ -62,8 +66,9 @@ def test_arrayrecord_roundtrip(tmp_path):
   rng = np.random.default_rng(0)
   imgs = rng.integers(0, 255, (10, 12, 12, 3), dtype=np.uint8)
   exs = [{"image": _png(im), "label": i % 3, "caption": f"photo {i}"} for i, im in enumerate(imgs)]
-  sources.write_arrayrecord(str(tmp_path), {"train": exs[:7], "test": exs[7:]},
-                            class_names=["a", "b", "c"], num_shards=2)
+  sources.write_arrayrecord(
+    str(tmp_path), {"train": exs[:7], "test": exs[7:]}, class_names=["a", "b", "c"], num_shards=2
+  )
   src = sources.open_source(f"arrayrecord:{tmp_path}")
   assert len(src) == 7 and src.class_names == ("a", "b", "c")
   decoded = ops.parse("decode")(src[0], np.random.default_rng(0))
@@ -71,8 +76,11 @@ def test_arrayrecord_roundtrip(tmp_path):
   assert labels == sorted(i % 3 for i in range(7))
   assert decoded["image"].shape == (12, 12, 3)
   test = sources.open_source(f"arrayrecord:{tmp_path}:test")
-  assert len(test) == 3 and {test[i]["caption"] for i in range(3)} == {"photo 7", "photo 8",
-                                                                      "photo 9"}
+  assert len(test) == 3 and {test[i]["caption"] for i in range(3)} == {
+    "photo 7",
+    "photo 8",
+    "photo 9",
+  }
   with pytest.raises(sources.DataError, match="no split 'val'"):
     sources.open_source(f"arrayrecord:{tmp_path}:val")
   # A slice of a converted set parses (the path ends at the split, not at the slice's colon),
@@ -109,8 +117,11 @@ def test_processes_see_disjoint_shards_whose_union_is_the_epoch():
   src, n, b = _Indexed(40), 40, 8
   per_proc = []
   for p in range(2):
-    it = iter(pipeline.train_dataset(src, pp="", batch_size=b, seed=3, keys=("label",),
-                                     process_index=p, process_count=2))
+    it = iter(
+      pipeline.train_dataset(
+        src, pp="", batch_size=b, seed=3, keys=("label",), process_index=p, process_count=2
+      )
+    )
     per_proc.append([next(it) for _ in range(n // b)])
   ids0, ids1 = _ids(per_proc[0]), _ids(per_proc[1])
   assert not set(ids0) & set(ids1)
@@ -123,8 +134,9 @@ def test_processes_see_disjoint_shards_whose_union_is_the_epoch():
 
 def test_same_seed_same_order_new_permutation_each_epoch():
   src = _Indexed(16)
-  make = lambda seed: iter(pipeline.train_dataset(src, pp="", batch_size=4, seed=seed,
-                                                  keys=("label",)))
+  make = lambda seed: iter(
+    pipeline.train_dataset(src, pp="", batch_size=4, seed=seed, keys=("label",))
+  )
   a, b, c = make(1), make(1), make(2)
   ea = _ids([next(a) for _ in range(8)])
   assert ea == _ids([next(b) for _ in range(8)])
@@ -136,16 +148,22 @@ def test_same_seed_same_order_new_permutation_each_epoch():
 def test_batches_are_a_function_of_their_index_whatever_the_workers_or_the_resume_point():
   src = _Indexed(30)
   pp = "inception_crop(2, area_min=0.5)|flip_lr"  # random ops: their rng is the position's
-  make = lambda **kw: pipeline.train_dataset(src, pp=pp, batch_size=4, seed=0,
-                                             keys=("image", "label"), **kw)
+  make = lambda **kw: pipeline.train_dataset(
+    src, pp=pp, batch_size=4, seed=0, keys=("image", "label"), **kw
+  )
   ref = make()
   expected = [next(ref) for _ in range(10)]
   import os
+
   stale = os.path.join(pipeline.SHM_DIR, "bt_999999999_dead_0")  # left by a killed run
   if os.path.isdir(pipeline.SHM_DIR):
     open(stale, "wb").close()
-  runs = {"resumed at 4": make(start_batch=4), "1 worker": make(workers=1),
-          "2 workers, resumed at 4": make(workers=2, start_batch=4), "1 thread": make(threads=1)}
+  runs = {
+    "resumed at 4": make(start_batch=4),
+    "1 worker": make(workers=1),
+    "2 workers, resumed at 4": make(workers=2, start_batch=4),
+    "1 thread": make(threads=1),
+  }
   try:
     for name, it in runs.items():
       start = 4 if "resumed" in name else 0
@@ -157,21 +175,26 @@ def test_batches_are_a_function_of_their_index_whatever_the_workers_or_the_resum
     for it in runs.values():
       it.close()
   if os.path.isdir(pipeline.SHM_DIR):  # batches cross in shared memory; none is left behind
-    assert not [n for n in os.listdir(pipeline.SHM_DIR)
-                if n.startswith(f"bt_{os.getpid()}_") or n == os.path.basename(stale)]
+    assert not [
+      n
+      for n in os.listdir(pipeline.SHM_DIR)
+      if n.startswith(f"bt_{os.getpid()}_") or n == os.path.basename(stale)
+    ]
 
 
 def test_eval_covers_every_example_once_across_processes():
   src = _Indexed(23)
   seen, total_mask = [], 0.0
   for p in range(2):
-    for batch in pipeline.eval_dataset(src, pp="", batch_size=8, keys=("label",),
-                                       process_index=p, process_count=2):
+    for batch in pipeline.eval_dataset(
+      src, pp="", batch_size=8, keys=("label",), process_index=p, process_count=2
+    ):
       assert batch["label"].shape == (4,)
       m = batch[pipeline.MASK]
       seen += [int(x) for x, keep in zip(batch["label"], m) if keep]
-      assert [int(i) for i, keep in zip(batch[pipeline.INDEX], m) if keep] == \
-          [int(x) for x, keep in zip(batch["label"], m) if keep]  # _index: source order
+      assert [int(i) for i, keep in zip(batch[pipeline.INDEX], m) if keep] == [
+        int(x) for x, keep in zip(batch["label"], m) if keep
+      ]  # _index: source order
       total_mask += m.sum()
   assert sorted(seen) == list(range(23)) and total_mask == 23
 
@@ -190,38 +213,51 @@ class _Broken(_Indexed):
 
 def test_corrupt_records_are_replaced_and_counted_batches_stay_full():
   counter = pipeline.SkipCounter()
-  it = pipeline.train_dataset(_Broken(12, {5}), pp="decode(1)", batch_size=4, seed=0,
-                              keys=("label",), skipped=counter)
+  it = pipeline.train_dataset(
+    _Broken(12, {5}), pp="decode(1)", batch_size=4, seed=0, keys=("label",), skipped=counter
+  )
   batches = [next(it) for _ in range(6)]  # 2 epochs: record 5 comes up twice
   assert all(b["label"].shape == (4,) for b in batches)
   ids = _ids(batches)
   assert 5 not in ids and counter.count == 2 and counter.attempts == 26
   # The replacement is deterministic: the same batches again.
-  again = pipeline.train_dataset(_Broken(12, {5}), pp="decode(1)", batch_size=4, seed=0,
-                                 keys=("label",))
+  again = pipeline.train_dataset(
+    _Broken(12, {5}), pp="decode(1)", batch_size=4, seed=0, keys=("label",)
+  )
   assert _ids([next(again) for _ in range(6)]) == ids
 
 
 def test_evaluation_masks_a_corrupt_record_and_keeps_its_shape():
   src = _Broken(16, {3})
-  batches = list(pipeline.eval_dataset(src, pp="decode(1)", batch_size=8, keys=("label",),
-                                       process_index=1, process_count=2))
+  batches = list(
+    pipeline.eval_dataset(
+      src, pp="decode(1)", batch_size=8, keys=("label",), process_index=1, process_count=2
+    )
+  )
   assert [b["label"].shape for b in batches] == [(4,), (4,)]
-  masked = [int(i) for b in batches for i, m in zip(b[pipeline.INDEX], b[pipeline.MASK])
-            if not m]
+  masked = [int(i) for b in batches for i, m in zip(b[pipeline.INDEX], b[pipeline.MASK]) if not m]
   assert masked == []  # process 1 holds rows 4-7 and 12-15; record 3 is process 0's
-  batches = list(pipeline.eval_dataset(src, pp="decode(1)", batch_size=8, keys=("label",),
-                                       process_index=0, process_count=2))
-  masked = [int(i) for b in batches for i, m in zip(b[pipeline.INDEX], b[pipeline.MASK])
-            if not m]
+  batches = list(
+    pipeline.eval_dataset(
+      src, pp="decode(1)", batch_size=8, keys=("label",), process_index=0, process_count=2
+    )
+  )
+  masked = [int(i) for b in batches for i, m in zip(b[pipeline.INDEX], b[pipeline.MASK]) if not m]
   assert masked == [3] and all(b["label"].shape == (4,) for b in batches)
 
 
-@pytest.mark.parametrize("pp,keys,match", [
-    ("decode(1)", ("label",), r"'decode\(1\)' failed on each of the first \d+ records: "
-                              r"UnidentifiedImageError"),
+@pytest.mark.parametrize(
+  "pp,keys,match",
+  [
+    (
+      "decode(1)",
+      ("label",),
+      r"'decode\(1\)' failed on each of the first \d+ records: "
+      r"UnidentifiedImageError",
+    ),
     ("", ("caption",), r"failed on each of the first \d+ records: KeyError: 'caption'"),
-])
+  ],
+)
 def test_a_chain_that_fails_on_every_record_stops_with_one_line(pp, keys, match):
   src = _Broken(200, range(200)) if pp else _Indexed(200)
   it = pipeline.train_dataset(src, pp=pp, batch_size=8, seed=0, keys=keys)
@@ -236,14 +272,16 @@ def test_a_chain_that_fails_on_every_record_stops_with_one_line(pp, keys, match)
 def test_a_mostly_broken_source_stops_at_max_skip_fraction():
   src = _Broken(400, [i for i in range(400) if i % 3])  # two thirds fail
   counter = pipeline.SkipCounter("decode(1)", max_fraction=0.5, window=300)
-  it = pipeline.train_dataset(src, pp="decode(1)", batch_size=8, seed=0, keys=("label",),
-                              skipped=counter)
+  it = pipeline.train_dataset(
+    src, pp="decode(1)", batch_size=8, seed=0, keys=("label",), skipped=counter
+  )
   with pytest.raises(pipeline.SkipError, match="more than max_skip_fraction=0.5"):
     for _ in range(100):
       next(it)
 
 
 # ----------------------------------------------------------------------------- study knobs
+
 
 def test_size_subsets_are_nested_and_deterministic():
   small = sources.open_source("builtin:glyphs?n=2000&size=300")
@@ -278,8 +316,9 @@ def test_template_captions_replace_web_text():
     name = raw.class_names[int(ex["label"])]
     assert ex["caption"].endswith(f" {name}.") and ex["raw_caption"] == raw[i]["caption"]
   # The raw captions of a noisy source mostly do not name the right class.
-  names_right = sum(f" {raw.class_names[int(raw[i]['label'])]}" in raw[i]["caption"]
-                    for i in range(50))
+  names_right = sum(
+    f" {raw.class_names[int(raw[i]['label'])]}" in raw[i]["caption"] for i in range(50)
+  )
   assert names_right < 35
 
 

@@ -10,14 +10,16 @@ from conftest import ROOT
 def _tracked():
   out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
   if out.returncode:  # not a git checkout (an sdist): every file under the root
-    return [os.path.relpath(os.path.join(dp, f), ROOT) for dp, _, fs in os.walk(ROOT)
-            for f in fs]
+    return [os.path.relpath(os.path.join(dp, f), ROOT) for dp, _, fs in os.walk(ROOT) for f in fs]
   return out.stdout.split()
 
 
 def test_no_file_points_outside_the_repository_and_every_doc_link_resolves():
-  text_files = [f for f in _tracked() if f.endswith((".py", ".md", ".sh", ".toml", ".txt"))
-                and not f.startswith("tests/")]
+  text_files = [
+    f
+    for f in _tracked()
+    if f.endswith((".py", ".md", ".sh", ".toml", ".txt")) and not f.startswith("tests/")
+  ]
   outside = [f for f in text_files if "../shared" in open(os.path.join(ROOT, f)).read()]
   assert not outside, outside
   broken = []
@@ -31,12 +33,14 @@ def test_no_file_points_outside_the_repository_and_every_doc_link_resolves():
   # Documents named in the code's own text exist (PAPER.md, DATA.md).
   for f in text_files:
     for name in re.findall(r"\b(?:docs/)?([A-Z]+\.md)\b", open(os.path.join(ROOT, f)).read()):
-      assert (os.path.exists(os.path.join(ROOT, name))
-              or os.path.exists(os.path.join(ROOT, "docs", name))), f"{f} names {name}"
+      assert os.path.exists(os.path.join(ROOT, name)) or os.path.exists(
+        os.path.join(ROOT, "docs", name)
+      ), f"{f} names {name}"
 
 
 def test_study_help_and_readme_agree_on_when_a_pretraining_run_is_finished():
   from big_transfer import study
+
   readme = open(os.path.join(ROOT, "README.md")).read()
   assert "counts as finished only once its `done.json` is written" in readme
   assert "finished when its ``done.json`` records the run's last step" in study.__doc__
@@ -50,15 +54,27 @@ def test_the_readmes_outputs_are_ignored_by_git():
 
 def test_convert_help_lists_merge_and_a_conversion_without_dst_is_one_line():
   import sys
-  out = subprocess.run([sys.executable, "-m", "big_transfer.data.convert", "--help"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+
+  out = subprocess.run(
+    [sys.executable, "-m", "big_transfer.data.convert", "--help"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert out.returncode == 0 and "{imagefolder,webdataset,csv,coco,merge}" in out.stdout
   assert "'merge DST' (no SRC)" in " ".join(out.stdout.split())
-  bad = subprocess.run([sys.executable, "-m", "big_transfer.data.convert", "csv", "x.csv"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  bad = subprocess.run(
+    [sys.executable, "-m", "big_transfer.data.convert", "csv", "x.csv"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert bad.returncode != 0
   assert bad.stderr.strip().splitlines() == [
-      "error: csv needs SRC and DST (python -m big_transfer.data.convert csv SRC DST)"]
+    "error: csv needs SRC and DST (python -m big_transfer.data.convert csv SRC DST)"
+  ]
 
 
 def test_the_readme_speaks_in_users_terms_and_names_the_tests_behind_its_guarantees():
@@ -67,6 +83,7 @@ def test_the_readme_speaks_in_users_terms_and_names_the_tests_behind_its_guarant
   assert not re.search(r"\bissues? \d+", text, re.I), re.search(r"\bissues? \d+", text, re.I)
   # Every test the README names exists (file::name).
   import glob
+
   tests = {}
   for path in glob.glob(os.path.join(ROOT, "tests", "test_*.py")):
     tests[os.path.basename(path)] = set(re.findall(r"^def (test_\w+)", open(path).read(), re.M))

@@ -29,8 +29,13 @@ def test_ridge_separates_separable_classes_and_primal_equals_dual():
 
 def test_pretraining_run_reports_a_few_shot_curve(tmp_path):
   c = mini_config("steps=20,batch=32,width=0.125", log_every=10)
-  c.evals.fewshot.update(data="builtin:digits", shots=(1, 10), seeds=(0, 1), every=10,
-                         pp="to_rgb|resize(36)|central_crop(32)|value_range(-1,1)")
+  c.evals.fewshot.update(
+    data="builtin:digits",
+    shots=(1, 10),
+    seeds=(0, 1),
+    every=10,
+    pp="to_rgb|resize(36)|central_crop(32)|value_range(-1,1)",
+  )
   train.run(c, str(tmp_path), devices=one_device())
   rows = [r for r in read_metrics(str(tmp_path)) if "fewshot/digits/10shot" in r]
   assert [r["step"] for r in rows] == [10, 20]
@@ -42,6 +47,7 @@ def test_pretraining_run_reports_a_few_shot_curve(tmp_path):
 @pytest.mark.parametrize("n,d", [(300, 40), (30, 200)])  # primal and dual
 def test_one_eigendecomposition_solves_the_whole_l2_grid_as_separate_solves_do(n, d):
   from big_transfer.evaluators.fewshot_linear import ridge_fit, ridge_fit_grid
+
   rng = np.random.default_rng(0)
   x, y = rng.normal(size=(n, d)), rng.integers(0, 5, n)
   grid = (1e-4, 1e-2, 1.0, 100.0)

@@ -26,6 +26,7 @@ def run_ft(tmp_path, name, arg="", **overrides):
 
 # ---------------------------------------------------------------- pre-trained runs (once)
 
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
   """Small runs of the three methods: supervised on glyphs (a source related to digits),
@@ -36,8 +37,9 @@ def pretrained(tmp_path_factory):
   c.data, c.eval_data, c.tensorboard, c.log_every = "builtin:glyphs?n=4000", "none", False, 50
   train.run(c, str(root / "supervised"), devices=one_device())
   out["supervised"] = str(root / "supervised")
-  c = config_lib.load(os.path.join(ROOT, "configs/mini/simclr.py") +
-                      ":steps=2,batch=16,width=0.125")
+  c = config_lib.load(
+    os.path.join(ROOT, "configs/mini/simclr.py") + ":steps=2,batch=16,width=0.125"
+  )
   c.evals.fewshot.data, c.tensorboard = "", False
   train.run(c, str(root / "simclr"), devices=one_device())
   out["simclr"] = str(root / "simclr")
@@ -49,6 +51,7 @@ def pretrained(tmp_path_factory):
 
 
 # ---------------------------------------------------------------- restore
+
 
 @pytest.mark.parametrize("method", ["supervised", "simclr", "clip"])
 def test_restores_the_image_tower_of_every_method_by_name(pretrained, method):
@@ -89,6 +92,7 @@ def test_position_embeddings_are_resampled_for_another_resolution():
 
 # ---------------------------------------------------------------- protocols and acceptance
 
+
 def test_full_finetuning_from_a_related_source_reaches_97_percent(pretrained, tmp_path):
   rows = run_ft(tmp_path, "ft", f"pretrained={pretrained['supervised']}")
   assert len(rows) == 1 and rows[0]["test_accuracy"] >= 0.97, rows
@@ -106,8 +110,10 @@ def test_related_pretraining_beats_scratch_at_5_and_10_shots(pretrained, tmp_pat
 
 def test_closed_form_probe_matches_scikit_learn_ridge(pretrained):
   from sklearn.linear_model import RidgeClassifier
-  s = finetune.Session(ft_config(f"pretrained={pretrained['supervised']},protocol=lp,shots=10"),
-                       "/nonexistent")
+
+  s = finetune.Session(
+    ft_config(f"pretrained={pretrained['supervised']},protocol=lp,shots=10"), "/nonexistent"
+  )
   w = s.to_device(s.initial_weights())
   tx, ty = s.features(w, "train")
   vx, vy = s.features(w, "val")
@@ -126,8 +132,11 @@ def test_closed_form_probe_matches_scikit_learn_ridge(pretrained):
 def test_lp_ft_selects_on_validation_only_and_rerun_is_free(pretrained, tmp_path):
   table = tmp_path / "study" / "results.jsonl"
   wd = tmp_path / "lpft"
-  c = ft_config(f"pretrained={pretrained['supervised']},protocol=lp_ft,shots=5,epochs=10,"
-                f"lrs=1e-5;3e-3", results_file=str(table), tags="arm=related")
+  c = ft_config(
+    f"pretrained={pretrained['supervised']},protocol=lp_ft,shots=5,epochs=10,lrs=1e-5;3e-3",
+    results_file=str(table),
+    tags="arm=related",
+  )
   rows = finetune.run(c, str(wd), devices=one_device())
   (row,) = rows
   grid = row["grid"]
@@ -137,26 +146,42 @@ def test_lp_ft_selects_on_validation_only_and_rerun_is_free(pretrained, tmp_path
   assert row["test_selected_accuracy"] == max(g["test_accuracy"] for g in grid)
   assert row["tags"] == {"arm": "related"} and row["selection"] == "val"
   # One row in the run's own results file and in the study table.
-  assert [json.loads(x)["test_accuracy"] for x in open(wd / "results.jsonl")] == \
-      [row["test_accuracy"]]
+  assert [json.loads(x)["test_accuracy"] for x in open(wd / "results.jsonl")] == [
+    row["test_accuracy"]
+  ]
   assert transfer.read_results(str(table)) == [json.loads(open(wd / "results.jsonl").read())]
   # Each learning rate ran in its own resumable sub-run.
-  assert sorted(os.listdir(wd)) == ["done.json", "lr_0.003", "lr_1e-05", "results.jsonl",
-                                    "run.json"]
+  assert sorted(os.listdir(wd)) == [
+    "done.json",
+    "lr_0.003",
+    "lr_1e-05",
+    "results.jsonl",
+    "run.json",
+  ]
   assert rows == finetune.run(c, str(wd), devices=one_device())  # done: nothing recomputed
   assert len(transfer.read_results(str(table))) == 1
 
 
 def test_the_authors_grid_with_best_over_epochs_test_selection_beside_the_honest_choice(
-    pretrained, tmp_path, monkeypatch):
+  pretrained, tmp_path, monkeypatch
+):
   from big_transfer import published
-  monkeypatch.setattr(published, "authors_grid",
-                      lambda ds, protocol="ft": [(1e-3, 16, 2), (3e-3, 32, 3)])
+
+  monkeypatch.setattr(
+    published, "authors_grid", lambda ds, protocol="ft": [(1e-3, 16, 2), (3e-3, 32, 3)]
+  )
   wd = tmp_path / "paper"
-  (row,) = run_ft(tmp_path, "paper", f"pretrained={pretrained['supervised']},shots=5",
-                  paper_grid="dtd", warmup_cap=0.0)
+  (row,) = run_ft(
+    tmp_path,
+    "paper",
+    f"pretrained={pretrained['supervised']},shots=5",
+    paper_grid="dtd",
+    warmup_cap=0.0,
+  )
   assert [(g["lr"], g["batch_size"], g["epochs"]) for g in row["grid"]] == [
-      (1e-3, 16, 2.0), (3e-3, 32, 3.0)]
+    (1e-3, 16, 2.0),
+    (3e-3, 32, 3.0),
+  ]
   assert [len(g["test_by_epoch"]) for g in row["grid"]] == [2, 3]
   for g in row["grid"]:  # the last epoch's test accuracy is the run's
     assert g["test_by_epoch"][-1] == pytest.approx(g["test_accuracy"], abs=1e-6)
@@ -166,25 +191,31 @@ def test_the_authors_grid_with_best_over_epochs_test_selection_beside_the_honest
   assert row["hyperparameters"]["grid"].startswith("the authors' log (dtd, ft, 2 points)")
   chosen = max(row["grid"], key=lambda g: (g["val_accuracy"], -g["lr"]))
   assert row["test_accuracy"] == chosen["test_accuracy"]  # honest: chosen on validation
-  assert sorted(d for d in os.listdir(wd) if d.startswith("lr_")) == ["lr_0.001_b16_e2",
-                                                                      "lr_0.003_b32_e3"]
+  assert sorted(d for d in os.listdir(wd) if d.startswith("lr_")) == [
+    "lr_0.001_b16_e2",
+    "lr_0.003_b32_e3",
+  ]
   # Uncapped warm-up (mini config: 20 steps) as the authors ran: 8 steps never reach the peak.
   lrs = [r["train/lr"] for r in read_metrics(str(wd / "lr_0.001_b16_e2")) if "train/lr" in r]
   assert max(lrs) < 0.5e-3
 
 
 def test_full_data_refits_on_train_and_val_and_few_shot_test_can_be_subsampled(
-    pretrained, tmp_path):
-  (row,) = run_ft(tmp_path, "full", f"pretrained={pretrained['supervised']},epochs=1",
-                  refit_full=True)
+  pretrained, tmp_path
+):
+  (row,) = run_ft(
+    tmp_path, "full", f"pretrained={pretrained['supervised']},epochs=1", refit_full=True
+  )
   assert row["num_train"] + row["num_val"] == row["refit"]["num_train"] == 1437
   assert row["refit"]["on"] == "train+val" and row["test_accuracy"] > 0.5
   assert os.path.isdir(tmp_path / "full" / "refit")
-  (row,) = run_ft(tmp_path, "sub", f"pretrained={pretrained['supervised']},protocol=lp,shots=5",
-                  test_shots=True)
+  (row,) = run_ft(
+    tmp_path, "sub", f"pretrained={pretrained['supervised']},protocol=lp,shots=5", test_shots=True
+  )
   assert row["test_subsampled"] == 5 and row["num_test"] == 50 and "refit" not in row
   c = ft_config(f"pretrained={pretrained['supervised']},shots=5", test_shots=True)
   from big_transfer.data import fewshot, sources
+
   test = finetune.transfer_data(c)["test"]
   base, idx = sources.provenance(test)
   assert sources.identity_of(base)[2] == "test" and len(set(idx)) == 50
@@ -202,34 +233,47 @@ def test_the_feature_cache_is_keyed_by_everything_that_changes_a_feature(pretrai
   assert (one["num_test"], five["num_test"]) == (10, 50)
   assert five["test_accuracy"] == pytest.approx(plain["test_accuracy"], abs=1e-9)
   assert five["val_accuracy"] == pytest.approx(plain["val_accuracy"], abs=1e-9)
-  s = finetune.Session(ft_config(arg + ",shots=5", test_shots=True, feature_cache=cache),
-                       "/nonexistent")
+  s = finetune.Session(
+    ft_config(arg + ",shots=5", test_shots=True, feature_cache=cache), "/nonexistent"
+  )
   x, y = s.frozen_features("test")
   assert x.shape[0] == 50 and np.bincount(y).tolist() == [5] * 10
   # Each base split is embedded once (the pool and the test split) and every run indexes it.
   files = sorted(os.listdir(cache))
   assert len(files) == 2, files
   # Another preprocessing makes other features: a new entry, not the cached one.
-  run_ft(tmp_path, "k5_pp", arg + ",shots=5", test_shots=True, feature_cache=cache,
-         pp_eval="to_rgb|resize(32)|value_range(-1, 1)")
+  run_ft(
+    tmp_path,
+    "k5_pp",
+    arg + ",shots=5",
+    test_shots=True,
+    feature_cache=cache,
+    pp_eval="to_rgb|resize(32)|value_range(-1, 1)",
+  )
   assert len(os.listdir(cache)) == 4
   # A cache entry that does not match its source (another size) is recomputed, not trusted.
   for f in files:
     np.savez(os.path.join(cache, f), x=np.zeros((3, 2), np.float32), y=np.zeros(3, np.int64))
-  again = run_ft(tmp_path, "k5_stale", arg + ",shots=5", test_shots=True,
-                 feature_cache=cache)[0]
+  again = run_ft(tmp_path, "k5_stale", arg + ",shots=5", test_shots=True, feature_cache=cache)[0]
   assert again["test_accuracy"] == pytest.approx(plain["test_accuracy"], abs=1e-9)
 
 
 def test_clip_zero_shot_text_head_and_wise_ft(pretrained, tmp_path):
   # The zero-shot protocol's text-initialised head gives exactly the accuracy the
   # pre-training run's zero-shot evaluator logged for the same checkpoint and digits test set.
-  logged = [r["zeroshot/digits/accuracy"] for r in read_metrics(pretrained["clip"])
-            if "zeroshot/digits/accuracy" in r][-1]
+  logged = [
+    r["zeroshot/digits/accuracy"]
+    for r in read_metrics(pretrained["clip"])
+    if "zeroshot/digits/accuracy" in r
+  ][-1]
   zs = run_ft(tmp_path, "zs", f"pretrained={pretrained['clip']},protocol=zeroshot")[0]
   assert zs["test_accuracy"] == pytest.approx(logged, abs=1e-6) and zs["head_init"] == "text"
-  rows = run_ft(tmp_path, "wise", f"pretrained={pretrained['clip']},protocol=wise_ft,shots=5,"
-                f"epochs=10", **{"wise_ft.alphas": (0.0, 0.5, 1.0)})
+  rows = run_ft(
+    tmp_path,
+    "wise",
+    f"pretrained={pretrained['clip']},protocol=wise_ft,shots=5,epochs=10",
+    **{"wise_ft.alphas": (0.0, 0.5, 1.0)},
+  )
   assert [r["hyperparameters"]["alpha"] for r in rows] == [0.0, 0.5, 1.0]
   (chosen,) = [r for r in rows if r["chosen"]]  # one alpha, the validation's best
   assert chosen["val_accuracy"] == max(r["val_accuracy"] for r in rows)
@@ -246,8 +290,13 @@ def test_zero_shot_needs_a_clip_run_and_bad_shots_are_one_line(pretrained, tmp_p
 
 def test_bit_hyperrule():
   small = transfer.bit_hyperrule(1_000, image_size=8)
-  assert (small["total_steps"], small["optimizer"]["warmup_steps"], small["mixup_alpha"],
-          small["resize"], small["crop"]) == (500, 100, 0.0, 160, 128)
+  assert (
+    small["total_steps"],
+    small["optimizer"]["warmup_steps"],
+    small["mixup_alpha"],
+    small["resize"],
+    small["crop"],
+  ) == (500, 100, 0.0, 160, 128)
   assert small["optimizer"]["boundaries"] == (200, 300, 400)
   assert small["optimizer"]["lr"] == 0.003 and small["optimizer"]["weight_decay"] == 0.0
   mid = transfer.bit_hyperrule(50_000, image_size=224)
@@ -257,12 +306,19 @@ def test_bit_hyperrule():
 
 # ---------------------------------------------------------------- the authors' recipe
 
+
 def test_transfer_defaults_are_the_authors_recipe_and_the_texts_is_one_value_away():
   from big_transfer import optim
+
   c = config_lib.transfer_config()
   o = c.optimizer
   assert (o.name, o.weight_decay, o.decay, o.grad_clip_norm, o.warmup_steps) == (
-      "adamw", 0.1, "all", 1.0, 500)
+    "adamw",
+    0.1,
+    "all",
+    1.0,
+    500,
+  )
   assert c.warmup_cap == 0.0 and c.templates == "openai80" and c.feature_norm == "auto"
   assert (c.lp.lp_ft_solver, c.lp.adamw_epochs, c.lp.adamw_lr) == ("adamw", 128.0, 3e-3)
   params = {"kernel": np.ones((2, 2), np.float32), "bias": np.ones(2, np.float32)}
@@ -274,6 +330,7 @@ def test_transfer_defaults_are_the_authors_recipe_and_the_texts_is_one_value_awa
     tx, _ = optim.build(cfg, 10)
     u, _ = tx.update(zero, tx.init(params), params)
     return {k: np.asarray(params[k] + u[k]) for k in params}
+
   # Decoupled weight decay on every parameter (theirs), or on kernels only (the option).
   theirs = after_one_step()
   np.testing.assert_allclose(theirs["bias"], 1 - 0.5 * 0.1, rtol=1e-6)
@@ -298,50 +355,95 @@ def test_transfer_defaults_are_the_authors_recipe_and_the_texts_is_one_value_awa
 
 def test_simclr_features_are_l2_normalised_before_the_head(pretrained):
   for norm, expect in (("auto", True), ("none", False)):
-    s = finetune.Session(ft_config(f"pretrained={pretrained['simclr']},protocol=lp,shots=2",
-                                   feature_norm=norm), "/nonexistent")
+    s = finetune.Session(
+      ft_config(f"pretrained={pretrained['simclr']},protocol=lp,shots=2", feature_norm=norm),
+      "/nonexistent",
+    )
     assert s.method.normalize is expect
     x, _ = s.frozen_features("train")
     norms = np.linalg.norm(x, axis=-1)
     assert np.allclose(norms, 1.0, atol=1e-4) is expect, norms[:4]
-  s = finetune.Session(ft_config(f"pretrained={pretrained['supervised']},protocol=lp,shots=2"),
-                       "/nonexistent")
+  s = finetune.Session(
+    ft_config(f"pretrained={pretrained['supervised']},protocol=lp,shots=2"), "/nonexistent"
+  )
   assert s.method.normalize is False  # supervised and from-scratch features stay raw
 
 
 def test_lp_ft_starts_from_the_authors_adamw_probe_head(pretrained, tmp_path):
-  s = finetune.Session(ft_config(f"pretrained={pretrained['supervised']},protocol=lp,shots=10"),
-                       "/nonexistent")
+  s = finetune.Session(
+    ft_config(f"pretrained={pretrained['supervised']},protocol=lp,shots=10"), "/nonexistent"
+  )
   tx, ty = s.frozen_features("train")
   vx, vy = s.frozen_features("val")
   x, y = s.frozen_features("test")
   kernel, bias, lr, scores = transfer.adamw_probe(
-      tx, ty, vx, vy, 10, epochs=128, lr=3e-3, batch=32, weight_decay=0.1, warmup_steps=500,
-      clip_norm=1.0)
+    tx,
+    ty,
+    vx,
+    vy,
+    10,
+    epochs=128,
+    lr=3e-3,
+    batch=32,
+    weight_decay=0.1,
+    warmup_steps=500,
+    clip_norm=1.0,
+  )
   assert lr == 3e-3 and set(scores) == {3e-3}
   assert np.mean(np.argmax(x @ kernel + bias, -1) == y) > 0.6
   # 128 epochs of 4 batches (100 examples, the last batch of 4) = 512 steps: past the 500
   # warm-up steps; a run of 2 epochs stays in warm-up and learns less.
-  short = transfer.adamw_probe(tx, ty, vx, vy, 10, epochs=2, lr=3e-3, batch=32,
-                               weight_decay=0.1, warmup_steps=500, clip_norm=1.0)
+  short = transfer.adamw_probe(
+    tx,
+    ty,
+    vx,
+    vy,
+    10,
+    epochs=2,
+    lr=3e-3,
+    batch=32,
+    weight_decay=0.1,
+    warmup_steps=500,
+    clip_norm=1.0,
+  )
   assert np.abs(short[0]).max() < np.abs(kernel).max()
   # A learning rate of 0 leaves the head where it starts: the given init (CLIP: zero-shot).
   k0, b0 = np.ones_like(kernel), np.full_like(bias, 0.5)
-  k1, b1, _, _ = transfer.adamw_probe(tx, ty, vx, vy, 10, epochs=1, lr=0.0, batch=32,
-                                      weight_decay=0.1, warmup_steps=0, clip_norm=1.0,
-                                      init=(k0, b0))
+  k1, b1, _, _ = transfer.adamw_probe(
+    tx,
+    ty,
+    vx,
+    vy,
+    10,
+    epochs=1,
+    lr=0.0,
+    batch=32,
+    weight_decay=0.1,
+    warmup_steps=0,
+    clip_norm=1.0,
+    init=(k0, b0),
+  )
   np.testing.assert_array_equal(k1, k0)
   np.testing.assert_array_equal(b1, b0)
   # CLIP's probe starts from its zero-shot head, as the authors' LP and LP-FT did; others at 0.
-  s = finetune.Session(ft_config(f"pretrained={pretrained['clip']},protocol=lp_ft,shots=2"),
-                       "/nonexistent")
+  s = finetune.Session(
+    ft_config(f"pretrained={pretrained['clip']},protocol=lp_ft,shots=2"), "/nonexistent"
+  )
   init = s.adamw_probe_init()
   np.testing.assert_array_equal(init[0], s.text_head()[0])
   assert np.abs(init[0]).max() > 0
-  assert finetune.Session(ft_config(f"pretrained={pretrained['supervised']},protocol=lp_ft,"
-                                    f"shots=2"), "/nonexistent").adamw_probe_init() is None
-  (row,) = run_ft(tmp_path, "lpft", f"pretrained={pretrained['supervised']},protocol=lp_ft,"
-                  f"shots=5,epochs=2", **{"lp.adamw_epochs": 4.0})
+  assert (
+    finetune.Session(
+      ft_config(f"pretrained={pretrained['supervised']},protocol=lp_ft,shots=2"), "/nonexistent"
+    ).adamw_probe_init()
+    is None
+  )
+  (row,) = run_ft(
+    tmp_path,
+    "lpft",
+    f"pretrained={pretrained['supervised']},protocol=lp_ft,shots=5,epochs=2",
+    **{"lp.adamw_epochs": 4.0},
+  )
   assert row["recipe"]["probe_solver"] == "adamw" and row["head_init"] == "probe"
   assert (row["recipe"]["grad_clip_norm"], row["recipe"]["decay"]) == (1.0, "all")
   assert (row["recipe"]["warmup_cap"], row["recipe"]["feature_norm"]) == (0.0, "none")

@@ -23,22 +23,28 @@ from conftest import ROOT, mini_config, one_device
 def random_weights(name, num_classes, seed=0, **kwargs):
   """{our name: array} of a model with random values everywhere (BatchNorm statistics too)."""
   from flax import nnx
-  m = nnx.eval_shape(lambda: models.create(name, num_classes=num_classes, rngs=nnx.Rngs(0),
-                                           **kwargs))
+
+  m = nnx.eval_shape(
+    lambda: models.create(name, num_classes=num_classes, rngs=nnx.Rngs(0), **kwargs)
+  )
   rng = np.random.RandomState(seed)
   out = {}
   for p, v in jax.tree_util.tree_flatten_with_path(nnx.state(m).to_pure_dict())[0]:
     n = path_name(p)
-    out[n] = (rng.rand(*v.shape) + 0.5 if n.endswith("var") else
-              rng.randn(*v.shape) * (0.1 if len(v.shape) < 2 else v.shape[-2] ** -0.5)
-              ).astype(np.float32)
+    out[n] = (
+      rng.rand(*v.shape) + 0.5
+      if n.endswith("var")
+      else rng.randn(*v.shape) * (0.1 if len(v.shape) < 2 else v.shape[-2] ** -0.5)
+    ).astype(np.float32)
   return out
 
 
 def restored_flat(workdir):
   pre = transfer.load_pretrained(workdir)
-  return {**transfer.flatten(pre.state["params"]),
-          **transfer.flatten(pre.state.get("model_state", {}))}, pre
+  return {
+    **transfer.flatten(pre.state["params"]),
+    **transfer.flatten(pre.state.get("model_state", {})),
+  }, pre
 
 
 def test_bit_npz_converts_both_ways_and_lists_every_mismatch(tmp_path):
@@ -74,9 +80,19 @@ def test_bit_npz_converts_both_ways_and_lists_every_mismatch(tmp_path):
   with pytest.raises(interop.ConversionError, match="--model=bit_r50x1, but .* bit_r26x1"):
     cc.convert("bit", str(tmp_path / "bit.npz"), str(tmp_path / "x"), model="bit_r50x1")
   (tmp_path / "junk.npz").write_bytes(b"not a zip")
-  r = subprocess.run([sys.executable, "-m", "big_transfer.convert_checkpoint", "--from=bit",
-                      str(tmp_path / "junk.npz"), f"--out={tmp_path / 'y'}"], cwd=ROOT,
-                     capture_output=True, text=True)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "big_transfer.convert_checkpoint",
+      "--from=bit",
+      str(tmp_path / "junk.npz"),
+      f"--out={tmp_path / 'y'}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
   assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
   assert r.stderr.startswith(f"error: {tmp_path / 'junk.npz'}: not a readable .npz")
 
@@ -99,8 +115,14 @@ def test_big_vision_vit_npz_layouts(tmp_path, layout):
   np.savez(tmp_path / "vit.npz", **npz)
   summary = cc.convert("big_vision", str(tmp_path / "vit.npz"), str(tmp_path / "out"))
   assert summary["model"] == "vit_ti16"
-  assert summary["model_kwargs"] == {"depth": 2, "mlp_dim": 768, "heads": 3, "pool": pool,
-                                     "image_size": 32, "act": "gelu_tanh"}
+  assert summary["model_kwargs"] == {
+    "depth": 2,
+    "mlp_dim": 768,
+    "heads": 3,
+    "pool": pool,
+    "image_size": 32,
+    "act": "gelu_tanh",
+  }
   back, _ = restored_flat(str(tmp_path / "out"))
   assert set(back) == set(ours)
   for k in ours:
@@ -114,9 +136,20 @@ def converted(tmp_path_factory):
   ours = random_weights("vit_ti16", 11, seed=1, depth=2, image_size=32, patch=4)
   ours["pos_embed"][0] = 0
   np.savez(root / "vit.npz", **interop.export(ours, interop.big_vision_rule("bv", "tok", 3)))
-  r = subprocess.run([sys.executable, "-m", "big_transfer.convert_checkpoint",
-                      "--from=big_vision", str(root / "vit.npz"), "--model=vit_ti4",
-                      f"--out={root / 'ckpt'}"], cwd=ROOT, capture_output=True, text=True)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "big_transfer.convert_checkpoint",
+      "--from=big_vision",
+      str(root / "vit.npz"),
+      "--model=vit_ti4",
+      f"--out={root / 'ckpt'}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
   assert r.returncode == 0, r.stderr
   summary = json.loads(r.stdout.strip().splitlines()[-1])
   assert summary["params"] == sum(v.size for v in ours.values())
@@ -126,10 +159,19 @@ def converted(tmp_path_factory):
 def test_a_converted_checkpoint_finetunes_with_the_cli(converted, tmp_path):
   ckpt, _ = converted
   arg = f"pretrained={ckpt},protocol=lp,shots=5"
-  r = subprocess.run([sys.executable, "-m", "big_transfer.finetune",
-                      f"--config={ROOT}/configs/mini/finetune.py:{arg}",
-                      f"--workdir={tmp_path / 'lp'}"], cwd=ROOT, capture_output=True, text=True,
-                     timeout=600)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "big_transfer.finetune",
+      f"--config={ROOT}/configs/mini/finetune.py:{arg}",
+      f"--workdir={tmp_path / 'lp'}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   rows = [json.loads(x) for x in open(tmp_path / "lp" / "results.jsonl")]
   assert len(rows) == 1 and rows[0]["protocol"] == "lp" and rows[0]["shots"] == 5
@@ -143,8 +185,9 @@ def test_train_continues_from_a_converted_checkpoint(converted, tmp_path):
   c = mini_config(**{"model": "vit_ti4", "optimizer.lr": 0.0, "total_steps": 1})
   c.model_kwargs = ml_collections.ConfigDict(dict(depth=2, image_size=32, act="gelu_tanh"))
   c.init_from = ckpt
-  with pytest.raises(Exception,
-                     match=r"head/kernel: checkpoint .* \(192, 11\) vs model \(192, 10\)"):
+  with pytest.raises(
+    Exception, match=r"head/kernel: checkpoint .* \(192, 11\) vs model \(192, 10\)"
+  ):
     train.run(c, str(tmp_path / "a"), devices=one_device())
   c.init_skip = "head"  # the digits have 10 classes, the checkpoint's head 11
   state = train.run(c, str(tmp_path / "b"), devices=one_device())
@@ -164,10 +207,26 @@ def test_timm_export_round_trips_and_names_the_architecture(converted, tmp_path)
     meta = json.load(f)
   # ViT-Ti at patch 4 has no timm name: the registered ViT-Ti, every dimension an argument.
   assert meta["architecture"] == "vit_tiny_patch16_224"
-  assert {k: meta["kwargs"][k] for k in ("img_size", "patch_size", "embed_dim", "depth",
-                                         "num_heads", "num_classes", "global_pool")} == dict(
-      img_size=32, patch_size=4, embed_dim=192, depth=2, num_heads=3, num_classes=11,
-      global_pool="token")
+  assert {
+    k: meta["kwargs"][k]
+    for k in (
+      "img_size",
+      "patch_size",
+      "embed_dim",
+      "depth",
+      "num_heads",
+      "num_classes",
+      "global_pool",
+    )
+  } == dict(
+    img_size=32,
+    patch_size=4,
+    embed_dim=192,
+    depth=2,
+    num_heads=3,
+    num_classes=11,
+    global_pool="token",
+  )
   assert meta["pretrained_cfg"]["file"] == str(out)
   umask = os.umask(0)
   os.umask(umask)
@@ -182,18 +241,24 @@ def test_timm_export_round_trips_and_names_the_architecture(converted, tmp_path)
       np.testing.assert_array_equal(back[k], ours[k], err_msg=k)
 
 
-@pytest.mark.parametrize("model,kwargs,expect", [
+@pytest.mark.parametrize(
+  "model,kwargs,expect",
+  [
     ("resnet50", {}, ("resnet50", "v1.5")),
     ("bit_r101x3", {}, ("resnetv2_101x3_bit", "v2")),
     ("vit_b16", {}, ("vit_base_patch16_224", "vit")),
-    ("vit_b32", dict(eps=1e-5, patch_bias=False, ln_pre=True, act="quick_gelu"),
-     ("vit_base_patch32_clip_224", "vit")),
+    (
+      "vit_b32",
+      dict(eps=1e-5, patch_bias=False, ln_pre=True, act="quick_gelu"),
+      ("vit_base_patch32_clip_224", "vit"),
+    ),
     ("vit_s16", dict(image_size=384, pool="gap"), ("vit_small_patch16_384", "vit")),
     ("clip_rn50", {}, "--to=openclip"),
     ("resnet18", dict(width=0.25), "width=0.25"),
     ("bit_r50x2", {}, "bit_r50x1, bit_r50x3"),
     ("vit_b16", dict(ln_pre=True), "pre-norm"),
-])
+  ],
+)
 def test_timm_architectures_of_our_models(model, kwargs, expect):
   if isinstance(expect, str):
     with pytest.raises(interop.ConversionError, match=expect.replace(".", r"\.")):

@@ -60,6 +60,7 @@ def randomize(model, seed=0):
 def restore(workdir):
   """Our whole model from a converted workdir (and its tokenizer for CLIP)."""
   from flax import nnx
+
   pre = transfer.load_pretrained(workdir)
   tok = tok_lib.load(pre.tokenizer_path()) if pre.method == "clip" else None
   method, graphdef, params, rest = transfer.restore_model(pre, tok)
@@ -75,10 +76,16 @@ def param_count(model):
 
 
 CAPTIONS = [
-    "a photo of a cat.", "A DOG!!! running, fast?", "naïve café — déjà vu 😀 ünïcode",
-    "don't   stop  &amp; think\n\ttwice", "the number 3.14159 and $100", "日本語のキャプション",
-    "mojibake: Ã©tÃ© Ã  Paris", "word " * 120,  # truncated: end-of-text kept as the last token
-    "", "x",
+  "a photo of a cat.",
+  "A DOG!!! running, fast?",
+  "naïve café — déjà vu 😀 ünïcode",
+  "don't   stop  &amp; think\n\ttwice",
+  "the number 3.14159 and $100",
+  "日本語のキャプション",
+  "mojibake: Ã©tÃ© Ã  Paris",
+  "word " * 120,  # truncated: end-of-text kept as the last token
+  "",
+  "x",
 ]
 
 
@@ -134,22 +141,26 @@ def test_openclip_model_equals_ours_and_round_trips(name, images, tmp_path):
 
 def test_openai_torchscript_archives_convert_like_state_dicts(tmp_path):
   """OpenAI distributes CLIP as TorchScript archives: read through torch.jit, same tensors."""
-  cfg = dict(embed_dim=64, quick_gelu=True,
-             vision_cfg=dict(layers=2, width=128, patch_size=8, image_size=32),
-             text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=1))
+  cfg = dict(
+    embed_dim=64,
+    quick_gelu=True,
+    vision_cfg=dict(layers=2, width=128, patch_size=8, image_size=32),
+    text_cfg=dict(context_length=77, vocab_size=49408, width=64, heads=1, layers=1),
+  )
   ref = randomize(open_clip.CLIP(**cfg))
   tokens = open_clip.get_tokenizer("RN50")(["a cat"])
-  traced = torch.jit.trace(ref, (torch.zeros(1, 3, 32, 32), tokens), strict=False,
-                           check_trace=False)
+  traced = torch.jit.trace(
+    ref, (torch.zeros(1, 3, 32, 32), tokens), strict=False, check_trace=False
+  )
   traced.save(str(tmp_path / "openai.pt"))
   torch.save(ref.state_dict(), tmp_path / "sd.pt")
-  a = cc.convert("openclip", str(tmp_path / "openai.pt"), str(tmp_path / "a"),
-                 model=None, act="quick_gelu")
+  a = cc.convert(
+    "openclip", str(tmp_path / "openai.pt"), str(tmp_path / "a"), model=None, act="quick_gelu"
+  )
   b = cc.convert("openclip", str(tmp_path / "sd.pt"), str(tmp_path / "b"), act="quick_gelu")
   assert a["model"] == b["model"] == "vit_b8"  # width 128: an off-grid ViT, dims spelled out
   assert a["model_kwargs"]["width"] == 128 and a["model_kwargs"]["act"] == "quick_gelu"
-  ta, tb = (transfer.flatten(transfer.load_pretrained(str(tmp_path / d)).params())
-            for d in "ab")
+  ta, tb = (transfer.flatten(transfer.load_pretrained(str(tmp_path / d)).params()) for d in "ab")
   assert set(ta) == set(tb)
   for k in ta:
     np.testing.assert_array_equal(ta[k], tb[k], err_msg=k)
@@ -161,14 +172,15 @@ def test_openai_torchscript_archives_convert_like_state_dicts(tmp_path):
   assert rel_err(oi, ri) < TOL
 
 
-@pytest.mark.parametrize("name", ["resnet50", "resnetv2_50x1_bit", "vit_base_patch16_224",
-                                  "vit_base_patch32_224"])
+@pytest.mark.parametrize(
+  "name", ["resnet50", "resnetv2_50x1_bit", "vit_base_patch16_224", "vit_base_patch32_224"]
+)
 def test_timm_model_equals_ours(name, images, tmp_path):
   from safetensors.torch import save_file
+
   ref = randomize(timm.create_model(name, pretrained=False))
   save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "m.safetensors")
-  summary = cc.convert("timm", str(tmp_path / "m.safetensors"), str(tmp_path / "ours"),
-                       model=name)
+  summary = cc.convert("timm", str(tmp_path / "m.safetensors"), str(tmp_path / "ours"), model=name)
   assert summary["params"] == param_count(ref)
   model, _, _ = restore(str(tmp_path / "ours"))
   with torch.no_grad():
@@ -182,8 +194,10 @@ def test_bit_npz_we_write_is_read_by_timm_as_the_same_network(images, tmp_path):
   """Our BiT .npz layout is the one timm's BiT loader reads: the .npz of a random BiT, read by
   timm and by us, gives one network."""
   from timm.models.resnetv2 import _load_weights
-  np.savez(tmp_path / "bit.npz", **interop.export(random_weights("bit_r50x1", 1000),
-                                                  interop.bit_rule))
+
+  np.savez(
+    tmp_path / "bit.npz", **interop.export(random_weights("bit_r50x1", 1000), interop.bit_rule)
+  )
   ref = timm.create_model("resnetv2_50x1_bit", pretrained=False).eval()
   _load_weights(ref, str(tmp_path / "bit.npz"))
   cc.convert("bit", str(tmp_path / "bit.npz"), str(tmp_path / "ours"))
@@ -200,14 +214,23 @@ def test_big_vision_npz_we_read_is_the_network_timm_reads(layout, images, tmp_pa
   and in big_vision's (patches only: timm's no_embed_class), read by timm's loader and by us:
   one network (timm's ViTs use exact GELU, hence --act=gelu)."""
   from timm.models.vision_transformer import _load_weights
+
   ours = random_weights("vit_s16", 1000)
   if layout == "bv":
     ours["pos_embed"][0] = 0
   prefix = "params/" if layout == "bv" else ""  # how each codebase saved them
-  np.savez(tmp_path / "vit.npz", **{prefix + k: v for k, v in interop.export(
-      ours, interop.big_vision_rule(layout, "tok", heads=6)).items()})
-  ref = timm.create_model("vit_small_patch16_224", pretrained=False,
-                          **({"no_embed_class": True} if layout == "bv" else {})).eval()
+  np.savez(
+    tmp_path / "vit.npz",
+    **{
+      prefix + k: v
+      for k, v in interop.export(ours, interop.big_vision_rule(layout, "tok", heads=6)).items()
+    },
+  )
+  ref = timm.create_model(
+    "vit_small_patch16_224",
+    pretrained=False,
+    **({"no_embed_class": True} if layout == "bv" else {}),
+  ).eval()
   _load_weights(ref, str(tmp_path / "vit.npz"))
   cc.convert("big_vision", str(tmp_path / "vit.npz"), str(tmp_path / "ours"), act="gelu")
   model, _, _ = restore(str(tmp_path / "ours"))
@@ -242,6 +265,7 @@ def test_a_clip_trained_here_exports_to_openclip(tmp_path):
 
 # ----------------------------------------------------------------------------- timm export
 
+
 def _mini_run(root, config, arg, **keys):
   c = config_lib.load(f"{ROOT}/configs/mini/{config}.py:{arg}")
   c.tensorboard, c.checkpoint_every, c.eval_data = False, c.total_steps, "none"
@@ -256,8 +280,12 @@ def timm_of(meta_path):
   """The exported model as a timm user builds it: from the .json beside the weights."""
   with open(meta_path) as f:
     meta = json.load(f)
-  model = timm.create_model(meta["architecture"], pretrained=True,
-                            pretrained_cfg_overlay=meta["pretrained_cfg"], **meta["kwargs"])
+  model = timm.create_model(
+    meta["architecture"],
+    pretrained=True,
+    pretrained_cfg_overlay=meta["pretrained_cfg"],
+    **meta["kwargs"],
+  )
   return model.eval(), meta
 
 
@@ -265,12 +293,14 @@ def timm_of(meta_path):
 def supervised_resnet18(tmp_path_factory):
   """A mini supervised ResNet-18 at timm's width, trained 3 steps (BatchNorm statistics and
   head moved off their initial values)."""
-  return _mini_run(tmp_path_factory.mktemp("sup"), "supervised",
-                   "model=resnet18,width=1.0,steps=3,batch=16")
+  return _mini_run(
+    tmp_path_factory.mktemp("sup"), "supervised", "model=resnet18,width=1.0,steps=3,batch=16"
+  )
 
 
-@pytest.mark.parametrize("case", ["supervised_resnet18", "supervised_vit_gap", "simclr_resnet18",
-                                  "clip_vit"])
+@pytest.mark.parametrize(
+  "case", ["supervised_resnet18", "supervised_vit_gap", "simclr_resnet18", "clip_vit"]
+)
 def test_any_image_tower_exports_to_timm(case, supervised_resnet18, tmp_path):
   """A run of each method exported with --to=timm: timm.create_model(architecture,
   pretrained=True, pretrained_cfg_overlay=..., **kwargs) from the .json beside the weights
@@ -279,13 +309,18 @@ def test_any_image_tower_exports_to_timm(case, supervised_resnet18, tmp_path):
   if case == "supervised_resnet18":
     run = supervised_resnet18
   elif case == "supervised_vit_gap":
-    run = _mini_run(tmp_path, "supervised", "model=vit_ti4,steps=2,batch=8",
-                    **{"model_kwargs.pool": "gap"})
+    run = _mini_run(
+      tmp_path, "supervised", "model=vit_ti4,steps=2,batch=8", **{"model_kwargs.pool": "gap"}
+    )
   elif case == "simclr_resnet18":
     run = _mini_run(tmp_path, "simclr", "model=resnet18,width=1.0,steps=2,batch=8")
   else:
-    run = _mini_run(tmp_path, "clip", "model=vit_ti4,steps=2,batch=8",
-                    **{"evals.zeroshot.data": "", "evals.retrieval.data": ""})
+    run = _mini_run(
+      tmp_path,
+      "clip",
+      "model=vit_ti4,steps=2,batch=8",
+      **{"evals.zeroshot.data": "", "evals.retrieval.data": ""},
+    )
   out = tmp_path / "exported.safetensors"
   assert cc.main([run, "--to=timm", f"--out={out}"]) == 0
   ref, meta = timm_of(tmp_path / "exported.json")
@@ -310,13 +345,16 @@ def test_any_image_tower_exports_to_timm(case, supervised_resnet18, tmp_path):
 
 
 def test_a_fine_tuned_classifier_exports_to_timm_and_scores_what_we_reported(
-    supervised_resnet18, tmp_path):
+  supervised_resnet18, tmp_path
+):
   """A fine-tuning run's sub-run exported with its head: timm's model, fed the test images
   through the run's own preprocessing, reaches the test accuracy the results row reports."""
   from big_transfer import finetune
   from big_transfer.data import ops, sources
-  c = config_lib.load(f"{ROOT}/configs/mini/finetune.py:pretrained={supervised_resnet18},"
-                      f"epochs=2,lrs=0.01,width=1.0")
+
+  c = config_lib.load(
+    f"{ROOT}/configs/mini/finetune.py:pretrained={supervised_resnet18},epochs=2,lrs=0.01,width=1.0"
+  )
   c.tensorboard = False
   rows = finetune.run(c, str(tmp_path / "ft"), devices=one_device())
   sub = [d for d in os.listdir(tmp_path / "ft") if d.startswith("lr_")]
@@ -329,8 +367,9 @@ def test_a_fine_tuned_classifier_exports_to_timm_and_scores_what_we_reported(
   pp = ops.parse(c.pp_eval)
   rng = np.random.default_rng(0)
   examples = [pp(dict(test[i]), rng) for i in range(len(test))]
-  images = torch.from_numpy(np.stack([e["image"] for e in examples]).transpose(0, 3, 1, 2)
-                            .astype(np.float32))
+  images = torch.from_numpy(
+    np.stack([e["image"] for e in examples]).transpose(0, 3, 1, 2).astype(np.float32)
+  )
   labels = np.array([e["label"] for e in examples])
   with torch.no_grad():
     predicted = ref(images).numpy().argmax(-1)
@@ -344,6 +383,7 @@ def test_the_openai_80_templates_are_openclips():
   from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
   from big_transfer.evaluators.zeroshot import TEMPLATES
+
   assert TEMPLATES["openai80"] == tuple(t("{}") for t in OPENAI_IMAGENET_TEMPLATES)
   assert TEMPLATES["clip7"] == tuple(t("{}") for t in SIMPLE_IMAGENET_TEMPLATES)
 
@@ -358,14 +398,15 @@ def test_randaugment_ops_are_timms_rand_m9_mstd05_inc1_ops(level, monkeypatch):
   from timm.data import auto_augment as aa
 
   from big_transfer.data import ops
+
   assert list(ops.TIMM_RA_OPS) == aa._RAND_INCREASING_TRANSFORMS
   img = Image.fromarray(np.random.default_rng(0).integers(40, 200, (37, 29, 3), dtype=np.uint8))
-  hparams = {"translate_const": 100, "img_mean": ops.IMAGENET_FILL,
-             "interpolation": Image.BICUBIC}
+  hparams = {"translate_const": 100, "img_mean": ops.IMAGENET_FILL, "interpolation": Image.BICUBIC}
   for name in aa._RAND_INCREASING_TRANSFORMS:
     for sign in (1.0, -1.0):
       monkeypatch.setattr(aa, "_randomly_negate", lambda v, s=sign: v * s)
       theirs = aa.AugmentOp(name, prob=1.0, magnitude=level, hparams=hparams)(img)
       ours = ops.TIMM_RA_OPS[name](img, level, sign, ops.IMAGENET_FILL, Image.BICUBIC)
-      np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs),
-                                    err_msg=f"{name} level {level} sign {sign}")
+      np.testing.assert_array_equal(
+        np.asarray(ours), np.asarray(theirs), err_msg=f"{name} level {level} sign {sign}"
+      )

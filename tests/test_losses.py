@@ -53,12 +53,15 @@ def test_losses_match_numpy(n, duplicates):
   a, b = rng.normal(size=(n, 8)).astype(np.float32), rng.normal(size=(n, 8)).astype(np.float32)
   if duplicates:  # identical items in one batch (no labels tell them apart)
     a[1], b[1] = a[0], b[0]
-  np.testing.assert_allclose(losses.nt_xent(a, b, 0.1)[0], np_nt_xent(a, b, 0.1),
-                             rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(losses.clip_softmax(a, b, 14.3)[0], np_clip(a, b, 14.3),
-                             rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(losses.siglip_sigmoid(a, b, 10.0, -10.0)[0],
-                             np_siglip(a, b, 10.0, -10.0), rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+    losses.nt_xent(a, b, 0.1)[0], np_nt_xent(a, b, 0.1), rtol=1e-4, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    losses.clip_softmax(a, b, 14.3)[0], np_clip(a, b, 14.3), rtol=1e-4, atol=1e-6
+  )
+  np.testing.assert_allclose(
+    losses.siglip_sigmoid(a, b, 10.0, -10.0)[0], np_siglip(a, b, 10.0, -10.0), rtol=1e-4, atol=1e-6
+  )
 
 
 def test_global_batch_loss_and_gradients_are_the_same_on_one_and_eight_devices():
@@ -67,8 +70,12 @@ def test_global_batch_loss_and_gradients_are_the_same_on_one_and_eight_devices()
   x1, x2 = rng.normal(size=(32, 8)).astype(np.float32), rng.normal(size=(32, 8)).astype(np.float32)
 
   def loss(w, x1, x2):
-    return (losses.nt_xent(x1 @ w, x2 @ w, 0.1)[0] + losses.clip_softmax(x1 @ w, x2 @ w, 10.0)[0]
-            + 0.1 * losses.siglip_sigmoid(x1 @ w, x2 @ w, 10.0, -10.0)[0])
+    return (
+      losses.nt_xent(x1 @ w, x2 @ w, 0.1)[0]
+      + losses.clip_softmax(x1 @ w, x2 @ w, 10.0)[0]
+      + 0.1 * losses.siglip_sigmoid(x1 @ w, x2 @ w, 10.0, -10.0)[0]
+    )
+
   ref_loss, ref_grad = jax.value_and_grad(loss)(w, x1, x2)
 
   mesh = sharding.make_mesh(8, 1, devices=jax.devices()[:8])
@@ -80,5 +87,5 @@ def test_global_batch_loss_and_gradients_are_the_same_on_one_and_eight_devices()
   np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-5)
   np.testing.assert_allclose(got_grad, ref_grad, rtol=1e-4, atol=1e-6)
   # A per-device loss (each device's rows only) differs: the global one is what we compute.
-  local = np.mean([loss(w, x1[i:i + 4], x2[i:i + 4]) for i in range(0, 32, 4)])
+  local = np.mean([loss(w, x1[i : i + 4], x2[i : i + 4]) for i in range(0, 32, 4)])
   assert abs(local - float(ref_loss)) > 0.1

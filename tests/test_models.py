@@ -10,18 +10,18 @@ from big_transfer import models
 
 # Published counts (torchvision/timm/BiT/CLIP/ViT papers), 1000-class heads unless noted.
 PUBLISHED = {
-    ("resnet18", 1000): 11_689_512,
-    ("resnet26", 1000): 15_995_176,
-    ("resnet50", 1000): 25_557_032,
-    ("resnet101", 1000): 44_549_160,
-    ("bit_r50x1", 1000): 25_549_352,
-    ("bit_r101x3", 1000): 387_934_888,
-    ("clip_rn50", 0): 38_316_896,  # CLIP RN50 image tower, embedding 1024
-    ("vit_ti16", 1000): 5_717_416,
-    ("vit_s16", 1000): 22_050_664,
-    ("vit_b16", 1000): 86_567_656,
-    ("vit_b32", 1000): 88_224_232,
-    ("vit_l16", 1000): 304_326_632,
+  ("resnet18", 1000): 11_689_512,
+  ("resnet26", 1000): 15_995_176,
+  ("resnet50", 1000): 25_557_032,
+  ("resnet101", 1000): 44_549_160,
+  ("bit_r50x1", 1000): 25_549_352,
+  ("bit_r101x3", 1000): 387_934_888,
+  ("clip_rn50", 0): 38_316_896,  # CLIP RN50 image tower, embedding 1024
+  ("vit_ti16", 1000): 5_717_416,
+  ("vit_s16", 1000): 22_050_664,
+  ("vit_b16", 1000): 86_567_656,
+  ("vit_b32", 1000): 88_224_232,
+  ("vit_l16", 1000): 304_326_632,
 }
 
 
@@ -31,11 +31,11 @@ def test_parameter_counts_match_published(name, classes):
 
 
 TINY = {
-    "resnet18": dict(width=0.125),
-    "resnet26": dict(width=0.125),
-    "bit_r26x1": dict(width=0.5),  # GroupNorm(32) needs >= 32 channels
-    "clip_rn26": dict(width=0.25, embed_dim=32, image_size=64, attn_heads=4),
-    "vit_ti16": dict(width=32, depth=2, mlp_dim=64, heads=2, image_size=64),
+  "resnet18": dict(width=0.125),
+  "resnet26": dict(width=0.125),
+  "bit_r26x1": dict(width=0.5),  # GroupNorm(32) needs >= 32 channels
+  "clip_rn26": dict(width=0.25, embed_dim=32, image_size=64, attn_heads=4),
+  "vit_ti16": dict(width=32, depth=2, mlp_dim=64, heads=2, image_size=64),
 }
 
 
@@ -65,8 +65,7 @@ def test_vit_runs_at_another_resolution_by_resampling_position_embeddings():
 
 
 def test_weight_standardisation_makes_bit_invariant_to_kernel_scale():
-  conv = models.resnet.StdConv(3, 8, (3, 3), padding=[(1, 1)] * 2, use_bias=False,
-                               rngs=nnx.Rngs(0))
+  conv = models.resnet.StdConv(3, 8, (3, 3), padding=[(1, 1)] * 2, use_bias=False, rngs=nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(0), (1, 8, 8, 3))
   y1 = conv(x)
   conv.kernel.value = conv.kernel.value * 5.0 + 0.3
@@ -90,8 +89,9 @@ def test_batchnorm_statistics_update_in_training_only():
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(same)))
   fwd(model, x, True)
   after = nnx.state(model, nnx.BatchStat)
-  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before),
-                                                       jax.tree.leaves(after)))
+  assert not all(
+    np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after))
+  )
 
 
 def test_unknown_model_names_the_known_forms():
@@ -104,6 +104,7 @@ def test_unknown_model_names_the_known_forms():
 def test_vit_attention_implementation_is_a_choice_with_the_same_numbers():
   import numpy as np
   from flax import nnx
+
   kw = dict(TINY["vit_ti16"], num_classes=3)
   default = models.init("vit_ti16", **kw)
   xla = models.init("vit_ti16", attention_impl="xla", **kw)
@@ -135,7 +136,7 @@ def test_resnet_pointwise_convs_as_matmuls_give_the_same_numbers(name):
 
     def loss(p, r):
       logits, _ = nnx.merge(graphdef, p, r)(x, train=False)
-      return jnp.sum(logits ** 2) + jnp.sum(logits[:, 0])
+      return jnp.sum(logits**2) + jnp.sum(logits[:, 0])
 
     return jax.jit(jax.value_and_grad(loss))(params, rest)
 
@@ -163,8 +164,16 @@ def test_every_method_gives_a_vit_its_dropout(method):
   def loss(dropout, key):
     c = config_lib.base_config()
     c.method, c.model = method, "vit_ti16"
-    c.model_kwargs = dict(image_size=32, patch=8, width=32, depth=2, mlp_dim=64, heads=2,
-                          dropout=dropout, head_zero_init=False)
+    c.model_kwargs = dict(
+      image_size=32,
+      patch=8,
+      width=32,
+      depth=2,
+      mlp_dim=64,
+      heads=2,
+      dropout=dropout,
+      head_zero_init=False,
+    )
     c.projection_dims, c.clip.embed_dim = (32, 16), 16
     c.text.update(width=32, layers=1, heads=2, context_length=8)
     tok = tokenizer.train(["a photo of a cat", "a drawing of a dog"] * 20, vocab_size=520)
@@ -172,8 +181,14 @@ def test_every_method_gives_a_vit_its_dropout(method):
     model = m.create_model(nnx.Rngs(0))
     rng = np.random.default_rng(0)
     img = rng.normal(size=(4, 32, 32, 3)).astype(np.float32)
-    batch = {"image": img, "label": np.arange(4) % 3, "image1": img, "image2": img[::-1],
-             "text": tok.tokenize(["a photo of a cat"] * 2 + ["a drawing of a dog"] * 2, 8)}
+    batch = {
+      "image": img,
+      "label": np.arange(4) % 3,
+      "image1": img,
+      "image2": img[::-1],
+      "text": tok.tokenize(["a photo of a cat"] * 2 + ["a drawing of a dog"] * 2, 8),
+    }
     return float(m.loss(model, batch, nnx.Rngs(dropout=jax.random.key(key)))[0])
+
   assert loss(0.5, 1) != loss(0.5, 2)
   assert loss(0.0, 1) == loss(0.0, 2)

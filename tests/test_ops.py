@@ -21,6 +21,7 @@ def test_unknown_op_lists_known_ops_and_bad_args_are_named():
 
 def test_the_op_registry_refuses_a_name_twice_and_binds_only_declared_run_arguments():
   from big_transfer.data.pp import registry
+
   with pytest.raises(ValueError, match="'resize' is registered twice"):
     ops.register("resize")(lambda size: None)
   with pytest.raises(ValueError, match="run_args .*'vocab'.* are not arguments"):
@@ -43,7 +44,8 @@ def test_ops_shapes_ranges_and_determinism():
   assert a.min() >= -1 and a.max() <= 1
   np.testing.assert_array_equal(a, b)
   out = ops.parse("resize_small(20)|central_crop(20)|normalize('imagenet')")(
-      {"image": img}, np.random.default_rng(0))["image"]
+    {"image": img}, np.random.default_rng(0)
+  )["image"]
   assert out.shape == (20, 20, 3)
   flipped = ops.parse("flip_lr(p=1.0)")({"image": img}, np.random.default_rng(0))["image"]
   np.testing.assert_array_equal(flipped, img[:, ::-1])
@@ -81,6 +83,7 @@ def test_colour_and_simclr_ops():
 
 def test_fused_reduced_dct_decode_matches_the_plain_chain():
   from big_transfer import bench
+
   jpegs = bench.synthetic_jpegs(6, 600, 800)
   pp = "decode|inception_crop(64)|flip_lr|value_range(0,1)"
   fused, plain = ops.parse(pp), ops.parse(pp, fuse=False)
@@ -98,11 +101,17 @@ def test_fused_reduced_dct_decode_matches_the_plain_chain():
   assert out["image"].shape == (16, 16, 3)  # non-JPEG bytes take the plain path
 
 
-@pytest.mark.parametrize("pp", ["inception_crop(6)|flip_lr|normalize('imagenet')",
-                                "flip_lr|value_range(-1, 1)",
-                                "value_range(0, 1)|normalize((0.5, 0.5, 0.5), (0.2, 0.3, 0.4))"])
+@pytest.mark.parametrize(
+  "pp",
+  [
+    "inception_crop(6)|flip_lr|normalize('imagenet')",
+    "flip_lr|value_range(-1, 1)",
+    "value_range(0, 1)|normalize((0.5, 0.5, 0.5), (0.2, 0.3, 0.4))",
+  ],
+)
 def test_trailing_normalisation_moves_to_the_device_with_the_same_numbers(pp):
   import jax
+
   host_pp, affines = ops.split_device_affine(pp)
   assert affines and "normalize" not in host_pp and "value_range" not in host_pp
   rng = np.random.default_rng(0)
@@ -122,20 +131,33 @@ def test_randaugment_applies_each_op_with_probability_half_and_the_transfer_defa
   from PIL import Image
 
   from big_transfer import config_lib
+
   img = np.random.default_rng(0).integers(40, 200, (24, 24, 3), dtype=np.uint8)
   ra = ops.parse("randaugment(2, 9, 0.5)")
-  same = np.mean([np.array_equal(ra({"image": img}, np.random.default_rng(s))["image"], img)
-                  for s in range(400)])
+  same = np.mean(
+    [np.array_equal(ra({"image": img}, np.random.default_rng(s))["image"], img) for s in range(400)]
+  )
   assert 0.17 < same < 0.33, same
   always = ops.parse("randaugment(2, 9, 0.5, p=1.0)")
   # Always applied, nearly every image changes (Invert twice is the identity).
-  assert sum(np.array_equal(always({"image": img}, np.random.default_rng(s))["image"], img)
-             for s in range(50)) <= 2
-  poster = np.asarray(ops.TIMM_RA_OPS["PosterizeIncreasing"](Image.fromarray(img), 9.0, 1.0,
-                                                             ops.IMAGENET_FILL, Image.BICUBIC))
+  assert (
+    sum(
+      np.array_equal(always({"image": img}, np.random.default_rng(s))["image"], img)
+      for s in range(50)
+    )
+    <= 2
+  )
+  poster = np.asarray(
+    ops.TIMM_RA_OPS["PosterizeIncreasing"](
+      Image.fromarray(img), 9.0, 1.0, ops.IMAGENET_FILL, Image.BICUBIC
+    )
+  )
   assert set(np.unique(poster)) <= {0, 128}  # 1 bit kept
-  assert not np.asarray(ops.TIMM_RA_OPS["PosterizeIncreasing"](
-      Image.fromarray(img), 10.0, 1.0, ops.IMAGENET_FILL, Image.BICUBIC)).any()
+  assert not np.asarray(
+    ops.TIMM_RA_OPS["PosterizeIncreasing"](
+      Image.fromarray(img), 10.0, 1.0, ops.IMAGENET_FILL, Image.BICUBIC
+    )
+  ).any()
   assert "Identity" not in ops.TIMM_RA_OPS and {"Invert", "SolarizeAdd"} <= set(ops.TIMM_RA_OPS)
   pp = config_lib.transfer_config().pp_train
   assert "randaugment(2, 9, 0.5)" in pp and "color_jitter" not in pp

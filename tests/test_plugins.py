@@ -21,6 +21,7 @@ def plugins():
   from example_plugins import feature_stats_eval, invert_op  # noqa: F401  (they register)
   from example_plugins.stripes_source import StripesSource
   from example_plugins.tiny_cnn_model import TinyCNN
+
   methods.register("rotnet", "example_plugins.rotnet:Method")
   models.register(r"tinycnn_(\d+)", lambda m: (TinyCNN, {"width": int(m[1])}))
   builtin.register("stripes", StripesSource)
@@ -32,13 +33,18 @@ def plugins():
 
 def test_a_method_model_op_evaluator_and_source_each_plug_in_with_one_line(plugins, tmp_path):
   # The method's config section joins the base config, with its meaning and its check.
-  assert "rotnet.rotations = 4  # 4: 0/90/180/270" in config_lib.describe(
-      config_lib.base_config())
+  assert "rotnet.rotations = 4  # 4: 0/90/180/270" in config_lib.describe(config_lib.base_config())
   with pytest.raises(config_lib.ConfigError, match=r"config.rotnet.rotations=3: 2 or 4"):
     train.prepare(mini_config(method="rotnet", **{"rotnet.rotations": 3}), None)
-  c = mini_config(method="rotnet", model="tinycnn_8", data="builtin:stripes",
-                  pp_train="invert|value_range(-1, 1)", pp_eval="value_range(-1, 1)",
-                  total_steps=4, batch_size=32)
+  c = mini_config(
+    method="rotnet",
+    model="tinycnn_8",
+    data="builtin:stripes",
+    pp_train="invert|value_range(-1, 1)",
+    pp_eval="value_range(-1, 1)",
+    total_steps=4,
+    batch_size=32,
+  )
   c.model_kwargs = type(c.model_kwargs)()  # the tiny model takes no width multiplier
   c.unlock()
   c.evals.stats = evals_lib.entry("feature_stats", data="builtin:stripes", every=4)

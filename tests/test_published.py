@@ -5,30 +5,45 @@ import pytest
 from big_transfer import published
 
 # The paper's tables as printed (PAPER.md): CIFAR-100, DTD, Pets at 5 / 20 / full shots.
-COLUMNS = (("cifar100", "5"), ("cifar100", "20"), ("cifar100", "full"), ("dtd", "5"),
-           ("dtd", "20"), ("dtd", "full"), ("pets", "5"), ("pets", "20"), ("pets", "full"))
+COLUMNS = (
+  ("cifar100", "5"),
+  ("cifar100", "20"),
+  ("cifar100", "full"),
+  ("dtd", "5"),
+  ("dtd", "20"),
+  ("dtd", "full"),
+  ("pets", "5"),
+  ("pets", "20"),
+  ("pets", "full"),
+)
 TABLE = {
-    "cc3m": (37.3, 52.4, 83.4, 38.4, 57.3, 65.2, 28.7, 67.9, 86.2),
-    "cc12m_2.7m": (36.2, 52.8, 83.1, 38.2, 57.0, 65.9, 26.3, 64.6, 85.5),
-    "redcaps_2.7m": (32.9, 50.6, 83.5, 40.6, 57.6, 65.2, 29.2, 71.4, 87.8),
-    "yfcc_2.7m": (29.0, 47.0, 82.8, 34.7, 54.1, 62.8, 25.6, 60.6, 84.4),
-    "laion_2.7m": (39.0, 54.4, 83.7, 39.9, 58.0, 65.8, 26.9, 65.2, 85.7),
-    "wit_2.7m": (28.3, 44.2, 81.6, 34.3, 53.2, 61.1, 22.1, 57.0, 83.2),
-    "shutterstock_2.7m": (38.7, 53.2, 83.3, 43.9, 60.7, 68.6, 24.4, 66.7, 86.7),
-    "laion_15m": (47.0, 60.2, 83.7, 40.3, 60.9, 68.8, 29.3, 70.7, 87.5),
-    "supervised_in1k": (32.8, 59.5, 84.9, 43.6, 65.1, 71.2, 78.3, 88.4, 92.6),
-    "laion_2b_vitb32": (77.1, 81.2, 90.5, 45.9, 67.6, 74.3, 38.3, 75.2, 93.1),
-    "scratch": (None, None, 72.8, None, None, 44.6, None, None, 68.0),
+  "cc3m": (37.3, 52.4, 83.4, 38.4, 57.3, 65.2, 28.7, 67.9, 86.2),
+  "cc12m_2.7m": (36.2, 52.8, 83.1, 38.2, 57.0, 65.9, 26.3, 64.6, 85.5),
+  "redcaps_2.7m": (32.9, 50.6, 83.5, 40.6, 57.6, 65.2, 29.2, 71.4, 87.8),
+  "yfcc_2.7m": (29.0, 47.0, 82.8, 34.7, 54.1, 62.8, 25.6, 60.6, 84.4),
+  "laion_2.7m": (39.0, 54.4, 83.7, 39.9, 58.0, 65.8, 26.9, 65.2, 85.7),
+  "wit_2.7m": (28.3, 44.2, 81.6, 34.3, 53.2, 61.1, 22.1, 57.0, 83.2),
+  "shutterstock_2.7m": (38.7, 53.2, 83.3, 43.9, 60.7, 68.6, 24.4, 66.7, 86.7),
+  "laion_15m": (47.0, 60.2, 83.7, 40.3, 60.9, 68.8, 29.3, 70.7, 87.5),
+  "supervised_in1k": (32.8, 59.5, 84.9, 43.6, 65.1, 71.2, 78.3, 88.4, 92.6),
+  "laion_2b_vitb32": (77.1, 81.2, 90.5, 45.9, 67.6, 74.3, 38.3, 75.2, 93.1),
+  "scratch": (None, None, 72.8, None, None, 44.6, None, None, 68.0),
 }
-SIZES = {"laion_1m": (83.2, 60.6, 85.6), "laion_5m": (82.6, 65.7, 85.6),
-         "laion_7.5m": (83.8, 67.0, 85.7), "laion_9.6m": (83.4, 67.4, 87.2)}
+SIZES = {
+  "laion_1m": (83.2, 60.6, 85.6),
+  "laion_5m": (82.6, 65.7, 85.6),
+  "laion_7.5m": (83.8, 67.0, 85.7),
+  "laion_9.6m": (83.4, 67.4, 87.2),
+}
 # SimCLR (LP-FT in the log) vs. CLIP (full fine-tuning): DTD, Caltech-101, CIFAR-100, Real.
-METHOD = {("simclr_cc12m_2.7m", "lp_ft"): (72.1, 89.2, 83.8, 77.0),
-          ("simclr_redcaps_2.7m", "lp_ft"): (73.1, 90.2, 84.6, 79.0),
-          ("simclr_shutterstock_2.7m", "lp_ft"): (71.1, 88.5, 83.8, 80.0),
-          ("cc12m_2.7m", "ft"): (65.9, 85.7, 83.1, 82.7),
-          ("redcaps_2.7m", "ft"): (65.2, 85.8, 83.5, 82.9),
-          ("shutterstock_2.7m", "ft"): (68.6, 86.3, 83.3, 82.8)}
+METHOD = {
+  ("simclr_cc12m_2.7m", "lp_ft"): (72.1, 89.2, 83.8, 77.0),
+  ("simclr_redcaps_2.7m", "lp_ft"): (73.1, 90.2, 84.6, 79.0),
+  ("simclr_shutterstock_2.7m", "lp_ft"): (71.1, 88.5, 83.8, 80.0),
+  ("cc12m_2.7m", "ft"): (65.9, 85.7, 83.1, 82.7),
+  ("redcaps_2.7m", "ft"): (65.2, 85.8, 83.5, 82.9),
+  ("shutterstock_2.7m", "ft"): (68.6, 86.3, 83.3, 82.8),
+}
 
 
 def _printed_cells():
@@ -70,4 +85,5 @@ def test_protocols_are_kept_apart_and_the_authors_grid_is_theirs():
   assert {b for _, b, _ in grid} == {32, 64, 128} and {e for _, _, e in grid} == {64, 128}
   assert min(l for l, _, _ in grid) == 3e-6 and max(l for l, _, _ in grid) >= 3e-3
   assert {(l, b, e) for l, b, e in published.authors_grid("pets")} >= {
-      (lr, 128, 128) for lr in published.TEXT_GRID_LRS}
+    (lr, 128, 128) for lr in published.TEXT_GRID_LRS
+  }

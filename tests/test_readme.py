@@ -15,8 +15,16 @@ pytestmark = pytest.mark.slow
 
 # The workdirs of the README lines this test runs, in order (later lines use earlier runs).
 # runs/in1k is the unprepared-TFDS line: one error line naming the prepare command.
-TESTED = ("runs/mini_supervised", "runs/simclr", "runs/clip", "runs/ft_full", "runs/lp_5shot",
-          "runs/zeroshot", "runs/wise", "runs/in1k")
+TESTED = (
+  "runs/mini_supervised",
+  "runs/simclr",
+  "runs/clip",
+  "runs/ft_full",
+  "runs/lp_5shot",
+  "runs/zeroshot",
+  "runs/wise",
+  "runs/in1k",
+)
 
 
 def readme_commands() -> list[str]:
@@ -26,10 +34,12 @@ def readme_commands() -> list[str]:
   cmds = []
   for block in re.findall(r"```bash\n(.*?)```", text, re.S):
     joined = re.sub(r"\\\n\s*", " ", block)
-    cmds += [ln.split("  # ")[0].strip() for ln in joined.splitlines()
-             if ln.strip() and not ln.strip().startswith("#")]
-  cmds += [re.sub(r"\s+", " ", c) for c in re.findall(r"`(python -m big_transfer\.[^`]+)`",
-                                                         text)]
+    cmds += [
+      ln.split("  # ")[0].strip()
+      for ln in joined.splitlines()
+      if ln.strip() and not ln.strip().startswith("#")
+    ]
+  cmds += [re.sub(r"\s+", " ", c) for c in re.findall(r"`(python -m big_transfer\.[^`]+)`", text)]
   return cmds
 
 
@@ -43,8 +53,9 @@ def test_the_readmes_quick_start_lines_run_as_written(tmp_path):
     found = sorted({c for c in cmds if f"--workdir={wd}" in c.split()})
     assert len(found) == 1, f"README: {len(found)} commands with --workdir={wd}: {found}"
     cmd = found[0].replace("python -m", f"{sys.executable} -m", 1)
-    out = subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+      cmd, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     if wd == "runs/in1k":
       errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
       assert out.returncode == 2 and len(errors) == 1, out.stderr[-2000:]

@@ -19,20 +19,30 @@ from big_transfer import checkpoint, config_lib, finetune, train, transfer
 from big_transfer.logging import read_metrics
 from conftest import MINI, ROOT, flip_a_byte, losses, mini_config, one_device, run_cli
 
-ARGS = ["--config.eval_data=none", "--config.tensorboard=false", "--config.log_every=1",
-        "--config.optimizer.warmup_steps=0"]
+ARGS = [
+  "--config.eval_data=none",
+  "--config.tensorboard=false",
+  "--config.log_every=1",
+  "--config.optimizer.warmup_steps=0",
+]
 
 
 def _leaves_equal(a, b):
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y))
-                                    for x, y in zip(la, lb))
+  return len(la) == len(lb) and all(
+    np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)
+  )
 
 
 def _popen(args, wd, env=None):
-  return subprocess.Popen([sys.executable, "-m", "big_transfer.train", *args, f"--workdir={wd}"],
-                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          env={**os.environ, **(env or {})})
+  return subprocess.Popen(
+    [sys.executable, "-m", "big_transfer.train", *args, f"--workdir={wd}"],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env={**os.environ, **(env or {})},
+  )
 
 
 def _wait(cond, proc, timeout=300):
@@ -54,12 +64,14 @@ def _logged_steps(wd):
 
 # ---------------------------------------------------------------- verified checkpoints
 
+
 def test_flipped_bytes_are_caught_by_the_checksums_and_the_run_falls_back_exactly(tmp_path):
   ref_wd, wd = str(tmp_path / "ref"), str(tmp_path / "run")
   kw = dict(total_steps=12, checkpoint_every=4, keep_checkpoints=5)
   train.run(mini_config(**kw), ref_wd, devices=one_device())
   train.run(mini_config(**kw), wd, devices=one_device())
   import shutil  # the run as if it had been stopped after step 8
+
   shutil.rmtree(os.path.join(wd, "checkpoints", "12"))
   assert os.path.exists(os.path.join(wd, "checkpoints", "8", checkpoint.CHECKSUMS))
   flip_a_byte(os.path.join(wd, "checkpoints", "8"))
@@ -70,26 +82,32 @@ def test_flipped_bytes_are_caught_by_the_checksums_and_the_run_falls_back_exactl
   assert os.path.isdir(os.path.join(wd, "checkpoints_corrupt", "8"))
 
 
-def test_no_restorable_checkpoint_is_an_error_naming_each_unless_fresh_start_is_allowed(
-    tmp_path):
+def test_no_restorable_checkpoint_is_an_error_naming_each_unless_fresh_start_is_allowed(tmp_path):
   wd = str(tmp_path)
   train.run(mini_config(total_steps=4, checkpoint_every=2), wd, devices=one_device())
   for step in ("2", "4"):
     flip_a_byte(os.path.join(wd, "checkpoints", step))
   os.remove(os.path.join(wd, "done.json"))
   c = mini_config(total_steps=4, checkpoint_every=2)
-  with pytest.raises(checkpoint.CheckpointError,
-                     match=r"no checkpoint in .* restores \(step 4: .*checksum.*; step 2: .*"
-                           r"Not starting again from step 0: set config.allow_fresh_start"):
+  with pytest.raises(
+    checkpoint.CheckpointError,
+    match=r"no checkpoint in .* restores \(step 4: .*checksum.*; step 2: .*"
+    r"Not starting again from step 0: set config.allow_fresh_start",
+  ):
     train.run(c, wd, devices=one_device())
   assert not os.listdir(os.path.join(wd, "checkpoints"))
-  state = train.run(mini_config(total_steps=2, checkpoint_every=2, allow_fresh_start=True), wd,
-                    devices=one_device(), accept_changes="total_steps")
+  state = train.run(
+    mini_config(total_steps=2, checkpoint_every=2, allow_fresh_start=True),
+    wd,
+    devices=one_device(),
+    accept_changes="total_steps",
+  )
   assert int(state.step) == 2
 
 
-def test_a_transient_read_error_is_retried_and_never_moves_a_checkpoint_aside(tmp_path,
-                                                                               monkeypatch):
+def test_a_transient_read_error_is_retried_and_never_moves_a_checkpoint_aside(
+  tmp_path, monkeypatch
+):
   wd = str(tmp_path)
   train.run(mini_config(total_steps=4, checkpoint_every=4), wd, devices=one_device())
   real, calls = checkpoint.Checkpointer._restore, []
@@ -99,16 +117,21 @@ def test_a_transient_read_error_is_retried_and_never_moves_a_checkpoint_aside(tm
     if len(calls) <= 2:
       raise OSError(errno.ETIMEDOUT, "Connection timed out")
     return real(self, step, abstract)
+
   monkeypatch.setattr(checkpoint.Checkpointer, "_restore", flaky)
   dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev),
-                          checkpoint.load_state(wd)[0])
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=dev), checkpoint.load_state(wd)[0]
+  )
   ck = checkpoint.Checkpointer(wd)
   step, _, loader, problems = ck.restore_latest(abstract, backoff_s=0.01)
   ck.close()
   assert (step, problems, calls) == (4, [], [4, 4, 4]) and loader["next_batch"] == 4
-  monkeypatch.setattr(checkpoint.Checkpointer, "_restore",
-                      lambda *a: (_ for _ in ()).throw(OSError(errno.ESTALE, "Stale handle")))
+  monkeypatch.setattr(
+    checkpoint.Checkpointer,
+    "_restore",
+    lambda *a: (_ for _ in ()).throw(OSError(errno.ESTALE, "Stale handle")),
+  )
   ck = checkpoint.Checkpointer(wd)
   with pytest.raises(checkpoint.CheckpointError, match="transient failure, not corruption"):
     ck.restore_latest(abstract, retries=1, backoff_s=0.01)
@@ -119,15 +142,18 @@ def test_a_transient_read_error_is_retried_and_never_moves_a_checkpoint_aside(tm
 
 def test_finetune_uses_the_newest_good_checkpoint_and_the_study_needs_the_done_marker(tmp_path):
   from big_transfer import study
+
   pre = str(tmp_path / "pre")
-  train.run(mini_config(total_steps=4, checkpoint_every=2, keep_checkpoints=3), pre,
-            devices=one_device())
+  train.run(
+    mini_config(total_steps=4, checkpoint_every=2, keep_checkpoints=3), pre, devices=one_device()
+  )
   assert study.pretrain_finished(pre)
   flip_a_byte(os.path.join(pre, "checkpoints", "4"))
   loaded = transfer.load_pretrained(pre)
   assert loaded.step == 2
-  c = config_lib.load(os.path.join(ROOT, "configs/mini/finetune.py") +
-                      f":pretrained={pre},protocol=lp,shots=2")
+  c = config_lib.load(
+    os.path.join(ROOT, "configs/mini/finetune.py") + f":pretrained={pre},protocol=lp,shots=2"
+  )
   (row,) = finetune.run(c, str(tmp_path / "lp"), devices=one_device())
   assert row["pretrain_steps"] == 2
   os.remove(os.path.join(pre, "done.json"))  # a run that never finished
@@ -136,9 +162,13 @@ def test_finetune_uses_the_newest_good_checkpoint_and_the_study_needs_the_done_m
 
 # ---------------------------------------------------------------- preemption
 
+
 def test_sigterm_finishes_the_step_saves_and_the_restart_loses_no_step(tmp_path):
-  args = [f"--config={MINI}:steps=150,batch=16,width=0.125", "--config.checkpoint_every=1000",
-          *ARGS]
+  args = [
+    f"--config={MINI}:steps=150,batch=16,width=0.125",
+    "--config.checkpoint_every=1000",
+    *ARGS,
+  ]
   ref_wd, wd = str(tmp_path / "ref"), str(tmp_path / "run")
   proc = _popen(args, wd)
   _wait(lambda: len(_logged_steps(wd)) >= 15, proc)
@@ -162,9 +192,13 @@ def test_sigterm_finishes_the_step_saves_and_the_restart_loses_no_step(tmp_path)
 
 # ---------------------------------------------------------------- one run per workdir
 
+
 def test_a_second_run_on_a_workdir_refuses_and_a_dead_runs_lock_is_taken_over(tmp_path):
-  args = [f"--config={MINI}:steps=2000,batch=16,width=0.125", "--config.checkpoint_every=5000",
-          *ARGS]
+  args = [
+    f"--config={MINI}:steps=2000,batch=16,width=0.125",
+    "--config.checkpoint_every=5000",
+    *ARGS,
+  ]
   wd = str(tmp_path)
   first = _popen(args, wd)
   try:
@@ -180,60 +214,89 @@ def test_a_second_run_on_a_workdir_refuses_and_a_dead_runs_lock_is_taken_over(tm
   assert os.path.exists(os.path.join(wd, ".lock"))  # left behind by the killed run
   args[0] = f"--config={MINI}:steps=3,batch=16,width=0.125"
   out = run_cli(args + [f"--workdir={wd}", "--accept_changes=total_steps"], check=True)
-  assert f"taking over the lock of a run that is gone (pid {first.pid} on this host is not " \
-         "running)" in out.stdout
+  assert (
+    f"taking over the lock of a run that is gone (pid {first.pid} on this host is not "
+    "running)" in out.stdout
+  )
   assert not os.path.exists(os.path.join(wd, ".lock"))
 
 
 # ---------------------------------------------------------------- bounded skipping
 
+
 def _png_records(path, n=40):
   from big_transfer.data import sources
+
   rng = np.random.default_rng(0)
   exs = []
   for i in range(n):
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(buf, format="PNG")
     exs.append({"image": buf.getvalue(), "label": i % 2, "key": f"img{i}"})
-  sources.write_arrayrecord(path, {"train": exs[:32], "test": exs[32:]},
-                            class_names=["a", "b"])
+  sources.write_arrayrecord(path, {"train": exs[:32], "test": exs[32:]}, class_names=["a", "b"])
 
 
 def test_a_chain_that_fails_on_every_record_stops_train_and_finetune_with_one_line(tmp_path):
   _png_records(str(tmp_path / "data"))
   bad_pp = "decode|central_crop(32)|value_range(-1,1)"  # the records hold 8x8 images
-  out = run_cli([f"--config={MINI}", f"--workdir={tmp_path / 'run'}",
-                 f"--config.data=arrayrecord:{tmp_path / 'data'}", f"--config.pp_train={bad_pp}",
-                 "--config.batch_size=8", "--config.eval_data=none"], timeout=300)
+  out = run_cli(
+    [
+      f"--config={MINI}",
+      f"--workdir={tmp_path / 'run'}",
+      f"--config.data=arrayrecord:{tmp_path / 'data'}",
+      f"--config.pp_train={bad_pp}",
+      "--config.batch_size=8",
+      "--config.eval_data=none",
+    ],
+    timeout=300,
+  )
   assert out.returncode == 2, out.stderr[-2000:]
   errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "Traceback" not in out.stderr
   assert f"preprocessing '{bad_pp}' failed on each of the first" in errors[0]
   assert "key 'img" in errors[0] and "step 1/" not in out.stdout
   out = subprocess.run(
-      [sys.executable, "-m", "big_transfer.finetune",
-       f"--config={ROOT}/configs/mini/finetune.py:data=arrayrecord:{tmp_path / 'data'},batch=8",
-       f"--workdir={tmp_path / 'ft'}", f"--config.pp_train={bad_pp}"],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "big_transfer.finetune",
+      f"--config={ROOT}/configs/mini/finetune.py:data=arrayrecord:{tmp_path / 'data'},batch=8",
+      f"--workdir={tmp_path / 'ft'}",
+      f"--config.pp_train={bad_pp}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 2, out.stderr[-2000:]
   assert [l for l in out.stderr.splitlines() if l.startswith("error:")][0].startswith(
-      f"error: preprocessing '{bad_pp}' failed on each of the first")
+    f"error: preprocessing '{bad_pp}' failed on each of the first"
+  )
 
 
 def test_evaluation_with_a_corrupt_record_on_8_devices_masks_it(tmp_path):
   from big_transfer.data import sources
+
   _png_records(str(tmp_path / "data"), 40)
   src = sources.ArrayRecordSource(str(tmp_path / "data"), "test")
   exs = [src[i] for i in range(len(src))]
   exs[3]["image"] = b"broken"
   train_src = sources.ArrayRecordSource(str(tmp_path / "data"), "train")
-  sources.write_arrayrecord(str(tmp_path / "data2"), {
-      "train": [train_src[i] for i in range(len(train_src))], "test": exs},
-      class_names=["a", "b"])
-  c = mini_config(data=f"arrayrecord:{tmp_path / 'data2'}", eval_data="", total_steps=2,
-                  batch_size=16, eval_batch_size=8,
-                  pp_train="decode|resize(32)|value_range(-1,1)",
-                  pp_eval="decode|resize(32)|value_range(-1,1)")
+  sources.write_arrayrecord(
+    str(tmp_path / "data2"),
+    {"train": [train_src[i] for i in range(len(train_src))], "test": exs},
+    class_names=["a", "b"],
+  )
+  c = mini_config(
+    data=f"arrayrecord:{tmp_path / 'data2'}",
+    eval_data="",
+    total_steps=2,
+    batch_size=16,
+    eval_batch_size=8,
+    pp_train="decode|resize(32)|value_range(-1,1)",
+    pp_eval="decode|resize(32)|value_range(-1,1)",
+  )
   train.run(c, str(tmp_path / "run"), devices=jax.devices()[:8])
   evals = [r for r in read_metrics(str(tmp_path / "run")) if "eval/accuracy" in r]
   assert evals and 0 <= evals[-1]["eval/accuracy"] <= 1
@@ -241,23 +304,29 @@ def test_evaluation_with_a_corrupt_record_on_8_devices_masks_it(tmp_path):
 
 # ---------------------------------------------------------------- disk full
 
+
 @pytest.fixture
 def tiny_disk(tmp_path):
   mnt = tmp_path / "tiny"
   mnt.mkdir()
-  if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)],
-                    capture_output=True).returncode:
+  if subprocess.run(
+    ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], capture_output=True
+  ).returncode:
     pytest.skip("cannot mount a small tmpfs here (needs root)")
   yield mnt
   subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 @pytest.mark.slow  # ~20 s: a small file system mounted for the run
-def test_a_full_disk_during_a_save_is_one_line_and_the_run_resumes_when_space_is_back(
-    tiny_disk):
+def test_a_full_disk_during_a_save_is_one_line_and_the_run_resumes_when_space_is_back(tiny_disk):
   wd = str(tiny_disk / "run")
-  args = [f"--config={MINI}:steps=12,batch=16,width=0.25", "--config.checkpoint_every=4",
-          "--config.keep_checkpoints=10", *ARGS, f"--workdir={wd}"]
+  args = [
+    f"--config={MINI}:steps=12,batch=16,width=0.25",
+    "--config.checkpoint_every=4",
+    "--config.keep_checkpoints=10",
+    *ARGS,
+    f"--workdir={wd}",
+  ]
   out = run_cli(args)
   assert out.returncode == 2, out.stderr[-3000:]
   errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
@@ -274,11 +343,14 @@ def test_a_full_disk_during_a_save_is_one_line_and_the_run_resumes_when_space_is
 
 # ---------------------------------------------------------------- exactly once
 
+
 def test_metric_rows_are_not_repeated_after_a_resume(tmp_path):
   import shutil
+
   wd = str(tmp_path)
-  train.run(mini_config(total_steps=10, checkpoint_every=4, keep_checkpoints=5), wd,
-            devices=one_device())
+  train.run(
+    mini_config(total_steps=10, checkpoint_every=4, keep_checkpoints=5), wd, devices=one_device()
+  )
   for step in ("8", "10"):  # a run killed after step 10 whose last checkpoint was step 4
     shutil.rmtree(os.path.join(wd, "checkpoints", step))
   with open(os.path.join(wd, "metrics.jsonl"), "a") as f:
@@ -288,14 +360,15 @@ def test_metric_rows_are_not_repeated_after_a_resume(tmp_path):
 
 
 def test_a_transfer_run_writes_its_rows_once_even_when_stopped_between_marker_and_rows(
-    tmp_path, monkeypatch):
+  tmp_path, monkeypatch
+):
   table = str(tmp_path / "results.jsonl")
-  c = config_lib.load(os.path.join(ROOT, "configs/mini/finetune.py") +
-                               ":protocol=lp,shots=2")
+  c = config_lib.load(os.path.join(ROOT, "configs/mini/finetune.py") + ":protocol=lp,shots=2")
   c.results_file = table
   real = transfer.append_results
-  monkeypatch.setattr(transfer, "append_results",
-                      lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+  monkeypatch.setattr(
+    transfer, "append_results", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt())
+  )
   with pytest.raises(KeyboardInterrupt):  # killed after done.json, before the rows
     finetune.run(c, str(tmp_path / "lp"), devices=one_device())
   assert os.path.exists(tmp_path / "lp" / "done.json") and not os.path.exists(table)
@@ -309,22 +382,59 @@ def test_a_transfer_run_writes_its_rows_once_even_when_stopped_between_marker_an
 
 # ---------------------------------------------------------------- elastic resume
 
+
 @pytest.mark.slow  # ~2 minutes: JAX processes through launch/local.sh
 def test_a_run_resumed_on_two_processes_continues_the_same_global_stream(tmp_path):
   """1 process to step 4, then 2 processes x 2 devices to step 8: the losses of steps 5-8 are
   those of an uninterrupted 1-process run (float tolerance: another reduction order)."""
-  base = [f"--config={MINI}:steps=8,batch=32,width=0.125", "--config.checkpoint_every=4",
-          "--config.optimizer.schedule=constant", *ARGS]
+  base = [
+    f"--config={MINI}:steps=8,batch=32,width=0.125",
+    "--config.checkpoint_every=4",
+    "--config.optimizer.schedule=constant",
+    *ARGS,
+  ]
   ref_wd, wd = str(tmp_path / "ref"), str(tmp_path / "run")
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  subprocess.run([sys.executable, "-m", "big_transfer.train", *base, f"--workdir={ref_wd}"],
-                 cwd=ROOT, env=env, check=True, capture_output=True)
-  subprocess.run([sys.executable, "-m", "big_transfer.train", *base, f"--workdir={wd}",
-                  "--config.total_steps=4"], cwd=ROOT, env=env, check=True, capture_output=True)
-  out = subprocess.run([os.path.join(ROOT, "launch", "local.sh"), "2", "2", "--", "python",
-                        "-m", "big_transfer.train", *base, f"--workdir={wd}",
-                        "--accept_changes=total_steps"], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=600)
+  subprocess.run(
+    [sys.executable, "-m", "big_transfer.train", *base, f"--workdir={ref_wd}"],
+    cwd=ROOT,
+    env=env,
+    check=True,
+    capture_output=True,
+  )
+  subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "big_transfer.train",
+      *base,
+      f"--workdir={wd}",
+      "--config.total_steps=4",
+    ],
+    cwd=ROOT,
+    env=env,
+    check=True,
+    capture_output=True,
+  )
+  out = subprocess.run(
+    [
+      os.path.join(ROOT, "launch", "local.sh"),
+      "2",
+      "2",
+      "--",
+      "python",
+      "-m",
+      "big_transfer.train",
+      *base,
+      f"--workdir={wd}",
+      "--accept_changes=total_steps",
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert out.returncode == 0, out.stdout[-3000:]
   assert "2 process(es)" in out.stdout and f"resumed from {wd}/checkpoints/4" in out.stdout
   assert "resuming with accepted changes" in out.stdout and "total_steps 4 -> 8" in out.stdout
@@ -335,15 +445,33 @@ def test_a_run_resumed_on_two_processes_continues_the_same_global_stream(tmp_pat
 @pytest.mark.slow  # ~2 minutes
 def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step_after_saving(tmp_path):
   wd = str(tmp_path)
-  cmd = [os.path.join(ROOT, "launch", "local.sh"), "2", "2", "--", "python", "-m",
-         "big_transfer.train", f"--config={MINI}:steps=3000,batch=16,width=0.125",
-         "--config.checkpoint_every=10000", *ARGS, f"--workdir={wd}"]
+  cmd = [
+    os.path.join(ROOT, "launch", "local.sh"),
+    "2",
+    "2",
+    "--",
+    "python",
+    "-m",
+    "big_transfer.train",
+    f"--config={MINI}:steps=3000,batch=16,width=0.125",
+    "--config.checkpoint_every=10000",
+    *ARGS,
+    f"--workdir={wd}",
+  ]
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, start_new_session=True)
+  proc = subprocess.Popen(
+    cmd,
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    start_new_session=True,
+  )
   _wait(lambda: len(_logged_steps(wd)) >= 10, proc)
-  pids = subprocess.run(["pgrep", "-f", f"big_transfer.train.*workdir={wd}"], capture_output=True,
-                        text=True).stdout.split()
+  pids = subprocess.run(
+    ["pgrep", "-f", f"big_transfer.train.*workdir={wd}"], capture_output=True, text=True
+  ).stdout.split()
   workers = [int(p) for p in pids if int(p) != proc.pid]
   os.kill(max(workers), signal.SIGTERM)  # the notice reaches one host only
   out, _ = proc.communicate(timeout=300)

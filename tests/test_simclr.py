@@ -33,11 +33,11 @@ def test_simclr_learns_and_resumes_bitwise(tmp_path):
   assert rows[-1]["train/loss"] < rows[0]["train/loss"] - 0.1
   # A run that stopped after its step-12 checkpoint, resumed.
   os.makedirs(os.path.join(wd, "checkpoints"))
-  shutil.copytree(os.path.join(ref_wd, "checkpoints", "12"),
-                  os.path.join(wd, "checkpoints", "12"))
+  shutil.copytree(os.path.join(ref_wd, "checkpoints", "12"), os.path.join(wd, "checkpoints", "12"))
   state = train.run(_config(), wd, devices=one_device())
-  for a, b in zip(jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(
-      jax.device_get(ref_state))):
+  for a, b in zip(
+    jax.tree.leaves(jax.device_get(state)), jax.tree.leaves(jax.device_get(ref_state))
+  ):
     np.testing.assert_array_equal(a, b)
   # The projection head is part of the checkpoint, under its own name (dropped for transfer).
   saved, _ = checkpoint.load_state(ref_wd)

@@ -47,25 +47,49 @@ def _env():
 
 
 def _study(args, **kw):
-  return subprocess.run([sys.executable, "-m", "big_transfer.study", *args], cwd=ROOT,
-                        env=_env(), capture_output=True, text=True, **kw)
+  return subprocess.run(
+    [sys.executable, "-m", "big_transfer.study", *args],
+    cwd=ROOT,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    **kw,
+  )
 
 
 def test_paper_study_dry_run_lists_every_downstream_set_and_method(tmp_path):
-  out = _study([f"--config={ROOT}/configs/study/paper.py", f"--workdir={tmp_path}",
-                "--dry_run"], timeout=300)
+  out = _study(
+    [f"--config={ROOT}/configs/study/paper.py", f"--workdir={tmp_path}", "--dry_run"], timeout=300
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   lines = out.stdout.splitlines()
   header = lines[0].split()
-  assert header == ["kind", "method", "data", "size", "model", "downstream", "protocol", "shots",
-                    "seed"]
+  assert header == [
+    "kind",
+    "method",
+    "data",
+    "size",
+    "model",
+    "downstream",
+    "protocol",
+    "shots",
+    "seed",
+  ]
   rows = [ln.split() for ln in lines[2:] if ln.startswith(("pretrain", "transfer"))]
   downstream = {r[-4] for r in rows if r[0] == "transfer"}
-  assert downstream == {"cifar100", "dtd", "caltech101", "pets", "domainnet_real",
-                        "domainnet_clipart", "eurosat", "cassava", "caltech_camera_traps"}
+  assert downstream == {
+    "cifar100",
+    "dtd",
+    "caltech101",
+    "pets",
+    "domainnet_real",
+    "domainnet_clipart",
+    "eurosat",
+    "cassava",
+    "caltech_camera_traps",
+  }
   assert {r[1] for r in rows if r[0] == "pretrain"} == {"clip", "simclr", "supervised"}
-  assert {r[1] for r in rows if r[0] == "transfer"} >= {"clip", "simclr", "supervised",
-                                                         "scratch"}
+  assert {r[1] for r in rows if r[0] == "transfer"} >= {"clip", "simclr", "supervised", "scratch"}
   assert "compute estimate:" in out.stdout and "accelerator-hours" in out.stdout
   assert not os.listdir(tmp_path)  # a dry run writes nothing
 
@@ -74,6 +98,7 @@ def test_expansion_dependencies_and_commands(tmp_path):
   cfg = tmp_path / "small.py"
   cfg.write_text(SMALL_STUDY)
   from big_transfer import config_lib
+
   runs = study.expand(config_lib.load(str(cfg)), str(tmp_path / "wd"))
   pre = [r for r in runs if r.kind == "pretrain"]
   tr = [r for r in runs if r.kind == "transfer"]
@@ -81,12 +106,15 @@ def test_expansion_dependencies_and_commands(tmp_path):
   assert len(tr) == 3 * 2 * 2  # arms x shots x seeds
   scratch = [r for r in tr if "/scratch/" in r.name]
   assert all(not r.deps for r in scratch)
-  assert all(r.deps == ["pretrain/supervised_glyphs"] for r in tr
-             if "/supervised_glyphs/" in r.name)
+  assert all(
+    r.deps == ["pretrain/supervised_glyphs"] for r in tr if "/supervised_glyphs/" in r.name
+  )
   only = study.select(runs, "supervised_letters/digits/lp_2shot")
-  assert [r.name for r in only] == ["pretrain/supervised_letters",
-                                    "transfer/supervised_letters/digits/lp_2shot_s0",
-                                    "transfer/supervised_letters/digits/lp_2shot_s1"]
+  assert [r.name for r in only] == [
+    "pretrain/supervised_letters",
+    "transfer/supervised_letters/digits/lp_2shot_s0",
+    "transfer/supervised_letters/digits/lp_2shot_s1",
+  ]
   cmd = " ".join(tr[0].command())
   assert cmd.startswith("python -m big_transfer.finetune --config=") and "--config.tags=" in cmd
   # A downstream spec holding commas reaches its runs whole (a structured override, not a
@@ -100,8 +128,11 @@ def test_expansion_dependencies_and_commands(tmp_path):
 
 
 def _done(wd):  # finished transfer runs
-  return sorted(os.path.join(dp, "done.json")
-                for dp, _, fs in os.walk(os.path.join(wd, "transfer")) if "done.json" in fs)
+  return sorted(
+    os.path.join(dp, "done.json")
+    for dp, _, fs in os.walk(os.path.join(wd, "transfer"))
+    if "done.json" in fs
+  )
 
 
 def test_small_study_stopped_halfway_restarts_without_redoing_runs(tmp_path):
@@ -109,8 +140,14 @@ def test_small_study_stopped_halfway_restarts_without_redoing_runs(tmp_path):
   cfg.write_text(SMALL_STUDY)
   wd = tmp_path / "wd"
   args = [f"--config={cfg}", f"--workdir={wd}"]
-  proc = subprocess.Popen([sys.executable, "-m", "big_transfer.study", *args], cwd=ROOT,
-                          env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "big_transfer.study", *args],
+    cwd=ROOT,
+    env=_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   deadline = time.time() + 400
   while len(_done(wd)) < 3 and proc.poll() is None and time.time() < deadline:
     time.sleep(0.5)
@@ -131,12 +168,15 @@ def test_small_study_stopped_halfway_restarts_without_redoing_runs(tmp_path):
   assert (wd / "report" / "accuracy_vs_shots.png").exists()
   # It ends with the results at a glance (every arm, every shot count), then the report's path.
   assert "digits / lp (test accuracy %, chosen on validation)" in out.stdout
-  assert any(l.split()[:1] == ["supervised_glyphs"] and len(l.split()) == 3
-             for l in out.stdout.splitlines())
+  assert any(
+    l.split()[:1] == ["supervised_glyphs"] and len(l.split()) == 3 for l in out.stdout.splitlines()
+  )
   # It says where its time went: by kind of run, split by phase.
-  times = out.stdout[out.stdout.index("where the time went"):].splitlines()
-  assert any(re.match(r"transfer lp: \d+ run\(s\), \S+: .*features and probes .*start-up",
-                      l.strip()) for l in times), out.stdout[-2000:]
+  times = out.stdout[out.stdout.index("where the time went") :].splitlines()
+  assert any(
+    re.match(r"transfer lp: \d+ run\(s\), \S+: .*features and probes .*start-up", l.strip())
+    for l in times
+  ), out.stdout[-2000:]
   assert any(l.strip().startswith("report: ") for l in times)
   # Once more, with a row lost between a run's done.json and the table: healed, nothing rerun.
   lines = open(wd / "results.jsonl").read().splitlines(keepends=True)
@@ -145,37 +185,84 @@ def test_small_study_stopped_halfway_restarts_without_redoing_runs(tmp_path):
   assert "1 row(s) of 1 finished run(s) were missing; appended" in out.stdout
   assert "14 already finished, 0 to run" in out.stdout
   assert sorted(open(wd / "results.jsonl").read().splitlines()) == sorted(
-      l.rstrip("\n") for l in lines)
+    l.rstrip("\n") for l in lines
+  )
 
 
 # ------------------------------------------------------------------------------ report
 
+
 def _rows():
   rows = []
-  acc = {"src_a": {"1": 0.5, "5": 0.7, "full": 0.9}, "src_b": {"1": 0.3, "5": 0.6, "full": 0.88},
-         "src_c": {"1": 0.2, "5": 0.5, "full": 0.87}}
+  acc = {
+    "src_a": {"1": 0.5, "5": 0.7, "full": 0.9},
+    "src_b": {"1": 0.3, "5": 0.6, "full": 0.88},
+    "src_c": {"1": 0.2, "5": 0.5, "full": 0.87},
+  }
   for arm, by_shots in acc.items():
     for shots, a in by_shots.items():
       for seed in (0, 1):
-        rows.append({"protocol": "ft", "shots": shots, "seed": seed, "data": "builtin:digits",
-                     "val_accuracy": a, "test_accuracy": a + (0.01 if seed else -0.01),
-                     "pretrain_size": "", "pretrain_method": "clip",
-                     "tags": {"arm": arm, "downstream": "digits", "group": "sources",
-                              **({"published": "cc3m"} if arm == "src_a" else {})}})
+        rows.append(
+          {
+            "protocol": "ft",
+            "shots": shots,
+            "seed": seed,
+            "data": "builtin:digits",
+            "val_accuracy": a,
+            "test_accuracy": a + (0.01 if seed else -0.01),
+            "pretrain_size": "",
+            "pretrain_method": "clip",
+            "tags": {
+              "arm": arm,
+              "downstream": "digits",
+              "group": "sources",
+              **({"published": "cc3m"} if arm == "src_a" else {}),
+            },
+          }
+        )
   for size, a in (("1000", 0.6), ("4000", 0.8)):
-    rows.append({"protocol": "ft", "shots": "5", "seed": 0, "data": "d", "val_accuracy": a,
-                 "test_accuracy": a, "pretrain_size": size, "pretrain_method": "clip",
-                 "tags": {"arm": f"size_{size}", "downstream": "digits", "group": "size"}})
-  rows.append({"protocol": "ft", "shots": "5", "seed": 0, "data": "d", "val_accuracy": 0.75,
-               "test_accuracy": 0.75, "pretrain_size": "", "pretrain_method": "supervised",
-               "tags": {"arm": "sup", "downstream": "digits", "group": "reference"}})
+    rows.append(
+      {
+        "protocol": "ft",
+        "shots": "5",
+        "seed": 0,
+        "data": "d",
+        "val_accuracy": a,
+        "test_accuracy": a,
+        "pretrain_size": size,
+        "pretrain_method": "clip",
+        "tags": {"arm": f"size_{size}", "downstream": "digits", "group": "size"},
+      }
+    )
+  rows.append(
+    {
+      "protocol": "ft",
+      "shots": "5",
+      "seed": 0,
+      "data": "d",
+      "val_accuracy": 0.75,
+      "test_accuracy": 0.75,
+      "pretrain_size": "",
+      "pretrain_method": "supervised",
+      "tags": {"arm": "sup", "downstream": "digits", "group": "reference"},
+    }
+  )
   return rows
 
 
 def test_report_figures_show_the_series_they_claim(tmp_path):
-  rows = _rows() + [{"protocol": "zeroshot", "shots": "full", "seed": 0, "data": "d",
-                     "val_accuracy": 0.3, "test_accuracy": 0.33, "pretrain_method": "clip",
-                     "tags": {"arm": "src_a", "downstream": "digits"}}]
+  rows = _rows() + [
+    {
+      "protocol": "zeroshot",
+      "shots": "full",
+      "seed": 0,
+      "data": "d",
+      "val_accuracy": 0.3,
+      "test_accuracy": 0.33,
+      "pretrain_method": "clip",
+      "tags": {"arm": "src_a", "downstream": "digits"},
+    }
+  ]
   for r in rows:
     r["num_classes"] = 10
   specs = report.figure_specs(report.aggregate(rows))
@@ -201,6 +288,7 @@ def test_report_figures_show_the_series_they_claim(tmp_path):
     f.writelines(json.dumps(r) + "\n" for r in _rows())
   md = open(report.write_report(str(wd))).read()
   import matplotlib.image
+
   for name in ("accuracy_vs_shots", "spread_vs_shots", "accuracy_vs_size"):
     img = matplotlib.image.imread(wd / "report" / f"{name}.png")
     assert img.shape[0] > 200 and img.shape[1] > 300 and img.std() > 0.01
@@ -211,23 +299,36 @@ def test_report_figures_show_the_series_they_claim(tmp_path):
 
 def test_report_puts_published_numbers_beside_runs_of_the_same_protocol_only(tmp_path):
   def row(protocol, shots, arm, published, **extra):
-    return {"protocol": protocol, "shots": shots, "seed": 0, "data": "tfds:x",
-            "val_accuracy": 0.8, "test_accuracy": 0.81, "test_selected_accuracy": 0.83,
-            "pretrain_size": "2.7M", "hyperparameters": {"grid": "config.lrs"},
-            "tags": {"arm": arm, "downstream": extra.pop("ds", "cifar100"),
-                     "published": published}, **extra}
-  agg = report.aggregate([
+    return {
+      "protocol": protocol,
+      "shots": shots,
+      "seed": 0,
+      "data": "tfds:x",
+      "val_accuracy": 0.8,
+      "test_accuracy": 0.81,
+      "test_selected_accuracy": 0.83,
+      "pretrain_size": "2.7M",
+      "hyperparameters": {"grid": "config.lrs"},
+      "tags": {"arm": arm, "downstream": extra.pop("ds", "cifar100"), "published": published},
+      **extra,
+    }
+
+  agg = report.aggregate(
+    [
       row("ft", "full", "clip_laion_2.7m", "laion_2.7m", refit={"on": "train+val"}),
       row("lp", "full", "clip_laion_2.7m", "laion_2.7m"),  # no published linear probe
       row("ft", "full", "simclr_cc12m", "simclr_cc12m_2.7m"),  # theirs is LP-FT only
       row("lp_ft", "full", "simclr_cc12m", "simclr_cc12m_2.7m", ds="domainnet_real"),
       row("ft", "5", "clip_cc3m", "cc3m", ds="domainnet_clipart"),
-      row("ft", "5", "clip_cc3m", "cc3m", ds="dtd")])
+      row("ft", "5", "clip_cc3m", "cc3m", ds="dtd"),
+    ]
+  )
   text = report.comparison(agg)
   lines = [l for l in text.splitlines()[2:]]
   assert len(lines) == 4, text
-  laion, real, clipart, dtd = sorted(lines, key=lambda l: ("laion" not in l, "real" not in l,
-                                                           "dtd" in l))
+  laion, real, clipart, dtd = sorted(
+    lines, key=lambda l: ("laion" not in l, "real" not in l, "dtd" in l)
+  )
   assert laion.startswith("| cifar100 | ft | clip_laion_2.7m | full | 81.0 | 83.0 | 83.7 | ")
   assert "our grid: config.lrs" in laion and "no refit" not in laion
   assert real.startswith("| domainnet_real | lp_ft | simclr_cc12m | full | 81.0 | 83.0 | 77.0 |")
@@ -239,26 +340,71 @@ def test_report_puts_published_numbers_beside_runs_of_the_same_protocol_only(tmp
   assert "recipe not recorded" in dtd  # rows of older runs say nothing of their recipe
   # Rows that record their recipe: every value that is not the authors' is named; a DTD or
   # Cassava full row trains on the whole train split (their named validation split), no refit.
-  theirs = {"feature_norm": "l2", "normalize": "imagenet", "decay": "all",
-            "grad_clip_norm": 1.0, "warmup_cap": 0.0, "templates": "openai80",
-            "pp_train": "decode|inception_crop(224)|flip_lr|normalize('imagenet')"}
+  theirs = {
+    "feature_norm": "l2",
+    "normalize": "imagenet",
+    "decay": "all",
+    "grad_clip_norm": 1.0,
+    "warmup_cap": 0.0,
+    "templates": "openai80",
+    "pp_train": "decode|inception_crop(224)|flip_lr|normalize('imagenet')",
+  }
   grid = {"grid": "the authors' log (dtd, ft, 28 points)"}
-  agg = report.aggregate([
-      row("ft", "full", "clip_cc3m", "cc3m", ds="dtd", recipe=theirs, val_split="validation",
-          hyperparameters=grid),
-      row("ft", "full", "clip_cc3m", "cc3m", ds="pets", hyperparameters=grid, refit={},
-          recipe={**theirs, "decay": "kernels", "grad_clip_norm": 0.0, "warmup_cap": 0.2,
-                  "templates": "clip7", "normalize": "clip",
-                  "pp_train": "randaugment(2, 9, 0.5)|color_jitter(0.4, 0.4, 0.4, 0.0)"}),
-      row("lp_ft", "full", "simclr_cc12m", "simclr_cc12m_2.7m", ds="caltech101", refit={},
-          pretrain_method="simclr", hyperparameters={"grid": "the authors' log (caltech101)"},
-          recipe={**theirs, "feature_norm": "none", "probe_solver": "closed_form"})])
-  dtd, pets, caltech = sorted(report.comparison(agg).splitlines()[2:],
-                              key=lambda l: ("dtd" not in l, "pets" not in l))
+  agg = report.aggregate(
+    [
+      row(
+        "ft",
+        "full",
+        "clip_cc3m",
+        "cc3m",
+        ds="dtd",
+        recipe=theirs,
+        val_split="validation",
+        hyperparameters=grid,
+      ),
+      row(
+        "ft",
+        "full",
+        "clip_cc3m",
+        "cc3m",
+        ds="pets",
+        hyperparameters=grid,
+        refit={},
+        recipe={
+          **theirs,
+          "decay": "kernels",
+          "grad_clip_norm": 0.0,
+          "warmup_cap": 0.2,
+          "templates": "clip7",
+          "normalize": "clip",
+          "pp_train": "randaugment(2, 9, 0.5)|color_jitter(0.4, 0.4, 0.4, 0.0)",
+        },
+      ),
+      row(
+        "lp_ft",
+        "full",
+        "simclr_cc12m",
+        "simclr_cc12m_2.7m",
+        ds="caltech101",
+        refit={},
+        pretrain_method="simclr",
+        hyperparameters={"grid": "the authors' log (caltech101)"},
+        recipe={**theirs, "feature_norm": "none", "probe_solver": "closed_form"},
+      ),
+    ]
+  )
+  dtd, pets, caltech = sorted(
+    report.comparison(agg).splitlines()[2:], key=lambda l: ("dtd" not in l, "pets" not in l)
+  )
   assert dtd.endswith("| like for like |"), dtd
-  for text in ("weight decay on kernels only", "gradient clipping 0.0 (theirs: 1.0)",
-               "warm-up capped at 0.2 of a run", "templates clip7", "clip mean/std",
-               "colour jitter after RandAugment (timm 0.4.12 applies none"):
+  for text in (
+    "weight decay on kernels only",
+    "gradient clipping 0.0 (theirs: 1.0)",
+    "warm-up capped at 0.2 of a run",
+    "templates clip7",
+    "clip mean/std",
+    "colour jitter after RandAugment (timm 0.4.12 applies none",
+  ):
     assert text in pets, (text, pets)
   assert "SimCLR features not L2-normalised" in caltech
   assert "LP-FT probe by closed_form (theirs: an AdamW head)" in caltech
@@ -266,44 +412,84 @@ def test_report_puts_published_numbers_beside_runs_of_the_same_protocol_only(tmp
 
 # ------------------------------------------------------------------------------ launchers
 
+
 def test_launchers_print_what_they_run():
   env = {**_env(), "BT_DRY_RUN": "1"}
-  out = subprocess.run([os.path.join(ROOT, "launch", "tpu_pod.sh"), "my-tpu", "us-central2-b",
-                        "--", "python", "-m", "big_transfer.train", "--config=c.py",
-                        "--workdir=gs://b/r"], env=env, capture_output=True, text=True,
-                       check=True)
+  out = subprocess.run(
+    [
+      os.path.join(ROOT, "launch", "tpu_pod.sh"),
+      "my-tpu",
+      "us-central2-b",
+      "--",
+      "python",
+      "-m",
+      "big_transfer.train",
+      "--config=c.py",
+      "--workdir=gs://b/r",
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   assert "gcloud compute tpus tpu-vm ssh my-tpu --zone=us-central2-b --worker=all" in out.stdout
   assert "python\\ -m\\ big_transfer.train\\ --config=c.py\\ --workdir=gs://b/r" in out.stdout
   script = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bt_test_{os.getpid()}.sbatch")
-  out = subprocess.run([os.path.join(ROOT, "launch", "slurm.sh"), "4", "8", "--time=1:00:00",
-                        "--", "python", "-m", "big_transfer.train", "--config=c.py",
-                        "--workdir=/shared/r"], env={**env, "BT_SBATCH_SCRIPT": script},
-                       capture_output=True, text=True, check=True)
+  out = subprocess.run(
+    [
+      os.path.join(ROOT, "launch", "slurm.sh"),
+      "4",
+      "8",
+      "--time=1:00:00",
+      "--",
+      "python",
+      "-m",
+      "big_transfer.train",
+      "--config=c.py",
+      "--workdir=/shared/r",
+    ],
+    env={**env, "BT_SBATCH_SCRIPT": script},
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   text = open(script).read()
-  for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8",
-               "#SBATCH --time=1:00:00",
-               "srun python -m big_transfer.train --config=c.py --workdir=/shared/r"):
+  for line in (
+    "#SBATCH --nodes=4",
+    "#SBATCH --ntasks-per-node=1",
+    "#SBATCH --gpus-per-node=8",
+    "#SBATCH --time=1:00:00",
+    "srun python -m big_transfer.train --config=c.py --workdir=/shared/r",
+  ):
     assert line in text and line in out.stdout
   os.remove(script)
   tmp = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bt_test_tmp_{os.getpid()}")
   os.makedirs(tmp, exist_ok=True)
-  subprocess.run([os.path.join(ROOT, "launch", "slurm.sh"), "1", "1", "--", "true"],
-                 env={**env, "TMPDIR": tmp}, capture_output=True, check=True)
+  subprocess.run(
+    [os.path.join(ROOT, "launch", "slurm.sh"), "1", "1", "--", "true"],
+    env={**env, "TMPDIR": tmp},
+    capture_output=True,
+    check=True,
+  )
   assert os.listdir(tmp) == []  # a dry run leaves no batch script behind
   os.rmdir(tmp)
-  bad = subprocess.run([os.path.join(ROOT, "launch", "slurm.sh"), "4"], env=env,
-                       capture_output=True, text=True)
+  bad = subprocess.run(
+    [os.path.join(ROOT, "launch", "slurm.sh"), "4"], env=env, capture_output=True, text=True
+  )
   assert bad.returncode == 2 and "usage" in bad.stderr
 
 
 @pytest.mark.slow  # ~10 minutes: the README's main job
 def test_mini_study_end_to_end(tmp_path):
-  out = _study([f"--config={ROOT}/configs/mini/study.py", f"--workdir={tmp_path}"],
-               timeout=1800)
+  out = _study([f"--config={ROOT}/configs/mini/study.py", f"--workdir={tmp_path}"], timeout=1800)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
   rows = [json.loads(x) for x in open(tmp_path / "results.jsonl")]
-  assert {r["tags"]["arm"] for r in rows} >= {"clip_glyphs", "simclr_glyphs",
-                                              "supervised_glyphs", "scratch"}
+  assert {r["tags"]["arm"] for r in rows} >= {
+    "clip_glyphs",
+    "simclr_glyphs",
+    "supervised_glyphs",
+    "scratch",
+  }
   assert {r["tags"]["downstream"] for r in rows} == {"digits", "letters"}
   assert {r["protocol"] for r in rows} == {"lp", "ft", "zeroshot"}
   ft = {(r["tags"]["arm"], r["shots"]) for r in rows if r["protocol"] == "ft"}
@@ -322,8 +508,10 @@ def test_mini_study_end_to_end(tmp_path):
 
 # ------------------------------------------------------------------------------ fidelity
 
+
 def _paper_runs(root, workdir):
   from big_transfer import config_lib
+
   return study.expand(config_lib.load(f"{ROOT}/configs/study/paper.py:root={root}"), workdir)
 
 
@@ -331,12 +519,17 @@ def _converted_downstream_sets(root):
   """The paper's downstream sets that are converted, not TFDS (Camera Traps, Cassava 2020), as
   small ArrayRecord sets under ``root``."""
   from big_transfer.data import sources
+
   rng = np.random.default_rng(0)
   for name, n, k in (("caltech_camera_traps", 60, 15), ("cassava_2020", 40, 5)):
-    ex = [{"image": rng.integers(0, 255, (4, 4, 3), dtype=np.uint8), "label": i % k}
-          for i in range(n)]
-    sources.write_arrayrecord(str(root / name), {"train": ex[:n * 3 // 4], "test": ex[n * 3 // 4:]},
-                              class_names=[f"c{i}" for i in range(k)])
+    ex = [
+      {"image": rng.integers(0, 255, (4, 4, 3), dtype=np.uint8), "label": i % k} for i in range(n)
+    ]
+    sources.write_arrayrecord(
+      str(root / name),
+      {"train": ex[: n * 3 // 4], "test": ex[n * 3 // 4 :]},
+      class_names=[f"c{i}" for i in range(k)],
+    )
 
 
 def test_no_downstream_set_of_the_paper_leaks_test_images_into_the_training_pool(tmp_path):
@@ -347,11 +540,18 @@ def test_no_downstream_set_of_the_paper_leaks_test_images_into_the_training_pool
 
   from big_transfer import finetune
   from big_transfer.data import sources
+
   _converted_downstream_sets(tmp_path)
-  runs = [r for r in _paper_runs(tmp_path, str(tmp_path / "wd")) if r.kind == "transfer"
-          and r.fields["protocol"] == "ft" and r.fields["seed"] == 0
-          and r.fields["shots"] in ("5", "full") and r.fields["method"] == "clip"
-          and "/clip_cc3m/" in r.name]
+  runs = [
+    r
+    for r in _paper_runs(tmp_path, str(tmp_path / "wd"))
+    if r.kind == "transfer"
+    and r.fields["protocol"] == "ft"
+    and r.fields["seed"] == 0
+    and r.fields["shots"] in ("5", "full")
+    and r.fields["method"] == "clip"
+    and "/clip_cc3m/" in r.name
+  ]
   checked = set()
   with tfds.testing.mock_data(num_examples=60):
     for run in runs:
@@ -366,23 +566,38 @@ def test_no_downstream_set_of_the_paper_leaks_test_images_into_the_training_pool
       checked.add(run.fields["downstream"])
       if run.fields["downstream"] == "eurosat":  # one split carved in two: 80% pool, 20% test
         (pool_base, pool_idx), (test_base, test_idx) = (
-            sources.provenance(d["train"].source), views["test"])
+          sources.provenance(d["train"].source),
+          views["test"],
+        )
         assert sources.identity_of(pool_base) == sources.identity_of(test_base)
         assert len(pool_idx) == 48 and len(test_idx) == 12
-  assert checked == {"cifar100", "dtd", "caltech101", "pets", "domainnet_real",
-                     "domainnet_clipart", "eurosat", "cassava", "caltech_camera_traps"}
+  assert checked == {
+    "cifar100",
+    "dtd",
+    "caltech101",
+    "pets",
+    "domainnet_real",
+    "domainnet_clipart",
+    "eurosat",
+    "cassava",
+    "caltech_camera_traps",
+  }
 
 
 def test_study_check_resolves_every_run_and_lists_each_problem_once(tmp_path):
   cfg = tmp_path / "small.py"
-  cfg.write_text(SMALL_STUDY.replace(
+  cfg.write_text(
+    SMALL_STUDY.replace(
       'dict(name="scratch", method="scratch", config="", group="reference")',
       'dict(name="scratch", method="scratch", config="", group="reference"),\n'
       '      dict(name="scratch_unnamed", method="scratch", config="",\n'
-      '           transfer_overrides={"model": ""})').replace(
+      '           transfer_overrides={"model": ""})',
+    ).replace(
       'c.downstream = [dict(name="digits", data="builtin:digits")]',
       'c.downstream = [dict(name="digits", data="builtin:digits"),\n'
-      '                dict(name="missing", data="tfds:cifar10")]'))
+      '                dict(name="missing", data="tfds:cifar10")]',
+    )
+  )
   out = _study([f"--config={cfg}", f"--workdir={tmp_path / 'wd'}", "--check"], timeout=300)
   assert out.returncode == 1, out.stderr[-2000:]
   errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
@@ -401,8 +616,12 @@ def test_paper_study_checks_clean_where_its_data_would_be():
   runs = _paper_runs("/nonexistent_root", "/nonexistent_wd")
   problems = study.check(runs)
   for msg, names in problems:
-    assert ("is not prepared" in msg or "does not exist" in msg or "not found" in msg
-            or "with a problem" in msg), (msg, names[:3])
+    assert (
+      "is not prepared" in msg
+      or "does not exist" in msg
+      or "not found" in msg
+      or "with a problem" in msg
+    ), (msg, names[:3])
   scratch = [r for r in runs if "/scratch/" in r.name]
   assert scratch and all("model=clip_rn50" in r.config for r in scratch)
 
@@ -416,31 +635,51 @@ def test_paper_grid_study_checks_every_grid_and_estimates_the_grid_it_runs(tmp_p
   import tensorflow_datasets as tfds
 
   from big_transfer import config_lib, finetune, published
+
   _converted_downstream_sets(tmp_path)
-  runs = study.expand(config_lib.load(f"{ROOT}/configs/study/paper.py:root={tmp_path},"
-                                      f"paper_grid=true"), str(tmp_path / "wd"))
+  runs = study.expand(
+    config_lib.load(f"{ROOT}/configs/study/paper.py:root={tmp_path},paper_grid=true"),
+    str(tmp_path / "wd"),
+  )
   # One CLIP and one SimCLR arm (their pre-training reading built-in data) and their transfer.
   arms = ("pretrain/simclr_cc12m_2.7m", "pretrain/clip_cc12m_2.7m")
-  chosen = [r for r in runs if r.kind == "transfer" and r.deps and r.deps[0] in arms
-            and r.fields["seed"] == 0 and r.fields["shots"] in ("5", "full")]
+  chosen = [
+    r
+    for r in runs
+    if r.kind == "transfer"
+    and r.deps
+    and r.deps[0] in arms
+    and r.fields["seed"] == 0
+    and r.fields["shots"] in ("5", "full")
+  ]
   offline = {"data": "builtin:glyphs?n=2048"}
-  pre = [dataclasses.replace(r, overrides={**r.overrides, **offline, **(
-      {"text.tokenizer": "train:1000"} if "clip" in r.name else {})})
-         for r in runs if r.name in arms]
+  pre = [
+    dataclasses.replace(
+      r,
+      overrides={
+        **r.overrides,
+        **offline,
+        **({"text.tokenizer": "train:1000"} if "clip" in r.name else {}),
+      },
+    )
+    for r in runs
+    if r.name in arms
+  ]
   lp_ft = [r for r in chosen if r.fields["protocol"] == "lp_ft"]
-  assert {r.fields["downstream"] for r in lp_ft} >= {"eurosat", "cassava",
-                                                     "caltech_camera_traps"}
+  assert {r.fields["downstream"] for r in lp_ft} >= {"eurosat", "cassava", "caltech_camera_traps"}
   with tfds.testing.mock_data(num_examples=60):
     assert study.check(pre + chosen) == []
     for r in lp_ft:
       points, desc = finetune.grid_points(study._load_run_config(r))
       if r.fields["downstream"] in ("eurosat", "cassava", "caltech_camera_traps"):
         assert "their ft grid: no lp_ft runs there" in desc
-        assert points == [(lr, b, float(e)) for lr, b, e in
-                          published.authors_grid(r.fields["downstream"], "ft")]
+        assert points == [
+          (lr, b, float(e)) for lr, b, e in published.authors_grid(r.fields["downstream"], "ft")
+        ]
     # A grid that cannot be built is found by --check, in one line naming the value.
-    bad = dataclasses.replace(chosen[0], overrides={**chosen[0].overrides,
-                                                    "paper_grid": "imagenet"})
+    bad = dataclasses.replace(
+      chosen[0], overrides={**chosen[0].overrides, "paper_grid": "imagenet"}
+    )
     ((msg, names),) = study.check(pre + [bad])
     assert "config.paper_grid='imagenet'" in msg and names == [bad.name]
   # The estimate is the grid's own: DTD 5-shot FT runs the authors' 28 points.
@@ -452,13 +691,19 @@ def test_paper_grid_study_checks_every_grid_and_estimates_the_grid_it_runs(tmp_p
 
 def test_paper_study_pretraining_as_the_authors_log_and_tfds_data_dir_reaches_every_arm(tmp_path):
   from big_transfer import config_lib
-  runs = study.expand(config_lib.load(f"{ROOT}/configs/study/paper.py:tfds_data_dir={tmp_path}"),
-                      str(tmp_path / "wd"))
+
+  runs = study.expand(
+    config_lib.load(f"{ROOT}/configs/study/paper.py:tfds_data_dir={tmp_path}"), str(tmp_path / "wd")
+  )
   by = {r.name: r for r in runs}
   batch = lambda name: int(config_lib.load(by[f"pretrain/{name}"].config).batch_size)
   # The log's pre-training batch: 512 for CC-3M and LAION-1M (every published cell), else 1024.
-  assert (batch("clip_cc3m"), batch("clip_laion_1m"), batch("clip_laion_5m"),
-          batch("clip_yfcc_2.7m")) == (512, 512, 1024, 1024)
+  assert (
+    batch("clip_cc3m"),
+    batch("clip_laion_1m"),
+    batch("clip_laion_5m"),
+    batch("clip_yfcc_2.7m"),
+  ) == (512, 512, 1024, 1024)
   # The supervised arm reads ImageNet from tfds_data_dir (--check names it, not ~/...).
   ((msg, names),) = study.check([by["pretrain/supervised_in1k"]])
   assert f"not prepared in {tmp_path}" in msg and names == ["pretrain/supervised_in1k"]
@@ -466,21 +711,44 @@ def test_paper_study_pretraining_as_the_authors_log_and_tfds_data_dir_reaches_ev
   tr = by["transfer/supervised_in1k/cifar100/ft_5shot_s0"]
   assert "pretrain_note=pre-training not the log's lr 0.05 / batch 64" in tr.overrides["tags"]
   from big_transfer import finetune
+
   tags = finetune.parse_tags(tr.overrides["tags"])
-  agg = report.aggregate([{"protocol": "ft", "shots": "5", "seed": 0, "data": "tfds:cifar100",
-                           "val_accuracy": 0.3, "test_accuracy": 0.3, "tags": tags,
-                           "hyperparameters": {"grid": "config.lrs"}}])
+  agg = report.aggregate(
+    [
+      {
+        "protocol": "ft",
+        "shots": "5",
+        "seed": 0,
+        "data": "tfds:cifar100",
+        "val_accuracy": 0.3,
+        "test_accuracy": 0.3,
+        "tags": tags,
+        "hyperparameters": {"grid": "config.lrs"},
+      }
+    ]
+  )
   assert "placeholders: SGD at weight decay 0.1 does not train" in report.comparison(agg)
 
 
 def test_method_figure_pairs_simclr_lp_ft_with_clip_ft_as_the_paper_does():
   def r(arm, method, protocol, shots, acc):
-    return {"protocol": protocol, "shots": shots, "seed": 0, "data": "d", "val_accuracy": acc,
-            "test_accuracy": acc, "pretrain_method": method,
-            "tags": {"arm": arm, "downstream": "dtd", "group": "method"}}
-  rows = [r("simclr_cc12m", "simclr", "ft", "5", 0.30),
-          r("simclr_cc12m", "simclr", "lp_ft", "5", 0.40),
-          r("clip_cc12m", "clip", "ft", "5", 0.35), r("clip_cc12m", "clip", "lp_ft", "5", 0.36)]
+    return {
+      "protocol": protocol,
+      "shots": shots,
+      "seed": 0,
+      "data": "d",
+      "val_accuracy": acc,
+      "test_accuracy": acc,
+      "pretrain_method": method,
+      "tags": {"arm": arm, "downstream": "dtd", "group": "method"},
+    }
+
+  rows = [
+    r("simclr_cc12m", "simclr", "ft", "5", 0.30),
+    r("simclr_cc12m", "simclr", "lp_ft", "5", 0.40),
+    r("clip_cc12m", "clip", "ft", "5", 0.35),
+    r("clip_cc12m", "clip", "lp_ft", "5", 0.36),
+  ]
   spec = report.figure_specs(report.aggregate(rows))["method"]
   (panel,) = spec["panels"]
   assert set(panel["series"]) == {"simclr_cc12m (lp_ft)", "clip_cc12m (ft)"}
@@ -495,21 +763,44 @@ def test_method_figure_pairs_simclr_lp_ft_with_clip_ft_as_the_paper_does():
 def _mini_rows(lp_full_letters=(0.34, 0.27, 0.18)):
   """Rows of every cell the README's mini-study paragraph reads."""
   rows = []
-  arms = ("clip_letters", "clip_glyphs", "clip_shapes", "simclr_glyphs", "supervised_glyphs",
-          "scratch")
-  acc = {"clip_letters": 0.73, "clip_glyphs": 0.72, "clip_shapes": 0.69, "simclr_glyphs": 0.6,
-         "supervised_glyphs": 0.92, "scratch": 0.39}
+  arms = (
+    "clip_letters",
+    "clip_glyphs",
+    "clip_shapes",
+    "simclr_glyphs",
+    "supervised_glyphs",
+    "scratch",
+  )
+  acc = {
+    "clip_letters": 0.73,
+    "clip_glyphs": 0.72,
+    "clip_shapes": 0.69,
+    "simclr_glyphs": 0.6,
+    "supervised_glyphs": 0.92,
+    "scratch": 0.39,
+  }
   for arm in arms:
     for shots, off in (("5", -0.1), ("full", 0.0)):
       rows.append(("digits", "lp", shots, acc[arm] + off, arm))
-      rows.append(("digits", "ft", shots, 0.97 - (0.1 if shots == "5" else 0)
-                   - 0.01 * arms.index(arm), arm))
+      rows.append(
+        ("digits", "ft", shots, 0.97 - (0.1 if shots == "5" else 0) - 0.01 * arms.index(arm), arm)
+      )
   for arm, a in zip(arms[:3], lp_full_letters):
     rows.append(("letters", "lp", "full", a, arm))
   rows.append(("digits", "zeroshot", "full", 0.28, "clip_glyphs"))
-  return [{"protocol": p, "shots": k, "seed": 0, "data": ds, "val_accuracy": a,
-           "test_accuracy": a, "time": "2026-11-29T10:00:00Z",
-           "tags": {"arm": arm, "downstream": ds}} for ds, p, k, a, arm in rows]
+  return [
+    {
+      "protocol": p,
+      "shots": k,
+      "seed": 0,
+      "data": ds,
+      "val_accuracy": a,
+      "test_accuracy": a,
+      "time": "2026-11-29T10:00:00Z",
+      "tags": {"arm": arm, "downstream": ds},
+    }
+    for ds, p, k, a, arm in rows
+  ]
 
 
 def test_readme_mini_study_paragraph_is_written_from_the_results(tmp_path):
@@ -522,7 +813,8 @@ def test_readme_mini_study_paragraph_is_written_from_the_results(tmp_path):
   assert "Full fine-tuning narrows the gap" in text and "2.0 with all of them" in text
   # Words follow the numbers: another outcome is told as it is.
   flipped = report.mini_study_paragraph(
-      report.aggregate(_mini_rows(lp_full_letters=(0.2, 0.3, 0.1))), "2026-11-29")
+    report.aggregate(_mini_rows(lp_full_letters=(0.2, 0.3, 0.1))), "2026-11-29"
+  )
   assert "pre-trained on glyphs leads by 10.0 points" in flipped
   # The README block is replaced, the rest kept, the figures copied to docs/.
   wd = tmp_path / "study"
@@ -533,14 +825,16 @@ def test_readme_mini_study_paragraph_is_written_from_the_results(tmp_path):
     (wd / "report" / f"{name}.png").write_bytes(b"png " + name.encode())
   (tmp_path / "docs").mkdir()
   readme = tmp_path / "README.md"
-  readme.write_text(f"# x\n\nbefore\n{report.README_BEGIN}\nold numbers\n{report.README_END}\n"
-                    f"after\n")
+  readme.write_text(
+    f"# x\n\nbefore\n{report.README_BEGIN}\nold numbers\n{report.README_END}\nafter\n"
+  )
   report.rewrite_readme(str(readme), str(wd))
   out = readme.read_text()
   assert out.startswith("# x\n\nbefore\n") and out.endswith(f"{report.README_END}\nafter\n")
   assert "old numbers" not in out and "a fresh run of 2026-11-29" in out
-  assert (tmp_path / "docs" / "mini_study_spread_vs_shots.png").read_bytes() == \
-      b"png spread_vs_shots"
+  assert (
+    tmp_path / "docs" / "mini_study_spread_vs_shots.png"
+  ).read_bytes() == b"png spread_vs_shots"
   rows = _mini_rows()[:-1]  # no zero-shot row: one line naming what is missing
   with open(wd / "results.jsonl", "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -553,28 +847,60 @@ def test_report_figures_name_their_sweep_tell_arms_apart_and_say_where_seeds_are
   source get distinct shades of its hue; zero-shot markers have a legend entry; a panel of one
   seed says it has no error bars."""
   rows = []
-  for arm, size, method in (("clip_glyphs", "4000", "clip"), ("clip_glyphs_1k", "1000", "clip"),
-                            ("simclr_glyphs", "4000", "simclr"),
-                            ("supervised_glyphs", "4000", "supervised")):
-    for seed in ((0, 1) if arm != "supervised_glyphs" else (0,)):
-      rows.append({"protocol": "lp", "shots": "5", "seed": seed, "data": "d",
-                   "val_accuracy": 0.5, "test_accuracy": 0.5 + 0.01 * seed,
-                   "pretrain_size": size, "pretrain_method": method,
-                   "tags": {"arm": arm, "downstream": "digits", "source": "glyphs", "size": size,
-                            "group": "size" if method == "clip" else "method"}})
-  rows.append({"protocol": "lp", "shots": "5", "seed": 0, "data": "d", "val_accuracy": 0.9,
-               "test_accuracy": 0.9, "pretrain_method": "clip",
-               "tags": {"arm": "clip_glyphs", "downstream": "letters", "source": "glyphs"}})
+  for arm, size, method in (
+    ("clip_glyphs", "4000", "clip"),
+    ("clip_glyphs_1k", "1000", "clip"),
+    ("simclr_glyphs", "4000", "simclr"),
+    ("supervised_glyphs", "4000", "supervised"),
+  ):
+    for seed in (0, 1) if arm != "supervised_glyphs" else (0,):
+      rows.append(
+        {
+          "protocol": "lp",
+          "shots": "5",
+          "seed": seed,
+          "data": "d",
+          "val_accuracy": 0.5,
+          "test_accuracy": 0.5 + 0.01 * seed,
+          "pretrain_size": size,
+          "pretrain_method": method,
+          "tags": {
+            "arm": arm,
+            "downstream": "digits",
+            "source": "glyphs",
+            "size": size,
+            "group": "size" if method == "clip" else "method",
+          },
+        }
+      )
+  rows.append(
+    {
+      "protocol": "lp",
+      "shots": "5",
+      "seed": 0,
+      "data": "d",
+      "val_accuracy": 0.9,
+      "test_accuracy": 0.9,
+      "pretrain_method": "clip",
+      "tags": {"arm": "clip_glyphs", "downstream": "letters", "source": "glyphs"},
+    }
+  )
   specs = report.figure_specs(report.aggregate(rows))
   assert specs["accuracy_vs_size"]["title"].startswith("Pre-training size, glyphs")
-  assert all(p["xlabel"] == "pre-training examples (glyphs)"
-             for p in specs["accuracy_vs_size"]["panels"])
+  assert all(
+    p["xlabel"] == "pre-training examples (glyphs)" for p in specs["accuracy_vs_size"]["panels"]
+  )
   lp, one = specs["accuracy_vs_shots"]["panels"]
   assert (lp["title"], lp["seeds"], one["title"], one["seeds"]) == (
-      "digits (lp)", 2, "letters (lp)", 1)
+    "digits (lp)",
+    2,
+    "letters (lp)",
+    1,
+  )
   colours = {tuple(st["color"]) for st in report._styles(lp["series"]).values()}
   assert len(colours) == 4  # four glyph arms, four shades
   import matplotlib
+
   base = matplotlib.colormaps["tab10"](0)[:3]
   hues = {tuple(round(v, 6) for v in matplotlib.colors.rgb_to_hsv(c)[:1]) for c in colours}
   assert hues == {tuple(round(v, 6) for v in matplotlib.colors.rgb_to_hsv(base)[:1])}
@@ -582,8 +908,16 @@ def test_report_figures_name_their_sweep_tell_arms_apart_and_say_where_seeds_are
 
 def test_eta_is_per_run_shape_and_the_study_ends_with_its_results():
   def run(kind, protocol, shots="5", ds="digits"):
-    return study.Run(kind, f"{kind}/{protocol}/{shots}", "/x", "", {}, [],
-                     {"protocol": protocol, "shots": shots, "downstream": ds})
+    return study.Run(
+      kind,
+      f"{kind}/{protocol}/{shots}",
+      "/x",
+      "",
+      {},
+      [],
+      {"protocol": protocol, "shots": shots, "downstream": ds},
+    )
+
   eta = study.Eta()
   assert eta.remaining([run("transfer", "lp")]) != eta.remaining([run("transfer", "lp")])  # nan
   eta.add(run("transfer", "lp"), 2.0)

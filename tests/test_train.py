@@ -20,6 +20,7 @@ from conftest import MINI, ROOT, losses, mini_config, one_device, run_cli
 
 def _by_name(tree):
   from big_transfer.sharding import path_name
+
   return {path_name(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
@@ -32,14 +33,25 @@ def _leaves_equal(a, b):
 
 def test_mini_run_writes_metrics_config_checkpoints_and_learns(tmp_path):
   wd = str(tmp_path)
-  c = mini_config("steps=40,batch=32,width=0.125", log_every=10, eval_every=20,
-                  checkpoint_every=20, eval_data="", tensorboard=True)
+  c = mini_config(
+    "steps=40,batch=32,width=0.125",
+    log_every=10,
+    eval_every=20,
+    checkpoint_every=20,
+    eval_data="",
+    tensorboard=True,
+  )
   train.run(c, wd, devices=one_device())
   rows = read_metrics(wd)
   train_rows = [r for r in rows if "train/loss" in r]
   assert [r["step"] for r in train_rows] == [10, 20, 30, 40]
-  assert {"train/lr", "train/accuracy", "train/grad_norm", "train/examples_per_sec",
-          "eta_s"} <= set(train_rows[0])
+  assert {
+    "train/lr",
+    "train/accuracy",
+    "train/grad_norm",
+    "train/examples_per_sec",
+    "eta_s",
+  } <= set(train_rows[0])
   assert train_rows[-1]["train/loss"] < 0.7 * train_rows[0]["train/loss"]
   evals = [r for r in rows if "eval/accuracy" in r]
   assert [r["step"] for r in evals] == [20, 40] and evals[-1]["eval/accuracy"] > 0.5
@@ -63,6 +75,7 @@ def test_durations_in_epochs_and_examples_resolve_to_steps(tmp_path):
   c = mini_config(total_steps=0, total_epochs=1.0)  # 0 unsets, as on a command line
   assert train.prepare(c, str(tmp_path))["total_steps"] == 45
   from big_transfer.config_lib import ConfigError
+
   with pytest.raises(ConfigError, match="exactly one of total_steps, total_epochs"):
     train.prepare(mini_config(total_epochs=1.0), str(tmp_path))
 
@@ -81,8 +94,7 @@ def one_device_reference(tmp_path_factory):
 
 
 @pytest.mark.parametrize("data,fsdp", [(8, 1), pytest.param(4, 2, marks=pytest.mark.slow), (1, 8)])
-def test_same_loss_trajectory_on_one_and_eight_devices(tmp_path, one_device_reference, data,
-                                                       fsdp):
+def test_same_loss_trajectory_on_one_and_eight_devices(tmp_path, one_device_reference, data, fsdp):
   ref, ref_params = one_device_reference
   c = mini_config(**SHARDING_KW)
   c.mesh.data, c.mesh.fsdp = data, fsdp
@@ -98,7 +110,7 @@ def test_same_loss_trajectory_on_one_and_eight_devices(tmp_path, one_device_refe
   # up to 3e-4), so the parameters are compared as a whole: relative L2 distance.
   got_p, ref_p = jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(ref_params)
   diff = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(got_p, ref_p)))
-  norm = np.sqrt(sum(np.sum(b ** 2) for b in ref_p))
+  norm = np.sqrt(sum(np.sum(b**2) for b in ref_p))
   assert diff / norm < 1e-3, diff / norm
 
 
@@ -114,15 +126,24 @@ def _wait_for(path, proc, timeout=300):
 
 @pytest.mark.parametrize("total,every", [(40, 7), pytest.param(25, 4, marks=pytest.mark.slow)])
 def test_sigkill_after_a_checkpoint_resumes_bitwise_exactly(tmp_path, total, every):
-  args = [f"--config={MINI}:steps={total},batch=16,width=0.125", "--config.eval_data=none",
-          f"--config.checkpoint_every={every}", "--config.log_every=5",
-          "--config.tensorboard=false", "--config.keep_checkpoints=2"]
+  args = [
+    f"--config={MINI}:steps={total},batch=16,width=0.125",
+    "--config.eval_data=none",
+    f"--config.checkpoint_every={every}",
+    "--config.log_every=5",
+    "--config.tensorboard=false",
+    "--config.keep_checkpoints=2",
+  ]
   ref_wd, wd = str(tmp_path / "ref"), str(tmp_path / "killed")
   run_cli(args + [f"--workdir={ref_wd}"], check=True)
 
-  proc = subprocess.Popen([sys.executable, "-m", "big_transfer.train", *args,
-                           f"--workdir={wd}"], cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    [sys.executable, "-m", "big_transfer.train", *args, f"--workdir={wd}"],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   _wait_for(os.path.join(wd, "checkpoints", str(every)), proc)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
@@ -201,10 +222,12 @@ def test_checkpoint_restores_onto_a_different_mesh(tmp_path):
 
 def test_normalising_on_the_device_trains_as_normalising_on_the_host(tmp_path):
   on_device = train.run(mini_config(), str(tmp_path / "device"), devices=one_device())
-  on_host = train.run(mini_config(normalize_on_device=False), str(tmp_path / "host"),
-                      devices=one_device())
-  np.testing.assert_allclose(losses(str(tmp_path / "device")), losses(str(tmp_path / "host")),
-                             rtol=1e-5, atol=1e-6)
+  on_host = train.run(
+    mini_config(normalize_on_device=False), str(tmp_path / "host"), devices=one_device()
+  )
+  np.testing.assert_allclose(
+    losses(str(tmp_path / "device")), losses(str(tmp_path / "host")), rtol=1e-5, atol=1e-6
+  )
   a, b = jax.device_get(on_device.params), jax.device_get(on_host.params)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
@@ -212,10 +235,16 @@ def test_normalising_on_the_device_trains_as_normalising_on_the_host(tmp_path):
 
 def test_tfds_dataset_trains(tmp_path):
   import tensorflow_datasets as tfds
-  c = mini_config(data="tfds:mnist", eval_data="", eval_split="test",
-                  pp_train="to_rgb|resize(32)|value_range(-1,1)",
-                  pp_eval="to_rgb|resize(32)|value_range(-1,1)", total_steps=3,
-                  batch_size=8)
+
+  c = mini_config(
+    data="tfds:mnist",
+    eval_data="",
+    eval_split="test",
+    pp_train="to_rgb|resize(32)|value_range(-1,1)",
+    pp_eval="to_rgb|resize(32)|value_range(-1,1)",
+    total_steps=3,
+    batch_size=8,
+  )
   with tfds.testing.mock_data(num_examples=24):
     train.run(c, str(tmp_path), devices=one_device())
   rows = read_metrics(str(tmp_path))
@@ -226,6 +255,7 @@ def test_converted_image_folder_trains(tmp_path):
   from PIL import Image
 
   from big_transfer.data import convert, sources
+
   digits = sources.open_source("builtin:digits")
   for i in range(80):
     d = tmp_path / "folder" / ("train" if i < 64 else "test") / str(int(digits[i]["label"]))
@@ -233,9 +263,14 @@ def test_converted_image_folder_trains(tmp_path):
     Image.fromarray(digits[i]["image"][..., 0]).save(d / f"{i}.png")
   (tmp_path / "folder" / "train" / "3" / "broken.png").write_bytes(b"\x89PNG broken")
   convert.main(["imagefolder", str(tmp_path / "folder"), str(tmp_path / "data"), "--workers=1"])
-  c = mini_config(data=f"arrayrecord:{tmp_path / 'data'}", eval_data="",
-                  pp_train="decode|resize(32)|value_range(-1,1)",
-                  pp_eval="decode|resize(32)|value_range(-1,1)", total_steps=3, batch_size=16)
+  c = mini_config(
+    data=f"arrayrecord:{tmp_path / 'data'}",
+    eval_data="",
+    pp_train="decode|resize(32)|value_range(-1,1)",
+    pp_eval="decode|resize(32)|value_range(-1,1)",
+    total_steps=3,
+    batch_size=16,
+  )
   train.run(c, str(tmp_path / "run"), devices=one_device())
   assert len(losses(str(tmp_path / "run"))) == 3
   assert any("eval/accuracy" in r for r in read_metrics(str(tmp_path / "run")))
@@ -243,29 +278,48 @@ def test_converted_image_folder_trains(tmp_path):
 
 @pytest.mark.slow  # ~40 s of optimiser and dtype variants
 def test_adamw_ema_bf16_clipping_and_lars_step_schedule_train(tmp_path):
-  c = mini_config("steps=8,batch=32,width=0.125", dtype="bfloat16", ema_decay=0.9,
-                  **{"optimizer.name": "adamw", "optimizer.lr": 3e-3,
-                     "optimizer.weight_decay": 0.05, "optimizer.grad_clip_norm": 1.0})
+  c = mini_config(
+    "steps=8,batch=32,width=0.125",
+    dtype="bfloat16",
+    ema_decay=0.9,
+    **{
+      "optimizer.name": "adamw",
+      "optimizer.lr": 3e-3,
+      "optimizer.weight_decay": 0.05,
+      "optimizer.grad_clip_norm": 1.0,
+    },
+  )
   state = train.run(c, str(tmp_path / "adamw"), devices=one_device())
   assert state.ema_params is not None
-  assert not _leaves_equal(jax.device_get(state.ema_params),
-                           jax.device_get(state.params))
+  assert not _leaves_equal(jax.device_get(state.ema_params), jax.device_get(state.params))
   l = losses(str(tmp_path / "adamw"))
   assert np.isfinite(l).all() and l[-1] < l[0]
-  c = mini_config("steps=8,batch=32,width=0.125",
-                  **{"optimizer.name": "lars", "optimizer.lr": 0.5,
-                     "optimizer.schedule": "step", "optimizer.boundaries": (4,)})
+  c = mini_config(
+    "steps=8,batch=32,width=0.125",
+    **{
+      "optimizer.name": "lars",
+      "optimizer.lr": 0.5,
+      "optimizer.schedule": "step",
+      "optimizer.boundaries": (4,),
+    },
+  )
   train.run(c, str(tmp_path / "lars"), devices=one_device())
   lrs = [r["train/lr"] for r in read_metrics(str(tmp_path / "lars")) if "train/lr" in r]
   np.testing.assert_allclose(lrs, [0.5] * 4 + [0.05] * 4, rtol=1e-6)
 
 
-@pytest.mark.parametrize("args,message", [
+@pytest.mark.parametrize(
+  "args,message",
+  [
     (["--config.bogus=1"], "--config.bogus=1: " + MINI + " has no key 'bogus'"),
-    (["--config.optimizer.lrr=0.1"], "has no key 'optimizer.lrr'; did you mean optimizer.lr "
-                                     "(float, now 0.1)?"),
-    (["--config.batch_size=64x"], "--config.batch_size=64x: batch_size expects int (now 128); "
-                                  "'64x' is not one"),
+    (
+      ["--config.optimizer.lrr=0.1"],
+      "has no key 'optimizer.lrr'; did you mean optimizer.lr (float, now 0.1)?",
+    ),
+    (
+      ["--config.batch_size=64x"],
+      "--config.batch_size=64x: batch_size expects int (now 128); '64x' is not one",
+    ),
     (["--config.data=tfds:no_such_dataset"], "TFDS has no dataset 'no_such_dataset'"),
     (["--config.data=arrayrecord:/no/such/dir"], "'/no/such/dir' does not exist"),
     (["--config.pp_train=decode|blur(2)"], "unknown preprocessing op 'blur'"),
@@ -273,7 +327,8 @@ def test_adamw_ema_bf16_clipping_and_lars_step_schedule_train(tmp_path):
     (["--config.mesh.data=3", "--config.mesh.fsdp=2"], "config.mesh: data=3 x fsdp=2 != 8"),
     (["--config.optimizer.lr=nan"], "config.optimizer.lr=nan: must be a finite number"),
     (["--config.optimizer.weight_decay=inf"], "config.optimizer.weight_decay=inf: must be"),
-])
+  ],
+)
 def test_bad_input_is_one_line_before_any_compile(tmp_path, args, message):
   out = run_cli([f"--config={MINI}", f"--workdir={tmp_path}", *args])
   assert out.returncode == 2
@@ -288,52 +343,85 @@ def test_bad_input_is_one_line_before_any_compile(tmp_path, args, message):
 def test_multiprocess_data_workers_feed_the_same_batches(tmp_path):
   ref_wd, wd = str(tmp_path / "threads"), str(tmp_path / "workers")
   train.run(mini_config(), ref_wd, devices=one_device())
-  out = run_cli([f"--config={MINI}:{'steps=6,batch=32,width=0.125'}", f"--workdir={wd}",
-                 "--config.data_workers=2", "--config.log_every=1", "--config.eval_data=none",
-                 "--config.tensorboard=false", "--config.optimizer.warmup_steps=0"])
+  out = run_cli(
+    [
+      f"--config={MINI}:{'steps=6,batch=32,width=0.125'}",
+      f"--workdir={wd}",
+      "--config.data_workers=2",
+      "--config.log_every=1",
+      "--config.eval_data=none",
+      "--config.tensorboard=false",
+      "--config.optimizer.warmup_steps=0",
+    ]
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   np.testing.assert_allclose(losses(wd), losses(ref_wd), rtol=1e-5, atol=1e-6)
 
 
 def test_the_logged_learning_rate_is_the_steps_own_not_a_window_mean(tmp_path):
   from big_transfer import optim
+
   c = mini_config(total_steps=6, log_every=3)
   train.run(c, str(tmp_path), devices=one_device())
   rows = [r for r in read_metrics(str(tmp_path)) if "train/lr" in r]
   schedule = optim.schedule(c.optimizer, 6)
   assert [r["step"] for r in rows] == [3, 6]
-  np.testing.assert_allclose([r["train/lr"] for r in rows],
-                             [float(schedule(2)), float(schedule(5))], rtol=1e-6)
+  np.testing.assert_allclose(
+    [r["train/lr"] for r in rows], [float(schedule(2)), float(schedule(5))], rtol=1e-6
+  )
   assert rows[-1]["train/lr"] < 0.1 * c.optimizer.lr  # the end of the cosine, not its mean
 
 
 def test_help_lists_every_flag_and_print_config_every_key(tmp_path):
   import subprocess
   import sys
+
   for module in ("big_transfer.train", "big_transfer.finetune"):
-    out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+      [sys.executable, "-m", module, "--help"],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-1000:]
-    for flag in ("--config:", "--workdir:", "--num_processes:", "--print_config:",
-                 "--config.KEY=VALUE"):
+    for flag in (
+      "--config:",
+      "--workdir:",
+      "--num_processes:",
+      "--print_config:",
+      "--config.KEY=VALUE",
+    ):
       assert flag in out.stdout, (module, flag)
     assert "python -m " + module in out.stdout  # the docstring's example
   out = run_cli([f"--config={MINI}", "--print_config", "--config.batch_size=48"])
   assert out.returncode == 0 and not os.path.exists(tmp_path / "checkpoints")
   lines = out.stdout.splitlines()
   assert "batch_size = 48  # " in "\n".join(lines) and any(
-      l.startswith("ema_decay = 0.0  # > 0 keeps an exponential moving average") for l in lines)
+    l.startswith("ema_decay = 0.0  # > 0 keeps an exponential moving average") for l in lines
+  )
 
 
 def test_every_argparse_entrypoint_helps_with_an_example():
   """--help of the argparse entrypoints: exit 0, a description, an example command, and a
   help text on every flag."""
   import re
-  for module in ("big_transfer.report", "big_transfer.convert_checkpoint", "big_transfer.bench",
-                 "big_transfer.data.prepare", "big_transfer.data.convert",
-                 "big_transfer.data.tokenizer"):
-    out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+
+  for module in (
+    "big_transfer.report",
+    "big_transfer.convert_checkpoint",
+    "big_transfer.bench",
+    "big_transfer.data.prepare",
+    "big_transfer.data.convert",
+    "big_transfer.data.tokenizer",
+  ):
+    out = subprocess.run(
+      [sys.executable, "-m", module, "--help"],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
     assert out.returncode == 0, (module, out.stderr[-500:])
     assert re.search(rf"python -m {module} [a-z-]", out.stdout), module  # not the usage line
     options = out.stdout.split("options:", 1)[1]
@@ -348,20 +436,30 @@ def test_every_argparse_entrypoint_helps_with_an_example():
 
 def test_every_config_key_is_declared_once_by_the_module_that_reads_it_with_its_meaning():
   from big_transfer import finetune, schema
+
   sections = config_lib.sections() + [finetune.SECTION]
   meanings = schema.help_of(sections)
   for config in (config_lib.base_config(), config_lib.transfer_config()):
-    keys = [k for k in config_lib.dotted(config_lib.to_plain(config))
-            if not k.startswith(("evals.", "model_kwargs."))]  # entries a config file adds
+    keys = [
+      k
+      for k in config_lib.dotted(config_lib.to_plain(config))
+      if not k.startswith(("evals.", "model_kwargs."))
+    ]  # entries a config file adds
     missing = [k for k in keys if not config_lib.meaning_of(k, meanings).strip()]
     assert not missing, missing
   owners = {s.owner for s in sections}
-  assert {"big_transfer.optim", "big_transfer.data.pipeline", "big_transfer.methods.clip",
-          "big_transfer.methods.simclr", "big_transfer.evaluators.common",
-          "big_transfer.logging", "big_transfer.finetune", "big_transfer.config_lib"} <= owners
+  assert {
+    "big_transfer.optim",
+    "big_transfer.data.pipeline",
+    "big_transfer.methods.clip",
+    "big_transfer.methods.simclr",
+    "big_transfer.evaluators.common",
+    "big_transfer.logging",
+    "big_transfer.finetune",
+    "big_transfer.config_lib",
+  } <= owners
   with pytest.raises(ValueError, match="declared by big_transfer.optim and x"):
-    schema.build([optim.SECTION, schema.Section("optimizer", "x", keys=(
-        schema.Key("lr", 1.0),))])
+    schema.build([optim.SECTION, schema.Section("optimizer", "x", keys=(schema.Key("lr", 1.0),))])
   # Each config gets its own values: a placeholder set in one is not set in the next.
   first = config_lib.base_config()
   first.total_epochs, first.optimizer.warmup_epochs = 3.0, 1.0

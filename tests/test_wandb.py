@@ -17,6 +17,7 @@ def wandb_records(path):
   """The protobuf Records of an offline run file: a 7-byte header, then 32 KiB blocks of
   chunks (crc32, length, type: 1 full, 2 first, 3 middle, 4 last)."""
   from wandb.proto import wandb_internal_pb2 as pb
+
   with open(path, "rb") as f:
     data = f.read()
   assert data[:4] == b":W&B"
@@ -26,11 +27,11 @@ def wandb_records(path):
     if left < 7:
       pos += left
       continue
-    _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+    _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
     if length == 0 and kind == 0:  # block padding
       pos += left
       continue
-    buf += data[pos + 7:pos + 7 + length]
+    buf += data[pos + 7 : pos + 7 + length]
     pos += 7 + length
     if kind in (1, 4):
       r = pb.Record()
@@ -43,14 +44,14 @@ def wandb_records(path):
 def logged(path):
   """(run record, {step: {key: value}}) of an offline run file."""
   import json
+
   run, history = None, {}
   for r in wandb_records(path):
     kind = r.WhichOneof("record_type")
     if kind == "run":
       run = r.run
     elif kind == "history":
-      items = {i.key or "/".join(i.nested_key): json.loads(i.value_json)
-               for i in r.history.item}
+      items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
       history[items.pop("_step")] = {k: v for k, v in items.items() if not k.startswith("_")}
   return run, history
 
@@ -59,8 +60,14 @@ def logged(path):
 def test_wandb_offline_logs_config_and_every_step_once_across_a_resume(tmp_path):
   pytest.importorskip("wandb")
   workdir = str(tmp_path / "run")
-  c = mini_config(**{"wandb.project": "bt-test", "wandb.mode": "offline", "wandb.tags": "a,b",
-                     "checkpoint_every": 3})
+  c = mini_config(
+    **{
+      "wandb.project": "bt-test",
+      "wandb.mode": "offline",
+      "wandb.tags": "a,b",
+      "checkpoint_every": 3,
+    }
+  )
   train.run(c, workdir, devices=one_device())
   run_id = open(os.path.join(workdir, "wandb_run_id")).read().strip()
   [first] = glob.glob(os.path.join(workdir, "wandb", "offline-run-*", f"run-{run_id}.wandb"))
@@ -89,8 +96,11 @@ def test_wandb_config_errors_are_one_line(monkeypatch):
   with pytest.raises(config_lib.ConfigError, match="config.wandb.mode='sometimes'"):
     config_lib.validate(c)
   real = config_lib.importlib.util.find_spec
-  monkeypatch.setattr(config_lib.importlib.util, "find_spec",
-                      lambda name, *a: None if name == "wandb" else real(name, *a))
+  monkeypatch.setattr(
+    config_lib.importlib.util,
+    "find_spec",
+    lambda name, *a: None if name == "wandb" else real(name, *a),
+  )
   c.wandb.mode = "offline"
   with pytest.raises(config_lib.ConfigError, match=r"wandb is not installed \(pip install"):
     config_lib.validate(c)

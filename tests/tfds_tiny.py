@@ -14,19 +14,23 @@ class BtTinyDigits(tfds.core.GeneratorBasedBuilder):
 
   def _info(self):
     return tfds.core.DatasetInfo(
-        builder=self,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
-            "label": tfds.features.ClassLabel(names=[str(i) for i in range(10)])}),
-        supervised_keys=("image", "label"))
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
+          "label": tfds.features.ClassLabel(names=[str(i) for i in range(10)]),
+        }
+      ),
+      supervised_keys=("image", "label"),
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {"train": self._generate_examples(0, 1437),
-            "test": self._generate_examples(1437, 1797)}
+    return {"train": self._generate_examples(0, 1437), "test": self._generate_examples(1437, 1797)}
 
   def _generate_examples(self, lo, hi):
     from sklearn.datasets import load_digits
+
     d = load_digits()
     images = np.clip(d.images * 16, 0, 255).astype(np.uint8)[..., None]
     perm = np.random.default_rng(0).permutation(len(images))
@@ -40,10 +44,14 @@ class BtTinyImages(tfds.core.GeneratorBasedBuilder):
 
   def _info(self):
     return tfds.core.DatasetInfo(
-        builder=self,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3)),
-            "label": tfds.features.ClassLabel(names=["dark", "light"])}))
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(None, None, 3)),
+          "label": tfds.features.ClassLabel(names=["dark", "light"]),
+        }
+      ),
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager

@@ -14,6 +14,7 @@ DIGITS_CLASSES = tuple(str(i) for i in range(10))
 def _digits_arrays():
   # Lazy: +0.8 s at start-up, for builtin:digits only. It ships the 1,797 real 8x8 UCI images.
   from sklearn.datasets import load_digits
+
   d = load_digits()
   # 0..16 grey levels -> 0..255, one channel.
   images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
@@ -62,14 +63,35 @@ def register(name: str, cls) -> None:
 # ------------------------------------------------------------------ procedurally generated
 
 GLYPH_SETS = {
-    "digits": tuple("0123456789"),
-    "letters": tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
-    "all": tuple("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+  "digits": tuple("0123456789"),
+  "letters": tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
+  "all": tuple("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"),
 }
-GLYPH_CAPTIONS = ("a handwritten {}", "the character {} written by hand", "a scan of a {}",
-                  "a small drawing of {}", "{} on a white form")
-NOISE_WORDS = ("vintage", "beautiful", "stock", "photo", "free", "download", "wallpaper", "hd",
-               "my", "new", "best", "day", "summer", "image", "view", "background")
+GLYPH_CAPTIONS = (
+  "a handwritten {}",
+  "the character {} written by hand",
+  "a scan of a {}",
+  "a small drawing of {}",
+  "{} on a white form",
+)
+NOISE_WORDS = (
+  "vintage",
+  "beautiful",
+  "stock",
+  "photo",
+  "free",
+  "download",
+  "wallpaper",
+  "hd",
+  "my",
+  "new",
+  "best",
+  "day",
+  "summer",
+  "image",
+  "view",
+  "background",
+)
 
 
 @functools.cache
@@ -126,8 +148,7 @@ class GlyphsSource(_Generated):
 
   OPTIONS = {"classes": str, "n": int, "seed": int, "res": int, "caption_noise": float}
 
-  def __init__(self, split="train", classes="digits", n=10000, seed=0, res=8,
-               caption_noise=0.0):
+  def __init__(self, split="train", classes="digits", n=10000, seed=0, res=8, caption_noise=0.0):
     if classes not in GLYPH_SETS:
       raise ValueError(f"classes={classes!r} not in {sorted(GLYPH_SETS)}")
     if res not in (8, 32):
@@ -142,11 +163,19 @@ class GlyphsSource(_Generated):
     ch = self.class_names[label]
     im = Image.new("L", (64, 64))
     d = ImageDraw.Draw(im)
-    d.text((32, 32), ch, fill=255, font=_font(int(rng.integers(26, 40))), anchor="mm",
-           stroke_width=int(rng.integers(0, 3)), stroke_fill=255)
+    d.text(
+      (32, 32),
+      ch,
+      fill=255,
+      font=_font(int(rng.integers(26, 40))),
+      anchor="mm",
+      stroke_width=int(rng.integers(0, 3)),
+      stroke_fill=255,
+    )
     im = im.rotate(rng.normal(0, 8), resample=Image.BILINEAR)
-    im = im.transform((64, 64), Image.AFFINE, (1, rng.normal(0, 0.2), 0, 0, 1, 0),
-                      resample=Image.BILINEAR)
+    im = im.transform(
+      (64, 64), Image.AFFINE, (1, rng.normal(0, 0.2), 0, 0, 1, 0), resample=Image.BILINEAR
+    )
     # Like the UCI forms: the ink's bounding box scaled to fill the 32x32 frame (aspect kept,
     # a little jitter in size and position).
     box = im.getbbox() or (0, 0, 64, 64)
@@ -169,19 +198,41 @@ class GlyphsSource(_Generated):
     return {"image": img[..., None], "label": label, "caption": caption}
 
 
-SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "bar", "star", "hexagon",
-          "arrow")
-COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 80, 220),
-           "yellow": (230, 210, 40), "purple": (150, 60, 190), "orange": (240, 140, 30),
-           "white": (240, 240, 240), "black": (20, 20, 20)}
-SHAPE_CAPTIONS = ("a {c} {s}", "a picture of a {c} {s}", "{s}, {c}, on a textured background",
-                  "a {s} in {c}")
+SHAPES = (
+  "circle",
+  "square",
+  "triangle",
+  "diamond",
+  "cross",
+  "ring",
+  "bar",
+  "star",
+  "hexagon",
+  "arrow",
+)
+COLOURS = {
+  "red": (220, 40, 40),
+  "green": (40, 180, 60),
+  "blue": (40, 80, 220),
+  "yellow": (230, 210, 40),
+  "purple": (150, 60, 190),
+  "orange": (240, 140, 30),
+  "white": (240, 240, 240),
+  "black": (20, 20, 20),
+}
+SHAPE_CAPTIONS = (
+  "a {c} {s}",
+  "a picture of a {c} {s}",
+  "{s}, {c}, on a textured background",
+  "a {s} in {c}",
+)
 
 
 def _shape_polygon(kind, cx, cy, r, angle):
   def ring(k, rad, phase=0.0):
     t = phase + angle + np.arange(k) * 2 * np.pi / k
     return list(zip(cx + rad * np.cos(t), cy + rad * np.sin(t)))
+
   if kind == "triangle":
     return ring(3, r)
   if kind == "square":
@@ -196,12 +247,32 @@ def _shape_polygon(kind, cx, cy, r, angle):
   if kind == "bar":
     return ring(4, r, 0.35)
   if kind == "arrow":
-    pts = np.array([(-1, -.3), (.2, -.3), (.2, -.7), (1, 0), (.2, .7), (.2, .3), (-1, .3)]) * r
+    pts = (
+      np.array([(-1, -0.3), (0.2, -0.3), (0.2, -0.7), (1, 0), (0.2, 0.7), (0.2, 0.3), (-1, 0.3)])
+      * r
+    )
     c, s = np.cos(angle), np.sin(angle)
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
   if kind == "cross":
-    pts = np.array([(-1, -.3), (-.3, -.3), (-.3, -1), (.3, -1), (.3, -.3), (1, -.3), (1, .3),
-                    (.3, .3), (.3, 1), (-.3, 1), (-.3, .3), (-1, .3)]) * r
+    pts = (
+      np.array(
+        [
+          (-1, -0.3),
+          (-0.3, -0.3),
+          (-0.3, -1),
+          (0.3, -1),
+          (0.3, -0.3),
+          (1, -0.3),
+          (1, 0.3),
+          (0.3, 0.3),
+          (0.3, 1),
+          (-0.3, 1),
+          (-0.3, 0.3),
+          (-1, 0.3),
+        ]
+      )
+      * r
+    )
     c, s = np.cos(angle), np.sin(angle)
     return [(cx + x * c - y * s, cy + x * s + y * c) for x, y in pts]
   raise ValueError(kind)
@@ -237,8 +308,7 @@ class ShapesSource(_Generated):
     d = ImageDraw.Draw(im)
     cx, cy = rng.uniform(10, 22, 2)
     r = rng.uniform(6, 11)
-    fill = tuple(int(v) for v in np.clip(np.array(COLOURS[colour]) + rng.normal(0, 15, 3),
-                                         0, 255))
+    fill = tuple(int(v) for v in np.clip(np.array(COLOURS[colour]) + rng.normal(0, 15, 3), 0, 255))
     if kind == "circle":
       d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
     elif kind == "ring":

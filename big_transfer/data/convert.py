@@ -64,6 +64,7 @@ def safe_split(name: str) -> bool:
 @dataclasses.dataclass
 class Item:
   """One input example before checking: raw bytes (or a path) plus its annotations."""
+
   key: str
   split: str
   data: bytes | None = None
@@ -80,8 +81,9 @@ class Skip(Exception):
     self.reason = reason
 
 
-def check_image(data: bytes, *, max_pixels: int, max_side: int | None,
-                quality: int = 95) -> tuple[bytes, tuple[int, int]]:
+def check_image(
+  data: bytes, *, max_pixels: int, max_side: int | None, quality: int = 95
+) -> tuple[bytes, tuple[int, int]]:
   """Fully decodes ``data``; returns (bytes to store, (height, width)) or raises Skip."""
   if not data:
     raise Skip("empty")
@@ -95,8 +97,7 @@ def check_image(data: bytes, *, max_pixels: int, max_side: int | None,
         im.load()  # decodes everything: truncated files fail here
         if max_side and max(w, h) > max_side:
           s = max_side / max(w, h)
-          im = im.convert("RGB").resize((max(1, round(w * s)), max(1, round(h * s))),
-                                        Image.BICUBIC)
+          im = im.convert("RGB").resize((max(1, round(w * s)), max(1, round(h * s))), Image.BICUBIC)
           buf = io.BytesIO()
           im.save(buf, format="JPEG", quality=quality)
           return buf.getvalue(), (im.size[1], im.size[0])
@@ -112,6 +113,7 @@ def check_image(data: bytes, *, max_pixels: int, max_side: int | None,
 
 
 # ----------------------------------------------------------------------------- readers
+
 
 def _safe_member(name: str) -> bool:
   if name.startswith("/") or name.startswith("\\"):
@@ -188,26 +190,28 @@ def read_tar(path: str, split: str) -> Iterator[Item]:
     if label is not None and (not label or (label.lstrip("-").isdigit() and int(label) < 0)):
       yield Item(key=key, split=split, problem="bad_label")  # a class id is never negative
       continue
-    yield Item(key=key, split=split, data=parts[img_ext], label=label, caption=caption or None,
-               meta=meta)
+    yield Item(
+      key=key, split=split, data=parts[img_ext], label=label, caption=caption or None, meta=meta
+    )
   if truncated:
     yield Item(key=f"{prefix}:rest", split=split, problem="truncated_tar")
 
 
 def _files_under(root: str) -> list[str]:
-  return sorted(os.path.relpath(os.path.join(dp, f), root)
-                for dp, _, fs in os.walk(root) for f in fs)
+  return sorted(
+    os.path.relpath(os.path.join(dp, f), root) for dp, _, fs in os.walk(root) for f in fs
+  )
 
 
 def is_hidden(path: str) -> bool:
   """A dot-name anywhere in the path (.ipynb_checkpoints/, .DS_Store, macOS's ._ files): never
   data, so never a class or an example; skipped and counted as ``hidden``."""
-  return any(p.startswith(".") and p not in (".", "..")
-             for p in path.replace("\\", "/").split("/"))
+  return any(p.startswith(".") and p not in (".", "..") for p in path.replace("\\", "/").split("/"))
 
 
-def list_imagefolder(src: str, split_fraction: float,
-                     recursive: bool = False) -> tuple[list[Item], list[str]]:
+def list_imagefolder(
+  src: str, split_fraction: float, recursive: bool = False
+) -> tuple[list[Item], list[str]]:
   """(items, class names). ``SRC/<split>/<class>/<image>`` when any top-level folder is a split
   name, else ``SRC/<class>/<image>``. Anything else is listed as a skipped item with its
   reason: ``hidden`` (dot-names anywhere: ``.ipynb_checkpoints/``, ``.DS_Store``), ``stray_dir``
@@ -223,11 +227,14 @@ def list_imagefolder(src: str, split_fraction: float,
       full = os.path.join(root, e)
       if is_hidden(e):
         files = _files_under(full) if os.path.isdir(full) else [""]
-        items.extend(Item(key=f"{prefix}{e}" + (f"/{f}" if f else ""), split="train",
-                          problem="hidden") for f in files)
+        items.extend(
+          Item(key=f"{prefix}{e}" + (f"/{f}" if f else ""), split="train", problem="hidden")
+          for f in files
+        )
       else:
         out.append(e)
     return out
+
   entries = visible(src)
   dirs = [e for e in entries if os.path.isdir(os.path.join(src, e))]
   if not dirs:
@@ -237,18 +244,26 @@ def list_imagefolder(src: str, split_fraction: float,
     layouts = [(split, os.path.join(src, split)) for split in split_dirs]
     for e in dirs:
       if e not in SPLIT_NAMES:
-        items += [Item(key=f"{e}/{f}", split="train", problem="stray_dir")
-                  for f in _files_under(os.path.join(src, e))]
+        items += [
+          Item(key=f"{e}/{f}", split="train", problem="stray_dir")
+          for f in _files_under(os.path.join(src, e))
+        ]
   else:
     layouts = [(None, src)]
-  items += [Item(key=e, split="train", problem="stray_file") for e in entries
-            if os.path.isfile(os.path.join(src, e))]
+  items += [
+    Item(key=e, split="train", problem="stray_file")
+    for e in entries
+    if os.path.isfile(os.path.join(src, e))
+  ]
   classes: set[str] = set()
   for split, root in layouts:
     names = visible(root, f"{split}/") if split is not None else entries
     if split is not None:
-      items += [Item(key=f"{split}/{e}", split="train", problem="stray_file")
-                for e in names if os.path.isfile(os.path.join(root, e))]
+      items += [
+        Item(key=f"{split}/{e}", split="train", problem="stray_file")
+        for e in names
+        if os.path.isfile(os.path.join(root, e))
+      ]
     for cls in names:
       cdir = os.path.join(root, cls)
       if not os.path.isdir(cdir):
@@ -259,10 +274,12 @@ def list_imagefolder(src: str, split_fraction: float,
         s = split
         if s is None:  # a stable, per-file split: same answer on every run and machine
           s = _stable_split(f"{cls}/{rel}", split_fraction)
-        problem = ("hidden" if is_hidden(rel) else
-                   "nested" if nested and not recursive else None)
-        items.append(Item(key=f"{cls}/{rel}", split=s, path=os.path.join(cdir, rel),
-                          label=cls, problem=problem))
+        problem = "hidden" if is_hidden(rel) else "nested" if nested and not recursive else None
+        items.append(
+          Item(
+            key=f"{cls}/{rel}", split=s, path=os.path.join(cdir, rel), label=cls, problem=problem
+          )
+        )
   return items, sorted(classes)
 
 
@@ -283,15 +300,23 @@ def read_label_names(path: str) -> dict[str, str]:
   if isinstance(obj, list):
     obj = {str(i): n for i, n in enumerate(obj)}
   if not isinstance(obj, dict) or not all(isinstance(v, str) and v for v in obj.values()):
-    raise SystemExit(f"error: --label_names={path!r}: expected a JSON object of label -> name "
-                     f"or a list of names")
+    raise SystemExit(
+      f"error: --label_names={path!r}: expected a JSON object of label -> name or a list of names"
+    )
   return {str(k).strip(): v for k, v in obj.items()}
 
 
-def list_csv(path: str, image_column: str, label_column: str | None,
-             caption_column: str | None, split_column: str | None, *, images: str | None = None,
-             split_fraction: float = 0.0, label_names: dict[str, str] | None = None
-             ) -> list[Item]:
+def list_csv(
+  path: str,
+  image_column: str,
+  label_column: str | None,
+  caption_column: str | None,
+  split_column: str | None,
+  *,
+  images: str | None = None,
+  split_fraction: float = 0.0,
+  label_names: dict[str, str] | None = None,
+) -> list[Item]:
   """One item per row; rows with fewer fields than the header (``short_row``) or more
   (``long_row``), an empty or negative numeric label (``bad_label``), a label ``label_names``
   does not name (``unnamed_label``) or a split value that is not a plain name (``bad_split``:
@@ -303,11 +328,16 @@ def list_csv(path: str, image_column: str, label_column: str | None,
   with open(path, newline="") as f:
     reader = csv.DictReader(f)
     cols = reader.fieldnames or []
-    for name, col in (("image_column", image_column), ("label_column", label_column),
-                      ("caption_column", caption_column), ("split_column", split_column)):
+    for name, col in (
+      ("image_column", image_column),
+      ("label_column", label_column),
+      ("caption_column", caption_column),
+      ("split_column", split_column),
+    ):
       if col and col not in cols:
-        raise SystemExit(f"error: {path}: --{name}={col!r} is not a column "
-                         f"(columns: {', '.join(cols)})")
+        raise SystemExit(
+          f"error: {path}: --{name}={col!r} is not a column (columns: {', '.join(cols)})"
+        )
     items = []
     for i, row in enumerate(reader):
       p = row.get(image_column) or ""
@@ -318,10 +348,14 @@ def list_csv(path: str, image_column: str, label_column: str | None,
       elif None in row:
         problem = "long_row"
       label = row[label_column].strip() if label_column and row.get(label_column) else None
-      split = ((row.get(split_column) or "").strip() if split_column
-               else _stable_split(p, split_fraction))
-      if problem is None and label_column and (
-          not label or (label.lstrip("-").isdigit() and int(label) < 0)):
+      split = (
+        (row.get(split_column) or "").strip() if split_column else _stable_split(p, split_fraction)
+      )
+      if (
+        problem is None
+        and label_column
+        and (not label or (label.lstrip("-").isdigit() and int(label) < 0))
+      ):
         problem = "bad_label"
       if problem is None and label is not None and label_names is not None:
         label = label_names.get(label)
@@ -329,15 +363,22 @@ def list_csv(path: str, image_column: str, label_column: str | None,
       if problem is None and not safe_split(split):
         problem = "bad_split"
       full = p if os.path.isabs(p) else os.path.join(base, p)
-      items.append(Item(
-          key=key, split=split if safe_split(split) else "train", path=full, label=label,
+      items.append(
+        Item(
+          key=key,
+          split=split if safe_split(split) else "train",
+          path=full,
+          label=label,
           problem=problem,
-          caption=((row.get(caption_column) or "").strip() or None) if caption_column else None))
+          caption=((row.get(caption_column) or "").strip() or None) if caption_column else None,
+        )
+      )
   return items
 
 
-def list_coco(annotations: str, images: str, skip_categories: str = ""
-              ) -> tuple[list[Item], list[str]]:
+def list_coco(
+  annotations: str, images: str, skip_categories: str = ""
+) -> tuple[list[Item], list[str]]:
   """COCO-style annotation files (Caltech Camera Traps, iNaturalist, LILA): ``SPLIT=FILE[,...]``
   or one FILE (split 'train'); image paths are ``file_name`` under ``images``. One label per
   image: an image whose annotations name several categories is ``multi_label``, one without
@@ -378,13 +419,21 @@ def list_coco(annotations: str, images: str, skip_categories: str = ""
         problem = "bad_label"
       meta = {k: v for k, v in im.items() if k not in ("file_name",)}
       fname = str(im.get("file_name", ""))
-      items.append(Item(key=f"{split}/{im.get('id')}:{fname}", split=split,
-                        path=os.path.join(images, fname), label=next(iter(labels), None),
-                        meta=meta, problem=problem))
+      items.append(
+        Item(
+          key=f"{split}/{im.get('id')}:{fname}",
+          split=split,
+          path=os.path.join(images, fname),
+          label=next(iter(labels), None),
+          meta=meta,
+          problem=problem,
+        )
+      )
   return items, sorted(names)
 
 
 # ----------------------------------------------------------------------------- writing
+
 
 @dataclasses.dataclass
 class ShardJob:
@@ -413,8 +462,14 @@ def convert_shard(job: ShardJob, opts: dict) -> dict:
   items = job.items if job.items is not None else read_tar(job.tar_path, job.tar_split)
   label_map = LabelMap(ordered=opts["class_names"]) if opts.get("class_names") else None
   writers, tmp_paths = {}, {}
-  stats = {"shard": job.index, "files": {}, "counts": collections.Counter(),
-           "labels": collections.Counter(), "skipped": collections.Counter(), "captions": 0}
+  stats = {
+    "shard": job.index,
+    "files": {},
+    "counts": collections.Counter(),
+    "labels": collections.Counter(),
+    "skipped": collections.Counter(),
+    "captions": 0,
+  }
   for item in items:
     try:
       if item.problem:
@@ -428,8 +483,9 @@ def convert_shard(job: ShardJob, opts: dict) -> dict:
             data = f.read()
         except OSError:
           raise Skip("unreadable_file") from None
-      data, (h, w) = check_image(data, max_pixels=opts["max_pixels"],
-                                 max_side=opts["max_side"], quality=opts["quality"])
+      data, (h, w) = check_image(
+        data, max_pixels=opts["max_pixels"], max_side=opts["max_side"], quality=opts["quality"]
+      )
     except Skip as s:
       stats["skipped"][s.reason] += 1
       continue
@@ -470,6 +526,7 @@ def _run_job(args):
 
 
 # ----------------------------------------------------------------------------- labels
+
 
 def _is_id(label: str) -> bool:
   """A canonical non-negative integer ('3', not '03' or '-1')."""
@@ -518,16 +575,21 @@ def _relabel(dst: str, files: list[str], label_map: LabelMap):
 
 # ----------------------------------------------------------------------------- main
 
+
 def plan(kind: str, src: str, args) -> tuple[list[ShardJob], list[str] | None]:
   """(jobs, class names when the listing knows them). Deterministic: every host of a
   multi-host conversion computes the same plan."""
   if kind == "webdataset":
-    tars = sorted(glob.glob(src) if any(c in src for c in "*?[") else (
-        glob.glob(os.path.join(src, "*.tar")) if os.path.isdir(src) else [src]))
+    tars = sorted(
+      glob.glob(src)
+      if any(c in src for c in "*?[")
+      else (glob.glob(os.path.join(src, "*.tar")) if os.path.isdir(src) else [src])
+    )
     if not tars:
       raise SystemExit(f"error: webdataset {src!r}: no .tar files")
-    return [ShardJob(i, len(tars), tar_path=t, tar_split=args.split)
-            for i, t in enumerate(tars)], None
+    return [
+      ShardJob(i, len(tars), tar_path=t, tar_split=args.split) for i, t in enumerate(tars)
+    ], None
   names = None
   if kind == "imagefolder":
     if not os.path.isdir(src):
@@ -541,9 +603,16 @@ def plan(kind: str, src: str, args) -> tuple[list[ShardJob], list[str] | None]:
     if not os.path.isfile(src):
       raise SystemExit(f"error: csv {src!r} does not exist")
     names_of = read_label_names(args.label_names) if args.label_names else None
-    items = list_csv(src, args.image_column, args.label_column, args.caption_column,
-                     args.split_column, images=args.images, split_fraction=args.split_fraction,
-                     label_names=names_of)
+    items = list_csv(
+      src,
+      args.image_column,
+      args.label_column,
+      args.caption_column,
+      args.split_column,
+      images=args.images,
+      split_fraction=args.split_fraction,
+      label_names=names_of,
+    )
     labels = {i.label for i in items if i.label is not None and i.problem is None}
     names = LabelMap(labels).names if labels else None
   n = max(1, min(args.output_shards or max(1, len(items) // 10000), max(1, len(items))))
@@ -561,30 +630,49 @@ def run(kind: str, src: str, dst: str, args) -> dict | None:
   writes the manifest; returns it (None on a host of a multi-host conversion)."""
   t0 = time.time()
   if not 0 <= args.shard_index < args.num_shards:
-    raise SystemExit(f"error: --shard_index={args.shard_index} is not in "
-                     f"0..{args.num_shards - 1} (--num_shards={args.num_shards})")
+    raise SystemExit(
+      f"error: --shard_index={args.shard_index} is not in "
+      f"0..{args.num_shards - 1} (--num_shards={args.num_shards})"
+    )
   os.makedirs(dst, exist_ok=True)
   jobs, class_names = plan(kind, src, args)
-  opts = {"dst": dst, "max_side": args.max_side, "quality": args.quality,
-          "max_pixels": args.max_pixels, "class_names": class_names,
-          "require_text": kind == "webdataset" and not args.allow_missing_text}
-  the_plan = {"kind": kind, "src": src, "num_jobs": len(jobs), "class_names": class_names,
-              "options": {k: v for k, v in opts.items() if k not in ("dst", "class_names")}}
+  opts = {
+    "dst": dst,
+    "max_side": args.max_side,
+    "quality": args.quality,
+    "max_pixels": args.max_pixels,
+    "class_names": class_names,
+    "require_text": kind == "webdataset" and not args.allow_missing_text,
+  }
+  the_plan = {
+    "kind": kind,
+    "src": src,
+    "num_jobs": len(jobs),
+    "class_names": class_names,
+    "options": {k: v for k, v in opts.items() if k not in ("dst", "class_names")},
+  }
   plan_path = os.path.join(dst, PLAN)
   if os.path.exists(plan_path):
     with open(plan_path) as f:
       before = json.load(f)
     if before != the_plan:
-      raise SystemExit(f"error: {dst} holds a conversion of other inputs or options "
-                       f"({plan_path}); use a new DST")
+      raise SystemExit(
+        f"error: {dst} holds a conversion of other inputs or options ({plan_path}); use a new DST"
+      )
   else:
     _write_json(plan_path, the_plan)
   mine = [j for j in jobs if j.index % args.num_shards == args.shard_index]
   already = sum(os.path.exists(_done_path(dst, j)) for j in mine)
-  host = (f" (host shard {args.shard_index}/{args.num_shards}: {len(mine)} of them)"
-          if args.num_shards > 1 else "")
-  print(f"converting {kind} {src} -> {dst}: {len(jobs)} shard(s){host}"
-        + (f", {already} already done (resuming)" if already else ""), flush=True)
+  host = (
+    f" (host shard {args.shard_index}/{args.num_shards}: {len(mine)} of them)"
+    if args.num_shards > 1
+    else ""
+  )
+  print(
+    f"converting {kind} {src} -> {dst}: {len(jobs)} shard(s){host}"
+    + (f", {already} already done (resuming)" if already else ""),
+    flush=True,
+  )
   work = [(j, opts) for j in mine]
   if args.workers > 1 and len(mine) > 1:
     ctx = multiprocessing.get_context("spawn")
@@ -596,9 +684,11 @@ def run(kind: str, src: str, dst: str, args) -> dict | None:
       _run_job(w)
       _progress(i, len(mine), t0)
   if args.num_shards > 1:
-    print(f"host shard {args.shard_index}/{args.num_shards} done ({len(mine)} output shards); "
-          f"when every host is done: python -m big_transfer.data.convert merge {dst}",
-          flush=True)
+    print(
+      f"host shard {args.shard_index}/{args.num_shards} done ({len(mine)} output shards); "
+      f"when every host is done: python -m big_transfer.data.convert merge {dst}",
+      flush=True,
+    )
     return None
   return merge(dst)
 
@@ -614,8 +704,10 @@ def merge(dst: str) -> dict:
   n = the_plan["num_jobs"]
   missing = [i for i in range(n) if not os.path.exists(_done_path(dst, ShardJob(i, n)))]
   if missing:
-    raise SystemExit(f"error: merge {dst}: {len(missing)} of {n} shards are not done yet "
-                     f"(e.g. {', '.join(str(i) for i in missing[:5])}): run their hosts first")
+    raise SystemExit(
+      f"error: merge {dst}: {len(missing)} of {n} shards are not done yet "
+      f"(e.g. {', '.join(str(i) for i in missing[:5])}): run their hosts first"
+    )
   results = []
   for i in range(n):
     with open(_done_path(dst, ShardJob(i, n))) as f:
@@ -661,19 +753,26 @@ def merge(dst: str) -> dict:
   if kind in ("webdataset", "coco"):
     schema["meta"] = "json str (the sample's .json / the COCO image entry)"
   manifest = {
-      "format": "big_transfer.arrayrecord/1", "source": {"kind": kind, "path": the_plan["src"]},
-      "splits": splits, "class_names": label_map.names if label_map else None,
-      "empty_classes": empty, "schema": schema, "skipped": dict(sorted(skipped.items())),
-      "num_skipped": sum(skipped.values()), "options": the_plan["options"],
+    "format": "big_transfer.arrayrecord/1",
+    "source": {"kind": kind, "path": the_plan["src"]},
+    "splits": splits,
+    "class_names": label_map.names if label_map else None,
+    "empty_classes": empty,
+    "schema": schema,
+    "skipped": dict(sorted(skipped.items())),
+    "num_skipped": sum(skipped.values()),
+    "options": the_plan["options"],
   }
   _write_json(os.path.join(dst, sources.MANIFEST), manifest)
   counts = ", ".join(f"{k}: {v['num_examples']}" for k, v in sorted(splits.items()))
   why = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items()))
   total = sum(s["num_examples"] for s in splits.values())
-  print(f"wrote {total} examples ({counts}) to {dst}; skipped {sum(skipped.values())}"
-        + (f" ({why})" if why else "")
-        + (f"; empty classes kept in class_names: {', '.join(empty)}" if empty else ""),
-        flush=True)
+  print(
+    f"wrote {total} examples ({counts}) to {dst}; skipped {sum(skipped.values())}"
+    + (f" ({why})" if why else "")
+    + (f"; empty classes kept in class_names: {', '.join(empty)}" if empty else ""),
+    flush=True,
+  )
   return manifest
 
 
@@ -689,59 +788,102 @@ def _split_name(text: str) -> str:
   return text
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter,
-                     argparse.ArgumentDefaultsHelpFormatter):
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
   """The docstring's examples as written, and every flag's default."""
 
 
 def parse_args(argv):
-  p = argparse.ArgumentParser(prog="python -m big_transfer.data.convert",
-                              description=__doc__.split("\n\n")[0],
-                              epilog=__doc__.split("\n\n")[1],
-                              formatter_class=_HelpFormatter)
-  p.add_argument("kind", choices=("imagefolder", "webdataset", "csv", "coco", "merge"),
-                 help="what SRC is; 'merge DST' (no SRC) writes the manifest of a conversion "
-                      "split across hosts (--num_shards) once every host is done")
-  p.add_argument("src", help="image folder, tar file / directory / glob, CSV file, or COCO "
-                             "annotations (FILE or SPLIT=FILE,SPLIT=FILE); merge: DST")
+  p = argparse.ArgumentParser(
+    prog="python -m big_transfer.data.convert",
+    description=__doc__.split("\n\n")[0],
+    epilog=__doc__.split("\n\n")[1],
+    formatter_class=_HelpFormatter,
+  )
+  p.add_argument(
+    "kind",
+    choices=("imagefolder", "webdataset", "csv", "coco", "merge"),
+    help="what SRC is; 'merge DST' (no SRC) writes the manifest of a conversion "
+    "split across hosts (--num_shards) once every host is done",
+  )
+  p.add_argument(
+    "src",
+    help="image folder, tar file / directory / glob, CSV file, or COCO "
+    "annotations (FILE or SPLIT=FILE,SPLIT=FILE); merge: DST",
+  )
   p.add_argument("dst", nargs="?", help="output directory (ArrayRecord shards + manifest.json)")
-  p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
-                 help="processes that decode and re-encode images")
-  p.add_argument("--output_shards", type=int, default=0,
-                 help="output shards (imagefolder/csv/coco; default ~10k examples each; "
-                      "webdataset: one per input tar)")
-  p.add_argument("--num_shards", type=int, default=1,
-                 help="hosts sharing this conversion (each runs it with its --shard_index; "
-                      "then `convert merge DST` on one)")
+  p.add_argument(
+    "--workers",
+    type=int,
+    default=max(1, (os.cpu_count() or 2) - 1),
+    help="processes that decode and re-encode images",
+  )
+  p.add_argument(
+    "--output_shards",
+    type=int,
+    default=0,
+    help="output shards (imagefolder/csv/coco; default ~10k examples each; "
+    "webdataset: one per input tar)",
+  )
+  p.add_argument(
+    "--num_shards",
+    type=int,
+    default=1,
+    help="hosts sharing this conversion (each runs it with its --shard_index; "
+    "then `convert merge DST` on one)",
+  )
   p.add_argument("--shard_index", type=int, default=0, help="this host's index")
-  p.add_argument("--max_side", type=int, default=0,
-                 help="re-encode images whose longer side exceeds this (JPEG); 0: never")
+  p.add_argument(
+    "--max_side",
+    type=int,
+    default=0,
+    help="re-encode images whose longer side exceeds this (JPEG); 0: never",
+  )
   p.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
-  p.add_argument("--max_pixels", type=int, default=89_478_485,
-                 help="refuse larger images (decompression bombs)")
-  p.add_argument("--split_fraction", type=float, default=0.0,
-                 help="imagefolder SRC/<class>/<image>, or csv without --split_column: "
-                      "fraction of images put in 'test' (a stable hash of the path)")
-  p.add_argument("--recursive", action="store_true",
-                 help="imagefolder: images in folders inside a class folder belong to it "
-                      "(default: skipped as 'nested')")
-  p.add_argument("--split", default="train", type=_split_name,
-                 help="webdataset: the split these shards form")
-  p.add_argument("--allow_missing_text", action="store_true",
-                 help="webdataset: keep images without a caption")
+  p.add_argument(
+    "--max_pixels", type=int, default=89_478_485, help="refuse larger images (decompression bombs)"
+  )
+  p.add_argument(
+    "--split_fraction",
+    type=float,
+    default=0.0,
+    help="imagefolder SRC/<class>/<image>, or csv without --split_column: "
+    "fraction of images put in 'test' (a stable hash of the path)",
+  )
+  p.add_argument(
+    "--recursive",
+    action="store_true",
+    help="imagefolder: images in folders inside a class folder belong to it "
+    "(default: skipped as 'nested')",
+  )
+  p.add_argument(
+    "--split", default="train", type=_split_name, help="webdataset: the split these shards form"
+  )
+  p.add_argument(
+    "--allow_missing_text", action="store_true", help="webdataset: keep images without a caption"
+  )
   p.add_argument("--image_column", default="image", help="csv: the image path column")
   p.add_argument("--label_column", default=None, help="csv: the class name column")
   p.add_argument("--caption_column", default=None, help="csv: the caption column")
-  p.add_argument("--split_column", default=None,
-                 help="csv: a column naming each row's split (else --split)")
-  p.add_argument("--images", default=None,
-                 help="coco: the directory file_name is relative to; csv: the directory "
-                      "relative image paths are under (default: the CSV's)")
-  p.add_argument("--label_names", default=None,
-                 help="csv: a JSON file naming numeric labels ({\"0\": \"name\", ...} or a "
-                      "list of names), e.g. Kaggle's label_num_to_disease_map.json")
-  p.add_argument("--skip_categories", default="",
-                 help="coco: comma-separated category names to leave out (e.g. empty)")
+  p.add_argument(
+    "--split_column", default=None, help="csv: a column naming each row's split (else --split)"
+  )
+  p.add_argument(
+    "--images",
+    default=None,
+    help="coco: the directory file_name is relative to; csv: the directory "
+    "relative image paths are under (default: the CSV's)",
+  )
+  p.add_argument(
+    "--label_names",
+    default=None,
+    help="csv: a JSON file naming numeric labels ({\"0\": \"name\", ...} or a "
+    "list of names), e.g. Kaggle's label_num_to_disease_map.json",
+  )
+  p.add_argument(
+    "--skip_categories",
+    default="",
+    help="coco: comma-separated category names to leave out (e.g. empty)",
+  )
   return p.parse_args(argv)
 
 
@@ -753,8 +895,10 @@ def main(argv=None):
     return merge(argv[1])
   args = parse_args(argv)
   if args.dst is None:
-    raise SystemExit(f"error: {args.kind} needs SRC and DST (python -m big_transfer.data.convert "
-                     f"{args.kind} SRC DST)")
+    raise SystemExit(
+      f"error: {args.kind} needs SRC and DST (python -m big_transfer.data.convert "
+      f"{args.kind} SRC DST)"
+    )
   args.max_side = args.max_side or None
   return run(args.kind, args.src, args.dst, args)
 

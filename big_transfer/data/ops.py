@@ -26,6 +26,21 @@ parse, register = registry.parse, registry.register
 
 load()  # every op module registers its ops
 
-__all__ = ["IMAGENET_FILL", "MEAN_STD", "REGISTRY", "RUN_ARGS", "TIMM_RA_OPS", "Example", "Op",
-           "PreprocessError", "apply_affine", "decode_image", "jpeg_size", "known_ops", "load",
-           "parse", "register", "split_device_affine"]
+__all__ = [
+  "IMAGENET_FILL",
+  "MEAN_STD",
+  "REGISTRY",
+  "RUN_ARGS",
+  "TIMM_RA_OPS",
+  "Example",
+  "Op",
+  "PreprocessError",
+  "apply_affine",
+  "decode_image",
+  "jpeg_size",
+  "known_ops",
+  "load",
+  "parse",
+  "register",
+  "split_device_affine",
+]

@@ -59,38 +59,77 @@ def _check(config) -> None:
     except ops.PreprocessError as e:
       raise schema.SectionError(f"config.{key}: {e}") from None
   if not 0 < config.max_skip_fraction <= 1:
-    raise schema.SectionError(f"config.max_skip_fraction={config.max_skip_fraction}: must be "
-                              f"in (0, 1]")
+    raise schema.SectionError(
+      f"config.max_skip_fraction={config.max_skip_fraction}: must be in (0, 1]"
+    )
 
 
-SECTION = schema.Section("", __name__, keys=(
-    schema.Key("data", "builtin:digits", "the training data: a source spec (builtin:NAME, "
-               "tfds:NAME[:SPLIT], arrayrecord:PATH[:SPLIT], folders, webdataset, "
-               "mix(SPEC@W,...); ?options), see README 'Data'"),
-    schema.Key("data_dir", "", "where tfds: specs are read from ('' = $TFDS_DATA_DIR, else "
-               "~/tensorflow_datasets); prepare them there first with `python -m "
-               "big_transfer.data.prepare NAME --data_dir=DIR`"),
-    schema.Key("train_split", "train", "the split of data to train on, when the spec names "
-               "none"),
-    schema.Key("eval_data", "", "held-out evaluation: '' = the training source at eval_split "
-               "(without training-only options); 'none' = no evaluation; or a spec"),
+SECTION = schema.Section(
+  "",
+  __name__,
+  keys=(
+    schema.Key(
+      "data",
+      "builtin:digits",
+      "the training data: a source spec (builtin:NAME, "
+      "tfds:NAME[:SPLIT], arrayrecord:PATH[:SPLIT], folders, webdataset, "
+      "mix(SPEC@W,...); ?options), see README 'Data'",
+    ),
+    schema.Key(
+      "data_dir",
+      "",
+      "where tfds: specs are read from ('' = $TFDS_DATA_DIR, else "
+      "~/tensorflow_datasets); prepare them there first with `python -m "
+      "big_transfer.data.prepare NAME --data_dir=DIR`",
+    ),
+    schema.Key("train_split", "train", "the split of data to train on, when the spec names none"),
+    schema.Key(
+      "eval_data",
+      "",
+      "held-out evaluation: '' = the training source at eval_split "
+      "(without training-only options); 'none' = no evaluation; or a spec",
+    ),
     schema.Key("eval_split", "test", "the split of the held-out evaluation"),
-    schema.Key("num_classes", config_dict.placeholder(int),
-               "default: from the source's class names"),
-    schema.Key("pp_train", "decode|inception_crop(224)|flip_lr|value_range(-1,1)",
-               "training preprocessing (the op language: data/ops.py)"),
-    schema.Key("pp_eval", "decode|resize_small(256)|central_crop(224)|value_range(-1,1)",
-               "evaluation preprocessing"),
-    schema.Key("data_threads", 8, "threads that preprocess a batch's examples concurrently "
-               "(split among the workers when there are some)"),
-    schema.Key("data_workers", 0, "spawned processes per JAX process, each building whole "
-               "batches (0: this process builds them, in a background thread)"),
-    schema.Key("normalize_on_device", True, "pp_train's trailing value_range / normalize run "
-               "inside the jitted step (uint8 images cross to the device: a quarter of the "
-               "bytes, no float pass on the host)"),
-    schema.Key("max_skip_fraction", 0.5, "stop (one error line) when more than this share of "
-               "recent records fail preprocessing"),
-), check=_check)
+    schema.Key(
+      "num_classes", config_dict.placeholder(int), "default: from the source's class names"
+    ),
+    schema.Key(
+      "pp_train",
+      "decode|inception_crop(224)|flip_lr|value_range(-1,1)",
+      "training preprocessing (the op language: data/ops.py)",
+    ),
+    schema.Key(
+      "pp_eval",
+      "decode|resize_small(256)|central_crop(224)|value_range(-1,1)",
+      "evaluation preprocessing",
+    ),
+    schema.Key(
+      "data_threads",
+      8,
+      "threads that preprocess a batch's examples concurrently "
+      "(split among the workers when there are some)",
+    ),
+    schema.Key(
+      "data_workers",
+      0,
+      "spawned processes per JAX process, each building whole "
+      "batches (0: this process builds them, in a background thread)",
+    ),
+    schema.Key(
+      "normalize_on_device",
+      True,
+      "pp_train's trailing value_range / normalize run "
+      "inside the jitted step (uint8 images cross to the device: a quarter of the "
+      "bytes, no float pass on the host)",
+    ),
+    schema.Key(
+      "max_skip_fraction",
+      0.5,
+      "stop (one error line) when more than this share of recent records fail preprocessing",
+    ),
+  ),
+  check=_check,
+)
 
 MASK = "_mask"
 INDEX = "_index"
@@ -105,8 +144,17 @@ class SkipError(DataError):
 class _Builder:
   """Builds examples and batches from positions; picklable, so workers can hold one."""
 
-  def __init__(self, source, pp: str, seed: int, keys: Sequence[str], bind: dict | None,
-               shuffle: bool, threads: int, num_classes: int | None = None):
+  def __init__(
+    self,
+    source,
+    pp: str,
+    seed: int,
+    keys: Sequence[str],
+    bind: dict | None,
+    shuffle: bool,
+    threads: int,
+    num_classes: int | None = None,
+  ):
     self.source, self.pp, self.seed, self.keys = source, pp, seed, tuple(keys)
     self.num_classes = num_classes if "label" in self.keys else None
     self.bind, self.shuffle, self.threads = dict(bind or {}), shuffle, max(1, threads)
@@ -138,8 +186,10 @@ class _Builder:
     if self.num_classes is not None:
       label = out["label"]
       if label.ndim == 0 and not 0 <= int(label) < self.num_classes:
-        raise ValueError(f"label {int(label)} is outside [0, {self.num_classes}) (a class "
-                         f"the data does not name: the record is skipped and counted)")
+        raise ValueError(
+          f"label {int(label)} is outside [0, {self.num_classes}) (a class "
+          f"the data does not name: the record is skipped and counted)"
+        )
     return out
 
   def _train_row(self, position: int):
@@ -192,6 +242,7 @@ class _Builder:
         return self.example(p), None
       except Exception as e:  # noqa: BLE001
         return None, _describe(e, self.source, p, p)
+
     rows = self._map(one, list(positions))
     failures = sum(err is not None for _, err in rows)
     first = next((err for _, err in rows if err), None)
@@ -205,8 +256,9 @@ class _Builder:
         except Exception:  # noqa: BLE001
           continue
       if template is None:
-        raise SkipError(f"preprocessing {self.pp!r} fails on every one of the {n} records "
-                        f"(e.g. {first})")
+        raise SkipError(
+          f"preprocessing {self.pp!r} fails on every one of the {n} records (e.g. {first})"
+        )
     out = []
     for p, (ex, _) in zip(positions, rows):
       row = dict(ex if ex is not None else template)
@@ -255,12 +307,15 @@ class SkipCounter:
       self._recent_sums[0] -= a
       self._recent_sums[1] -= f
     if failures and self.count == self.attempts and self.count >= FIRST_FAILURES:
-      raise SkipError(f"preprocessing {self.pp!r} failed on each of the first {self.count} "
-                      f"records: {first}")
+      raise SkipError(
+        f"preprocessing {self.pp!r} failed on each of the first {self.count} records: {first}"
+      )
     a, f = self._recent_sums
     if failures and a >= min(self.window, 200) and f > self.max_fraction * a:
-      raise SkipError(f"preprocessing {self.pp!r} failed on {f} of the last {a} records "
-                      f"(more than max_skip_fraction={self.max_fraction:g}): {first}")
+      raise SkipError(
+        f"preprocessing {self.pp!r} failed on {f} of the last {a} records "
+        f"(more than max_skip_fraction={self.max_fraction:g}): {first}"
+      )
 
 
 def _rows(batch: int, batch_size: int, process_index: int, process_count: int) -> range:
@@ -312,6 +367,7 @@ def _worker_train_batch(positions):
 def _to_shared(rows: list[dict[str, np.ndarray]]):
 
   import _posixshmem
+
   layout, offset = [], 0
   for k, v in rows[0].items():
     shape = (len(rows), *np.shape(v))
@@ -340,14 +396,17 @@ def _from_shared(handle) -> dict[str, np.ndarray]:
   them) do."""
   name, layout = handle
   import _posixshmem
+
   fd = _posixshmem.shm_open(name, os.O_RDWR, mode=0o600)
   try:
     mm = mmap.mmap(fd, os.fstat(fd).st_size)
   finally:
     os.close(fd)
     _posixshmem.shm_unlink(name)
-  return {k: np.frombuffer(mm, np.dtype(dtype), int(np.prod(shape)), off).reshape(shape)
-          for k, dtype, shape, off in layout}
+  return {
+    k: np.frombuffer(mm, np.dtype(dtype), int(np.prod(shape)), off).reshape(shape)
+    for k, dtype, shape, off in layout
+  }
 
 
 class _Prefetch:
@@ -391,23 +450,40 @@ class TrainBatches:
   """This process's rows of global batches ``start_batch``, ``start_batch + 1``, ... (an
   endless iterator of dicts of numpy arrays); see the module docstring."""
 
-  def __init__(self, source, *, pp: str, batch_size: int, seed: int, keys: Sequence[str],
-               process_index: int = 0, process_count: int = 1, threads: int = 8,
-               workers: int = 0, skipped: SkipCounter | None = None,
-               bind: dict | None = None, start_batch: int = 0, prefetch: int = 2,
-               num_classes: int | None = None):
+  def __init__(
+    self,
+    source,
+    *,
+    pp: str,
+    batch_size: int,
+    seed: int,
+    keys: Sequence[str],
+    process_index: int = 0,
+    process_count: int = 1,
+    threads: int = 8,
+    workers: int = 0,
+    skipped: SkipCounter | None = None,
+    bind: dict | None = None,
+    start_batch: int = 0,
+    prefetch: int = 2,
+    num_classes: int | None = None,
+  ):
     if batch_size % process_count:
       raise ValueError(f"batch_size {batch_size} is not divisible by {process_count} processes")
     if not len(source):
       raise ValueError("the training source is empty")
-    self.batch_size, self.process_index, self.process_count = (batch_size, process_index,
-                                                               process_count)
+    self.batch_size, self.process_index, self.process_count = (
+      batch_size,
+      process_index,
+      process_count,
+    )
     self.skipped = skipped if skipped is not None else SkipCounter(pp)
     self.next_batch = start_batch
     self.workers = workers
     threads_each = max(1, threads // workers) if workers else threads
-    self._builder = _Builder(source, pp, seed, keys, bind, shuffle=True, threads=threads_each,
-                             num_classes=num_classes)
+    self._builder = _Builder(
+      source, pp, seed, keys, bind, shuffle=True, threads=threads_each, num_classes=num_classes
+    )
     self._pool = None
     if workers:
       _unlink_blocks(only_dead_owners=True)  # left by a run that was killed
@@ -419,7 +495,8 @@ class TrainBatches:
       self._submitted = start_batch
     else:
       self._prefetch = _Prefetch(
-          lambda k: self._builder.train_batch(self._positions(start_batch + k)), prefetch)
+        lambda k: self._builder.train_batch(self._positions(start_batch + k)), prefetch
+      )
 
   def _positions(self, b: int) -> range:
     return _rows(b, self.batch_size, self.process_index, self.process_count)
@@ -430,20 +507,22 @@ class TrainBatches:
   def __next__(self) -> dict[str, np.ndarray]:
     if self._pool is not None:
       while len(self._pending) < self._depth:
-        self._pending.append(self._pool.apply_async(
-            _worker_train_batch, (self._positions(self._submitted),)))
+        self._pending.append(
+          self._pool.apply_async(_worker_train_batch, (self._positions(self._submitted),))
+        )
         self._submitted += 1
       handle, attempts, failures, first = self._pending.popleft().get()
-      result = ((_from_shared(handle) if handle is not None else None), attempts, failures,
-                first)
+      result = ((_from_shared(handle) if handle is not None else None), attempts, failures, first)
     else:
       result = self._prefetch.get()
     batch, attempts, failures, first = result
     self.skipped.add(attempts, failures, first)
     if batch is None:
-      raise SkipError(f"preprocessing {self.skipped.pp or self._builder.pp!r}: batch "
-                      f"{self.next_batch} has a "
-                      f"position whose {MAX_ATTEMPTS} alternates all fail: {first}")
+      raise SkipError(
+        f"preprocessing {self.skipped.pp or self._builder.pp!r}: batch "
+        f"{self.next_batch} has a "
+        f"position whose {MAX_ATTEMPTS} alternates all fail: {first}"
+      )
     self.next_batch += 1
     return batch
 
@@ -473,14 +552,27 @@ class EvalBatches:
   """Every example once across processes, in fixed-shape batches with ``_mask`` and
   ``_index``; iterate it once per evaluation."""
 
-  def __init__(self, source, *, pp: str, batch_size: int, keys: Sequence[str],
-               process_index: int = 0, process_count: int = 1, threads: int = 8,
-               bind: dict | None = None, skipped: SkipCounter | None = None):
+  def __init__(
+    self,
+    source,
+    *,
+    pp: str,
+    batch_size: int,
+    keys: Sequence[str],
+    process_index: int = 0,
+    process_count: int = 1,
+    threads: int = 8,
+    bind: dict | None = None,
+    skipped: SkipCounter | None = None,
+  ):
     if batch_size % process_count:
       raise ValueError(f"batch_size {batch_size} is not divisible by {process_count} processes")
     self.n = len(source)
-    self.batch_size, self.process_index, self.process_count = (batch_size, process_index,
-                                                               process_count)
+    self.batch_size, self.process_index, self.process_count = (
+      batch_size,
+      process_index,
+      process_count,
+    )
     self.num_batches = -(-self.n // batch_size)
     self.skipped = skipped if skipped is not None else SkipCounter(pp)
     self._builder = _Builder(source, pp, 0, keys, bind, shuffle=False, threads=threads)
@@ -492,8 +584,8 @@ class EvalBatches:
       if k >= self.num_batches:
         return None
       batch, failures, first, state["template"] = self._builder.eval_batch(
-          _rows(k, self.batch_size, self.process_index, self.process_count), self.n,
-          state["template"])
+        _rows(k, self.batch_size, self.process_index, self.process_count), self.n, state["template"]
+      )
       return batch, failures, first
 
     prefetch = _Prefetch(produce, 2)
@@ -511,4 +603,3 @@ def eval_dataset(source, **kwargs) -> EvalBatches:
   """Every example once across processes; batches padded to ``batch_size`` with ``_mask`` (see
   EvalBatches)."""
   return EvalBatches(source, **kwargs)
-

@@ -27,8 +27,17 @@ from big_transfer.logging import quiet_absl
 
 # The paper's TFDS datasets: the eight downstream sets and ImageNet-1K (supervised
 # pre-training, CLIP zero-shot). Caltech Camera Traps is not in TFDS: see docs/DATA.md.
-STUDY = ("cifar100", "dtd", "caltech101", "oxford_iiit_pet", "domainnet/real",
-         "domainnet/clipart", "eurosat/rgb", "cassava", "imagenet2012")
+STUDY = (
+  "cifar100",
+  "dtd",
+  "caltech101",
+  "oxford_iiit_pet",
+  "domainnet/real",
+  "domainnet/clipart",
+  "eurosat/rgb",
+  "cassava",
+  "imagenet2012",
+)
 
 
 class PrepareError(RuntimeError):
@@ -48,56 +57,76 @@ def _needs_tensorflow(e: BaseException) -> bool:
 def prepare(name: str, data_dir: str, manual_dir: str | None = None) -> str:
   """Prepares one dataset (a no-op when it is already there); returns a one-line summary."""
   import tensorflow_datasets as tfds  # lazy: --help and argument errors answer at once
+
   t0 = time.time()
   try:
     with quiet_absl():
       builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   except tfds.core.registered.DatasetNotFoundError:
-    raise PrepareError(f"{name}: TFDS has no such dataset (see `tfds.list_builders()`, or "
-                       f"--imports=MODULE for a builder of your own)") from None
+    raise PrepareError(
+      f"{name}: TFDS has no such dataset (see `tfds.list_builders()`, or "
+      f"--imports=MODULE for a builder of your own)"
+    ) from None
   fmt = builder.info.file_format
   if builder.is_prepared():
     if fmt is not None and fmt.value != "array_record":
-      raise PrepareError(f"{name}: already prepared in {builder.data_dir} as {fmt.value}; "
-                         f"tfds.data_source reads array_record: move that directory away or "
-                         f"use another --data_dir")
+      raise PrepareError(
+        f"{name}: already prepared in {builder.data_dir} as {fmt.value}; "
+        f"tfds.data_source reads array_record: move that directory away or "
+        f"use another --data_dir"
+      )
     return f"{name}: already prepared in {builder.data_dir}"
   instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
   manual = manual_dir or os.path.join(data_dir, "downloads", "manual")
   if instructions and not (os.path.isdir(manual) and os.listdir(manual)):
-    raise PrepareError(f"{name}: needs a manual download into {manual} (or --manual_dir): "
-                       f"{' '.join(str(instructions).split())}")
+    raise PrepareError(
+      f"{name}: needs a manual download into {manual} (or --manual_dir): "
+      f"{' '.join(str(instructions).split())}"
+    )
   config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
   try:
     builder.download_and_prepare(download_config=config)
   except Exception as e:  # noqa: BLE001  one line per dataset, the cause named
     if _needs_tensorflow(e):
-      raise PrepareError(f"{name}: encoding its features needs TensorFlow at build time: "
-                         f"pip install -r requirements-prepare.txt (then run this again)"
-                         ) from None
-    raise PrepareError(f"{name}: {type(e).__name__}: "
-                       f"{' '.join(str(e).split())[:400]}") from None
+      raise PrepareError(
+        f"{name}: encoding its features needs TensorFlow at build time: "
+        f"pip install -r requirements-prepare.txt (then run this again)"
+      ) from None
+    raise PrepareError(f"{name}: {type(e).__name__}: {' '.join(str(e).split())[:400]}") from None
   splits = ", ".join(f"{k} {v.num_examples}" for k, v in sorted(builder.info.splits.items()))
-  return (f"{name}: prepared {builder.info.version} in {builder.data_dir} ({splits}; "
-          f"array_record) in {time.time() - t0:.0f}s")
+  return (
+    f"{name}: prepared {builder.info.version} in {builder.data_dir} ({splits}; "
+    f"array_record) in {time.time() - t0:.0f}s"
+  )
 
 
 def parse_args(argv):
   p = argparse.ArgumentParser(
-      prog="python -m big_transfer.data.prepare",
-      description="Prepare TFDS datasets as ArrayRecord (what tfds: data specs read).",
-      epilog="example: python -m big_transfer.data.prepare study --data_dir=/data/tfds",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("names", nargs="+", metavar="NAME",
-                 help=f"TFDS names (cifar100, eurosat/rgb, ...) or 'study' for "
-                      f"{', '.join(STUDY)}")
-  p.add_argument("--data_dir", default=None,
-                 help="where to write (default: $TFDS_DATA_DIR or ~/tensorflow_datasets); "
-                      "runs read it through --config.data_dir or $TFDS_DATA_DIR")
-  p.add_argument("--manual_dir", default=None,
-                 help="files you downloaded by hand (default: DATA_DIR/downloads/manual)")
-  p.add_argument("--imports", default="",
-                 help="comma-separated modules to import first (builders of your own)")
+    prog="python -m big_transfer.data.prepare",
+    description="Prepare TFDS datasets as ArrayRecord (what tfds: data specs read).",
+    epilog="example: python -m big_transfer.data.prepare study --data_dir=/data/tfds",
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
+  p.add_argument(
+    "names",
+    nargs="+",
+    metavar="NAME",
+    help=f"TFDS names (cifar100, eurosat/rgb, ...) or 'study' for {', '.join(STUDY)}",
+  )
+  p.add_argument(
+    "--data_dir",
+    default=None,
+    help="where to write (default: $TFDS_DATA_DIR or ~/tensorflow_datasets); "
+    "runs read it through --config.data_dir or $TFDS_DATA_DIR",
+  )
+  p.add_argument(
+    "--manual_dir",
+    default=None,
+    help="files you downloaded by hand (default: DATA_DIR/downloads/manual)",
+  )
+  p.add_argument(
+    "--imports", default="", help="comma-separated modules to import first (builders of your own)"
+  )
   return p.parse_args(argv)
 
 
@@ -120,8 +149,9 @@ def main(argv=None) -> int:
       print(f"error: {e}", file=sys.stderr, flush=True)
       failed.append(name)
   if failed:
-    print(f"error: {len(failed)} of {len(names)} not prepared: {', '.join(failed)}",
-          file=sys.stderr)
+    print(
+      f"error: {len(failed)} of {len(names)} not prepared: {', '.join(failed)}", file=sys.stderr
+    )
     return 1
   return 0
 

@@ -61,9 +61,11 @@ def parse_spec(spec: str) -> Spec:
   when it names a split of the manifest (``arrayrecord:/data/cifar:test``)."""
   kind, sep, rest = spec.partition(":")
   if not sep or kind not in KINDS or not rest:
-    raise DataError(f"data spec {spec!r}: expected one of "
-                    f"{', '.join(k + ':...' for k in KINDS)} (e.g. builtin:digits, "
-                    f"tfds:cifar100:train, arrayrecord:/path/to/converted)")
+    raise DataError(
+      f"data spec {spec!r}: expected one of "
+      f"{', '.join(k + ':...' for k in KINDS)} (e.g. builtin:digits, "
+      f"tfds:cifar100:train, arrayrecord:/path/to/converted)"
+    )
   if kind == "arrayrecord":
     # The path may hold colons (gs://...): a split is a trailing ':NAME' or ':NAME[a:b]'.
     m = _PATH_AND_SPLIT.match(rest)
@@ -81,8 +83,9 @@ _PATH_AND_SPLIT = re.compile(r"^(?P<path>.+):(?P<split>\w+(?:\[-?\d*%?:-?\d*%?\]
 def _split_and_slice(split: str, spec: Spec) -> tuple[str, str | None, str | None]:
   m = _SLICE.match(split)
   if not m:
-    raise DataError(f"data spec {spec}: bad split {split!r} (use NAME or NAME[a:b], "
-                    f"a/b counts or percentages)")
+    raise DataError(
+      f"data spec {spec}: bad split {split!r} (use NAME or NAME[a:b], a/b counts or percentages)"
+    )
   return m[1], m[2], m[3]
 
 
@@ -123,13 +126,13 @@ def set_tfds_data_dir(path: str | None) -> None:
 
 
 def tfds_data_dir() -> str:
-  return (_TFDS_DATA_DIR or os.environ.get("TFDS_DATA_DIR")
-          or os.path.expanduser("~/tensorflow_datasets"))
+  return (
+    _TFDS_DATA_DIR or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+  )
 
 
 def prepare_command(name: str, data_dir: str | None = None) -> str:
-  return (f"python -m big_transfer.data.prepare {name} "
-          f"--data_dir={data_dir or tfds_data_dir()}")
+  return f"python -m big_transfer.data.prepare {name} --data_dir={data_dir or tfds_data_dir()}"
 
 
 class TfdsSource:
@@ -140,12 +143,12 @@ class TfdsSource:
 
   def __init__(self, name: str, split: str, data_dir: str | None = None):
     import tensorflow_datasets as tfds  # lazy: +0.3 s at start-up, tfds: specs only
+
     self.name, self.split = name, split
     self.data_dir = data_dir or tfds_data_dir()
     try:
       with quiet_absl():  # tfds warns about every version folder it looks into
-        self.source = tfds.data_source(name, split=split, data_dir=self.data_dir,
-                                       download=False)
+        self.source = tfds.data_source(name, split=split, data_dir=self.data_dir, download=False)
     except tfds.core.registered.DatasetNotFoundError:
       raise DataError(f"data spec tfds:{name}: TFDS has no dataset {name!r}") from None
     except Exception as e:  # noqa: BLE001  tfds raises several kinds for "not prepared"
@@ -168,6 +171,7 @@ def _not_prepared_message(name: str, split: str, data_dir: str, error: Exception
   """One line: what is missing and the command that prepares it (with the manual-download
   step for datasets TFDS cannot fetch itself)."""
   import tensorflow_datasets as tfds
+
   head = f"data spec tfds:{name}:{split}"
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -177,17 +181,23 @@ def _not_prepared_message(name: str, split: str, data_dir: str, error: Exception
   if split_names and split not in split_names:
     return f"{head}: no split {split!r} (splits: {', '.join(sorted(split_names))})"
   if builder.is_prepared():
-    what = (f"is prepared in {builder.data_dir} as {builder.info.file_format.value}, not "
-            f"array_record (what tfds.data_source reads)")
+    what = (
+      f"is prepared in {builder.data_dir} as {builder.info.file_format.value}, not "
+      f"array_record (what tfds.data_source reads)"
+    )
   else:
     what = f"is not prepared in {data_dir}"
   manual = ""
   instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
   if instructions:
-    manual = (f" after a manual download into {data_dir}/downloads/manual (TFDS cannot fetch "
-              f"it: {' '.join(str(instructions).split())[:300]})")
-  return f"{head}: TFDS dataset {name!r} {what}; prepare it with: " \
-         f"{prepare_command(name, data_dir)}{manual}"
+    manual = (
+      f" after a manual download into {data_dir}/downloads/manual (TFDS cannot fetch "
+      f"it: {' '.join(str(instructions).split())[:300]})"
+    )
+  return (
+    f"{head}: TFDS dataset {name!r} {what}; prepare it with: "
+    f"{prepare_command(name, data_dir)}{manual}"
+  )
 
 
 MANIFEST = "manifest.json"
@@ -195,12 +205,14 @@ MANIFEST = "manifest.json"
 
 def encode_record(example: dict[str, Any]) -> bytes:
   """One ArrayRecord record: a msgpack map of bytes / str / int / float / small arrays."""
+
   def enc(v):
     if isinstance(v, np.ndarray):
       return {"__nd__": True, "dtype": v.dtype.str, "shape": list(v.shape), "data": v.tobytes()}
     if isinstance(v, np.generic):
       return v.item()
     return v
+
   return msgpack.packb({k: enc(v) for k, v in example.items()}, use_bin_type=True)
 
 
@@ -219,22 +231,27 @@ class ArrayRecordSource:
   def __init__(self, path: str, split: str):
     manifest_path = os.path.join(path, MANIFEST)
     if not os.path.isfile(manifest_path):
-      raise DataError(f"data spec arrayrecord:{path}: no {MANIFEST} in {path!r} "
-                      f"(write one with `python -m big_transfer.data.convert`)")
+      raise DataError(
+        f"data spec arrayrecord:{path}: no {MANIFEST} in {path!r} "
+        f"(write one with `python -m big_transfer.data.convert`)"
+      )
     with open(manifest_path) as f:
       self.manifest = json.load(f)
     splits = self.manifest.get("splits", {})
     if split not in splits:
-      raise DataError(f"data spec arrayrecord:{path}: no split {split!r} "
-                      f"(splits: {', '.join(sorted(splits)) or 'none'})")
+      raise DataError(
+        f"data spec arrayrecord:{path}: no split {split!r} "
+        f"(splits: {', '.join(sorted(splits)) or 'none'})"
+      )
     files = [os.path.join(path, f) for f in splits[split]["files"]]
     missing = [f for f in files if not os.path.isfile(f)]
     if missing:
       raise DataError(f"data spec arrayrecord:{path}: missing shard {missing[0]!r}")
     self.source = ards.ArrayRecordDataSource(files)
     self.identity = ("arrayrecord", os.path.abspath(path), split)
-    self.class_names = tuple(self.manifest["class_names"]) if self.manifest.get(
-        "class_names") else None
+    self.class_names = (
+      tuple(self.manifest["class_names"]) if self.manifest.get("class_names") else None
+    )
 
   def __len__(self):
     return len(self.source)
@@ -243,13 +260,22 @@ class ArrayRecordSource:
     return decode_record(self.source[i])
 
 
-def write_arrayrecord(path: str, splits: dict[str, Sequence[dict[str, Any]]], *,
-                      class_names: Sequence[str] | None = None, num_shards: int = 1,
-                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def write_arrayrecord(
+  path: str,
+  splits: dict[str, Sequence[dict[str, Any]]],
+  *,
+  class_names: Sequence[str] | None = None,
+  num_shards: int = 1,
+  extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
   """Writes examples as ArrayRecord shards plus a manifest; returns the manifest."""
   os.makedirs(path, exist_ok=True)
-  manifest = {"format": "big_transfer.arrayrecord/1", "splits": {},
-              "class_names": list(class_names) if class_names else None, **(extra or {})}
+  manifest = {
+    "format": "big_transfer.arrayrecord/1",
+    "splits": {},
+    "class_names": list(class_names) if class_names else None,
+    **(extra or {}),
+  }
   for split, examples in splits.items():
     examples = list(examples)
     files = []
@@ -271,8 +297,10 @@ def _open_base(spec: str | Spec, default_split: str = "train", builtin_options=N
   split, lo, hi = _split_and_slice(spec.split or default_split, spec)
   if spec.kind == "builtin":
     if spec.name not in builtin.BUILTINS:
-      raise DataError(f"data spec {spec}: unknown built-in dataset {spec.name!r} "
-                      f"(known: {', '.join(sorted(builtin.BUILTINS))})")
+      raise DataError(
+        f"data spec {spec}: unknown built-in dataset {spec.name!r} "
+        f"(known: {', '.join(sorted(builtin.BUILTINS))})"
+      )
     cls = builtin.BUILTINS[spec.name]
     if split not in cls.SPLITS:
       raise DataError(f"data spec {spec}: no split {split!r} (splits: {', '.join(cls.SPLITS)})")
@@ -280,16 +308,17 @@ def _open_base(spec: str | Spec, default_split: str = "train", builtin_options=N
       source = cls(split, **(builtin_options or {}))
     except (TypeError, ValueError) as e:
       raise DataError(f"data spec {spec}: {e}") from None
-    source.identity = ("builtin", spec.name, split,
-                       tuple(sorted((builtin_options or {}).items())))
+    source.identity = ("builtin", spec.name, split, tuple(sorted((builtin_options or {}).items())))
   elif spec.kind == "tfds":
     # The split's slice is taken here, as for every kind (not by TFDS): complementary slices
     # such as train[:80%] and train[80%:] are then disjoint by construction.
     source = TfdsSource(spec.name, split)
   else:
     if not os.path.isdir(spec.name):
-      raise DataError(f"data spec {spec}: directory {spec.name!r} does not exist (write it with "
-                      f"`python -m big_transfer.data.convert`; docs/DATA.md has each source)")
+      raise DataError(
+        f"data spec {spec}: directory {spec.name!r} does not exist (write it with "
+        f"`python -m big_transfer.data.convert`; docs/DATA.md has each source)"
+      )
     source = ArrayRecordSource(spec.name, split)
   n = len(source)
   if lo is None and hi is None:
@@ -309,12 +338,26 @@ def _open_base(spec: str | Spec, default_split: str = "train", builtin_options=N
 #   arrayrecord:/data/cc12m?where=width>=256 metadata filters (curation), ANDed
 #   mix(builtin:glyphs@0.7,builtin:shapes@0.3)  a weighted mixture of sources
 
-CAPTION_TEMPLATES = ("a photo of a {}.", "a bad photo of a {}.", "a photo of the {}.",
-                     "a close-up photo of a {}.", "a good photo of the {}.", "itap of a {}.",
-                     "a drawing of a {}.", "a photo of one {}.")
+CAPTION_TEMPLATES = (
+  "a photo of a {}.",
+  "a bad photo of a {}.",
+  "a photo of the {}.",
+  "a close-up photo of a {}.",
+  "a good photo of the {}.",
+  "itap of a {}.",
+  "a drawing of a {}.",
+  "a photo of one {}.",
+)
 
-OPTIONS = {"size": str, "subset_seed": int, "label_noise": float, "noise_seed": int,
-           "captions": str, "caption_seed": int, "where": str}
+OPTIONS = {
+  "size": str,
+  "subset_seed": int,
+  "label_noise": float,
+  "noise_seed": int,
+  "captions": str,
+  "caption_seed": int,
+  "where": str,
+}
 
 
 def _parse_size(value: str, n: int, spec) -> int:
@@ -352,8 +395,7 @@ def _parse_options(query: str, spec: str, extra: dict) -> tuple[dict, dict]:
     try:
       v = typ(value)
     except ValueError:
-      raise DataError(f"data spec {spec}: option {key}={value!r} is not a {typ.__name__}"
-                      ) from None
+      raise DataError(f"data spec {spec}: option {key}={value!r} is not a {typ.__name__}") from None
     if key == "where":
       target.setdefault("where", []).append(v)
     else:
@@ -404,8 +446,7 @@ class NoisyLabels:
 
 
 _WNID = re.compile(r"^n\d{8}$")
-IMAGENET_NAMES = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                              "imagenet_classnames.tsv")
+IMAGENET_NAMES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet_classnames.tsv")
 
 
 @functools.lru_cache(maxsize=1)
@@ -423,8 +464,10 @@ def prompt_names(class_names: Sequence[str]) -> list[str]:
     table = _imagenet_names()
     unknown = [n for n in names if _WNID.match(n) and n not in table]
     if unknown:
-      raise DataError(f"class names {unknown[:3]}: WordNet ids with no ImageNet-1K name in "
-                      f"{IMAGENET_NAMES}; name the classes in the data instead")
+      raise DataError(
+        f"class names {unknown[:3]}: WordNet ids with no ImageNet-1K name in "
+        f"{IMAGENET_NAMES}; name the classes in the data instead"
+      )
     names = [table.get(n, n) for n in names]
   return [n.replace("_", " ") for n in names]
 
@@ -445,8 +488,7 @@ class TemplateCaptions:
     ex = dict(self.source[i])
     if "caption" in ex:
       ex["raw_caption"] = ex["caption"]
-    t = self.templates[np.random.default_rng([self.seed, 11, int(i)]).integers(
-        len(self.templates))]
+    t = self.templates[np.random.default_rng([self.seed, 11, int(i)]).integers(len(self.templates))]
     ex["caption"] = t.format(self.names[int(ex["label"])])
     return ex
 
@@ -457,8 +499,9 @@ _COMPARE = re.compile(r"^([\w.]+)\s*(>=|<=|==|!=|>|<)\s*(.+)$")
 def _predicate(expr: str, spec):
   m = _COMPARE.match(expr.strip())
   if not m:
-    raise DataError(f"data spec {spec}: where={expr!r} is not FIELD OP VALUE "
-                    f"(OP one of >= <= == != > <)")
+    raise DataError(
+      f"data spec {spec}: where={expr!r} is not FIELD OP VALUE (OP one of >= <= == != > <)"
+    )
   field, op, value = m[1], m[2], m[3].strip()
   try:
     num = float(value)
@@ -488,6 +531,7 @@ def _predicate(expr: str, spec):
     else:
       a, b = str(v), value
     return {">=": a >= b, "<=": a <= b, "==": a == b, "!=": a != b, ">": a > b, "<": a < b}[op]
+
   return pred
 
 
@@ -537,8 +581,14 @@ def _split_top_level(text: str, sep: str = ",") -> list[str]:
   return [p.strip() for p in parts if p.strip()]
 
 
-TRAINING_ONLY_OPTIONS = ("size", "subset_seed", "label_noise", "noise_seed", "captions",
-                         "caption_seed")
+TRAINING_ONLY_OPTIONS = (
+  "size",
+  "subset_seed",
+  "label_noise",
+  "noise_seed",
+  "captions",
+  "caption_seed",
+)
 
 
 def spec_at_split(spec: str, split: str, drop: tuple = ()) -> str:
@@ -602,8 +652,9 @@ def open_source(spec: str, default_split: str = "train"):
       except ValueError:
         weight = None
       if weight is None or weight <= 0:
-        raise DataError(f"data spec {spec}: mixture part {part!r} needs SPEC@WEIGHT with a "
-                        f"positive weight")
+        raise DataError(
+          f"data spec {spec}: mixture part {part!r} needs SPEC@WEIGHT with a positive weight"
+        )
       comps.append(open_source(sub, default_split))
       weights.append(weight)
     if not comps:
@@ -624,8 +675,9 @@ def open_source(spec: str, default_split: str = "train"):
     if not len(source):
       raise DataError(f"data spec {spec}: where={expr!r} keeps no examples")
   if "size" in opts:
-    source = nested_subset(source, _parse_size(opts["size"], len(source), spec),
-                           opts.get("subset_seed", 0))
+    source = nested_subset(
+      source, _parse_size(opts["size"], len(source), spec), opts.get("subset_seed", 0)
+    )
   if "label_noise" in opts:
     p = opts["label_noise"]
     if not 0 <= p <= 1:

@@ -45,16 +45,21 @@ SOT, EOT = "<start_of_text>", "<end_of_text>"
 CLIP_VOCAB_SIZE = 49408
 HEADER = "#version: 0.2"
 _PATTERN = regex.compile(
-    r"""<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"""
-    r"""[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
+  r"""<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|"""
+  r"""[^\s\p{L}\p{N}]+""",
+  regex.IGNORECASE,
+)
 
 
 @functools.cache
 def bytes_to_unicode() -> dict[int, str]:
   """Each byte as a printable character: printable Latin-1 bytes stand for themselves, the
   rest are shifted above 255 (so that BPE never sees whitespace or control characters)."""
-  keep = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-          + list(range(ord("®"), ord("ÿ") + 1)))
+  keep = (
+    list(range(ord("!"), ord("~") + 1))
+    + list(range(ord("¡"), ord("¬") + 1))
+    + list(range(ord("®"), ord("ÿ") + 1))
+  )
   # The order matters: it is the order of the first 512 token ids (printable bytes first).
   table = {b: chr(b) for b in keep}
   for b in range(256):
@@ -69,8 +74,11 @@ _FTFY = importlib.util.find_spec("ftfy") is not None
 def _needs_ftfy(text: str) -> bool:
   """Whether ftfy could change ``text``: anything beyond printable ASCII and whitespace (its
   fixes are for mojibake, Unicode forms and control characters), or an HTML entity."""
-  return not (text.isascii() and "&" not in text
-              and (text.isprintable() or all(c.isprintable() or c in " \t\n\r" for c in text)))
+  return not (
+    text.isascii()
+    and "&" not in text
+    and (text.isprintable() or all(c.isprintable() or c in " \t\n\r" for c in text))
+  )
 
 
 def clean(text: str) -> str:
@@ -78,6 +86,7 @@ def clean(text: str) -> str:
   unescaped twice, whitespace collapsed, lower case."""
   if _FTFY and _needs_ftfy(text):
     import ftfy  # lazy: 0.1 s, and most captions never need it
+
     text = ftfy.fix_text(text)
   text = html.unescape(html.unescape(text)).strip()
   return " ".join(text.split()).lower()
@@ -130,8 +139,9 @@ class Tokenizer:
       vocab_size = len(body) + 514 if "big_transfer" in header else CLIP_VOCAB_SIZE
     n = vocab_size - 514
     if n > len(body) or n < 0:
-      raise ValueError(f"tokenizer vocabulary {path}: {len(body)} merges, vocab_size "
-                       f"{vocab_size} needs {n}")
+      raise ValueError(
+        f"tokenizer vocabulary {path}: {len(body)} merges, vocab_size {vocab_size} needs {n}"
+      )
     merges = []
     for i, ln in enumerate(body[:n]):
       parts = ln.split()
@@ -189,7 +199,7 @@ class Tokenizer:
     dec = {v: k for k, v in bytes_to_unicode().items()}
     ids = list(ids)
     if self.eot_id in ids:  # padding follows the end token
-      ids = ids[:ids.index(self.eot_id)]
+      ids = ids[: ids.index(self.eot_id)]
     text = "".join(self.decoder[i] for i in ids if i != self.sot_id)
     data = bytes(32 if c == " " else dec[c] for c in text.replace("</w>", " "))
     return data.decode("utf-8", "replace").strip()
@@ -204,13 +214,15 @@ class Tokenizer:
       if len(ids) > context_length:
         ids = ids[:context_length]
         ids[-1] = self.eot_id
-      out[r, :len(ids)] = ids
+      out[r, : len(ids)] = ids
     return out
 
 
 def _use_rust() -> bool:
-  return (os.environ.get("BT_TOKENIZER", "") != "python"
-          and importlib.util.find_spec("tokenizers") is not None)
+  return (
+    os.environ.get("BT_TOKENIZER", "") != "python"
+    and importlib.util.find_spec("tokenizers") is not None
+  )
 
 
 def _rust_bpe(encoder: dict[str, int], merges: Sequence[tuple[str, str]]):
@@ -223,14 +235,22 @@ def _rust_bpe(encoder: dict[str, int], merges: Sequence[tuple[str, str]]):
   os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
   import tokenizers  # lazy: optional (the pure-Python encoder is the fallback)
   from tokenizers import models, pre_tokenizers
-  bpe = models.BPE(vocab=dict(encoder), merges=[tuple(m) for m in merges],
-                   end_of_word_suffix="</w>", fuse_unk=False)
+
+  bpe = models.BPE(
+    vocab=dict(encoder),
+    merges=[tuple(m) for m in merges],
+    end_of_word_suffix="</w>",
+    fuse_unk=False,
+  )
   tok = tokenizers.Tokenizer(bpe)
   tok.add_special_tokens([SOT, EOT])  # whole, with their ids, wherever a caption has them
   pattern = _PATTERN.pattern
-  tok.pre_tokenizer = pre_tokenizers.Sequence([
+  tok.pre_tokenizer = pre_tokenizers.Sequence(
+    [
       pre_tokenizers.Split(tokenizers.Regex(pattern), behavior="removed", invert=True),
-      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ]
+  )
   return tok
 
 
@@ -238,8 +258,10 @@ def train(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Toke
   """Learns ``vocab_size - 514`` merges (or fewer, when no pair occurs ``min_frequency``
   times) from ``texts``."""
   if vocab_size < 514:
-    raise ValueError(f"vocab_size={vocab_size}: needs at least 514 (bytes, end-of-word "
-                     f"bytes, start and end tokens)")
+    raise ValueError(
+      f"vocab_size={vocab_size}: needs at least 514 (bytes, end-of-word "
+      f"bytes, start and end tokens)"
+    )
   counts = collections.Counter(w for t in texts for w in _words(t) if w not in (SOT, EOT))
   words = [list(w[:-1]) + [w[-1] + "</w>"] for w in counts]
   freq = list(counts.values())
@@ -334,9 +356,11 @@ def resolve(spec: str) -> str:
   if spec == "clip":
     path = packaged_clip_vocab()
     if path is None:
-      raise FileNotFoundError("tokenizer 'clip': OpenAI's bpe_simple_vocab_16e6.txt.gz was not "
-                              "found; pip install open_clip_torch (no torch needed to read it) "
-                              "or give the file's path")
+      raise FileNotFoundError(
+        "tokenizer 'clip': OpenAI's bpe_simple_vocab_16e6.txt.gz was not "
+        "found; pip install open_clip_torch (no torch needed to read it) "
+        "or give the file's path"
+      )
     return path
   return spec
 
@@ -348,16 +372,22 @@ def load(path: str, vocab_size: int | None = None) -> Tokenizer:
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(prog="python -m big_transfer.data.tokenizer",
-                              description=__doc__.split("\n\n")[0],
-                              epilog="\n\n".join(__doc__.split("\n\n")[1:3]),
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+    prog="python -m big_transfer.data.tokenizer",
+    description=__doc__.split("\n\n")[0],
+    epilog="\n\n".join(__doc__.split("\n\n")[1:3]),
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   sub = p.add_subparsers(dest="cmd", required=True)
   t = sub.add_parser("train", help="learn a BPE vocabulary from a source's captions")
   t.add_argument("spec", help="a data spec with captions (builtin:, tfds:, arrayrecord:)")
   t.add_argument("--vocab_size", type=int, default=8192, help="tokens (default 8192)")
-  t.add_argument("--max_captions", type=int, default=200_000,
-                 help="captions read, evenly spaced (default 200000)")
+  t.add_argument(
+    "--max_captions",
+    type=int,
+    default=200_000,
+    help="captions read, evenly spaced (default 200000)",
+  )
   t.add_argument("--out", required=True, help="the merges file to write")
   e = sub.add_parser("encode", help="print the token ids of a text")
   e.add_argument("vocab", help="a merges file, or 'clip'")

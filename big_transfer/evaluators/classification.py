@@ -23,8 +23,16 @@ class Evaluator:
   number of hosts. ``name``: for messages.
   """
 
-  def __init__(self, name: str, make_dataset: Callable[[], object], apply, mesh,
-               weight_shardings, num_examples: int, num_extra: int = 0):
+  def __init__(
+    self,
+    name: str,
+    make_dataset: Callable[[], object],
+    apply,
+    mesh,
+    weight_shardings,
+    num_examples: int,
+    num_extra: int = 0,
+  ):
     """``num_extra``: replicated arrays that ``run(weights, *extra)`` passes on to ``apply``
     after the batch (e.g. zero-shot class embeddings computed once per evaluation)."""
     self.name, self.make_dataset, self.mesh = name, make_dataset, mesh
@@ -38,8 +46,11 @@ class Evaluator:
       return out
 
     repl = sharding.replicated(mesh)
-    self._sums = jax.jit(sums, in_shardings=(weight_shardings, sharding.batch_sharding(mesh))
-                         + (repl,) * num_extra, out_shardings=repl)
+    self._sums = jax.jit(
+      sums,
+      in_shardings=(weight_shardings, sharding.batch_sharding(mesh)) + (repl,) * num_extra,
+      out_shardings=repl,
+    )
 
   def run(self, state, *extra) -> dict[str, float]:
     total = None
@@ -49,11 +60,16 @@ class Evaluator:
     total = jax.device_get(total)
     count = float(total.pop("_count"))
     if int(round(count)) > self.num_examples:  # padding leaked into the metrics: a bug
-      raise RuntimeError(f"evaluator {self.name}: saw {count} examples, expected "
-                         f"{self.num_examples}")
+      raise RuntimeError(
+        f"evaluator {self.name}: saw {count} examples, expected {self.num_examples}"
+      )
     if int(round(count)) < self.num_examples:
-      logging.warning("evaluator %s: %d of %d examples were skipped as corrupt", self.name,
-                      self.num_examples - int(round(count)), self.num_examples)
+      logging.warning(
+        "evaluator %s: %d of %d examples were skipped as corrupt",
+        self.name,
+        self.num_examples - int(round(count)),
+        self.num_examples,
+      )
     return {k: float(v) / count for k, v in sorted(total.items())}
 
 
@@ -75,20 +91,27 @@ def gather_masked(fn, state, batches: Iterable[dict], mesh) -> dict[str, np.ndar
   return out
 
 
-
 @register("classification", data="", split="test", pp="")
 def build(name: str, s: dict, ctx: Context, source=None) -> Evaluator:
   """The method's per-example ``metrics`` (top-1, loss, ...) averaged over a split; ``source``:
   an opened source instead of ``data`` (a run's held-out ``eval``, transfer's validation and
   test splits)."""
-  metrics, = predictor(ctx, name, "classification", "metrics")
+  (metrics,) = predictor(ctx, name, "classification", "metrics")
   if source is None:
-    source = sources.open_source(sources.spec_at_split(s["data"], s["split"],
-                                                       drop=sources.TRAINING_ONLY_OPTIONS))
+    source = sources.open_source(
+      sources.spec_at_split(s["data"], s["split"], drop=sources.TRAINING_ONLY_OPTIONS)
+    )
 
   def make_ds():
-    return pipeline.eval_dataset(source, pp=s["pp"] or ctx.pp_eval, batch_size=ctx.batch_size,
-                                 keys=ctx.batch_keys, process_index=ctx.process_index,
-                                 process_count=ctx.process_count, threads=ctx.threads,
-                                 bind=ctx.bind)
+    return pipeline.eval_dataset(
+      source,
+      pp=s["pp"] or ctx.pp_eval,
+      batch_size=ctx.batch_size,
+      keys=ctx.batch_keys,
+      process_index=ctx.process_index,
+      process_count=ctx.process_count,
+      threads=ctx.threads,
+      bind=ctx.bind,
+    )
+
   return Evaluator(name, make_ds, metrics, ctx.mesh, ctx.weight_shardings, len(source))

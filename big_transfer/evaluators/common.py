@@ -35,8 +35,12 @@ from big_transfer import schema
 from big_transfer.data import ops, sources
 
 # The evaluator types: one module each (a new type: a new module here plus one line).
-MODULES = ("big_transfer.evaluators.classification", "big_transfer.evaluators.fewshot_linear",
-           "big_transfer.evaluators.zeroshot", "big_transfer.evaluators.retrieval")
+MODULES = (
+  "big_transfer.evaluators.classification",
+  "big_transfer.evaluators.fewshot_linear",
+  "big_transfer.evaluators.zeroshot",
+  "big_transfer.evaluators.retrieval",
+)
 
 TYPES: dict[str, tuple[Callable, dict[str, Any]]] = {}
 COMMON_KEYS = {"type": "", "every": 0}
@@ -45,11 +49,13 @@ COMMON_KEYS = {"type": "", "every": 0}
 def register(name: str, **defaults):
   """Registers a builder ``fn(name, settings, ctx) -> evaluator`` for ``type=name`` with its
   keys and their defaults; registering a type twice is an error."""
+
   def deco(fn):
     if name in TYPES:
       raise ValueError(f"evaluator type {name!r} is registered twice")
     TYPES[name] = (fn, defaults)
     return fn
+
   return deco
 
 
@@ -66,6 +72,7 @@ class Context:
   (``predict[name](model, inputs)``), how to build the model from Weights (``model_of``), the
   mesh and the weights' shardings, the batch size and the keys each batch carries, this
   process's place, and the run-level preprocessing arguments."""
+
   predict: dict[str, Callable]
   model_of: Callable
   mesh: Any
@@ -91,9 +98,11 @@ def predictor(ctx: Context, entry: str, kind: str, *names: str) -> list[Callable
   method does not offer is an EvalConfigError naming the entry, the type and what it needs."""
   missing = [n for n in names if n not in ctx.predict]
   if missing:
-    raise EvalConfigError(f"config.evals.{entry}: type {kind} needs the method's "
-                          f"{' and '.join(missing)}; method {ctx.method_name or '?'} offers "
-                          f"{', '.join(sorted(ctx.predict)) or 'none'}")
+    raise EvalConfigError(
+      f"config.evals.{entry}: type {kind} needs the method's "
+      f"{' and '.join(missing)}; method {ctx.method_name or '?'} offers "
+      f"{', '.join(sorted(ctx.predict)) or 'none'}"
+    )
   return [lambda w, x, fn=ctx.predict[n]: fn(ctx.model_of(w), x) for n in names]
 
 
@@ -121,13 +130,16 @@ def settings(name: str, entry) -> dict[str, Any]:
   kind = entry.get("type", "")
   name = name or kind
   if kind not in TYPES:
-    raise EvalConfigError(f"config.evals.{name}.type={kind!r}: not one of "
-                          f"{', '.join(sorted(TYPES))}")
+    raise EvalConfigError(
+      f"config.evals.{name}.type={kind!r}: not one of {', '.join(sorted(TYPES))}"
+    )
   defaults = {**COMMON_KEYS, **TYPES[kind][1]}
   unknown = sorted(set(entry) - set(defaults))
   if unknown:
-    raise EvalConfigError(f"config.evals.{name}: unknown key {unknown[0]!r} for type {kind} "
-                          f"(keys: {', '.join(sorted(defaults))})")
+    raise EvalConfigError(
+      f"config.evals.{name}: unknown key {unknown[0]!r} for type {kind} "
+      f"(keys: {', '.join(sorted(defaults))})"
+    )
   return {**defaults, **entry}
 
 
@@ -164,13 +176,22 @@ def _check_config(config) -> None:
       raise schema.SectionError(f"config.evals.{name}.pp: {e}") from None
 
 
-SECTION = schema.Section("", __name__, keys=(
-    schema.Key("evals", {}, "evaluators run during training, by name: {type, data, every, "
-               "...} with type classification, fewshot_linear (closed-form probes on frozen "
-               "features), zeroshot or retrieval (image-text methods); an entry whose data is "
-               "'' is off; every: steps between runs (0: eval_every). The held-out 'eval' "
-               "(eval_data, eval_split, pp_eval) is built the same way"),
-), check=_check_config)
+SECTION = schema.Section(
+  "",
+  __name__,
+  keys=(
+    schema.Key(
+      "evals",
+      {},
+      "evaluators run during training, by name: {type, data, every, "
+      "...} with type classification, fewshot_linear (closed-form probes on frozen "
+      "features), zeroshot or retrieval (image-text methods); an entry whose data is "
+      "'' is off; every: steps between runs (0: eval_every). The held-out 'eval' "
+      "(eval_data, eval_split, pp_eval) is built the same way",
+    ),
+  ),
+  check=_check_config,
+)
 
 
 def data_specs(evals) -> list[str]:

@@ -37,8 +37,9 @@ def ridge_fit(x: np.ndarray, y: np.ndarray, num_classes: int, l2_reg: float):
   return w, mt - mx @ w
 
 
-def ridge_fit_grid(x: np.ndarray, y: np.ndarray, num_classes: int,
-                   l2_regs) -> list[tuple[np.ndarray, np.ndarray]]:
+def ridge_fit_grid(
+  x: np.ndarray, y: np.ndarray, num_classes: int, l2_regs
+) -> list[tuple[np.ndarray, np.ndarray]]:
   """``ridge_fit`` for every L2 value from one eigendecomposition (as big_vision's fewshot_lsr):
   with X'X = V diag(e) V' (or XX' in the dual), w(l2) = V diag(1 / (e + l2)) V'X'T costs a
   matrix product per value instead of a solve."""
@@ -73,10 +74,23 @@ def normalize_features(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
 class FewShotLinear:
   """``run(weights)`` -> ``{<data name>/<k>shot: mean test accuracy over seeds}``."""
 
-  def __init__(self, data: str, *, pp: str, shots: Sequence[int],
-               seeds: Sequence[int], l2_reg: float, features: Callable, mesh, weight_shardings,
-               batch_size: int, train_split: str = "train", test_split: str = "test",
-               process_index: int = 0, process_count: int = 1):
+  def __init__(
+    self,
+    data: str,
+    *,
+    pp: str,
+    shots: Sequence[int],
+    seeds: Sequence[int],
+    l2_reg: float,
+    features: Callable,
+    mesh,
+    weight_shardings,
+    batch_size: int,
+    train_split: str = "train",
+    test_split: str = "test",
+    process_index: int = 0,
+    process_count: int = 1,
+  ):
     spec = sources.parse_spec(data.partition("?")[0])
     pool = sources.open_source(sources.spec_with_default_split(data, train_split))
     self.test = sources.open_source(sources.spec_at_split(data, test_split))
@@ -85,8 +99,9 @@ class FewShotLinear:
     labels = fewshot.labels_of(pool)
     self.test_labels = fewshot.labels_of(self.test)
     self.num_classes = int(max(labels.max(), self.test_labels.max())) + 1
-    self.subsets = {(k, s): fewshot.sample_shots(labels, k, s) for k in self.shots
-                    for s in self.seeds}
+    self.subsets = {
+      (k, s): fewshot.sample_shots(labels, k, s) for k in self.shots for s in self.seeds
+    }
     needed = np.unique(np.concatenate(list(self.subsets.values())))
     self.pool = sources.Subset(pool, needed)
     self.position = {int(i): p for p, i in enumerate(needed)}
@@ -95,16 +110,27 @@ class FewShotLinear:
     self.pid, self.pcount = process_index, process_count
 
     def feats(state, batch):
-      return {"x": features(state, batch).astype(jnp.float32),
-              pipeline.MASK: batch[pipeline.MASK], pipeline.INDEX: batch[pipeline.INDEX]}
-    self._feats = jax.jit(feats, in_shardings=(weight_shardings,
-                                               sharding.batch_sharding(mesh)),
-                          out_shardings=sharding.replicated(mesh))
+      return {
+        "x": features(state, batch).astype(jnp.float32),
+        pipeline.MASK: batch[pipeline.MASK],
+        pipeline.INDEX: batch[pipeline.INDEX],
+      }
+
+    self._feats = jax.jit(
+      feats,
+      in_shardings=(weight_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=sharding.replicated(mesh),
+    )
 
   def _extract(self, state, source) -> np.ndarray:
-    batches = pipeline.eval_dataset(source, pp=self.pp, batch_size=self.batch_size,
-                                    keys=("image",), process_index=self.pid,
-                                    process_count=self.pcount)
+    batches = pipeline.eval_dataset(
+      source,
+      pp=self.pp,
+      batch_size=self.batch_size,
+      keys=("image",),
+      process_index=self.pid,
+      process_count=self.pcount,
+    )
     return gather_masked(self._feats, state, batches, self.mesh)["x"]
 
   def run(self, state) -> dict[str, float]:
@@ -124,14 +150,31 @@ class FewShotLinear:
     return out
 
 
-@register("fewshot_linear", data="", pp="", shots=(1, 5, 10, 25), seeds=(0, 1, 2),
-          l2_reg=0.1, train_split="train", test_split="test")
+@register(
+  "fewshot_linear",
+  data="",
+  pp="",
+  shots=(1, 5, 10, 25),
+  seeds=(0, 1, 2),
+  l2_reg=0.1,
+  train_split="train",
+  test_split="test",
+)
 def build(name: str, s: dict, ctx: Context) -> FewShotLinear:
   """Closed-form ridge probes on frozen features at k shots per class (big_vision)."""
-  features, = predictor(ctx, name, "fewshot_linear", "features")
-  return FewShotLinear(s["data"], pp=s["pp"] or ctx.pp_eval, shots=s["shots"],
-                       seeds=s["seeds"], l2_reg=s["l2_reg"],
-                       features=lambda w, batch: features(w, batch["image"]), mesh=ctx.mesh,
-                       weight_shardings=ctx.weight_shardings, batch_size=ctx.batch_size,
-                       train_split=s["train_split"], test_split=s["test_split"],
-                       process_index=ctx.process_index, process_count=ctx.process_count)
+  (features,) = predictor(ctx, name, "fewshot_linear", "features")
+  return FewShotLinear(
+    s["data"],
+    pp=s["pp"] or ctx.pp_eval,
+    shots=s["shots"],
+    seeds=s["seeds"],
+    l2_reg=s["l2_reg"],
+    features=lambda w, batch: features(w, batch["image"]),
+    mesh=ctx.mesh,
+    weight_shardings=ctx.weight_shardings,
+    batch_size=ctx.batch_size,
+    train_split=s["train_split"],
+    test_split=s["test_split"],
+    process_index=ctx.process_index,
+    process_count=ctx.process_count,
+  )

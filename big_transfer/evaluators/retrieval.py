@@ -35,10 +35,22 @@ def recall_at_k(img: np.ndarray, txt: np.ndarray, ks=(1, 5, 10)) -> dict[str, fl
 
 
 class Retrieval:
-  def __init__(self, data: str, *, split: str, pp: str, max_examples: int,
-               encode_image: Callable, encode_text: Callable, mesh, weight_shardings,
-               batch_size: int, process_index: int = 0, process_count: int = 1,
-               bind: dict | None = None):
+  def __init__(
+    self,
+    data: str,
+    *,
+    split: str,
+    pp: str,
+    max_examples: int,
+    encode_image: Callable,
+    encode_text: Callable,
+    mesh,
+    weight_shardings,
+    batch_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    bind: dict | None = None,
+  ):
     source = sources.open_source(sources.spec_at_split(data, split))
     n = min(len(source), max_examples) if max_examples else len(source)
     self.source = sources.Subset(source, np.arange(n))
@@ -47,23 +59,40 @@ class Retrieval:
     self.pid, self.pcount = process_index, process_count
 
     def embed(state, batch):
-      return {"image": encode_image(state, batch["image"]),
-              "text": encode_text(state, batch["text"]), pipeline.MASK: batch[pipeline.MASK],
-              pipeline.INDEX: batch[pipeline.INDEX]}
-    self._embed = jax.jit(embed, in_shardings=(weight_shardings, sharding.batch_sharding(mesh)),
-                          out_shardings=sharding.replicated(mesh))
+      return {
+        "image": encode_image(state, batch["image"]),
+        "text": encode_text(state, batch["text"]),
+        pipeline.MASK: batch[pipeline.MASK],
+        pipeline.INDEX: batch[pipeline.INDEX],
+      }
+
+    self._embed = jax.jit(
+      embed,
+      in_shardings=(weight_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=sharding.replicated(mesh),
+    )
 
   def run(self, state) -> dict[str, float]:
-    batches = pipeline.eval_dataset(self.source, pp=self.pp, batch_size=self.batch_size,
-                                    keys=("image", "text"), process_index=self.pid,
-                                    process_count=self.pcount, bind=self.bind)
+    batches = pipeline.eval_dataset(
+      self.source,
+      pp=self.pp,
+      batch_size=self.batch_size,
+      keys=("image", "text"),
+      process_index=self.pid,
+      process_count=self.pcount,
+      bind=self.bind,
+    )
     e = gather_masked(self._embed, state, batches, self.mesh)
-    return {f"{self.name}/{k}": v
-            for k, v in recall_at_k(e["image"], e["text"]).items()}
+    return {f"{self.name}/{k}": v for k, v in recall_at_k(e["image"], e["text"]).items()}
 
 
 @register("retrieval", data="", split="test", pp="", max_examples=1000)
 def build(name: str, s: dict, ctx: Context) -> Retrieval:
   """Image<->text recall@1/5/10 over the first ``max_examples`` pairs of a split."""
-  return Retrieval(s["data"], split=s["split"], pp=s["pp"] or ctx.pp_eval,
-                   max_examples=s["max_examples"], **text_method(ctx, name, "retrieval"))
+  return Retrieval(
+    s["data"],
+    split=s["split"],
+    pp=s["pp"] or ctx.pp_eval,
+    max_examples=s["max_examples"],
+    **text_method(ctx, name, "retrieval"),
+  )

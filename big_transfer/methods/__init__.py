@@ -12,13 +12,24 @@ import importlib
 
 from big_transfer.methods.base import PREDICTIONS, Method, Traits
 
-__all__ = ["METHODS", "PREDICTIONS", "Method", "Traits", "get", "has_text_tower", "known",
-           "register", "traits"]
+__all__ = [
+  "METHODS",
+  "PREDICTIONS",
+  "Method",
+  "Traits",
+  "get",
+  "has_text_tower",
+  "known",
+  "register",
+  "traits",
+]
 
-METHODS = {"supervised": "big_transfer.methods.supervised:Method",
-           "simclr": "big_transfer.methods.simclr:Method",
-           "clip": "big_transfer.methods.clip:Method",
-           "slip": "big_transfer.methods.clip:SLIPMethod"}
+METHODS = {
+  "supervised": "big_transfer.methods.supervised:Method",
+  "simclr": "big_transfer.methods.simclr:Method",
+  "clip": "big_transfer.methods.clip:Method",
+  "slip": "big_transfer.methods.clip:SLIPMethod",
+}
 
 NO_METHOD = Traits(image_tower="")  # a run from scratch, a name no registry knows
 

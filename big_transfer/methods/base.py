@@ -35,10 +35,10 @@ class Traits:
 
 
 PREDICTIONS = {
-    "metrics": "(model, batch) -> {metric: per-example values} (held-out classification)",
-    "features": "(model, images) -> features (few-shot probes, transfer)",
-    "encode_image": "(model, images) -> image embeddings (zero-shot, retrieval)",
-    "encode_text": "(model, tokens) -> text embeddings (zero-shot, retrieval)",
+  "metrics": "(model, batch) -> {metric: per-example values} (held-out classification)",
+  "features": "(model, images) -> features (few-shot probes, transfer)",
+  "encode_image": "(model, images) -> image embeddings (zero-shot, retrieval)",
+  "encode_text": "(model, tokens) -> text embeddings (zero-shot, retrieval)",
 }
 
 

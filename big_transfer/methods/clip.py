@@ -32,28 +32,44 @@ class CLIPModel(nnx.Module):
   """Image tower (+ a projection unless it ends in CLIP's attention pool), text tower, logit
   scale (and bias for the sigmoid loss); ``ssl_projection`` for SLIP."""
 
-  def __init__(self, image, text, *, embed_dim: int, logit_scale_init: float,
-               logit_bias_init: float | None, ssl_dims=None, dtype=None, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    image,
+    text,
+    *,
+    embed_dim: int,
+    logit_scale_init: float,
+    logit_bias_init: float | None,
+    ssl_dims=None,
+    dtype=None,
+    rngs: nnx.Rngs,
+  ):
     self.image, self.text = image, text
     width = image.num_features
     pooled = getattr(image, "attnpool", None) is not None  # CLIP's ResNet: already projected
     if pooled and width != embed_dim:
       raise ValueError(f"the attention pool outputs {width}, not embed_dim {embed_dim}")
     # ViT, v1.5/v2 ResNets: a linear projection of pre_logits (no bias, as CLIP's).
-    self.image_projection = None if pooled else nnx.Param(
-        width**-0.5 * jax.random.normal(rngs.params(), (width, embed_dim)))
+    self.image_projection = (
+      None
+      if pooled
+      else nnx.Param(width**-0.5 * jax.random.normal(rngs.params(), (width, embed_dim)))
+    )
     self.logit_scale = nnx.Param(jnp.asarray(math.log(logit_scale_init), jnp.float32))
-    self.logit_bias = (nnx.Param(jnp.asarray(logit_bias_init, jnp.float32))
-                       if logit_bias_init is not None else None)
-    self.ssl_projection = (ProjectionHead((width,) + tuple(ssl_dims), dtype=dtype, rngs=rngs)
-                           if ssl_dims else None)
+    self.logit_bias = (
+      nnx.Param(jnp.asarray(logit_bias_init, jnp.float32)) if logit_bias_init is not None else None
+    )
+    self.ssl_projection = (
+      ProjectionHead((width,) + tuple(ssl_dims), dtype=dtype, rngs=rngs) if ssl_dims else None
+    )
 
   def encode_image(self, images, train: bool = False, rngs=None):
     """(embedding, pre_logits) of a batch of images."""
     _, out = self.image(images, train=train, rngs=rngs)
     x = out["pre_logits"]
-    emb = x @ self.image_projection.value.astype(x.dtype) if self.image_projection is not None \
-        else x
+    emb = (
+      x @ self.image_projection.value.astype(x.dtype) if self.image_projection is not None else x
+    )
     return emb, x
 
   def encode_text(self, tokens):
@@ -66,43 +82,59 @@ def _check(config) -> None:
   tok = config.text.tokenizer
   if tok.startswith("train:"):
     if not tok[6:].isdigit() or int(tok[6:]) < 514:
-      raise schema.SectionError(f"config.text.tokenizer={tok!r}: expected train:SIZE with "
-                                f"SIZE >= 514")
+      raise schema.SectionError(
+        f"config.text.tokenizer={tok!r}: expected train:SIZE with SIZE >= 514"
+      )
   elif tok and tok != "clip" and not os.path.exists(tok):
     raise schema.SectionError(f"config.text.tokenizer={tok!r}: no such file")
   pps = [("pp_train", config.pp_train), ("pp_eval", config.pp_eval)] + [
-      (f"evals.{name}.pp", dict(entry).get("pp", "")) for name, entry in config.evals.items()]
+    (f"evals.{name}.pp", dict(entry).get("pp", "")) for name, entry in config.evals.items()
+  ]
   for key, pp in pps:
     if "tokenize" in pp and not tok and "vocab=" not in pp:
-      raise schema.SectionError(f"config.{key} tokenizes text: set config.text.tokenizer (a "
-                                f"merges file, or 'train:SIZE' to learn one from the captions)")
+      raise schema.SectionError(
+        f"config.{key} tokenizes text: set config.text.tokenizer (a "
+        f"merges file, or 'train:SIZE' to learn one from the captions)"
+      )
 
 
 TEXT_SECTION = schema.Section(
-    "text", __name__, help="the text tower and its tokenizer (image-text methods)", keys=(
-        schema.Key("tokenizer", "", "a merges file (CLIP's bpe_simple_vocab_16e6.txt.gz, or "
-                   "one written by big_transfer.data.tokenizer), 'clip' (that file from the "
-                   "installed open_clip_torch package) or 'train:SIZE': learn a SIZE-token BPE "
-                   "from the training captions, stored in the workdir"),
-        schema.Key("context_length", 77, "tokens per caption (start and end included)"),
-        schema.Key("width", 512, "the text transformer's width"),
-        schema.Key("layers", 12, "the text transformer's depth"),
-        schema.Key("heads", 8, "attention heads"),
-        schema.Key("act", "gelu", "the MLP's activation ('gelu' or 'quick_gelu', OpenAI's)"),
-        schema.Key("max_captions", 200_000, "train:SIZE learns from at most this many "
-                   "captions"),
-    ), check=_check)
+  "text",
+  __name__,
+  help="the text tower and its tokenizer (image-text methods)",
+  keys=(
+    schema.Key(
+      "tokenizer",
+      "",
+      "a merges file (CLIP's bpe_simple_vocab_16e6.txt.gz, or "
+      "one written by big_transfer.data.tokenizer), 'clip' (that file from the "
+      "installed open_clip_torch package) or 'train:SIZE': learn a SIZE-token BPE "
+      "from the training captions, stored in the workdir",
+    ),
+    schema.Key("context_length", 77, "tokens per caption (start and end included)"),
+    schema.Key("width", 512, "the text transformer's width"),
+    schema.Key("layers", 12, "the text transformer's depth"),
+    schema.Key("heads", 8, "attention heads"),
+    schema.Key("act", "gelu", "the MLP's activation ('gelu' or 'quick_gelu', OpenAI's)"),
+    schema.Key("max_captions", 200_000, "train:SIZE learns from at most this many captions"),
+  ),
+  check=_check,
+)
 CLIP_SECTION = schema.Section(
-    "clip", __name__, help="the image-text objective (clip, slip)", keys=(
-        schema.Key("loss", "softmax", "'softmax' (CLIP) or 'sigmoid' (SigLIP)"),
-        schema.Key("embed_dim", 1024, "the shared image-text embedding"),
-        schema.Key("logit_scale_init", 1 / 0.07, "the learnt logit scale's start (CLIP: "
-                   "1/0.07; SigLIP: 10)"),
-        schema.Key("logit_scale_max", 100.0, "the scale is clamped here in the forward pass"),
-        schema.Key("logit_bias_init", -10.0, "sigmoid loss only (SigLIP: scale 10, bias -10)"),
-        schema.Key("ssl_weight", 1.0, "slip: the weight of the SimCLR loss beside the CLIP "
-                   "loss"),
-    ))
+  "clip",
+  __name__,
+  help="the image-text objective (clip, slip)",
+  keys=(
+    schema.Key("loss", "softmax", "'softmax' (CLIP) or 'sigmoid' (SigLIP)"),
+    schema.Key("embed_dim", 1024, "the shared image-text embedding"),
+    schema.Key(
+      "logit_scale_init", 1 / 0.07, "the learnt logit scale's start (CLIP: 1/0.07; SigLIP: 10)"
+    ),
+    schema.Key("logit_scale_max", 100.0, "the scale is clamped here in the forward pass"),
+    schema.Key("logit_bias_init", -10.0, "sigmoid loss only (SigLIP: scale 10, bias -10)"),
+    schema.Key("ssl_weight", 1.0, "slip: the weight of the SimCLR loss beside the CLIP loss"),
+  ),
+)
 
 
 class Method(Base):
@@ -130,16 +162,30 @@ class Method(Base):
       kwargs.setdefault("embed_dim", c.clip.embed_dim)
     image = models.create(c.model, num_classes=0, rngs=rngs, dtype=self.dtype, **kwargs)
     text = TextTransformer(
-        vocab_size=self.tokenizer.vocab_size, context_length=c.text.context_length,
-        width=c.text.width, layers=c.text.layers, heads=c.text.heads,
-        embed_dim=c.clip.embed_dim, eot_id=self.tokenizer.eot_id, act=c.text.act,
-        dtype=self.dtype, rngs=rngs)
+      vocab_size=self.tokenizer.vocab_size,
+      context_length=c.text.context_length,
+      width=c.text.width,
+      layers=c.text.layers,
+      heads=c.text.heads,
+      embed_dim=c.clip.embed_dim,
+      eot_id=self.tokenizer.eot_id,
+      act=c.text.act,
+      dtype=self.dtype,
+      rngs=rngs,
+    )
     scale_init = c.clip.logit_scale_init
     if self.sigmoid and scale_init == 1 / 0.07:  # the CLIP default: take SigLIP's own
       scale_init = 10.0
-    return CLIPModel(image, text, embed_dim=c.clip.embed_dim, logit_scale_init=scale_init,
-                     logit_bias_init=c.clip.logit_bias_init if self.sigmoid else None,
-                     ssl_dims=self._ssl_dims(), dtype=self.dtype, rngs=rngs)
+    return CLIPModel(
+      image,
+      text,
+      embed_dim=c.clip.embed_dim,
+      logit_scale_init=scale_init,
+      logit_bias_init=c.clip.logit_bias_init if self.sigmoid else None,
+      ssl_dims=self._ssl_dims(),
+      dtype=self.dtype,
+      rngs=rngs,
+    )
 
   def logit_scale(self, model):
     return jnp.exp(jnp.minimum(model.logit_scale.value, math.log(self.scale_max)))
@@ -151,8 +197,11 @@ class Method(Base):
     return f"{decode}|{view}|tokenize"  # the caption's tokens beside the image
 
   def predictions(self):
-    return {"features": self.features, "encode_image": self.encode_image,
-            "encode_text": self.encode_text}
+    return {
+      "features": self.features,
+      "encode_image": self.encode_image,
+      "encode_text": self.encode_text,
+    }
 
   def features(self, model, images):
     """The image tower's pre_logits (what transfer builds on)."""
@@ -189,6 +238,7 @@ class SLIPMethod(Method):
   def training_pp(cls, decode: str, view: str) -> str:
     # the image, two more views of it (SimCLR's), and the caption's tokens
     return f'{decode}|copy(raw="image")|{view}|two_views("{view}", key="raw")|tokenize'
+
   batch_keys = ("image", "text", "image1", "image2")
 
   def _ssl_dims(self):

@@ -22,10 +22,15 @@ class ProjectionHead(nnx.Module):
   """Linear -> BN -> ReLU, repeated, then a final Linear (no BN on the output)."""
 
   def __init__(self, dims, *, dtype=None, rngs: nnx.Rngs):
-    self.layers = nnx.List([nnx.Linear(a, b, use_bias=False, dtype=dtype, rngs=rngs)
-                            for a, b in zip(dims[:-1], dims[1:])])
-    self.norms = nnx.List([nnx.BatchNorm(d, momentum=0.9, dtype=dtype, rngs=rngs)
-                           for d in dims[1:-1]])
+    self.layers = nnx.List(
+      [
+        nnx.Linear(a, b, use_bias=False, dtype=dtype, rngs=rngs)
+        for a, b in zip(dims[:-1], dims[1:])
+      ]
+    )
+    self.norms = nnx.List(
+      [nnx.BatchNorm(d, momentum=0.9, dtype=dtype, rngs=rngs) for d in dims[1:-1]]
+    )
 
   def __call__(self, x, train: bool):
     for i, layer in enumerate(self.layers):
@@ -45,12 +50,18 @@ class SimCLRModel(nnx.Module):
     return self.projection(out["pre_logits"], train), out
 
 
-SECTION = schema.Section("", __name__, keys=(
-    schema.Key("temperature", 0.1, "contrastive methods (SimCLR, SLIP): the NT-Xent "
-               "temperature"),
-    schema.Key("projection_dims", (4096, 4096, 256), "contrastive methods: the projection "
-               "MLP's widths after pre_logits"),
-))
+SECTION = schema.Section(
+  "",
+  __name__,
+  keys=(
+    schema.Key("temperature", 0.1, "contrastive methods (SimCLR, SLIP): the NT-Xent temperature"),
+    schema.Key(
+      "projection_dims",
+      (4096, 4096, 256),
+      "contrastive methods: the projection MLP's widths after pre_logits",
+    ),
+  ),
+)
 
 
 class Method(Base):
@@ -65,10 +76,14 @@ class Method(Base):
     self.proj_dims = tuple(config.get("projection_dims", (4096, 4096, 256)))
 
   def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
-    backbone = models.create(self.config.model, num_classes=0, rngs=rngs, dtype=self.dtype,
-                             **self.config.model_kwargs.to_dict())
-    head = ProjectionHead((backbone.num_features,) + self.proj_dims, dtype=self.dtype,
-                          rngs=rngs)
+    backbone = models.create(
+      self.config.model,
+      num_classes=0,
+      rngs=rngs,
+      dtype=self.dtype,
+      **self.config.model_kwargs.to_dict(),
+    )
+    head = ProjectionHead((backbone.num_features,) + self.proj_dims, dtype=self.dtype, rngs=rngs)
     return SimCLRModel(backbone, head)
 
   bench_optimizer = {"name": "lars", "lr": 0.3}

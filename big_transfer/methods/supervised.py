@@ -23,8 +23,13 @@ class Method(Base):
     self.label_smoothing = float(config.get("label_smoothing", 0.0))
 
   def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
-    return models.create(self.config.model, num_classes=self.num_classes, rngs=rngs,
-                         dtype=self.dtype, **self.config.model_kwargs.to_dict())
+    return models.create(
+      self.config.model,
+      num_classes=self.num_classes,
+      rngs=rngs,
+      dtype=self.dtype,
+      **self.config.model_kwargs.to_dict(),
+    )
 
   def _logits(self, model, batch, train, rngs=None):
     logits, _ = model(batch["image"].astype(self.dtype), train=train, rngs=rngs)
@@ -49,8 +54,10 @@ class Method(Base):
   def eval_metrics(self, model, batch):
     logits = self._logits(model, batch, False)
     labels = batch["label"]
-    out = {"accuracy": (logits.argmax(-1) == labels).astype(jnp.float32),
-           "loss": optax.softmax_cross_entropy_with_integer_labels(logits, labels)}
+    out = {
+      "accuracy": (logits.argmax(-1) == labels).astype(jnp.float32),
+      "loss": optax.softmax_cross_entropy_with_integer_labels(logits, labels),
+    }
     if self.num_classes > 5:
       top5 = jax.lax.top_k(logits, 5)[1]
       out["top5_accuracy"] = (top5 == labels[:, None]).any(-1).astype(jnp.float32)

@@ -17,11 +17,10 @@ from big_transfer.models.resnet import DEPTHS, ResNet
 from big_transfer.models.vit import VARIANTS, ViT
 
 _PATTERNS = [
-    (r"resnet(\d+)", lambda m: (ResNet, dict(depth=int(m[1]), version="v1.5"))),
-    (r"bit_r(\d+)x(\d+)", lambda m: (ResNet, dict(depth=int(m[1]), version="v2",
-                                                  width=int(m[2])))),
-    (r"clip_rn(\d+)", lambda m: (ResNet, dict(depth=int(m[1]), version="clip"))),
-    (r"vit_(ti|s|m|b|l|h)(\d+)", lambda m: (ViT, dict(variant=m[1], patch=int(m[2])))),
+  (r"resnet(\d+)", lambda m: (ResNet, dict(depth=int(m[1]), version="v1.5"))),
+  (r"bit_r(\d+)x(\d+)", lambda m: (ResNet, dict(depth=int(m[1]), version="v2", width=int(m[2])))),
+  (r"clip_rn(\d+)", lambda m: (ResNet, dict(depth=int(m[1]), version="clip"))),
+  (r"vit_(ti|s|m|b|l|h)(\d+)", lambda m: (ViT, dict(variant=m[1], patch=int(m[2])))),
 ]
 
 
@@ -34,9 +33,23 @@ def register(pattern: str, build) -> None:
     raise ValueError(f"model pattern {pattern!r} is registered twice")
   _PATTERNS.append((pattern, build))
 
-EXAMPLES = ("resnet18", "resnet26", "resnet50", "resnet101", "bit_r50x1", "bit_r101x3",
-            "clip_rn50", "clip_rn101", "vit_ti16", "vit_s16", "vit_b16", "vit_b32",
-            "vit_l16", "vit_l14")
+
+EXAMPLES = (
+  "resnet18",
+  "resnet26",
+  "resnet50",
+  "resnet101",
+  "bit_r50x1",
+  "bit_r101x3",
+  "clip_rn50",
+  "clip_rn101",
+  "vit_ti16",
+  "vit_s16",
+  "vit_b16",
+  "vit_b32",
+  "vit_l16",
+  "vit_l14",
+)
 
 
 def parse(name: str) -> tuple[type, dict[str, Any]]:
@@ -51,8 +64,9 @@ def parse(name: str) -> tuple[type, dict[str, Any]]:
         break
       return cls, kwargs
   raise ValueError(
-      f"unknown model {name!r}; known forms: resnetD, bit_rDxW, clip_rnD (D in "
-      f"{sorted(DEPTHS)}), vit_{{{','.join(VARIANTS)}}}P — e.g. {', '.join(EXAMPLES)}")
+    f"unknown model {name!r}; known forms: resnetD, bit_rDxW, clip_rnD (D in "
+    f"{sorted(DEPTHS)}), vit_{{{','.join(VARIANTS)}}}P — e.g. {', '.join(EXAMPLES)}"
+  )
 
 
 def create(name: str, *, num_classes: int, rngs: nnx.Rngs, dtype=None, **kwargs) -> nnx.Module:
@@ -65,13 +79,11 @@ def init(name: str, *, num_classes: int, seed: int = 0, dtype=None, **kwargs) ->
   initialiser separately: ~20 s for a small ResNet on CPU, against ~3 s here)."""
 
   def make(key):
-    return create(name, num_classes=num_classes, rngs=nnx.Rngs(params=key), dtype=dtype,
-                  **kwargs)
+    return create(name, num_classes=num_classes, rngs=nnx.Rngs(params=key), dtype=dtype, **kwargs)
 
   graphdef, _ = nnx.split(nnx.eval_shape(lambda: make(jax.random.key(0))))
   opts = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
-  state = jax.jit(lambda key: nnx.split(make(key))[1], compiler_options=opts)(
-      jax.random.key(seed))
+  state = jax.jit(lambda key: nnx.split(make(key))[1], compiler_options=opts)(jax.random.key(seed))
   return nnx.merge(graphdef, state)
 
 
@@ -84,6 +96,5 @@ def num_params(module_or_state) -> int:
 
 def count_params(name: str, num_classes: int = 1000, **kwargs) -> int:
   """Parameter count of a named model without allocating it."""
-  model = nnx.eval_shape(lambda: create(name, num_classes=num_classes, rngs=nnx.Rngs(0),
-                                        **kwargs))
+  model = nnx.eval_shape(lambda: create(name, num_classes=num_classes, rngs=nnx.Rngs(0), **kwargs))
   return num_params(model)

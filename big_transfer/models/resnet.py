@@ -21,12 +21,12 @@ from flax import nnx
 
 # Blocks per stage, and whether the stages use bottleneck blocks.
 DEPTHS = {
-    18: ((2, 2, 2, 2), False),
-    26: ((2, 2, 2, 2), True),
-    34: ((3, 4, 6, 3), False),
-    50: ((3, 4, 6, 3), True),
-    101: ((3, 4, 23, 3), True),
-    152: ((3, 8, 36, 3), True),
+  18: ((2, 2, 2, 2), False),
+  26: ((2, 2, 2, 2), True),
+  34: ((3, 4, 6, 3), False),
+  50: ((3, 4, 6, 3), True),
+  101: ((3, 4, 23, 3), True),
+  152: ((3, 8, 36, 3), True),
 }
 
 _he_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -69,16 +69,24 @@ class Conv(nnx.Conv):
     strides = self.strides
     strides = (strides, strides) if isinstance(strides, int) else tuple(strides)
     pad = [tuple(p) for p in self.padding] if not isinstance(self.padding, str) else None
-    if (w.shape[:2] == (1, 1) and pad == [(0, 0), (0, 0)] and self.feature_group_count == 1
-        and _pointwise_as_dot(self.pointwise)):
+    if (
+      w.shape[:2] == (1, 1)
+      and pad == [(0, 0), (0, 0)]
+      and self.feature_group_count == 1
+      and _pointwise_as_dot(self.pointwise)
+    ):
       if strides != (1, 1):
-        x = x[:, ::strides[0], ::strides[1], :]
+        x = x[:, :: strides[0], :: strides[1], :]
       y = jax.lax.dot_general(x, w[0, 0], (((x.ndim - 1,), (0,)), ((), ())))
     else:
       y = jax.lax.conv_general_dilated(
-          x, w, window_strides=strides, padding=self.padding,
-          feature_group_count=self.feature_group_count,
-          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        x,
+        w,
+        window_strides=strides,
+        padding=self.padding,
+        feature_group_count=self.feature_group_count,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      )
     if self.bias is not None:
       y = y + self.bias.value.astype(dtype)
     return y
@@ -100,8 +108,18 @@ class StdConv(Conv):
 
 def _conv(cin, cout, k, stride=1, *, std=False, dtype=None, pointwise="auto", rngs):
   cls = StdConv if std else Conv
-  return cls(cin, cout, (k, k), strides=(stride, stride), padding=_pad(k), use_bias=False,
-             kernel_init=_he_init, dtype=dtype, pointwise=pointwise, rngs=rngs)
+  return cls(
+    cin,
+    cout,
+    (k, k),
+    strides=(stride, stride),
+    padding=_pad(k),
+    use_bias=False,
+    kernel_init=_he_init,
+    dtype=dtype,
+    pointwise=pointwise,
+    rngs=rngs,
+  )
 
 
 def _max_pool(x, zero_pad: bool = False):
@@ -123,11 +141,13 @@ class Norm(nnx.Module):
     scale_init = nnx.initializers.zeros if zero_init else nnx.initializers.ones
     if kind == "bn":
       # PyTorch's momentum 0.1 is Flax's 0.9; eps as torchvision.
-      self.norm = nnx.BatchNorm(c, momentum=0.9, epsilon=1e-5, scale_init=scale_init,
-                                dtype=dtype, rngs=rngs)
+      self.norm = nnx.BatchNorm(
+        c, momentum=0.9, epsilon=1e-5, scale_init=scale_init, dtype=dtype, rngs=rngs
+      )
     else:
-      self.norm = nnx.GroupNorm(c, num_groups=32, epsilon=1e-5, scale_init=scale_init,
-                                dtype=dtype, rngs=rngs)
+      self.norm = nnx.GroupNorm(
+        c, num_groups=32, epsilon=1e-5, scale_init=scale_init, dtype=dtype, rngs=rngs
+      )
     self.kind = kind
 
   def __call__(self, x, train: bool):
@@ -139,8 +159,19 @@ class Norm(nnx.Module):
 class Block(nnx.Module):
   """Basic (two 3x3) or bottleneck (1x1, 3x3, 1x1) residual block, in any of the three forms."""
 
-  def __init__(self, cin, c, stride, *, bottleneck, version, zero_init_last, dtype, rngs,
-               pointwise: str = "auto"):
+  def __init__(
+    self,
+    cin,
+    c,
+    stride,
+    *,
+    bottleneck,
+    version,
+    zero_init_last,
+    dtype,
+    rngs,
+    pointwise: str = "auto",
+  ):
     self.version, self.stride, self.bottleneck = version, stride, bottleneck
     std = version == "v2"
     norm = "gn" if std else "bn"
@@ -159,12 +190,27 @@ class Block(nnx.Module):
       chans = (cin if std else c, c)
     # v2 is pre-activation: its norms see the block input and the inner activations.
     zero_last = zero_init_last and not std
-    self.norms = nnx.List([
+    self.norms = nnx.List(
+      [
         Norm(ch, norm, zero_init=zero_last and i == len(chans) - 1, dtype=dtype, rngs=rngs)
-        for i, ch in enumerate(chans)])
+        for i, ch in enumerate(chans)
+      ]
+    )
     needs_proj = stride != 1 or cin != cout
-    self.proj = _conv(cin, cout, 1, 1 if version == "clip" else stride, std=std, dtype=dtype,
-                      pointwise=pointwise, rngs=rngs) if needs_proj else None
+    self.proj = (
+      _conv(
+        cin,
+        cout,
+        1,
+        1 if version == "clip" else stride,
+        std=std,
+        dtype=dtype,
+        pointwise=pointwise,
+        rngs=rngs,
+      )
+      if needs_proj
+      else None
+    )
     self.proj_norm = Norm(cout, norm, dtype=dtype, rngs=rngs) if needs_proj and not std else None
 
   def __call__(self, x, train):
@@ -200,7 +246,8 @@ class AttentionPool(nnx.Module):
 
   def __init__(self, spatial, dim, heads, out_dim, *, dtype, rngs):
     self.pos_embed = nnx.Param(
-        jax.random.normal(rngs.params(), (spatial * spatial + 1, dim)) / dim**0.5)
+      jax.random.normal(rngs.params(), (spatial * spatial + 1, dim)) / dim**0.5
+    )
     lin = lambda a, b: nnx.Linear(a, b, dtype=dtype, rngs=rngs)
     self.q, self.k, self.v, self.c = lin(dim, dim), lin(dim, dim), lin(dim, dim), lin(dim, out_dim)
     self.heads = heads
@@ -236,11 +283,23 @@ class ResNet(nnx.Module):
   elsewhere), ``dot`` or ``conv``; the parameters and the numbers (to float rounding) are the
   same either way."""
 
-  def __init__(self, depth: int = 50, *, version: str = "v1.5", width: float = 1.0,
-               num_classes: int = 1000, stem_width: int | None = None,
-               embed_dim: int = 1024, image_size: int = 224, attn_heads: int | None = None,
-               zero_init_last: bool = True, head_zero_init: bool = True,
-               dtype: Any = None, pointwise: str = "auto", rngs: nnx.Rngs):
+  def __init__(
+    self,
+    depth: int = 50,
+    *,
+    version: str = "v1.5",
+    width: float = 1.0,
+    num_classes: int = 1000,
+    stem_width: int | None = None,
+    embed_dim: int = 1024,
+    image_size: int = 224,
+    attn_heads: int | None = None,
+    zero_init_last: bool = True,
+    head_zero_init: bool = True,
+    dtype: Any = None,
+    pointwise: str = "auto",
+    rngs: nnx.Rngs,
+  ):
     if depth not in DEPTHS:
       raise ValueError(f"ResNet depth {depth} not in {sorted(DEPTHS)}")
     if version not in ("v1.5", "v2", "clip"):
@@ -252,12 +311,16 @@ class ResNet(nnx.Module):
     if version == "clip":
       # Three 3x3 convs (c/2, c/2, c) then a 2x2 average pool.
       cs = stem_width or c
-      self.stem = nnx.List([
+      self.stem = nnx.List(
+        [
           _conv(3, cs // 2, 3, 2, dtype=dtype, rngs=rngs),
           _conv(cs // 2, cs // 2, 3, dtype=dtype, rngs=rngs),
-          _conv(cs // 2, cs, 3, dtype=dtype, rngs=rngs)])
-      self.stem_norms = nnx.List([Norm(ch, "bn", dtype=dtype, rngs=rngs)
-                                  for ch in (cs // 2, cs // 2, cs)])
+          _conv(cs // 2, cs, 3, dtype=dtype, rngs=rngs),
+        ]
+      )
+      self.stem_norms = nnx.List(
+        [Norm(ch, "bn", dtype=dtype, rngs=rngs) for ch in (cs // 2, cs // 2, cs)]
+      )
       cin = cs
     else:
       cs = stem_width or c
@@ -270,21 +333,38 @@ class ResNet(nnx.Module):
       stage = []
       for j in range(n):
         stride = 2 if (j == 0 and i > 0) else 1
-        stage.append(Block(cin, ch, stride, bottleneck=bottleneck, version=version,
-                           zero_init_last=zero_init_last, dtype=dtype, pointwise=pointwise,
-                           rngs=rngs))
+        stage.append(
+          Block(
+            cin,
+            ch,
+            stride,
+            bottleneck=bottleneck,
+            version=version,
+            zero_init_last=zero_init_last,
+            dtype=dtype,
+            pointwise=pointwise,
+            rngs=rngs,
+          )
+        )
         cin = ch * 4 if bottleneck else ch
       stages.append(nnx.List(stage))
     self.stages = nnx.List(stages)
     self.final_norm = Norm(cin, "gn", dtype=dtype, rngs=rngs) if std else None
     # CLIP's heads: its width * 32 / 64 (32 for RN50, whose width is 64).
-    self.attnpool = AttentionPool(
-        image_size // 32, cin, attn_heads or max(1, c * 32 // 64), embed_dim, dtype=dtype,
-        rngs=rngs) if version == "clip" else None
+    self.attnpool = (
+      AttentionPool(
+        image_size // 32, cin, attn_heads or max(1, c * 32 // 64), embed_dim, dtype=dtype, rngs=rngs
+      )
+      if version == "clip"
+      else None
+    )
     self.num_features = embed_dim if version == "clip" else cin
     init = nnx.initializers.zeros if head_zero_init else nnx.initializers.lecun_normal()
-    self.head = nnx.Linear(self.num_features, num_classes, kernel_init=init, dtype=dtype,
-                           rngs=rngs) if num_classes else None
+    self.head = (
+      nnx.Linear(self.num_features, num_classes, kernel_init=init, dtype=dtype, rngs=rngs)
+      if num_classes
+      else None
+    )
 
   def features(self, x, train: bool = False):
     """Returns the spatial feature map before pooling."""

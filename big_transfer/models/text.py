@@ -17,22 +17,38 @@ class TextTransformer(nnx.Module):
   vocabulary 49,408). ``eot_id``: the end-of-text token, whose position gives the features
   (CLIP's vocabularies put it last, so it is also the row's largest id)."""
 
-  def __init__(self, *, vocab_size: int = 49408, context_length: int = 77, width: int = 512,
-               layers: int = 12, heads: int = 8, mlp_ratio: float = 4.0, embed_dim: int = 1024,
-               eot_id: int | None = None, act: str = "gelu", dtype: Any = None,
-               rngs: nnx.Rngs):
+  def __init__(
+    self,
+    *,
+    vocab_size: int = 49408,
+    context_length: int = 77,
+    width: int = 512,
+    layers: int = 12,
+    heads: int = 8,
+    mlp_ratio: float = 4.0,
+    embed_dim: int = 1024,
+    eot_id: int | None = None,
+    act: str = "gelu",
+    dtype: Any = None,
+    rngs: nnx.Rngs,
+  ):
     if width % heads:
       raise ValueError(f"text width {width} is not divisible by {heads} heads")
     self.context_length, self.eot_id = context_length, eot_id
-    self.token_embed = nnx.Embed(vocab_size, width, dtype=dtype,
-                                 embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
+    self.token_embed = nnx.Embed(
+      vocab_size, width, dtype=dtype, embedding_init=nnx.initializers.normal(0.02), rngs=rngs
+    )
     self.pos_embed = nnx.Param(0.01 * jax.random.normal(rngs.params(), (context_length, width)))
-    self.blocks = nnx.List([
-        EncoderBlock(width, int(width * mlp_ratio), heads, eps=1e-5, act=act, dtype=dtype,
-                     rngs=rngs) for _ in range(layers)])
+    self.blocks = nnx.List(
+      [
+        EncoderBlock(
+          width, int(width * mlp_ratio), heads, eps=1e-5, act=act, dtype=dtype, rngs=rngs
+        )
+        for _ in range(layers)
+      ]
+    )
     self.norm = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs)
-    self.projection = nnx.Param(width**-0.5 * jax.random.normal(rngs.params(),
-                                                                (width, embed_dim)))
+    self.projection = nnx.Param(width**-0.5 * jax.random.normal(rngs.params(), (width, embed_dim)))
     self.dtype = dtype
     self.num_features = embed_dim
 
@@ -45,8 +61,9 @@ class TextTransformer(nnx.Module):
     n, t = tokens.shape
     if t > self.context_length:
       raise ValueError(f"{t} tokens exceed the text tower's context of {self.context_length}")
-    x = self.token_embed(tokens) + self.pos_embed.value[:t].astype(self.token_embed.dtype or
-                                                                  jnp.float32)
+    x = self.token_embed(tokens) + self.pos_embed.value[:t].astype(
+      self.token_embed.dtype or jnp.float32
+    )
     causal = jnp.tril(jnp.ones((t, t), bool))[None, None]  # position i sees 0..i
     for block in self.blocks:
       x = block(x, mask=causal)

@@ -12,12 +12,12 @@ from big_transfer.models.resnet import resample_grid_embedding
 
 # width, depth, mlp_dim, heads
 VARIANTS = {
-    "ti": (192, 12, 768, 3),
-    "s": (384, 12, 1536, 6),
-    "m": (512, 12, 2048, 8),
-    "b": (768, 12, 3072, 12),
-    "l": (1024, 24, 4096, 16),
-    "h": (1280, 32, 5120, 16),
+  "ti": (192, 12, 768, 3),
+  "s": (384, 12, 1536, 6),
+  "m": (512, 12, 2048, 8),
+  "b": (768, 12, 3072, 12),
+  "l": (1024, 24, 4096, 16),
+  "h": (1280, 32, 5120, 16),
 }
 
 _xavier = nnx.initializers.xavier_uniform()
@@ -43,8 +43,7 @@ class MultiHeadSelfAttention(nnx.Module):
     n, t, d = x.shape
     qkv = self.qkv(x).reshape(n, t, 3, self.heads, d // self.heads)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    o = jax.nn.dot_product_attention(q, k, v, mask=mask,
-                                     implementation=self.attention_impl or None)
+    o = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=self.attention_impl or None)
     return self.proj(o.reshape(n, t, d))
 
 
@@ -55,9 +54,11 @@ def quick_gelu(x):
 
 # 'gelu' is exact (PyTorch's nn.GELU, timm); 'gelu_tanh' is Flax's default approximation, which
 # big_vision's ViTs were trained with; 'quick_gelu' is OpenAI CLIP's.
-ACTIVATIONS = {"gelu": lambda x: nnx.gelu(x, approximate=False),
-               "gelu_tanh": lambda x: nnx.gelu(x, approximate=True),
-               "quick_gelu": quick_gelu}
+ACTIVATIONS = {
+  "gelu": lambda x: nnx.gelu(x, approximate=False),
+  "gelu_tanh": lambda x: nnx.gelu(x, approximate=True),
+  "quick_gelu": quick_gelu,
+}
 
 
 class MlpBlock(nnx.Module):
@@ -66,21 +67,35 @@ class MlpBlock(nnx.Module):
       raise ValueError(f"activation {act!r} not in {tuple(ACTIVATIONS)}")
     self.act = act
     init_b = nnx.initializers.normal(1e-6)
-    self.fc1 = nnx.Linear(dim, hidden, kernel_init=_xavier, bias_init=init_b, dtype=dtype,
-                          rngs=rngs)
-    self.fc2 = nnx.Linear(hidden, dim, kernel_init=_xavier, bias_init=init_b, dtype=dtype,
-                          rngs=rngs)
+    self.fc1 = nnx.Linear(
+      dim, hidden, kernel_init=_xavier, bias_init=init_b, dtype=dtype, rngs=rngs
+    )
+    self.fc2 = nnx.Linear(
+      hidden, dim, kernel_init=_xavier, bias_init=init_b, dtype=dtype, rngs=rngs
+    )
 
   def __call__(self, x):
     return self.fc2(ACTIVATIONS[self.act](self.fc1(x)))
 
 
 class EncoderBlock(nnx.Module):
-  def __init__(self, dim, mlp_dim, heads, *, dropout=0.0, eps=1e-6, act="gelu",
-               attention_impl: str = "", dtype=None, rngs):
+  def __init__(
+    self,
+    dim,
+    mlp_dim,
+    heads,
+    *,
+    dropout=0.0,
+    eps=1e-6,
+    act="gelu",
+    attention_impl: str = "",
+    dtype=None,
+    rngs,
+  ):
     self.norm1 = nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, rngs=rngs)
-    self.attn = MultiHeadSelfAttention(dim, heads, attention_impl=attention_impl, dtype=dtype,
-                                       rngs=rngs)
+    self.attn = MultiHeadSelfAttention(
+      dim, heads, attention_impl=attention_impl, dtype=dtype, rngs=rngs
+    )
     self.norm2 = nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, rngs=rngs)
     self.mlp = MlpBlock(dim, mlp_dim, act=act, dtype=dtype, rngs=rngs)
     self.dropout = dropout
@@ -108,35 +123,71 @@ class ViT(nnx.Module):
   ``eps=1e-5``, ``patch_bias=False``, ``ln_pre=True`` (a LayerNorm after the position
   embeddings): CLIP_VIT_KWARGS."""
 
-  def __init__(self, variant: str = "b", patch: int = 16, *, num_classes: int = 1000,
-               image_size: int = 224, pool: str = "tok", width: int | None = None,
-               depth: int | None = None, mlp_dim: int | None = None, heads: int | None = None,
-               dropout: float = 0.0, head_zero_init: bool = True, act: str = "gelu",
-               eps: float = 1e-6, patch_bias: bool = True, ln_pre: bool = False,
-               attention_impl: str = "", dtype: Any = None, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    variant: str = "b",
+    patch: int = 16,
+    *,
+    num_classes: int = 1000,
+    image_size: int = 224,
+    pool: str = "tok",
+    width: int | None = None,
+    depth: int | None = None,
+    mlp_dim: int | None = None,
+    heads: int | None = None,
+    dropout: float = 0.0,
+    head_zero_init: bool = True,
+    act: str = "gelu",
+    eps: float = 1e-6,
+    patch_bias: bool = True,
+    ln_pre: bool = False,
+    attention_impl: str = "",
+    dtype: Any = None,
+    rngs: nnx.Rngs,
+  ):
     w, d, m, h = VARIANTS[variant]
     w, d, m, h = width or w, depth or d, mlp_dim or m, heads or h
     if pool not in ("tok", "gap"):
       raise ValueError(f"ViT pool {pool!r} not in ('tok', 'gap')")
     self.patch, self.pool = patch, pool
-    self.patch_embed = nnx.Conv(3, w, (patch, patch), strides=(patch, patch), padding="VALID",
-                                use_bias=patch_bias,
-                                kernel_init=nnx.initializers.lecun_normal(), dtype=dtype,
-                                rngs=rngs)
+    self.patch_embed = nnx.Conv(
+      3,
+      w,
+      (patch, patch),
+      strides=(patch, patch),
+      padding="VALID",
+      use_bias=patch_bias,
+      kernel_init=nnx.initializers.lecun_normal(),
+      dtype=dtype,
+      rngs=rngs,
+    )
     grid = image_size // patch
     n_prefix = 1 if pool == "tok" else 0
     self.cls_token = nnx.Param(jnp.zeros((1, 1, w))) if pool == "tok" else None
-    self.pos_embed = nnx.Param(
-        0.02 * jax.random.normal(rngs.params(), (grid * grid + n_prefix, w)))
+    self.pos_embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (grid * grid + n_prefix, w)))
     self.ln_pre = nnx.LayerNorm(w, epsilon=eps, dtype=dtype, rngs=rngs) if ln_pre else None
-    self.blocks = nnx.List([EncoderBlock(w, m, h, dropout=dropout, eps=eps, act=act,
-                                         attention_impl=attention_impl, dtype=dtype, rngs=rngs)
-                            for _ in range(d)])
+    self.blocks = nnx.List(
+      [
+        EncoderBlock(
+          w,
+          m,
+          h,
+          dropout=dropout,
+          eps=eps,
+          act=act,
+          attention_impl=attention_impl,
+          dtype=dtype,
+          rngs=rngs,
+        )
+        for _ in range(d)
+      ]
+    )
     self.norm = nnx.LayerNorm(w, epsilon=eps, dtype=dtype, rngs=rngs)
     self.num_features = w
     init = nnx.initializers.zeros if head_zero_init else _xavier
-    self.head = nnx.Linear(w, num_classes, kernel_init=init, dtype=dtype,
-                           rngs=rngs) if num_classes else None
+    self.head = (
+      nnx.Linear(w, num_classes, kernel_init=init, dtype=dtype, rngs=rngs) if num_classes else None
+    )
 
   def tokens(self, x, train=False, rngs=None):
     x = self.patch_embed(x)

@@ -18,10 +18,21 @@ from big_transfer import config_lib
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, pretrained="", data="tfds:cifar100", protocol="ft",
-                           shots="full", seed=0, test_split="test", val_split="",
-                           lrs="1e-4;3e-4;1e-3;3e-3", epochs=128.0, bit=False, results="",
-                           model="")
+  a = config_lib.parse_arg(
+    arg,
+    pretrained="",
+    data="tfds:cifar100",
+    protocol="ft",
+    shots="full",
+    seed=0,
+    test_split="test",
+    val_split="",
+    lrs="1e-4;3e-4;1e-3;3e-3",
+    epochs=128.0,
+    bit=False,
+    results="",
+    model="",
+  )
   c = config_lib.transfer_config()
   c.pretrained = a.pretrained
   c.model = a.model

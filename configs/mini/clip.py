@@ -19,9 +19,17 @@ VIEW = "resize(36)|inception_crop(32, area_min=0.4)|color_jitter(0.4, 0.4, 0, 0,
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, model="resnet18", steps=300, batch=128, width=0.25,
-                           data="builtin:glyphs?n=6000", loss="softmax", method="clip",
-                           vocab=1000)
+  a = config_lib.parse_arg(
+    arg,
+    model="resnet18",
+    steps=300,
+    batch=128,
+    width=0.25,
+    data="builtin:glyphs?n=6000",
+    loss="softmax",
+    method="clip",
+    vocab=1000,
+  )
   c = config_lib.base_config()
   c.method = a.method
   c.model = a.model
@@ -39,20 +47,26 @@ def get_config(arg=None):
     # CLIP's view under 'image', SimCLR's two views of a copy under 'image1'/'image2'.
     c.pp_train = f"tokenize|copy(raw='image')|{IMAGE}|two_views('to_rgb|{VIEW}', key='raw')"
     c.projection_dims = (128, 128, 64)
-  c.text.update(tokenizer=f"train:{a.vocab}", context_length=16, width=64, layers=2, heads=4,
-                max_captions=2000)
+  c.text.update(
+    tokenizer=f"train:{a.vocab}", context_length=16, width=64, layers=2, heads=4, max_captions=2000
+  )
   c.clip.update(loss=a.loss, embed_dim=64)
   c.batch_size = a.batch
   c.total_steps = a.steps
   c.log_every = 20
   c.checkpoint_every = 100
-  c.optimizer.update(name="adamw", lr=2e-3, b2=0.98, weight_decay=0.1, warmup_steps=20,
-                     schedule="cosine")
+  c.optimizer.update(
+    name="adamw", lr=2e-3, b2=0.98, weight_decay=0.1, warmup_steps=20, schedule="cosine"
+  )
   c.evals.zeroshot = evals.entry(
-      "zeroshot", data="builtin:digits", pp=EVAL_IMAGE,
-      templates="a handwritten {};a scan of a {};the character {} written by hand")
-  c.evals.retrieval = evals.entry("retrieval", data=a.data, pp=f"{EVAL_IMAGE}|tokenize",
-                                  max_examples=500)
+    "zeroshot",
+    data="builtin:digits",
+    pp=EVAL_IMAGE,
+    templates="a handwritten {};a scan of a {};the character {} written by hand",
+  )
+  c.evals.retrieval = evals.entry(
+    "retrieval", data=a.data, pp=f"{EVAL_IMAGE}|tokenize", max_examples=500
+  )
   c.eval_every = 100
   c.data_threads = 2
   return c

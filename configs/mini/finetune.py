@@ -13,9 +13,19 @@ from big_transfer import config_lib
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, pretrained="", data="builtin:digits", protocol="ft",
-                           shots="full", seed=0, epochs=10.0, lrs="1e-3", model="resnet18",
-                           width=0.25, batch=64)
+  a = config_lib.parse_arg(
+    arg,
+    pretrained="",
+    data="builtin:digits",
+    protocol="ft",
+    shots="full",
+    seed=0,
+    epochs=10.0,
+    lrs="1e-3",
+    model="resnet18",
+    width=0.25,
+    batch=64,
+  )
   c = config_lib.transfer_config()
   c.pretrained = a.pretrained
   c.data = a.data

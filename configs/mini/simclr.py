@@ -8,13 +8,16 @@ Args: model, steps, batch, data (any source; labels are not used).
 from big_transfer import config_lib
 from big_transfer.evaluators import common as evals
 
-VIEW = ("inception_crop(32, area_min=0.25)|flip_lr|color_jitter(0.4, 0.4, 0.4, 0.1, p=0.8)"
-        "|grayscale(p=0.2)|value_range(-1, 1)")
+VIEW = (
+  "inception_crop(32, area_min=0.25)|flip_lr|color_jitter(0.4, 0.4, 0.4, 0.1, p=0.8)"
+  "|grayscale(p=0.2)|value_range(-1, 1)"
+)
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, model="resnet18", steps=200, batch=128, width=0.25,
-                           data="builtin:shapes?n=4000")
+  a = config_lib.parse_arg(
+    arg, model="resnet18", steps=200, batch=128, width=0.25, data="builtin:shapes?n=4000"
+  )
   c = config_lib.base_config()
   c.method = "simclr"
   c.model = a.model
@@ -30,13 +33,17 @@ def get_config(arg=None):
   c.projection_dims = (256, 256, 64)
   c.log_every = 20
   c.checkpoint_every = 100
-  c.optimizer.update(name="adamw", lr=2e-3, b2=0.98, weight_decay=0.1, warmup_steps=20,
-                     schedule="cosine")
+  c.optimizer.update(
+    name="adamw", lr=2e-3, b2=0.98, weight_decay=0.1, warmup_steps=20, schedule="cosine"
+  )
   # The transfer curve as it trains: 1/5/10/25-shot linear probes on the real digits (probes
   # on held-out shapes stay near chance: these augmentations leave colour and background
   # texture, not the shape, as what tells two images apart).
-  c.evals.fewshot = evals.entry("fewshot_linear", data="builtin:digits",
-                                pp="to_rgb|resize(36)|central_crop(32)|value_range(-1, 1)",
-                                every=100)
+  c.evals.fewshot = evals.entry(
+    "fewshot_linear",
+    data="builtin:digits",
+    pp="to_rgb|resize(36)|central_crop(32)|value_range(-1, 1)",
+    every=100,
+  )
   c.data_threads = 2
   return c

@@ -29,8 +29,9 @@ def get_config(arg=None):
   c.log_every = 25
   c.checkpoint_every = 100
   c.eval_every = 100
-  c.optimizer.update(name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, warmup_steps=20,
-                     schedule="cosine")
+  c.optimizer.update(
+    name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, warmup_steps=20, schedule="cosine"
+  )
   c.data_threads = 2
   # Closed-form few-shot probes on frozen features, declared off: turn them on with
   # --config.evals.fewshot.data=builtin:digits (pp '' = pp_eval).

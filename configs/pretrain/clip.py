@@ -30,9 +30,19 @@ def with_options(spec: str, **options) -> str:
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, data="arrayrecord:/data/cc12m", size="", captions="",
-                           model="clip_rn50", batch=1024, epochs=16.0, loss="softmax",
-                           vocab="clip", zeroshot="tfds:imagenet2012", runlocal=False)
+  a = config_lib.parse_arg(
+    arg,
+    data="arrayrecord:/data/cc12m",
+    size="",
+    captions="",
+    model="clip_rn50",
+    batch=1024,
+    epochs=16.0,
+    loss="softmax",
+    vocab="clip",
+    zeroshot="tfds:imagenet2012",
+    runlocal=False,
+  )
   c = config_lib.base_config()
   c.method = "clip"
   c.model = a.model
@@ -46,8 +56,16 @@ def get_config(arg=None):
   c.clip.update(loss=a.loss, embed_dim=1024 if a.model.startswith("clip_rn") else 512)
   c.batch_size = a.batch
   c.total_epochs = a.epochs
-  c.optimizer.update(name="adamw", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1,
-                     schedule="cosine", warmup_steps=5000)
+  c.optimizer.update(
+    name="adamw",
+    lr=1e-3,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    weight_decay=0.1,
+    schedule="cosine",
+    warmup_steps=5000,
+  )
   c.dtype = "bfloat16"
   c.log_every = 100
   c.checkpoint_every = 2000
@@ -55,8 +73,9 @@ def get_config(arg=None):
   c.keep_every = 20000
   c.data_threads = 32
   # ImageNet zero-shot with CLIP's 7-prompt ensemble, as OpenCLIP reports it ('' = off).
-  c.evals.zeroshot = evals.entry("zeroshot", data=a.zeroshot, split="validation",
-                                 pp=PP_EVAL, templates="clip7")
+  c.evals.zeroshot = evals.entry(
+    "zeroshot", data=a.zeroshot, split="validation", pp=PP_EVAL, templates="clip7"
+  )
   if a.runlocal:
     c.batch_size = 8
     c.total_epochs = None

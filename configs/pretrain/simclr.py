@@ -12,14 +12,24 @@ epochs, fewshot (a labelled source for the few-shot probe during training, '' = 
 from big_transfer import config_lib
 from big_transfer.evaluators import common as evals
 
-VIEW = ("inception_crop(224, area_min=0.08)|flip_lr|color_jitter(0.4, 0.4, 0.4, 0.1, p=0.8)"
-        "|grayscale(p=0.2)|gaussian_blur(0.1, 2.0, p=0.5)|normalize(\"clip\")")
+VIEW = (
+  "inception_crop(224, area_min=0.08)|flip_lr|color_jitter(0.4, 0.4, 0.4, 0.1, p=0.8)"
+  "|grayscale(p=0.2)|gaussian_blur(0.1, 2.0, p=0.5)|normalize(\"clip\")"
+)
 PP_EVAL = "decode|resize_small(224, method='bicubic')|central_crop(224)|normalize('clip')"
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, data="arrayrecord:/data/cc12m", size="", model="clip_rn50",
-                           batch=1024, epochs=16.0, fewshot="tfds:cifar100", runlocal=False)
+  a = config_lib.parse_arg(
+    arg,
+    data="arrayrecord:/data/cc12m",
+    size="",
+    model="clip_rn50",
+    batch=1024,
+    epochs=16.0,
+    fewshot="tfds:cifar100",
+    runlocal=False,
+  )
   c = config_lib.base_config()
   c.method = "simclr"
   c.model = a.model
@@ -31,8 +41,16 @@ def get_config(arg=None):
   c.projection_dims = (4096, 4096, 256)
   c.batch_size = a.batch
   c.total_epochs = a.epochs
-  c.optimizer.update(name="adamw", lr=1e-3, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.1,
-                     schedule="cosine", warmup_epochs=2.0)
+  c.optimizer.update(
+    name="adamw",
+    lr=1e-3,
+    b1=0.9,
+    b2=0.98,
+    eps=1e-8,
+    weight_decay=0.1,
+    schedule="cosine",
+    warmup_epochs=2.0,
+  )
   c.dtype = "bfloat16"
   c.log_every = 100
   c.checkpoint_every = 2000
@@ -40,8 +58,9 @@ def get_config(arg=None):
   c.keep_every = 20000
   c.data_threads = 32
   # The transfer curve as it trains (big_vision's closed-form probe; '' = off).
-  c.evals.fewshot = evals.entry("fewshot_linear", data=a.fewshot, pp=PP_EVAL,
-                                shots=(1, 5, 10, 25), seeds=(0, 1, 2), every=10000)
+  c.evals.fewshot = evals.entry(
+    "fewshot_linear", data=a.fewshot, pp=PP_EVAL, shots=(1, 5, 10, 25), seeds=(0, 1, 2), every=10000
+  )
   if a.runlocal:
     c.batch_size = 8
     c.total_epochs = None

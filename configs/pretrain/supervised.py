@@ -13,8 +13,9 @@ from big_transfer import config_lib
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, data="tfds:imagenet2012", model="resnet50", batch=1024,
-                           epochs=90.0, runlocal=False)
+  a = config_lib.parse_arg(
+    arg, data="tfds:imagenet2012", model="resnet50", batch=1024, epochs=90.0, runlocal=False
+  )
   c = config_lib.base_config()
   c.method = "supervised"
   c.model = a.model
@@ -25,8 +26,14 @@ def get_config(arg=None):
   c.pp_eval = "decode|resize_small(256)|central_crop(224)|normalize('imagenet')"
   c.batch_size = a.batch
   c.total_epochs = a.epochs
-  c.optimizer.update(name="sgd", lr=0.05 * a.batch / 256, momentum=0.9, weight_decay=1e-4,
-                     schedule="cosine", warmup_epochs=5.0)
+  c.optimizer.update(
+    name="sgd",
+    lr=0.05 * a.batch / 256,
+    momentum=0.9,
+    weight_decay=1e-4,
+    schedule="cosine",
+    warmup_epochs=5.0,
+  )
   c.label_smoothing = 0.0
   c.dtype = "bfloat16"
   c.log_every = 100

@@ -47,9 +47,17 @@ TRAIN_PP, EVAL_PP = _TRANSFER.pp_train, _TRANSFER.pp_eval
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, root="/data", seeds=3, protocols="ft;lp", paper_grid=False,
-                           test_subsample=False, tfds_data_dir="", vitb32_clip_norm=False,
-                           cassava="kaggle2020")
+  a = config_lib.parse_arg(
+    arg,
+    root="/data",
+    seeds=3,
+    protocols="ft;lp",
+    paper_grid=False,
+    test_subsample=False,
+    tfds_data_dir="",
+    vitb32_clip_norm=False,
+    cassava="kaggle2020",
+  )
   if a.cassava not in ("kaggle2020", "tfds"):
     raise ValueError(f"configs/study/paper.py: cassava={a.cassava!r}: kaggle2020 or tfds")
   c = ml_collections.ConfigDict()
@@ -59,105 +67,202 @@ def get_config(arg=None):
   def clip(name, data, size, epochs=16, group="", published="", batch=1024, **extra):
     n = 2.7e6 if size == "all" else _size_n(size)
     size_arg = "" if size == "all" else size
-    arms.append(dict(
-        name=name, method="clip", source=data.split("/")[-1].split("?")[0], size=size,
-        group=group, published=published, num_examples=n,
+    arms.append(
+      dict(
+        name=name,
+        method="clip",
+        source=data.split("/")[-1].split("?")[0],
+        size=size,
+        group=group,
+        published=published,
+        num_examples=n,
         config=f"configs/pretrain/clip.py:data=arrayrecord:{a.root}/{data},size={size_arg},"
-               f"epochs={epochs},batch={batch}", **extra))
+        f"epochs={epochs},batch={batch}",
+        **extra,
+      )
+    )
 
   # The source comparison at 2.7M samples (CC-3M: all of it, at batch 512 as the log's runs).
   for src in SOURCES_2_7M:
     size = "all" if src == "cc3m" else "2.7M"
-    clip(f"clip_{src}_2.7m" if src != "cc3m" else "clip_cc3m", src, size,
-         group="sources" + {"laion": "+size", "yfcc": "+size_yfcc"}.get(src, ""),
-         published="cc3m" if src == "cc3m" else f"{src}_2.7m",
-         batch=512 if src == "cc3m" else 1024)
+    clip(
+      f"clip_{src}_2.7m" if src != "cc3m" else "clip_cc3m",
+      src,
+      size,
+      group="sources" + {"laion": "+size", "yfcc": "+size_yfcc"}.get(src, ""),
+      published="cc3m" if src == "cc3m" else f"{src}_2.7m",
+      batch=512 if src == "cc3m" else 1024,
+    )
   # Size sweeps (nested subsets; 32 epochs on small YFCC as published; LAION-1M at batch 512,
   # the batch of the log's runs behind every published LAION-1M cell).
   for size in LAION_SIZES:
     if size != "2.7M":
-      clip(f"clip_laion_{size.lower()}", "laion", size, group="size",
-           published=f"laion_{size.lower()}", batch=512 if size == "1M" else 1024)
+      clip(
+        f"clip_laion_{size.lower()}",
+        "laion",
+        size,
+        group="size",
+        published=f"laion_{size.lower()}",
+        batch=512 if size == "1M" else 1024,
+      )
   for size in YFCC_SIZES:
     if size != "2.7M":
-      clip(f"clip_yfcc_{size.lower()}", "yfcc", size,
-           epochs=32 if _size_n(size) <= 2.7e6 else 16, group="size_yfcc",
-           published=f"yfcc_{size.lower()}")
+      clip(
+        f"clip_yfcc_{size.lower()}",
+        "yfcc",
+        size,
+        epochs=32 if _size_n(size) <= 2.7e6 else 16,
+        group="size_yfcc",
+        published=f"yfcc_{size.lower()}",
+      )
   # Supervised ImageNet-1K, the reference line of the size plots.
   # The log gives it lr 0.05, batch 64, weight decay 0.1: SGD with weight decay 0.1 does not
   # train a ResNet-50 on ImageNet, so those look like placeholder fields (a public checkpoint);
   # ours is the standard recipe (SGD, 0.05 x batch/256, weight decay 1e-4, 90 epochs), and every
   # row of this arm says so (pretrain_note, listed by the report).
-  arms.append(dict(name="supervised_in1k", method="supervised", source="imagenet2012",
-                   size="1.28M", group="reference", published="supervised_in1k",
-                   num_examples=1.28e6, config="configs/pretrain/supervised.py",
-                   overrides={"data_dir": a.tfds_data_dir} if a.tfds_data_dir else {},
-                   pretrain_note="pre-training not the log's lr 0.05 / batch 64 / weight decay "
-                                 "0.1 (placeholders: SGD at weight decay 0.1 does not train), "
-                                 "ours SGD at 0.05 x batch/256 and weight decay 1e-4"))
+  arms.append(
+    dict(
+      name="supervised_in1k",
+      method="supervised",
+      source="imagenet2012",
+      size="1.28M",
+      group="reference",
+      published="supervised_in1k",
+      num_examples=1.28e6,
+      config="configs/pretrain/supervised.py",
+      overrides={"data_dir": a.tfds_data_dir} if a.tfds_data_dir else {},
+      pretrain_note="pre-training not the log's lr 0.05 / batch 64 / weight decay "
+      "0.1 (placeholders: SGD at weight decay 0.1 does not train), "
+      "ours SGD at 0.05 x batch/256 and weight decay 1e-4",
+    )
+  )
   # Text quality: ImageNet images with web captions vs. class-name templates.
-  clip("clip_in1k_web_captions", "in1k_captions", "all", epochs=32, group="captions",
-       published="in1k_web_captions")
-  clip("clip_in1k_template_captions", "in1k_captions?captions=template", "all", epochs=90,
-       group="captions", published="in1k_template_captions")
+  clip(
+    "clip_in1k_web_captions",
+    "in1k_captions",
+    "all",
+    epochs=32,
+    group="captions",
+    published="in1k_web_captions",
+  )
+  clip(
+    "clip_in1k_template_captions",
+    "in1k_captions?captions=template",
+    "all",
+    epochs=90,
+    group="captions",
+    published="in1k_template_captions",
+  )
   # Method: SimCLR vs. CLIP on the same 2.7M images; both also LP-FT (the published SimCLR
   # numbers are LP-FT, and the log has CLIP LP-FT few-shot runs on these sources).
   protocols = tuple(a.protocols.split(";"))
   for src in ("cc12m", "redcaps", "shutterstock"):
-    arms.append(dict(name=f"simclr_{src}_2.7m", method="simclr", source=src, size="2.7M",
-                     group="method", published=f"simclr_{src}_2.7m", num_examples=2.7e6,
-                     protocols=protocols + ("lp_ft",),
-                     config=f"configs/pretrain/simclr.py:data=arrayrecord:{a.root}/{src},"
-                            f"size=2.7M"))
+    arms.append(
+      dict(
+        name=f"simclr_{src}_2.7m",
+        method="simclr",
+        source=src,
+        size="2.7M",
+        group="method",
+        published=f"simclr_{src}_2.7m",
+        num_examples=2.7e6,
+        protocols=protocols + ("lp_ft",),
+        config=f"configs/pretrain/simclr.py:data=arrayrecord:{a.root}/{src},size=2.7M",
+      )
+    )
     for arm in arms:
       if arm["name"] == f"clip_{src}_2.7m":
         arm["group"] += "+method"
         arm["protocols"] = protocols + ("lp_ft", "zeroshot")
   # From scratch: CLIP's ResNet-50 trained on the downstream set alone.
-  arms.append(dict(name="scratch", method="scratch", config="", model="clip_rn50",
-                   group="reference", published="scratch", protocols=("ft",), shots=("full",)))
+  arms.append(
+    dict(
+      name="scratch",
+      method="scratch",
+      config="",
+      model="clip_rn50",
+      group="reference",
+      published="scratch",
+      protocols=("ft",),
+      shots=("full",),
+    )
+  )
   # Public ViT-B/32 CLIP checkpoints (docs/DATA.md, "Reference checkpoints"), converted once
   # into workdirs by convert_checkpoint and transferred like the runs above.
   for name, source, size, fname, model, pub in (
-      ("clip_vitb32_openai", "openai", "400M", "ViT-B-32.pt", "ViT-B-32-quickgelu",
-       "openai_400m_vitb32"),
-      ("clip_vitb32_laion400m", "laion", "400M", "vit_b_32-quickgelu-laion400m_e32-46683a32.pt",
-       "ViT-B-32-quickgelu", "laion_400m_vitb32"),
-      ("clip_vitb32_laion2b", "laion", "2B", "CLIP-ViT-B-32-laion2B-s34B-b79K.safetensors",
-       "ViT-B-32", "laion_2b_vitb32")):
-    arms.append(dict(name=name, method="clip", source=source, size=size, model="vit_b32",
-                     group="vit_b32", published=pub,
-                     convert=["--from=openclip", f"{a.root}/checkpoints/{fname}",
-                              f"--model={model}"],
-                     # ImageNet mean/std as the authors' args.py used for every model;
-                     # vitb32_clip_norm: CLIP's own, which these weights were trained with.
-                     transfer_overrides={
-                         "pp_train": TRAIN_PP.replace("imagenet", "clip"),
-                         "pp_eval": EVAL_PP.replace("imagenet", "clip")}
-                     if a.vitb32_clip_norm else {}))
+    (
+      "clip_vitb32_openai",
+      "openai",
+      "400M",
+      "ViT-B-32.pt",
+      "ViT-B-32-quickgelu",
+      "openai_400m_vitb32",
+    ),
+    (
+      "clip_vitb32_laion400m",
+      "laion",
+      "400M",
+      "vit_b_32-quickgelu-laion400m_e32-46683a32.pt",
+      "ViT-B-32-quickgelu",
+      "laion_400m_vitb32",
+    ),
+    (
+      "clip_vitb32_laion2b",
+      "laion",
+      "2B",
+      "CLIP-ViT-B-32-laion2B-s34B-b79K.safetensors",
+      "ViT-B-32",
+      "laion_2b_vitb32",
+    ),
+  ):
+    arms.append(
+      dict(
+        name=name,
+        method="clip",
+        source=source,
+        size=size,
+        model="vit_b32",
+        group="vit_b32",
+        published=pub,
+        convert=["--from=openclip", f"{a.root}/checkpoints/{fname}", f"--model={model}"],
+        # ImageNet mean/std as the authors' args.py used for every model;
+        # vitb32_clip_norm: CLIP's own, which these weights were trained with.
+        transfer_overrides={
+          "pp_train": TRAIN_PP.replace("imagenet", "clip"),
+          "pp_eval": EVAL_PP.replace("imagenet", "clip"),
+        }
+        if a.vitb32_clip_norm
+        else {},
+      )
+    )
   c.pretrain = arms
 
   def ds(name, data, num_train, num_classes, test_split="test", val_split="", shots=None):
-    d = dict(name=name, data=data, num_train=num_train, num_classes=num_classes,
-             overrides={"test_split": test_split, "val_split": val_split})
+    d = dict(
+      name=name,
+      data=data,
+      num_train=num_train,
+      num_classes=num_classes,
+      overrides={"test_split": test_split, "val_split": val_split},
+    )
     if shots:
       d["shots"] = shots
     return d
 
   c.downstream = [
-      ds("cifar100", "tfds:cifar100", 50000, 100,
-         shots=("1", "5", "10", "20", "100", "200", "full")),
-      ds("dtd", "tfds:dtd", 1880, 47, val_split="validation"),
-      ds("caltech101", "tfds:caltech101", 3060, 102),
-      ds("pets", "tfds:oxford_iiit_pet", 3680, 37),
-      ds("domainnet_real", "tfds:domainnet/real", 120906, 345),
-      ds("domainnet_clipart", "tfds:domainnet/clipart", 33525, 345),
-      ds("eurosat", "tfds:eurosat/rgb:train[:80%]", 21600, 10, test_split="train[80%:]"),
-      # The authors' Cassava: the 2020 Kaggle competition's images (docs/DATA.md); 'tfds':
-      # TFDS's iCassava 2019, another dataset (the report names it on every row).
-      ds("cassava", "tfds:cassava", 5656, 5, val_split="validation") if a.cassava == "tfds"
-      else ds("cassava", f"arrayrecord:{a.root}/cassava_2020", 17118, 5),
-      ds("caltech_camera_traps", f"arrayrecord:{a.root}/caltech_camera_traps", 13553, 15),
+    ds("cifar100", "tfds:cifar100", 50000, 100, shots=("1", "5", "10", "20", "100", "200", "full")),
+    ds("dtd", "tfds:dtd", 1880, 47, val_split="validation"),
+    ds("caltech101", "tfds:caltech101", 3060, 102),
+    ds("pets", "tfds:oxford_iiit_pet", 3680, 37),
+    ds("domainnet_real", "tfds:domainnet/real", 120906, 345),
+    ds("domainnet_clipart", "tfds:domainnet/clipart", 33525, 345),
+    ds("eurosat", "tfds:eurosat/rgb:train[:80%]", 21600, 10, test_split="train[80%:]"),
+    # The authors' Cassava: the 2020 Kaggle competition's images (docs/DATA.md); 'tfds':
+    # TFDS's iCassava 2019, another dataset (the report names it on every row).
+    ds("cassava", "tfds:cassava", 5656, 5, val_split="validation")
+    if a.cassava == "tfds"
+    else ds("cassava", f"arrayrecord:{a.root}/cassava_2020", 17118, 5),
+    ds("caltech_camera_traps", f"arrayrecord:{a.root}/caltech_camera_traps", 13553, 15),
   ]
   c.transfer_config = "configs/finetune/default.py"
   c.transfer_overrides = {"data_dir": a.tfds_data_dir}
@@ -166,8 +271,13 @@ def get_config(arg=None):
       d["overrides"].update(paper_grid=d["name"])
   if a.test_subsample:
     for d in c.downstream:
-      if d["name"] in ("domainnet_real", "domainnet_clipart", "eurosat", "cassava",
-                       "caltech_camera_traps"):
+      if d["name"] in (
+        "domainnet_real",
+        "domainnet_clipart",
+        "eurosat",
+        "cassava",
+        "caltech_camera_traps",
+      ):
         d["overrides"]["test_shots"] = True
   c.protocols = protocols + ("zeroshot",)
   c.shots = ("1", "5", "10", "20", "full")

@@ -17,9 +17,12 @@ def _check(config):
 
 
 # The method's own config keys (defaults, meaning, check): they join the base config.
-SECTION = schema.Section("rotnet", __name__, keys=(
-    schema.Key("rotations", 4, "4: 0/90/180/270 degrees; 2: 0/180"),
-), check=_check)
+SECTION = schema.Section(
+  "rotnet",
+  __name__,
+  keys=(schema.Key("rotations", 4, "4: 0/90/180/270 degrees; 2: 0/180"),),
+  check=_check,
+)
 
 
 class RotNetModel(nnx.Module):
@@ -38,8 +41,13 @@ class Method(methods.Method):
   config_sections = (SECTION,)
 
   def create_model(self, rngs: nnx.Rngs) -> nnx.Module:
-    backbone = models.create(self.config.model, num_classes=0, rngs=rngs, dtype=self.dtype,
-                             **self.config.model_kwargs.to_dict())
+    backbone = models.create(
+      self.config.model,
+      num_classes=0,
+      rngs=rngs,
+      dtype=self.dtype,
+      **self.config.model_kwargs.to_dict(),
+    )
     return RotNetModel(backbone, nnx.Linear(backbone.num_features, 4, rngs=rngs))
 
   def loss(self, model, batch, rngs=None):

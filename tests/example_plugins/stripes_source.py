@@ -19,7 +19,7 @@ class StripesSource:
     self.images = np.zeros((n, 16, 16, 3), np.uint8)
     for i in range(n):
       lines = (np.arange(16) // period[i]) % 2 * 255
-      self.images[i] = (lines[:, None, None] if self.labels[i] else lines[None, :, None])
+      self.images[i] = lines[:, None, None] if self.labels[i] else lines[None, :, None]
     self.class_names = ("vertical stripes", "horizontal stripes")
 
   def __len__(self):

@@ -26,8 +26,13 @@ def _affine_channels(img, scale, shift) -> np.ndarray:
   return out
 
 
-def _value_range_affine(vmin: float = -1.0, vmax: float = 1.0, in_min: float = 0.0,
-                        in_max: float = 255.0, key: str = "image"):
+def _value_range_affine(
+  vmin: float = -1.0,
+  vmax: float = 1.0,
+  in_min: float = 0.0,
+  in_max: float = 255.0,
+  key: str = "image",
+):
   scale = np.float32((vmax - vmin) / (in_max - in_min))
   shift = np.float32(vmin - in_min * (vmax - vmin) / (in_max - in_min))
   return key, scale, shift
@@ -40,8 +45,8 @@ def _value_range(*args, **kwargs):
 
 
 MEAN_STD = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+  "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+  "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
 }
 
 
@@ -83,8 +88,7 @@ def split_device_affine(spec: str) -> tuple[str, tuple]:
     try:
       tail.insert(0, _AFFINE_OPS[name](*args, **kwargs))
     except (TypeError, ValueError) as e:
-      raise PreprocessError(f"preprocessing op {parts[-1].strip()!r}: bad argument ({e})"
-                            ) from None
+      raise PreprocessError(f"preprocessing op {parts[-1].strip()!r}: bad argument ({e})") from None
     parts.pop()
   return "|".join(p.strip() for p in parts), tuple(tail)
 

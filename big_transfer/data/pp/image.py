@@ -15,8 +15,9 @@ def _is_jpeg(data: bytes) -> bool:
   return data[:3] == b"\xff\xd8\xff"
 
 
-def decode_image(data: bytes, channels: int = 3, min_height: int = 0,
-                 min_width: int = 0, fast: bool = False) -> np.ndarray:
+def decode_image(
+  data: bytes, channels: int = 3, min_height: int = 0, min_width: int = 0, fast: bool = False
+) -> np.ndarray:
   """JPEG through libjpeg-turbo (simplejpeg) at the smallest DCT scale (1/8 .. 1) that keeps
   at least ``min_height`` x ``min_width``; other formats through PIL. ``fast`` uses the
   faster, slightly less exact integer DCT and chroma upsampling (for augmented training)."""
@@ -25,9 +26,14 @@ def decode_image(data: bytes, channels: int = 3, min_height: int = 0,
       if min_height or min_width:  # never ask for more than the full size (an error there)
         h, w, _, _ = _simplejpeg.decode_jpeg_header(data)
         min_height, min_width = min(min_height, h), min(min_width, w)
-      out = _simplejpeg.decode_jpeg(data, colorspace="GRAY" if channels == 1 else "RGB",
-                                    min_height=min_height, min_width=min_width,
-                                    fastdct=fast, fastupsample=fast)
+      out = _simplejpeg.decode_jpeg(
+        data,
+        colorspace="GRAY" if channels == 1 else "RGB",
+        min_height=min_height,
+        min_width=min_width,
+        fastdct=fast,
+        fastupsample=fast,
+      )
       return out if out.ndim == 3 else out[..., None]
     except ValueError:
       pass  # unusual JPEGs (CMYK, ...): PIL below
@@ -59,6 +65,7 @@ def _decode(channels: int = 3, key: str = "image"):
   """Encoded bytes -> HxWxC uint8; arrays pass through (built-in and TFDS images)."""
   if channels not in (1, 3):
     raise ValueError(f"channels must be 1 or 3, got {channels}")
+
   def fn(img, rng):
     if isinstance(img, (bytes, bytearray)):
       img = decode_image(bytes(img), channels)
@@ -68,6 +75,7 @@ def _decode(channels: int = 3, key: str = "image"):
     if channels == 3 and img.shape[-1] == 1:
       img = np.repeat(img, 3, axis=-1)
     return img
+
   return _keyed(fn, key)
 
 
@@ -78,17 +86,23 @@ def _to_rgb(key: str = "image"):
     if img.ndim == 2:
       img = img[..., None]
     return np.repeat(img, 3, axis=-1) if img.shape[-1] == 1 else img[..., :3]
+
   return _keyed(fn, key)
 
 
 try:  # OpenCV's resize is ~8x faster than PIL's; PIL is the fallback
   import cv2 as _cv2
+
   _cv2.setNumThreads(1)  # parallelism comes from the pipeline's threads, one image each
 except ImportError:
   _cv2 = None
 
-_CV2_METHODS = {"bilinear": "INTER_LINEAR", "bicubic": "INTER_CUBIC", "nearest": "INTER_NEAREST",
-                "area": "INTER_AREA"}
+_CV2_METHODS = {
+  "bilinear": "INTER_LINEAR",
+  "bicubic": "INTER_CUBIC",
+  "nearest": "INTER_NEAREST",
+  "area": "INTER_AREA",
+}
 
 
 def _resize_image(img: np.ndarray, h: int, w: int, method: str) -> np.ndarray:
@@ -104,13 +118,19 @@ def _resize_image(img: np.ndarray, h: int, w: int, method: str) -> np.ndarray:
 
 
 def _resize_pil(img: np.ndarray, h: int, w: int, method: str) -> np.ndarray:
-  resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST,
-              "area": Image.BOX}[method]
+  resample = {
+    "bilinear": Image.BILINEAR,
+    "bicubic": Image.BICUBIC,
+    "nearest": Image.NEAREST,
+    "area": Image.BOX,
+  }[method]
   img = np.asarray(img)
   if img.dtype != np.uint8:
     # Float images: resize each channel in float mode.
-    chans = [np.asarray(Image.fromarray(img[..., c].astype(np.float32), mode="F").resize(
-        (w, h), resample)) for c in range(img.shape[-1])]
+    chans = [
+      np.asarray(Image.fromarray(img[..., c].astype(np.float32), mode="F").resize((w, h), resample))
+      for c in range(img.shape[-1])
+    ]
     return np.stack(chans, axis=-1)
   squeeze = img.shape[-1] == 1
   im = Image.fromarray(img[..., 0] if squeeze else img)
@@ -138,34 +158,40 @@ def _resize_small(size: int, method: str = "bilinear", key: str = "image"):
   """Resizes so that the shorter side is ``size``, keeping the aspect ratio."""
   _size2(size)
   _check_method(method)
+
   def fn(img, rng):
     h, w = img.shape[:2]
     s = size / min(h, w)
     return _resize_image(img, max(1, round(h * s)), max(1, round(w * s)), method)
+
   return _keyed(fn, key)
 
 
 @register("central_crop")
 def _central_crop(size, key: str = "image"):
   ch, cw = _size2(size)
+
   def fn(img, rng):
     h, w = img.shape[:2]
     if h < ch or w < cw:
       raise ValueError(f"central_crop({size}) of a {h}x{w} image")
     t, l = (h - ch) // 2, (w - cw) // 2
-    return img[t:t + ch, l:l + cw]
+    return img[t : t + ch, l : l + cw]
+
   return _keyed(fn, key)
 
 
 @register("random_crop")
 def _random_crop(size, key: str = "image"):
   ch, cw = _size2(size)
+
   def fn(img, rng):
     h, w = img.shape[:2]
     if h < ch or w < cw:
       raise ValueError(f"random_crop({size}) of a {h}x{w} image")
     t, l = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    return img[t:t + ch, l:l + cw]
+    return img[t : t + ch, l : l + cw]
+
   return _keyed(fn, key)
 
 
@@ -190,17 +216,20 @@ def _inception_box(h, w, rng, area_min, area_max, ratio=(3 / 4, 4 / 3), tries=10
 
 
 @register("inception_crop")
-def _inception_crop(size, area_min: float = 0.08, area_max: float = 1.0,
-                    method: str = "bilinear", key: str = "image"):
+def _inception_crop(
+  size, area_min: float = 0.08, area_max: float = 1.0, method: str = "bilinear", key: str = "image"
+):
   """Random resized crop: random area fraction and aspect ratio, resized to ``size``."""
   oh, ow = _size2(size)
   _check_method(method)
   if not 0 < area_min <= area_max <= 1:
     raise ValueError(f"need 0 < area_min <= area_max <= 1, got {area_min}, {area_max}")
+
   def fn(img, rng):
     h, w = img.shape[:2]
     t, l, ch, cw = _inception_box(h, w, rng, area_min, area_max)
-    return _resize_image(img[t:t + ch, l:l + cw], oh, ow, method)
+    return _resize_image(img[t : t + ch, l : l + cw], oh, ow, method)
+
   return _keyed(fn, key)
 
 
@@ -213,8 +242,9 @@ def _flip(img):
     # PIL's transpose is ~4x faster than numpy's copy of a negative-stride view, and the
     # result is contiguous, so later float conversions stay fast too.
     squeeze = img.shape[-1] == 1
-    out = np.asarray(Image.fromarray(img[..., 0] if squeeze else img).transpose(
-        Image.FLIP_LEFT_RIGHT))
+    out = np.asarray(
+      Image.fromarray(img[..., 0] if squeeze else img).transpose(Image.FLIP_LEFT_RIGHT)
+    )
     return out[..., None] if squeeze else out
   return np.ascontiguousarray(img[:, ::-1])
 
@@ -234,8 +264,9 @@ def _pow2_divisor(scale: float) -> int:
 
 
 @register("_decode_inception_crop")
-def _decode_inception_crop(size, area_min: float = 0.08, area_max: float = 1.0,
-                           method: str = "bilinear", key: str = "image"):
+def _decode_inception_crop(
+  size, area_min: float = 0.08, area_max: float = 1.0, method: str = "bilinear", key: str = "image"
+):
   plain = _inception_crop(size, area_min, area_max, method, key)
   oh, ow = _size2(size)
 
@@ -253,8 +284,9 @@ def _decode_inception_crop(size, area_min: float = 0.08, area_max: float = 1.0,
     sh, sw = img.shape[0] / h, img.shape[1] / w
     t2, l2 = int(t * sh), int(l * sw)
     ch2, cw2 = max(1, int(round(ch * sh))), max(1, int(round(cw * sw)))
-    example[key] = _resize_image(img[t2:t2 + ch2, l2:l2 + cw2], oh, ow, method)
+    example[key] = _resize_image(img[t2 : t2 + ch2, l2 : l2 + cw2], oh, ow, method)
     return example
+
   return op
 
 
@@ -272,4 +304,5 @@ def _decode_resize_small(size: int, method: str = "bilinear", key: str = "image"
     d = _pow2_divisor(size / min(h, w))
     example[key] = decode_image(bytes(data), 3, min_height=-(-h // d), min_width=-(-w // d))
     return plain(example, rng)
+
   return op

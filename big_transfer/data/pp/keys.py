@@ -9,11 +9,13 @@ from big_transfer.data.pp.registry import register
 def _keep(*keys):
   if not keys:
     raise ValueError("keep needs at least one key")
+
   def op(example, rng):
     missing = [k for k in keys if k not in example]
     if missing:
       raise KeyError(f"keep: example has no key {missing[0]!r} (has {sorted(example)})")
     return {k: example[k] for k in keys}
+
   return op
 
 
@@ -23,11 +25,13 @@ def _copy(**mapping):
   two purposes, as SLIP does)."""
   if not mapping:
     raise ValueError("copy needs new='old' pairs")
+
   def op(example, rng):
     example = dict(example)
     for new, old in mapping.items():
       example[new] = example[old]
     return example
+
   return op
 
 
@@ -38,4 +42,5 @@ def _rename(**mapping):
     for new, old in mapping.items():
       example[new] = example.pop(old)
     return example
+
   return op

@@ -23,9 +23,13 @@ REGISTRY: dict[str, Callable[..., Op]] = {}
 RUN_ARGS: dict[str, tuple[str, ...]] = {}
 
 # The op modules, by kind (each registers its ops on import).
-MODULES = ("big_transfer.data.pp.image", "big_transfer.data.pp.keys",
-           "big_transfer.data.pp.augment", "big_transfer.data.pp.device",
-           "big_transfer.data.pp.text")
+MODULES = (
+  "big_transfer.data.pp.image",
+  "big_transfer.data.pp.keys",
+  "big_transfer.data.pp.augment",
+  "big_transfer.data.pp.device",
+  "big_transfer.data.pp.text",
+)
 
 
 class PreprocessError(ValueError):
@@ -37,16 +41,20 @@ def register(name: str, run_args: tuple[str, ...] = ()):
   trainer may bind from run-level values when the op string leaves them out (``parse``'s
   ``bind``, e.g. the tokenizer's ``vocab`` and ``max_len``). A name registered twice is an
   error (two modules defining one op would otherwise silently pick the last)."""
+
   def deco(factory):
     if name in REGISTRY:
-      raise ValueError(f"preprocessing op {name!r} is registered twice "
-                       f"({REGISTRY[name].__module__}, {factory.__module__})")
+      raise ValueError(
+        f"preprocessing op {name!r} is registered twice "
+        f"({REGISTRY[name].__module__}, {factory.__module__})"
+      )
     unknown = [a for a in run_args if a not in inspect.signature(factory).parameters]
     if unknown:
       raise ValueError(f"preprocessing op {name!r}: run_args {unknown} are not arguments")
     REGISTRY[name] = factory
     RUN_ARGS[name] = tuple(run_args)
     return factory
+
   return deco
 
 
@@ -116,11 +124,12 @@ def parse(spec: str, fuse: bool = True, bind: dict | None = None) -> Op:
   calls = [(*_parse_call(t), t.strip()) for t in _split_ops(spec) if t.strip()]
   for name, _, _, _ in calls:
     if name not in REGISTRY or name.startswith("_"):
-      raise PreprocessError(f"unknown preprocessing op {name!r} in {spec!r}; known ops: "
-                            f"{', '.join(known_ops())}")
+      raise PreprocessError(
+        f"unknown preprocessing op {name!r} in {spec!r}; known ops: {', '.join(known_ops())}"
+      )
   if bind:
     calls = [(n, a, _bind(n, a, k, bind), t) for n, a, k, t in calls]
-  for name, args, kwargs, text in (_fuse(calls) if fuse else calls):
+  for name, args, kwargs, text in _fuse(calls) if fuse else calls:
     try:
       fns.append(REGISTRY[name](*args, **kwargs))
     except PreprocessError:
@@ -130,8 +139,7 @@ def parse(spec: str, fuse: bool = True, bind: dict | None = None) -> Op:
 
   # Encoded images are decoded wherever they are read: a chain without ``decode`` (an eval
   # string written for built-in arrays, used on converted JPEGs) decodes 'image' first.
-  auto_decode = (None if any("decode" in name for name, *_ in calls)
-                 else REGISTRY["decode"]())
+  auto_decode = None if any("decode" in name for name, *_ in calls) else REGISTRY["decode"]()
 
   def apply(example: Example, rng: np.random.Generator) -> Example:
     example = dict(example)
@@ -140,6 +148,7 @@ def parse(spec: str, fuse: bool = True, bind: dict | None = None) -> Op:
     for fn in fns:
       example = fn(example, rng)
     return example
+
   return apply
 
 
@@ -151,10 +160,14 @@ def _fuse(calls: list[tuple[str, tuple, dict, str]]) -> list[tuple[str, tuple, d
   i = 0
   while i < len(calls):
     name, args, kwargs, text = calls[i]
-    if (name == "decode" and i + 1 < len(calls)
-        and calls[i + 1][0] in ("inception_crop", "resize_small")
-        and kwargs.get("key", "image") == calls[i + 1][2].get("key", "image")
-        and not args and set(kwargs) <= {"key"}):
+    if (
+      name == "decode"
+      and i + 1 < len(calls)
+      and calls[i + 1][0] in ("inception_crop", "resize_small")
+      and kwargs.get("key", "image") == calls[i + 1][2].get("key", "image")
+      and not args
+      and set(kwargs) <= {"key"}
+    ):
       nxt = calls[i + 1]
       out.append(("_decode_" + nxt[0], nxt[1], nxt[2], f"{text}|{nxt[3]}"))
       i += 2
@@ -177,6 +190,7 @@ def _keyed(fn, key):
   def op(example, rng):
     example[key] = fn(example[key], rng)
     return example
+
   return op
 
 

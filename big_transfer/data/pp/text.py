@@ -9,8 +9,9 @@ from big_transfer.data.pp.registry import PreprocessError, register
 
 
 @register("tokenize", run_args=("vocab", "max_len"))
-def _tokenize(max_len: int | None = None, vocab: str | None = None, key: str = "caption",
-              out: str = "text"):
+def _tokenize(
+  max_len: int | None = None, vocab: str | None = None, key: str = "caption", out: str = "text"
+):
   """Caption text -> ``max_len`` int32 BPE ids ([SOT] ids [EOT], truncated with EOT kept,
   0-padded). ``vocab``: a merges file; the trainer binds ``vocab`` and ``max_len`` from
   ``config.text`` when the op string leaves them out."""
@@ -21,8 +22,10 @@ def _tokenize(max_len: int | None = None, vocab: str | None = None, key: str = "
 
   def op(example, rng):
     if vocab is None or max_len is None:
-      raise PreprocessError("tokenize: no vocabulary or length (set config.text.tokenizer "
-                            "and config.text.context_length, or tokenize(77, vocab='PATH'))")
+      raise PreprocessError(
+        "tokenize: no vocabulary or length (set config.text.tokenizer "
+        "and config.text.context_length, or tokenize(77, vocab='PATH'))"
+      )
     text = example.pop(key) if key != out else example[key]
     if isinstance(text, (bytes, np.bytes_)):
       text = bytes(text).decode("utf-8", "replace")
@@ -31,4 +34,5 @@ def _tokenize(max_len: int | None = None, vocab: str | None = None, key: str = "
       raise ValueError(f"empty {key!r}")
     example[out] = tokenizer.load(vocab).tokenize(text, max_len)[0]
     return example
+
   return op
