@@ -42,6 +42,14 @@ def define_flags(
   )
   flags.DEFINE_integer("num_processes", None, "Multi-process: number of processes.")
   flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+  flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    ["auto", "join", "off"],
+    "Whether this process joins others into one JAX job: 'auto' joins the tasks of a SLURM "
+    "job step (SLURM_NTASKS > 1) or a TPU pod's hosts; 'join' requires that (an error "
+    "otherwise); 'off' never joins: independent runs packed as tasks stay independent.",
+  )
   flags.DEFINE_string(
     "accept_changes",
     "",
@@ -63,17 +71,28 @@ class UserError(ValueError):
 
 
 def maybe_initialize_distributed(
-  coordinator_address=None, num_processes=None, process_id=None
-) -> None:
-  """jax.distributed from explicit flags, SLURM's environment or a TPU pod's; else nothing."""
-  env = os.environ
+  coordinator_address=None, num_processes=None, process_id=None, mode: str = "auto", env=None
+) -> bool:
+  """jax.distributed from explicit flags, SLURM's environment or a TPU pod's; else nothing.
+  ``mode`` (--distributed): 'auto' as found, 'join' requires a multi-process environment, 'off'
+  never joins (independent runs packed as tasks of one step). Returns whether it joined."""
+  env = os.environ if env is None else env
   explicit = coordinator_address is not None
   slurm = int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env
   tpu_pod = len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
+  if mode == "off":
+    if explicit:
+      raise UserError("--distributed=off with --coordinator_address: say one or the other")
+    return False
   if not (explicit or slurm or tpu_pod):
-    return
+    if mode == "join":
+      raise UserError(
+        "--distributed=join: no multi-process environment (a SLURM step of several tasks, "
+        "a TPU pod, or --coordinator_address/--num_processes/--process_id)"
+      )
+    return False
   if jax.distributed.is_initialized():
-    return
+    return True
   if explicit and "cpu" in env.get("JAX_PLATFORMS", "cpu"):
     # CPU collectives across processes (tests, laptops): gloo over TCP.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -83,6 +102,7 @@ def maybe_initialize_distributed(
       coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
     )
   jax.distributed.initialize(**kwargs)
+  return True
 
 
 def write_config(config, workdir: str, resolved: dict[str, Any]):
@@ -119,7 +139,9 @@ def main_of(run_fn, extra_user_errors: tuple = ()):
       sys.exit(2)
     signals = runlock.OutsideLoopSignals(FLAGS.workdir)
     try:
-      maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+      maybe_initialize_distributed(
+        FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed
+      )
       run_fn(FLAGS.config, FLAGS.workdir, accept_changes=FLAGS.accept_changes)
     except runlock.Preempted as e:
       print(f"stopped: {e} (exit {runlock.PREEMPTED_EXIT})", file=sys.stderr)

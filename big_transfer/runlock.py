@@ -82,8 +82,10 @@ def pid_alive(pid: int) -> bool:
 class WorkdirLock:
   """Held by one process (a run's process 0); ``release()`` or the context manager frees it."""
 
-  def __init__(self, workdir: str, log=print):
-    self.path = os.path.join(os.path.abspath(workdir), ".lock")
+  def __init__(self, workdir: str, log=print, name: str = ".lock"):
+    """``name``: the lock file (a study worker's claim on a run is ``.claim``, beside the run's
+    own ``.lock``)."""
+    self.path = os.path.join(os.path.abspath(workdir), name)
     self.log = log
     self.me = {
       "pid": os.getpid(),

@@ -20,9 +20,11 @@ the others go on. Transfer rows accumulate in ``WORKDIR/results.jsonl``, which
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 from typing import Any
@@ -59,11 +61,55 @@ def define_flags():
   flags.DEFINE_bool("dry_run", False, "List every run and the compute estimate; run nothing.")
   flags.DEFINE_bool("print_commands", False, "Print each run's command (dependency order).")
   flags.DEFINE_string(
+    "worker",
+    "",
+    "Run one share of the study in this process: 'I/N' (worker I of N), 'slurm' (a SLURM "
+    "array task: SLURM_ARRAY_TASK_ID of SLURM_ARRAY_TASK_COUNT) or 'k8s:N' (a Kubernetes "
+    "Indexed Job: JOB_COMPLETION_INDEX of N). Shares are balanced by estimated cost over the "
+    "frozen manifest (WORKDIR/manifest.json); each run is claimed with its workdir lock, so "
+    "extra or requeued workers never run one twice. No report: run the study without "
+    "--worker afterwards to collect the table and write it.",
+  )
+  flags.DEFINE_string(
+    "stage",
+    "all",
+    "With --worker: the kinds of run to take: pretrain (pre-training and conversions), "
+    "transfer, or all (a transfer run whose pre-training is not finished is left for later).",
+  )
+  flags.DEFINE_string(
     "only",
     "",
     "Run only runs whose name contains this string (and their pre-training dependencies).",
   )
   flags.DEFINE_bool("report", True, "Write the report when the runs are done.")
+  flags.DEFINE_bool(
+    "collect",
+    False,
+    "Run nothing: collect the results table from the runs' own files (done.json) and write "
+    "the report (what the report job of --submit runs after the workers).",
+  )
+  flags.DEFINE_string(
+    "submit",
+    "",
+    "'slurm': submit the study to SLURM and return — each pre-training arm (and conversion) "
+    "a job of its own, each arm's transfer runs a job array of workers (--worker=slurm) "
+    "that starts after that arm's job succeeded (afterok), the report a job after every "
+    "array ended; jobs are requeued on preemption and signalled before their time limit. "
+    "With --dry_run: print the sbatch commands instead.",
+  )
+  flags.DEFINE_string(
+    "slurm",
+    "",
+    "sbatch options for every job, ';'-separated (e.g. '--partition=gpu;--time=24:00:00;"
+    "--account=me'); pre-training jobs also take the study config's slurm_pretrain options "
+    "(nodes, GPUs).",
+  )
+  flags.DEFINE_integer(
+    "runs_per_task",
+    16,
+    "--submit: transfer runs per array task (more when an array would exceed --max_array).",
+  )
+  flags.DEFINE_integer("max_array", 1000, "--submit: the largest job array submitted.")
   flags.DEFINE_string(
     "accept_changes",
     "",
@@ -90,6 +136,17 @@ class Run:
   fields: dict[str, Any]
   images: float = 0.0  # examples processed (compute estimate)
   convert_args: tuple = ()  # convert_checkpoint's arguments, --out excluded
+  index: int = -1  # its place in the study's manifest (expand order)
+
+  def identity(self) -> str:
+    """A hash of what the run is (its kind, config and overrides): the manifest's check that
+    an index means the same run everywhere."""
+    text = json.dumps(
+      [self.kind, self.config, self.overrides, list(self.convert_args), self.deps],
+      sort_keys=True,
+      default=str,
+    )
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
   def command(self) -> list[str]:
     if self.kind == "convert":
@@ -361,7 +418,6 @@ def expand(study, workdir: str) -> list[Run]:
               **dict(limit.get("overrides", {})),
               **dict(ds.get("overrides", {})),
               **dict(arm.get("transfer_overrides", {})),
-              "results_file": os.path.join(workdir, "results.jsonl"),
               "feature_cache": os.path.join(workdir, "features"),
               "tags": ";".join(f"{k}={v}" for k, v in tags.items()),
             }
@@ -387,7 +443,331 @@ def expand(study, workdir: str) -> list[Run]:
                 _transfer_images(transfer_base, ds, shots, protocol, overrides),
               )
             )
+  for i, r in enumerate(runs):
+    r.index = i
   return runs
+
+
+# ----------------------------------------------------------------------------- workers
+
+MANIFEST = "manifest.json"
+
+
+class ManifestError(ValueError):
+  """A study whose runs no longer match its frozen manifest; one line."""
+
+
+def manifest_of(runs: list[Run]) -> dict[str, Any]:
+  return {
+    "version": 1,
+    "runs": [
+      {
+        "index": r.index,
+        "name": r.name,
+        "kind": r.kind,
+        "deps": list(r.deps),
+        "cost": float(r.images or 0.0),
+        "identity": r.identity(),
+      }
+      for r in runs
+    ],
+  }
+
+
+def freeze_manifest(workdir: str, runs: list[Run], update: bool = False) -> dict[str, Any]:
+  """WORKDIR/manifest.json: the study's runs by index, written at the first start and compared
+  at every later one, so that an index means the same run on every worker. A study whose runs
+  changed (another config, another arm) is refused in one line naming the first difference —
+  unless ``update`` (the study run without --worker, the one process running it, rewrites it
+  and says so)."""
+  path = os.path.join(workdir, MANIFEST)
+  now = manifest_of(runs)
+  if os.path.exists(path) and update:
+    with open(path) as f:
+      frozen = json.load(f)
+    if frozen.get("runs") != now["runs"]:
+      log_lib.info(
+        f"{path}: the study changed since it was written ({len(frozen.get('runs', []))} -> "
+        f"{len(now['runs'])} runs); rewritten (workers of the old study must not be running)"
+      )
+    else:
+      return frozen
+  elif os.path.exists(path):
+    with open(path) as f:
+      frozen = json.load(f)
+    old = {m["index"]: m for m in frozen.get("runs", [])}
+    for m in now["runs"]:
+      o = old.get(m["index"])
+      if o is None or (o["name"], o["identity"]) != (m["name"], m["identity"]):
+        was = f"{o['name']} ({o['identity']})" if o else "absent"
+        raise ManifestError(
+          f"{path}: run {m['index']} is {m['name']} ({m['identity']}) now, {was} when the "
+          f"study started; workers would disagree on what an index means: use another "
+          f"--workdir, or remove {MANIFEST} once no worker of the old study runs"
+        )
+    if len(old) != len(now["runs"]):
+      raise ManifestError(
+        f"{path}: the study had {len(old)} runs when it started and has {len(now['runs'])} now; "
+        f"use another --workdir, or remove {MANIFEST} once no worker of the old study runs"
+      )
+    return frozen
+  os.makedirs(workdir, exist_ok=True)
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(now, f, indent=1)
+  os.replace(tmp, path)  # several workers may write it at once: the same content
+  return now
+
+
+def parse_worker(spec: str, env=None) -> tuple[int, int]:
+  """(index, count) of ``--worker``: 'I/N', 'slurm' (SLURM_ARRAY_TASK_ID counted from
+  SLURM_ARRAY_TASK_MIN, of SLURM_ARRAY_TASK_COUNT; with several srun tasks per array task —
+  one per GPU — each task is a worker of its own: SLURM_PROCID of SLURM_NTASKS within it) or
+  'k8s:N' (JOB_COMPLETION_INDEX of N). Several workers packed on one host by
+  launch/pack.sh add BT_PACK_INDEX of BT_PACK_COUNT the same way."""
+  env = os.environ if env is None else env
+  try:
+    if spec == "slurm":
+      if "SLURM_ARRAY_TASK_ID" not in env:
+        raise ValueError("SLURM_ARRAY_TASK_ID is not set (not a SLURM array task)")
+      lo = int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+      index, count = int(env["SLURM_ARRAY_TASK_ID"]) - lo, int(env["SLURM_ARRAY_TASK_COUNT"])
+      tasks, proc = int(env.get("SLURM_NTASKS", "1")), int(env.get("SLURM_PROCID", "0"))
+      index, count = index * tasks + proc, count * tasks
+    elif spec.startswith("k8s:"):
+      if "JOB_COMPLETION_INDEX" not in env:
+        raise ValueError("JOB_COMPLETION_INDEX is not set (not a Kubernetes Indexed Job)")
+      index, count = int(env["JOB_COMPLETION_INDEX"]), int(spec[4:])
+    else:
+      i, slash, n = spec.partition("/")
+      if not slash:
+        raise ValueError("expected I/N, slurm or k8s:N")
+      index, count = int(i), int(n)
+    if "BT_PACK_COUNT" in env:  # launch/pack.sh: several workers in this task, one per device
+      k, m = int(env.get("BT_PACK_INDEX", "0")), int(env["BT_PACK_COUNT"])
+      index, count = index * m + k, count * m
+  except (KeyError, ValueError) as e:
+    raise ValueError(f"--worker={spec}: {e}") from None
+  if not 0 <= index < count:
+    raise ValueError(f"--worker={spec}: worker {index} of {count} (0 <= I < N)")
+  return index, count
+
+
+def shares(runs: list[Run], count: int) -> list[list[Run]]:
+  """The runs split over ``count`` workers, balanced by estimated cost (largest first, each to
+  the least-loaded worker; ties by index): the same split on every worker. Each share in
+  manifest order (pre-training before the transfer runs that need it)."""
+  load, out = [0.0] * count, [[] for _ in range(count)]
+  for r in sorted(runs, key=lambda r: (-(r.images or 0.0), r.index)):
+    w = min(range(count), key=lambda i: (load[i], i))
+    out[w].append(r)
+    load[w] += max(r.images or 0.0, 1.0)
+  return [sorted(share, key=lambda r: r.index) for share in out]
+
+
+STAGES = {
+  "pretrain": ("pretrain", "convert"),
+  "transfer": ("transfer",),
+  "all": ("pretrain", "convert", "transfer"),
+}
+
+
+def run_worker(runs: list[Run], workdir: str, spec: str, stage: str) -> int:
+  """One worker's share of the study in this process (JAX start-up and compiled programs paid
+  once). Returns the exit code: 0 when every run of the share is finished (here or by another
+  worker), 1 when one failed or waits for a pre-training that is not finished, PREEMPTED_EXIT
+  on SIGTERM/SIGINT (after the run in progress saved)."""
+  index, count = parse_worker(spec)
+  if stage not in STAGES:
+    raise ValueError(f"--stage={stage}: one of {', '.join(STAGES)}")
+  mine = [r for r in shares([r for r in runs if r.kind in STAGES[stage]], count)[index]]
+  by_name = {r.name: r for r in runs}
+  log_lib.info(f"worker {index}/{count} ({stage}): {len(mine)} of {len(runs)} runs")
+  outcome: dict[str, str] = {}
+  signals = runlock.OutsideLoopSignals(workdir)
+  try:
+    for i, r in enumerate(mine, 1):
+      where = f"[worker {index} {i}/{len(mine)}] {r.name}"
+      if r.done():
+        outcome[r.name] = "done"
+        log_lib.info(f"{where}: already finished")
+        continue
+      waiting = [d for d in r.deps if d in by_name and not by_name[d].done()]
+      if waiting:
+        outcome[r.name] = "waiting"
+        log_lib.info(f"{where}: left for later: {waiting[0]} is not finished")
+        continue
+      # The claim: one worker per run, whatever the over-subscription or requeueing (a claim
+      # whose holder is gone — a dead pid here, no heartbeat elsewhere — is taken over).
+      claim = runlock.WorkdirLock(r.workdir, log_lib.info, name=".claim")
+      try:
+        claim.acquire()
+      except runlock.LockError as e:
+        outcome[r.name] = "claimed"
+        log_lib.info(f"{where}: claimed by another worker ({str(e).split(' (')[0]})")
+        continue
+      t = time.time()
+      try:
+        if r.done():  # finished by another worker between the check above and the claim
+          outcome[r.name] = "done"
+          log_lib.info(f"{where}: already finished")
+          continue
+        log_lib.info(f"{where} ...")
+        _run_one(r)
+      except runlock.Preempted:
+        raise
+      except Exception as e:  # noqa: BLE001 - one run's failure must not stop the worker
+        outcome[r.name] = "failed"
+        log_lib.info(
+          f"{where}: FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        )
+        continue
+      finally:
+        claim.release()
+      outcome[r.name] = "done"
+      log_lib.info(f"{where}: ok in {log_lib.format_duration(time.time() - t)}")
+  except runlock.Preempted as e:
+    print(f"stopped: worker {index}: {e} (exit {runlock.PREEMPTED_EXIT})", file=sys.stderr)
+    return runlock.PREEMPTED_EXIT
+  finally:
+    signals.restore()
+  counts = {k: sum(1 for v in outcome.values() if v == k) for k in sorted(set(outcome.values()))}
+  log_lib.info(
+    f"worker {index}/{count} finished: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+  )
+  bad = [k for k, v in outcome.items() if v in ("failed", "waiting")]
+  if bad:
+    print(
+      f"error: worker {index}: {len(bad)} run(s) failed or wait for pre-training: "
+      f"{', '.join(bad[:5])}",
+      file=sys.stderr,
+    )
+    return 1
+  return 0
+
+
+# ----------------------------------------------------------------------------- SLURM
+
+
+@dataclasses.dataclass
+class Job:
+  """One sbatch submission: ``name``, its sbatch options, the command its tasks run, the jobs
+  it waits for (by name) and how (afterok / afterany)."""
+
+  name: str
+  options: list[str]
+  command: list[str]
+  after: list[str]
+  dependency: str = "afterok"
+  array: int = 0  # tasks (0: not an array)
+
+
+def slurm_jobs(
+  runs: list[Run],
+  study_args: list[str],
+  study,
+  options: list[str],
+  runs_per_task: int,
+  max_array: int,
+) -> list[Job]:
+  """The study as SLURM jobs: a job per pre-training arm or conversion (its own command, under
+  srun: several nodes join one JAX job), a job array per arm of its transfer runs (workers of
+  one share each, ``--worker=slurm --only=<arm> --stage=transfer``) after that arm's job, and a
+  report job after every array (afterany: a report of what finished)."""
+  # Every command runs as a job step (srun), which --signal reaches two minutes before the time
+  # limit: the run saves and exits 75, and the task requeues itself (as SLURM does on
+  # preemption with --requeue); its next start resumes.
+  common = ["--requeue", "--signal=TERM@120", "--open-mode=append"] + list(options)
+  pre_opts = [
+    f"--{k.replace('_', '-')}={v}" for k, v in dict(study.get("slurm_pretrain", {})).items()
+  ]
+  jobs: list[Job] = []
+  logs = lambda name: f"--output={{workdir}}/slurm/{name.replace('/', '_')}_%A_%a.out"
+  for r in runs:
+    if r.kind in ("pretrain", "convert"):
+      cmd = r.command()
+      cmd = [sys.executable, *cmd[1:]] if cmd[0] == "python" else cmd  # this environment's
+      jobs.append(
+        Job(r.name, common + (pre_opts if r.kind == "pretrain" else []) + [logs(r.name)], cmd, [])
+      )
+  by_arm: dict[str, list[Run]] = {}
+  for r in runs:
+    if r.kind == "transfer":
+      by_arm.setdefault(r.name.split("/")[1], []).append(r)
+  arrays = []
+  for arm, trs in by_arm.items():
+    per_task = max(runs_per_task, -(-len(trs) // max_array))
+    tasks = -(-len(trs) // per_task)
+    name = f"transfer/{arm}"
+    cmd = [*study_args, "--worker=slurm", "--stage=transfer", f"--only=transfer/{arm}/"]
+    deps = sorted({d for r in trs for d in r.deps})
+    jobs.append(Job(name, common + [logs(name)], cmd, deps, array=tasks))
+    arrays.append(name)
+  jobs.append(
+    Job(
+      "report",
+      list(options) + [logs("report")],
+      [*study_args, "--collect"],
+      arrays,
+      dependency="afterany",
+    )
+  )
+  return jobs
+
+
+def wrap(command: list[str]) -> str:
+  """The batch script of a job: its command as a job step; exit 75 (stopped by the time-limit
+  signal after saving) requeues the task."""
+  return (
+    f"srun {shlex.join(command)}; rc=$?; "
+    f'if [ "$rc" -eq {runlock.PREEMPTED_EXIT} ]; then scontrol requeue "$SLURM_JOB_ID"; fi; '
+    f"exit $rc"
+  )
+
+
+def sbatch_argv(job: Job, ids: dict[str, str], workdir: str) -> list[str]:
+  """The sbatch command line of ``job`` (``ids``: the job ids of the jobs it waits for)."""
+  argv = ["sbatch", "--parsable", f"--job-name=bt:{job.name}"]
+  argv += [o.replace("{workdir}", workdir) for o in job.options]
+  if job.array:
+    argv.append(f"--array=0-{job.array - 1}")
+  wait = [ids[a] for a in job.after if a in ids]
+  if wait:
+    argv.append(f"--dependency={job.dependency}:{':'.join(wait)}")
+  argv += ["--wrap", wrap(job.command)]
+  return argv
+
+
+def submit_slurm(jobs: list[Job], workdir: str, dry_run: bool) -> dict[str, str]:
+  """Submits ``jobs`` in order with sbatch (each job's dependencies by the ids sbatch gave);
+  ``dry_run``: prints the commands, with ``$<name>`` for the ids. Returns {name: id}."""
+  ids: dict[str, str] = {}
+  if not dry_run:
+    os.makedirs(os.path.join(workdir, "slurm"), exist_ok=True)
+  for job in jobs:
+    argv = sbatch_argv(job, ids, workdir)
+    if dry_run:
+      print(shlex.join(argv))
+      ids[job.name] = f"${job.name.replace('/', '_')}"
+      continue
+    out = subprocess.run(argv, capture_output=True, text=True)
+    if out.returncode:
+      raise RuntimeError(
+        f"sbatch failed for {job.name} (exit {out.returncode}): "
+        f"{(out.stderr.strip().splitlines() or ['?'])[-1]}"
+      )
+    ids[job.name] = out.stdout.strip().split(";")[0]
+    log_lib.info(f"submitted {job.name}: job {ids[job.name]}")
+  return ids
+
+
+def _config_args() -> list[str]:
+  """The study's --config and --config.KEY=VALUE arguments as given (a job runs the same study)."""
+  out, argv = [], sys.argv[1:]
+  for i, a in enumerate(argv):
+    if a.startswith("--config"):
+      out.append(a if "=" in a or i + 1 >= len(argv) else f"{a}={argv[i + 1]}")
+  return out
 
 
 def select(runs: list[Run], text: str) -> list[Run]:
@@ -550,6 +930,7 @@ def main(argv):
   except (ValueError, KeyError) as e:
     print(f"error: study config: {e}", file=sys.stderr)
     sys.exit(2)
+  all_runs = runs
   if FLAGS.only:
     runs = select(runs, FLAGS.only)
   throughput = float(study.get("throughput", 1000.0))
@@ -564,6 +945,38 @@ def main(argv):
       f"distinct problem(s)"
     )
     sys.exit(1 if problems else 0)
+  if FLAGS.submit:
+    if FLAGS.submit != "slurm":
+      print(
+        f"error: --submit={FLAGS.submit}: only slurm (Kubernetes: launch/k8s_study.yaml)",
+        file=sys.stderr,
+      )
+      sys.exit(2)
+    study_args = [
+      sys.executable,
+      "-m",
+      "big_transfer.study",
+      *_config_args(),
+      f"--workdir={os.path.abspath(workdir)}",
+    ]
+    if FLAGS.accept_changes:
+      study_args.append(f"--accept_changes={FLAGS.accept_changes}")
+    jobs = slurm_jobs(
+      [r for r in runs if not r.done()],
+      study_args,
+      study,
+      [o for o in FLAGS.slurm.split(";") if o.strip()],
+      FLAGS.runs_per_task,
+      FLAGS.max_array,
+    )
+    if not FLAGS.dry_run:
+      freeze_manifest(workdir, all_runs, update=True)
+    try:
+      submit_slurm(jobs, os.path.abspath(workdir), dry_run=FLAGS.dry_run)
+    except (RuntimeError, FileNotFoundError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(1)
+    return
   if FLAGS.dry_run:
     print(_table(runs))
     print(summary(runs, throughput))
@@ -575,8 +988,20 @@ def main(argv):
     return
   # Compiled programs persist across runs (and restarts): most runs share shapes.
   os.makedirs(workdir, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, ".jax_cache"))
+  # (a node-local cache when the launcher names one: launch/pack.sh)
+  jax.config.update(
+    "jax_compilation_cache_dir",
+    os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(workdir, ".jax_cache"),
+  )
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  if FLAGS.worker:
+    try:
+      freeze_manifest(workdir, all_runs)
+      sys.exit(run_worker(runs, workdir, FLAGS.worker, FLAGS.stage))
+    except (ValueError, ManifestError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+  freeze_manifest(workdir, all_runs, update=True)
   status: dict[str, str] = {}
   t0 = time.time()
   results_path = os.path.join(workdir, "results.jsonl")
@@ -588,6 +1013,10 @@ def main(argv):
     )
   finished = {r.name for r in runs if r.done(table_ids)}
   todo = [r for r in runs if r.name not in finished]
+  if FLAGS.collect:
+    for r in todo:
+      status[r.name] = "not finished"
+    todo = []
   for r in runs:
     if r.name in finished:
       status[r.name] = "done"
@@ -609,6 +1038,8 @@ def main(argv):
     try:
       with times.run(_time_kind(r)):
         _run_one(r)
+        if r.kind == "transfer":  # the table is derived from the run's own done.json
+          heal_results([r], results_path)
       status[r.name] = "done"
     except runlock.Preempted as e:  # stop the study too; run it again to go on
       print(f"stopped: {r.name}: {e} (exit {runlock.PREEMPTED_EXIT})", file=sys.stderr)
@@ -628,7 +1059,7 @@ def main(argv):
       f"elapsed {log_lib.format_duration(time.time() - t0)}, eta "
       f"{log_lib.format_duration(eta.remaining(todo[i + 1 :]))}"
     )
-  failed = [k for k, v in status.items() if v in ("failed", "skipped")]
+  failed = [k for k, v in status.items() if v in ("failed", "skipped", "not finished")]
   if FLAGS.report and os.path.exists(os.path.join(workdir, "results.jsonl")):
     t_report = time.time()
     out = report.write_report(workdir, study)

@@ -189,6 +189,222 @@ def test_small_study_stopped_halfway_restarts_without_redoing_runs(tmp_path):
   )
 
 
+def test_workers_split_the_study_by_cost_and_the_manifest_pins_what_an_index_means(tmp_path):
+  from big_transfer import config_lib
+
+  cfg = tmp_path / "small.py"
+  cfg.write_text(SMALL_STUDY)
+  wd = str(tmp_path / "wd")
+  runs = study.expand(config_lib.load(str(cfg)), wd)
+  parts = study.shares(runs, 3)
+  names = [r.name for p in parts for r in p]
+  assert sorted(names) == sorted(r.name for r in runs)  # every run once
+  assert [[r.name for r in p] for p in study.shares(runs, 3)] == [
+    [r.name for r in p] for p in parts
+  ]
+  loads = [sum(max(r.images, 1.0) for r in p) for p in parts]
+  assert max(loads) - min(loads) <= max(r.images for r in runs)  # largest-first balance
+  assert sum(any(r.kind == "pretrain" for r in p) for p in parts) == 2  # the costly runs apart
+  assert all([r.index for r in p] == sorted(r.index for r in p) for p in parts)  # deps first
+  # Which worker this is: explicit, a SLURM array task, a Kubernetes Indexed Job.
+  assert study.parse_worker("1/3") == (1, 3)
+  slurm = {"SLURM_ARRAY_TASK_ID": "12", "SLURM_ARRAY_TASK_MIN": "10", "SLURM_ARRAY_TASK_COUNT": "4"}
+  assert study.parse_worker("slurm", slurm) == (2, 4)
+  assert study.parse_worker("k8s:5", {"JOB_COMPLETION_INDEX": "4"}) == (4, 5)
+  # Packed: 4 srun tasks (one per GPU) in each of 4 array tasks, or 2 workers per task packed
+  # by launch/pack.sh: every worker its own index.
+  tasks = {**slurm, "SLURM_NTASKS": "4", "SLURM_PROCID": "3"}
+  assert study.parse_worker("slurm", tasks) == (2 * 4 + 3, 16)
+  assert study.parse_worker("1/3", {"BT_PACK_INDEX": "1", "BT_PACK_COUNT": "2"}) == (3, 6)
+  indices = {
+    study.parse_worker(f"{i}/3", {"BT_PACK_INDEX": str(k), "BT_PACK_COUNT": "2"})[0]
+    for i in range(3)
+    for k in range(2)
+  }
+  assert indices == set(range(6))
+  for spec, msg in (
+    ("3/3", "worker 3 of 3"),
+    ("slurm", "SLURM_ARRAY_TASK_ID is not set"),
+    ("k8s:2", "JOB_COMPLETION_INDEX is not set"),
+    ("two", "expected I/N, slurm or k8s:N"),
+  ):
+    with pytest.raises(ValueError, match=msg):
+      study.parse_worker(spec, {})
+  # The manifest: frozen at the first start; a changed study is refused by workers in one line
+  # and rewritten (said) by the study run without --worker.
+  study.freeze_manifest(wd, runs)
+  study.freeze_manifest(wd, runs)
+  changed = config_lib.load(str(cfg))
+  changed.seeds = (0, 1, 2)
+  more = study.expand(changed, wd)
+  with pytest.raises(study.ManifestError, match=r"run \d+ is transfer/\S+ \(\w+\) now, "):
+    study.freeze_manifest(wd, more)
+  study.freeze_manifest(wd, more, update=True)
+  with open(os.path.join(wd, "manifest.json")) as f:
+    assert [m["name"] for m in json.load(f)["runs"]] == [r.name for r in more]
+
+
+def test_submit_to_slurm_chains_each_arms_transfer_array_after_its_pretraining(tmp_path):
+  cfg = tmp_path / "small.py"
+  cfg.write_text(SMALL_STUDY)
+  wd = tmp_path / "wd"
+  args = [f"--config={cfg}", f"--workdir={wd}", "--submit=slurm", "--slurm=--partition=cpu"]
+  out = _study([*args, "--dry_run", "--runs_per_task=1", "--max_array=2"], timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.splitlines()
+  assert len(lines) == 2 + 3 + 1 and not wd.exists()  # printed, nothing written
+  by_name = {re.search(r"--job-name=bt:(\S+)", l)[1]: l for l in lines}
+  assert set(by_name) == {
+    "pretrain/supervised_glyphs",
+    "pretrain/supervised_letters",
+    "transfer/supervised_glyphs",
+    "transfer/supervised_letters",
+    "transfer/scratch",
+    "report",
+  }
+  for arm in ("supervised_glyphs", "supervised_letters"):
+    line = by_name[f"transfer/{arm}"]
+    assert f"--dependency=afterok:$pretrain_{arm}" in line  # after its own arm only
+    assert "--array=0-1" in line  # 4 runs, 1 per task, capped at 2 tasks: 2 runs per task
+    assert f"--worker=slurm --stage=transfer --only=transfer/{arm}/" in line
+  assert "--dependency" not in by_name["transfer/scratch"]  # nothing to wait for
+  assert re.search(r"--dependency=afterany:(\$transfer_\w+:?){3}", by_name["report"])
+  assert "--collect" in by_name["report"]
+  for name, line in by_name.items():
+    assert "--partition=cpu" in line and "srun " in line
+    if name != "report":
+      assert "--requeue" in line and "--signal=TERM@120" in line
+      assert 'if [ "$rc" -eq 75 ]; then scontrol requeue "$SLURM_JOB_ID"' in line
+  # Submitted for real (sbatch here records what it is given and answers a job id): each
+  # dependency names the id sbatch gave the job it waits for.
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  (bin_dir / "sbatch").write_text(
+    '#!/bin/sh\nn=$(($(cat "$0.n" 2>/dev/null || echo 100) + 1)); echo $n > "$0.n"\n'
+    'printf "%s\\n" "$*" >> "$0.log"; echo "$n;cluster"\n'
+  )
+  (bin_dir / "sbatch").chmod(0o755)
+  env = {**_env(), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+  out = subprocess.run(
+    [sys.executable, "-m", "big_transfer.study", *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  calls = (bin_dir / "sbatch.log").read_text().splitlines()
+  ids = {re.search(r"--job-name=bt:(\S+)", c)[1]: str(101 + i) for i, c in enumerate(calls)}
+  glyphs = next(c for c in calls if "--job-name=bt:transfer/supervised_glyphs" in c)
+  assert f"--dependency=afterok:{ids['pretrain/supervised_glyphs']} " in glyphs
+  assert (wd / "manifest.json").exists()
+
+
+def test_the_kubernetes_indexed_job_runs_the_worker_contract():
+  import yaml
+
+  with open(os.path.join(ROOT, "launch", "k8s_study.yaml")) as f:
+    job = yaml.safe_load(f)
+  spec = job["spec"]
+  cmd = spec["template"]["spec"]["containers"][0]["command"]
+  worker = next(a for a in cmd if a.startswith("--worker="))[len("--worker=") :]
+  assert spec["completionMode"] == "Indexed"
+  assert spec["completions"] == spec["parallelism"] == int(worker.split(":")[1])
+  last = spec["completions"] - 1
+  assert study.parse_worker(worker, {"JOB_COMPLETION_INDEX": str(last)}) == (last, last + 1)
+  config = next(a for a in cmd if a.startswith("--config="))[len("--config=") :]
+  assert os.path.exists(os.path.join(ROOT, config.partition(":")[0]))
+  stopped = spec["podFailurePolicy"]["rules"][0]
+  assert stopped["action"] == "Ignore" and stopped["onExitCodes"]["values"] == [75]
+
+
+def test_independent_runs_packed_as_tasks_are_never_joined_into_one_jax_job():
+  from big_transfer import app
+
+  step = {"SLURM_NTASKS": "4", "SLURM_PROCID": "1"}  # srun --ntasks=4: one per GPU
+  assert app.maybe_initialize_distributed(mode="off", env=step) is False
+  assert app.maybe_initialize_distributed(mode="auto", env={}) is False
+  with pytest.raises(app.UserError, match="--distributed=join: no multi-process environment"):
+    app.maybe_initialize_distributed(mode="join", env={})
+  with pytest.raises(app.UserError, match="say one or the other"):
+    app.maybe_initialize_distributed("127.0.0.1:1234", 2, 0, mode="off", env={})
+  # One launcher packs workers one per device, each with its own device, memory share and a
+  # node-local compilation cache.
+  out = subprocess.run(
+    [
+      os.path.join(ROOT, "launch", "pack.sh"),
+      "2",
+      "--",
+      "python",
+      "-m",
+      "big_transfer.study",
+      "--worker=slurm",
+    ],
+    env={**_env(), "BT_DRY_RUN": "1"},
+    capture_output=True,
+    text=True,
+    check=True,
+  )
+  lines = out.stdout.splitlines()
+  assert len(lines) == 2
+  for i, line in enumerate(lines):
+    for kv in (
+      f"BT_PACK_INDEX={i}",
+      "BT_PACK_COUNT=2",
+      f"CUDA_VISIBLE_DEVICES={i}",
+      "XLA_PYTHON_CLIENT_MEM_FRACTION=",
+      "JAX_COMPILATION_CACHE_DIR=",
+    ):
+      assert kv in line, line
+
+
+@pytest.mark.slow  # ~2 min: the small study sequentially, then as two workers and an extra one
+def test_workers_run_every_run_once_and_the_table_equals_the_sequential_one(tmp_path):
+  cfg = tmp_path / "small.py"
+  cfg.write_text(SMALL_STUDY)
+  seq = _study([f"--config={cfg}", f"--workdir={tmp_path / 'seq'}", "--report=false"], timeout=600)
+  assert seq.returncode == 0, seq.stdout[-2000:] + seq.stderr[-2000:]
+  wd = tmp_path / "workers"
+  base = [f"--config={cfg}", f"--workdir={wd}"]
+  # Two workers, and a third that claims to be worker 0 again (a requeued or over-subscribed
+  # task): the runs' locks keep any run from being run twice.
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-m", "big_transfer.study", *base, f"--worker={w}"],
+      cwd=ROOT,
+      env=_env(),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for w in ("0/2", "1/2", "0/2")
+  ]
+  outs = [p.communicate(timeout=900)[0] for p in procs]
+  # A worker's transfer runs may wait for the other's pre-training: a second pass finishes.
+  for p, out in zip(procs, outs):
+    assert p.returncode in (0, 1), out[-2000:]
+  again = [_study([*base, f"--worker={w}"], timeout=600) for w in ("0/2", "1/2")]
+  assert all(a.returncode == 0 for a in again), again[0].stdout[-2000:] + again[1].stdout[-2000:]
+  assert not (wd / "results.jsonl").exists()  # workers never append to a shared file
+  done = sorted(
+    os.path.join(dp, "done.json") for dp, _, fs in os.walk(wd / "transfer") if "done.json" in fs
+  )
+  assert len(done) == 12
+  ran = [l for o in outs + [a.stdout for a in again] for l in o.splitlines() if ": ok in " in l]
+  assert len(ran) == 14 and len({l.split("] ")[1].split(":")[0] for l in ran}) == 14  # once each
+  out = _study([*base, "--report=false"], timeout=600)  # collects the table from the runs
+  assert out.returncode == 0 and "14 already finished, 0 to run" in out.stdout, out.stdout[-2000:]
+
+  def table(path):
+    rows = [json.loads(x) for x in open(path)]
+    key = lambda r: (r["tags"]["arm"], r["shots"], r["seed"])
+    return {key(r): (r["val_accuracy"], r["test_accuracy"], r["hyperparameters"]) for r in rows}
+
+  got, want = table(wd / "results.jsonl"), table(tmp_path / "seq" / "results.jsonl")
+  assert len(want) == 12 and got == want  # row for row, number for number
+
+
 # ------------------------------------------------------------------------------ report
 
 

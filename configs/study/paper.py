@@ -283,4 +283,7 @@ def get_config(arg=None):
   c.shots = ("1", "5", "10", "20", "full")
   c.seeds = tuple(range(a.seeds))
   c.throughput = 3000.0  # images/s of a ResNet-50 train step on one modern GPU (estimate)
+  # study --submit=slurm: the sbatch options of each pre-training job (one 8-GPU node, one JAX
+  # process driving its GPUs); transfer workers take --slurm's options only.
+  c.slurm_pretrain = {"nodes": 1, "ntasks_per_node": 1, "gpus_per_node": 8}
   return c
