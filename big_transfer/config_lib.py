@@ -43,6 +43,24 @@ def load(path_and_arg: str) -> ml_collections.ConfigDict:
   return config
 
 
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def cadence(config, preset: str, **changes):
+  """Sets the loop cadence and input threads (log_every, checkpoint_every, eval_every,
+  data_threads) from a preset of configs/cadence.py — one place for every config — then
+  ``changes``. Returns ``config``."""
+  path = os.path.join(CONFIGS, "cadence.py")
+  spec = importlib.util.spec_from_file_location("_bt_cadence", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if preset not in module.PRESETS:
+    raise ConfigError(f"cadence preset {preset!r}: not one of {', '.join(module.PRESETS)} ({path})")
+  for key, value in {**module.PRESETS[preset], **changes}.items():
+    config[key] = value
+  return config
+
+
 def placeholder(t):
   return config_dict.placeholder(t)
 

@@ -465,3 +465,23 @@ def test_every_config_key_is_declared_once_by_the_module_that_reads_it_with_its_
   first.total_epochs, first.optimizer.warmup_epochs = 3.0, 1.0
   assert config_lib.base_config().total_epochs is None
   assert config_lib.base_config().optimizer.warmup_epochs is None
+
+
+def test_every_config_takes_its_cadence_from_the_one_place():
+  """Loop cadence and input threads come from configs/cadence.py's presets (a config changes
+  only what differs, through config_lib.cadence), never set key by key in a config file."""
+  import re
+
+  for folder in ("mini", "pretrain", "finetune"):
+    d = os.path.join(ROOT, "configs", folder)
+    for name in sorted(os.listdir(d)):
+      if not name.endswith(".py") or name == "study.py":
+        continue
+      text = open(os.path.join(d, name)).read()
+      assert "config_lib.cadence(c, " in text, name
+      for key in ("checkpoint_every", "eval_every", "data_threads"):
+        assert not re.search(rf"\bc\.{key}\s*=", text), (name, key)
+  c = config_lib.cadence(config_lib.base_config(), "mini", checkpoint_every=7)
+  assert (c.log_every, c.checkpoint_every, c.data_threads) == (20, 7, 2)
+  with pytest.raises(config_lib.ConfigError, match="cadence preset 'tpu': not one of mini"):
+    config_lib.cadence(c, "tpu")

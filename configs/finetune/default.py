@@ -46,7 +46,7 @@ def get_config(arg=None):
   c.total_epochs = a.epochs
   c.results_file = a.results
   c.dtype = "bfloat16"
-  c.data_threads = 32
+  config_lib.cadence(c, "accelerator", log_every=50, checkpoint_every=1000)
   if a.bit:
     c.schedule_rule = "bit"
   return c

@@ -53,8 +53,7 @@ def get_config(arg=None):
   c.clip.update(loss=a.loss, embed_dim=64)
   c.batch_size = a.batch
   c.total_steps = a.steps
-  c.log_every = 20
-  c.checkpoint_every = 100
+  config_lib.cadence(c, "mini")
   c.optimizer.update(
     name="adamw", lr=2e-3, b2=0.98, weight_decay=0.1, warmup_steps=20, schedule="cosine"
   )
@@ -67,6 +66,4 @@ def get_config(arg=None):
   c.evals.retrieval = evals.entry(
     "retrieval", data=a.data, pp=f"{EVAL_IMAGE}|tokenize", max_examples=500
   )
-  c.eval_every = 100
-  c.data_threads = 2
   return c

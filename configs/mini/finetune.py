@@ -47,8 +47,6 @@ def get_config(arg=None):
   # train + val afterwards, which configs/finetune/default.py does): half the time.
   c.refit_full = False
   c.templates = "a handwritten {};a scan of a {};the character {} written by hand"
-  c.log_every = 20
-  c.checkpoint_every = 200
-  c.data_threads = 2
+  config_lib.cadence(c, "mini", checkpoint_every=200)
   c.tensorboard = False
   return c

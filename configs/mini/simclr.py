@@ -31,8 +31,7 @@ def get_config(arg=None):
   c.total_steps = a.steps
   c.temperature = 0.2
   c.projection_dims = (256, 256, 64)
-  c.log_every = 20
-  c.checkpoint_every = 100
+  config_lib.cadence(c, "mini")
   c.optimizer.update(
     name="adamw", lr=2e-3, b2=0.98, weight_decay=0.1, warmup_steps=20, schedule="cosine"
   )
@@ -45,5 +44,4 @@ def get_config(arg=None):
     pp="to_rgb|resize(36)|central_crop(32)|value_range(-1, 1)",
     every=100,
   )
-  c.data_threads = 2
   return c

@@ -26,13 +26,10 @@ def get_config(arg=None):
   c.pp_eval = "to_rgb|resize(36)|central_crop(32)|value_range(-1,1)"
   c.batch_size = a.batch
   c.total_steps = a.steps
-  c.log_every = 25
-  c.checkpoint_every = 100
-  c.eval_every = 100
+  config_lib.cadence(c, "mini")
   c.optimizer.update(
     name="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, warmup_steps=20, schedule="cosine"
   )
-  c.data_threads = 2
   # Closed-form few-shot probes on frozen features, declared off: turn them on with
   # --config.evals.fewshot.data=builtin:digits (pp '' = pp_eval).
   c.evals.fewshot = evals.entry("fewshot_linear", data="")

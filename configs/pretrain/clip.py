@@ -67,11 +67,8 @@ def get_config(arg=None):
     warmup_steps=5000,
   )
   c.dtype = "bfloat16"
-  c.log_every = 100
-  c.checkpoint_every = 2000
-  c.eval_every = 2000
+  config_lib.cadence(c, "accelerator")
   c.keep_every = 20000
-  c.data_threads = 32
   # ImageNet zero-shot with CLIP's 7-prompt ensemble, as OpenCLIP reports it ('' = off).
   c.evals.zeroshot = evals.entry(
     "zeroshot", data=a.zeroshot, split="validation", pp=PP_EVAL, templates="clip7"

@@ -52,11 +52,8 @@ def get_config(arg=None):
     warmup_epochs=2.0,
   )
   c.dtype = "bfloat16"
-  c.log_every = 100
-  c.checkpoint_every = 2000
-  c.eval_every = 2000
+  config_lib.cadence(c, "accelerator")
   c.keep_every = 20000
-  c.data_threads = 32
   # The transfer curve as it trains (big_vision's closed-form probe; '' = off).
   c.evals.fewshot = evals.entry(
     "fewshot_linear", data=a.fewshot, pp=PP_EVAL, shots=(1, 5, 10, 25), seeds=(0, 1, 2), every=10000

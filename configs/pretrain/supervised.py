@@ -36,11 +36,8 @@ def get_config(arg=None):
   )
   c.label_smoothing = 0.0
   c.dtype = "bfloat16"
-  c.log_every = 100
-  c.checkpoint_every = 5000
-  c.eval_every = 5000
+  config_lib.cadence(c, "accelerator", checkpoint_every=5000, eval_every=5000)
   c.keep_every = 50000
-  c.data_threads = 32
   if a.runlocal:
     c.batch_size = 8
     c.total_epochs = None
