@@ -3,9 +3,13 @@ r"""Benchmarks, one JSON object per line.
   python -m big_transfer.bench --what=pipeline [--images=300 --height=375 --width=500]
   python -m big_transfer.bench --what=loader --workers=0,1,2 --batch_size=64 --seconds=10
   python -m big_transfer.bench --what=tokenizer --seconds=5
+  python -m big_transfer.bench --what=study --workers=2 [--study_config=configs/mini/study.py]
 
 ``loader``: the training loader at each worker count (images/s), beside the same op chain on
 one core in the same run, and their ratio per worker (``scaling_efficiency``).
+
+``study``: a study's transfer stage from the same pre-trained arms, sequentially (one process)
+and as ``--workers`` worker processes at once, with the ratio and whether both tables agree.
 
 ``tokenizer``: captions/s on one core of the ``tokenize`` op's work, the pure-Python BPE
 against the Rust one (Hugging Face ``tokenizers``) in the same run.
@@ -1013,13 +1017,99 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
   """The docstring as written, and every flag's default."""
 
 
+def bench_study(config: str, workers: int) -> list[dict]:
+  """A study's transfer stage run two ways from the same pre-trained arms: sequentially (the
+  study in one process, as without --worker) and as ``workers`` worker processes at once
+  (``--worker=i/N --stage=transfer``, then ``--collect``); wall times, their ratio, whether
+  the two tables agree row for row and number for number, and where the sequential run's time
+  went (the study's own breakdown)."""
+  import shutil
+
+  from big_transfer import transfer
+
+  def study(workdir, *extra):
+    return [
+      sys.executable,
+      "-m",
+      "big_transfer.study",
+      f"--config={config}",
+      f"--workdir={workdir}",
+      "--report=false",
+      *extra,
+    ]
+
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  with tempfile.TemporaryDirectory(prefix="bt_bench_study_") as tmp:
+    base = os.path.join(tmp, "base")
+    t0 = time.perf_counter()
+    out = subprocess.run(
+      study(base, "--worker=0/1", "--stage=pretrain"), env=env, capture_output=True, text=True
+    )
+    if out.returncode:
+      raise UserError(f"pre-training the study failed: {out.stderr.strip()[-300:]}")
+    pretrain_s = time.perf_counter() - t0
+    seq, par = os.path.join(tmp, "sequential"), os.path.join(tmp, "workers")
+    for d in (seq, par):
+      shutil.copytree(base, d, ignore=shutil.ignore_patterns(".jax_cache"))
+    t0 = time.perf_counter()
+    out = subprocess.run(study(seq), env=env, capture_output=True, text=True)
+    sequential_s = time.perf_counter() - t0
+    if out.returncode:
+      raise UserError(f"the sequential study failed: {out.stderr.strip()[-300:]}")
+    tail = out.stdout[out.stdout.find("where the time went") :].splitlines()
+    t0 = time.perf_counter()
+    procs = [
+      subprocess.Popen(
+        study(par, f"--worker={i}/{workers}", "--stage=transfer"),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+      )
+      for i in range(workers)
+    ]
+    codes = [p.wait() for p in procs]
+    collect = subprocess.run(study(par, "--collect"), env=env, capture_output=True, text=True)
+    workers_s = time.perf_counter() - t0
+    if any(codes) or collect.returncode:
+      raise UserError(f"the workers failed (exits {codes}, collect {collect.returncode})")
+
+    def table(workdir):
+      rows = transfer.read_results(os.path.join(workdir, "results.jsonl"))
+      return {
+        (r["tags"]["arm"], r["tags"]["downstream"], r["protocol"], str(r["shots"]), r["seed"]): (
+          r["val_accuracy"],
+          r["test_accuracy"],
+        )
+        for r in rows
+      }
+
+    a, b = table(seq), table(par)
+  return [
+    {
+      "bench": "study",
+      "config": config,
+      "workers": workers,
+      "transfer_runs": len(a),
+      "pretrain_s": round(pretrain_s, 1),
+      "sequential_s": round(sequential_s, 1),
+      "workers_s": round(workers_s, 1),
+      "speedup": round(sequential_s / workers_s, 3),
+      "same_rows": a == b,
+      "sequential_breakdown": [l.strip() for l in tail[1:12] if l.strip()],
+      "device": device_description(),
+      "cpus": os.cpu_count(),
+    }
+  ]
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(
     prog="python -m big_transfer.bench", description=__doc__, formatter_class=_HelpFormatter
   )
   p.add_argument(
     "--what",
-    choices=("model", "pipeline", "loader", "tokenizer"),
+    choices=("model", "pipeline", "loader", "tokenizer", "study"),
     default=None,
     help="default: model when --model is given, else pipeline",
   )
@@ -1067,7 +1157,14 @@ def main(argv=None):
   )
   p.add_argument("--rounds", type=int, default=2, help="variants: rounds of each")
   p.add_argument(
-    "--workers", default="0,1,2", help="loader: comma-separated worker counts to measure"
+    "--workers",
+    default="0,1,2",
+    help="loader: comma-separated worker counts to measure; study: the worker count",
+  )
+  p.add_argument(
+    "--study_config",
+    default="configs/mini/study.py",
+    help="study: the study whose transfer stage is timed sequentially and as workers",
   )
   p.add_argument(
     "--data_workers", type=int, default=0, help="model: the training loop's data worker processes"
@@ -1128,6 +1225,8 @@ def main(argv=None):
     )
   elif what == "tokenizer":
     rows = bench_tokenizer(args.seconds)
+  elif what == "study":
+    rows = bench_study(args.study_config, int(args.workers.split(",")[-1]))
   elif what == "loader":
     rows = bench_loader(
       [int(w) for w in args.workers.split(",")],
