@@ -19,7 +19,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from big_transfer import checkpoint as ckpt_lib
-from big_transfer import config_lib, runlock
+from big_transfer import config_lib, paths, runlock
 from big_transfer import logging as log_lib
 from big_transfer.data import sources
 
@@ -136,6 +136,13 @@ def main_of(run_fn, extra_user_errors: tuple = ()):
       return
     if FLAGS.config is None or FLAGS.workdir is None:
       print("error: --config and --workdir are required", file=sys.stderr)
+      sys.exit(2)
+    try:
+      paths.check_local("--workdir", FLAGS.workdir)
+      for key in ("pretrained", "init_from", "results_file", "feature_cache", "data_dir"):
+        paths.check_local(f"config.{key}", FLAGS.config.get(key))
+    except paths.URLPathError as e:
+      print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
     signals = runlock.OutsideLoopSignals(FLAGS.workdir)
     try:

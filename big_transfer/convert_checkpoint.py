@@ -35,7 +35,7 @@ import numpy as np
 from flax import nnx
 
 from big_transfer import checkpoint as ckpt_lib
-from big_transfer import config_lib, interop, methods, transfer
+from big_transfer import config_lib, interop, methods, paths, transfer
 from big_transfer import state as state_lib
 from big_transfer.app import write_config
 from big_transfer.checkpoint import CheckpointError
@@ -362,12 +362,14 @@ def main(argv=None) -> int:
   )
   args = p.parse_args(argv)
   try:
+    paths.check_local("--out", args.out)
+    paths.check_local("src", args.src)
     if args.to:
       export = export_openclip if args.to == "openclip" else export_timm
       summary = export(args.src, args.out)
     else:
       summary = convert(args.fmt, args.src, args.out, model=args.model, act=args.act)
-  except (ConversionError, CheckpointError, OSError) as e:
+  except (ConversionError, CheckpointError, OSError, paths.URLPathError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(json.dumps(summary, default=str))

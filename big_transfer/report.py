@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from big_transfer import methods, published, transfer
+from big_transfer import methods, paths, published, transfer
 
 SHOT_ORDER = ("1", "5", "10", "20", "25", "50", "100", "200", "full")
 
@@ -915,6 +915,7 @@ def main(argv=None):
   )
   args = p.parse_args(argv)
   try:
+    paths.check_local("--workdir", args.workdir)
     print(write_report(args.workdir))
     if args.readme:
       rewrite_readme(args.readme, args.workdir)

@@ -42,6 +42,7 @@ from big_transfer import (
   convert_checkpoint,
   finetune,
   methods,
+  paths,
   report,
   runlock,
   train,
@@ -925,6 +926,11 @@ def main(argv):
     print("error: --config and --workdir are required", file=sys.stderr)
     sys.exit(2)
   study, workdir = FLAGS.config, FLAGS.workdir
+  try:
+    paths.check_local("--workdir", workdir)
+  except paths.URLPathError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   try:
     runs = expand(study, workdir)
   except (ValueError, KeyError) as e:
