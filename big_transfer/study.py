@@ -1,7 +1,7 @@
 r"""The study runner: expands a study config into pre-training and transfer runs and runs them.
 
   python -m big_transfer.study --config=configs/mini/study.py --workdir=runs/mini_study
-  python -m big_transfer.study --config=configs/study/paper.py --workdir=gs://... --dry_run
+  python -m big_transfer.study --config=configs/study/paper.py --workdir=/shared/paper --dry_run
   python -m big_transfer.study --config=configs/study/paper.py --workdir=DIR --print_commands
 
 A study config lists pre-training arms (a pre-training config with its variant args, and labels

@@ -3,8 +3,8 @@
 # (train.py sees TPU_WORKER_HOSTNAMES and calls jax.distributed.initialize).
 #
 #   launch/tpu_pod.sh TPU_NAME ZONE [PROJECT] -- python -m big_transfer.train \
-#       --config=configs/pretrain/clip.py:data=arrayrecord:gs://bucket/laion,size=2.7M \
-#       --workdir=gs://bucket/runs/clip_laion
+#       --config=configs/pretrain/clip.py:data=arrayrecord:/mnt/bucket/laion,size=2.7M \
+#       --workdir=/mnt/bucket/runs/clip_laion
 #
 # Runs from BT_REMOTE_DIR on the workers (default: ~/big_transfer, a checkout with the set-up
 # command run, e.g. by `launch/tpu_pod.sh NAME ZONE -- pip install -r requirements.txt -e .`).

@@ -641,7 +641,7 @@ def test_launchers_print_what_they_run():
       "-m",
       "big_transfer.train",
       "--config=c.py",
-      "--workdir=gs://b/r",
+      "--workdir=/mnt/b/r",
     ],
     env=env,
     capture_output=True,
@@ -649,7 +649,7 @@ def test_launchers_print_what_they_run():
     check=True,
   )
   assert "gcloud compute tpus tpu-vm ssh my-tpu --zone=us-central2-b --worker=all" in out.stdout
-  assert "python\\ -m\\ big_transfer.train\\ --config=c.py\\ --workdir=gs://b/r" in out.stdout
+  assert "python\\ -m\\ big_transfer.train\\ --config=c.py\\ --workdir=/mnt/b/r" in out.stdout
   script = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bt_test_{os.getpid()}.sbatch")
   out = subprocess.run(
     [
