@@ -683,7 +683,10 @@ def slurm_jobs(
     f"--{k.replace('_', '-')}={v}" for k, v in dict(study.get("slurm_pretrain", {})).items()
   ]
   jobs: list[Job] = []
-  logs = lambda name: f"--output={{workdir}}/slurm/{name.replace('/', '_')}_%A_%a.out"
+
+  def logs(name, array=False):  # WORKDIR/slurm/<job>_<id>[_<task>].out
+    return f"--output={{workdir}}/slurm/{name.replace('/', '_')}_{'%A_%a' if array else '%j'}.out"
+
   for r in runs:
     if r.kind in ("pretrain", "convert"):
       cmd = r.command()
@@ -702,7 +705,7 @@ def slurm_jobs(
     name = f"transfer/{arm}"
     cmd = [*study_args, "--worker=slurm", "--stage=transfer", f"--only=transfer/{arm}/"]
     deps = sorted({d for r in trs for d in r.deps})
-    jobs.append(Job(name, common + [logs(name)], cmd, deps, array=tasks))
+    jobs.append(Job(name, common + [logs(name, array=True)], cmd, deps, array=tasks))
     arrays.append(name)
   jobs.append(
     Job(

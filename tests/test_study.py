@@ -405,6 +405,83 @@ def test_workers_run_every_run_once_and_the_table_equals_the_sequential_one(tmp_
   assert len(want) == 12 and got == want  # row for row, number for number
 
 
+@pytest.fixture(scope="module")
+def slurm_cluster():
+  """A one-node SLURM cluster on this machine (launch/slurm_local.sh; CI installs Debian's
+  slurm-wlm and munge and runs as root). Skipped where neither is possible."""
+  import shutil
+
+  if shutil.which("sbatch") is None or os.geteuid() != 0:
+    pytest.skip("no SLURM here: apt-get install slurm-wlm munge, and run as root")
+  out = subprocess.run(
+    [os.path.join(ROOT, "launch", "slurm_local.sh"), "up"], capture_output=True, text=True
+  )
+  assert out.returncode == 0, out.stderr[-2000:]
+  yield
+
+
+def _squeue_empty(timeout):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if not subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip():
+      return True
+    time.sleep(2)
+  return False
+
+
+@pytest.mark.slow  # ~3 min: the small study sequentially, then through a real SLURM cluster
+def test_the_study_on_slurm_equals_the_sequential_run_even_with_a_task_stopped_midway(
+  tmp_path, slurm_cluster
+):
+  cfg = tmp_path / "small.py"
+  cfg.write_text(SMALL_STUDY)
+  seq = _study([f"--config={cfg}", f"--workdir={tmp_path / 'seq'}", "--report=false"], timeout=600)
+  assert seq.returncode == 0, seq.stderr[-2000:]
+  wd = tmp_path / "slurm_wd"
+  submit = [f"--config={cfg}", f"--workdir={wd}", "--submit=slurm", "--runs_per_task=2"]
+  out = _study(submit, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert len(re.findall(r"submitted \S+: job \d+", out.stdout)) == 2 + 3 + 1
+  # One transfer task is stopped midway (SIGTERM, as before a time limit or a preemption):
+  # it saves, exits 75 and requeues itself — or, stopped before its handler was up, fails and
+  # is resubmitted below. Either way every run ends finished once.
+  deadline, stopped = time.time() + 300, None
+  while stopped is None and time.time() < deadline:
+    q = subprocess.run(["squeue", "-h", "-o", "%i %j %T"], capture_output=True, text=True)
+    running = [
+      l.split()[0]
+      for l in q.stdout.splitlines()
+      if "bt:transfer/supervised" in l and l.endswith("RUNNING") and "_" in l.split()[0]
+    ]
+    if running:
+      time.sleep(3)  # into its runs
+      subprocess.run(["scancel", "--signal=TERM", running[0]], check=True)
+      stopped = running[0]
+    time.sleep(0.5)
+  assert stopped, "no transfer task ran"
+  assert _squeue_empty(600), "the jobs did not end"
+  if len(list(wd.glob("transfer/*/*/*/done.json"))) < 12:  # the stopped task did not requeue
+    again = _study(submit, timeout=120)
+    assert again.returncode == 0 and "submitted report" in again.stdout, again.stderr[-2000:]
+    assert _squeue_empty(600), "the resubmitted jobs did not end"
+  collect = _study([f"--config={cfg}", f"--workdir={wd}", "--collect", "--report=false"])
+  assert collect.returncode == 0, collect.stdout[-2000:] + collect.stderr[-2000:]
+
+  def table(path):
+    rows = [json.loads(x) for x in open(path)]
+    return [
+      (
+        (r["tags"]["arm"], r["shots"], r["seed"]),
+        (r["val_accuracy"], r["test_accuracy"], r["hyperparameters"]),
+      )
+      for r in rows
+    ]
+
+  got, want = table(wd / "results.jsonl"), table(tmp_path / "seq" / "results.jsonl")
+  assert len(got) == 12 and len({k for k, _ in got}) == 12  # every row exactly once
+  assert dict(got) == dict(want)  # row for row, number for number
+
+
 # ------------------------------------------------------------------------------ report
 
 
