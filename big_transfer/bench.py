@@ -1085,6 +1085,29 @@ def bench_study(config: str, workers: int) -> list[dict]:
       }
 
     a, b = table(seq), table(par)
+    slurm = {}
+    if shutil.which("sbatch") and shutil.which("squeue"):  # the same stage as SLURM job arrays
+      sl = os.path.join(tmp, "slurm")
+      shutil.copytree(base, sl, ignore=shutil.ignore_patterns(".jax_cache"))
+      t0 = time.perf_counter()
+      out = subprocess.run(
+        [*study(sl), "--submit=slurm", f"--runs_per_task={max(1, len(a) // (2 * workers))}"],
+        env=env,
+        capture_output=True,
+        text=True,
+      )
+      ids = re.findall(r"submitted \S+: job (\d+)", out.stdout)
+      while (
+        ids
+        and subprocess.run(
+          ["squeue", "-h", "-j", ",".join(ids)], capture_output=True, text=True
+        ).stdout.strip()
+      ):
+        time.sleep(1)
+      slurm = {
+        "slurm_s": round(time.perf_counter() - t0, 1),
+        "slurm_same_rows": table(sl) == a if ids else False,
+      }
   return [
     {
       "bench": "study",
@@ -1096,6 +1119,7 @@ def bench_study(config: str, workers: int) -> list[dict]:
       "workers_s": round(workers_s, 1),
       "speedup": round(sequential_s / workers_s, 3),
       "same_rows": a == b,
+      **slurm,
       "sequential_breakdown": [l.strip() for l in tail[1:12] if l.strip()],
       "device": device_description(),
       "cpus": os.cpu_count(),
