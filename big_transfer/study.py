@@ -139,14 +139,17 @@ class Run:
   convert_args: tuple = ()  # convert_checkpoint's arguments, --out excluded
   index: int = -1  # its place in the study's manifest (expand order)
 
-  def identity(self) -> str:
+  def identity(self, root: str = "") -> str:
     """A hash of what the run is (its kind, config and overrides): the manifest's check that
-    an index means the same run everywhere."""
+    an index means the same run everywhere. Paths under the study's ``root`` count relative to
+    it (a study moved or copied elsewhere is the same study)."""
     text = json.dumps(
       [self.kind, self.config, self.overrides, list(self.convert_args), self.deps],
       sort_keys=True,
       default=str,
     )
+    for prefix in sorted({root, os.path.abspath(root)} - {""}, key=len, reverse=True):
+      text = text.replace(prefix, "$STUDY")
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
   def command(self) -> list[str]:
@@ -458,7 +461,7 @@ class ManifestError(ValueError):
   """A study whose runs no longer match its frozen manifest; one line."""
 
 
-def manifest_of(runs: list[Run]) -> dict[str, Any]:
+def manifest_of(runs: list[Run], root: str = "") -> dict[str, Any]:
   return {
     "version": 1,
     "runs": [
@@ -468,7 +471,7 @@ def manifest_of(runs: list[Run]) -> dict[str, Any]:
         "kind": r.kind,
         "deps": list(r.deps),
         "cost": float(r.images or 0.0),
-        "identity": r.identity(),
+        "identity": r.identity(root),
       }
       for r in runs
     ],
@@ -482,7 +485,7 @@ def freeze_manifest(workdir: str, runs: list[Run], update: bool = False) -> dict
   unless ``update`` (the study run without --worker, the one process running it, rewrites it
   and says so)."""
   path = os.path.join(workdir, MANIFEST)
-  now = manifest_of(runs)
+  now = manifest_of(runs, workdir)
   if os.path.exists(path) and update:
     with open(path) as f:
       frozen = json.load(f)

@@ -242,6 +242,9 @@ def test_workers_split_the_study_by_cost_and_the_manifest_pins_what_an_index_mea
   study.freeze_manifest(wd, more, update=True)
   with open(os.path.join(wd, "manifest.json")) as f:
     assert [m["name"] for m in json.load(f)["runs"]] == [r.name for r in more]
+  # A study moved or copied elsewhere is the same study: paths count relative to its workdir.
+  moved = str(tmp_path / "moved")
+  assert study.manifest_of(study.expand(changed, moved), moved) == study.manifest_of(more, wd)
 
 
 def test_submit_to_slurm_chains_each_arms_transfer_array_after_its_pretraining(tmp_path):
