@@ -658,6 +658,7 @@ class Session:
       "mesh": dict(self.mesh.shape),
       "process_count": jax.process_count(),
     }
+    checkpoint_every = min(c.checkpoint_every, steps)
     record = config_lib.to_plain(c)  # config.json: the session's config with this run's values
     record.update(
       batch_size=batch,
@@ -665,7 +666,7 @@ class Session:
       total_epochs=None,
       total_examples=None,
       optimizer=config_lib.to_plain(optimizer),
-      checkpoint_every=min(c.checkpoint_every, steps),
+      checkpoint_every=checkpoint_every,
       eval_data="none",
       evals={},
     )
@@ -675,23 +676,9 @@ class Session:
       total_steps=steps,
       batch_size=batch,
       optimizer=optimizer,
-      pp_train=c.pp_train,
       mesh=self.mesh,
-      seed=c.seed,
-      ema_decay=c.ema_decay,
-      normalize_on_device=c.normalize_on_device,
       num_classes=self.data["num_classes"],
-      data_threads=c.data_threads,
-      data_workers=c.data_workers,
-      max_skip_fraction=c.max_skip_fraction,
-      log_every=c.log_every,
-      checkpoint_every=min(c.checkpoint_every, steps),
-      keep_checkpoints=c.keep_checkpoints,
-      keep_every=c.keep_every,
-      tensorboard=c.tensorboard,
-      param_rules=tuple(tuple(r) for r in c.param_sharding),
-      param_min_size=c.param_sharding_min_size,
-      allow_fresh_start=c.allow_fresh_start,
+      **{**train_lib.run_settings(c), "checkpoint_every": checkpoint_every},
       initialize=initialize,
       graphdef=self.graphdef,
       # A transfer run's fine-tuning runs evaluate after training, not during (except the

@@ -167,7 +167,8 @@ def check(
   diffs = differences(record["identity"], identity)
   # Keys the code declared after this run froze its identity (a newer version, a method
   # registered since), at their declared defaults: the run could not have set them otherwise.
-  defaults = declared_defaults(kind)
+  absent = any(a == _ABSENT for _, a, _ in diffs)
+  defaults = declared_defaults(kind) if absent else {}  # built only when a key is new
   added = [
     d for d in diffs if d[1] == _ABSENT and d[0] in defaults and _plain(defaults[d[0]]) == d[2]
   ]

@@ -576,6 +576,11 @@ STAGES = {
 }
 
 
+def _failed(e: BaseException) -> str:
+  """A run's failure on one line (the study goes on with the next run)."""
+  return f"FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 def run_worker(runs: list[Run], workdir: str, spec: str, stage: str) -> int:
   """One worker's share of the study in this process (JAX start-up and compiled programs paid
   once). Returns the exit code: 0 when every run of the share is finished (here or by another
@@ -622,9 +627,7 @@ def run_worker(runs: list[Run], workdir: str, spec: str, stage: str) -> int:
         raise
       except Exception as e:  # noqa: BLE001 - one run's failure must not stop the worker
         outcome[r.name] = "failed"
-        log_lib.info(
-          f"{where}: FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        )
+        log_lib.info(f"{where}: {_failed(e)}")
         continue
       finally:
         claim.release()
@@ -1058,10 +1061,7 @@ def main(argv):
       sys.exit(runlock.PREEMPTED_EXIT)
     except Exception as e:  # noqa: BLE001 - one run's failure must not stop the study
       status[r.name] = "failed"
-      log_lib.info(
-        f"[{i + 1}/{len(todo)}] {r.name}: FAILED: {type(e).__name__}: "
-        f"{str(e).splitlines()[0] if str(e) else ''}"
-      )
+      log_lib.info(f"[{i + 1}/{len(todo)}] {r.name}: {_failed(e)}")
       continue
     eta.add(r, time.time() - t)
     done_n = sum(1 for v in status.values() if v == "done")

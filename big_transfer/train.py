@@ -239,6 +239,29 @@ class RunSpec:
   name: str = ""  # for the log: model, method, optimiser
 
 
+def run_settings(config) -> dict[str, Any]:
+  """The RunSpec fields every run reads from its config as they are (input, cadence, sharding,
+  seed, EMA, fresh-start policy): what pre-training and each fine-tuning run share; each adds
+  the values it decides itself (length, batch, optimiser, source, initialisation, record)."""
+  return dict(
+    pp_train=config.pp_train,
+    seed=config.seed,
+    ema_decay=config.ema_decay,
+    normalize_on_device=config.normalize_on_device,
+    data_threads=config.data_threads,
+    data_workers=config.data_workers,
+    max_skip_fraction=config.max_skip_fraction,
+    log_every=config.log_every,
+    checkpoint_every=config.checkpoint_every,
+    keep_checkpoints=config.keep_checkpoints,
+    keep_every=config.keep_every,
+    tensorboard=config.tensorboard,
+    param_rules=tuple(tuple(r) for r in config.param_sharding),
+    param_min_size=config.param_sharding_min_size,
+    allow_fresh_start=config.allow_fresh_start,
+  )
+
+
 def spec_of(config, data: dict, mesh, method, tok) -> RunSpec:
   """The RunSpec of a pre-training config (``data``: what :func:`prepare` resolved)."""
   opt_cfg = ml_collections.ConfigDict(config.optimizer.to_dict())
@@ -267,24 +290,10 @@ def spec_of(config, data: dict, mesh, method, tok) -> RunSpec:
     total_steps=data["total_steps"],
     batch_size=config.batch_size,
     optimizer=opt_cfg,
-    pp_train=config.pp_train,
     mesh=mesh,
-    seed=config.seed,
-    ema_decay=config.ema_decay,
-    normalize_on_device=config.normalize_on_device,
     num_classes=data["num_classes"],
     bind=bind,
-    data_threads=config.data_threads,
-    data_workers=config.data_workers,
-    max_skip_fraction=config.max_skip_fraction,
-    log_every=config.log_every,
-    checkpoint_every=config.checkpoint_every,
-    keep_checkpoints=config.keep_checkpoints,
-    keep_every=config.keep_every,
-    tensorboard=config.tensorboard,
-    param_rules=tuple(tuple(r) for r in config.param_sharding),
-    param_min_size=config.param_sharding_min_size,
-    allow_fresh_start=config.allow_fresh_start,
+    **run_settings(config),
     init_from=config.get("init_from", ""),
     init_skip=config.get("init_skip", ""),
     evaluators=evaluators,
