@@ -114,11 +114,8 @@ def write_record(out: dict[str, Any], workdir: str):
   """WORKDIR/config.json: what a run trains with ({config, resolved}; process 0)."""
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(out, f, indent=1, sort_keys=True, default=str)
-  os.replace(path + ".tmp", path)
+  paths.makedirs(workdir)
+  paths.write_json(os.path.join(workdir, "config.json"), out, indent=1, sort_keys=True, default=str)
 
 
 def main_of(run_fn, extra_user_errors: tuple = ()):
@@ -137,10 +134,10 @@ def main_of(run_fn, extra_user_errors: tuple = ()):
     if FLAGS.config is None or FLAGS.workdir is None:
       print("error: --config and --workdir are required", file=sys.stderr)
       sys.exit(2)
-    try:
-      paths.check_local("--workdir", FLAGS.workdir)
-      for key in ("pretrained", "init_from", "results_file", "feature_cache", "data_dir"):
-        paths.check_local(f"config.{key}", FLAGS.config.get(key))
+    try:  # workdirs, checkpoints and results may be URLs; these readers read local files
+      paths.require_local(
+        "config.data_dir", FLAGS.config.get("data_dir"), "Grain's ArrayRecord reader reads local files"
+      )
     except paths.URLPathError as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)

@@ -46,6 +46,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from big_transfer import paths
 from big_transfer.logging import quiet_absl
 from big_transfer.sharding import path_name
 
@@ -117,50 +118,45 @@ def _first_line(e: BaseException) -> str:
 
 def _crc32(path: str) -> str:
   crc = 0
-  with open(path, "rb") as f:
+  with paths.open(path, "rb") as f:
     while chunk := f.read(1 << 22):
       crc = zlib.crc32(chunk, crc)
   return f"{crc:08x}"
 
 
 # Orbax may rewrite its own bookkeeping after a save; the data and array files it may not.
-_UNCHECKED = (CHECKSUMS, "_CHECKPOINT_METADATA")
+# (commit_success.txt: Orbax's "this step is finalised" marker on object stores, which have no
+# rename.)
+_UNCHECKED = (CHECKSUMS, "_CHECKPOINT_METADATA", "commit_success.txt")
 
 
 def _files(step_dir: str) -> list[str]:
-  return sorted(
-    os.path.relpath(os.path.join(dp, f), step_dir)
-    for dp, _, fs in os.walk(step_dir)
-    for f in fs
-    if f not in _UNCHECKED
-  )
+  return [f for f in paths.files_under(step_dir) if paths.basename(f) not in _UNCHECKED]
 
 
 def seal(step_dir: str) -> None:
   """Writes the checksums of a checkpoint's files (once), as part of its save."""
   path = os.path.join(step_dir, CHECKSUMS)
-  if os.path.exists(path):
+  if paths.exists(path):
     return
   sums = {f: _crc32(os.path.join(step_dir, f)) for f in _files(step_dir)}
-  with open(path + ".tmp", "w") as f:
-    json.dump({"crc32": sums}, f, indent=0, sort_keys=True)
-  os.replace(path + ".tmp", path)
+  paths.write_json(path, {"crc32": sums}, indent=0, sort_keys=True)
 
 
 def verify(step_dir: str) -> str | None:
   """None when every file matches its checksum (or the checkpoint was never sealed), else
   what is wrong, in one line."""
   path = os.path.join(step_dir, CHECKSUMS)
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return None
   try:
-    with open(path) as f:
-      sums = json.load(f)["crc32"]
+    sums = paths.read_json(path)["crc32"]
   except (OSError, ValueError, KeyError) as e:
     return f"{CHECKSUMS} unreadable ({_first_line(e)})"
+  present = set(paths.files_under(step_dir))
   for rel, want in sums.items():
     full = os.path.join(step_dir, rel)
-    if not os.path.exists(full):
+    if rel not in present:
       return f"{rel} is missing"
     if _crc32(full) != want:
       return f"{rel} does not match its checksum (bytes changed after the save)"
@@ -256,10 +252,9 @@ def read_digest(step_dir: str) -> dict | None:
   """The digest item of a checkpoint (None: saved before digests existed)."""
   for name in ("digest/metadata", "digest"):
     path = os.path.join(step_dir, name)
-    if os.path.isfile(path):
+    if paths.isfile(path):
       try:
-        with open(path) as f:
-          return json.load(f)
+        return paths.read_json(path)
       except (OSError, ValueError):
         return {"version": DIGEST_VERSION, "arrays": {"<digest unreadable>": ""}}
   return None
@@ -272,23 +267,38 @@ def fingerprint(step_dir: str) -> str | None:
   blob = None
   if saved:
     blob = json.dumps(saved, sort_keys=True).encode()
-  elif os.path.exists(os.path.join(step_dir, CHECKSUMS)):
-    with open(os.path.join(step_dir, CHECKSUMS), "rb") as f:
-      blob = f.read()
+  elif paths.exists(os.path.join(step_dir, CHECKSUMS)):
+    blob = paths.read_bytes(os.path.join(step_dir, CHECKSUMS))
   return hashlib.sha1(blob).hexdigest()[:16] if blob is not None else None
 
 
 TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix of a step directory being written
 
 
+COMMIT_MARK = "commit_success.txt"  # Orbax's "finalised" file where there is no rename
+
+
+def _unfinished(directory: str) -> list[str]:
+  """Step directories a killed save left: ``<step>.orbax-checkpoint-tmp*`` locally; on an object
+  store (written in place, no rename) a ``<step>`` without Orbax's commit marker."""
+  names = paths.listdir(directory)
+  if not paths.is_url(directory):
+    return sorted(n for n in names if TMP_MARK in n)
+  return sorted(
+    n
+    for n in names
+    if TMP_MARK in n or (n.isdigit() and not paths.exists(os.path.join(directory, n, COMMIT_MARK)))
+  )
+
+
 def remove_unfinished(directory: str, log_fn=None) -> list[str]:
-  """Removes the ``<step>.orbax-checkpoint-tmp*`` directories a killed save left (process 0,
-  under the workdir lock); returns their names."""
-  if jax.process_index() != 0 or not os.path.isdir(directory):
+  """Removes the unfinished step directories a killed save left (process 0, under the workdir
+  lock); returns their names."""
+  if jax.process_index() != 0 or not paths.isdir(directory):
     return []
-  gone = sorted(n for n in os.listdir(directory) if TMP_MARK in n)
+  gone = _unfinished(directory)
   for n in gone:
-    shutil.rmtree(os.path.join(directory, n), ignore_errors=True)
+    paths.rmtree(os.path.join(directory, n))
   if gone and log_fn is not None:
     log_fn(
       f"removed {len(gone)} unfinished checkpoint(s) a stopped run left in {directory}: "
@@ -309,7 +319,7 @@ class Checkpointer:
     async_save: bool = True,
     log_fn=None,
   ):
-    self.workdir = os.path.abspath(workdir)
+    self.workdir = paths.resolve(workdir)
     self.directory = os.path.join(self.workdir, "checkpoints")
     remove_unfinished(self.directory, log_fn or log.warning)
     options = ocp.CheckpointManagerOptions(
@@ -330,9 +340,9 @@ class Checkpointer:
     """Called by Orbax once the pending save is finalised, before its directory is renamed
     into place: its files' checksums go into it (one sealed step, never an older one)."""
     step, self._pending = self._pending, None
-    if step is None or jax.process_index() != 0 or not os.path.isdir(self.directory):
+    if step is None or jax.process_index() != 0 or not paths.isdir(self.directory):
       return
-    tmp = sorted(n for n in os.listdir(self.directory) if n.startswith(f"{step}{TMP_MARK}"))
+    tmp = sorted(n for n in paths.listdir(self.directory) if n.startswith(f"{step}{TMP_MARK}"))
     step_dir = os.path.join(self.directory, tmp[-1] if tmp else str(step))
     try:
       seal(step_dir)
@@ -349,7 +359,7 @@ class Checkpointer:
     where = f"{self.directory}/{named[0] if named else step}"
     self.failed = True
     if is_disk_full(e):
-      usage = shutil.disk_usage(self.directory)
+      usage = shutil.disk_usage(self.directory)  # only a local disk fills up
       return CheckpointError(
         f"saving checkpoint {where} failed: no space left on device ({usage.free / 2**30:.2f} "
         f"GiB free of {usage.total / 2**30:.2f} GiB); the previous checkpoints are intact; "
@@ -378,7 +388,7 @@ class Checkpointer:
 
   def _restore(self, step, abstract_state) -> tuple[Any, dict]:
     args = {"state": ocp.args.StandardRestore(abstract_state)}
-    has_loader = os.path.isdir(os.path.join(self.directory, str(step), "loader"))
+    has_loader = paths.isdir(os.path.join(self.directory, str(step), "loader"))
     if has_loader:
       args["loader"] = ocp.args.JsonRestore()
     out = self.manager.restore(step, args=ocp.args.Composite(**args))
@@ -391,7 +401,7 @@ class Checkpointer:
     step_dir = os.path.join(self.directory, str(step))
     saved = read_digest(step_dir)
     if saved is None:
-      if not os.path.exists(os.path.join(step_dir, CHECKSUMS)):
+      if not paths.exists(os.path.join(step_dir, CHECKSUMS)):
         log.warning(
           "checkpoint %s has neither an array digest nor file checksums (written "
           "by an older version and stopped before sealing): restored unverified",
@@ -469,13 +479,13 @@ class Checkpointer:
 
   def _move_aside(self, step: int):
     src = os.path.join(self.directory, str(step))
-    if jax.process_index() == 0 and os.path.exists(src):
+    if jax.process_index() == 0 and paths.exists(src):
       dst_dir = os.path.join(self.workdir, "checkpoints_corrupt")
-      os.makedirs(dst_dir, exist_ok=True)
+      paths.makedirs(dst_dir)
       dst = os.path.join(dst_dir, str(step))
-      if os.path.exists(dst):
-        shutil.rmtree(dst)
-      shutil.move(src, dst)
+      if paths.exists(dst):
+        paths.rmtree(dst)
+      paths.move(src, dst)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"checkpoint_move_aside_{step}")
     self.manager.reload()
@@ -509,21 +519,27 @@ class Checkpointer:
 def find_checkpoints(path: str) -> tuple[str, list[int]]:
   """A workdir, its checkpoints dir or one step dir -> (checkpoints dir, steps newest first;
   only the given one for a step dir)."""
-  path = os.path.abspath(path)
+  path = paths.resolve(path)
   for d in (os.path.join(path, "checkpoints"), path):
-    if os.path.isdir(d):
-      steps = [
-        int(s) for s in os.listdir(d) if s.isdigit() and os.path.isdir(os.path.join(d, s, "state"))
-      ]
+    if paths.isdir(d):
+      steps = [int(s) for s in paths.listdir(d) if s.isdigit() and _finished(os.path.join(d, s))]
       if steps:
         return d, sorted(steps, reverse=True)
   base = os.path.basename(path)
-  if base.isdigit() and os.path.isdir(os.path.join(path, "state")):
+  if base.isdigit() and _finished(path):
     return os.path.dirname(path), [int(base)]
   raise CheckpointError(
     f"no checkpoint found at {path!r} (expected a workdir, its "
     f"checkpoints/ directory or a checkpoints/<step> directory)"
   )
+
+
+def _finished(step_dir: str) -> bool:
+  """A step directory holding a state that Orbax finalised (renamed into place locally; its
+  commit marker on an object store)."""
+  if not paths.isdir(os.path.join(step_dir, "state")):
+    return False
+  return not paths.is_url(step_dir) or paths.exists(os.path.join(step_dir, COMMIT_MARK))
 
 
 def find_checkpoint(path: str) -> tuple[str, int]:

@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import types
 from typing import Any
 
@@ -130,7 +131,7 @@ def convert(
   n_params = sum(int(np.prod(s)) for s in shapes["params"].values())
   summary = {
     "from": fmt,
-    "source": os.path.abspath(src),
+    "source": paths.resolve(src),
     "model": spec.model,
     "model_kwargs": spec.model_kwargs,
     "method": spec.method,
@@ -144,7 +145,7 @@ def convert(
 
 def write(out: str, config, state: dict, summary: dict):
   """A workdir finetune/train accept: config.json + checkpoints/0/state (Orbax)."""
-  if os.path.exists(os.path.join(out, "checkpoints")):
+  if paths.exists(os.path.join(out, "checkpoints")):
     raise ConversionError(f"--out={out}: already holds checkpoints; choose a new directory")
   write_config(config, out, {"converted_from": summary})
   ckptr = ckpt_lib.Checkpointer(out, keep=1, async_save=False)
@@ -256,7 +257,7 @@ def export_timm(workdir: str, out: str) -> dict[str, Any]:
   sd = _with_batchnorm_counters(interop.export(flat, interop.timm_rule(kind), what="timm"))
   save_state_dict(sd, out)
   pretrained_cfg = {
-    "file": os.path.abspath(out),
+    "file": paths.resolve(out),
     "num_classes": num_classes,
     **_image_mean_std(config),
   }
@@ -266,15 +267,14 @@ def export_timm(workdir: str, out: str) -> dict[str, Any]:
     "architecture": arch,
     "kwargs": args,
     "pretrained_cfg": pretrained_cfg,
-    "source": os.path.abspath(directory),
+    "source": paths.resolve(directory),
     "step": step,
     "model": model,
     "model_kwargs": kwargs,
     "usage": "timm.create_model(architecture, pretrained=True, "
     "pretrained_cfg_overlay=pretrained_cfg, **kwargs)",
   }
-  with open(os.path.splitext(out)[0] + ".json", "w") as f:
-    json.dump(meta, f, indent=1)
+  paths.write_json(os.path.splitext(out)[0] + ".json", meta, indent=1)
   return {
     "to": "timm",
     "out": out,
@@ -295,13 +295,21 @@ def _with_batchnorm_counters(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
 def _run_config(run_dir: str) -> ml_collections.ConfigDict | None:
   path = os.path.join(run_dir, "config.json")
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return None
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f)["config"])
+  return ml_collections.ConfigDict(paths.read_json(path)["config"])
 
 
 def save_state_dict(sd: dict[str, np.ndarray], out: str):
+  """Writes a state dict file (.safetensors or .pt); to a URL through a local file uploaded
+  whole."""
+  if paths.is_url(out):
+    with tempfile.TemporaryDirectory() as tmp:
+      local = os.path.join(tmp, paths.basename(out))
+      save_state_dict(sd, local)
+      with open(local, "rb") as f:
+        paths.write_bytes(out, f.read())
+    return
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   if out.endswith(".safetensors"):
     from safetensors.numpy import save_file
@@ -362,13 +370,13 @@ def main(argv=None) -> int:
   )
   args = p.parse_args(argv)
   try:
-    paths.check_local("--out", args.out)
-    paths.check_local("src", args.src)
     if args.to:
       export = export_openclip if args.to == "openclip" else export_timm
       summary = export(args.src, args.out)
     else:
-      summary = convert(args.fmt, args.src, args.out, model=args.model, act=args.act)
+      with interop.local_copy(args.src) as src:  # a checkpoint file in a bucket: read locally
+        summary = convert(args.fmt, src, args.out, model=args.model, act=args.act)
+      summary["source"] = paths.resolve(args.src)
   except (ConversionError, CheckpointError, OSError, paths.URLPathError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

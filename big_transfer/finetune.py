@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import math
 import os
@@ -50,6 +51,7 @@ from big_transfer import (
   config_lib,
   identity,
   methods,
+  paths,
   published,
   runlock,
   schema,
@@ -441,7 +443,7 @@ class Session:
     (they are indices into the base, applied after the cache)."""
     c, m = self.config, self.method
     weights = (
-      [os.path.abspath(self.pre.path), self.pre.step, self.pre.fingerprint]
+      [paths.resolve(self.pre.path), self.pre.step, self.pre.fingerprint]
       if self.pre
       else ["scratch", c.seed]
     )
@@ -480,7 +482,7 @@ class Session:
       return self.features(self.frozen_weights(), split)
     path = os.path.join(self.config.feature_cache, f"{self._cache_key(tuple(identity))}.npz")
     cached = None
-    if jax.process_index() == 0 and os.path.exists(path):
+    if jax.process_index() == 0 and paths.exists(path):
       cached = _read_cached_features(path, len(base))
     usable = cached is not None
     if jax.process_count() > 1:  # one decision for every process: computing is a collective
@@ -497,10 +499,10 @@ class Session:
     else:
       x, y = self.features(self.frozen_weights(), split, source=base)
       if jax.process_index() == 0:
-        os.makedirs(self.config.feature_cache, exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp.npz"
-        np.savez(tmp, x=x, y=y)
-        os.replace(tmp, path)
+        paths.makedirs(self.config.feature_cache)
+        buf = io.BytesIO()
+        np.savez(buf, x=x, y=y)
+        paths.write_bytes(path, buf.getvalue())
     return x[idx], y[idx]
 
   def features(self, weights: Weights, split: str, source=None):
@@ -707,7 +709,7 @@ def _read_cached_features(path: str, rows: int):
   """(x, y) of a feature cache entry, or None (with a warning) when it cannot be read or does
   not hold one row per example of its source."""
   try:
-    with np.load(path) as f:
+    with np.load(io.BytesIO(paths.read_bytes(path))) as f:
       x, y = f["x"], f["y"]
   except (OSError, ValueError, KeyError) as e:
     log_lib.info(f"warning: feature cache {path}: unreadable ({e}); recomputing")
@@ -831,11 +833,10 @@ def run(config, workdir: str, devices=None, accept_changes=()) -> list[dict]:
       workdir, run_identity(config, s), kind="finetune", accept=accept_changes, log=log_lib.info
     )
     if accepted:
-      if os.path.exists(done_path):  # the rows of another run: this one is computed anew
-        os.replace(done_path, done_path + ".before_change")
-    if os.path.exists(done_path):
-      with open(done_path) as f:
-        rows = json.load(f)["rows"]
+      if paths.exists(done_path):  # the rows of another run: this one is computed anew
+        paths.move(done_path, done_path + ".before_change")
+    if paths.exists(done_path):
+      rows = paths.read_json(done_path)["rows"]
       log_lib.info(f"already done: {done_path} ({len(rows)} rows)")
     else:
       rows = _run(s, workdir, done_path)
@@ -874,7 +875,7 @@ def _run(s: Session, workdir: str, done_path: str) -> list[dict]:
     "recipe": recipe_of(s),
     "selection": "val",
     "tags": parse_tags(c.tags),
-    "workdir": os.path.abspath(workdir),
+    "workdir": paths.resolve(workdir),
   }
   if d["test_subsampled"]:
     base["test_subsampled"] = d["test_subsampled"]  # k test images per class (the authors')
@@ -1017,15 +1018,13 @@ def _run(s: Session, workdir: str, done_path: str) -> list[dict]:
       for r in rows:  # the alpha validation chooses (ties: more of the fine-tuned weights)
         r["chosen"] = r is chosen
   wall = time.time() - t0
-  run_id = os.path.abspath(workdir)
+  run_id = paths.resolve(workdir)
   for i, r in enumerate(rows):
     r["wall_time_s"] = round(wall, 2)
     r["row_id"] = f"{run_id}#{i}"  # results files hold each row once, whatever reruns happen
   if jax.process_index() == 0:  # the done marker first: the rows are appended from it
-    os.makedirs(workdir, exist_ok=True)
-    with open(done_path + ".tmp", "w") as f:
-      json.dump({"rows": rows}, f, indent=1, default=transfer._json_default)
-    os.replace(done_path + ".tmp", done_path)
+    paths.makedirs(workdir)
+    paths.write_json(done_path, {"rows": rows}, indent=1, default=transfer._json_default)
   for r in rows:
     extra = f" alpha {r['hyperparameters']['alpha']}" if "alpha" in r["hyperparameters"] else ""
     extra += " <- chosen on validation" if r.get("chosen") else ""

@@ -27,7 +27,7 @@ from typing import Any
 
 import jax
 
-from big_transfer import config_lib
+from big_transfer import config_lib, paths
 from big_transfer.app import UserError
 
 RUN_FILE = "run.json"
@@ -115,11 +115,10 @@ def describe(diffs) -> str:
 
 def read(workdir: str) -> dict | None:
   path = os.path.join(workdir, RUN_FILE)
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return None
   try:
-    with open(path) as f:
-      record = json.load(f)
+    record = paths.read_json(path)
     record["identity"]  # noqa: B018  (a record without one is unreadable)
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise IdentityError(
@@ -132,11 +131,8 @@ def read(workdir: str) -> dict | None:
 def _write(workdir: str, record: dict) -> None:
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, RUN_FILE)
-  with open(path + ".tmp", "w") as f:
-    json.dump(record, f, indent=1, sort_keys=True, default=str)
-  os.replace(path + ".tmp", path)
+  paths.makedirs(workdir)
+  paths.write_json(os.path.join(workdir, RUN_FILE), record, indent=1, sort_keys=True, default=str)
 
 
 def check(
@@ -150,7 +146,7 @@ def check(
   record = read(workdir)
   now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
   if record is None:
-    if os.path.exists(os.path.join(workdir, "config.json")) or os.path.exists(
+    if paths.exists(os.path.join(workdir, "config.json")) or paths.exists(
       os.path.join(workdir, "done.json")
     ):
       log(

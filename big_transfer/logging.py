@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from absl import logging as absl_logging
 
-from big_transfer import schema
+from big_transfer import paths, schema
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -85,21 +85,28 @@ class MetricWriter:
   """Writes ``WORKDIR/metrics.jsonl`` (one object per logged step) and TensorBoard events.
 
   ``resume_step``: the step the run (re)starts from. Rows of later steps — written after that
-  checkpoint by a run that was then killed — are dropped, so every step appears once."""
+  checkpoint by a run that was then killed — are dropped, so every step appears once.
+
+  A workdir in a bucket (no append): both are written in a local staging directory and
+  uploaded whole at each write (:class:`paths.Mirror`)."""
 
   def __init__(
     self, workdir: str, tensorboard: bool = True, resume_step: int = 0, config: dict | None = None
   ):
     self.enabled = jax.process_index() == 0
+    self._mirror = None
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._file = None
     self._tb = None
     self._wandb = None
     wandb_cfg = (config or {}).get("wandb") or {}
-    if self.enabled and wandb_cfg.get("project"):
-      self._wandb = _wandb_run(workdir, wandb_cfg, config)
     if self.enabled:
-      os.makedirs(workdir, exist_ok=True)
+      paths.makedirs(workdir)
+      self._mirror = paths.Mirror(workdir)
+      self.path = self._mirror.fetch("metrics.jsonl")
+    if self.enabled and wandb_cfg.get("project"):
+      self._wandb = _wandb_run(workdir, wandb_cfg, config, self._mirror.local)
+    if self.enabled:
       self._drop_after(resume_step)
       self._file = open(self.path, "a")
       if tensorboard:
@@ -107,7 +114,7 @@ class MetricWriter:
           from tensorboardX import SummaryWriter  # lazy: optional, +0.2 s
 
           self._tb = SummaryWriter(
-            os.path.join(workdir, "tensorboard"),
+            os.path.join(self._mirror.local, "tensorboard"),
             purge_step=resume_step + 1 if resume_step else None,
           )
         except ImportError:
@@ -122,6 +129,8 @@ class MetricWriter:
         for summary in hparams(flat, {}):
           self._tb._get_file_writer().add_summary(summary)  # noqa: SLF001
         self._tb.add_text("config", "\n".join(f"    {k} = {v}" for k, v in sorted(flat.items())), 0)
+        self._tb.flush()
+      self._mirror.sync()
 
   def _drop_after(self, step: int):
     if not os.path.exists(self.path):
@@ -156,32 +165,34 @@ class MetricWriter:
         {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))},
         step=int(step),
       )
+    self._mirror.sync()
 
   def close(self):
     if self._file:
       self._file.close()
     if self._tb is not None:
       self._tb.close()
+    if self._mirror is not None:
+      self._mirror.close()
+      self._mirror = None
     if self._wandb is not None:
       self._wandb.finish()
       self._wandb = None
 
 
-def _wandb_run(workdir: str, cfg: dict, config: dict):
+def _wandb_run(workdir: str, cfg: dict, config: dict, local_dir: str):
   """A W&B run for this workdir: the same run id on every (re)start of it, so a resumed run
   continues its W&B run (steps a killed attempt logged past the checkpoint it resumes from are
   not logged twice: W&B keeps the first)."""
   import wandb  # lazy: optional dependency (config validation says so when it is missing)
 
   id_path = os.path.join(workdir, "wandb_run_id")
-  if os.path.exists(id_path):
-    with open(id_path) as f:
-      run_id = f.read().strip()
+  if paths.exists(id_path):
+    run_id = paths.read_text(id_path).strip()
   else:
     run_id = secrets.token_hex(4)  # W&B ids: lower-case letters and digits
-    with open(id_path, "w") as f:
-      f.write(run_id + "\n")
-  parts = os.path.normpath(os.path.abspath(workdir)).split(os.sep)
+    paths.write_text(id_path, run_id + "\n")
+  parts = paths.resolve(workdir).rstrip("/").split("/")
   return wandb.init(
     project=cfg["project"],
     entity=cfg.get("entity") or None,
@@ -189,7 +200,7 @@ def _wandb_run(workdir: str, cfg: dict, config: dict):
     group=cfg.get("group") or None,
     tags=[t.strip() for t in cfg.get("tags", "").split(",") if t.strip()] or None,
     mode=cfg.get("mode", "online"),
-    dir=workdir,
+    dir=local_dir,  # W&B's own files: a local directory (the workdir may be a bucket)
     id=run_id,
     resume="allow",
     config=flatten_config(config),
@@ -199,7 +210,7 @@ def _wandb_run(workdir: str, cfg: dict, config: dict):
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   path = os.path.join(workdir, "metrics.jsonl")
-  with open(path) as f:
+  with paths.open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
 
 

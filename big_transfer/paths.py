@@ -1,12 +1,38 @@
-"""Where paths may point. Object-store URLs (``gs://``, ``s3://``, ...) are not supported yet as
-workdirs, checkpoints, results or caches: every such path is refused in one line naming the
-recipe that works today (mount the bucket), instead of becoming a local directory named like the
-URL (``gs:/bucket/run``) that fails at the first save.
+"""One path layer: every workdir, checkpoint, metrics file, result, report, lock and ``pretrained=``
+may be a local path or an object-store URL (``gs://bucket/...``, and what ``etils.epath`` reads
+through fsspec: ``s3://``, ...).
+
+Paths stay strings. Local paths go through ``os`` exactly as before (atomic renames, ``O_EXCL``
+locks); URLs go through ``etils.epath`` (gcsfs for ``gs://``), with what object stores lack done
+their way:
+  - no rename: an object is written whole or not at all, so an atomic write is a plain write,
+    and a "move" (a corrupt checkpoint set aside) is a copy, then a delete;
+  - no append: files that grow (metrics, TensorBoard events) are written locally and the whole
+    file is uploaded at each flush (:class:`Mirror`);
+  - no ``O_EXCL``: a lock or claim is created with GCS's create-if-absent precondition
+    (``ifGenerationMatch=0``), see :func:`create_exclusive`;
+  - listings are cached by fsspec per process, and other processes (workers, a resumed run)
+    write meanwhile: every listing and existence check here reads the store afresh.
+Arrays in checkpoints go through Orbax/tensorstore's own object-store drivers.
+
+Readers that cannot read object storage refuse a URL in one line naming the recipe (mount the
+bucket with gcsfuse): see :func:`require_local`.
+
+Emulators: with ``STORAGE_EMULATOR_HOST`` set (a local GCS API emulator), gcsfs's bucket-type
+probe (a Google API an emulator does not serve) is turned off unless
+``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT`` says otherwise, and tensorstore is pointed at the same
+emulator (``TENSORSTORE_GCS_HTTP_URL``) unless set.
 """
 
 from __future__ import annotations
 
+import builtins
+import json
+import os
 import re
+import shutil
+import tempfile
+from typing import IO
 
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 RECIPE = (
@@ -14,17 +40,302 @@ RECIPE = (
   "then /mnt/BUCKET/...)"
 )
 
+if os.environ.get("STORAGE_EMULATOR_HOST"):
+  os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+  os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", os.environ["STORAGE_EMULATOR_HOST"])
+
 
 class URLPathError(ValueError):
-  """A path that is an object-store URL; one line."""
+  """A URL where only a local path works; one line."""
 
 
-def check_local(what: str, path) -> None:
-  """Refuses ``path`` (named ``what``, e.g. '--workdir' or 'config.pretrained') when it is a
-  URL."""
-  if path and URL.match(str(path)):
-    scheme = str(path).split("://")[0]
-    raise URLPathError(
-      f"{what}={path}: {scheme}:// paths are not supported yet (they would become a local "
-      f"directory named {str(path).replace('://', ':/', 1)}); {RECIPE}"
+def is_url(path) -> bool:
+  return bool(path) and bool(URL.match(str(path)))
+
+
+def scheme(path) -> str:
+  return str(path).split("://", 1)[0].lower() if is_url(path) else ""
+
+
+def require_local(what: str, path, why: str = "") -> None:
+  """Refuses ``path`` (named ``what``, e.g. 'data spec' or '--out') in one line when it is a URL
+  that the reader behind ``what`` cannot read."""
+  if is_url(path):
+    reason = why or "this reader reads local files only"
+    raise URLPathError(f"{what}={path}: {scheme(path)}:// is not readable here ({reason}); {RECIPE}")
+
+
+def resolve(path) -> str:
+  """The absolute form of a path: a local path made absolute, a URL as given (no trailing
+  slash). Never turns a URL into a local directory named like it."""
+  path = os.fspath(path)
+  if is_url(path):
+    return path.rstrip("/") if not path.endswith("://") else path
+  return os.path.abspath(path)
+
+
+join = os.path.join  # joins URLs as well ("gs://b/x" + "y" = "gs://b/x/y")
+dirname = os.path.dirname
+basename = os.path.basename
+
+
+def _epath(path):
+  from etils import epath  # lazy: local paths never need it
+
+  _fs(path)  # the same filesystem settings (and a fresh listing) for epath's own calls
+
+  return epath.Path(path)
+
+
+def _fs(path):
+  """The fsspec filesystem of a URL, its listing cache dropped (other processes write too)."""
+  import fsspec
+
+  if os.environ.get("STORAGE_EMULATOR_HOST"):  # an emulator takes no credentials
+    for name in ("gs", "gcs"):
+      fsspec.config.conf.setdefault(name, {}).setdefault("token", "anon")
+  fs, _ = fsspec.core.url_to_fs(path)
+  fs.invalidate_cache()
+  return fs
+
+
+def _key(path) -> str:
+  return str(path).split("://", 1)[1]
+
+
+def exists(path) -> bool:
+  if not is_url(path):
+    return os.path.exists(path)
+  return _fs(path).exists(_key(path))
+
+
+def isdir(path) -> bool:
+  if not is_url(path):
+    return os.path.isdir(path)
+  return _fs(path).isdir(_key(path))
+
+
+def isfile(path) -> bool:
+  if not is_url(path):
+    return os.path.isfile(path)
+  return _fs(path).isfile(_key(path))
+
+
+def listdir(path) -> list[str]:
+  """Names in a directory (an object-store "directory": the names under its prefix)."""
+  if not is_url(path):
+    return os.listdir(path)
+  fs = _fs(path)
+  key = _key(path).rstrip("/")
+  if not fs.isdir(key):
+    raise FileNotFoundError(f"{path}: no such directory")
+  return sorted({e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(key, detail=False)} - {""})
+
+
+def makedirs(path, exist_ok: bool = True) -> None:
+  """A directory (an object store has none: nothing to make)."""
+  if not is_url(path):
+    os.makedirs(path, exist_ok=exist_ok)
+
+
+def open(path, mode: str = "r", **kwargs) -> IO:  # noqa: A001  the builtin's shape
+  if not is_url(path):
+    return builtins.open(path, mode, **kwargs)
+  if "a" in mode:
+    raise URLPathError(f"{path}: object stores have no append; write whole files (paths.Mirror)")
+  if "w" in mode:
+    _fs(path)  # drop listings that would not show the new object
+  return _epath(path).open(mode)
+
+
+def read_text(path) -> str:
+  with open(path) as f:
+    return f.read()
+
+
+def read_bytes(path) -> bytes:
+  with open(path, "rb") as f:
+    return f.read()
+
+
+def read_json(path):
+  return json.loads(read_text(path))
+
+
+def write_text(path, text: str) -> None:
+  """Writes a file whole, atomically: readers see the old or the new content, never a part
+  (locally: a temporary file renamed over it; an object store writes objects whole)."""
+  if not is_url(path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with builtins.open(tmp, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+    return
+  with open(path, "w") as f:
+    f.write(text)
+
+
+def write_json(path, value, **kwargs) -> None:
+  write_text(path, json.dumps(value, **kwargs))
+
+
+def write_bytes(path, data: bytes) -> None:
+  if not is_url(path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with builtins.open(tmp, "wb") as f:
+      f.write(data)
+    os.replace(tmp, path)
+    return
+  with open(path, "wb") as f:
+    f.write(data)
+
+
+def remove(path, missing_ok: bool = True) -> None:
+  try:
+    if not is_url(path):
+      os.remove(path)
+    else:
+      fs = _fs(path)
+      if not fs.exists(_key(path)):
+        raise FileNotFoundError(path)
+      fs.rm_file(_key(path))
+  except FileNotFoundError:
+    if not missing_ok:
+      raise
+
+
+def rmtree(path) -> None:
+  if not is_url(path):
+    shutil.rmtree(path, ignore_errors=True)
+    return
+  fs = _fs(path)
+  if fs.exists(_key(path)):
+    fs.rm(_key(path), recursive=True)
+
+
+def move(src, dst) -> None:
+  """Moves a file or directory (an object store: copied, then the source deleted)."""
+  if not is_url(src) and not is_url(dst):
+    shutil.move(src, dst)
+    return
+  if is_url(src) != is_url(dst) or scheme(src) != scheme(dst):
+    raise URLPathError(f"moving {src} to {dst}: both must be on the same store")
+  fs = _fs(src)
+  fs.copy(_key(src), _key(dst), recursive=True)
+  fs.rm(_key(src), recursive=True)
+
+
+def files_under(root) -> list[str]:
+  """Every file below ``root``, as paths relative to it, sorted."""
+  if not is_url(root):
+    return sorted(
+      os.path.relpath(os.path.join(dp, f), root) for dp, _, fs in os.walk(root) for f in fs
     )
+  fs = _fs(root)
+  key = _key(root).rstrip("/")
+  return sorted(p[len(key) + 1 :] for p in fs.find(key) if p.startswith(key + "/"))
+
+
+def mtime(path) -> float:
+  """Seconds since the epoch of the last write (the store's clock for an object)."""
+  if not is_url(path):
+    return os.path.getmtime(path)
+  info = _fs(path).info(_key(path))
+  for k in ("mtime", "updated", "LastModified", "last_modified"):
+    v = info.get(k)
+    if v is None:
+      continue
+    if hasattr(v, "timestamp"):
+      return v.timestamp()
+    if isinstance(v, str):
+      import datetime
+
+      return datetime.datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
+    return float(v)
+  raise OSError(f"{path}: the store gives no modification time")
+
+
+def create_exclusive(path, data: bytes) -> bool:
+  """Creates ``path`` with ``data`` if it does not exist: True when this call created it, False
+  when it existed. Atomic among processes and hosts: ``O_EXCL`` locally, GCS's
+  ``ifGenerationMatch=0`` precondition for ``gs://``. Other stores have no such primitive
+  here: refused in one line."""
+  if not is_url(path):
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    return True
+  if scheme(path) not in ("gs", "gcs"):
+    raise URLPathError(
+      f"{path}: a lock on {scheme(path)}:// needs a create-if-absent write this code has only for "
+      f"gs:// and local paths; {RECIPE}"
+    )
+  fs = _fs(path)
+  try:
+    fs.pipe_file(_key(path), data, mode="create")
+  except Exception as e:  # noqa: BLE001  412 Precondition Failed: it exists
+    if _precondition_failed(e):
+      return False
+    raise
+  return True
+
+
+def _precondition_failed(e: BaseException) -> bool:
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, FileExistsError) or getattr(e, "code", None) == 412 or "412" in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+class Mirror:
+  """Files that grow by appends (metrics.jsonl, TensorBoard events), for a directory that may be
+  a URL. A local directory is used as is (``local`` is it). For a URL, the files are written
+  in a local staging directory and :meth:`sync` uploads each changed file whole (object stores
+  have no append); ``fetch(name)`` first copies an existing file down (a resumed run goes on
+  from it)."""
+
+  def __init__(self, directory: str):
+    self.directory = directory
+    self.remote = is_url(directory)
+    self.local = tempfile.mkdtemp(prefix="bt-stage-") if self.remote else directory
+    self._sizes: dict[str, tuple[int, float]] = {}
+
+  def fetch(self, name: str) -> str:
+    """The local path of ``name``; for a URL directory, downloaded first when it exists."""
+    local = os.path.join(self.local, name)
+    if self.remote:
+      remote = join(self.directory, name)
+      if exists(remote):
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        with builtins.open(local, "wb") as f:
+          f.write(read_bytes(remote))
+        self._sizes[name] = self._stat(local)
+    return local
+
+  @staticmethod
+  def _stat(p: str) -> tuple[int, float]:
+    st = os.stat(p)
+    return st.st_size, st.st_mtime
+
+  def sync(self) -> None:
+    """Uploads every file changed since the last sync (a URL directory; else nothing)."""
+    if not self.remote:
+      return
+    for rel in files_under(self.local):
+      p = os.path.join(self.local, rel)
+      st = self._stat(p)
+      if self._sizes.get(rel) != st:
+        with builtins.open(p, "rb") as f:
+          write_bytes(join(self.directory, rel), f.read())
+        self._sizes[rel] = st
+
+  def close(self) -> None:
+    self.sync()
+    if self.remote:
+      shutil.rmtree(self.local, ignore_errors=True)

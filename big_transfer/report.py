@@ -17,10 +17,10 @@ Which arms form a comparison is read from the rows' ``tags.group`` (set by the s
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
-import shutil
 import sys
 import textwrap
 from collections import defaultdict
@@ -527,8 +527,10 @@ def draw(spec: dict, path: str) -> None:
   fig.suptitle(spec["title"] + (f"\n{note}" if note else ""), fontsize=11)
   rows = -(-len(handles) // 4) if handles else 0
   fig.tight_layout(rect=(0, min(0.35, 0.06 * rows + 0.02), 1, 1))
-  fig.savefig(path, dpi=110)
+  buf = io.BytesIO()  # the report may be in a bucket: the figure is written whole
+  fig.savefig(buf, format="png", dpi=110)
   plt.close(fig)
+  paths.write_bytes(path, buf.getvalue())
 
 
 def _cell(a: dict | None) -> str:
@@ -721,7 +723,7 @@ def write_report(workdir: str, study=None) -> str:
     )
   agg = aggregate(rows)
   out_dir = os.path.join(workdir, "report")
-  os.makedirs(out_dir, exist_ok=True)
+  paths.makedirs(out_dir)
   specs = figure_specs(agg)
   lines = [
     f"# Study report: {study.get('name', '') if study else os.path.basename(workdir)}",
@@ -770,11 +772,9 @@ def write_report(workdir: str, study=None) -> str:
       compared,
       "",
     ]
-  with open(os.path.join(out_dir, "specs.json"), "w") as f:
-    json.dump(specs, f, indent=1, default=str)
+  paths.write_json(os.path.join(out_dir, "specs.json"), specs, indent=1, default=str)
   md = os.path.join(out_dir, "report.md")
-  with open(md, "w") as f:
-    f.write("\n".join(lines) + "\n")
+  paths.write_text(md, "\n".join(lines) + "\n")
   return md
 
 
@@ -886,9 +886,10 @@ def rewrite_readme(readme: str, workdir: str) -> None:
   docs = os.path.join(os.path.dirname(os.path.abspath(readme)), "docs")
   for name, dst in README_FIGURES.items():
     src = os.path.join(workdir, "report", f"{name}.png")
-    if not os.path.exists(src):
+    if not paths.exists(src):
       raise ValueError(f"{src}: missing (run the report first)")
-    shutil.copyfile(src, os.path.join(docs, dst))
+    with open(os.path.join(docs, dst), "wb") as f:
+      f.write(paths.read_bytes(src))
   with open(readme + ".tmp", "w") as f:
     f.write(head + README_BEGIN + "\n" + body + "\n" + README_END + tail)
   os.replace(readme + ".tmp", readme)
@@ -915,7 +916,6 @@ def main(argv=None):
   )
   args = p.parse_args(argv)
   try:
-    paths.check_local("--workdir", args.workdir)
     print(write_report(args.workdir))
     if args.readme:
       rewrite_readme(args.readme, args.workdir)

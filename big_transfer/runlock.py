@@ -5,6 +5,11 @@ heartbeat (touched every ``HEARTBEAT_S``). A second run on the same workdir refu
 naming the holder. A lock left by a process that is gone is taken over with a line saying so:
 on the same host when its pid is dead, from any host when its heartbeat is older than
 ``STALE_S`` (a preempted VM cannot release its lock).
+
+The workdir may be a bucket (``gs://``): the lock is then created with GCS's create-if-absent
+precondition (:func:`paths.create_exclusive`; object stores have no ``O_EXCL`` and no rename),
+and the heartbeat rewrites it (after checking it is still this process's: a lock taken over
+meanwhile is not overwritten). Its age is the object's last write on the store's clock.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import threading
 import time
 
 from jax.experimental import multihost_utils
+
+from big_transfer import paths
 
 HEARTBEAT_S = 30.0
 STALE_S = 300.0
@@ -85,12 +92,13 @@ class WorkdirLock:
   def __init__(self, workdir: str, log=print, name: str = ".lock"):
     """``name``: the lock file (a study worker's claim on a run is ``.claim``, beside the run's
     own ``.lock``)."""
-    self.path = os.path.join(os.path.abspath(workdir), name)
+    self.path = paths.join(paths.resolve(workdir), name)
     self.log = log
     self.me = {
       "pid": os.getpid(),
       "host": socket.gethostname(),
       "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+      "token": os.urandom(6).hex(),  # this holder, whatever its pid and host
     }
     self._stop = threading.Event()
     self._thread = None
@@ -98,8 +106,7 @@ class WorkdirLock:
 
   def _read(self) -> dict | None:
     try:
-      with open(self.path) as f:
-        return json.load(f)
+      return paths.read_json(self.path)
     except FileNotFoundError:
       return None
     except (OSError, ValueError):
@@ -108,7 +115,7 @@ class WorkdirLock:
   def _stale(self, holder: dict) -> str | None:
     """Why the holder is gone, or None when it may be alive."""
     try:
-      age = time.time() - os.path.getmtime(self.path)
+      age = time.time() - paths.mtime(self.path)
     except FileNotFoundError:
       return "released meanwhile"
     if holder.get("host") == self.me["host"] and isinstance(holder.get("pid"), int):
@@ -120,11 +127,9 @@ class WorkdirLock:
     return None
 
   def acquire(self):
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    paths.makedirs(paths.dirname(self.path))
     for _ in range(3):
-      try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except FileExistsError:
+      if not paths.create_exclusive(self.path, json.dumps(self.me).encode()):
         holder = self._read()
         if holder is None:
           continue
@@ -136,17 +141,12 @@ class WorkdirLock:
             else "another run (lock unreadable)"
           )
           raise LockError(
-            f"workdir {os.path.dirname(self.path)} is in use by {who} "
+            f"workdir {paths.dirname(self.path)} is in use by {who} "
             f"({self.path}); stop that run or use another --workdir"
           ) from None
         self.log(f"taking over the lock of a run that is gone ({why}): {holder}")
-        try:
-          os.remove(self.path)
-        except FileNotFoundError:
-          pass
+        paths.remove(self.path)
         continue
-      with os.fdopen(fd, "w") as f:
-        json.dump(self.me, f)
       self.held = True
       self._thread = threading.Thread(target=self._heartbeat, daemon=True)
       self._thread.start()
@@ -155,18 +155,28 @@ class WorkdirLock:
 
   def _heartbeat(self):
     while not self._stop.wait(HEARTBEAT_S):
-      try:
+      self.beat()
+
+  def beat(self) -> bool:
+    """Marks the lock alive; False when it is no longer this holder's (taken over)."""
+    try:
+      if not paths.is_url(self.path):
         os.utime(self.path)
-      except OSError:
-        pass
+        return True
+      if (self._read() or {}).get("token") != self.me["token"]:
+        return False
+      paths.write_json(self.path, self.me)
+      return True
+    except Exception:  # noqa: BLE001  a missed heartbeat is retried at the next one
+      return False
 
   def release(self):
     self._stop.set()
-    if self.held and (self._read() or {}).get("pid") == self.me["pid"]:
-      try:
-        os.remove(self.path)
-      except FileNotFoundError:
-        pass
+    if self._thread is not None:
+      self._thread.join(timeout=5)
+    holder = self._read() or {}
+    if self.held and holder.get("pid") == self.me["pid"] and holder.get("token", self.me["token"]) == self.me["token"]:
+      paths.remove(self.path)
     self.held = False
 
   def __enter__(self):

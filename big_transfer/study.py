@@ -26,6 +26,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -148,7 +149,7 @@ class Run:
       sort_keys=True,
       default=str,
     )
-    for prefix in sorted({root, os.path.abspath(root)} - {""}, key=len, reverse=True):
+    for prefix in sorted({root, paths.resolve(root) if root else ""} - {""}, key=len, reverse=True):
       text = text.replace(prefix, "$STUDY")
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
@@ -175,7 +176,7 @@ class Run:
         return False
       return table_ids is None or all(r.get("row_id") in table_ids for r in rows)
     if self.kind == "convert":
-      return os.path.isdir(os.path.join(self.workdir, "checkpoints", "0", "state"))
+      return paths.isdir(os.path.join(self.workdir, "checkpoints", "0", "state"))
     return pretrain_finished(self.workdir)
 
 
@@ -183,11 +184,10 @@ def finished_rows(workdir: str) -> list[dict] | None:
   """The rows a finished transfer run recorded in its done.json (None: not finished, or a
   done.json that does not read)."""
   path = os.path.join(workdir, "done.json")
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return None
   try:
-    with open(path) as f:
-      return list(json.load(f)["rows"])
+    return list(paths.read_json(path)["rows"])
   except (OSError, ValueError, KeyError, TypeError):
     return None
 
@@ -254,13 +254,11 @@ def _flag_value(v) -> str:
 def pretrain_finished(workdir: str) -> bool:
   """The run wrote its done marker for the resolved total step count (config.json): its last
   checkpoint is saved and complete (a workdir that merely exists is not a finished run)."""
-  paths = [os.path.join(workdir, n) for n in ("config.json", "done.json")]
-  if not all(os.path.exists(p) for p in paths):
+  config_json, done_json = (os.path.join(workdir, n) for n in ("config.json", "done.json"))
+  if not (paths.exists(config_json) and paths.exists(done_json)):
     return False
-  with open(paths[0]) as f:
-    total = json.load(f)["resolved"]["total_steps"]
-  with open(paths[1]) as f:
-    return json.load(f).get("step") == total
+  total = paths.read_json(config_json)["resolved"]["total_steps"]
+  return paths.read_json(done_json).get("step") == total
 
 
 def apply_overrides(config, overrides: dict[str, Any]):
@@ -486,9 +484,8 @@ def freeze_manifest(workdir: str, runs: list[Run], update: bool = False) -> dict
   and says so)."""
   path = os.path.join(workdir, MANIFEST)
   now = manifest_of(runs, workdir)
-  if os.path.exists(path) and update:
-    with open(path) as f:
-      frozen = json.load(f)
+  if paths.exists(path) and update:
+    frozen = paths.read_json(path)
     if frozen.get("runs") != now["runs"]:
       log_lib.info(
         f"{path}: the study changed since it was written ({len(frozen.get('runs', []))} -> "
@@ -496,9 +493,8 @@ def freeze_manifest(workdir: str, runs: list[Run], update: bool = False) -> dict
       )
     else:
       return frozen
-  elif os.path.exists(path):
-    with open(path) as f:
-      frozen = json.load(f)
+  elif paths.exists(path):
+    frozen = paths.read_json(path)
     old = {m["index"]: m for m in frozen.get("runs", [])}
     for m in now["runs"]:
       o = old.get(m["index"])
@@ -515,11 +511,8 @@ def freeze_manifest(workdir: str, runs: list[Run], update: bool = False) -> dict
         f"use another --workdir, or remove {MANIFEST} once no worker of the old study runs"
       )
     return frozen
-  os.makedirs(workdir, exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(now, f, indent=1)
-  os.replace(tmp, path)  # several workers may write it at once: the same content
+  paths.makedirs(workdir)
+  paths.write_json(path, now, indent=1)  # several workers may write it at once: the same content
   return now
 
 
@@ -936,11 +929,6 @@ def main(argv):
     sys.exit(2)
   study, workdir = FLAGS.config, FLAGS.workdir
   try:
-    paths.check_local("--workdir", workdir)
-  except paths.URLPathError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  try:
     runs = expand(study, workdir)
   except (ValueError, KeyError) as e:
     print(f"error: study config: {e}", file=sys.stderr)
@@ -972,7 +960,7 @@ def main(argv):
       "-m",
       "big_transfer.study",
       *_config_args(),
-      f"--workdir={os.path.abspath(workdir)}",
+      f"--workdir={workdir}",
     ]
     if FLAGS.accept_changes:
       study_args.append(f"--accept_changes={FLAGS.accept_changes}")
@@ -987,7 +975,12 @@ def main(argv):
     if not FLAGS.dry_run:
       freeze_manifest(workdir, all_runs, update=True)
     try:
-      submit_slurm(jobs, os.path.abspath(workdir), dry_run=FLAGS.dry_run)
+      # SLURM writes its logs to a file system: the workdir's slurm/, or for a workdir in a
+      # bucket ./slurm_logs/<study> on the submitting host's (shared) disk
+      logs = workdir if not paths.is_url(workdir) else os.path.abspath(
+        os.path.join("slurm_logs", _slug(study.get("name", "") or paths.basename(workdir)))
+      )
+      submit_slurm(jobs, logs, dry_run=FLAGS.dry_run)
     except (RuntimeError, FileNotFoundError) as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(1)
@@ -1002,11 +995,17 @@ def main(argv):
         print(shlex.join(r.command()))
     return
   # Compiled programs persist across runs (and restarts): most runs share shapes.
-  os.makedirs(workdir, exist_ok=True)
-  # (a node-local cache when the launcher names one: launch/pack.sh)
+  paths.makedirs(workdir)
+  # (a node-local cache when the launcher names one: launch/pack.sh; a study in a bucket
+  # keeps it on the local disk)
   jax.config.update(
     "jax_compilation_cache_dir",
-    os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(workdir, ".jax_cache"),
+    os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    or (
+      os.path.join(tempfile.gettempdir(), "big_transfer_jax_cache")
+      if paths.is_url(workdir)
+      else os.path.join(workdir, ".jax_cache")
+    ),
   )
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   if FLAGS.worker:
@@ -1072,7 +1071,7 @@ def main(argv):
       f"{log_lib.format_duration(eta.remaining(todo[i + 1 :]))}"
     )
   failed = [k for k, v in status.items() if v in ("failed", "skipped", "not finished")]
-  if FLAGS.report and os.path.exists(os.path.join(workdir, "results.jsonl")):
+  if FLAGS.report and paths.exists(os.path.join(workdir, "results.jsonl")):
     t_report = time.time()
     out = report.write_report(workdir, study)
     times.add("report", time.time() - t_report)

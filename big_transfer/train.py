@@ -27,7 +27,7 @@ from clu import parameter_overview
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from big_transfer import app, config_lib, identity, methods, optim, runlock, sharding, transfer
+from big_transfer import app, config_lib, identity, methods, optim, paths, runlock, sharding, transfer
 from big_transfer import checkpoint as ckpt_lib
 from big_transfer import logging as log_lib
 from big_transfer import trainer as trainer_lib
@@ -112,7 +112,7 @@ def resolve_tokenizer(config, workdir: str, train_source) -> str | None:
   if workdir is None:  # a check: the vocabulary is learnt when the run starts
     return None
   path = os.path.join(workdir, "tokenizer_bpe.txt")
-  if not os.path.exists(path):
+  if not paths.exists(path):
     texts = tokenizer.captions_of(train_source, config.text.max_captions)
     if not texts:
       raise config_lib.ConfigError(
@@ -121,7 +121,7 @@ def resolve_tokenizer(config, workdir: str, train_source) -> str | None:
     t0 = time.perf_counter()
     asked = int(spec[len("train:") :])
     tok = tokenizer.train(texts, asked)
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     tok.save(path, note=f"learnt from {len(texts)} captions of {config.data}")
     short = (
       f" ({asked} asked: no other pair of symbols occurs twice in these captions)"
@@ -481,19 +481,13 @@ def write_parameter_overview(params, workdir: str) -> None:
   text = parameter_overview.get_parameter_overview(
     jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params), include_stats=False
   )
-  path = os.path.join(workdir, "parameters.txt")
-  with open(path + ".tmp", "w") as f:
-    f.write(text + "\n")
-  os.replace(path + ".tmp", path)
+  paths.write_text(os.path.join(workdir, "parameters.txt"), text + "\n")
 
 
 def clear_done(workdir: str) -> None:
   """Removes WORKDIR/done.json (process 0): the run is not finished."""
   if jax.process_index() == 0:
-    try:
-      os.remove(os.path.join(workdir, "done.json"))
-    except FileNotFoundError:
-      pass
+    paths.remove(os.path.join(workdir, "done.json"))
 
 
 def restore_or_init(ckpt, spec: RunSpec, trainer) -> tuple[int, TrainState, dict]:
@@ -542,7 +536,7 @@ def restore_or_init(ckpt, spec: RunSpec, trainer) -> tuple[int, TrainState, dict
 
 def _corrupt_steps(workdir: str) -> list[str]:
   d = os.path.join(workdir, "checkpoints_corrupt")
-  return sorted((n for n in os.listdir(d) if n.isdigit()), key=int) if os.path.isdir(d) else []
+  return sorted((n for n in paths.listdir(d) if n.isdigit()), key=int) if paths.isdir(d) else []
 
 
 def _last_metric_step(workdir: str) -> int:
@@ -559,10 +553,9 @@ def earlier_progress(workdir: str) -> list[str]:
   if corrupt:
     out.append(f"checkpoints {', '.join(corrupt)} were moved to checkpoints_corrupt/ earlier")
   done = os.path.join(workdir, "done.json")
-  if os.path.exists(done):
+  if paths.exists(done):
     try:
-      with open(done) as f:
-        out.append(f"done.json says the run finished at step {json.load(f).get('step')}")
+      out.append(f"done.json says the run finished at step {paths.read_json(done).get('step')}")
     except (OSError, ValueError):
       out.append("done.json says the run finished")
   return out
@@ -577,16 +570,16 @@ def set_aside_earlier_run(workdir: str) -> str:
   tag = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
   moved = []
   metrics = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(metrics):
+  if paths.exists(metrics):
     dst = os.path.join(workdir, f"metrics.before_fresh_start_{tag}.jsonl")
-    os.replace(metrics, dst)
+    paths.move(metrics, dst)
     moved.append(os.path.basename(dst))
   corrupt = _corrupt_steps(workdir)
   if corrupt:
     dst = os.path.join(workdir, "checkpoints_corrupt", f"before_fresh_start_{tag}")
-    os.makedirs(dst, exist_ok=True)
+    paths.makedirs(dst)
     for n in corrupt:
-      os.replace(os.path.join(workdir, "checkpoints_corrupt", n), os.path.join(dst, n))
+      paths.move(os.path.join(workdir, "checkpoints_corrupt", n), os.path.join(dst, n))
     moved.append(os.path.relpath(dst, workdir))
   return f"; the earlier run's records are kept: {', '.join(moved)}" if moved else ""
 
@@ -622,10 +615,10 @@ def mark_done(workdir: str, total_steps: int):
   """WORKDIR/done.json: the run finished and its last checkpoint is saved (process 0)."""
   if jax.process_index() != 0:
     return
-  path = os.path.join(workdir, "done.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump({"step": total_steps, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, f)
-  os.replace(path + ".tmp", path)
+  paths.write_json(
+    os.path.join(workdir, "done.json"),
+    {"step": total_steps, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+  )
 
 
 def entry():

@@ -23,7 +23,7 @@ from flax import nnx
 
 from big_transfer import checkpoint as ckpt_lib
 from big_transfer import logging as log_lib
-from big_transfer import methods, models, optim
+from big_transfer import methods, models, optim, paths
 from big_transfer import state as state_lib
 from big_transfer.data import sources, tokenizer
 from big_transfer.evaluators.fewshot_linear import ridge_fit_grid
@@ -101,13 +101,12 @@ def load_pretrained(path: str) -> Pretrained:
   directory, _ = ckpt_lib.find_checkpoint(path)
   workdir = workdir_of(directory)
   cfg_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(cfg_path):
+  if not paths.exists(cfg_path):
     raise ckpt_lib.CheckpointError(
       f"{path}: no config.json in {workdir} (the pre-training "
       f"run's config says which model and method made it)"
     )
-  with open(cfg_path) as f:
-    config = ml_collections.ConfigDict(json.load(f)["config"])
+  config = ml_collections.ConfigDict(paths.read_json(cfg_path)["config"])
   if config.method not in methods.METHODS:
     raise ckpt_lib.CheckpointError(
       f"{path}: method {config.method!r} has no image tower to "
@@ -622,23 +621,27 @@ def bit_hyperrule(num_examples: int, image_size: int | None = None) -> dict[str,
 # ----------------------------------------------------------------------------- results
 
 
-def append_results(rows: Sequence[dict], *paths: str) -> None:
+def append_results(rows: Sequence[dict], *files: str) -> None:
   """Appends JSON lines (one write per file, so concurrent runs do not interleave rows), each
-  row once: rows whose ``row_id`` a file already holds are not written again."""
-  for path in paths:
+  row once: rows whose ``row_id`` a file already holds are not written again. A file on an
+  object store (no append) is rewritten whole with the new rows added: concurrent writers of
+  one such file would lose rows, so runs that go on in parallel keep their own files (the
+  study's per-run done.json, from which it derives its table)."""
+  for path in files:
     if not path:
       continue
-    have = (
-      {r.get("row_id") for r in read_results(path) if isinstance(r, dict)}
-      if os.path.exists(path)
-      else set()
-    )
-    new = [r for r in rows if r.get("row_id") is None or r["row_id"] not in have]
+    have = [r for r in read_results(path)] if paths.exists(path) else []
+    ids = {r.get("row_id") for r in have if isinstance(r, dict)}
+    new = [r for r in rows if r.get("row_id") is None or r["row_id"] not in ids]
     if not new:
+      continue
+    text = "".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n" for r in new)
+    if paths.is_url(path):
+      paths.write_text(path, (paths.read_text(path) if paths.exists(path) else "") + text)
       continue
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a") as f:
-      f.write("".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n" for r in new))
+      f.write(text)
 
 
 def _json_default(v):
@@ -653,17 +656,16 @@ def _json_default(v):
 
 def read_results(path: str) -> list[dict]:
   rows = []
-  if os.path.isdir(path):
-    files = sorted(
-      os.path.join(dp, f)
-      for dp, _, fs in os.walk(path)
-      for f in fs
-      if f.startswith("results") and f.endswith(".jsonl")
-    )
+  if paths.isdir(path):
+    files = [
+      os.path.join(path, rel)
+      for rel in paths.files_under(path)
+      if paths.basename(rel).startswith("results") and rel.endswith(".jsonl")
+    ]
   else:
-    files = [path] if os.path.exists(path) else []
+    files = [path] if paths.exists(path) else []
   for fp in files:
-    with open(fp) as f:
+    with paths.open(fp) as f:
       for i, line in enumerate(f):
         if line.strip():
           try:

@@ -97,3 +97,60 @@ def losses(workdir):
 @pytest.fixture
 def config_factory():
   return mini_config
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+  """A local GCS API (tests/gcs_emulator.py: PyPI's gcp-storage-emulator, with GCS's object
+  preconditions) for the session: its bucket's URL. Clients in this process and every
+  subprocess find it through the environment (gcsfs: STORAGE_EMULATOR_HOST; tensorstore:
+  TENSORSTORE_GCS_HTTP_URL)."""
+  import importlib.util
+  import socket
+  import time
+
+  if importlib.util.find_spec("gcp_storage_emulator") is None:
+    pytest.fail("gcp-storage-emulator is not installed (it is in requirements.txt)")
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  proc = subprocess.Popen(
+    [sys.executable, os.path.join(ROOT, "tests", "gcs_emulator.py"), str(port), "bt-test"],
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  deadline = time.time() + 30
+  while True:
+    try:
+      socket.create_connection(("127.0.0.1", port), timeout=1).close()
+      break
+    except OSError:
+      if proc.poll() is not None or time.time() > deadline:
+        proc.kill()
+        pytest.fail(f"the GCS emulator did not start (exit {proc.poll()})")
+      time.sleep(0.2)
+  host = f"http://127.0.0.1:{port}"
+  env = {
+    "STORAGE_EMULATOR_HOST": host,
+    "TENSORSTORE_GCS_HTTP_URL": host,
+    "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # a Google API the emulator does not serve
+    "NO_GCE_CHECK": "true",  # not on a GCE VM: no metadata-server probe for credentials
+  }
+  old = {k: os.environ.get(k) for k in env}
+  os.environ.update(env)
+  yield "gs://bt-test"
+  for k, v in old.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v
+  proc.kill()
+  proc.wait()
+
+
+@pytest.fixture
+def bucket_dir(gcs_emulator, request):
+  """A fresh 'directory' in the emulated bucket for this test: gs://bt-test/<test>-<random>."""
+  import uuid
+
+  return f"{gcs_emulator}/{request.node.name[:40]}-{uuid.uuid4().hex[:8]}"

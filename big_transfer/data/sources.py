@@ -22,6 +22,7 @@ import numpy as np
 from array_record.python import array_record_data_source as ards
 from array_record.python import array_record_module as arm
 
+from big_transfer import paths
 from big_transfer.data import builtin
 from big_transfer.logging import quiet_absl
 
@@ -146,6 +147,11 @@ class TfdsSource:
 
     self.name, self.split = name, split
     self.data_dir = data_dir or tfds_data_dir()
+    if paths.is_url(self.data_dir):
+      raise DataError(
+        f"data spec tfds:{name}: data_dir {self.data_dir} is not readable here (tfds.data_source "
+        f"reads ArrayRecord files, whose reader reads local files); {paths.RECIPE}"
+      )
     try:
       with quiet_absl():  # tfds warns about every version folder it looks into
         self.source = tfds.data_source(name, split=split, data_dir=self.data_dir, download=False)
@@ -314,6 +320,11 @@ def _open_base(spec: str | Spec, default_split: str = "train", builtin_options=N
     # such as train[:80%] and train[80%:] are then disjoint by construction.
     source = TfdsSource(spec.name, split)
   else:
+    if paths.is_url(spec.name):
+      raise DataError(
+        f"data spec {spec}: {paths.scheme(spec.name)}:// is not readable here (ArrayRecord's "
+        f"reader reads local files); {paths.RECIPE}"
+      )
     if not os.path.isdir(spec.name):
       raise DataError(
         f"data spec {spec}: directory {spec.name!r} does not exist (write it with "
