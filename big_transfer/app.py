@@ -8,7 +8,6 @@ loop (run the same command again to resume); 130 a second Ctrl-C stopped a loop 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any
@@ -136,7 +135,7 @@ def main_of(run_fn, extra_user_errors: tuple = ()):
       sys.exit(2)
     try:  # workdirs, checkpoints and results may be URLs; these readers read local files
       paths.require_local(
-        "config.data_dir", FLAGS.config.get("data_dir"), "Grain's ArrayRecord reader reads local files"
+        "config.data_dir", FLAGS.config.get("data_dir"), "ArrayRecord's reader reads local files"
       )
     except paths.URLPathError as e:
       print(f"error: {e}", file=sys.stderr)

@@ -62,7 +62,9 @@ def require_local(what: str, path, why: str = "") -> None:
   that the reader behind ``what`` cannot read."""
   if is_url(path):
     reason = why or "this reader reads local files only"
-    raise URLPathError(f"{what}={path}: {scheme(path)}:// is not readable here ({reason}); {RECIPE}")
+    raise URLPathError(
+      f"{what}={path}: {scheme(path)}:// is not readable here ({reason}); {RECIPE}"
+    )
 
 
 def resolve(path) -> str:

@@ -175,7 +175,8 @@ class WorkdirLock:
     if self._thread is not None:
       self._thread.join(timeout=5)
     holder = self._read() or {}
-    if self.held and holder.get("pid") == self.me["pid"] and holder.get("token", self.me["token"]) == self.me["token"]:
+    mine = holder.get("pid") == self.me["pid"]
+    if self.held and mine and holder.get("token", self.me["token"]) == self.me["token"]:
       paths.remove(self.path)
     self.held = False
 

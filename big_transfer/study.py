@@ -977,8 +977,12 @@ def main(argv):
     try:
       # SLURM writes its logs to a file system: the workdir's slurm/, or for a workdir in a
       # bucket ./slurm_logs/<study> on the submitting host's (shared) disk
-      logs = workdir if not paths.is_url(workdir) else os.path.abspath(
-        os.path.join("slurm_logs", _slug(study.get("name", "") or paths.basename(workdir)))
+      logs = (
+        workdir
+        if not paths.is_url(workdir)
+        else os.path.abspath(
+          os.path.join("slurm_logs", _slug(study.get("name", "") or paths.basename(workdir)))
+        )
       )
       submit_slurm(jobs, logs, dry_run=FLAGS.dry_run)
     except (RuntimeError, FileNotFoundError) as e:

@@ -13,7 +13,6 @@ Fine-tuning runs build their own RunSpec and call ``fit`` the same way.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable
@@ -27,7 +26,17 @@ from clu import parameter_overview
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from big_transfer import app, config_lib, identity, methods, optim, paths, runlock, sharding, transfer
+from big_transfer import (
+  app,
+  config_lib,
+  identity,
+  methods,
+  optim,
+  paths,
+  runlock,
+  sharding,
+  transfer,
+)
 from big_transfer import checkpoint as ckpt_lib
 from big_transfer import logging as log_lib
 from big_transfer import trainer as trainer_lib

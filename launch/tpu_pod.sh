@@ -4,7 +4,7 @@
 #
 #   launch/tpu_pod.sh TPU_NAME ZONE [PROJECT] -- python -m big_transfer.train \
 #       --config=configs/pretrain/clip.py:data=arrayrecord:/mnt/bucket/laion,size=2.7M \
-#       --workdir=/mnt/bucket/runs/clip_laion
+#       --workdir=gs://BUCKET/runs/clip_laion  (data: local or a gcsfuse mount)
 #
 # Runs from BT_REMOTE_DIR on the workers (default: ~/big_transfer, a checkout with the set-up
 # command run, e.g. by `launch/tpu_pod.sh NAME ZONE -- pip install -r requirements.txt -e .`).

@@ -135,6 +135,7 @@ def gcs_emulator():
     "TENSORSTORE_GCS_HTTP_URL": host,
     "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # a Google API the emulator does not serve
     "NO_GCE_CHECK": "true",  # not on a GCE VM: no metadata-server probe for credentials
+    "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",  # tensorstore: a token, not a credentials hunt
   }
   old = {k: os.environ.get(k) for k in env}
   os.environ.update(env)

@@ -322,6 +322,30 @@ def test_the_kubernetes_indexed_job_runs_the_worker_contract():
   assert stopped["action"] == "Ignore" and stopped["onExitCodes"]["values"] == [75]
 
 
+def test_the_tpu_pod_jobset_is_one_jax_job_per_slice_with_its_workdir_in_a_bucket():
+  import yaml
+
+  from big_transfer import paths
+
+  with open(os.path.join(ROOT, "launch", "k8s_tpu_jobset.yaml")) as f:
+    jobset = yaml.safe_load(f)
+  assert jobset["kind"] == "JobSet"
+  (slice_job,) = jobset["spec"]["replicatedJobs"]
+  job = slice_job["template"]["spec"]
+  pod = job["template"]["spec"]
+  (container,) = pod["containers"]
+  cmd = container["command"]
+  assert job["completions"] == job["parallelism"]  # one pod per TPU VM host, all at once
+  assert "--distributed=join" in cmd  # a pod that cannot join the others fails, never trains alone
+  workdir = next(a for a in cmd if a.startswith("--workdir="))[len("--workdir=") :]
+  assert paths.scheme(workdir) == "gs"
+  config = next(a for a in cmd if a.startswith("--config="))[len("--config=") :]
+  assert os.path.exists(os.path.join(ROOT, config.partition(":")[0]))
+  data = config.split("data=arrayrecord:")[1].split(",")[0]  # read locally, from the mount
+  assert any(data.startswith(m["mountPath"]) for m in container["volumeMounts"])
+  assert pod["terminationGracePeriodSeconds"] >= 60
+
+
 def test_independent_runs_packed_as_tasks_are_never_joined_into_one_jax_job():
   from big_transfer import app
 

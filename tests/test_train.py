@@ -485,18 +485,3 @@ def test_every_config_takes_its_cadence_from_the_one_place():
   assert (c.log_every, c.checkpoint_every, c.data_threads) == (20, 7, 2)
   with pytest.raises(config_lib.ConfigError, match="cadence preset 'tpu': not one of mini"):
     config_lib.cadence(c, "tpu")
-
-
-def test_a_bucket_url_is_refused_in_one_line_not_made_a_local_directory(tmp_path):
-  from big_transfer import paths
-
-  out = run_cli([f"--config={MINI}", "--workdir=gs://bucket/run1"])
-  errors = [l for l in out.stderr.splitlines() if l.startswith("error:")]
-  assert out.returncode == 2 and len(errors) == 1, out.stderr[-2000:]
-  assert "--workdir=gs://bucket/run1: gs:// paths are not supported yet" in errors[0]
-  assert "gcsfuse" in errors[0]
-  assert not os.path.exists(os.path.join(ROOT, "gs:"))
-  for what, path in (("config.pretrained", "s3://b/x"), ("--out", "gs://b/c")):
-    with pytest.raises(paths.URLPathError, match=f"{what}={path}: .* not supported yet"):
-      paths.check_local(what, path)
-  paths.check_local("--workdir", str(tmp_path))  # local paths pass

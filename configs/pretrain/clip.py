@@ -2,7 +2,7 @@ r"""CLIP pre-training as in the study: CLIP's ResNet-50 and text transformer, Ad
 16 epochs (32 on ImageNet web captions and small YFCC, 90 on ImageNet template captions).
 
   python -m big_transfer.train --config=configs/pretrain/clip.py:data=arrayrecord:/data/laion,size=2.7M \
-      --workdir=/mnt/bucket/runs/clip_laion_2.7M
+      --workdir=gs://BUCKET/runs/clip_laion_2.7M
   python -m big_transfer.train --config=configs/pretrain/clip.py:data=arrayrecord:/data/in1k,captions=template,epochs=90 ...
 
 Args: data (a source spec with captions, e.g. a webdataset converted with

@@ -3,7 +3,7 @@ MLP 1024->4096->4096->256 with BatchNorm (synchronised: the step is jitted over 
 batch), NT-Xent at temperature 0.1, AdamW (beta2 0.98), batch 1024, 16 epochs.
 
   python -m big_transfer.train --config=configs/pretrain/simclr.py:data=arrayrecord:/data/redcaps,size=2.7M \
-      --workdir=/mnt/bucket/runs/simclr_redcaps  # a mounted bucket (gcsfuse): gs:// not yet
+      --workdir=gs://BUCKET/runs/simclr_redcaps
 
 Args: data (any image source; labels and captions unused), size (a nested subset), model, batch,
 epochs, fewshot (a labelled source for the few-shot probe during training, '' = none), runlocal.

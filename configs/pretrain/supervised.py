@@ -1,6 +1,6 @@
 r"""Supervised pre-training as in the study: ResNet-50 on ImageNet-1K, 90 epochs, SGD.
 
-  python -m big_transfer.train --config=configs/pretrain/supervised.py --workdir=/mnt/bucket/runs/sup_in1k
+  python -m big_transfer.train --config=configs/pretrain/supervised.py --workdir=gs://BUCKET/runs/sup_in1k
   python -m big_transfer.train --config=configs/pretrain/supervised.py:model=vit_b16,batch=4096 ...
 
 Args: data (a source spec; default TFDS imagenet2012, which you prepare with `tfds build`),
