@@ -137,6 +137,36 @@ def test_readers_of_local_files_refuse_a_bucket_in_one_line_naming_the_mount_rec
   _no_local_url_directory()
 
 
+def test_a_public_checkpoint_in_a_bucket_converts_into_the_bucket_and_exports_from_it(
+  bucket_dir, tmp_path
+):
+  from test_interop import random_weights
+
+  from big_transfer import convert_checkpoint as cc
+  from big_transfer import interop
+
+  ours = random_weights("vit_ti16", 5, depth=2, image_size=32, patch=4)
+  ours["pos_embed"][0] = 0  # big_vision has no position embedding for the class token
+  np.savez(tmp_path / "vit.npz", **interop.export(ours, interop.big_vision_rule("bv", "tok", 3)))
+  src, out = f"{bucket_dir}/public/vit.npz", f"{bucket_dir}/converted"
+  paths.write_bytes(src, (tmp_path / "vit.npz").read_bytes())
+  assert cc.main(["--from=big_vision", src, "--model=vit_ti4", f"--out={out}"]) == 0
+  state, step = checkpoint.load_state(out)
+  assert step == 0 and paths.read_json(f"{out}/config.json")["config"]["model"] == "vit_ti4"
+  from big_transfer.transfer import flatten
+
+  flat = flatten(state["params"])
+  assert set(flat) == set(ours) and all(np.array_equal(flat[k], ours[k]) for k in ours)
+  assert cc.main(["--to=timm", out, f"--out={bucket_dir}/export/vit.safetensors"]) == 0
+  from safetensors.numpy import load
+
+  exported = load(paths.read_bytes(f"{bucket_dir}/export/vit.safetensors"))
+  meta = paths.read_json(f"{bucket_dir}/export/vit.json")
+  assert meta["pretrained_cfg"]["file"] == f"{bucket_dir}/export/vit.safetensors"
+  assert meta["source"] == f"{out}/checkpoints" and len(exported) == len(ours)
+  _no_local_url_directory()
+
+
 # ---------------------------------------------------------------- runs in the bucket
 
 
@@ -224,8 +254,10 @@ def test_pretraining_in_a_bucket_killed_resumes_bitwise_and_finetunes_from_it(bu
   _no_local_url_directory()
 
 
-@pytest.mark.slow  # ~2 min: a two-arm study with its workdir in the bucket, then its report
-def test_a_study_in_a_bucket_runs_collects_and_reports_there(bucket_dir, tmp_path):
+@pytest.mark.slow  # ~2 min: a study in the bucket as three workers, collected, reported
+def test_a_study_in_a_bucket_runs_as_workers_each_run_once_collects_and_reports_there(
+  bucket_dir, tmp_path
+):
   cfg = tmp_path / "tiny.py"
   cfg.write_text(
     """
@@ -254,17 +286,40 @@ def get_config(arg=None):
   wd = f"{bucket_dir}/study"
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   cmd = [sys.executable, "-m", "big_transfer.study", f"--config={cfg}", f"--workdir={wd}"]
-  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  # Two workers and a third that says it is worker 0 again (a requeued task): each run is
+  # claimed in the bucket (create-if-absent), so none runs twice.
+  procs = [
+    subprocess.Popen(
+      [*cmd, f"--worker={w}"],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for w in ("0/2", "1/2", "0/2")
+  ]
+  outs = [p.communicate(timeout=900)[0] for p in procs]
+  for p, out in zip(procs, outs):  # a transfer run may wait for the other's pre-training
+    assert p.returncode in (0, 1), out[-3000:]
+  again = [
+    subprocess.run([*cmd, f"--worker={w}"], cwd=ROOT, env=env, capture_output=True, text=True)
+    for w in ("0/2", "1/2")
+  ]
+  assert all(a.returncode == 0 for a in again), again[0].stdout[-2000:] + again[1].stdout[-2000:]
+  ran = [l for o in outs + [a.stdout for a in again] for l in o.splitlines() if ": ok in " in l]
+  assert len(ran) == 3 and len({l.split("] ")[1].split(":")[0] for l in ran}) == 3  # once each
+  assert not paths.exists(f"{wd}/results.jsonl")  # workers never write the shared table
+  # The study itself finds every run finished in the bucket, derives the table, writes the report.
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert "3 runs, 3 already finished, 0 to run" in out.stdout, out.stdout[-2000:]
   rows = [json.loads(line) for line in paths.read_text(f"{wd}/results.jsonl").splitlines()]
   assert sorted(r["tags"]["arm"] for r in rows) == ["scratch", "supervised_glyphs"]
   assert paths.read_json(f"{wd}/manifest.json")["runs"]
   assert paths.exists(f"{wd}/report/report.md")
   assert paths.read_bytes(f"{wd}/report/accuracy_vs_shots.png")[:4] == b"\x89PNG"
-  # Run again: everything is found finished in the bucket, nothing is redone.
-  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-2000:]
-  assert "3 runs, 3 already finished, 0 to run" in out.stdout, out.stdout[-2000:]
+  assert not [f for f in paths.files_under(wd) if f.endswith((".claim", ".lock"))]  # released
   # The report on its own, from the bucket.
   paths.remove(f"{wd}/report/report.md")
   out = subprocess.run(
@@ -276,4 +331,71 @@ def get_config(arg=None):
   )
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.strip() == f"{wd}/report/report.md" and paths.exists(out.stdout.strip())
+  _no_local_url_directory()
+
+
+@pytest.mark.slow  # ~2 min: two JAX processes (as the hosts of a pod) write to the bucket
+def test_two_processes_checkpoint_into_a_bucket_and_one_process_resumes_from_it(
+  bucket_dir, tmp_path
+):
+  """2 processes x 2 devices to step 4 in the bucket (every process writes its shards through
+  tensorstore, process 0 the lock, metrics and markers), then 1 process on to step 8: the losses
+  are those of an uninterrupted local 1-process run (float tolerance: another reduction order)."""
+  from conftest import losses
+
+  base = [
+    f"--config={MINI}:steps=8,batch=32,width=0.125",
+    "--config.checkpoint_every=4",
+    "--config.optimizer.schedule=constant",
+    *ARGS,
+  ]
+  ref_wd, wd = str(tmp_path / "ref"), f"{bucket_dir}/pod"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  train = [sys.executable, "-m", "big_transfer.train", *base]
+  subprocess.run(
+    [*train, f"--workdir={ref_wd}"], cwd=ROOT, env=env, check=True, capture_output=True
+  )
+  local = [os.path.join(ROOT, "launch", "local.sh"), "2", "2", "--", "python", "-m"]
+  out = subprocess.run(
+    [*local, "big_transfer.train", *base, f"--workdir={wd}", "--config.total_steps=4"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert out.returncode == 0, out.stdout[-3000:]
+  assert "2 process(es)" in out.stdout
+  assert checkpoint.find_checkpoints(wd)[1] == [4]
+  assert {f.split("/")[0] for f in paths.files_under(f"{wd}/checkpoints/4/state")} >= {
+    "ocdbt.process_0",
+    "ocdbt.process_1",
+  }  # both processes wrote their shards
+  out = subprocess.run(
+    [*train, f"--workdir={wd}", "--accept_changes=total_steps"],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"resumed from {wd}/checkpoints/4" in out.stdout
+  np.testing.assert_allclose(losses(wd), losses(ref_wd), rtol=2e-5, atol=2e-5)
+  _no_local_url_directory()
+
+
+def test_the_data_converter_refuses_a_bucket_in_one_line(tmp_path):
+  from big_transfer.data import convert
+
+  for argv, what in (
+    (["imagefolder", "gs://bucket/images", str(tmp_path / "out")], "SRC=gs://bucket/images"),
+    (["imagefolder", str(tmp_path), "gs://bucket/converted"], "DST=gs://bucket/converted"),
+  ):
+    with pytest.raises(SystemExit) as e:
+      convert.main(argv)
+    msg = str(e.value)
+    assert msg.startswith(f"error: {what}: gs:// is not readable") and "gcsfuse" in msg
+    assert "\n" not in msg
+  assert not os.path.exists(tmp_path / "out")
   _no_local_url_directory()

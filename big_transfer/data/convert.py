@@ -49,6 +49,7 @@ from array_record.python import array_record_data_source as ards
 from array_record.python import array_record_module as arm
 from PIL import Image
 
+from big_transfer import paths
 from big_transfer.data import sources
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
@@ -634,6 +635,12 @@ def run(kind: str, src: str, dst: str, args) -> dict | None:
       f"error: --shard_index={args.shard_index} is not in "
       f"0..{args.num_shards - 1} (--num_shards={args.num_shards})"
     )
+  for what, path in (("SRC", src), ("DST", dst)):
+    if paths.is_url(path):  # the readers and ArrayRecord's writer use local files
+      raise SystemExit(
+        f"error: {what}={path}: {paths.scheme(path)}:// is not readable or writable by the "
+        f"converter (it reads and writes local files); {paths.RECIPE}"
+      )
   os.makedirs(dst, exist_ok=True)
   jobs, class_names = plan(kind, src, args)
   opts = {
