@@ -248,6 +248,7 @@ def clip_config(arg="steps=6,batch=32,width=0.125", **overrides):
   return override(c, **overrides)
 
 
+@pytest.mark.slow  # ~35 s: a learning-quality check (CLIP's mechanics: the default set)
 def test_mini_clip_learns_and_zero_shot_rises_above_chance(tmp_path):
   wd = str(tmp_path)
   c = clip_config(

@@ -93,12 +93,14 @@ def test_position_embeddings_are_resampled_for_another_resolution():
 # ---------------------------------------------------------------- protocols and acceptance
 
 
+@pytest.mark.slow  # ~30 s: a learning-quality check (the protocol's mechanics are tested below)
 def test_full_finetuning_from_a_related_source_reaches_97_percent(pretrained, tmp_path):
   rows = run_ft(tmp_path, "ft", f"pretrained={pretrained['supervised']}")
   assert len(rows) == 1 and rows[0]["test_accuracy"] >= 0.97, rows
   assert rows[0]["pretrain_method"] == "supervised" and rows[0]["shots"] == "full"
 
 
+@pytest.mark.slow  # ~40 s: a learning-quality check over four fine-tuning runs
 def test_related_pretraining_beats_scratch_at_5_and_10_shots(pretrained, tmp_path):
   for shots in (5, 10):
     arg = f"shots={shots},epochs=20"

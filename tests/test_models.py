@@ -115,7 +115,14 @@ def test_vit_attention_implementation_is_a_choice_with_the_same_numbers():
     models.init("vit_ti16", attention_impl="flash", **kw)
 
 
-@pytest.mark.parametrize("name", ["resnet26", "bit_r26x1", "clip_rn26"])
+@pytest.mark.parametrize(
+  "name",  # the other two families: slow (~40 s), the same code path with other block layouts
+  [
+    "resnet26",
+    pytest.param("bit_r26x1", marks=pytest.mark.slow),
+    pytest.param("clip_rn26", marks=pytest.mark.slow),
+  ],
+)
 def test_resnet_pointwise_convs_as_matmuls_give_the_same_numbers(name):
   """The 1x1 convolutions (block convs and strided projections) as matmuls — the CPU default,
   BENCHMARKS.md — hold the same parameters and give the conv's outputs and gradients."""
