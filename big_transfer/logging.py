@@ -88,13 +88,19 @@ class MetricWriter:
   checkpoint by a run that was then killed — are dropped, so every step appears once.
 
   A workdir in a bucket (no append): both are written in a local staging directory and
-  uploaded whole at each write (:class:`paths.Mirror`)."""
+  uploaded whole (:class:`paths.Mirror`) at most every ``SYNC_EVERY_S`` seconds, at every
+  :meth:`flush` (the loop calls it before each checkpoint, so the rows up to a checkpoint are in
+  the bucket before it is) and at the end. A kill loses at most rows past the last checkpoint,
+  which the resumed run logs again."""
+
+  SYNC_EVERY_S = 30.0
 
   def __init__(
     self, workdir: str, tensorboard: bool = True, resume_step: int = 0, config: dict | None = None
   ):
     self.enabled = jax.process_index() == 0
     self._mirror = None
+    self._synced = time.monotonic()
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._file = None
     self._tb = None
@@ -165,7 +171,14 @@ class MetricWriter:
         {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))},
         step=int(step),
       )
-    self._mirror.sync()
+    if time.monotonic() - self._synced >= self.SYNC_EVERY_S:
+      self.flush()
+
+  def flush(self):
+    """Uploads what was written (a workdir in a bucket; else nothing to do)."""
+    if self._mirror is not None:
+      self._mirror.sync()
+      self._synced = time.monotonic()
 
   def close(self):
     if self._file:

@@ -418,7 +418,10 @@ def fit(spec: RunSpec, workdir: str) -> TrainState:
   hooks += [trainer_lib.Evaluate(ev, every, writer, total_steps) for ev, every in evaluators]
   hooks.append(
     trainer_lib.SaveCheckpoints(
-      ckpt, spec.checkpoint_every, lambda step: {"next_batch": step, "skipped": skipped_total()}
+      ckpt,
+      spec.checkpoint_every,
+      lambda step: {"next_batch": step, "skipped": skipped_total()},
+      before_save=writer.flush,
     )
   )
   stopper = runlock.StopSignals(pcount > 1)

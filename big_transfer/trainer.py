@@ -371,16 +371,19 @@ class Evaluate(Hook):
 
 class SaveCheckpoints(Hook):
   """Every ``every`` steps and at the last: a checkpoint of a state that is finite, with the
-  loader's bookkeeping (``loader()``); waits for the last save when closed."""
+  loader's bookkeeping (``loader()``); ``before_save()`` first (the metric writer's flush: the
+  rows up to a checkpoint are stored before it); waits for the last save when closed."""
 
   phase = "checkpoints"
 
-  def __init__(self, ckpt, every: int, loader: Callable[[int], dict]):
-    self.ckpt, self.every, self.loader = ckpt, every, loader
+  def __init__(self, ckpt, every: int, loader: Callable[[int], dict], before_save=None):
+    self.ckpt, self.every, self.loader, self.before_save = ckpt, every, loader, before_save
 
   def after_step(self, step, state, metrics, last):
     if step % self.every == 0 or last:
       check_finite(state, self.ckpt)  # never save a state that has seen a non-finite value
+      if self.before_save is not None:
+        self.before_save()
       self.ckpt.save(step, state.to_dict(), self.loader(step))
 
   def close(self):

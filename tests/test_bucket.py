@@ -120,6 +120,32 @@ def test_checkpoints_in_a_bucket_are_verified_and_a_corrupt_one_falls_back(bucke
   _no_local_url_directory()
 
 
+def test_metrics_in_a_bucket_are_stored_before_each_checkpoint_and_resume_drops_later_rows(
+  bucket_dir, monkeypatch
+):
+  import shutil
+
+  from big_transfer import logging as log_lib
+
+  monkeypatch.setattr(log_lib.MetricWriter, "SYNC_EVERY_S", 3600.0)  # uploads only when told
+  w = log_lib.MetricWriter(bucket_dir, tensorboard=True)
+  for step in (1, 2, 3):
+    w.write(step, {"train/loss": float(step)})
+  w.flush()  # what the loop does before each checkpoint (here: checkpoint 3)
+  for step in (4, 5):
+    w.write(step, {"train/loss": float(step)})
+  # Killed here (no close): rows 4 and 5 never reached the bucket; rows 1-3 did, whole.
+  assert [r["step"] for r in log_lib.read_metrics(bucket_dir)] == [1, 2, 3]
+  assert any(f.startswith("tensorboard/events.") for f in paths.files_under(bucket_dir))
+  shutil.rmtree(w._mirror.local)  # noqa: SLF001  the killed process's staging directory
+  # A run resumed from checkpoint 2 (3 was corrupt, say) drops row 3 and logs it again, once.
+  w = log_lib.MetricWriter(bucket_dir, tensorboard=False, resume_step=2)
+  w.write(3, {"train/loss": 3.5})
+  w.close()
+  rows = log_lib.read_metrics(bucket_dir)
+  assert [(r["step"], r["train/loss"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 3.5)]
+
+
 def test_readers_of_local_files_refuse_a_bucket_in_one_line_naming_the_mount_recipe(tmp_path):
   from big_transfer.data import sources
 
