@@ -133,13 +133,6 @@ def main_of(run_fn, extra_user_errors: tuple = ()):
     if FLAGS.config is None or FLAGS.workdir is None:
       print("error: --config and --workdir are required", file=sys.stderr)
       sys.exit(2)
-    try:  # workdirs, checkpoints and results may be URLs; these readers read local files
-      paths.require_local(
-        "config.data_dir", FLAGS.config.get("data_dir"), "ArrayRecord's reader reads local files"
-      )
-    except paths.URLPathError as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
     signals = runlock.OutsideLoopSignals(FLAGS.workdir)
     try:
       maybe_initialize_distributed(

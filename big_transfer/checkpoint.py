@@ -127,7 +127,7 @@ def _crc32(path: str) -> str:
 # Orbax may rewrite its own bookkeeping after a save; the data and array files it may not.
 # (commit_success.txt: Orbax's "this step is finalised" marker on object stores, which have no
 # rename.)
-_UNCHECKED = (CHECKSUMS, "_CHECKPOINT_METADATA", "commit_success.txt")
+_UNCHECKED = (CHECKSUMS, "_CHECKPOINT_METADATA", "commit_success.txt")  # = COMMIT_MARK
 
 
 def _files(step_dir: str) -> list[str]:
@@ -278,16 +278,19 @@ TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's suffix of a step directory being w
 COMMIT_MARK = "commit_success.txt"  # Orbax's "finalised" file where there is no rename
 
 
+def _committed(step_dir: str) -> bool:
+  """Orbax finalised this step directory: locally by renaming it into place (so any ``<step>``
+  is), on an object store (written in place, no rename) by writing its commit marker."""
+  return not paths.is_url(step_dir) or paths.exists(os.path.join(step_dir, COMMIT_MARK))
+
+
 def _unfinished(directory: str) -> list[str]:
-  """Step directories a killed save left: ``<step>.orbax-checkpoint-tmp*`` locally; on an object
-  store (written in place, no rename) a ``<step>`` without Orbax's commit marker."""
-  names = paths.listdir(directory)
-  if not paths.is_url(directory):
-    return sorted(n for n in names if TMP_MARK in n)
+  """Step directories a killed save left: ``<step>.orbax-checkpoint-tmp*``, or a ``<step>``
+  Orbax never finalised (an object store's)."""
   return sorted(
     n
-    for n in names
-    if TMP_MARK in n or (n.isdigit() and not paths.exists(os.path.join(directory, n, COMMIT_MARK)))
+    for n in paths.listdir(directory)
+    if TMP_MARK in n or (n.isdigit() and not _committed(os.path.join(directory, n)))
   )
 
 
@@ -535,11 +538,8 @@ def find_checkpoints(path: str) -> tuple[str, list[int]]:
 
 
 def _finished(step_dir: str) -> bool:
-  """A step directory holding a state that Orbax finalised (renamed into place locally; its
-  commit marker on an object store)."""
-  if not paths.isdir(os.path.join(step_dir, "state")):
-    return False
-  return not paths.is_url(step_dir) or paths.exists(os.path.join(step_dir, COMMIT_MARK))
+  """A step directory holding a state that Orbax finalised."""
+  return paths.isdir(os.path.join(step_dir, "state")) and _committed(step_dir)
 
 
 def find_checkpoint(path: str) -> tuple[str, int]:

@@ -307,8 +307,7 @@ def save_state_dict(sd: dict[str, np.ndarray], out: str):
     with tempfile.TemporaryDirectory() as tmp:
       local = os.path.join(tmp, paths.basename(out))
       save_state_dict(sd, local)
-      with open(local, "rb") as f:
-        paths.write_bytes(out, f.read())
+      paths.write_bytes(out, paths.read_bytes(local))
     return
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   if out.endswith(".safetensors"):
@@ -374,7 +373,7 @@ def main(argv=None) -> int:
       export = export_openclip if args.to == "openclip" else export_timm
       summary = export(args.src, args.out)
     else:
-      with interop.local_copy(args.src) as src:  # a checkpoint file in a bucket: read locally
+      with paths.local_copy(args.src) as src:  # a checkpoint file in a bucket: read locally
         summary = convert(args.fmt, src, args.out, model=args.model, act=args.act)
       summary["source"] = paths.resolve(args.src)
   except (ConversionError, CheckpointError, OSError, paths.URLPathError) as e:

@@ -16,17 +16,14 @@ otherwise (timm); a ``--model`` that disagrees with the tensors is an error.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from big_transfer import paths
 from big_transfer.models.resnet import DEPTHS
 from big_transfer.models.vit import CLIP_VIT_KWARGS, VARIANTS
 
@@ -47,22 +44,6 @@ def _unwrap(sd: dict) -> dict:
   if sd and all(k.startswith("module.") for k in sd):
     sd = {k[len("module.") :]: v for k, v in sd.items()}
   return sd
-
-
-@contextlib.contextmanager
-def local_copy(path: str):
-  """``path`` itself, or for a file at a URL a local copy of it (deleted afterwards): readers
-  of .npz/.safetensors/.pt files read local files."""
-  if not paths.is_url(path):
-    yield path
-    return
-  if not paths.isfile(path):
-    raise ConversionError(f"{path}: no such file")
-  with tempfile.TemporaryDirectory() as tmp:
-    local = os.path.join(tmp, paths.basename(path))
-    with open(local, "wb") as f:
-      f.write(paths.read_bytes(path))
-    yield local
 
 
 def read_source(path: str) -> dict[str, np.ndarray]:

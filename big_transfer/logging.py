@@ -110,9 +110,8 @@ class MetricWriter:
       paths.makedirs(workdir)
       self._mirror = paths.Mirror(workdir)
       self.path = self._mirror.fetch("metrics.jsonl")
-    if self.enabled and wandb_cfg.get("project"):
-      self._wandb = _wandb_run(workdir, wandb_cfg, config, self._mirror.local)
-    if self.enabled:
+      if wandb_cfg.get("project"):
+        self._wandb = _wandb_run(workdir, wandb_cfg, config, self._mirror.local)
       self._drop_after(resume_step)
       self._file = open(self.path, "a")
       if tensorboard:
@@ -136,7 +135,7 @@ class MetricWriter:
           self._tb._get_file_writer().add_summary(summary)  # noqa: SLF001
         self._tb.add_text("config", "\n".join(f"    {k} = {v}" for k, v in sorted(flat.items())), 0)
         self._tb.flush()
-      self._mirror.sync()
+      self.flush()
 
   def _drop_after(self, step: int):
     if not os.path.exists(self.path):

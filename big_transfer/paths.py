@@ -8,7 +8,7 @@ their way:
   - no rename: an object is written whole or not at all, so an atomic write is a plain write,
     and a "move" (a corrupt checkpoint set aside) is a copy, then a delete;
   - no append: files that grow (metrics, TensorBoard events) are written locally and the whole
-    file is uploaded at each flush (:class:`Mirror`);
+    file is uploaded at each sync (:class:`Mirror`);
   - no ``O_EXCL``: a lock or claim is created with GCS's create-if-absent precondition
     (``ifGenerationMatch=0``), see :func:`create_exclusive`;
   - listings are cached by fsspec per process, and other processes (workers, a resumed run)
@@ -16,7 +16,7 @@ their way:
 Arrays in checkpoints go through Orbax/tensorstore's own object-store drivers.
 
 Readers that cannot read object storage refuse a URL in one line naming the recipe (mount the
-bucket with gcsfuse): see :func:`require_local`.
+bucket with gcsfuse): see :func:`not_local`.
 
 Emulators: with ``STORAGE_EMULATOR_HOST`` set (a local GCS API emulator), gcsfs's bucket-type
 probe (a Google API an emulator does not serve) is turned off unless
@@ -27,6 +27,7 @@ emulator (``TENSORSTORE_GCS_HTTP_URL``) unless set.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import os
 import re
@@ -57,14 +58,10 @@ def scheme(path) -> str:
   return str(path).split("://", 1)[0].lower() if is_url(path) else ""
 
 
-def require_local(what: str, path, why: str = "") -> None:
-  """Refuses ``path`` (named ``what``, e.g. 'data spec' or '--out') in one line when it is a URL
-  that the reader behind ``what`` cannot read."""
-  if is_url(path):
-    reason = why or "this reader reads local files only"
-    raise URLPathError(
-      f"{what}={path}: {scheme(path)}:// is not readable here ({reason}); {RECIPE}"
-    )
+def not_local(path, why: str, verb: str = "readable") -> str:
+  """The end of the one line refusing a URL that a reader (or writer) of local files was given:
+  '<scheme>:// is not <verb> here (<why>); <the mount recipe>'."""
+  return f"{scheme(path)}:// is not {verb} here ({why}); {RECIPE}"
 
 
 def resolve(path) -> str:
@@ -145,8 +142,6 @@ def open(path, mode: str = "r", **kwargs) -> IO:  # noqa: A001  the builtin's sh
     return builtins.open(path, mode, **kwargs)
   if "a" in mode:
     raise URLPathError(f"{path}: object stores have no append; write whole files (paths.Mirror)")
-  if "w" in mode:
-    _fs(path)  # drop listings that would not show the new object
   return _epath(path).open(mode)
 
 
@@ -165,16 +160,7 @@ def read_json(path):
 
 
 def write_text(path, text: str) -> None:
-  """Writes a file whole, atomically: readers see the old or the new content, never a part
-  (locally: a temporary file renamed over it; an object store writes objects whole)."""
-  if not is_url(path):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with builtins.open(tmp, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-    return
-  with open(path, "w") as f:
-    f.write(text)
+  write_bytes(path, text.encode())
 
 
 def write_json(path, value, **kwargs) -> None:
@@ -182,6 +168,8 @@ def write_json(path, value, **kwargs) -> None:
 
 
 def write_bytes(path, data: bytes) -> None:
+  """Writes a file whole, atomically: readers see the old or the new content, never a part
+  (locally: a temporary file renamed over it; an object store writes objects whole)."""
   if not is_url(path):
     tmp = f"{path}.tmp{os.getpid()}"
     with builtins.open(tmp, "wb") as f:
@@ -236,6 +224,21 @@ def files_under(root) -> list[str]:
   fs = _fs(root)
   key = _key(root).rstrip("/")
   return sorted(p[len(key) + 1 :] for p in fs.find(key) if p.startswith(key + "/"))
+
+
+@contextlib.contextmanager
+def local_copy(path):
+  """``path`` itself, or for a file at a URL a local copy of it (deleted afterwards), for
+  readers of local files (.npz, .safetensors, .pt)."""
+  if not is_url(path):
+    yield path
+    return
+  if not isfile(path):
+    raise FileNotFoundError(f"{path}: no such file")
+  with tempfile.TemporaryDirectory() as tmp:
+    local = os.path.join(tmp, basename(path))
+    write_bytes(local, read_bytes(path))
+    yield local
 
 
 def mtime(path) -> float:
@@ -315,8 +318,7 @@ class Mirror:
       remote = join(self.directory, name)
       if exists(remote):
         os.makedirs(os.path.dirname(local), exist_ok=True)
-        with builtins.open(local, "wb") as f:
-          f.write(read_bytes(remote))
+        write_bytes(local, read_bytes(remote))
         self._sizes[name] = self._stat(local)
     return local
 
@@ -333,8 +335,7 @@ class Mirror:
       p = os.path.join(self.local, rel)
       st = self._stat(p)
       if self._sizes.get(rel) != st:
-        with builtins.open(p, "rb") as f:
-          write_bytes(join(self.directory, rel), f.read())
+        write_bytes(join(self.directory, rel), read_bytes(p))
         self._sizes[rel] = st
 
   def close(self) -> None:

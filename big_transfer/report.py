@@ -888,8 +888,7 @@ def rewrite_readme(readme: str, workdir: str) -> None:
     src = os.path.join(workdir, "report", f"{name}.png")
     if not paths.exists(src):
       raise ValueError(f"{src}: missing (run the report first)")
-    with open(os.path.join(docs, dst), "wb") as f:
-      f.write(paths.read_bytes(src))
+    paths.write_bytes(os.path.join(docs, dst), paths.read_bytes(src))
   with open(readme + ".tmp", "w") as f:
     f.write(head + README_BEGIN + "\n" + body + "\n" + README_END + tail)
   os.replace(readme + ".tmp", readme)

@@ -102,6 +102,7 @@ class WorkdirLock:
     }
     self._stop = threading.Event()
     self._thread = None
+    self._warned: set[str] = set()
     self.held = False
 
   def _read(self) -> dict | None:
@@ -158,17 +159,34 @@ class WorkdirLock:
       self.beat()
 
   def beat(self) -> bool:
-    """Marks the lock alive; False when it is no longer this holder's (taken over)."""
+    """Marks the lock alive; False (said once, in a warning line) when the heartbeat fails or
+    the lock is no longer this holder's (taken over after missed heartbeats)."""
+    holder = self.me
     try:
-      if not paths.is_url(self.path):
+      if paths.is_url(self.path):
+        holder = self._read() or {}
+        if holder.get("token") == self.me["token"]:
+          paths.write_json(self.path, self.me)
+      else:
         os.utime(self.path)
-        return True
-      if (self._read() or {}).get("token") != self.me["token"]:
-        return False
-      paths.write_json(self.path, self.me)
-      return True
-    except Exception:  # noqa: BLE001  a missed heartbeat is retried at the next one
+    except Exception as e:  # noqa: BLE001  retried at the next heartbeat
+      self._warn_once(
+        "failed", f"warning: heartbeat of the lock {self.path} failed ({type(e).__name__}: {e})"
+      )
       return False
+    if holder.get("token") != self.me["token"]:
+      self._warn_once(
+        "taken",
+        f"warning: the lock {self.path} was taken over by {holder or 'another run'}: that run "
+        f"and this one may both write {paths.dirname(self.path)}",
+      )
+      return False
+    return True
+
+  def _warn_once(self, kind: str, line: str) -> None:
+    if kind not in self._warned:
+      self._warned.add(kind)
+      self.log(line)
 
   def release(self):
     self._stop.set()

@@ -149,7 +149,7 @@ class Run:
       sort_keys=True,
       default=str,
     )
-    for prefix in sorted({root, paths.resolve(root) if root else ""} - {""}, key=len, reverse=True):
+    for prefix in sorted({root, paths.resolve(root)} - {""}, key=len, reverse=True):
       text = text.replace(prefix, "$STUDY")
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 

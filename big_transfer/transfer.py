@@ -630,14 +630,14 @@ def append_results(rows: Sequence[dict], *files: str) -> None:
   for path in files:
     if not path:
       continue
-    have = [r for r in read_results(path)] if paths.exists(path) else []
-    ids = {r.get("row_id") for r in have if isinstance(r, dict)}
+    old = paths.read_text(path) if paths.exists(path) else ""
+    ids = {r.get("row_id") for r in _parse_rows(old.splitlines(), path) if isinstance(r, dict)}
     new = [r for r in rows if r.get("row_id") is None or r["row_id"] not in ids]
     if not new:
       continue
     text = "".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n" for r in new)
     if paths.is_url(path):
-      paths.write_text(path, (paths.read_text(path) if paths.exists(path) else "") + text)
+      paths.write_text(path, old + text)
       continue
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a") as f:
@@ -666,12 +666,18 @@ def read_results(path: str) -> list[dict]:
     files = [path] if paths.exists(path) else []
   for fp in files:
     with paths.open(fp) as f:
-      for i, line in enumerate(f):
-        if line.strip():
-          try:
-            rows.append(json.loads(line))
-          except json.JSONDecodeError:  # a line cut by a crash: skip it, say where
-            print(f"warning: {fp}:{i + 1}: not JSON, skipped")
+      rows += _parse_rows(f, fp)
+  return rows
+
+
+def _parse_rows(lines, name: str) -> list[dict]:
+  rows = []
+  for i, line in enumerate(lines):
+    if line.strip():
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:  # a line cut by a crash: skip it, say where
+        print(f"warning: {name}:{i + 1}: not JSON, skipped")
   return rows
 
 

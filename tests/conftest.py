@@ -73,6 +73,42 @@ def run_cli(args, *, env=None, timeout=600, check=False):
   )
 
 
+def popen_train(args, wd, env=None):
+  """``python -m big_transfer.train ARGS --workdir=WD`` started in the background (pipes)."""
+  return subprocess.Popen(
+    [sys.executable, "-m", "big_transfer.train", *args, f"--workdir={wd}"],
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env={**os.environ, **(env or {})},
+  )
+
+
+def wait_until(cond, proc=None, timeout=300, poll=0.02):
+  """Polls ``cond()`` until true; fails when ``proc`` (if given) ends first or on timeout."""
+  import time
+
+  t0 = time.time()
+  while not cond():
+    if proc is not None and proc.poll() is not None:
+      raise AssertionError(f"run ended early: {proc.stderr.read()[-2000:]}")
+    if time.time() - t0 > timeout:
+      raise AssertionError("timeout")
+    time.sleep(poll)
+
+
+def leaves_equal(a, b):
+  """Bitwise equality of two pytrees' leaves, in order."""
+  import jax
+  import numpy as np
+
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  return len(la) == len(lb) and all(
+    np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)
+  )
+
+
 def flip_a_byte(step_dir):
   """Corrupts a checkpoint as a bad disk would: one bit of its largest array file."""
   import glob

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import jax
 import jax.numpy as jnp
@@ -18,16 +17,9 @@ import numpy as np
 import pytest
 
 from big_transfer import checkpoint, paths, runlock
-from conftest import MINI, ROOT, run_cli
+from conftest import MINI, ROOT, leaves_equal, popen_train, run_cli, wait_until
 
 ARGS = ["--config.eval_data=none", "--config.log_every=1", "--config.optimizer.warmup_steps=0"]
-
-
-def _leaves_equal(a, b):
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  return len(la) == len(lb) and all(
-    np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)
-  )
 
 
 def _no_local_url_directory():
@@ -67,13 +59,16 @@ def test_a_lock_in_a_bucket_is_created_once_refuses_a_second_run_and_is_taken_ov
   # the old holder's heartbeat then finds the lock is no longer its own and leaves it alone.
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
-  stale = runlock.WorkdirLock(wd)
+  stale_said = []
+  stale = runlock.WorkdirLock(wd, log=stale_said.append)
   stale.me["pid"] = dead.pid
   paths.write_json(f"{wd}/.lock", stale.me)
   said = []
   taker = runlock.WorkdirLock(wd, log=said.append).acquire()
   assert said and f"pid {dead.pid} on this host is not running" in said[0]
   assert not stale.beat() and paths.read_json(f"{wd}/.lock")["token"] == taker.me["token"]
+  assert len(stale_said) == 1 and "was taken over by" in stale_said[0]  # said, once
+  assert not stale.beat() and len(stale_said) == 1
   stale.held = True
   stale.release()  # not its lock any more: left in place
   assert paths.read_json(f"{wd}/.lock")["token"] == taker.me["token"]
@@ -106,7 +101,7 @@ def test_checkpoints_in_a_bucket_are_verified_and_a_corrupt_one_falls_back(bucke
   step, got, loader, problems = ckpt.restore_latest(abstract)
   ckpt.close()
   assert step == 1 and loader == {"next_batch": 1}
-  assert _leaves_equal(got, jax.tree.map(lambda x: x + 1, state))
+  assert leaves_equal(got, jax.tree.map(lambda x: x + 1, state))
   assert len(problems) == 1 and "does not match its checksum" in problems[0]
   assert paths.exists(f"{wd}/checkpoints_corrupt/2/state")  # moved aside, nothing deleted
   assert not paths.exists(f"{d}/2")
@@ -196,16 +191,6 @@ def test_a_public_checkpoint_in_a_bucket_converts_into_the_bucket_and_exports_fr
 # ---------------------------------------------------------------- runs in the bucket
 
 
-def _wait(cond, proc, timeout=300):
-  t0 = time.time()
-  while not cond():
-    if proc.poll() is not None:
-      raise AssertionError(f"run ended early: {proc.stderr.read()[-2000:]}")
-    if time.time() - t0 > timeout:
-      raise AssertionError("timeout")
-    time.sleep(0.2)
-
-
 def _finished_steps(wd):
   try:
     return checkpoint.find_checkpoints(wd)[1]
@@ -223,14 +208,8 @@ def test_pretraining_in_a_bucket_killed_resumes_bitwise_and_finetunes_from_it(bu
     *ARGS,
   ]
   wd, ref_wd = f"{bucket_dir}/pretrain", str(tmp_path / "ref")
-  proc = subprocess.Popen(
-    [sys.executable, "-m", "big_transfer.train", *args, f"--workdir={wd}"],
-    cwd=ROOT,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
-  _wait(lambda: _finished_steps(wd), proc)
+  proc = popen_train(args, wd)
+  wait_until(lambda: _finished_steps(wd), proc, poll=0.2)  # each poll lists the bucket
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   saved = _finished_steps(wd)[0]
@@ -246,7 +225,7 @@ def test_pretraining_in_a_bucket_killed_resumes_bitwise_and_finetunes_from_it(bu
   got, step = checkpoint.load_state(wd)
   assert step == ref_step == total
   for part in ("params", "opt_state", "model_state"):
-    assert _leaves_equal(got[part], ref[part]), part
+    assert leaves_equal(got[part], ref[part]), part
   from big_transfer.logging import read_metrics
 
   steps = [r["step"] for r in read_metrics(wd) if "train/loss" in r]

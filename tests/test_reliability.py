@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -17,7 +16,18 @@ from PIL import Image
 
 from big_transfer import checkpoint, config_lib, finetune, train, transfer
 from big_transfer.logging import read_metrics
-from conftest import MINI, ROOT, flip_a_byte, losses, mini_config, one_device, run_cli
+from conftest import (
+  MINI,
+  ROOT,
+  flip_a_byte,
+  leaves_equal,
+  losses,
+  mini_config,
+  one_device,
+  popen_train,
+  run_cli,
+  wait_until,
+)
 
 ARGS = [
   "--config.eval_data=none",
@@ -25,34 +35,6 @@ ARGS = [
   "--config.log_every=1",
   "--config.optimizer.warmup_steps=0",
 ]
-
-
-def _leaves_equal(a, b):
-  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-  return len(la) == len(lb) and all(
-    np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)
-  )
-
-
-def _popen(args, wd, env=None):
-  return subprocess.Popen(
-    [sys.executable, "-m", "big_transfer.train", *args, f"--workdir={wd}"],
-    cwd=ROOT,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-    env={**os.environ, **(env or {})},
-  )
-
-
-def _wait(cond, proc, timeout=300):
-  t0 = time.time()
-  while not cond():
-    if proc is not None and proc.poll() is not None:
-      raise AssertionError(f"run ended early: {proc.stderr.read()[-2000:]}")
-    if time.time() - t0 > timeout:
-      raise AssertionError("timeout")
-    time.sleep(0.02)
 
 
 def _logged_steps(wd):
@@ -78,7 +60,7 @@ def test_flipped_bytes_are_caught_by_the_checksums_and_the_run_falls_back_exactl
   assert "does not match its checksum" in checkpoint.verify(os.path.join(wd, "checkpoints", "8"))
   state = train.run(mini_config(**kw), wd, devices=one_device())
   ref, _ = checkpoint.load_state(ref_wd)
-  assert _leaves_equal(jax.device_get(state.params), ref["params"])  # from step 4, exactly
+  assert leaves_equal(jax.device_get(state.params), ref["params"])  # from step 4, exactly
   assert os.path.isdir(os.path.join(wd, "checkpoints_corrupt", "8"))
 
 
@@ -170,8 +152,8 @@ def test_sigterm_finishes_the_step_saves_and_the_restart_loses_no_step(tmp_path)
     *ARGS,
   ]
   ref_wd, wd = str(tmp_path / "ref"), str(tmp_path / "run")
-  proc = _popen(args, wd)
-  _wait(lambda: len(_logged_steps(wd)) >= 15, proc)
+  proc = popen_train(args, wd)
+  wait_until(lambda: len(_logged_steps(wd)) >= 15, proc)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 75, err[-2000:]
@@ -186,8 +168,8 @@ def test_sigterm_finishes_the_step_saves_and_the_restart_loses_no_step(tmp_path)
   run_cli(args + [f"--workdir={ref_wd}"], check=True)
   ref, _ = checkpoint.load_state(ref_wd)
   got, _ = checkpoint.load_state(wd)
-  assert _leaves_equal(got["params"], ref["params"])
-  assert _leaves_equal(got["opt_state"], ref["opt_state"])
+  assert leaves_equal(got["params"], ref["params"])
+  assert leaves_equal(got["opt_state"], ref["opt_state"])
 
 
 # ---------------------------------------------------------------- one run per workdir
@@ -200,9 +182,9 @@ def test_a_second_run_on_a_workdir_refuses_and_a_dead_runs_lock_is_taken_over(tm
     *ARGS,
   ]
   wd = str(tmp_path)
-  first = _popen(args, wd)
+  first = popen_train(args, wd)
   try:
-    _wait(lambda: len(_logged_steps(wd)) >= 2, first)
+    wait_until(lambda: len(_logged_steps(wd)) >= 2, first)
     out = run_cli(args + [f"--workdir={wd}"])
     assert out.returncode == 2
     (err,) = [l for l in out.stderr.splitlines() if l.startswith("error:")]
@@ -468,7 +450,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step_after_savin
     text=True,
     start_new_session=True,
   )
-  _wait(lambda: len(_logged_steps(wd)) >= 10, proc)
+  wait_until(lambda: len(_logged_steps(wd)) >= 10, proc)
   pids = subprocess.run(
     ["pgrep", "-f", f"big_transfer.train.*workdir={wd}"], capture_output=True, text=True
   ).stdout.split()

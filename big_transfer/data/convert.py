@@ -637,10 +637,10 @@ def run(kind: str, src: str, dst: str, args) -> dict | None:
     )
   for what, path in (("SRC", src), ("DST", dst)):
     if paths.is_url(path):  # the readers and ArrayRecord's writer use local files
-      raise SystemExit(
-        f"error: {what}={path}: {paths.scheme(path)}:// is not readable or writable by the "
-        f"converter (it reads and writes local files); {paths.RECIPE}"
+      why = paths.not_local(
+        path, "the converter reads and writes local files", "readable or writable"
       )
+      raise SystemExit(f"error: {what}={path}: {why}")
   os.makedirs(dst, exist_ok=True)
   jobs, class_names = plan(kind, src, args)
   opts = {

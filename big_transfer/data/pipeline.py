@@ -41,13 +41,18 @@ import grain
 import numpy as np
 from ml_collections import config_dict
 
-from big_transfer import schema
+from big_transfer import paths, schema
 from big_transfer.data import ops, sources
 from big_transfer.data.sources import DataError
 from big_transfer.runlock import pid_alive
 
 
 def _check(config) -> None:
+  if paths.is_url(config.data_dir):  # workdirs may be buckets; TFDS's ArrayRecord files may not
+    raise schema.SectionError(
+      f"config.data_dir={config.data_dir}: "
+      + paths.not_local(config.data_dir, "ArrayRecord's reader reads local files")
+    )
   for key in ("data",) + (("eval_data",) if config.eval_data not in ("", "none") else ()):
     try:
       sources.check_spec(config[key])

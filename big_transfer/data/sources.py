@@ -149,8 +149,8 @@ class TfdsSource:
     self.data_dir = data_dir or tfds_data_dir()
     if paths.is_url(self.data_dir):
       raise DataError(
-        f"data spec tfds:{name}: data_dir {self.data_dir} is not readable here (tfds.data_source "
-        f"reads ArrayRecord files, whose reader reads local files); {paths.RECIPE}"
+        f"data spec tfds:{name}: data_dir {self.data_dir}: "
+        + paths.not_local(self.data_dir, "tfds.data_source reads ArrayRecord's local files")
       )
     try:
       with quiet_absl():  # tfds warns about every version folder it looks into
@@ -322,8 +322,7 @@ def _open_base(spec: str | Spec, default_split: str = "train", builtin_options=N
   else:
     if paths.is_url(spec.name):
       raise DataError(
-        f"data spec {spec}: {paths.scheme(spec.name)}:// is not readable here (ArrayRecord's "
-        f"reader reads local files); {paths.RECIPE}"
+        f"data spec {spec}: " + paths.not_local(spec.name, "ArrayRecord's reader reads local files")
       )
     if not os.path.isdir(spec.name):
       raise DataError(
