@@ -21,6 +21,7 @@ from big_transfer import checkpoint as ckpt_lib
 from big_transfer import config_lib, paths, runlock
 from big_transfer import logging as log_lib
 from big_transfer.data import sources
+from big_transfer.workdir import Workdir
 
 FLAGS = flags.FLAGS
 
@@ -114,13 +115,14 @@ def write_record(out: dict[str, Any], workdir: str):
   if jax.process_index() != 0:
     return
   paths.makedirs(workdir)
-  paths.write_json(os.path.join(workdir, "config.json"), out, indent=1, sort_keys=True, default=str)
+  paths.write_json(Workdir(workdir).config, out, indent=1, sort_keys=True, default=str)
 
 
-def main_of(run_fn, extra_user_errors: tuple = ()):
+def main_of(run_fn, extra_user_errors: tuple = (), sections=None):
   """An absl main for an entrypoint ``run_fn(config, workdir)``: quiet library logs, the
   required flags, jax.distributed, and bad input as one ``error:`` line (exit 2; a non-finite
-  loss exits 3; stopped by SIGTERM/SIGINT after saving: exit 75, run again to resume)."""
+  loss exits 3; stopped by SIGTERM/SIGINT after saving: exit 75, run again to resume).
+  ``sections()``: the config's sections beyond the base config's (--print_config's meanings)."""
 
   def main(argv):
     del argv
@@ -128,7 +130,7 @@ def main_of(run_fn, extra_user_errors: tuple = ()):
       absl_logging.set_verbosity(absl_logging.WARNING)
       log_lib.quiet_library_noise()
     if FLAGS.print_config and FLAGS.config is not None:
-      print(config_lib.describe(FLAGS.config))
+      print(config_lib.describe(FLAGS.config, tuple(sections()) if sections else ()))
       return
     if FLAGS.config is None or FLAGS.workdir is None:
       print("error: --config and --workdir are required", file=sys.stderr)

@@ -4,12 +4,19 @@ r"""Benchmarks, one JSON object per line.
   python -m big_transfer.bench --what=loader --workers=0,1,2 --batch_size=64 --seconds=10
   python -m big_transfer.bench --what=tokenizer --seconds=5
   python -m big_transfer.bench --what=study --workers=2 [--study_config=configs/mini/study.py]
+  python -m big_transfer.bench --what=study --workers=1 --baseline=../before   # git worktree
+  python -m big_transfer.bench --what=fuse [--steps=40]
 
 ``loader``: the training loader at each worker count (images/s), beside the same op chain on
 one core in the same run, and their ratio per worker (``scaling_efficiency``).
 
-``study``: a study's transfer stage from the same pre-trained arms, sequentially (one process)
-and as ``--workers`` worker processes at once, with the ratio and whether both tables agree.
+``study``: a study's transfer stage from the same pre-trained arms, sequentially (one process),
+with ``--baseline`` by an earlier checkout's code beside it (compared cell by cell), and as
+``--workers`` worker processes at once, with the ratios, compilations, the start-up and compile
+share, and whether the tables agree.
+
+``fuse``: a fine-tuning grid's points trained one by one against as one fused (vmapped)
+program, on the same batches: step time per point, and the largest difference of their losses.
 
 ``tokenizer``: captions/s on one core of the ``tokenize`` op's work, the pure-Python BPE
 against the Rust one (Hugging Face ``tokenizers``) in the same run.
@@ -37,9 +44,11 @@ import sys
 import tempfile
 import time
 import types
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import simplejpeg
 from absl import logging as absl_logging
@@ -51,6 +60,7 @@ from big_transfer import logging as log_lib
 from big_transfer import trainer as trainer_lib
 from big_transfer.app import UserError
 from big_transfer.data import ops, pipeline, tokenizer
+from big_transfer.workdir import Workdir
 
 
 def synthetic_jpegs(
@@ -441,14 +451,11 @@ def _train_setup(
     method, c, {"num_classes": c.num_classes, "class_names": source.class_names, "tokenizer": tok}
   )
   mesh = sharding.make_mesh(-1, 1)
-  tx, schedule = optim.build(c.optimizer, c.total_steps)
   pp_host, affines = ops.split_device_affine(c.pp_train)
   trainer = trainer_lib.Trainer(
     meth,
-    tx=tx,
-    lr_schedule=schedule,
+    optimizer=optim.structure(c.optimizer),
     mesh=mesh,
-    seed=0,
     input_affine=affines,
     param_rules=c.param_sharding,
     param_min_size=c.param_sharding_min_size,
@@ -463,6 +470,7 @@ def _train_setup(
     trainer=trainer,
     abstract=trainer.abstract,
     step_fn=trainer.step,
+    values=trainer_lib.run_values(c.optimizer, c.total_steps, 0),
     pp_host=pp_host,
   )
 
@@ -567,7 +575,7 @@ def train_step_flops(
     k: jax.ShapeDtypeStruct((batch_size, *np.shape(v)), np.asarray(v).dtype)
     for k, v in example.items()
   }
-  return lowered_flops(t.step_fn.lower(t.abstract, batch))
+  return lowered_flops(t.step_fn.lower(t.abstract, batch, t.values))
 
 
 # Trace events that are the runtime's own bookkeeping, not the program's operations.
@@ -611,17 +619,17 @@ def _hlo_op_classes(hlo_text: str) -> dict[str, str]:
   return classes
 
 
-def profile_step(compiled, state, batch, out_dir: str, steps: int = 2):
+def profile_step(compiled, state, batch, values, out_dir: str, steps: int = 2):
   """Runs ``steps`` steps under the JAX profiler (a trace TensorBoard's profile plugin and
   Perfetto read, under ``out_dir``) and sums its operation events: milliseconds per step by
   what they compute (convolution, matmul, layout copies, ...) and the slowest operations. On
   CPU several operations run at once on the thread pool, so the sums can exceed the step."""
-  state, m = compiled(state, batch)  # the state is donated: always carry the new one
+  state, m = compiled(state, batch, values)  # the state is donated: always carry the new one
   jax.block_until_ready(m)
   t0 = time.perf_counter()
   with jax.profiler.trace(out_dir):
     for _ in range(steps):
-      state, m = compiled(state, batch)
+      state, m = compiled(state, batch, values)
     jax.block_until_ready(m)
   wall = (time.perf_counter() - t0) / steps
   traces = sorted(
@@ -681,7 +689,8 @@ def bench_model(
   # Compiled from shapes first: XLA's memory analysis says what the step needs before anything
   # is allocated, and a step that cannot fit is one line instead of an allocation failure.
   t0 = time.perf_counter()
-  lowered = step_fn.lower(trainer.abstract_state(), abstract_batch(t, batch_size))
+  values = jax.device_put(t.values, sharding.replicated(mesh))
+  lowered = step_fn.lower(trainer.abstract_state(), abstract_batch(t, batch_size), values)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   memory = step_memory(compiled)
@@ -714,18 +723,18 @@ def bench_model(
   def bare():
     nonlocal state
     for _ in range(2):
-      state, m = compiled(state, batch)
+      state, m = compiled(state, batch, values)
     jax.block_until_ready(m)
     t = time.perf_counter()
     for _ in range(steps):
-      state, m = compiled(state, batch)
+      state, m = compiled(state, batch, values)
     jax.block_until_ready(m)
     return (time.perf_counter() - t) / steps
 
   bare_before = bare()
   profile_row = None
   if profile_dir:
-    state, profile_row = profile_step(compiled, state, batch, profile_dir)
+    state, profile_row = profile_step(compiled, state, batch, values, profile_dir)
 
   # The training loop itself (train.fit, as pre-training runs it: data pipeline, sharded
   # batches, metrics, progress, checkpoints) on the same source.
@@ -1017,114 +1026,305 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefa
   """The docstring as written, and every flag's default."""
 
 
-def bench_study(config: str, workers: int) -> list[dict]:
-  """A study's transfer stage run two ways from the same pre-trained arms: sequentially (the
-  study in one process, as without --worker) and as ``workers`` worker processes at once
-  (``--worker=i/N --stage=transfer``, then ``--collect``); wall times, their ratio, whether
-  the two tables agree row for row and number for number, and where the sequential run's time
-  went (the study's own breakdown)."""
-  import shutil
+def bench_fuse(
+  model: str,
+  batch_size: int,
+  resolution: int,
+  steps: int,
+  points: int,
+  dtype: str,
+  data: str,
+  model_kwargs: dict | None = None,
+) -> list[dict]:
+  """A fine-tuning grid of ``points`` learning rates on the same batches, trained one point
+  after another (the unfused grid: a step per point per batch, and — in a real grid — a pass of
+  the input pipeline per point) against one fused vmapped program (one step for every point,
+  one pipeline pass): ms per step and per point, with and without the pipeline's own time per
+  batch (measured in the same run), and the largest relative difference of the points' losses
+  after ``steps`` steps."""
+  t = _train_setup(model, batch_size, resolution, steps, "supervised", dtype, data, model_kwargs)
+  mesh, c = t.mesh, t.c
+  lrs = [float(c.optimizer.lr) * 3.0**i for i in range(points)]
+  opts = []
+  for lr in lrs:
+    o = ml_collections.ConfigDict(c.optimizer.to_dict())
+    o.lr = lr
+    opts.append(o)
+  structure = optim.structure(c.optimizer)
+  one = t.trainer
+  fused = trainer_lib.Trainer(
+    t.meth,
+    optimizer=structure,
+    mesh=mesh,
+    input_affine=ops.split_device_affine(c.pp_train)[1],
+    param_rules=c.param_sharding,
+    param_min_size=c.param_sharding_min_size,
+    points=points,
+  )
+  repl = sharding.replicated(mesh)
+  values = [jax.device_put(trainer_lib.run_values(o, steps, 0), repl) for o in opts]
+  stacked = jax.device_put(
+    trainer_lib.stack_values([trainer_lib.run_values(o, steps, 0) for o in opts]), repl
+  )
+  it = pipeline.train_dataset(
+    t.source,
+    pp=t.pp_host,
+    batch_size=batch_size,
+    seed=0,
+    keys=t.meth.batch_keys,
+    threads=c.data_threads,
+    bind=t.bind,
+  )
+  batches = [sharding.to_global(next(it), mesh) for _ in range(min(steps, 8))]
+  t0 = time.perf_counter()
+  n_pipe = max(4, min(steps, 20))
+  for _ in range(n_pipe):
+    next(it)
+  pipe_s = (time.perf_counter() - t0) / n_pipe
+  it.close()
 
+  def run_unfused():
+    states = [one.init(0) for _ in lrs]
+    for k in range(2):  # compiled and warm
+      states = [one.step(s, batches[k % len(batches)], v)[0] for s, v in zip(states, values)]
+    jax.block_until_ready(states)
+    t0 = time.perf_counter()
+    for k in range(steps):
+      out = [one.step(s, batches[k % len(batches)], v) for s, v in zip(states, values)]
+      states = [o[0] for o in out]
+    jax.block_until_ready(states)
+    return (time.perf_counter() - t0) / steps, [float(o[1]["loss"]) for o in out]
+
+  def run_fused():
+    state = fused.init(0)
+    for k in range(2):
+      state, _ = fused.step(state, batches[k % len(batches)], stacked)
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    for k in range(steps):
+      state, m = fused.step(state, batches[k % len(batches)], stacked)
+    jax.block_until_ready(state)
+    return (time.perf_counter() - t0) / steps, [float(x) for x in np.asarray(m["loss"])]
+
+  unfused_s, a = run_unfused()
+  fused_s, b = run_fused()
+  diff = max(abs(x - y) / max(abs(x), 1e-12) for x, y in zip(a, b))
+  return [
+    {
+      "bench": "fuse",
+      "model": model,
+      "batch_size": batch_size,
+      "resolution": resolution,
+      "dtype": dtype,
+      "data": data,
+      "points": points,
+      "steps": steps,
+      "unfused_ms_per_point_step": round(1000 * unfused_s / points, 2),
+      "fused_ms_per_point_step": round(1000 * fused_s / points, 2),
+      "pipeline_ms_per_batch": round(1000 * pipe_s, 2),
+      "speedup_steps": round(unfused_s / fused_s, 3),
+      "speedup_with_input": round((unfused_s + points * pipe_s) / (fused_s + pipe_s), 3),
+      "max_loss_rel_difference": float(f"{diff:.3g}"),
+      "device": f"{jax.devices()[0].device_kind} ({device_description()})",
+    }
+  ]
+
+
+_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(\d+)s")
+
+
+def _seconds(text: str) -> float:
+  m = _DURATION.fullmatch(text)
+  return float(int(m[1] or 0) * 3600 + int(m[2] or 0) * 60 + int(m[3])) if m else 0.0
+
+
+def parse_breakdown(log: str) -> dict[str, dict[str, float]]:
+  """The study's "where the time went" lines as {kind: {phase: seconds, "wall": seconds}}."""
+  out = {}
+  for line in log[log.find("where the time went") :].splitlines()[1:]:
+    m = re.match(r"\s+([\w -]+?): (?:\d+ run\(s\), )?(\S+)(?:: (.*))?$", line)
+    if not m or m[1] == "compiled":
+      continue
+    row = {"wall": _seconds(m[2])}
+    for part in (m[3] or "").split("), "):
+      p = re.match(r"([\w -]+?) (\S+) \(", part.strip())
+      if p:
+        row[p[1]] = _seconds(p[2])
+    out[m[1]] = row
+  return out
+
+
+def study_table(workdir: str) -> dict[tuple, dict]:
+  """A study's result rows by (arm, downstream, protocol, shots, seed, alpha)."""
   from big_transfer import transfer
 
-  def study(workdir, *extra):
-    return [
-      sys.executable,
-      "-m",
-      "big_transfer.study",
-      f"--config={config}",
-      f"--workdir={workdir}",
-      "--report=false",
-      *extra,
-    ]
+  return {
+    (
+      r["tags"]["arm"],
+      r["tags"]["downstream"],
+      r["protocol"],
+      str(r["shots"]),
+      r["seed"],
+      r["hyperparameters"].get("alpha"),
+    ): r
+    for r in transfer.read_results(Workdir(workdir).results)
+  }
 
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+def compare_tables(a: dict, b: dict, tolerance: float) -> dict[str, Any]:
+  """Two studies' rows, cell by cell: the cells that are number for number the same, those
+  within ``tolerance`` (val and test accuracy), and whether fine-tuning chose the same
+  hyperparameters (learning rate, L2)."""
+  same = within = chosen_same = 0
+  worst = 0.0
+  for key in sorted(set(a) & set(b), key=str):
+    x, y = a[key], b[key]
+    d = max(
+      abs(x["val_accuracy"] - y["val_accuracy"]), abs(x["test_accuracy"] - y["test_accuracy"])
+    )
+    worst = max(worst, d)
+    same += d == 0
+    within += d <= tolerance
+    hp = lambda r: {k: r["hyperparameters"].get(k) for k in ("lr", "l2", "alpha")}
+    chosen_same += hp(x) == hp(y)
+  return {
+    "cells": len(set(a) | set(b)),
+    "cells_in_both": len(set(a) & set(b)),
+    "cells_same": same,
+    "cells_within_tolerance": within,
+    "tolerance": tolerance,
+    "worst_difference": round(worst, 4),
+    "same_hyperparameters": chosen_same,
+  }
+
+
+def _study_cmd(config: str, workdir: str, *extra) -> list[str]:
+  return [
+    sys.executable,
+    "-m",
+    "big_transfer.study",
+    f"--config={config}",
+    f"--workdir={workdir}",
+    "--report=false",
+    *extra,
+  ]
+
+
+def _timed_study(cmd, env, cwd=None) -> tuple[float, str]:
+  """Runs a study command with JAX logging every compilation; (wall seconds, its output)."""
+  t0 = time.perf_counter()
+  out = subprocess.run(
+    cmd, env={**env, "JAX_LOG_COMPILES": "1"}, cwd=cwd, capture_output=True, text=True
+  )
+  wall = time.perf_counter() - t0
+  if out.returncode:
+    raise UserError(f"{' '.join(cmd[2:4])} failed: {out.stderr.strip()[-400:]}")
+  return wall, out.stdout + out.stderr
+
+
+def _stage_row(name: str, wall: float, log: str) -> dict[str, Any]:
+  """What one run of the transfer stage measured: wall time, compilations (JAX's own log
+  lines), and the share of the stage that is start-up, data opening and compile."""
+  kinds = {k: v for k, v in parse_breakdown(log).items() if k.startswith("transfer")}
+  total = sum(v["wall"] for v in kinds.values()) or wall
+  overhead = sum(v.get("start-up and other", 0.0) + v.get("compile", 0.0) for v in kinds.values())
+  return {
+    f"{name}_s": round(wall, 1),
+    f"{name}_compilations": len(re.findall(r"Finished XLA compilation of", log)),
+    f"{name}_startup_and_compile_share": round(overhead / total, 3) if total else None,
+    f"{name}_breakdown": {k: {p: round(s, 1) for p, s in v.items()} for k, v in kinds.items()},
+  }
+
+
+def bench_study(config: str, workers: int, baseline: str = "", tolerance: float = 0.02) -> list:
+  """A study's transfer stage run from the same pre-trained arms (pre-trained once by this
+  code): sequentially by this code; sequentially by a ``baseline`` checkout's code (a git
+  worktree of an earlier commit, its own configs) when given, compared cell by cell (number for
+  number, or within ``tolerance`` and the same chosen hyperparameters); and as ``workers``
+  worker processes at once (``--worker=i/N --stage=transfer``, then ``--collect``) and as SLURM
+  job arrays where sbatch is, when ``workers`` > 1. Wall times, ratios, compilations (JAX's log
+  of each), the start-up and compile share, and the study's own breakdown."""
+  import shutil
+
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH")}
+  row: dict[str, Any] = {"bench": "study", "config": config}
   with tempfile.TemporaryDirectory(prefix="bt_bench_study_") as tmp:
     base = os.path.join(tmp, "base")
     t0 = time.perf_counter()
-    out = subprocess.run(
-      study(base, "--worker=0/1", "--stage=pretrain"), env=env, capture_output=True, text=True
+    _timed_study(_study_cmd(config, base, "--worker=0/1", "--stage=pretrain"), env)
+    row["pretrain_s"] = round(time.perf_counter() - t0, 1)
+
+    def fresh(name):
+      d = os.path.join(tmp, name)
+      shutil.copytree(base, d, ignore=shutil.ignore_patterns(".jax_cache", "manifest.json"))
+      return d
+
+    seq = fresh("sequential")
+    if baseline:
+      before = fresh("baseline")
+      cmd = _study_cmd(os.path.join(baseline, config), before)
+      wall, log = _timed_study(cmd, {**env, "PYTHONPATH": baseline}, cwd=baseline)
+      row.update({"baseline": baseline, **_stage_row("baseline", wall, log)})
+    wall, log = _timed_study(_study_cmd(config, seq), env)
+    row.update(_stage_row("sequential", wall, log))
+    ours = study_table(seq)
+    row["transfer_rows"] = len(ours)
+    if baseline:
+      row["speedup_vs_baseline"] = round(row["baseline_s"] / row["sequential_s"], 3)
+      row["vs_baseline"] = compare_tables(study_table(before), ours, tolerance)
+    if workers > 1:
+      row.update(_bench_workers(config, fresh("workers"), workers, env, ours))
+      if shutil.which("sbatch") and shutil.which("squeue"):
+        row.update(_bench_slurm(config, fresh("slurm"), workers, env, ours))
+  row.update({"workers": workers, "device": device_description(), "cpus": os.cpu_count()})
+  return [row]
+
+
+def _bench_workers(config, workdir, workers, env, ours) -> dict[str, Any]:
+  """The transfer stage as ``workers`` worker processes at once, then --collect."""
+  t0 = time.perf_counter()
+  procs = [
+    subprocess.Popen(
+      _study_cmd(config, workdir, f"--worker={i}/{workers}", "--stage=transfer"),
+      env=env,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
     )
-    if out.returncode:
-      raise UserError(f"pre-training the study failed: {out.stderr.strip()[-300:]}")
-    pretrain_s = time.perf_counter() - t0
-    seq, par = os.path.join(tmp, "sequential"), os.path.join(tmp, "workers")
-    for d in (seq, par):
-      shutil.copytree(base, d, ignore=shutil.ignore_patterns(".jax_cache"))
-    t0 = time.perf_counter()
-    out = subprocess.run(study(seq), env=env, capture_output=True, text=True)
-    sequential_s = time.perf_counter() - t0
-    if out.returncode:
-      raise UserError(f"the sequential study failed: {out.stderr.strip()[-300:]}")
-    tail = out.stdout[out.stdout.find("where the time went") :].splitlines()
-    t0 = time.perf_counter()
-    procs = [
-      subprocess.Popen(
-        study(par, f"--worker={i}/{workers}", "--stage=transfer"),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-      )
-      for i in range(workers)
-    ]
-    codes = [p.wait() for p in procs]
-    collect = subprocess.run(study(par, "--collect"), env=env, capture_output=True, text=True)
-    workers_s = time.perf_counter() - t0
-    if any(codes) or collect.returncode:
-      raise UserError(f"the workers failed (exits {codes}, collect {collect.returncode})")
-
-    def table(workdir):
-      rows = transfer.read_results(os.path.join(workdir, "results.jsonl"))
-      return {
-        (r["tags"]["arm"], r["tags"]["downstream"], r["protocol"], str(r["shots"]), r["seed"]): (
-          r["val_accuracy"],
-          r["test_accuracy"],
-        )
-        for r in rows
-      }
-
-    a, b = table(seq), table(par)
-    slurm = {}
-    if shutil.which("sbatch") and shutil.which("squeue"):  # the same stage as SLURM job arrays
-      sl = os.path.join(tmp, "slurm")
-      shutil.copytree(base, sl, ignore=shutil.ignore_patterns(".jax_cache"))
-      t0 = time.perf_counter()
-      out = subprocess.run(
-        [*study(sl), "--submit=slurm", f"--runs_per_task={max(1, len(a) // (2 * workers))}"],
-        env=env,
-        capture_output=True,
-        text=True,
-      )
-      ids = re.findall(r"submitted \S+: job (\d+)", out.stdout)
-      while (
-        ids
-        and subprocess.run(
-          ["squeue", "-h", "-j", ",".join(ids)], capture_output=True, text=True
-        ).stdout.strip()
-      ):
-        time.sleep(1)
-      slurm = {
-        "slurm_s": round(time.perf_counter() - t0, 1),
-        "slurm_same_rows": table(sl) == a if ids else False,
-      }
-  return [
-    {
-      "bench": "study",
-      "config": config,
-      "workers": workers,
-      "transfer_runs": len(a),
-      "pretrain_s": round(pretrain_s, 1),
-      "sequential_s": round(sequential_s, 1),
-      "workers_s": round(workers_s, 1),
-      "speedup": round(sequential_s / workers_s, 3),
-      "same_rows": a == b,
-      **slurm,
-      "sequential_breakdown": [l.strip() for l in tail[1:12] if l.strip()],
-      "device": device_description(),
-      "cpus": os.cpu_count(),
-    }
+    for i in range(workers)
   ]
+  codes = [p.wait() for p in procs]
+  collect = subprocess.run(_study_cmd(config, workdir, "--collect"), env=env, capture_output=True)
+  wall = time.perf_counter() - t0
+  if any(codes) or collect.returncode:
+    raise UserError(f"the workers failed (exits {codes}, collect {collect.returncode})")
+  return {"workers_s": round(wall, 1), "workers_same_rows": study_table(workdir) == ours}
+
+
+def _bench_slurm(config, workdir, workers, env, ours) -> dict[str, Any]:
+  """The transfer stage as SLURM job arrays (study --submit=slurm), until its report job ends."""
+  t0 = time.perf_counter()
+  out = subprocess.run(
+    [
+      *_study_cmd(config, workdir),
+      "--submit=slurm",
+      f"--runs_per_task={max(1, len(ours) // (2 * workers))}",
+    ],
+    env=env,
+    capture_output=True,
+    text=True,
+  )
+  ids = re.findall(r"submitted \S+: job (\d+)", out.stdout + out.stderr)
+  while (
+    ids
+    and subprocess.run(
+      ["squeue", "-h", "-j", ",".join(ids)], capture_output=True, text=True
+    ).stdout.strip()
+  ):
+    time.sleep(1)
+  return {
+    "slurm_s": round(time.perf_counter() - t0, 1),
+    "slurm_same_rows": study_table(workdir) == ours if ids else False,
+  }
 
 
 def main(argv=None):
@@ -1133,7 +1333,7 @@ def main(argv=None):
   )
   p.add_argument(
     "--what",
-    choices=("model", "pipeline", "loader", "tokenizer", "study"),
+    choices=("model", "pipeline", "loader", "tokenizer", "study", "fuse"),
     default=None,
     help="default: model when --model is given, else pipeline",
   )
@@ -1189,6 +1389,20 @@ def main(argv=None):
     "--study_config",
     default="configs/mini/study.py",
     help="study: the study whose transfer stage is timed sequentially and as workers",
+  )
+  p.add_argument("--points", type=int, default=2, help="fuse: grid points (learning rates)")
+  p.add_argument(
+    "--baseline",
+    default="",
+    metavar="DIR",
+    help="study: a checkout of earlier code (git worktree add DIR REV) whose transfer stage "
+    "runs on the same pre-trained arms, compared cell by cell",
+  )
+  p.add_argument(
+    "--tolerance",
+    type=float,
+    default=0.02,
+    help="study: the largest accuracy difference a cell may have against the baseline's",
   )
   p.add_argument(
     "--data_workers", type=int, default=0, help="model: the training loop's data worker processes"
@@ -1249,8 +1463,22 @@ def main(argv=None):
     )
   elif what == "tokenizer":
     rows = bench_tokenizer(args.seconds)
+  elif what == "fuse":
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    rows = bench_fuse(
+      args.model or "resnet18",
+      args.batch_size,
+      args.resolution,
+      args.steps,
+      args.points,
+      args.dtype,
+      args.data,
+      model_kwargs or ({"width": 0.25} if not args.model else None),
+    )
   elif what == "study":
-    rows = bench_study(args.study_config, int(args.workers.split(",")[-1]))
+    rows = bench_study(
+      args.study_config, int(args.workers.split(",")[-1]), args.baseline, args.tolerance
+    )
   elif what == "loader":
     rows = bench_loader(
       [int(w) for w in args.workers.split(",")],

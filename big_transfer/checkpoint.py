@@ -49,6 +49,7 @@ from jax.experimental import multihost_utils
 from big_transfer import paths
 from big_transfer.logging import quiet_absl
 from big_transfer.sharding import path_name
+from big_transfer.workdir import CHECKPOINTS, CHECKPOINTS_CORRUPT
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +324,7 @@ class Checkpointer:
     log_fn=None,
   ):
     self.workdir = paths.resolve(workdir)
-    self.directory = os.path.join(self.workdir, "checkpoints")
+    self.directory = os.path.join(self.workdir, CHECKPOINTS)
     remove_unfinished(self.directory, log_fn or log.warning)
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep,
@@ -483,7 +484,7 @@ class Checkpointer:
   def _move_aside(self, step: int):
     src = os.path.join(self.directory, str(step))
     if jax.process_index() == 0 and paths.exists(src):
-      dst_dir = os.path.join(self.workdir, "checkpoints_corrupt")
+      dst_dir = os.path.join(self.workdir, CHECKPOINTS_CORRUPT)
       paths.makedirs(dst_dir)
       dst = os.path.join(dst_dir, str(step))
       if paths.exists(dst):
@@ -523,7 +524,7 @@ def find_checkpoints(path: str) -> tuple[str, list[int]]:
   """A workdir, its checkpoints dir or one step dir -> (checkpoints dir, steps newest first;
   only the given one for a step dir)."""
   path = paths.resolve(path)
-  for d in (os.path.join(path, "checkpoints"), path):
+  for d in (os.path.join(path, CHECKPOINTS), path):
     if paths.isdir(d):
       steps = [int(s) for s in paths.listdir(d) if s.isdigit() and _finished(os.path.join(d, s))]
       if steps:

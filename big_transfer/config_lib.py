@@ -182,54 +182,6 @@ def base_config() -> ml_collections.ConfigDict:
   return schema.build(sections())
 
 
-PROTOCOLS = ("ft", "lp", "lp_ft", "zeroshot", "wise_ft")
-
-
-def transfer_config():
-  """Transfer defaults: the recipe that made the published numbers, as the authors' code ran
-  it (their finetune.py/wise_ft.py/args.py): AdamW with weight decay 0.1 on every parameter,
-  gradient clipping at norm 1.0, cosine with 500 warm-up steps never capped, batch 128, 128
-  epochs, lr grid {1e-4, 3e-4, 1e-3, 3e-3} (``paper_grid``: their real grid), 224px bicubic,
-  timm 0.4.12's RandAugment rand-m9-mstd0.5-inc1 (each op with probability 0.5), random
-  erasing 0.25; CLIP heads from OpenAI's 80 ImageNet templates,
-  SimCLR features L2-normalised before a zero head, LP-FT's probe an AdamW head (128 epochs,
-  lr 3e-3). The text's description differs in a few places, each one config value away:
-  ``optimizer.decay=kernels``, ``optimizer.grad_clip_norm=0``, ``warmup_cap=0.2``,
-  ``templates=clip7``, ``feature_norm=none``, ``lp.lp_ft_solver=lp``; the text's colour
-  jitter 0.4, which timm 0.4.12 does not apply under RandAugment, is ``color_jitter(0.4, 0.4,
-  0.4, 0.0)`` added to ``pp_train``."""
-  from big_transfer import finetune  # the transfer keys' owner (it imports this module)
-
-  c = schema.build(sections() + [finetune.SECTION])
-  c.method = "supervised"  # the transfer loss is supervised cross-entropy
-  c.model = ""  # '' = the pre-trained run's model
-  c.eval_data = "none"
-  c.batch_size = 128
-  c.total_epochs = 128.0
-  c.optimizer.update(
-    name="adamw",
-    lr=1e-3,
-    weight_decay=0.1,
-    b1=0.9,
-    b2=0.999,
-    schedule="cosine",
-    warmup_steps=500,
-    grad_clip_norm=1.0,
-    decay="all",
-  )
-  # timm 0.4.12's create_transform as the authors called it: with RandAugment on, the colour
-  # jitter they set (0.4) is not applied.
-  c.pp_train = (
-    "decode|inception_crop(224, method='bicubic')|flip_lr|randaugment(2, 9, 0.5)"
-    "|normalize('imagenet')|random_erasing(0.25)"
-  )
-  c.pp_eval = "decode|resize_small(256, method='bicubic')|central_crop(224)|normalize('imagenet')"
-  c.checkpoint_every = 1000
-  c.log_every = 50
-  c.keep_checkpoints = 1
-  return c
-
-
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Typed variant args: ``'model=vit_s16,steps=100,runlocal'`` against typed defaults.
 
@@ -349,14 +301,11 @@ def usage(program: str) -> str:
   return "\n".join(lines)
 
 
-def describe(config) -> str:
+def describe(config, extra: tuple = ()) -> str:
   """Every key of a config (dotted) with its value and its meaning as its section declares it
-  (keys a config file adds, such as an evaluator entry's, without one)."""
-  meanings = schema.help_of(sections())
-  if "protocol" in config:
-    from big_transfer import finetune
-
-    meanings.update(schema.help_of([finetune.SECTION]))
+  (keys a config file adds, such as an evaluator entry's, without one). ``extra``: sections
+  beyond the base config's (a transfer config's: finetune.sections())."""
+  meanings = schema.help_of(list(sections()) + list(extra))
   out = []
   for key, value in sorted(dotted(to_plain(config)).items()):
     meaning = meaning_of(key, meanings)

@@ -43,6 +43,7 @@ from big_transfer.checkpoint import CheckpointError
 from big_transfer.data import ops, tokenizer
 from big_transfer.interop import ConversionError, Spec
 from big_transfer.sharding import path_name
+from big_transfer.workdir import Workdir
 
 
 def _model_shapes(spec: Spec):
@@ -145,7 +146,7 @@ def convert(
 
 def write(out: str, config, state: dict, summary: dict):
   """A workdir finetune/train accept: config.json + checkpoints/0/state (Orbax)."""
-  if paths.exists(os.path.join(out, "checkpoints")):
+  if paths.exists(Workdir(out).checkpoints):
     raise ConversionError(f"--out={out}: already holds checkpoints; choose a new directory")
   write_config(config, out, {"converted_from": summary})
   ckptr = ckpt_lib.Checkpointer(out, keep=1, async_save=False)
@@ -294,7 +295,7 @@ def _with_batchnorm_counters(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
 
 def _run_config(run_dir: str) -> ml_collections.ConfigDict | None:
-  path = os.path.join(run_dir, "config.json")
+  path = Workdir(run_dir).config
   if not paths.exists(path):
     return None
   return ml_collections.ConfigDict(paths.read_json(path)["config"])

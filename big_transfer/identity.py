@@ -20,17 +20,17 @@ After an accepted change the identity in run.json is the new one.
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
 
 from big_transfer import config_lib, paths
+from big_transfer import workdir as workdir_lib
 from big_transfer.app import UserError
 
-RUN_FILE = "run.json"
+RUN_FILE = workdir_lib.RUN
 
 # Keys whose change cannot alter what the run computes (prefixes of dotted keys).
 NEUTRAL = (
@@ -89,10 +89,10 @@ def differences(frozen: dict, now: dict) -> list[tuple[str, Any, Any]]:
   ]
 
 
-def declared_defaults(kind: str) -> dict[str, Any]:
-  """{dotted key: default} of the config a run of ``kind`` starts from."""
-  config = config_lib.transfer_config() if kind == "finetune" else config_lib.base_config()
-  return config_lib.dotted(_plain(config_lib.to_plain(config)))
+def declared_defaults() -> dict[str, Any]:
+  """{dotted key: default} of the config a pre-training run starts from (a transfer run's:
+  finetune.declared_defaults)."""
+  return config_lib.dotted(config_lib.to_plain(config_lib.base_config()))
 
 
 def parse_accept(accept) -> tuple[str, ...]:
@@ -114,7 +114,7 @@ def describe(diffs) -> str:
 
 
 def read(workdir: str) -> dict | None:
-  path = os.path.join(workdir, RUN_FILE)
+  path = workdir_lib.Workdir(workdir).run
   if not paths.exists(path):
     return None
   try:
@@ -132,23 +132,31 @@ def _write(workdir: str, record: dict) -> None:
   if jax.process_index() != 0:
     return
   paths.makedirs(workdir)
-  paths.write_json(os.path.join(workdir, RUN_FILE), record, indent=1, sort_keys=True, default=str)
+  paths.write_json(workdir_lib.Workdir(workdir).run, record, indent=1, sort_keys=True, default=str)
 
 
 def check(
-  workdir: str, identity: dict, *, kind: str, accept=(), log=print, flag: str = "--accept_changes"
+  workdir: str,
+  identity: dict,
+  *,
+  kind: str,
+  defaults: Callable[[], dict] = declared_defaults,
+  accept=(),
+  log=print,
+  flag: str = "--accept_changes",
 ) -> list[tuple[str, Any, Any]]:
   """Freezes ``identity`` at a workdir's first start; at a restart compares it with the frozen
   one and raises IdentityError (one line) for differences that are neither neutral nor
-  accepted. Returns the accepted differences (recorded in run.json)."""
+  accepted. ``defaults()``: {dotted key: default} of the config the run's kind starts from
+  (keys added to it since the run froze are accepted at their defaults). Returns the accepted
+  differences (recorded in run.json)."""
   accept = parse_accept(accept)
   identity = _plain(identity)
   record = read(workdir)
   now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
   if record is None:
-    if paths.exists(os.path.join(workdir, "config.json")) or paths.exists(
-      os.path.join(workdir, "done.json")
-    ):
+    wd = workdir_lib.Workdir(workdir)
+    if paths.exists(wd.config) or paths.exists(wd.done):
       log(
         f"{workdir} has no {RUN_FILE} (a workdir of an older version): this run's identity "
         f"is frozen from now on"
@@ -164,7 +172,7 @@ def check(
   # Keys the code declared after this run froze its identity (a newer version, a method
   # registered since), at their declared defaults: the run could not have set them otherwise.
   absent = any(a == _ABSENT for _, a, _ in diffs)
-  defaults = declared_defaults(kind) if absent else {}  # built only when a key is new
+  defaults = _plain(defaults()) if absent else {}  # built only when a key is new
   added = [
     d for d in diffs if d[1] == _ABSENT and d[0] in defaults and _plain(defaults[d[0]]) == d[2]
   ]
@@ -210,7 +218,7 @@ def check(
     log(f"resuming with changes that cannot alter the result: {describe(neutral)}")
   if accepted:
     log(
-      f"resuming with accepted changes (recorded in {os.path.join(workdir, RUN_FILE)}): "
+      f"resuming with accepted changes (recorded in {workdir_lib.Workdir(workdir).run}): "
       f"{describe(accepted)}"
     )
   record["changes"] = (

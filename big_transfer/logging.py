@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging as absl_logging
 
 from big_transfer import paths, schema
+from big_transfer.workdir import METRICS
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -101,7 +102,7 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0
     self._mirror = None
     self._synced = time.monotonic()
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = os.path.join(workdir, METRICS)
     self._file = None
     self._tb = None
     self._wandb = None
@@ -109,7 +110,7 @@ class MetricWriter:
     if self.enabled:
       paths.makedirs(workdir)
       self._mirror = paths.Mirror(workdir)
-      self.path = self._mirror.fetch("metrics.jsonl")
+      self.path = self._mirror.fetch(METRICS)
       if wandb_cfg.get("project"):
         self._wandb = _wandb_run(workdir, wandb_cfg, config, self._mirror.local)
       self._drop_after(resume_step)
@@ -221,7 +222,7 @@ def _wandb_run(workdir: str, cfg: dict, config: dict, local_dir: str):
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  path = os.path.join(workdir, "metrics.jsonl")
+  path = os.path.join(workdir, METRICS)
   with paths.open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
 
@@ -231,6 +232,42 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
 PHASE_SECONDS: dict[str, float] = {}
 PHASES = ("compile", "steps", "evaluation", "checkpoints", "features and probes")
 
+# Compilations, counted where JAX does them (jax.monitoring): every program traced, lowered and
+# compiled in this process — a training step, an evaluator, a feature program, an init — with
+# its time counted in the "compile" phase (and taken out of the phase it happened in). Programs
+# read back from the persistent compilation cache count apart.
+COMPILE_EVENTS = {
+  "/jax/core/compile/jaxpr_trace_duration": "trace",
+  "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+  "/jax/core/compile/backend_compile_duration": "compile",
+}
+COMPILES: dict[str, Any] = {"programs": 0, "from_disk_cache": 0, "seconds": 0.0, "by_name": {}}
+
+
+def _on_duration(event: str, seconds: float, **kwargs) -> None:
+  kind = COMPILE_EVENTS.get(event)
+  if kind is None:
+    return
+  COMPILES["seconds"] += seconds
+  add_time("compile", seconds)
+  if kind == "compile":
+    COMPILES["programs"] += 1
+    name = str(kwargs.get("fun_name", "?"))
+    COMPILES["by_name"][name] = COMPILES["by_name"].get(name, 0) + 1
+
+
+def _on_event(event: str, **kwargs) -> None:
+  if event == "/jax/compilation_cache/cache_hits":
+    COMPILES["from_disk_cache"] += 1
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
+jax.monitoring.register_event_listener(_on_event)
+
+
+def compile_seconds() -> float:
+  return COMPILES["seconds"]
+
 
 def add_time(phase: str, seconds: float) -> None:
   PHASE_SECONDS[phase] = PHASE_SECONDS.get(phase, 0.0) + max(0.0, seconds)
@@ -238,11 +275,13 @@ def add_time(phase: str, seconds: float) -> None:
 
 @contextlib.contextmanager
 def timed(phase: str):
-  t0 = time.perf_counter()
+  """Counts the block's time in ``phase``, less what compiling took inside it (counted in
+  "compile")."""
+  t0, c0 = time.perf_counter(), compile_seconds()
   try:
     yield
   finally:
-    add_time(phase, time.perf_counter() - t0)
+    add_time(phase, time.perf_counter() - t0 - (compile_seconds() - c0))
 
 
 class TimeBreakdown:
@@ -253,6 +292,7 @@ class TimeBreakdown:
     self.by_kind: dict[str, dict[str, float]] = {}
     self.count: dict[str, int] = {}
     self.runs_of: set[str] = set()  # kinds timed as runs (the rest: single steps, e.g. report)
+    self.programs: dict[str, int] = {}  # programs compiled during the runs of each kind
 
   def run(self, kind: str):
     """A context manager around one run of ``kind``."""
@@ -261,6 +301,7 @@ class TimeBreakdown:
     class _Run:
       def __enter__(self):
         self.t0, self.before = time.perf_counter(), dict(PHASE_SECONDS)
+        self.programs = COMPILES["programs"]
         return self
 
       def __exit__(self, *exc):
@@ -276,6 +317,8 @@ class TimeBreakdown:
         row["wall"] = row.get("wall", 0.0) + wall
         breakdown.count[kind] = breakdown.count.get(kind, 0) + 1
         breakdown.runs_of.add(kind)
+        compiled = COMPILES["programs"] - self.programs
+        breakdown.programs[kind] = breakdown.programs.get(kind, 0) + compiled
         return False
 
     return _Run()
@@ -288,8 +331,10 @@ class TimeBreakdown:
   def summary(self, total: float) -> str:
     lines = [f"where the time went ({format_duration(total)} wall):"]
     for kind, row in self.by_kind.items():
+      programs = self.programs.get(kind, 0)
       parts = [
-        f"{k} {format_duration(v)} ({100 * v / row['wall']:.0f}%)"
+        f"{k} {format_duration(v)} ({100 * v / row['wall']:.0f}%"
+        + (f", {programs} programs)" if k == "compile" else ")")
         for k, v in sorted(row.items(), key=lambda kv: -kv[1])
         if k != "wall" and row["wall"] > 0 and v >= 0.5
       ]
@@ -298,6 +343,13 @@ class TimeBreakdown:
       lines.append(
         f"  {kind}: {runs}{format_duration(row['wall'])}"
         + (": " + ", ".join(parts) if parts else "")
+      )
+    if COMPILES["programs"]:
+      names = sorted(COMPILES["by_name"].items(), key=lambda kv: -kv[1])
+      lines.append(
+        f"  compiled: {COMPILES['programs']} programs in {format_duration(COMPILES['seconds'])} "
+        f"({COMPILES['from_disk_cache']} read from the disk cache): "
+        + ", ".join(f"{n} x{c}" for n, c in names[:8])
       )
     return "\n".join(lines)
 

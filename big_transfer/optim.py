@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from ml_collections import config_dict
 
@@ -76,31 +78,139 @@ SECTION = schema.Section(
 )
 
 
-def schedule(cfg, total_steps: int) -> optax.Schedule:
-  """Linear warm-up from 0 to ``lr``, then ``cosine`` / ``linear`` to ``end_factor * lr``,
-  ``step`` (multiply by ``decay_factor`` at each of ``boundaries``: fractions of the run if < 1,
-  else steps) or ``constant``."""
+# ----------------------------------------------------------------------------- compiled vs runtime
+# What the compiled step depends on is the optimiser's *structure* (which transforms, their static
+# settings); what varies across a fine-tuning grid or between runs — the peak lr, warm-up, length,
+# end factor, weight decay, clipping norm, step-schedule boundaries — is a runtime value
+# (``hyperparams``) passed to the step as arrays, so one compiled program serves every grid point.
+
+
+@dataclasses.dataclass(frozen=True)
+class Structure:
+  """The optimiser as compiled: its transforms and their static settings (hashable: part of a
+  compiled program's key)."""
+
+  name: str = "sgd"
+  schedule: str = "cosine"
+  decay: str = "kernels"
+  clip: bool = False  # grad_clip_norm > 0
+  sgd_decay: bool = False  # SGD with a non-zero weight decay (an extra transform)
+  momentum: float = 0.9
+  nesterov: bool = False
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  trust_coefficient: float = 0.001
+  boundaries: int = 0  # how many step-schedule boundaries
+
+
+def structure(cfg) -> Structure:
+  """The compiled part of an ``optimizer`` section."""
+  name = cfg.name
+  if name not in OPTIMIZERS:
+    raise ValueError(f"optimizer.name {name!r} not in {OPTIMIZERS}")
+  sched = cfg.get("schedule", "cosine")
+  if sched not in SCHEDULES:
+    raise ValueError(f"optimizer.schedule {sched!r} not in {SCHEDULES}")
+  decay = cfg.get("decay", "kernels")
+  if decay not in DECAY:
+    raise ValueError(f"optimizer.decay {decay!r} not in {DECAY}")
+  return Structure(
+    name=name,
+    schedule=sched,
+    decay=decay,
+    clip=bool(cfg.get("grad_clip_norm")),
+    sgd_decay=name == "sgd" and bool(float(cfg.get("weight_decay", 0.0))),
+    momentum=float(cfg.get("momentum", 0.9) or 0.0),
+    nesterov=bool(cfg.get("nesterov", False)),
+    b1=float(cfg.get("b1", 0.9)),
+    b2=float(cfg.get("b2", 0.999)),
+    eps=float(cfg.get("eps", 1e-8)),
+    trust_coefficient=float(cfg.get("trust_coefficient", 0.001)),
+    boundaries=len(cfg.get("boundaries", ())) if sched == "step" else 0,
+  )
+
+
+def hyperparams(cfg, total_steps: int) -> dict[str, np.ndarray]:
+  """The runtime values of an ``optimizer`` section for a run of ``total_steps``: float32
+  scalars (and the step schedule's boundaries in steps, with whether each applies)."""
   lr, warmup = float(cfg.lr), int(cfg.get("warmup_steps", 0))
-  name = cfg.get("schedule", "cosine")
-  decay_steps = max(1, total_steps - warmup)
-  end = lr * float(cfg.get("end_factor", 0.0))
-  if name == "cosine":
-    main = optax.cosine_decay_schedule(lr, decay_steps, alpha=end / lr if lr else 0.0)
-  elif name == "linear":
-    main = optax.linear_schedule(lr, end, decay_steps)
-  elif name == "step":
-    bounds = [b if b >= 1 else b * total_steps for b in cfg.get("boundaries", (0.3, 0.6, 0.9))]
-    factor = float(cfg.get("decay_factor", 0.1))
-    main = optax.piecewise_constant_schedule(
-      lr, {int(b) - warmup: factor for b in bounds if int(b) > warmup}
-    )
-  elif name == "constant":
-    main = optax.constant_schedule(lr)
+  out = {
+    "lr": lr,
+    "warmup_steps": max(0, warmup),
+    "decay_steps": max(1, total_steps - warmup),
+    "end_factor": float(cfg.get("end_factor", 0.0)),
+    "weight_decay": float(cfg.get("weight_decay", 0.0)),
+    "grad_clip_norm": float(cfg.get("grad_clip_norm", 0.0) or 0.0),
+    "decay_factor": float(cfg.get("decay_factor", 0.1)),
+  }
+  out = {k: np.float32(v) for k, v in out.items()}
+  bounds = cfg.get("boundaries", ()) if cfg.get("schedule", "cosine") == "step" else ()
+  steps = [int(b if b >= 1 else b * total_steps) for b in bounds]
+  # As optax's piecewise schedule after the warm-up: a boundary inside the warm-up is dropped,
+  # and two boundaries on one step count once.
+  seen, live = set(), []
+  for b in steps:
+    live.append(b > warmup and b not in seen)
+    seen.add(b)
+  out["boundaries"] = np.asarray([b - warmup for b in steps], np.float32)
+  out["boundary_live"] = np.asarray(live, np.float32)
+  return out
+
+
+def placeholder_hyperparams(s: Structure) -> dict[str, np.ndarray]:
+  """Hyperparameters of the right structure and no meaning: what building an optimiser only to
+  lay out its state (``tx.init``) needs."""
+  out = {k: np.float32(0) for k in HYPERPARAMS}
+  out["boundaries"] = np.zeros(s.boundaries, np.float32)
+  out["boundary_live"] = np.zeros(s.boundaries, np.float32)
+  return out
+
+
+HYPERPARAMS = (
+  "lr",
+  "warmup_steps",
+  "decay_steps",
+  "end_factor",
+  "weight_decay",
+  "grad_clip_norm",
+  "decay_factor",
+)
+
+
+def schedule_value(s: Structure, hp, count):
+  """The learning rate at step ``count`` (traceable; ``hp``: :func:`hyperparams`): linear
+  warm-up from 0 to lr over warmup_steps, then ``cosine`` / ``linear`` to end_factor * lr over
+  decay_steps, ``step`` (times decay_factor at each boundary) or ``constant`` — optax's
+  schedules, written over runtime values."""
+  lr, warmup = hp["lr"], hp["warmup_steps"]
+  count = jnp.asarray(count, jnp.float32)
+  t = count - warmup  # steps after the warm-up
+  if s.schedule == "cosine":
+    decay = hp["decay_steps"]
+    c = jnp.minimum(jnp.maximum(t, 0.0), decay)
+    cosine = 0.5 * (1 + jnp.cos(jnp.pi * c / decay))
+    alpha = hp["end_factor"]
+    main = lr * ((1 - alpha) * cosine + alpha)
+  elif s.schedule == "linear":
+    decay = hp["decay_steps"]
+    frac = 1 - jnp.clip(t, 0.0, decay) / decay
+    end = lr * hp["end_factor"]
+    main = (lr - end) * frac + end
+  elif s.schedule == "step":
+    passed = (t >= hp["boundaries"]) * hp["boundary_live"]
+    main = lr * jnp.prod(jnp.where(passed > 0, hp["decay_factor"], 1.0))
   else:
-    raise ValueError(f"optimizer.schedule {name!r} not in {SCHEDULES}")
-  if warmup <= 0:
-    return main
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
+    main = lr * jnp.ones_like(count)
+  frac = 1 - jnp.clip(count, 0.0, warmup) / jnp.maximum(warmup, 1.0)
+  ramp = (0.0 - lr) * frac + lr  # optax.linear_schedule(0, lr, warmup)'s arithmetic
+  return jnp.where(count < warmup, ramp, main)
+
+
+def schedule(cfg, total_steps: int) -> optax.Schedule:
+  """The schedule of a config section with its values fixed (see :func:`schedule_value`)."""
+  s, hp = structure(cfg), hyperparams(cfg, total_steps)
+  return lambda count: schedule_value(s, hp, count)
 
 
 def decay_mask(params):
@@ -108,53 +218,37 @@ def decay_mask(params):
   return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
-def _mask_of(cfg):
-  """``optimizer.decay``: 'kernels' (decay_mask) or 'all' (every parameter, as
-  torch.optim.AdamW(model.parameters(), weight_decay=...) does)."""
-  decay = cfg.get("decay", "kernels")
-  if decay not in DECAY:
-    raise ValueError(f"optimizer.decay {decay!r} not in {DECAY}")
-  return decay_mask if decay == "kernels" else None
-
-
-def build(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  name = cfg.name
-  sched = schedule(cfg, total_steps)
-  wd = float(cfg.get("weight_decay", 0.0))
-  mask = _mask_of(cfg)
+def transform(s: Structure, hp) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimiser of structure ``s`` with runtime values ``hp``: built inside the jitted step
+  (``hp`` traced), so the compiled program does not hold them. Its state's layout depends on
+  ``s`` alone (what checkpoints hold)."""
+  sched = lambda count: schedule_value(s, hp, count)
+  wd = hp["weight_decay"]
+  mask = decay_mask if s.decay == "kernels" else None
   parts = []
-  if cfg.get("grad_clip_norm"):
-    parts.append(optax.clip_by_global_norm(float(cfg.grad_clip_norm)))
-  if name == "sgd":
-    if wd:  # coupled L2, as torch.optim.SGD
+  if s.clip:
+    parts.append(optax.clip_by_global_norm(hp["grad_clip_norm"]))
+  if s.name == "sgd":
+    if s.sgd_decay:  # coupled L2, as torch.optim.SGD
       parts.append(optax.add_decayed_weights(wd, mask))
-    parts.append(
-      optax.sgd(
-        sched, momentum=cfg.get("momentum", 0.9) or None, nesterov=bool(cfg.get("nesterov", False))
-      )
-    )
-  elif name == "adamw":
-    parts.append(
-      optax.adamw(
-        sched,
-        b1=cfg.get("b1", 0.9),
-        b2=cfg.get("b2", 0.999),
-        eps=cfg.get("eps", 1e-8),
-        weight_decay=wd,
-        mask=mask,
-      )
-    )
-  elif name == "lars":
+    parts.append(optax.sgd(sched, momentum=s.momentum or None, nesterov=s.nesterov))
+  elif s.name == "adamw":
+    parts.append(optax.adamw(sched, b1=s.b1, b2=s.b2, eps=s.eps, weight_decay=wd, mask=mask))
+  else:  # lars
     parts.append(
       optax.lars(
         sched,
         weight_decay=wd,
         weight_decay_mask=True if mask is None else mask,
-        trust_coefficient=cfg.get("trust_coefficient", 0.001),
-        momentum=cfg.get("momentum", 0.9),
+        trust_coefficient=s.trust_coefficient,
+        momentum=s.momentum,
         trust_ratio_mask=decay_mask,
       )
     )
-  else:
-    raise ValueError(f"optimizer.name {name!r} not in {OPTIMIZERS}")
   return optax.chain(*parts), sched
+
+
+def build(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimiser and schedule of a config section with its values fixed."""
+  hp = jax.tree.map(jnp.asarray, hyperparams(cfg, total_steps))
+  return transform(structure(cfg), hp)

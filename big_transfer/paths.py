@@ -163,6 +163,16 @@ def write_text(path, text: str) -> None:
   write_bytes(path, text.encode())
 
 
+def json_default(v):
+  """JSON for what ``json`` does not write itself: numpy scalars, tuples and sets as lists, the
+  rest as its string."""
+  if hasattr(v, "dtype") and getattr(v, "shape", None) == ():
+    return v.item()
+  if isinstance(v, (tuple, set)):
+    return list(v)
+  return str(v)
+
+
 def write_json(path, value, **kwargs) -> None:
   write_text(path, json.dumps(value, **kwargs))
 

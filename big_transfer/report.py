@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from big_transfer import methods, paths, published, transfer
+from big_transfer.workdir import Workdir
 
 SHOT_ORDER = ("1", "5", "10", "20", "25", "50", "100", "200", "full")
 
@@ -714,7 +715,7 @@ def comparison(agg: dict[tuple, dict]) -> str:
 
 
 def write_report(workdir: str, study=None) -> str:
-  path = os.path.join(workdir, "results.jsonl")
+  path = Workdir(workdir).results
   rows, bad = split_rows(transfer.read_results(path))
   if not rows:
     raise ValueError(
@@ -868,7 +869,7 @@ def mini_study_paragraph(agg: dict[tuple, dict], when: str) -> str:
 def rewrite_readme(readme: str, workdir: str) -> None:
   """Rewrites the README's mini-study block (between README_BEGIN and README_END) from
   WORKDIR's results and copies the report's figures to the README's docs/."""
-  rows, _ = split_rows(transfer.read_results(os.path.join(workdir, "results.jsonl")))
+  rows, _ = split_rows(transfer.read_results(Workdir(workdir).results))
   if not rows:
     raise ValueError(f"{workdir}/results.jsonl: no usable results rows")
   when = min(r["time"] for r in rows if r.get("time"))[:10]

@@ -44,6 +44,7 @@ from big_transfer.app import UserError
 from big_transfer.data import ops, pipeline, sources, tokenizer
 from big_transfer.evaluators import common as evals_lib
 from big_transfer.state import TrainState
+from big_transfer.workdir import Workdir
 
 
 def prepare(config, workdir: str | None) -> dict[str, Any]:
@@ -120,7 +121,7 @@ def resolve_tokenizer(config, workdir: str, train_source) -> str | None:
     return path
   if workdir is None:  # a check: the vocabulary is learnt when the run starts
     return None
-  path = os.path.join(workdir, "tokenizer_bpe.txt")
+  path = Workdir(workdir).tokenizer
   if not paths.exists(path):
     texts = tokenizer.captions_of(train_source, config.text.max_captions)
     if not texts:
@@ -245,6 +246,12 @@ class RunSpec:
   evaluators: Callable | None = None
   graphdef: Any = None
   record: dict = dataclasses.field(default_factory=dict)  # config.json: config + resolved
+  # Batches padded to this many rows with a mask (0: unpadded): a few-shot set smaller than the
+  # batch trains at the shape of its model's other runs (transfer: see TransferMethod.loss).
+  pad_to: int = 0
+  # A fused grid: the points' names (their metrics go to WORKDIR/<name>/); ``optimizer`` is then
+  # one section per point, and the returned state holds every point's on a leading axis.
+  points: tuple = ()
   name: str = ""  # for the log: model, method, optimiser
 
 
@@ -353,19 +360,25 @@ def fit(spec: RunSpec, workdir: str) -> TrainState:
   pp_host, affines = (
     ops.split_device_affine(spec.pp_train) if spec.normalize_on_device else (spec.pp_train, ())
   )
-  tx, lr_schedule = optim.build(spec.optimizer, total_steps)
+  # A fused grid (``spec.points``): one optimiser section per point, one compiled structure.
+  optimizers = list(spec.optimizer) if spec.points else [spec.optimizer]
+  structures = {optim.structure(o) for o in optimizers}
+  if len(structures) != 1:
+    raise ValueError(f"fused grid points differ in their optimiser's structure: {structures}")
   trainer = trainer_lib.Trainer(
     spec.method,
-    tx=tx,
-    lr_schedule=lr_schedule,
+    optimizer=structures.pop(),
     mesh=mesh,
-    seed=spec.seed,
     ema_decay=spec.ema_decay,
     input_affine=affines,
     param_rules=spec.param_rules,
     param_min_size=spec.param_min_size,
     graphdef=spec.graphdef,
+    points=len(spec.points),
   )
+  # What varies between runs of one program (lr, warm-up, length, seed): runtime values.
+  values = [trainer_lib.run_values(o, total_steps, spec.seed) for o in optimizers]
+  values = trainer_lib.stack_values(values) if spec.points else values[0]
 
   # ---------------------------------------------------------------- restore or init
   ckpt = ckpt_lib.Checkpointer(
@@ -397,16 +410,28 @@ def fit(spec: RunSpec, workdir: str) -> TrainState:
     start_batch=start_step,
     num_classes=spec.num_classes,
   )
+  if spec.pad_to:
+    train_iter = pipeline.PaddedBatches(train_iter, spec.pad_to // pcount)
   skipped_total = lambda: int(loader_info.get("skipped", 0)) + global_count(skipped.count)
 
   # ---------------------------------------------------------------- loop
-  writer = log_lib.MetricWriter(
-    workdir, tensorboard=spec.tensorboard, resume_step=start_step, config=spec.record.get("config")
-  )
+  # A fused grid's points log to their own directories (WORKDIR/<point>/metrics.jsonl).
+  writers = [
+    log_lib.MetricWriter(
+      os.path.join(workdir, name) if name else workdir,
+      tensorboard=spec.tensorboard,
+      resume_step=start_step,
+      config=spec.record.get("config"),
+    )
+    for name in (spec.points or ("",))
+  ]
+  writer = writers[0]
   evaluators = spec.evaluators(trainer) if spec.evaluators is not None else []
+  if evaluators and spec.points:
+    raise ValueError("a fused grid runs no evaluator during training")
   hooks = [
     trainer_lib.LogMetrics(
-      writer,
+      writers,
       every=spec.log_every,
       total_steps=total_steps,
       start_step=start_step,
@@ -421,18 +446,25 @@ def fit(spec: RunSpec, workdir: str) -> TrainState:
       ckpt,
       spec.checkpoint_every,
       lambda step: {"next_batch": step, "skipped": skipped_total()},
-      before_save=writer.flush,
+      before_save=lambda: [w.flush() for w in writers],
     )
   )
   stopper = runlock.StopSignals(pcount > 1)
   try:
     state, stopped = trainer.fit(
-      state, train_iter, start_step=start_step, total_steps=total_steps, hooks=hooks, stop=stopper
+      state,
+      train_iter,
+      values,
+      start_step=start_step,
+      total_steps=total_steps,
+      hooks=hooks,
+      stop=stopper,
     )
   finally:
     stopper.restore()
     train_iter.close()
-    writer.close()
+    for w in writers:
+      w.close()
   if stopped is not None:
     raise runlock.Preempted(stopped, stopper.signum, ckpt.directory)
   mark_done(workdir, total_steps)
@@ -493,13 +525,13 @@ def write_parameter_overview(params, workdir: str) -> None:
   text = parameter_overview.get_parameter_overview(
     jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params), include_stats=False
   )
-  paths.write_text(os.path.join(workdir, "parameters.txt"), text + "\n")
+  paths.write_text(Workdir(workdir).parameters, text + "\n")
 
 
 def clear_done(workdir: str) -> None:
   """Removes WORKDIR/done.json (process 0): the run is not finished."""
   if jax.process_index() == 0:
-    paths.remove(os.path.join(workdir, "done.json"))
+    paths.remove(Workdir(workdir).done)
 
 
 def restore_or_init(ckpt, spec: RunSpec, trainer) -> tuple[int, TrainState, dict]:
@@ -535,19 +567,20 @@ def restore_or_init(ckpt, spec: RunSpec, trainer) -> tuple[int, TrainState, dict
         f"(metrics.jsonl reaches step {last}; checkpoint_every="
         f"{spec.checkpoint_every})"
       )
-    start_step, state = 0, trainer.init()
+    start_step, state = 0, trainer.init(spec.seed)
     if spec.initialize is not None:
       state = spec.initialize(state)
     elif spec.init_from:
       state = init_from_checkpoint(state, spec.init_from, spec.init_skip)
       log_lib.info(f"initialised from {spec.init_from}")
-  if int(state.step) != start_step:
-    raise RuntimeError(f"checkpoint step {start_step} holds state at step {int(state.step)}")
+  steps = set(np.asarray(jax.device_get(state.step)).reshape(-1).tolist())  # fused: per point
+  if steps != {start_step}:
+    raise RuntimeError(f"checkpoint step {start_step} holds state at step {sorted(steps)}")
   return start_step, state, loader_info
 
 
 def _corrupt_steps(workdir: str) -> list[str]:
-  d = os.path.join(workdir, "checkpoints_corrupt")
+  d = Workdir(workdir).checkpoints_corrupt
   return sorted((n for n in paths.listdir(d) if n.isdigit()), key=int) if paths.isdir(d) else []
 
 
@@ -564,7 +597,7 @@ def earlier_progress(workdir: str) -> list[str]:
   corrupt = _corrupt_steps(workdir)
   if corrupt:
     out.append(f"checkpoints {', '.join(corrupt)} were moved to checkpoints_corrupt/ earlier")
-  done = os.path.join(workdir, "done.json")
+  done = Workdir(workdir).done
   if paths.exists(done):
     try:
       out.append(f"done.json says the run finished at step {paths.read_json(done).get('step')}")
@@ -581,17 +614,18 @@ def set_aside_earlier_run(workdir: str) -> str:
     return ""
   tag = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
   moved = []
-  metrics = os.path.join(workdir, "metrics.jsonl")
+  wd = Workdir(workdir)
+  metrics = wd.metrics
   if paths.exists(metrics):
     dst = os.path.join(workdir, f"metrics.before_fresh_start_{tag}.jsonl")
     paths.move(metrics, dst)
     moved.append(os.path.basename(dst))
   corrupt = _corrupt_steps(workdir)
   if corrupt:
-    dst = os.path.join(workdir, "checkpoints_corrupt", f"before_fresh_start_{tag}")
+    dst = os.path.join(wd.checkpoints_corrupt, f"before_fresh_start_{tag}")
     paths.makedirs(dst)
     for n in corrupt:
-      paths.move(os.path.join(workdir, "checkpoints_corrupt", n), os.path.join(dst, n))
+      paths.move(os.path.join(wd.checkpoints_corrupt, n), os.path.join(dst, n))
     moved.append(os.path.relpath(dst, workdir))
   return f"; the earlier run's records are kept: {', '.join(moved)}" if moved else ""
 
@@ -627,10 +661,7 @@ def mark_done(workdir: str, total_steps: int):
   """WORKDIR/done.json: the run finished and its last checkpoint is saved (process 0)."""
   if jax.process_index() != 0:
     return
-  paths.write_json(
-    os.path.join(workdir, "done.json"),
-    {"step": total_steps, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
-  )
+  Workdir(workdir).write_done_step(total_steps)
 
 
 def entry():

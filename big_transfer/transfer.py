@@ -25,12 +25,18 @@ from big_transfer import checkpoint as ckpt_lib
 from big_transfer import logging as log_lib
 from big_transfer import methods, models, optim, paths
 from big_transfer import state as state_lib
-from big_transfer.data import sources, tokenizer
+from big_transfer import workdir as workdir_lib
+from big_transfer.data import pipeline, sources, tokenizer
 from big_transfer.evaluators.fewshot_linear import ridge_fit_grid
 from big_transfer.evaluators.zeroshot import templates_of
 from big_transfer.methods import losses
 from big_transfer.models.resnet import resample_grid_embedding
 from big_transfer.sharding import path_name
+
+
+class TransferError(ValueError):
+  """A transfer config that cannot run; printed as one line."""
+
 
 # Pre-training heads, dropped on transfer (a supervised head names the pre-training classes).
 PRETRAINING_HEADS = ("head",)
@@ -82,7 +88,7 @@ class Pretrained:
     if not spec:
       return None
     if spec.startswith("train:"):
-      return os.path.join(self.workdir, "tokenizer_bpe.txt")
+      return workdir_lib.Workdir(self.workdir).tokenizer
     return tokenizer.resolve(spec)
 
 
@@ -90,7 +96,7 @@ def workdir_of(checkpoints_dir: str) -> str:
   """The run's workdir of its checkpoints dir (or the path itself)."""
   return (
     os.path.dirname(checkpoints_dir)
-    if os.path.basename(checkpoints_dir) == "checkpoints"
+    if os.path.basename(checkpoints_dir) == workdir_lib.CHECKPOINTS
     else checkpoints_dir
   )
 
@@ -100,7 +106,7 @@ def load_pretrained(path: str) -> Pretrained:
   the newest checkpoint that verifies and reads back."""
   directory, _ = ckpt_lib.find_checkpoint(path)
   workdir = workdir_of(directory)
-  cfg_path = os.path.join(workdir, "config.json")
+  cfg_path = workdir_lib.Workdir(workdir).config
   if not paths.exists(cfg_path):
     raise ckpt_lib.CheckpointError(
       f"{path}: no config.json in {workdir} (the pre-training "
@@ -228,8 +234,11 @@ class Classifier(nnx.Module):
     )
     self.num_features = dim
 
-  def features(self, x, train: bool = False, rngs=None):
-    _, out = self.backbone(x, train=train, rngs=rngs)
+  def features(self, x, train: bool = False, rngs=None, mask=None):
+    """``mask``: per-example weights of the backbone's batch statistics (a padded batch's
+    padding 0), passed only when given (a backbone without batch statistics may not take it)."""
+    extra = {} if mask is None else {"mask": mask}
+    _, out = self.backbone(x, train=train, rngs=rngs, **extra)
     f = out["pre_logits"]
     if self.projection is not None:
       f = f @ self.projection.value.astype(f.dtype)
@@ -237,8 +246,8 @@ class Classifier(nnx.Module):
       f = losses.l2_normalize(f).astype(f.dtype)
     return f
 
-  def __call__(self, x, train: bool = False, rngs=None):
-    f = self.features(x, train, rngs)
+  def __call__(self, x, train: bool = False, rngs=None, mask=None):
+    f = self.features(x, train, rngs, mask)
     return self.head(f), {"pre_logits": f}
 
 
@@ -289,6 +298,22 @@ class TransferMethod(methods.Method):
     self.mixup = float(config.mixup_alpha)
     self.label_smoothing = float(config.label_smoothing)
 
+  def program_key(self) -> tuple:
+    """What the classifier's programs compute with (see methods.Method.program_key): every
+    transfer run of an equal key in a process shares them."""
+    kwargs = json.dumps(self.model_kwargs, sort_keys=True, default=str)
+    return (
+      "transfer",
+      self.model_name,
+      kwargs,
+      self.projection_dim,
+      self.normalize,
+      self.num_classes,
+      str(jnp.dtype(self.dtype)),
+      self.mixup,
+      self.label_smoothing,
+    )
+
   def create_model(self, rngs: nnx.Rngs) -> Classifier:
     backbone = models.create(
       self.model_name, num_classes=0, rngs=rngs, dtype=self.dtype, **self.model_kwargs
@@ -309,17 +334,26 @@ class TransferMethod(methods.Method):
     return model.features(images.astype(self.dtype)).astype(jnp.float32)
 
   def loss(self, model, batch, rngs=None):
+    """Cross-entropy over the batch; a batch padded to a fixed shape (``_mask``: 1 for its real
+    rows, 0 for padding) averages over its real rows, and its padding is left out of the
+    backbone's batch statistics, so it trains as the batch of its real rows."""
     x, y = batch["image"].astype(self.dtype), jax.nn.one_hot(batch["label"], self.num_classes)
+    mask = batch.get(pipeline.MASK)
     if self.label_smoothing:
       y = optax.smooth_labels(y, self.label_smoothing)
     if self.mixup and rngs is not None:  # MixUp (BiT: alpha 0.1): one lambda per batch
       lam = jax.random.beta(rngs.dropout(), self.mixup, self.mixup)
       x = (lam * x + (1 - lam) * x[::-1]).astype(self.dtype)
       y = lam * y + (1 - lam) * y[::-1]
-    logits, _ = model(x, train=True, rngs=rngs)
+    logits, _ = model(x, train=True, rngs=rngs, mask=mask)
     logits = logits.astype(jnp.float32)
-    loss = optax.softmax_cross_entropy(logits, y).mean()
-    return loss, {"accuracy": (logits.argmax(-1) == batch["label"]).mean()}
+    per = optax.softmax_cross_entropy(logits, y)
+    correct = (logits.argmax(-1) == batch["label"]).astype(jnp.float32)
+    if mask is None:
+      return per.mean(), {"accuracy": correct.mean()}
+    w = mask.astype(jnp.float32)
+    n = jnp.maximum(jnp.sum(w), 1.0)
+    return jnp.sum(per * w) / n, {"accuracy": jnp.sum(correct * w) / n}
 
   def eval_metrics(self, model, batch):
     logits = model(batch["image"].astype(self.dtype))[0].astype(jnp.float32)
@@ -499,6 +533,24 @@ def sgd_probe(
   return w.astype(np.float32), b.astype(np.float32), best, scores
 
 
+def epoch_batches(n: int, batch: int, epochs: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(indices, mask), each (steps, batch): ``epochs`` passes over ``n`` examples, each epoch a
+  fresh seeded permutation cut into batches of ``batch`` (at most ``n``), the short last batch
+  of an epoch padded and masked out; steps = round(epochs x ceil(n / batch))."""
+  batch = max(1, min(int(batch), n))
+  per_epoch = -(-n // batch)
+  steps = max(1, int(round(float(epochs) * per_epoch)))
+  rng = np.random.default_rng([seed, 41])
+  order = np.concatenate([rng.permutation(n) for _ in range(-(-steps // per_epoch))])
+  idx = np.zeros((steps, batch), np.int32)
+  mask = np.zeros((steps, batch), np.float32)
+  for s in range(steps):
+    e, b = divmod(s, per_epoch)
+    rows = order[e * n + b * batch : e * n + min((b + 1) * batch, n)]
+    idx[s, : len(rows)], mask[s, : len(rows)] = rows, 1.0
+  return idx, mask
+
+
 def adamw_probe(
   train_x,
   train_y,
@@ -522,19 +574,8 @@ def adamw_probe(
   warm-up for ``warmup_steps`` (uncapped) then cosine to 0, the gradient clipped to
   ``clip_norm`` (0: off). Returns (kernel, bias, lr, {lr: val accuracy}) like ridge_probe."""
   x = np.asarray(train_x, np.float32)
-  n = len(x)
-  batch = max(1, min(int(batch), n))
-  per_epoch = -(-n // batch)
-  steps = max(1, int(round(float(epochs) * per_epoch)))
-  # Each epoch a fresh permutation, cut into batches; the short last batch is padded, masked.
-  rng = np.random.default_rng([seed, 41])
-  order = np.concatenate([rng.permutation(n) for _ in range(-(-steps // per_epoch))])
-  idx = np.zeros((steps, batch), np.int32)
-  mask = np.zeros((steps, batch), np.float32)
-  for s in range(steps):
-    e, b = divmod(s, per_epoch)
-    rows = order[e * n + b * batch : e * n + min((b + 1) * batch, n)]
-    idx[s, : len(rows)], mask[s, : len(rows)] = rows, 1.0
+  idx, mask = epoch_batches(len(x), batch, epochs, seed)
+  steps, batch = idx.shape
   tx, _ = optim.build(
     ml_collections.ConfigDict(
       {
@@ -635,23 +676,13 @@ def append_results(rows: Sequence[dict], *files: str) -> None:
     new = [r for r in rows if r.get("row_id") is None or r["row_id"] not in ids]
     if not new:
       continue
-    text = "".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n" for r in new)
+    text = "".join(json.dumps(r, sort_keys=True, default=paths.json_default) + "\n" for r in new)
     if paths.is_url(path):
       paths.write_text(path, old + text)
       continue
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a") as f:
       f.write(text)
-
-
-def _json_default(v):
-  if isinstance(v, (np.integer,)):
-    return int(v)
-  if isinstance(v, (np.floating,)):
-    return float(v)
-  if isinstance(v, (tuple, set)):
-    return list(v)
-  return str(v)
 
 
 def read_results(path: str) -> list[dict]:

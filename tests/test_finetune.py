@@ -312,7 +312,7 @@ def test_bit_hyperrule():
 def test_transfer_defaults_are_the_authors_recipe_and_the_texts_is_one_value_away():
   from big_transfer import optim
 
-  c = config_lib.transfer_config()
+  c = finetune.transfer_config()
   o = c.optimizer
   assert (o.name, o.weight_decay, o.decay, o.grad_clip_norm, o.warmup_steps) == (
     "adamw",
@@ -327,7 +327,7 @@ def test_transfer_defaults_are_the_authors_recipe_and_the_texts_is_one_value_awa
   zero = {k: np.zeros_like(v) for k, v in params.items()}
 
   def after_one_step(**kw):
-    cfg = config_lib.transfer_config().optimizer
+    cfg = finetune.transfer_config().optimizer
     cfg.update(lr=0.5, warmup_steps=0, **kw)
     tx, _ = optim.build(cfg, 10)
     u, _ = tx.update(zero, tx.init(params), params)
@@ -341,7 +341,7 @@ def test_transfer_defaults_are_the_authors_recipe_and_the_texts_is_one_value_awa
   np.testing.assert_array_equal(kernels["bias"], 1.0)
   np.testing.assert_allclose(kernels["kernel"], 1 - 0.5 * 0.1, rtol=1e-6)
   # The gradient's global norm is clipped to 1.0: a gradient 100x larger moves SGD the same.
-  cfg = config_lib.transfer_config().optimizer
+  cfg = finetune.transfer_config().optimizer
   cfg.update(name="sgd", momentum=0.0, lr=1.0, warmup_steps=0, weight_decay=0.0)
   tx, _ = optim.build(cfg, 10)
   g = {"kernel": np.full((2, 2), 3.0, np.float32), "bias": np.full(2, 4.0, np.float32)}
@@ -450,3 +450,68 @@ def test_lp_ft_starts_from_the_authors_adamw_probe_head(pretrained, tmp_path):
   assert (row["recipe"]["grad_clip_norm"], row["recipe"]["decay"]) == (1.0, "all")
   assert (row["recipe"]["warmup_cap"], row["recipe"]["feature_norm"]) == (0.0, "none")
   assert row["recipe"]["probe_init"] == "zero"
+
+
+def test_a_fused_learning_rate_grid_equals_the_points_trained_one_by_one(pretrained, tmp_path):
+  """fuse_grid: the grid's points that share batch and length train as one vmapped program
+  (one state per point on the same batches); each point's numbers, the choice and the row are
+  those of the points trained one by one, to float rounding."""
+  arg = f"pretrained={pretrained['supervised']},shots=5,epochs=3,lrs=1e-3;1e-2"
+  runs = {}
+  for mode in ("off", "on"):
+    (runs[mode],) = run_ft(tmp_path, mode, arg, fuse_grid=mode)
+  one, fused = runs["off"], runs["on"]
+  assert [g["lr"] for g in fused["grid"]] == [g["lr"] for g in one["grid"]] == [1e-3, 1e-2]
+  for a, b in zip(one["grid"], fused["grid"]):
+    assert (a["steps"], a["batch_size"]) == (b["steps"], b["batch_size"])
+    assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=2 / 143)  # 2 of 143 images
+    assert b["test_accuracy"] == pytest.approx(a["test_accuracy"], abs=2 / 360)
+  assert fused["hyperparameters"]["lr"] == one["hyperparameters"]["lr"]  # the same choice
+  # One program, one resumable directory holding the stacked state; each point logs its own
+  # curve, which matches the point's own run.
+  fused_dir = tmp_path / "on" / "lr_0.001+lr_0.01"
+  assert (fused_dir / "checkpoints").is_dir() and not (tmp_path / "on" / "lr_0.001").exists()
+  for point in ("lr_0.001", "lr_0.01"):
+    mine = [r["train/loss"] for r in read_metrics(str(fused_dir / point)) if "train/loss" in r]
+    alone = [
+      r["train/loss"] for r in read_metrics(str(tmp_path / "off" / point)) if "train/loss" in r
+    ]
+    np.testing.assert_allclose(mine, alone, rtol=2e-3)
+  assert finetune.run(
+    ft_config(arg, fuse_grid="on"), str(tmp_path / "on"), devices=one_device()
+  ) == [fused]
+
+
+def test_few_shot_batches_padded_to_one_shape_train_as_their_own_rows_and_compile_once(
+  pretrained, tmp_path
+):
+  """Every shot count and learning rate of a model runs one compiled training step: what varies
+  (lr, warm-up, length, seed) is a runtime value, and a few-shot set smaller than the batch is
+  padded to it with masked rows — left out of the loss and of BatchNorm's statistics, so the
+  run equals the one at the set's own batch size, to float rounding."""
+  from big_transfer import logging as log_lib
+  from big_transfer import programs
+
+  programs.clear()
+  count = lambda: log_lib.COMPILES["by_name"].get("jit(train_step)", 0)
+  before = count()
+  arg = f"pretrained={pretrained['supervised']},epochs=8,lrs=1e-3;1e-2"
+  ft = lambda name, shots, **kw: run_ft(
+    tmp_path, name, f"{arg},shots={shots}", warmup_cap=0.2, **kw
+  )
+  rows = {k: ft(f"pad{k}", k)[0] for k in ("2", "5", "full")}
+  assert count() - before == 1  # 3 shot counts x 2 learning rates: one program
+  assert [g["batch_size"] for g in rows["5"]["grid"]] == [50, 50]  # its own rows per step
+  record = json.load(open(tmp_path / "pad5" / "lr_0.001" / "config.json"))
+  assert (record["resolved"]["batch_size"], record["resolved"]["padded_to"]) == (50, 64)
+  (alone,) = ft("nopad5", 5, pad_batches=False)
+  assert count() - before == 2  # unpadded: a program of its own shape
+  for a, b in zip(alone["grid"], rows["5"]["grid"]):
+    assert a["steps"] == b["steps"]
+    assert b["val_accuracy"] == pytest.approx(a["val_accuracy"], abs=2 / 143)  # 2 images
+    assert b["test_accuracy"] == pytest.approx(a["test_accuracy"], abs=2 / 360)
+  assert rows["5"]["hyperparameters"]["lr"] == alone["hyperparameters"]["lr"]
+  for lr, rtol in (("0.001", 1e-5), ("0.01", 1e-2)):  # rounding, grown by the larger steps
+    pad = [r["train/loss"] for r in read_metrics(str(tmp_path / "pad5" / f"lr_{lr}"))]
+    own = [r["train/loss"] for r in read_metrics(str(tmp_path / "nopad5" / f"lr_{lr}"))]
+    np.testing.assert_allclose(pad, own, rtol=rtol)

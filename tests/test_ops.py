@@ -130,7 +130,7 @@ def test_randaugment_applies_each_op_with_probability_half_and_the_transfer_defa
   RandAugment on, timm applies no colour jitter, and neither does the transfer default."""
   from PIL import Image
 
-  from big_transfer import config_lib
+  from big_transfer import finetune
 
   img = np.random.default_rng(0).integers(40, 200, (24, 24, 3), dtype=np.uint8)
   ra = ops.parse("randaugment(2, 9, 0.5)")
@@ -159,5 +159,5 @@ def test_randaugment_applies_each_op_with_probability_half_and_the_transfer_defa
     )
   ).any()
   assert "Identity" not in ops.TIMM_RA_OPS and {"Invert", "SolarizeAdd"} <= set(ops.TIMM_RA_OPS)
-  pp = config_lib.transfer_config().pp_train
+  pp = finetune.transfer_config().pp_train
   assert "randaugment(2, 9, 0.5)" in pp and "color_jitter" not in pp

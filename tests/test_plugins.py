@@ -5,6 +5,7 @@ docs/ARCHITECTURE.md describes."""
 
 import math
 
+import numpy as np
 import pytest
 
 from big_transfer import config_lib, finetune, methods, models, train
@@ -70,3 +71,42 @@ def test_a_method_model_op_evaluator_and_source_each_plug_in_with_one_line(plugi
   ft.pp_eval = ft.pp_train = "to_rgb|resize(16)|value_range(-1, 1)"
   rows = finetune.run(ft, str(tmp_path / "lp"), devices=one_device())
   assert rows[0]["pretrain_method"] == "rotnet" and 0.0 <= rows[0]["test_accuracy"] <= 1.0
+
+
+def test_a_transfer_protocol_plugs_in_with_one_line_and_its_own_config_section(tmp_path):
+  from example_plugins.nearest_mean_protocol import _predict
+
+  from big_transfer import protocols, study
+  from big_transfer.data import fewshot
+
+  protocols.register("nearest_mean", "example_plugins.nearest_mean_protocol:Protocol")
+  try:
+    # Its section joins the transfer config, with its meaning and its check.
+    c = config_lib.load(f"{FT_MINI}:protocol=nearest_mean,shots=5")
+    assert c.nearest_mean.metric == "cosine"
+    assert "nearest_mean.metric = 'cosine'  # cosine or euclidean" in config_lib.describe(
+      c, tuple(finetune.sections())
+    )
+    c.nearest_mean.metric = "manhattan"
+    with pytest.raises(finetune.TransferError, match="nearest_mean.metric='manhattan'"):
+      finetune.run(c, str(tmp_path / "bad"), devices=one_device())
+    # It runs like the built-in protocols: rows with the common fields, its own recipe.
+    c = config_lib.load(f"{FT_MINI}:protocol=nearest_mean,shots=5")
+    (row,) = finetune.run(c, str(tmp_path / "ncm"), devices=one_device())
+    assert row["protocol"] == "nearest_mean" and row["recipe"]["metric"] == "cosine"
+    assert (row["num_train"], row["num_classes"]) == (50, 10)
+    # ... and its number is the plug-in's own computation on the run's frozen features.
+    s = finetune.Session(c, str(tmp_path / "check"), one_device())
+    tx, ty = s.frozen_features("train")
+    x, y = s.frozen_features("test")
+    means = np.stack([tx[ty == k].mean(0) for k in range(10)])
+    assert row["test_accuracy"] == pytest.approx(np.mean(_predict(means, x, "cosine") == y))
+    assert np.bincount(fewshot.labels_of(s.data["train"])).tolist() == [5] * 10
+    # A study may name it (the study config's protocols are checked against the registry).
+    assert "nearest_mean" in protocols.known()
+    with pytest.raises(
+      study.StudyConfigError, match="unknown protocol 'nearest_men'.*nearest_mean"
+    ):
+      study.load_study({"protocols": ("nearest_men",)})
+  finally:
+    protocols.PROTOCOLS.pop("nearest_mean")

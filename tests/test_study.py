@@ -32,7 +32,7 @@ def get_config(arg=None):
            overrides={**tiny, "data": "builtin:glyphs?classes=letters&n=800"}),
       dict(name="scratch", method="scratch", config="", group="reference"),
   ]
-  c.downstream = [dict(name="digits", data="builtin:digits")]
+  c.downstream = [dict(name="digits", data="builtin:digits", num_train=1437, num_classes=10)]
   c.transfer_config = "configs/mini/finetune.py"
   c.transfer_overrides = {"batch_size": 32}
   c.protocols = ("lp",)
@@ -173,10 +173,9 @@ def test_small_study_stopped_halfway_restarts_without_redoing_runs(tmp_path):
   )
   # It says where its time went: by kind of run, split by phase.
   times = out.stdout[out.stdout.index("where the time went") :].splitlines()
-  assert any(
-    re.match(r"transfer lp: \d+ run\(s\), \S+: .*features and probes .*start-up", l.strip())
-    for l in times
-  ), out.stdout[-2000:]
+  lp = [l.strip() for l in times if re.match(r"transfer lp: \d+ run\(s\), \S+: ", l.strip())]
+  assert lp and "features and probes" in lp[0] and "start-up" in lp[0], out.stdout[-2000:]
+  assert re.search(r"compile \S+ \(\d+%, \d+ programs\)", lp[0]), lp  # compilations counted
   assert any(l.strip().startswith("report: ") for l in times)
   # Once more, with a row lost between a run's done.json and the table: healed, nothing rerun.
   lines = open(wd / "results.jsonl").read().splitlines(keepends=True)
@@ -269,10 +268,19 @@ def test_submit_to_slurm_chains_each_arms_transfer_array_after_its_pretraining(t
     line = by_name[f"transfer/{arm}"]
     assert f"--dependency=afterok:$pretrain_{arm}" in line  # after its own arm only
     assert "--array=0-1" in line  # 4 runs, 1 per task, capped at 2 tasks: 2 runs per task
-    assert f"--worker=slurm --stage=transfer --only=transfer/{arm}/" in line
+    assert f"--worker=slurm --stage=transfer --arm={arm}" in line
   assert "--dependency" not in by_name["transfer/scratch"]  # nothing to wait for
   assert re.search(r"--dependency=afterany:(\$transfer_\w+:?){3}", by_name["report"])
   assert "--collect" in by_name["report"]
+  # A selection reaches the array's workers: they run the selected runs of their arm only.
+  sel = "supervised_letters/digits/lp_2shot"
+  out = _study([*args, "--dry_run", f"--only={sel}"], timeout=120)
+  jobs = {re.search(r"--job-name=bt:(\S+)", l)[1]: l for l in out.stdout.splitlines()}
+  assert list(jobs) == ["pretrain/supervised_letters", "transfer/supervised_letters", "report"]
+  assert f"--only={sel}" in jobs["transfer/supervised_letters"]
+  worker = [f"--config={cfg}", f"--workdir={wd}", "--arm=supervised_letters", f"--only={sel}"]
+  listed = _study([*worker, "--dry_run"], timeout=120).stdout
+  assert len([l for l in listed.splitlines() if l.startswith("transfer")]) == 2  # 2 seeds
   for name, line in by_name.items():
     assert "--partition=cpu" in line and "srun " in line
     if name != "report":
@@ -913,9 +921,10 @@ def test_study_check_resolves_every_run_and_lists_each_problem_once(tmp_path):
       '      dict(name="scratch_unnamed", method="scratch", config="",\n'
       '           transfer_overrides={"model": ""})',
     ).replace(
-      'c.downstream = [dict(name="digits", data="builtin:digits")]',
-      'c.downstream = [dict(name="digits", data="builtin:digits"),\n'
-      '                dict(name="missing", data="tfds:cifar10")]',
+      'c.downstream = [dict(name="digits", data="builtin:digits", num_train=1437, num_classes=10)]',
+      'c.downstream = [\n'
+      '    dict(name="digits", data="builtin:digits", num_train=1437, num_classes=10),\n'
+      '    dict(name="missing", data="tfds:cifar10", num_train=50000, num_classes=10)]',
     )
   )
   out = _study([f"--config={cfg}", f"--workdir={tmp_path / 'wd'}", "--check"], timeout=300)
@@ -932,9 +941,15 @@ def test_study_check_resolves_every_run_and_lists_each_problem_once(tmp_path):
 
 def test_paper_study_checks_clean_where_its_data_would_be():
   """Every arm of the paper's study resolves (the scratch arm names its architecture); only
-  missing data is reported when nothing is prepared."""
-  runs = _paper_runs("/nonexistent_root", "/nonexistent_wd")
-  problems = study.check(runs)
+  missing data is reported when nothing is prepared — and where it is missing, the runs are
+  resolved from the declared sizes all the same: a grid that cannot run is found without it."""
+  import dataclasses
+
+  from big_transfer import config_lib
+
+  cfg = config_lib.load(f"{ROOT}/configs/study/paper.py:root=/nonexistent_root")
+  runs = study.expand(cfg, "/nonexistent_wd")
+  problems = study.check(runs, study.load_study(cfg))
   for msg, names in problems:
     assert (
       "is not prepared" in msg
@@ -944,6 +959,10 @@ def test_paper_study_checks_clean_where_its_data_would_be():
     ), (msg, names[:3])
   scratch = [r for r in runs if "/scratch/" in r.name]
   assert scratch and all("model=clip_rn50" in r.config for r in scratch)
+  grid = {**scratch[0].overrides, "paper_grid": "imagenet"}
+  bad = dataclasses.replace(scratch[0], overrides=grid)
+  problems = study.check([bad], study.load_study(cfg))
+  assert any("config.paper_grid='imagenet'" in m and n == [bad.name] for m, n in problems)
 
 
 def test_paper_grid_study_checks_every_grid_and_estimates_the_grid_it_runs(tmp_path):
@@ -1238,18 +1257,28 @@ def test_eta_is_per_run_shape_and_the_study_ends_with_its_results():
       {"protocol": protocol, "shots": shots, "downstream": ds},
     )
 
-  eta = study.Eta()
-  assert eta.remaining([run("transfer", "lp")]) != eta.remaining([run("transfer", "lp")])  # nan
+  def costly(protocol, images, shots="5"):
+    r = run("transfer", protocol, shots)
+    r.images = images
+    return r
+
+  # Before anything finished: runs with a compute estimate at the study's throughput; the rest
+  # (a probe: no examples estimated) make the estimate a lower bound, said as such.
+  eta = study.Eta(throughput=100.0)
+  assert eta.remaining([costly("ft", 1000.0)]) == (pytest.approx(10.0), True)
+  assert eta.remaining([run("transfer", "lp")]) == (0.0, False)
+  assert eta.describe([run("transfer", "lp"), costly("ft", 6000.0)]) == ">= 1m00s"
   eta.add(run("transfer", "lp"), 2.0)
   eta.add(run("transfer", "lp"), 2.0)
-  eta.add(run("transfer", "ft"), 100.0)
+  eta.add(costly("ft", 1000.0), 100.0)
   # A probe is estimated by probes, a fine-tune by fine-tunes (a per-kind mean gave 3 x 34.7).
-  rest = [run("transfer", "lp"), run("transfer", "ft"), run("transfer", "ft")]
-  assert eta.remaining(rest) == pytest.approx(202.0)
-  # Another shape falls back to its protocol, then its kind; a kind never seen is unknown.
-  assert eta.remaining([run("transfer", "ft", "full", "letters")]) == pytest.approx(100.0)
-  assert eta.remaining([run("transfer", "zeroshot")]) == pytest.approx(104 / 3)
-  assert eta.remaining([run("pretrain", "")]) != eta.remaining([run("pretrain", "")])
+  rest = [run("transfer", "lp"), costly("ft", 1000.0), costly("ft", 1000.0)]
+  assert eta.remaining(rest) == (pytest.approx(202.0), True)
+  # Another shape falls back to its protocol, then to its examples at the rate finished runs
+  # processed theirs (1000 in 100 s); a run with neither stays unknown.
+  assert eta.remaining([run("transfer", "ft", "full", "letters")])[0] == pytest.approx(100.0)
+  assert eta.remaining([costly("lp_ft", 500.0)]) == (pytest.approx(50.0), True)
+  assert eta.remaining([run("transfer", "zeroshot")]) == (0.0, False)
   text = report.summary(report.aggregate(_rows()))
   lines = text.splitlines()
   assert lines[0] == "digits / ft (test accuracy %, chosen on validation)"
@@ -1257,3 +1286,29 @@ def test_eta_is_per_run_shape_and_the_study_ends_with_its_results():
   assert lines[2].split() == ["size_1000", "-", "60.0*", "-"]  # 1 of the 2 seeds others have
   assert "size_1000 digits ft 5 shots 1/2" in lines[-1] and lines[-1].startswith("* missing")
   assert any(l.split() == ["src_a", "50.0", "70.0", "90.0"] for l in lines)
+
+
+def test_the_study_config_is_declared_and_a_mistyped_key_is_one_line_naming_the_nearest(tmp_path):
+  cfg = tmp_path / "typo.py"
+  wd = tmp_path / "wd"
+  for wrong, right, where in (
+    ("num_classes=10)]", "num_clases=10)]", "downstream[0]: unknown key 'num_clases'"),
+    ('group="sources",', 'grop="sources",', "pretrain[1]: unknown key 'grop'"),
+    ("c.seeds = (0, 1)", "c.seed = (0, 1)", "top level: unknown key 'seed'"),
+  ):
+    cfg.write_text(SMALL_STUDY.replace(wrong, right))
+    out = _study([f"--config={cfg}", f"--workdir={wd}", "--dry_run"], timeout=120)
+    assert out.returncode == 2, out.stdout[-1000:]
+    (line,) = out.stderr.strip().splitlines()  # one line, nothing run or written
+    assert line.startswith(f"error: study config: {where}; did you mean "), line
+    assert not wd.exists()
+  # Every declared key has its meaning.
+  from big_transfer import schema
+
+  assert all(k.help for s in study.SECTIONS for k in s.keys)
+  assert set(schema.help_of(study.SECTIONS)) >= {"downstream[].num_train", "seeds"}
+  # --check refuses a downstream entry without what the estimate needs (and names it).
+  cfg.write_text(SMALL_STUDY.replace(", num_train=1437, num_classes=10", ""))
+  out = _study([f"--config={cfg}", f"--workdir={wd}", "--check"], timeout=300)
+  assert out.returncode == 1
+  assert "downstream 'digits': no num_train or num_classes" in out.stderr, out.stderr[-2000:]

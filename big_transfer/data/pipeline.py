@@ -547,6 +547,36 @@ class TrainBatches:
       pass
 
 
+class PaddedBatches:
+  """Training batches padded to a fixed number of rows with ``_mask`` (1: a real row, 0:
+  padding, all-zero arrays): a few-shot set smaller than the batch trains at the shape of every
+  other run of its model (one compiled step), on exactly the rows of its own batch. ``batches``:
+  a TrainBatches; ``rows``: this process's share of the padded global batch."""
+
+  def __init__(self, batches: TrainBatches, rows: int):
+    self.batches, self.rows = batches, rows
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    batch = next(self.batches)
+    n = len(next(iter(batch.values())))
+    if n > self.rows:
+      raise ValueError(f"a batch of {n} rows cannot be padded to {self.rows}")
+    pad = lambda a: np.concatenate([a, np.zeros((self.rows - n, *a.shape[1:]), a.dtype)])
+    out = {k: pad(np.asarray(v)) for k, v in batch.items()} if n < self.rows else dict(batch)
+    out[MASK] = (np.arange(self.rows) < n).astype(np.float32)
+    return out
+
+  @property
+  def skipped(self):
+    return self.batches.skipped
+
+  def close(self):
+    self.batches.close()
+
+
 def train_dataset(source, **kwargs) -> TrainBatches:
   """The per-process training stream of batches of ``batch_size // process_count`` rows, from
   global batch ``start_batch`` on (see TrainBatches)."""

@@ -12,6 +12,7 @@ import numpy as np
 from big_transfer import sharding
 from big_transfer.data import pipeline, sources
 from big_transfer.evaluators.common import Context, predictor, register
+from big_transfer.programs import program
 
 
 class Evaluator:
@@ -32,9 +33,12 @@ class Evaluator:
     weight_shardings,
     num_examples: int,
     num_extra: int = 0,
+    program_key: tuple | None = None,
   ):
     """``num_extra``: replicated arrays that ``run(weights, *extra)`` passes on to ``apply``
-    after the batch (e.g. zero-shot class embeddings computed once per evaluation)."""
+    after the batch (e.g. zero-shot class embeddings computed once per evaluation).
+    ``program_key``: what ``apply`` computes with, when evaluators of the same key may share
+    the compiled program (programs.py)."""
     self.name, self.make_dataset, self.mesh = name, make_dataset, mesh
     self.num_examples = num_examples
 
@@ -46,10 +50,13 @@ class Evaluator:
       return out
 
     repl = sharding.replicated(mesh)
-    self._sums = jax.jit(
-      sums,
-      in_shardings=(weight_shardings, sharding.batch_sharding(mesh)) + (repl,) * num_extra,
-      out_shardings=repl,
+    self._sums = program(
+      None if program_key is None else ("evaluator_sums", program_key, num_extra),
+      lambda: jax.jit(
+        sums,
+        in_shardings=(weight_shardings, sharding.batch_sharding(mesh)) + (repl,) * num_extra,
+        out_shardings=repl,
+      ),
     )
 
   def run(self, state, *extra) -> dict[str, float]:
@@ -114,4 +121,12 @@ def build(name: str, s: dict, ctx: Context, source=None) -> Evaluator:
       bind=ctx.bind,
     )
 
-  return Evaluator(name, make_ds, metrics, ctx.mesh, ctx.weight_shardings, len(source))
+  return Evaluator(
+    name,
+    make_ds,
+    metrics,
+    ctx.mesh,
+    ctx.weight_shardings,
+    len(source),
+    program_key=None if ctx.program_key is None else ("metrics", ctx.program_key),
+  )

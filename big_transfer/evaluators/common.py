@@ -87,6 +87,10 @@ class Context:
   tokenizer: Any = None
   context_length: int = 77
   pp_eval: str = ""
+  # Everything the predict functions compute with (model, method, mesh), hashable, when
+  # evaluators of equal keys may share compiled programs in this process (programs.py); None:
+  # each evaluator compiles its own.
+  program_key: tuple | None = None
 
 
 class EvalConfigError(ValueError):

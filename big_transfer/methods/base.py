@@ -64,6 +64,13 @@ class Method:
   def loss(self, model, batch, rngs=None):
     raise NotImplementedError
 
+  def program_key(self) -> tuple | None:
+    """Everything this method's compiled programs depend on beyond the model's graph, the
+    optimiser's structure and the mesh — hashable — when programs may be shared with other
+    runs of an equal key in one process (transfer runs); None (the default): each run compiles
+    its own."""
+    return None
+
   def predictions(self) -> dict[str, Callable]:
     """{name in PREDICTIONS: fn}: what evaluators of this method's models may ask for."""
     return {}

@@ -150,9 +150,13 @@ class Norm(nnx.Module):
       )
     self.kind = kind
 
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, mask=None):
+    """``mask``: per-example weights of the batch statistics (0: a padded row, left out of
+    them); GroupNorm's statistics are per example and need none."""
     if self.kind == "bn":
-      return self.norm(x, use_running_average=not train)
+      if mask is not None:
+        mask = jnp.broadcast_to(mask.reshape((-1,) + (1,) * (x.ndim - 1)) > 0, x.shape)
+      return self.norm(x, use_running_average=not train, mask=mask)
     return self.norm(x)
 
 
@@ -213,7 +217,7 @@ class Block(nnx.Module):
     )
     self.proj_norm = Norm(cout, norm, dtype=dtype, rngs=rngs) if needs_proj and not std else None
 
-  def __call__(self, x, train):
+  def __call__(self, x, train, mask=None):
     convs = [self.conv1, self.conv2] + ([self.conv3] if self.conv3 is not None else [])
     if self.version == "v2":
       # BiT: the projection sees the pre-activated input, the identity shortcut the raw one.
@@ -230,12 +234,12 @@ class Block(nnx.Module):
       s = x
       if self.version == "clip":
         s = _avg_pool(s, self.stride)
-      shortcut = self.proj_norm(self.proj(s), train)
+      shortcut = self.proj_norm(self.proj(s), train, mask)
     y = x
     for i, conv in enumerate(convs):
       if self.version == "clip" and i == len(convs) - 1:
         y = _avg_pool(y, self.stride)
-      y = self.norms[i](conv(y), train)
+      y = self.norms[i](conv(y), train, mask)
       if i < len(convs) - 1:
         y = nnx.relu(y)
     return nnx.relu(y + shortcut)
@@ -366,29 +370,32 @@ class ResNet(nnx.Module):
       else None
     )
 
-  def features(self, x, train: bool = False):
-    """Returns the spatial feature map before pooling."""
+  def features(self, x, train: bool = False, mask=None):
+    """Returns the spatial feature map before pooling (``mask``: per-example weights of the
+    BatchNorm statistics, see ``__call__``)."""
     if self.version == "clip":
       for conv, norm in zip(self.stem, self.stem_norms):
-        x = nnx.relu(norm(conv(x), train))
+        x = nnx.relu(norm(conv(x), train, mask))
       x = _avg_pool(x, 2)
     else:
       x = self.stem[0](x)
       if self.version == "v1.5":
-        x = nnx.relu(self.stem_norms[0](x, train))
+        x = nnx.relu(self.stem_norms[0](x, train, mask))
       x = _max_pool(x, zero_pad=self.version == "v2")
     for stage in self.stages:
       for block in stage:
-        x = block(x, train)
+        x = block(x, train, mask)
     if self.final_norm is not None:
       x = nnx.relu(self.final_norm(x, train))
     return x
 
-  def __call__(self, x, train: bool = False, rngs=None):
+  def __call__(self, x, train: bool = False, rngs=None, mask=None):
     """(logits, {pre_logits, feature_map}); the signature every model here shares (``rngs``:
-    the dropout stream, which these ResNets do not use)."""
+    the dropout stream, which these ResNets do not use; ``mask``: per-example weights of the
+    BatchNorm statistics in training, 0 for a padded row — a few-shot batch padded to a fixed
+    shape trains exactly as the batch of its real rows)."""
     del rngs
-    fmap = self.features(x, train)
+    fmap = self.features(x, train, mask)
     if self.attnpool is not None:
       pre_logits = self.attnpool(fmap)
     else:

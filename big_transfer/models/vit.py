@@ -207,7 +207,10 @@ class ViT(nnx.Module):
       x = block(x, train=train, rngs=rngs)
     return self.norm(x)
 
-  def __call__(self, x, train: bool = False, rngs=None):
+  def __call__(self, x, train: bool = False, rngs=None, mask=None):
+    """(logits, {pre_logits, tokens}). ``mask`` (per-example weights of batch statistics, for a
+    padded batch) changes nothing: a ViT has no batch statistics, every row is its own."""
+    del mask
     t = self.tokens(x, train, rngs)
     pre_logits = t[:, 0] if self.pool == "tok" else t.mean(axis=1)
     logits = self.head(pre_logits) if self.head is not None else None

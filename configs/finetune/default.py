@@ -14,7 +14,7 @@ shots (per class, or full), seed, test_split, val_split ('' = carve 10% of train
 (the study's results table to append to).
 """
 
-from big_transfer import config_lib
+from big_transfer import config_lib, finetune
 
 
 def get_config(arg=None):
@@ -33,7 +33,7 @@ def get_config(arg=None):
     results="",
     model="",
   )
-  c = config_lib.transfer_config()
+  c = finetune.transfer_config()
   c.pretrained = a.pretrained
   c.model = a.model
   c.data = a.data

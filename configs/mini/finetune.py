@@ -9,7 +9,7 @@ zeroshot, wise_ft), shots (per class, or full), seed, epochs, lrs ('1e-3' or '3e
 model (for runs from scratch).
 """
 
-from big_transfer import config_lib
+from big_transfer import config_lib, finetune
 
 
 def get_config(arg=None):
@@ -26,7 +26,7 @@ def get_config(arg=None):
     width=0.25,
     batch=64,
   )
-  c = config_lib.transfer_config()
+  c = finetune.transfer_config()
   c.pretrained = a.pretrained
   c.data = a.data
   c.protocol = a.protocol

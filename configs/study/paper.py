@@ -31,7 +31,7 @@ Full-data runs choose hyperparameters on 10% of the training split, then retrain
 
 import ml_collections
 
-from big_transfer import config_lib
+from big_transfer import config_lib, finetune
 
 SOURCES_2_7M = ("cc3m", "cc12m", "redcaps", "yfcc", "laion", "wit", "shutterstock")
 LAION_SIZES = ("1M", "2.7M", "5M", "7.5M", "9.6M", "15M")
@@ -42,7 +42,7 @@ def _size_n(size: str) -> float:
   return float(size[:-1]) * 1e6
 
 
-_TRANSFER = config_lib.transfer_config()
+_TRANSFER = finetune.transfer_config()
 TRAIN_PP, EVAL_PP = _TRANSFER.pp_train, _TRANSFER.pp_eval
 
 
