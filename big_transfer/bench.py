@@ -1172,29 +1172,38 @@ def study_table(workdir: str) -> dict[tuple, dict]:
 
 
 def compare_tables(a: dict, b: dict, tolerance: float) -> dict[str, Any]:
-  """Two studies' rows, cell by cell: the cells that are number for number the same, those
-  within ``tolerance`` (val and test accuracy), and whether fine-tuning chose the same
-  hyperparameters (learning rate, L2)."""
-  same = within = chosen_same = 0
-  worst = 0.0
+  """Two studies' rows, cell by cell: per protocol, the cells that are number for number the
+  same and those within ``tolerance`` (val and test accuracy), whether the same
+  hyperparameters (learning rate, L2, alpha) were chosen, and every cell that differs."""
+  hp = lambda r: {k: r["hyperparameters"].get(k) for k in ("lr", "l2", "alpha")}
+  by: dict[str, dict[str, int]] = {}
+  differ, worst = [], 0.0
   for key in sorted(set(a) & set(b), key=str):
     x, y = a[key], b[key]
     d = max(
       abs(x["val_accuracy"] - y["val_accuracy"]), abs(x["test_accuracy"] - y["test_accuracy"])
     )
     worst = max(worst, d)
-    same += d == 0
-    within += d <= tolerance
-    hp = lambda r: {k: r["hyperparameters"].get(k) for k in ("lr", "l2", "alpha")}
-    chosen_same += hp(x) == hp(y)
+    row = by.setdefault(key[2], {"cells": 0, "same": 0, "within": 0, "same_hyperparameters": 0})
+    row["cells"] += 1
+    row["same"] += d == 0
+    row["within"] += d <= tolerance
+    row["same_hyperparameters"] += hp(x) == hp(y)
+    if d:
+      differ.append(
+        {
+          "cell": "/".join(str(k) for k in key if k is not None),
+          "before": [round(x["val_accuracy"], 4), round(x["test_accuracy"], 4), hp(x)],
+          "after": [round(y["val_accuracy"], 4), round(y["test_accuracy"], 4), hp(y)],
+        }
+      )
   return {
     "cells": len(set(a) | set(b)),
     "cells_in_both": len(set(a) & set(b)),
-    "cells_same": same,
-    "cells_within_tolerance": within,
+    "by_protocol": by,
     "tolerance": tolerance,
     "worst_difference": round(worst, 4),
-    "same_hyperparameters": chosen_same,
+    "different_cells": differ,
   }
 
 

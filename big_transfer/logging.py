@@ -241,7 +241,13 @@ COMPILE_EVENTS = {
   "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
   "/jax/core/compile/backend_compile_duration": "compile",
 }
-COMPILES: dict[str, Any] = {"programs": 0, "from_disk_cache": 0, "seconds": 0.0, "by_name": {}}
+COMPILES: dict[str, Any] = {
+  "programs": 0,
+  "from_disk_cache": 0,
+  "seconds": 0.0,
+  "by_name": {},  # jit(train_step): how many times compiled
+  "seconds_by_name": {},  # and the seconds traced, lowered and compiled
+}
 
 
 def _on_duration(event: str, seconds: float, **kwargs) -> None:
@@ -250,9 +256,10 @@ def _on_duration(event: str, seconds: float, **kwargs) -> None:
     return
   COMPILES["seconds"] += seconds
   add_time("compile", seconds)
+  name = str(kwargs.get("fun_name", "?"))
+  COMPILES["seconds_by_name"][name] = COMPILES["seconds_by_name"].get(name, 0.0) + seconds
   if kind == "compile":
     COMPILES["programs"] += 1
-    name = str(kwargs.get("fun_name", "?"))
     COMPILES["by_name"][name] = COMPILES["by_name"].get(name, 0) + 1
 
 
@@ -349,7 +356,9 @@ class TimeBreakdown:
       lines.append(
         f"  compiled: {COMPILES['programs']} programs in {format_duration(COMPILES['seconds'])} "
         f"({COMPILES['from_disk_cache']} read from the disk cache): "
-        + ", ".join(f"{n} x{c}" for n, c in names[:8])
+        + ", ".join(
+          f"{n} x{c} {COMPILES['seconds_by_name'].get(n, 0.0):.1f}s" for n, c in names[:10]
+        )
       )
     return "\n".join(lines)
 

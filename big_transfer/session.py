@@ -411,13 +411,19 @@ class Session:
 
   # --------------------------------------------------------------- weights
   def initial_weights(self, head=None) -> Weights:
-    """Host Weights: fresh init (the run's seed), pre-trained tower loaded, head set (kernel,
-    bias) or zero."""
+    """Host Weights: the pre-trained tower loaded, head set (kernel, bias) or zero. Every
+    weight of a transferred model but its zero head comes from the checkpoint (a missing one
+    is a CheckpointError), so no random initialisation runs; a run from scratch is the model's
+    initialisation with the run's seed."""
 
     def build():
-      state = jax.device_get(self.trainer.init(self.config.seed))
-      params, rest = transfer.initial_weights(self.method, state.params, state.model_state)
-      return Weights(params, rest)
+      if self.pre is None:
+        state = jax.device_get(self.trainer.init(self.config.seed))
+        return Weights(state.params, state.model_state)
+      zeros = lambda tree: jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), tree)
+      abstract = self.trainer.abstract
+      params, rest = zeros(abstract.params), zeros(abstract.model_state)
+      return Weights(*transfer.initial_weights(self.method, params, rest))
 
     key = (self.method.program_key(), trainer_lib.mesh_key(self.mesh), self.config.seed)
     w = self.group.memo("_weights", key, build)
@@ -682,12 +688,9 @@ class Session:
       i = j
 
   def _fuse(self) -> bool:
-    """``fuse_grid``: 'on', 'off', or 'auto' (off on CPU, where bench --what=fuse measured the
-    fused program no faster; on on accelerators)."""
-    mode = self.config.fuse_grid
-    if mode == "auto":
-      return self.mesh.devices.flat[0].platform != "cpu"
-    return mode == "on"
+    """``fuse_grid`` (auto: off on CPU, where bench --what=fuse measured the fused program no
+    faster; on on accelerators)."""
+    return self._auto(self.config.fuse_grid)
 
   def _has_own_checkpoints(self, name: str) -> bool:
     """A point an earlier (unfused) start of this run saved checkpoints for: it resumes from
@@ -733,29 +736,24 @@ class Session:
     }
 
   def _pads(self) -> bool:
-    """Whether fine-tuning batches are padded to the full batch (``pad_batches``): the
+    """Whether fine-tuning batches are padded to the full batch (``pad_batches``) where the
     backbone takes per-example weights of its batch statistics (``mask``), and no MixUp
     would mix the padding into real rows."""
     cls, _ = models.parse(self.method.model_name)
     takes_mask = "mask" in inspect.signature(cls.__call__).parameters
-    return bool(self.config.pad_batches) and takes_mask and not self.method.mixup
+    return self._auto(self.config.pad_batches) and takes_mask and not self.method.mixup
+
+  def _auto(self, mode: str) -> bool:
+    """An 'auto' / 'on' / 'off' switch: 'auto' is on on accelerators, off on CPU."""
+    if mode == "auto":
+      return self.mesh.devices.flat[0].platform != "cpu"
+    return mode == "on"
 
   def _spec(self, runs: list[dict], head, per_epoch_test: bool) -> train_lib.RunSpec:
     """The RunSpec of one fine-tuning run, or of a fused grid of several sharing source, batch
     and steps (their optimiser sections one per point)."""
     c, r = self.config, runs[0]
-    init = self.initial_weights(head)
     fused = len(runs) > 1
-
-    def initialize(state):
-      put = lambda h, like: put_like(_broadcast(h, like), like)
-      return state.replace(
-        params=jax.tree.map(put, init.params, state.params),
-        model_state=jax.tree.map(put, init.model_state, state.model_state),
-        ema_params=(
-          None if state.ema_params is None else jax.tree.map(put, init.params, state.ema_params)
-        ),
-      )
 
     steps, batch, n_train = r["steps"], r["batch"], len(r["source"])
     checkpoint_every = min(c.checkpoint_every, steps)
@@ -795,7 +793,7 @@ class Session:
       mesh=self.mesh,
       num_classes=self.data["num_classes"],
       **{**train_lib.run_settings(c), "checkpoint_every": checkpoint_every},
-      initialize=initialize,
+      initial_weights=self.to_device(self.initial_weights(head)),
       graphdef=self.graphdef,
       # A transfer run's fine-tuning runs evaluate after training, not during (except the
       # authors' per-epoch test accuracy).
@@ -873,13 +871,6 @@ class Session:
       "batch_size": r["batch"],
       "epochs": r["steps"] * r["batch"] / n_train,
     }
-
-
-def _broadcast(host, like):
-  """A host array broadcast to ``like``'s shape when that stacks it on leading axes (a fused
-  grid's points all start from the same weights)."""
-  h = np.asarray(host, like.dtype)
-  return h if h.shape == tuple(like.shape) else np.broadcast_to(h, like.shape)
 
 
 def _read_cached_features(path: str, rows: int):

@@ -237,9 +237,10 @@ class RunSpec:
   param_rules: tuple = trainer_lib.DEFAULT_PARAM_RULES
   param_min_size: int = 2**14
   allow_fresh_start: bool = False
-  # A fresh state's weights: ``initialize(state) -> state`` (transfer: the pre-trained tower
-  # and the head), else ``init_from`` (a checkpoint, by name) with ``init_skip``.
-  initialize: Callable | None = None
+  # A fresh state's weights: ``initial_weights`` (device Weights, the trainer's weight
+  # shardings: transfer's pre-trained tower and head), else the random initialisation, then
+  # ``init_from`` (a checkpoint, by name) with ``init_skip``.
+  initial_weights: Any = None
   init_from: str = ""
   init_skip: str = ""
   # (evaluator, every N steps) pairs built once the trainer exists (they jit on its shardings).
@@ -536,7 +537,8 @@ def clear_done(workdir: str) -> None:
 
 def restore_or_init(ckpt, spec: RunSpec, trainer) -> tuple[int, TrainState, dict]:
   """(start step, state, the loader's bookkeeping): the newest checkpoint that restores, else
-  a fresh state — then ``spec.initialize(state)`` or ``spec.init_from``. A run that saved
+  a fresh state — from ``spec.initial_weights``, else initialised (then ``spec.init_from``
+  when given). A run that saved
   checkpoints before (in checkpoints/, moved to checkpoints_corrupt/, or finished: done.json)
   but none of which restores stops (naming each) unless ``spec.allow_fresh_start``; then its
   earlier metrics and corrupt checkpoints are kept aside and the fresh start is said.
@@ -567,10 +569,11 @@ def restore_or_init(ckpt, spec: RunSpec, trainer) -> tuple[int, TrainState, dict
         f"(metrics.jsonl reaches step {last}; checkpoint_every="
         f"{spec.checkpoint_every})"
       )
-    start_step, state = 0, trainer.init(spec.seed)
-    if spec.initialize is not None:
-      state = spec.initialize(state)
-    elif spec.init_from:
+    if spec.initial_weights is not None:
+      start_step, state = 0, trainer.state_from(spec.initial_weights)
+    else:
+      start_step, state = 0, trainer.init(spec.seed)
+    if spec.init_from:
       state = init_from_checkpoint(state, spec.init_from, spec.init_skip)
       log_lib.info(f"initialised from {spec.init_from}")
   steps = set(np.asarray(jax.device_get(state.step)).reshape(-1).tolist())  # fused: per point

@@ -246,11 +246,36 @@ class Trainer:
     self._init = part(
       "init", lambda: jax.jit(init_fn, out_shardings=state_sh, compiler_options=_init_options(mesh))
     )
+    tx, ema = self.tx, self.ema_decay
+
+    def from_weights(w: Weights) -> TrainState:
+      state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=w.params,
+        model_state=w.model_state,
+        opt_state=tx.init(w.params),
+        nonfinite_step=jnp.full((), -1, jnp.int32),
+        ema_params=w.params if ema else None,
+      )
+      if self.points:
+        state = jax.tree.map(lambda x: jnp.broadcast_to(x, (self.points, *x.shape)), state)
+      return state
+
+    self._from_weights = part(
+      "from_weights",
+      lambda: jax.jit(from_weights, in_shardings=(self.weight_shardings,), out_shardings=state_sh),
+    )
 
   # --------------------------------------------------------------- state
   def init(self, seed: int = 0) -> TrainState:
-    """A fresh state, created sharded."""
+    """A fresh state, created sharded (the model's random initialisation)."""
     return self._init(jax.random.key(seed))
+
+  def state_from(self, weights: Weights) -> TrainState:
+    """A fresh state (step 0, the optimiser's state initialised) holding ``weights`` — device
+    arrays with this trainer's weight shardings; a fused grid's points all start from them. No
+    random initialisation runs (what fine-tuning from a pre-trained tower needs)."""
+    return self._from_weights(weights)
 
   def abstract_state(self) -> TrainState:
     """ShapeDtypeStructs with this trainer's shardings (what a checkpoint restores into)."""

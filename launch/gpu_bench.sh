@@ -16,6 +16,9 @@
 #   5. caption tokenisation per host core, pure Python against Rust (the CLIP loader's text half)
 #   6. ResNet-50's 1x1 convolutions as convolutions (the GPU default) against matmuls (the CPU
 #      default, 1.2x there), and a --profile of the ViT-B/16 step: where its time goes
+#   7. a fine-tuning grid of 4 learning rates, fused (one vmapped program) against unfused (a
+#      step per point): the mini transfer model and CLIP RN50 at 224 with the JPEG chain
+#      (fuse_grid=auto turns fusion on for accelerators; the CPU measured no gain)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench_gpu.jsonl}
@@ -45,4 +48,8 @@ run --model=resnet50 --resolution=224 --batch_size=256 --dtype=bfloat16 --steps=
     --rounds=1 --variants='args:;args:--model_kwargs={"pointwise":"dot"}'
 run --model=vit_b16 --resolution=224 --batch_size=256 --dtype=bfloat16 --steps=5 --loop=off \
     --torch=off --profile="${PROFILE_DIR:-profile_vit_b16}"
+run --what=fuse --model=resnet18 --model_kwargs='{"width":0.25}' --resolution=32 \
+    --batch_size=64 --steps=100 --points=4
+run --what=fuse --model=clip_rn50 --resolution=224 --batch_size=128 --dtype=bfloat16 \
+    --steps=20 --points=4 --data=pipeline
 echo "wrote $OUT" >&2

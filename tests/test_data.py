@@ -349,3 +349,32 @@ def test_generated_sources_are_deterministic_and_differ_in_controlled_ways():
   assert shapes[0]["image"].shape == (32, 32, 3) and len(shapes.class_names) == 10
   test = sources.open_source("builtin:glyphs:test?n=100")
   assert not np.array_equal(test[0]["image"], g1[0]["image"])
+
+
+def test_evaluation_keeps_deterministic_preprocessing_per_record_and_reads_it_back_exactly():
+  src = sources.open_source("builtin:digits:test")
+  pp = "to_rgb|resize(36)|central_crop(32)|value_range(-1, 1)"
+  cache = pipeline.EVAL_CACHE
+  cache.clear()
+  batch = lambda s, p=pp: list(
+    pipeline.eval_dataset(s, pp=p, batch_size=64, keys=("image", "label"))
+  )
+  rows = lambda bs: np.concatenate([b["image"][b[pipeline.MASK] > 0] for b in bs])
+  first = rows(batch(src))
+  assert (cache.misses, cache.hits) == (len(src), 0) and cache.bytes > 0
+  # Another view of the same base (a subset: the test subsample, val carved from a pool) reads
+  # its records back, exactly as they were computed.
+  view = sources.Subset(src, np.arange(10, 50))
+  again = rows(batch(view))
+  assert cache.hits == 40 and cache.misses == len(src)
+  np.testing.assert_array_equal(again, first[10:50])
+  # A chain with a random op (or a plug-in op not declared deterministic) is never kept.
+  assert ops.is_deterministic(pp) and not ops.is_deterministic("to_rgb|random_crop(8)")
+  batch(view, "to_rgb|resize(36)|random_crop(32)|value_range(-1, 1)")
+  assert (cache.hits, cache.misses) == (40, len(src))
+  # Bounded: the oldest records go first.
+  small = pipeline.ExampleCache(max_bytes=3 * first[0].nbytes)
+  for i in range(5):
+    small.put(i, {"image": first[i]})
+  assert small.get(0) is None and small.get(4) is not None and small.bytes <= small.max_bytes
+  cache.clear()

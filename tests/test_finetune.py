@@ -499,12 +499,12 @@ def test_few_shot_batches_padded_to_one_shape_train_as_their_own_rows_and_compil
   ft = lambda name, shots, **kw: run_ft(
     tmp_path, name, f"{arg},shots={shots}", warmup_cap=0.2, **kw
   )
-  rows = {k: ft(f"pad{k}", k)[0] for k in ("2", "5", "full")}
+  rows = {k: ft(f"pad{k}", k, pad_batches="on")[0] for k in ("2", "5", "full")}
   assert count() - before == 1  # 3 shot counts x 2 learning rates: one program
   assert [g["batch_size"] for g in rows["5"]["grid"]] == [50, 50]  # its own rows per step
   record = json.load(open(tmp_path / "pad5" / "lr_0.001" / "config.json"))
   assert (record["resolved"]["batch_size"], record["resolved"]["padded_to"]) == (50, 64)
-  (alone,) = ft("nopad5", 5, pad_batches=False)
+  (alone,) = ft("nopad5", 5, pad_batches="off")
   assert count() - before == 2  # unpadded: a program of its own shape
   for a, b in zip(alone["grid"], rows["5"]["grid"]):
     assert a["steps"] == b["steps"]

@@ -23,6 +23,7 @@ REGISTRY, RUN_ARGS = registry.REGISTRY, registry.RUN_ARGS
 Example, Op = registry.Example, registry.Op
 PreprocessError, known_ops, load = registry.PreprocessError, registry.known_ops, registry.load
 parse, register = registry.parse, registry.register
+is_deterministic = registry.is_deterministic
 
 load()  # every op module registers its ops
 
@@ -37,6 +38,7 @@ __all__ = [
   "PreprocessError",
   "apply_affine",
   "decode_image",
+  "is_deterministic",
   "jpeg_size",
   "known_ops",
   "load",

@@ -146,6 +146,52 @@ class SkipError(DataError):
   """Preprocessing fails on (nearly) every record: one error line, not endless skipping."""
 
 
+class ExampleCache:
+  """Preprocessed evaluation examples kept per process, by (base source, index in it, op
+  chain): a chain of deterministic ops (``ops.is_deterministic``) gives a record the same
+  arrays every time, so every evaluation and frozen-feature pass over a record after the first
+  — another pre-trained model's features of the same downstream set, a grid point's val and
+  test accuracy, a view of the same base (val carved from the pool, a test subsample) — reads
+  them instead of decoding and resizing again. Bounded (``max_bytes``, the oldest dropped first;
+  ``BT_EVAL_CACHE_MB``, default 1024; 0 turns it off)."""
+
+  def __init__(self, max_bytes: int):
+    self.max_bytes, self.bytes = max_bytes, 0
+    self.hits = self.misses = 0
+    self._rows: collections.OrderedDict = collections.OrderedDict()
+    self._lock = threading.Lock()
+
+  def get(self, key):
+    with self._lock:
+      row = self._rows.get(key)
+      if row is None:
+        self.misses += 1
+      else:
+        self.hits += 1
+      return row
+
+  def put(self, key, row: dict[str, np.ndarray]) -> None:
+    size = sum(np.asarray(v).nbytes for v in row.values())
+    if size > self.max_bytes:
+      return
+    with self._lock:
+      if key in self._rows:
+        return
+      self._rows[key] = row
+      self.bytes += size
+      while self.bytes > self.max_bytes:
+        _, old = self._rows.popitem(last=False)
+        self.bytes -= sum(np.asarray(v).nbytes for v in old.values())
+
+  def clear(self) -> None:
+    with self._lock:
+      self._rows.clear()
+      self.bytes = self.hits = self.misses = 0
+
+
+EVAL_CACHE = ExampleCache(int(float(os.environ.get("BT_EVAL_CACHE_MB", "1024")) * 2**20))
+
+
 class _Builder:
   """Builds examples and batches from positions; picklable, so workers can hold one."""
 
@@ -166,6 +212,14 @@ class _Builder:
     self.n = len(source)
     self.shm_prefix = "bt_"
     self._fn = self._order = self._pool = None
+    self._cache_key = self._base_index = None  # evaluation: what EVAL_CACHE knows a row by
+    if not shuffle and EVAL_CACHE.max_bytes and ops.is_deterministic(pp):
+      base, idx = sources.provenance(source, see_through_wrappers=False)
+      ident = getattr(base, "identity", None)
+      if ident is not None:
+        ident = tuple(ident) + ((sources.tfds_data_dir(),) if ident[0] == "tfds" else ())
+        self._cache_key = (ident, pp, self.keys, repr(sorted(self.bind.items())))
+        self._base_index = idx
 
   def __getstate__(self):
     d = dict(self.__dict__)
@@ -182,7 +236,18 @@ class _Builder:
     return int(self._order[position]) if self.shuffle else position
 
   def example(self, position: int, attempt: int = 0) -> dict[str, np.ndarray]:
-    """The preprocessed example at ``position`` (its ``attempt``-th alternate's rng)."""
+    """The preprocessed example at ``position`` (its ``attempt``-th alternate's rng); an
+    evaluation's deterministic chain reads and fills EVAL_CACHE."""
+    if self._cache_key is None:
+      return self._example(position, attempt)
+    key = (self._cache_key, int(self._base_index[position]))
+    row = EVAL_CACHE.get(key)
+    if row is None:
+      row = self._example(position, attempt)
+      EVAL_CACHE.put(key, row)
+    return row
+
+  def _example(self, position: int, attempt: int = 0) -> dict[str, np.ndarray]:
     self._setup()
     ex = self.source[self.index(position)]
     rng = np.random.default_rng([self.seed, int(position)] + ([attempt] if attempt else []))

@@ -16,8 +16,9 @@ FUSE = ("auto", "on", "off")
 
 
 def _check(config) -> None:
-  if config.fuse_grid not in FUSE:
-    raise schema.SectionError(f"config.fuse_grid={config.fuse_grid!r}: one of {', '.join(FUSE)}")
+  for key in ("fuse_grid", "pad_batches"):
+    if config[key] not in FUSE:
+      raise schema.SectionError(f"config.{key}={config[key]!r}: one of {', '.join(FUSE)}")
 
 
 SECTION = schema.Section(
@@ -51,11 +52,13 @@ SECTION = schema.Section(
     ),
     schema.Key(
       "pad_batches",
-      True,
-      "fine-tuning batches padded to batch_size rows with a mask (left out of the loss and of "
-      "BatchNorm's statistics) where a few-shot set is smaller: one compiled step per model "
-      "for every shot count, each run on exactly its own rows. False: a few-shot set smaller "
-      "than a batch trains at its own batch size (a program per shape)",
+      "auto",
+      "'on': fine-tuning batches padded to batch_size rows with a mask (left out of the loss "
+      "and of BatchNorm's statistics) where a few-shot set is smaller — one compiled step per "
+      "model for every shot count, each run on exactly its own rows; 'off': such a set trains "
+      "at its own batch size (a program per shape, less arithmetic per step); 'auto': on on "
+      "accelerators, off on CPU (where the padded rows' arithmetic cost more than the "
+      "compilations saved: bench --what=study)",
     ),
     schema.Key(
       "fuse_grid",

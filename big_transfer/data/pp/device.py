@@ -38,7 +38,7 @@ def _value_range_affine(
   return key, scale, shift
 
 
-@register("value_range")
+@register("value_range", deterministic=True)
 def _value_range(*args, **kwargs):
   key, scale, shift = _value_range_affine(*args, **kwargs)
   return _keyed(lambda img, rng: _affine_channels(img, scale, shift), key)
@@ -63,7 +63,7 @@ def _normalize_affine(mean="imagenet", std=None, key: str = "image"):
   return key, scale, shift
 
 
-@register("normalize")
+@register("normalize", deterministic=True)
 def _normalize(*args, **kwargs):
   """(x/255 - mean) / std, with named presets ('imagenet', 'clip') or explicit tuples."""
   key, scale, shift = _normalize_affine(*args, **kwargs)

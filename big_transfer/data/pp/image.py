@@ -60,7 +60,7 @@ except ImportError:  # optional: PIL decodes everything, more slowly
   _simplejpeg = None
 
 
-@register("decode")
+@register("decode", deterministic=True)
 def _decode(channels: int = 3, key: str = "image"):
   """Encoded bytes -> HxWxC uint8; arrays pass through (built-in and TFDS images)."""
   if channels not in (1, 3):
@@ -79,7 +79,7 @@ def _decode(channels: int = 3, key: str = "image"):
   return _keyed(fn, key)
 
 
-@register("to_rgb")
+@register("to_rgb", deterministic=True)
 def _to_rgb(key: str = "image"):
   def fn(img, rng):
     img = np.asarray(img)
@@ -146,14 +146,14 @@ def _check_method(method):
     raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
 
 
-@register("resize")
+@register("resize", deterministic=True)
 def _resize(size, method: str = "bilinear", key: str = "image"):
   h, w = _size2(size)
   _check_method(method)
   return _keyed(lambda img, rng: _resize_image(img, h, w, method), key)
 
 
-@register("resize_small")
+@register("resize_small", deterministic=True)
 def _resize_small(size: int, method: str = "bilinear", key: str = "image"):
   """Resizes so that the shorter side is ``size``, keeping the aspect ratio."""
   _size2(size)
@@ -167,7 +167,7 @@ def _resize_small(size: int, method: str = "bilinear", key: str = "image"):
   return _keyed(fn, key)
 
 
-@register("central_crop")
+@register("central_crop", deterministic=True)
 def _central_crop(size, key: str = "image"):
   ch, cw = _size2(size)
 
@@ -290,7 +290,7 @@ def _decode_inception_crop(
   return op
 
 
-@register("_decode_resize_small")
+@register("_decode_resize_small", deterministic=True)
 def _decode_resize_small(size: int, method: str = "bilinear", key: str = "image"):
   plain = _resize_small(size, method, key)
 

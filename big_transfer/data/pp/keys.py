@@ -5,7 +5,7 @@ from __future__ import annotations
 from big_transfer.data.pp.registry import register
 
 
-@register("keep")
+@register("keep", deterministic=True)
 def _keep(*keys):
   if not keys:
     raise ValueError("keep needs at least one key")
@@ -19,7 +19,7 @@ def _keep(*keys):
   return op
 
 
-@register("copy")
+@register("copy", deterministic=True)
 def _copy(**mapping):
   """copy(new='old'): the value of ``old`` also under ``new`` (e.g. to augment an image for
   two purposes, as SLIP does)."""
@@ -35,7 +35,7 @@ def _copy(**mapping):
   return op
 
 
-@register("rename")
+@register("rename", deterministic=True)
 def _rename(**mapping):
   def op(example, rng):
     example = dict(example)

@@ -21,6 +21,7 @@ Op = Callable[[Example, np.random.Generator], Example]
 
 REGISTRY: dict[str, Callable[..., Op]] = {}
 RUN_ARGS: dict[str, tuple[str, ...]] = {}
+DETERMINISTIC: set[str] = set()  # ops whose output does not depend on the rng
 
 # The op modules, by kind (each registers its ops on import).
 MODULES = (
@@ -36,11 +37,13 @@ class PreprocessError(ValueError):
   pass
 
 
-def register(name: str, run_args: tuple[str, ...] = ()):
+def register(name: str, run_args: tuple[str, ...] = (), deterministic: bool = False):
   """Registers an op factory under ``name``; ``run_args``: the factory's arguments the
   trainer may bind from run-level values when the op string leaves them out (``parse``'s
-  ``bind``, e.g. the tokenizer's ``vocab`` and ``max_len``). A name registered twice is an
-  error (two modules defining one op would otherwise silently pick the last)."""
+  ``bind``, e.g. the tokenizer's ``vocab`` and ``max_len``); ``deterministic``: its output
+  never depends on the rng (a chain of such ops gives an example the same output every time,
+  so evaluation may keep it: pipeline.EVAL_CACHE). A name registered twice is an error (two
+  modules defining one op would otherwise silently pick the last)."""
 
   def deco(factory):
     if name in REGISTRY:
@@ -53,6 +56,8 @@ def register(name: str, run_args: tuple[str, ...] = ()):
       raise ValueError(f"preprocessing op {name!r}: run_args {unknown} are not arguments")
     REGISTRY[name] = factory
     RUN_ARGS[name] = tuple(run_args)
+    if deterministic:
+      DETERMINISTIC.add(name)
     return factory
 
   return deco
@@ -112,6 +117,14 @@ def _bind(name: str, args: tuple, kwargs: dict, bind: dict) -> dict:
     if k in bind and k not in kwargs and params.index(k) >= len(args):
       kwargs[k] = bind[k]
   return kwargs
+
+
+def is_deterministic(spec: str) -> bool:
+  """Whether every op of an op string is declared deterministic (its output a function of the
+  example alone)."""
+  load()
+  calls = [_parse_call(t) for t in _split_ops(spec) if t.strip()]
+  return all(name in DETERMINISTIC for name, *_ in calls)
 
 
 def parse(spec: str, fuse: bool = True, bind: dict | None = None) -> Op:

@@ -8,7 +8,7 @@ from big_transfer.data import tokenizer
 from big_transfer.data.pp.registry import PreprocessError, register
 
 
-@register("tokenize", run_args=("vocab", "max_len"))
+@register("tokenize", run_args=("vocab", "max_len"), deterministic=True)
 def _tokenize(
   max_len: int | None = None, vocab: str | None = None, key: str = "caption", out: str = "text"
 ):
