@@ -18,9 +18,10 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from big_transfer import checkpoint as ckpt_lib
-from big_transfer import config_lib, paths, runlock
+from big_transfer import config_lib, paths, runlock, schema
 from big_transfer import logging as log_lib
-from big_transfer.data import sources
+from big_transfer.data import ops, sources
+from big_transfer.evaluators.common import EvalConfigError
 from big_transfer.workdir import Workdir
 
 FLAGS = flags.FLAGS
@@ -70,6 +71,21 @@ class UserError(ValueError):
   """Bad input detected before any compile; printed as one line."""
 
 
+# Every error that is the user's input, not a bug: an entrypoint prints it as one ``error:``
+# line and exits 2 (each is raised through main_of in tests/test_train.py).
+USER_ERRORS = (
+  config_lib.ConfigError,
+  schema.SectionError,
+  sources.DataError,
+  ops.PreprocessError,
+  EvalConfigError,
+  UserError,
+  ckpt_lib.CheckpointError,
+  runlock.LockError,
+  paths.URLPathError,
+)
+
+
 def maybe_initialize_distributed(
   coordinator_address=None, num_processes=None, process_id=None, mode: str = "auto", env=None
 ) -> bool:
@@ -96,9 +112,11 @@ def maybe_initialize_distributed(
   if explicit and "cpu" in env.get("JAX_PLATFORMS", "cpu"):
     # CPU collectives across processes (tests, laptops): gloo over TCP.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  kwargs = {}
+  # A process whose peer died (killed, its host gone) must not wait for it forever in a
+  # collective: JAX's coordination service ends it once the peer's heartbeat is this late.
+  kwargs = {"heartbeat_timeout_seconds": int(env.get("BT_HEARTBEAT_TIMEOUT_S", "60"))}
   if explicit:
-    kwargs = dict(
+    kwargs.update(
       coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
     )
   jax.distributed.initialize(**kwargs)
@@ -137,6 +155,7 @@ def main_of(run_fn, extra_user_errors: tuple = (), sections=None):
       sys.exit(2)
     signals = runlock.OutsideLoopSignals(FLAGS.workdir)
     try:
+      paths.check_location(FLAGS.workdir, "--workdir")
       maybe_initialize_distributed(
         FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed
       )
@@ -153,14 +172,7 @@ def main_of(run_fn, extra_user_errors: tuple = (), sections=None):
         flush=True,
       )
       os._exit(130)  # pylint: disable=protected-access  (no tracebacks from saving threads)
-    except (
-      config_lib.ConfigError,
-      sources.DataError,
-      UserError,
-      ckpt_lib.CheckpointError,
-      runlock.LockError,
-      *extra_user_errors,
-    ) as e:
+    except (*USER_ERRORS, *extra_user_errors) as e:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
     except FloatingPointError as e:

@@ -690,6 +690,14 @@ def bench_model(
   # is allocated, and a step that cannot fit is one line instead of an allocation failure.
   t0 = time.perf_counter()
   values = jax.device_put(t.values, sharding.replicated(mesh))
+  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(trainer.abstract))
+  print(
+    f"bench: compiling the {model} step at batch {batch_size}, {resolution}px from shapes "
+    f"(state {state_bytes / 2**30:.2f} GiB) to read its memory needs before allocating "
+    f"anything (a large step on a CPU takes minutes here)",
+    file=sys.stderr,
+    flush=True,
+  )
   lowered = step_fn.lower(trainer.abstract_state(), abstract_batch(t, batch_size), values)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0

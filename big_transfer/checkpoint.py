@@ -35,7 +35,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import time
 import zlib
@@ -54,25 +53,6 @@ from big_transfer.workdir import CHECKPOINTS, CHECKPOINTS_CORRUPT
 log = logging.getLogger(__name__)
 
 CHECKSUMS = "CHECKSUMS.json"
-TRANSIENT_ERRNOS = {
-  errno.EAGAIN,
-  errno.ETIMEDOUT,
-  errno.ECONNRESET,
-  errno.ECONNREFUSED,
-  errno.EMFILE,
-  errno.ENFILE,
-  errno.EBUSY,
-  errno.ESTALE,
-  errno.EINTR,
-}
-TRANSIENT_WORDS = (
-  "UNAVAILABLE",
-  "DEADLINE_EXCEEDED",
-  "RESOURCE_EXHAUSTED",
-  "Too many open files",
-  "Connection reset",
-  "timed out",
-)
 
 
 class CheckpointError(RuntimeError):
@@ -96,13 +76,7 @@ def _chain(e: BaseException):
     e = e.__cause__ or e.__context__
 
 
-def is_transient(e: BaseException) -> bool:
-  for x in _chain(e):
-    if isinstance(x, OSError) and x.errno in TRANSIENT_ERRNOS:
-      return True
-    if isinstance(x, TimeoutError) or any(w in str(x) for w in TRANSIENT_WORDS):
-      return True
-  return False
+is_transient = paths.is_transient  # one rule for every store
 
 
 def is_disk_full(e: BaseException) -> bool:
@@ -356,22 +330,44 @@ class Checkpointer:
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def _save_error(self, step: int | None, e: BaseException) -> CheckpointError:
+  def _save_error(self, step: int | None, e: BaseException, in_flight: bool = True):
     # An asynchronous save fails in the background; the error surfaces at a later call. The
-    # failing step is the one its path names.
-    named = [m for x in _chain(e) for m in re.findall(r"checkpoints/(\d+)", str(x))]
-    where = f"{self.directory}/{named[0] if named else step}"
+    # failing step is the save in flight (not a path the error happens to name, nor the newest
+    # finished step); the previous checkpoint is the newest finished one before it.
+    if in_flight and self._pending is not None:
+      step = self._pending
+    where = f"{self.directory}/{step}"
     self.failed = True
+    try:
+      before = [s for s in self.steps() if step is None or s < step]
+    except Exception:  # noqa: BLE001  the store may be what failed
+      before = None
+    intact = (
+      f"the previous checkpoint {self.directory}/{before[-1]} is intact"
+      if before
+      else "no earlier checkpoint was saved"
+      if before is not None
+      else "the previous checkpoints are intact"
+    )
     if is_disk_full(e):
       usage = shutil.disk_usage(self.directory)  # only a local disk fills up
       return CheckpointError(
         f"saving checkpoint {where} failed: no space left on device ({usage.free / 2**30:.2f} "
-        f"GiB free of {usage.total / 2**30:.2f} GiB); the previous checkpoints are intact; "
+        f"GiB free of {usage.total / 2**30:.2f} GiB); {intact}; "
         f"free space and run the same command again to resume"
       )
     return CheckpointError(
-      f"saving checkpoint {where} failed: {_first_line(e)}; the previous checkpoints are intact"
+      f"saving checkpoint {where} failed: {_first_line(e)}; {intact}; run the same command "
+      f"again to resume from it"
     )
+
+  def failed_before_save(self, step: int, what: str, e: BaseException) -> CheckpointError:
+    """The one line of a save that could not start: ``what`` failed first (the rows that belong
+    before it, say), the previous checkpoint named as intact."""
+    err = self._save_error(step, e, in_flight=False)
+    self.failed = False  # nothing of this save is in flight
+    text = str(err).replace(" failed: ", f" failed: {what} (", 1)
+    return CheckpointError(text.replace("; ", "); ", 1))
 
   def save(self, step: int, state, loader: dict | None = None):
     """Saves (asynchronously) the state and the loader's bookkeeping (``next_batch``,
@@ -385,7 +381,7 @@ class Checkpointer:
       self.manager.wait_until_finished()  # the previous save is sealed before this one starts
       self._pending = step
       self.manager.save(step, args=ocp.args.Composite(**args), force=True)
-    except Exception as e:  # noqa: BLE001  one line, the cause named
+    except Exception as e:  # noqa: BLE001  one line, the cause named (the save in flight's)
       raise self._save_error(step, e) from None
     if not self.async_save:
       self._seal_pending()  # synchronous: written and renamed by now
@@ -435,6 +431,20 @@ class Checkpointer:
 
     Raises CheckpointError for an incompatible checkpoint or a transient failure that
     outlasts ``retries``: neither is corruption, and nothing is moved aside."""
+    try:
+      return self._restore_latest(abstract_state, retries, backoff_s)
+    except CheckpointError:
+      raise
+    except Exception as e:  # noqa: BLE001  a store that stays unavailable: one line
+      if not paths.is_transient(e):
+        raise
+      raise CheckpointError(
+        f"checkpoints in {self.directory} could not be read ({_first_line(e)}, still after "
+        f"{paths.retry_seconds():.0f}s of retries, BT_STORE_RETRY_S); a transient failure of "
+        f"the store, not corruption: nothing moved aside; run again when it is back"
+      ) from None
+
+  def _restore_latest(self, abstract_state, retries: int, backoff_s: float):
     problems: list[str] = []
     for step in reversed(self.steps()):
       step_dir = os.path.join(self.directory, str(step))
@@ -532,10 +542,31 @@ def find_checkpoints(path: str) -> tuple[str, list[int]]:
   base = os.path.basename(path)
   if base.isdigit() and _finished(path):
     return os.path.dirname(path), [int(base)]
+  if not paths.exists(path):
+    near = nearest_run(path)
+    raise CheckpointError(
+      f"no such run {path!r}"
+      + (f"; the nearest run directory there is {near!r}" if near else "")
+      + " (expected a workdir, its checkpoints/ directory or a checkpoints/<step> directory)"
+    )
   raise CheckpointError(
     f"no checkpoint found at {path!r} (expected a workdir, its "
     f"checkpoints/ directory or a checkpoints/<step> directory)"
   )
+
+
+def nearest_run(path: str) -> str | None:
+  """The existing run directory (one holding checkpoints/) whose name is nearest to a mistyped
+  ``path``'s, in the same parent directory; None when there is none close."""
+  import difflib
+
+  parent, name = os.path.split(path.rstrip("/"))
+  try:
+    names = [n for n in paths.listdir(parent) if paths.isdir(os.path.join(parent, n, CHECKPOINTS))]
+  except (OSError, FileNotFoundError):
+    return None
+  close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+  return os.path.join(parent, close[0]) if close else None
 
 
 def _finished(step_dir: str) -> bool:

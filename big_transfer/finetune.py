@@ -36,7 +36,7 @@ from typing import Any
 import jax
 from absl import app as absl_app
 
-from big_transfer import app, config_lib, identity, paths, protocols, schema, transfer
+from big_transfer import app, checkpoint, config_lib, identity, paths, protocols, schema, transfer
 from big_transfer import logging as log_lib
 from big_transfer.protocols.ft import grid_of, grid_points
 from big_transfer.session import (
@@ -140,9 +140,14 @@ def recipe_of(s: Session) -> dict[str, Any]:
     if "normalize('clip')" in c.pp_eval
     else ("imagenet" if "normalize('imagenet')" in c.pp_eval else "other"),
     "pp_train": c.pp_train,
+    "dtype": c.dtype,  # training compute
+    "eval_dtype": c.dtype,  # evaluation compute (the same here)
+    "resize": "bicubic without antialiasing (OpenCV)",
   }
   if s.head_init == "text":
     out["templates"] = c.templates
+    out["class_names"] = c.class_names
+    out["text_head_order"] = c.text_head_order
   return {**out, **s.protocol.recipe(s)}
 
 
@@ -223,6 +228,11 @@ def run(config, workdir: str, devices=None, accept_changes=(), group: Group | No
   data or pre-trained checkpoint is refused (identity.py) unless accepted (``accept_changes``),
   even when the run has finished. ``group``: what the run shares with the other runs of its
   (pre-trained checkpoint, downstream set) in this process (a study's; default: its own)."""
+  for key in ("pretrained", "results_file", "feature_cache"):
+    if config[key]:
+      paths.check_location(config[key], f"config.{key}")
+  if config.pretrained:  # before anything is written: a mistyped run is one line, no workdir
+    checkpoint.find_checkpoints(config.pretrained)
   wd = Workdir(workdir)
   lock = wd.lock(log_lib.info).acquire() if jax.process_index() == 0 else None
   try:
@@ -248,7 +258,7 @@ def run(config, workdir: str, devices=None, accept_changes=(), group: Group | No
     return rows
   finally:
     if lock is not None:
-      lock.release()
+      log_lib.cleanup(lock.release)
 
 
 def _rows(s: Session, wd: Workdir) -> list[dict]:

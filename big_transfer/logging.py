@@ -172,7 +172,14 @@ class MetricWriter:
         step=int(step),
       )
     if time.monotonic() - self._synced >= self.SYNC_EVERY_S:
-      self.flush()
+      try:
+        self.flush()
+      except Exception as e:  # noqa: BLE001  the rows stay staged: the next sync uploads them
+        self._synced = time.monotonic()
+        info(
+          f"warning: metrics of {self.path} could not be uploaded ({type(e).__name__}: "
+          f"{str(e)[:200]}); kept locally, uploaded at the next sync or checkpoint"
+        )
 
   def flush(self):
     """Uploads what was written (a workdir in a bucket; else nothing to do)."""
@@ -361,6 +368,31 @@ class TimeBreakdown:
         )
       )
     return "\n".join(lines)
+
+
+def cleanup(*steps, budget_s: float = 10.0) -> None:
+  """Runs each cleanup step (closing writers, loaders, locks) — every one, whatever the others
+  do. While an exception is already on its way out (a ``finally`` after a failure), a step's
+  own failure is one warning line and a short retry budget applies: the first error stays the
+  one reported, with no chain of others on top. Otherwise the first failure is raised after
+  the rest have run."""
+  failing = sys.exc_info()[1] is not None
+  first = None
+  for step in steps:
+    try:
+      if failing:
+        with paths.retry_budget(budget_s):
+          step()
+      else:
+        step()
+    except Exception as e:  # noqa: BLE001  reported below, never lost
+      if failing:
+        what = getattr(step, "__qualname__", repr(step))
+        info(f"warning: while stopping, {what} failed too ({type(e).__name__}: {e})")
+      elif first is None:
+        first = e
+  if first is not None:
+    raise first
 
 
 def format_duration(s: float) -> str:

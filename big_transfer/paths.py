@@ -16,7 +16,14 @@ their way:
 Arrays in checkpoints go through Orbax/tensorstore's own object-store drivers.
 
 Readers that cannot read object storage refuse a URL in one line naming the recipe (mount the
-bucket with gcsfuse): see :func:`not_local`.
+bucket with gcsfuse): see :func:`not_local`. A path that is almost a URL (``gs:/bucket``), a
+scheme with no driver here (``s3://`` without s3fs) or a bucket that does not exist is refused
+in one line before anything is written (:func:`check_location`).
+
+Transient failures of a store (503 Service Unavailable, 429, a timeout, a reset connection) are
+retried with exponential backoff for up to ``BT_STORE_RETRY_S`` seconds (default 120) on every
+operation here — the lock and its heartbeat, metrics, results, markers, manifests, checksums —
+then raised (:func:`is_transient` tells them apart from real errors).
 
 Emulators: with ``STORAGE_EMULATOR_HOST`` set (a local GCS API emulator), gcsfs's bucket-type
 probe (a Google API an emulator does not serve) is turned off unless
@@ -28,12 +35,18 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
+import functools
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
+import time
 from typing import IO
+
+log = logging.getLogger(__name__)
 
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 RECIPE = (
@@ -47,7 +60,149 @@ if os.environ.get("STORAGE_EMULATOR_HOST"):
 
 
 class URLPathError(ValueError):
-  """A URL where only a local path works; one line."""
+  """A URL where only a local path works, or a location that cannot be one; one line."""
+
+
+# ----------------------------------------------------------------------------- transient errors
+
+TRANSIENT_ERRNOS = {
+  errno.EAGAIN,
+  errno.ETIMEDOUT,
+  errno.ECONNRESET,
+  errno.ECONNREFUSED,
+  errno.EMFILE,
+  errno.ENFILE,
+  errno.EBUSY,
+  errno.ESTALE,
+  errno.EINTR,
+}
+TRANSIENT_WORDS = (
+  "unavailable",  # gRPC UNAVAILABLE, HTTP 503 Service Unavailable
+  "deadline_exceeded",
+  "deadline exceeded",
+  "resource_exhausted",
+  "too many open files",
+  "too many requests",
+  "rate limit",
+  "connection reset",
+  "connection aborted",
+  "timed out",
+  "backend error",
+  "bad gateway",
+  "gateway timeout",
+)
+TRANSIENT_HTTP = {408, 429, 500, 502, 503, 504}
+
+
+def _chain(e: BaseException):
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    yield e
+    e = e.__cause__ or e.__context__
+
+
+def is_transient(e: BaseException) -> bool:
+  """An error a retry may not see: an I/O errno of that kind, a timeout, an HTTP status of a
+  store that is briefly unavailable (429, 5xx: gcsfs's HttpError is not an OSError), or such
+  words in the message, in any case."""
+  for x in _chain(e):
+    if isinstance(x, OSError) and x.errno in TRANSIENT_ERRNOS:
+      return True
+    code = getattr(x, "code", None)
+    if isinstance(code, int) and code in TRANSIENT_HTTP:
+      return True
+    text = str(x).lower()
+    if isinstance(x, TimeoutError) or any(w in text for w in TRANSIENT_WORDS):
+      return True
+  return False
+
+
+_BUDGET: list[float] = []  # retry_budget's overrides, innermost last
+
+
+def retry_seconds() -> float:
+  if _BUDGET:
+    return _BUDGET[-1]
+  return float(os.environ.get("BT_STORE_RETRY_S", "120"))
+
+
+@contextlib.contextmanager
+def retry_budget(seconds: float):
+  """Retries inside the block stop after ``seconds`` (at most the configured budget): what
+  cleans up after a failure does not wait out a long outage a second time."""
+  _BUDGET.append(min(seconds, retry_seconds()))
+  try:
+    yield
+  finally:
+    _BUDGET.pop()
+
+
+def retrying(fn):
+  """``fn(path, ...)`` retried while a URL's store fails transiently: exponential backoff from
+  1 s for up to :func:`retry_seconds` in all, each retry said once in the log; then the last
+  error is raised. Local paths are called once, as they are."""
+
+  @functools.wraps(fn)
+  def call(path, *args, **kwargs):
+    if not is_url(path):
+      return fn(path, *args, **kwargs)
+    deadline, wait = time.monotonic() + retry_seconds(), 1.0
+    while True:
+      try:
+        return fn(path, *args, **kwargs)
+      except Exception as e:  # noqa: BLE001  classified: only transient errors are retried
+        left = deadline - time.monotonic()
+        if not is_transient(e) or left <= 0:
+          raise
+        log.warning("%s %s: %s; retrying in %.0fs", fn.__name__, path, _short(e), min(wait, left))
+        time.sleep(min(wait, left))
+        wait = min(wait * 2, 30.0)
+
+  return call
+
+
+def _short(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+# ----------------------------------------------------------------------------- locations
+
+ALMOST_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]{1,}):/*(?!/)")
+KNOWN_SCHEMES = ("gs", "gcs", "s3", "az", "abfs", "hf", "http", "https", "file", "memory")
+
+
+def check_location(path, what: str = "path") -> None:
+  """Refuses, in one URLPathError line and before anything is written, a location that cannot
+  be what it means: a path whose first part is ``SCHEME:`` without ``//`` (``gs:/bucket/x``, a
+  local directory named 'gs:' otherwise), a URL scheme with no driver here, or a bucket that
+  does not exist or cannot be reached."""
+  path = os.fspath(path)
+  if not is_url(path):
+    m = ALMOST_URL.match(path)
+    if m and m[1].lower() in KNOWN_SCHEMES:
+      fixed = f"{m[1]}://{path[m.end() :].lstrip('/')}"
+      raise URLPathError(f"{what} {path!r} is not a URL (one slash); did you mean {fixed}?")
+    return
+  try:
+    fs = _fs(path)
+  except (ImportError, ValueError) as e:
+    raise URLPathError(
+      f"{what} {path}: {scheme(path)}:// is not supported here ({_short(e)}); supported: "
+      f"local paths and gs:// (and schemes whose fsspec driver is installed)"
+    ) from None
+  bucket = _key(path).split("/", 1)[0]
+  try:
+    ok = retrying(lambda p: fs.exists(bucket))(path)
+  except Exception as e:  # noqa: BLE001  one line whatever the store says
+    raise URLPathError(
+      f"{what} {path}: the bucket {scheme(path)}://{bucket} cannot be reached ({_short(e)})"
+    ) from None
+  if not ok:
+    raise URLPathError(
+      f"{what} {path}: the bucket {scheme(path)}://{bucket} does not exist or cannot be reached"
+    )
 
 
 def is_url(path) -> bool:
@@ -87,9 +242,12 @@ def _epath(path):
 
 
 def _fs(path):
-  """The fsspec filesystem of a URL, its listing cache dropped (other processes write too)."""
+  """The fsspec filesystem of a URL, its listing cache dropped (other processes write too).
+  gcsfs's own log of its retries (a traceback per attempt) is silenced: what fails here is
+  retried and reported in one line (:func:`retrying`)."""
   import fsspec
 
+  logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
   if os.environ.get("STORAGE_EMULATOR_HOST"):  # an emulator takes no credentials
     for name in ("gs", "gcs"):
       fsspec.config.conf.setdefault(name, {}).setdefault("token", "anon")
@@ -102,24 +260,28 @@ def _key(path) -> str:
   return str(path).split("://", 1)[1]
 
 
+@retrying
 def exists(path) -> bool:
   if not is_url(path):
     return os.path.exists(path)
   return _fs(path).exists(_key(path))
 
 
+@retrying
 def isdir(path) -> bool:
   if not is_url(path):
     return os.path.isdir(path)
   return _fs(path).isdir(_key(path))
 
 
+@retrying
 def isfile(path) -> bool:
   if not is_url(path):
     return os.path.isfile(path)
   return _fs(path).isfile(_key(path))
 
 
+@retrying
 def listdir(path) -> list[str]:
   """Names in a directory (an object-store "directory": the names under its prefix)."""
   if not is_url(path):
@@ -146,10 +308,10 @@ def open(path, mode: str = "r", **kwargs) -> IO:  # noqa: A001  the builtin's sh
 
 
 def read_text(path) -> str:
-  with open(path) as f:
-    return f.read()
+  return read_bytes(path).decode()
 
 
+@retrying
 def read_bytes(path) -> bytes:
   with open(path, "rb") as f:
     return f.read()
@@ -177,6 +339,7 @@ def write_json(path, value, **kwargs) -> None:
   write_text(path, json.dumps(value, **kwargs))
 
 
+@retrying
 def write_bytes(path, data: bytes) -> None:
   """Writes a file whole, atomically: readers see the old or the new content, never a part
   (locally: a temporary file renamed over it; an object store writes objects whole)."""
@@ -190,6 +353,7 @@ def write_bytes(path, data: bytes) -> None:
     f.write(data)
 
 
+@retrying
 def remove(path, missing_ok: bool = True) -> None:
   try:
     if not is_url(path):
@@ -204,6 +368,7 @@ def remove(path, missing_ok: bool = True) -> None:
       raise
 
 
+@retrying
 def rmtree(path) -> None:
   if not is_url(path):
     shutil.rmtree(path, ignore_errors=True)
@@ -213,6 +378,7 @@ def rmtree(path) -> None:
     fs.rm(_key(path), recursive=True)
 
 
+@retrying
 def move(src, dst) -> None:
   """Moves a file or directory (an object store: copied, then the source deleted)."""
   if not is_url(src) and not is_url(dst):
@@ -225,6 +391,7 @@ def move(src, dst) -> None:
   fs.rm(_key(src), recursive=True)
 
 
+@retrying
 def files_under(root) -> list[str]:
   """Every file below ``root``, as paths relative to it, sorted."""
   if not is_url(root):
@@ -251,6 +418,7 @@ def local_copy(path):
     yield local
 
 
+@retrying
 def mtime(path) -> float:
   """Seconds since the epoch of the last write (the store's clock for an object)."""
   if not is_url(path):
@@ -270,6 +438,7 @@ def mtime(path) -> float:
   raise OSError(f"{path}: the store gives no modification time")
 
 
+@retrying
 def create_exclusive(path, data: bytes) -> bool:
   """Creates ``path`` with ``data`` if it does not exist: True when this call created it, False
   when it existed. Atomic among processes and hosts: ``O_EXCL`` locally, GCS's

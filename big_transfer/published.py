@@ -13,8 +13,15 @@ difference. Arms of a study name their published counterpart with ``published=<k
 Quirks of the log, kept visible here: three LAION-2B full fine-tuning rows say RN50 although
 the paper's table gives them as ViT-B/32 (mapped to ``laion_2b_vitb32``, and used only where
 no ViT-B/32 row has the cell: Pets, full); 'LAION0m' and
-'Scratch' are both training from scratch; the 'zero' column is not zero-shot accuracy (it
-varies with the fine-tuning learning rate) and is not used.
+'Scratch' are both training from scratch. The 'zero' column is the zero-shot accuracy of the
+pre-trained model with their text head: the same over each arm's learning rates to within 0.1
+point (measured before fine-tuning), and at chance for strong models on DTD, Caltech-101,
+Pets and both DomainNet sets (0.1-5%, while the same models reach 61-68% on CIFAR-100) —
+their class-name lists are not in the order of their sorted label ids there
+(:data:`MISWIRED_TEXT_HEADS`), so their FT and LP-FT heads on those sets started from
+mismatched text embeddings.
+:func:`zero_shot` gives the column as what it is. Cells that look implausible are named in
+:data:`QUIRKS`.
 """
 
 from __future__ import annotations
@@ -77,6 +84,42 @@ DOWNSTREAM = {
 # LP-FT); other methods show the figure's main protocol.
 METHOD_FIGURE_PROTOCOL = {"simclr": "lp_ft"}
 METHOD_TITLES = {"supervised": "Supervised", "simclr": "SimCLR", "clip": "CLIP", "slip": "SLIP"}
+
+
+# Sets where their text heads were wired to the wrong classes (their classnames.py order is not
+# their sorted label order): the log's zero-shot column at chance for every strong model.
+MISWIRED_TEXT_HEADS = ("dtd", "caltech101", "pets", "domainnet_real", "domainnet_clipart")
+
+# Published cells that look implausible, with why ((arm prefix, downstream, protocol, shots)).
+QUIRKS = {
+  ("simclr_", "dtd", "lp_ft", "1"): "62-67% at 1 shot (5-shot cells of the same arms are lower)",
+  ("simclr_", "domainnet_clipart", "lp_ft", "1"): "the same value at all three learning rates",
+}
+
+
+def quirk(arm: str | None, downstream: str, protocol: str, shots) -> str | None:
+  """Why a published cell looks implausible (None: nothing known)."""
+  for (prefix, ds, p, k), why in QUIRKS.items():
+    if (arm or "").startswith(prefix) and ds == downstream and p == protocol and k == str(shots):
+      return why
+  return None
+
+
+@functools.cache
+def zero_shot_column() -> dict[tuple, float]:
+  """(arm, downstream) -> the log's 'zero' column: the zero-shot accuracy (%) of their
+  pre-trained model with their text head, before fine-tuning (one value per arm and set)."""
+  out: dict[tuple, float] = {}
+  with open(LOG, newline="") as f:
+    for r in csv.DictReader(f, delimiter="\t"):
+      arm, ds = ARMS.get((r["loss"], r["arch"], r["us"])), DOWNSTREAM.get(r["ds"])
+      if arm and ds and r.get("zero", "").strip():
+        out.setdefault((arm, ds), float(r["zero"]))
+  return out
+
+
+def zero_shot(arm: str | None, downstream: str) -> float | None:
+  return zero_shot_column().get((arm, downstream)) if arm else None
 
 
 def method_title(method: str | None) -> str:

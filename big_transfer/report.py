@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import textwrap
 from collections import defaultdict
@@ -87,7 +88,62 @@ def _row_name(r) -> str:
 
 def left_out(bad: list[tuple[Any, str]]) -> str:
   """The report's list of rows that could not enter a table, one line each."""
-  return "\n".join(f"- `{_row_name(r)}`: {why}" for r, why in bad)
+  return "\n".join(f"- `{_row_name(r)}`: {why or 'unusable'}" for r, why in bad)
+
+
+def cell_of(r: dict) -> tuple:
+  """What a row answers: (arm, downstream set, protocol, shots, seed, WiSE-FT's alpha)."""
+  tags = r.get("tags", {})
+  return (
+    tags.get("arm", r.get("pretrain_method", "?")),
+    tags.get("downstream", r["data"]),
+    r["protocol"],
+    str(r["shots"]),
+    r["seed"],
+    (r.get("hyperparameters") or {}).get("alpha"),
+  )
+
+
+def _numbers(r: dict) -> tuple:
+  return (r["val_accuracy"], r["test_accuracy"], r.get("test_selected_accuracy"))
+
+
+def reconcile(rows: Sequence[dict]) -> tuple[list[dict], list[str], list[str]]:
+  """Rows that answer the same cell twice (tables merged from two clusters, a run appended
+  twice): identical ones count once; ones with other numbers are a conflict, resolved by the
+  rule RULE (the higher validation accuracy, then the later row). Returns (the rows kept, one
+  line per cell with identical duplicates, one line per conflicting cell naming each row's
+  numbers and where it came from)."""
+  by_cell: dict[tuple, list[dict]] = defaultdict(list)
+  for r in rows:
+    by_cell[cell_of(r)].append(r)
+  kept, dups, conflicts = [], [], []
+  name = lambda c: (
+    " / ".join(str(x) for x in c[:3])
+    + f", {shots_label(c[3])}, seed {c[4]}"
+    + (f", alpha {c[5]}" if c[5] is not None else "")
+  )
+  for cell, rs in by_cell.items():
+    distinct = {}
+    for r in rs:
+      distinct.setdefault(_numbers(r), r)
+    if len(rs) > len(distinct):
+      dups.append(
+        f"{name(cell)}: {len(rs)} rows, {len(rs) - len(distinct)} identical (counted once)"
+      )
+    best = max(distinct.values(), key=lambda r: (r["val_accuracy"], str(r.get("time", ""))))
+    kept.append(best)
+    if len(distinct) > 1:
+      each = "; ".join(
+        f"{'kept' if r is best else 'left out'}: val {100 * r['val_accuracy']:.1f} test "
+        f"{100 * r['test_accuracy']:.1f} (`{_row_name(r)}`)"
+        for r in sorted(distinct.values(), key=lambda r: r is not best)
+      )
+      conflicts.append(f"{name(cell)}: {len(distinct)} different rows — {each}")
+  return kept, dups, conflicts
+
+
+RULE = "the row with the higher validation accuracy is kept (ties: the later one)"
 
 
 def aggregate(rows: Sequence[dict]) -> dict[tuple, dict[str, Any]]:
@@ -99,6 +155,7 @@ def aggregate(rows: Sequence[dict]) -> dict[tuple, dict[str, Any]]:
   the seeds other arms have at the same downstream set, protocol and shots that this cell
   lacks."""
   rows, _ = split_rows(rows)
+  rows, _, _ = reconcile(rows)
   by_seed: dict[tuple, dict[Any, dict]] = defaultdict(dict)
   for r in rows:
     tags = r.get("tags", {})
@@ -173,6 +230,7 @@ def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
   protocols = sorted({k[2] for k in agg if k[2] != "zeroshot"})
   main = "ft" if "ft" in protocols else (protocols[0] if protocols else "zeroshot")
   specs: dict[str, dict] = {}
+  colours = arm_colours(agg)
 
   def shots_axis(keys):
     return sorted({k[3] for k in keys}, key=shot_key)
@@ -199,6 +257,7 @@ def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
         "seeds": [
           f"{p[1]['n']}/{p[1]['expected_seeds']}" if p[1].get("missing_seeds") else "" for p in pts
         ],
+        "colour": colours[arm],
         "style": {
           "source": tags.get("source", ""),
           "size": tags.get("size", ""),
@@ -232,19 +291,22 @@ def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
     spread = []
     for x in xs:
       vals = [agg[k]["mean"] for k in keys if k[3] == x]
-      spread.append(max(vals) - min(vals) if len(vals) >= 2 else float("nan"))
+      spread.append(100 * (max(vals) - min(vals)) if len(vals) >= 2 else float("nan"))
     panels.append(
       {
         "title": f"{ds} ({protocol})",
         "xlabel": "shots per class",
-        "ylabel": "spread across sources (max - min accuracy)",
+        "ylabel": "spread (accuracy points)",
         "xcategories": xs,
         "series": {"spread": {"x": xs, "y": spread, "err": [0.0] * len(xs)}},
         "n_sources": len({k[0] for k in keys}),
         "shots_axis": True,
       }
     )
-  specs["spread_vs_shots"] = {"title": "How much the pre-training source matters", "panels": panels}
+  specs["spread_vs_shots"] = {
+    "title": "How much the pre-training source matters: max - min accuracy across sources",
+    "panels": panels,
+  }
 
   # 3. accuracy against pre-training size, one figure per size group ('size' = LAION,
   # 'size_yfcc', ...); each reference arm (supervised ImageNet, scratch) its own labelled line.
@@ -262,14 +324,14 @@ def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
         )
         pts = [p for p in pts if p[0] is not None]
         if pts:
-          series[f"{x} shots"] = {
+          series[shots_label(x)] = {
             "x": [p[0] for p in pts],
             "y": [p[1]["mean"] for p in pts],
             "err": [p[1]["std"] for p in pts],
           }
           for k in agg:
             if k[1] == ds and k[2] == main and k[3] == x and "reference" in groups_of(agg[k]):
-              refs[f"{k[0]}, {x} shots"] = agg[k]["mean"]
+              refs[f"{k[0]}, {shots_label(x)}"] = {"y": agg[k]["mean"], "colour": colours[k[0]]}
       if series:
         source = size_source(agg, group)
         panels.append(
@@ -313,6 +375,7 @@ def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
       for arm, p in sorted(protocol_of.items()):
         label = arm if len(set(protocol_of.values())) == 1 else f"{arm} ({p})"
         series[label] = {
+          "colour": colours[arm],
           "x": xs,
           "y": [
             agg[(arm, ds, p, x)]["mean"] if (arm, ds, p, x) in agg else float("nan") for x in xs
@@ -341,6 +404,24 @@ def figure_specs(agg: dict[tuple, dict]) -> dict[str, dict]:
   return {k: v for k, v in specs.items() if v["panels"]}
 
 
+def shots_label(x) -> str:
+  """'1 shot', '5 shots', 'all data' (a cell's shots as words)."""
+  x = str(x)
+  return "all data" if x == "full" else f"{x} shot" + ("" if x == "1" else "s")
+
+
+def arm_colours(agg: dict[tuple, dict]) -> dict[str, tuple]:
+  """One colour per arm of the study, the same in every figure, every two far apart: a
+  qualitative palette (tab10, then tab20's second shades) in the arms' sorted order."""
+  import matplotlib
+
+  arms = sorted({k[0] for k in agg})
+  tab10 = matplotlib.colormaps["tab10"]
+  tab20 = matplotlib.colormaps["tab20"]
+  palette = [tab10(i)[:3] for i in range(10)] + [tab20(2 * i + 1)[:3] for i in range(10)]
+  return {arm: tuple(float(v) for v in palette[i % len(palette)]) for i, arm in enumerate(arms)}
+
+
 def _shot_positions(cats: Sequence[str]) -> dict[str, float]:
   """Shots on a log axis, 'full' set apart to the right and zero-shot ('0') to the left."""
   nums = [float(c) for c in cats if c not in ("full", "0")]
@@ -356,7 +437,8 @@ _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def _styles(series: dict) -> dict[str, dict]:
-  """Source as colour, method as line style, size as marker: each property its own channel."""
+  """The arm's own colour (``colour`` in the series: the same in every figure), method as line
+  style, size as marker: each property its own channel."""
 
   def index(key):
     values = sorted({str(s.get("style", {}).get(key, "")) for s in series.values()})
@@ -380,12 +462,20 @@ def _styles(series: dict) -> dict[str, dict]:
     k, n = same[label].index(label), len(same[label])
     t = (k / (n - 1) - 0.5) * 0.7 if n > 1 else 0.0  # -0.35 (darker) .. +0.35 (lighter)
     rgb = base + (1 - base) * t if t > 0 else base * (1 + t)
+    own = series[label].get("colour")
     out[label] = {
-      "color": tuple(float(v) for v in rgb),
+      "color": tuple(own) if own else tuple(float(v) for v in rgb),
       "linestyle": _LINESTYLES[line[st["method"]] % len(_LINESTYLES)],
       "marker": _MARKERS[marker[st["size"]] % len(_MARKERS)],
     }
   return out
+
+
+def _size_text(n: float) -> str:
+  for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+    if n >= div:
+      return f"{n / div:g}{unit}"
+  return f"{n:g}"
 
 
 def _legend_label(label: str, s: dict) -> str:
@@ -397,6 +487,49 @@ def _legend_label(label: str, s: dict) -> str:
 
 
 def draw(spec: dict, path: str) -> None:
+  """The figure of ``spec``, written to ``path`` (PNG)."""
+  import matplotlib.pyplot as plt
+
+  fig = render(spec)
+  buf = io.BytesIO()  # the report may be in a bucket: the figure is written whole
+  fig.savefig(buf, format="png", dpi=110)
+  plt.close(fig)
+  paths.write_bytes(path, buf.getvalue())
+
+
+def text_overlaps(fig) -> list[str]:
+  """The figure's words that do not fit: a title, axis label, legend entry or annotation
+  outside the canvas, or two of them drawn over each other (tick labels are laid out by
+  matplotlib and left out)."""
+  fig.canvas.draw()
+  renderer = fig.canvas.get_renderer()
+  canvas = fig.bbox
+  texts = [fig._suptitle] if fig._suptitle is not None else []  # noqa: SLF001
+  for ax in fig.axes:
+    texts += [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+  for legend in fig.legends:
+    texts += list(legend.get_texts())
+  boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_text().strip()]
+  problems = []
+  for text, box in boxes:
+    if (
+      box.x0 < canvas.x0 - 1
+      or box.x1 > canvas.x1 + 1
+      or box.y0 < canvas.y0 - 1
+      or box.y1 > canvas.y1 + 1
+    ):
+      problems.append(f"{text!r} is cut by the canvas's edge")
+  for i, (a, ba) in enumerate(boxes):
+    for b, bb in boxes[i + 1 :]:
+      if (
+        ba.overlaps(bb) and ba.intersection(ba, bb).width > 1 and ba.intersection(ba, bb).height > 1
+      ):
+        problems.append(f"{a!r} overlaps {b!r}")
+  return problems
+
+
+def render(spec: dict):
+  """The matplotlib figure of a figure spec (not yet written anywhere)."""
   import matplotlib  # lazy: +0.4 s, for drawing only (train/finetune import this module)
 
   matplotlib.use("Agg")
@@ -418,7 +551,7 @@ def draw(spec: dict, path: str) -> None:
       width = 0.8 / n
       for i, (label, s) in enumerate(p["series"].items()):
         pos = [cats.index(x) + (i - (n - 1) / 2) * width for x in s["x"]]
-        h = ax.bar(pos, s["y"], width, yerr=s["err"], label=label, capsize=2)
+        h = ax.bar(pos, s["y"], width, yerr=s["err"], label=label, capsize=2, color=s.get("colour"))
         handles.setdefault(label, h)
         any_err |= any(e > 0 for e in s["err"])
       ax.set_xticks(range(len(cats)), cats)
@@ -481,39 +614,49 @@ def draw(spec: dict, path: str) -> None:
             )
             any_missing = True
         any_err |= any(e > 0 for e in s["err"])
-      for label, y in p.get("hlines", {}).items():
-        ax.axhline(y, linestyle="--", linewidth=1, color="gray")
-        ax.annotate(
-          label,
-          (0.01, y),
-          xycoords=("axes fraction", "data"),
-          fontsize=7,
-          va="bottom",
-          color="gray",
+      for i, (label, ref) in enumerate(p.get("hlines", {}).items()):
+        # A reference arm: a dashed line in the arm's colour, named in the legend (labels
+        # written on the axes overlap when two references are close).
+        h = ax.axhline(
+          ref["y"], linestyle=_LINESTYLES[1 + i % 3], linewidth=1, color=ref.get("colour", "gray")
         )
+        handles.setdefault(label, h)
     if p.get("xscale"):
       ax.set_xscale(p["xscale"])
+      xs = sorted({x for s in p["series"].values() for x in s["x"]})
+      if xs and len(xs) <= 8:  # the sizes themselves as ticks, not bare powers of ten
+        ax.set_xticks(xs, [_size_text(x) for x in xs])
+        ax.minorticks_off()
+        ax.set_xlim(xs[0] / 1.6, xs[-1] * 1.6)
     seeds = p.get("seeds")
     ax.set_title(
-      p["title"]
-      + (
-        f", {seeds} seeds"
-        if seeds and seeds > 1
-        else ", 1 seed: no error bars"
-        if seeds == 1
-        else ""
+      textwrap.fill(
+        p["title"]
+        + (
+          f", {seeds} seeds"
+          if seeds and seeds > 1
+          else ", 1 seed: no error bars"
+          if seeds == 1
+          else ""
+        ),
+        width=44,
       ),
       fontsize=10,
     )
     ax.set_xlabel(p["xlabel"])
     ax.set_ylabel(p["ylabel"])
     ax.grid(alpha=0.3)
+  ncol = 1
   if handles and not (len(handles) == 1 and "spread" in handles):
+    # As many columns as the figure's width holds at the longest label (7-pt text: ~0.06 in
+    # a character, plus the line sample): a legend wider than the figure is cut.
+    longest = max(len(k) for k in handles)
+    ncol = max(1, min(4, len(handles), int(fig.get_figwidth() / (0.06 * longest + 0.6))))
     fig.legend(
       list(handles.values()),
       list(handles.keys()),
       loc="lower center",
-      ncol=min(4, len(handles)),
+      ncol=ncol,
       fontsize=7,
       frameon=False,
     )
@@ -525,13 +668,14 @@ def draw(spec: dict, path: str) -> None:
     )
     + (["'n/N seeds': a point missing seeds other arms have"] if any_missing else [])
   )
-  fig.suptitle(spec["title"] + (f"\n{note}" if note else ""), fontsize=11)
-  rows = -(-len(handles) // 4) if handles else 0
-  fig.tight_layout(rect=(0, min(0.35, 0.06 * rows + 0.02), 1, 1))
-  buf = io.BytesIO()  # the report may be in a bucket: the figure is written whole
-  fig.savefig(buf, format="png", dpi=110)
-  plt.close(fig)
-  paths.write_bytes(path, buf.getvalue())
+  width = max(40, int(13 * 4.6 * len(panels)))  # characters that fit the figure's width
+  title = textwrap.fill(spec["title"], width) + (
+    f"\n{textwrap.fill(note, width + 20)}" if note else ""
+  )
+  fig.suptitle(title, fontsize=11 if len(panels) > 1 else 10)
+  rows = -(-len(handles) // ncol) if handles else 0
+  fig.tight_layout(rect=(0, min(0.45, 0.055 * rows + 0.02), 1, 1))
+  return fig
 
 
 def _cell(a: dict | None) -> str:
@@ -580,7 +724,7 @@ def summary(agg: dict[tuple, dict]) -> str:
     out.append(
       "* missing seeds (other arms have them): "
       + "; ".join(
-        f"{k[0]} {k[1]} {k[2]} {k[3]} shots {agg[k]['n']}/{agg[k]['expected_seeds']}"
+        f"{k[0]} {k[1]} {k[2]} {shots_label(k[3])} {agg[k]['n']}/{agg[k]['expected_seeds']}"
         for k in gaps[:8]
       )
       + (" ..." if len(gaps) > 8 else "")
@@ -595,13 +739,16 @@ def tables(agg: dict[tuple, dict]) -> str:
     for protocol in sorted({k[2] for k in agg if k[1] == ds}):
       keys = [k for k in agg if k[1] == ds and k[2] == protocol]
       xs = sorted({k[3] for k in keys}, key=shot_key)
+      several = any(agg[k]["n"] > 1 for k in keys)
       out.append(
-        f"### {ds} — {protocol} (test accuracy %, chosen on validation; "
-        f"mean ± std over (n) seeds)\n"
+        f"### {ds} — {protocol} (test accuracy %, chosen on validation"
+        + ("; mean ± std over (n) seeds)\n" if several else "; one seed)\n")
       )
-      out.append(
-        "| pre-training | " + " | ".join(f"{x} shots" if x != "full" else "full" for x in xs) + " |"
-      )
+      heads = [
+        "zero-shot" if protocol == "zeroshot" else shots_label(x) if x != "full" else "all data"
+        for x in xs
+      ]
+      out.append("| pre-training | " + " | ".join(heads) + " |")
       out.append("|---" * (len(xs) + 1) + "|")
       for arm in sorted({k[0] for k in keys}):
         out.append(
@@ -643,8 +790,27 @@ def differences(key: tuple, a: dict, pub) -> list[str]:
     out.append("ours trained on train minus validation (no refit)")
   if a["n"] > 1:
     out.append(f"ours the mean of {a['n']} seeds")
+  if shots == "full" and a.get("val_split") and not a["refit"]:
+    out.append(
+      f"ours trained on the train split, chosen on the '{a['val_split']}' split, no refit on "
+      f"train + val"
+    )
   if a["tags"].get("pretrain_note"):  # the arm's own word on its pre-training recipe
     out.append(a["tags"]["pretrain_note"])
+  order = (a.get("recipe") or {}).get("text_head_order", "labels")
+  if (
+    order == "labels"
+    and (a.get("recipe") or {}).get("templates")
+    and (ds in published.MISWIRED_TEXT_HEADS)
+  ):
+    out.append(
+      "their text head on this set was wired to the wrong classes (their class-name list is "
+      "not in their label order: the log's zero-shot column is at chance here); ours starts "
+      "from a correctly ordered head"
+    )
+  why = published.quirk(a["tags"].get("published"), ds, key[2], shots)
+  if why:
+    out.append(f"the paper's number looks implausible: {why}")
   out += recipe_differences(key, a)
   return out
 
@@ -658,6 +824,20 @@ AUTHORS_RECIPE = {
   "templates": ("openai80", "text head from templates {ours} (theirs: OpenAI's 80)"),
   "probe_solver": ("adamw", "LP-FT probe by {ours} (theirs: an AdamW head)"),
   "normalize": ("imagenet", "{ours} mean/std (theirs: ImageNet's)"),
+  "dtype": ("float32", "{ours} training compute (theirs: float32)"),
+  "class_names": ("underscores", "class names with {ours} (theirs: underscores kept)"),
+  "steps_rule": (
+    "epochs*ceil(n/batch)",
+    "steps {ours}, full batches (theirs: epochs x ceil(n / batch), each epoch's last batch short)",
+  ),
+  "probe_features": (
+    "train_pp, best-test epoch",
+    "LP-FT probe on evaluation-preprocessed features, its last epoch (theirs: features through "
+    "the training augmentation, the probe epoch best on test — a choice on test we never make)",
+  ),
+  "eval_dtype": ("float16", "evaluation in {ours} (theirs: float16 autocast)"),
+  "lp_solver": ("adamw", "linear probe by {ours} (theirs: an AdamW head; no published LP cell)"),
+  "resize": ("PIL bicubic, antialiased", "resizing: {ours} (theirs: PIL's antialiased bicubic)"),
 }
 
 
@@ -695,14 +875,32 @@ def comparison(agg: dict[tuple, dict]) -> str:
   lines = []
   for key in sorted(agg, key=lambda k: (k[1], k[2], k[0], shot_key(k[3]))):
     a = agg[key]
+    if key[2] == "zeroshot":  # the log's zero-shot column, as what it is
+      z = published.zero_shot(a["tags"].get("published"), key[1])
+      if z is not None:
+        note = (
+          "theirs: the log's zero-shot column, their text head wired to the wrong classes "
+          "on this set"
+          if key[1] in published.MISWIRED_TEXT_HEADS
+          else "theirs: the log's zero-shot column"
+        )
+        lines.append(f"| {key[1]} | zeroshot | {key[0]} | - | {_cell(a)} | – | {z:.1f} | {note} |")
+      continue
     pub = published.lookup(a["tags"].get("published"), key[1], key[3], key[2])
     if pub is None:
       continue
     ts = f"{100 * a['ts_mean']:.1f}" if a["ts_mean"] is not None else "–"
     diffs = differences(key, a, pub)
+    order = (a.get("recipe") or {}).get("text_head_order", "labels")
+    said = (  # their wiring, reproduced on purpose: said, not a difference
+      f" (text head wired in another code's class-name order, {order}, on purpose)"
+      if order != "labels"
+      else ""
+    )
+    verdict = ("; ".join(diffs) if diffs else "like for like") + said
     lines.append(
       f"| {key[1]} | {key[2]} | {key[0]} | {key[3]} | {_cell(a)} | {ts} | "
-      f"{pub.accuracy:.1f} | {'; '.join(diffs) or 'like for like'} |"
+      f"{pub.accuracy:.1f} | {verdict} |"
     )
   if not lines:
     return ""
@@ -716,20 +914,28 @@ def comparison(agg: dict[tuple, dict]) -> str:
 
 def write_report(workdir: str, study=None) -> str:
   path = Workdir(workdir).results
-  rows, bad = split_rows(transfer.read_results(path))
+  read = transfer.read_results(path)
+  rows, bad = split_rows(read)
   if not rows:
     raise ValueError(
       f"{path}: no usable results rows"
-      + (f" ({len(bad)} left out: {bad[0][1]}, ...)" if bad else "")
+      + (f" ({len(bad)} left out; the first, {_row_name(bad[0][0])}: {bad[0][1]})" if bad else "")
     )
+  rows, dups, conflicts = reconcile(rows)
   agg = aggregate(rows)
   out_dir = os.path.join(workdir, "report")
   paths.makedirs(out_dir)
   specs = figure_specs(agg)
+  counted = f"{len(rows)} result rows from `{path}`" + (
+    f" ({len(read)} read: {len(read) - len(rows)} left out, duplicated or in conflict, "
+    f"listed under 'Rows left out')"
+    if len(read) != len(rows)
+    else ""
+  )
   lines = [
     f"# Study report: {study.get('name', '') if study else os.path.basename(workdir)}",
     "",
-    f"{len(rows)} result rows from `{path}`. Figures and tables show the test "
+    f"{counted}. Figures and tables show the test "
     "accuracy of the run chosen on validation (never on test); the comparison with the "
     "paper also shows the test-selected number, the paper's own selection.",
     "",
@@ -747,20 +953,15 @@ def write_report(workdir: str, study=None) -> str:
       lines.append("")
   lines += ["## Tables", "", tables(agg)]
   gaps = [(k, a) for k, a in sorted(agg.items()) if a.get("missing_seeds")]
-  if gaps or bad:
+  if gaps:
     lines += ["## Missing results", ""]
     lines += [
-      f"- {k[0]} on {k[1]}, {k[2]}, {k[3]} shots: {a['n']} of {a['expected_seeds']} "
+      f"- {k[0]} on {k[1]}, {k[2]}, {shots_label(k[3])}: {a['n']} of {a['expected_seeds']} "
       f"seeds (missing seed {', '.join(str(m) for m in a['missing_seeds'])})"
       for k, a in gaps
     ]
-    if bad:
-      lines += [
-        f"- {len(bad)} row(s) of `{path}` left out of every table (a failed run's "
-        f"row, or one written by hand):",
-        left_out(bad),
-      ]
     lines.append("")
+  lines += rows_left_out(path, bad, dups, conflicts)
   compared = comparison(agg)
   if compared:
     lines += [
@@ -777,6 +978,46 @@ def write_report(workdir: str, study=None) -> str:
   md = os.path.join(out_dir, "report.md")
   paths.write_text(md, "\n".join(lines) + "\n")
   return md
+
+
+def rows_left_out(path: str, bad, dups: list[str], conflicts: list[str]) -> list[str]:
+  """The report's section on rows that did not enter the tables as read: unusable ones (with
+  why), identical duplicates (counted once) and conflicting rows of one cell (which was kept,
+  by which rule)."""
+  if not (bad or dups or conflicts):
+    return []
+  out = ["## Rows left out", ""]
+  if bad:
+    out += [
+      f"{len(bad)} row(s) of `{path}` left out of every table (a failed run's row, or one "
+      f"written by hand):",
+      left_out(bad),
+      "",
+    ]
+  if dups:
+    out += ["Cells answered more than once by identical rows (counted once):", ""]
+    out += [f"- {d}" for d in dups] + [""]
+  if conflicts:
+    out += [f"Cells answered by rows with different numbers ({RULE}):", ""]
+    out += [f"- {c}" for c in conflicts] + [""]
+  return out
+
+
+def console_notes(rows: Sequence) -> list[str]:
+  """What the study prints under its results about rows that did not enter as read."""
+  good, bad = split_rows(rows)
+  _, dups, conflicts = reconcile(good)
+  out = []
+  if bad:
+    out.append(
+      f"{len(bad)} row(s) left out of the tables (listed in the report); the first, "
+      f"{_row_name(bad[0][0])}: {bad[0][1]}"
+    )
+  if dups:
+    out.append(f"{len(dups)} cell(s) with identical duplicate rows, counted once (the report)")
+  if conflicts:
+    out.append(f"{len(conflicts)} cell(s) with conflicting rows: {RULE}; e.g. {conflicts[0]}")
+  return out
 
 
 # ------------------------------------------------------------------------------ README numbers
@@ -797,7 +1038,7 @@ def _ranked(values: dict[str, float]) -> str:
   return ", ".join(f"{k} {v:.1f}" for k, v in items) + "%"
 
 
-def mini_study_paragraph(agg: dict[tuple, dict], when: str) -> str:
+def mini_study_paragraph(agg: dict[tuple, dict]) -> str:
   """The README's account of the mini study (configs/mini/study.py), every number and every
   comparison word computed from its results, so the text cannot drift from a run."""
 
@@ -833,8 +1074,8 @@ def mini_study_paragraph(agg: dict[tuple, dict], when: str) -> str:
   every_ft = {a: acc(a, "digits", "ft", "full") for a in pretrained + ["scratch"]}
   narrows = spread(ftf) < spread(lpf)
   return (
-    f"What it shows (these figures and numbers: a fresh run of {when}; deterministic on a "
-    f"given machine): with frozen features the pre-training source matters — on the digits "
+    f"What it shows (these figures and numbers are a run of this code): with frozen features "
+    f"the pre-training source matters — on the digits "
     f"the three CLIP sources are {spread(lp5):.1f} points apart at 5 shots and "
     f"{spread(lpf):.1f} with all the data ({_ranked(lpf)}); on the held-out letters the "
     f"model pre-trained on {top} leads by {let[top] - let[second]:.1f} points with all the "
@@ -866,25 +1107,60 @@ def mini_study_paragraph(agg: dict[tuple, dict], when: str) -> str:
   )
 
 
-def rewrite_readme(readme: str, workdir: str) -> None:
+# How far the README's numbers may move between machines and thread counts (floating-point
+# reduction order; fine-tuning amplifies it over its steps): the README says so.
+README_TOLERANCE = {"probes": 0.5, "fine-tuning": 3.0}
+
+
+def readme_block(text: str) -> str:
+  """The mini-study paragraph of a README (between README_BEGIN and README_END)."""
+  if text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
+    raise ValueError(f"needs one mini-study block ({README_BEGIN!r} ... {README_END!r})")
+  return " ".join(text.split(README_BEGIN)[1].split(README_END)[0].split())
+
+
+def paragraph_differences(written: str, fresh: str) -> list[str]:
+  """Where a README's mini-study paragraph and one written from a fresh run disagree: any word
+  (every comparison the paragraph makes), and any number by more than README_TOLERANCE (the
+  probes' and zero-shot numbers before 'Full fine-tuning', fine-tuning's after)."""
+  number = re.compile(r"\d+\.\d")
+  words = lambda t: number.sub("#", " ".join(t.split()))
+  out = []
+  if words(written) != words(fresh):
+    out.append(f"the words differ: README {words(written)!r}; fresh {words(fresh)!r}")
+  for part, tol in zip(
+    ("probes", "fine-tuning"), (README_TOLERANCE["probes"], README_TOLERANCE["fine-tuning"])
+  ):
+    pick = (
+      (lambda t: t.split("Full fine-tuning")[0])
+      if part == "probes"
+      else (lambda t: t.split("Full fine-tuning")[-1])
+    )
+    a = [float(x) for x in number.findall(pick(written))]
+    b = [float(x) for x in number.findall(pick(fresh))]
+    for x, y in zip(a, b):
+      if abs(x - y) > tol:
+        out.append(f"{part}: {x} in the README, {y} now (tolerance {tol})")
+  return out
+
+
+def rewrite_readme(readme: str, workdir: str, figures: str = "") -> None:
   """Rewrites the README's mini-study block (between README_BEGIN and README_END) from
-  WORKDIR's results and copies the report's figures to the README's docs/."""
+  WORKDIR's results and copies the report's figures to ``figures`` (default: the docs/
+  directory beside the README given, created when missing)."""
   rows, _ = split_rows(transfer.read_results(Workdir(workdir).results))
   if not rows:
     raise ValueError(f"{workdir}/results.jsonl: no usable results rows")
-  when = min(r["time"] for r in rows if r.get("time"))[:10]
   text = open(readme).read()
   if text.count(README_BEGIN) != 1 or text.count(README_END) != 1:
     raise ValueError(f"{readme}: needs one mini-study block ({README_BEGIN!r} ... {README_END!r})")
   head, rest = text.split(README_BEGIN)
   _, tail = rest.split(README_END)
   body = textwrap.fill(
-    mini_study_paragraph(aggregate(rows), when),
-    width=96,
-    break_long_words=False,
-    break_on_hyphens=False,
+    mini_study_paragraph(aggregate(rows)), width=96, break_long_words=False, break_on_hyphens=False
   )
-  docs = os.path.join(os.path.dirname(os.path.abspath(readme)), "docs")
+  docs = figures or os.path.join(os.path.dirname(os.path.abspath(readme)), "docs")
+  os.makedirs(docs, exist_ok=True)
   for name, dst in README_FIGURES.items():
     src = os.path.join(workdir, "report", f"{name}.png")
     if not paths.exists(src):
@@ -911,14 +1187,18 @@ def main(argv=None):
     "--readme",
     default="",
     help="also rewrite this README's mini-study block (numbers and sentences) "
-    "from the results and copy the figures to its docs/ (the mini study's "
+    "from the results and copy the figures to the docs/ beside it (the mini study's "
     "workdir only)",
+  )
+  p.add_argument(
+    "--figures", default="", help="with --readme: copy the figures here instead (created)"
   )
   args = p.parse_args(argv)
   try:
+    paths.check_location(args.workdir, "--workdir")
     print(write_report(args.workdir))
     if args.readme:
-      rewrite_readme(args.readme, args.workdir)
+      rewrite_readme(args.readme, args.workdir, args.figures)
       print(f"rewrote the mini-study block of {args.readme} and its figures")
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)

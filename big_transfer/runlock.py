@@ -189,14 +189,25 @@ class WorkdirLock:
       self.log(line)
 
   def release(self):
+    """Frees the lock (only this holder's: one taken over meanwhile is left to its new holder).
+    When the store cannot be reached the lock stays, said in one line: the next run on the
+    workdir takes it over once its heartbeat is older than STALE_S."""
     self._stop.set()
     if self._thread is not None:
       self._thread.join(timeout=5)
-    holder = self._read() or {}
-    mine = holder.get("pid") == self.me["pid"]
-    if self.held and mine and holder.get("token", self.me["token"]) == self.me["token"]:
-      paths.remove(self.path)
-    self.held = False
+    try:
+      holder = self._read() or {}
+      mine = holder.get("pid") == self.me["pid"]
+      if self.held and mine and holder.get("token", self.me["token"]) == self.me["token"]:
+        paths.remove(self.path)
+    except Exception as e:  # noqa: BLE001  said, and the lock's way out named
+      self.log(
+        f"warning: the lock {self.path} could not be released ({type(e).__name__}: "
+        f"{str(e)[:200]}); it stays: the next run on {paths.dirname(self.path)} takes it over "
+        f"once its heartbeat is older than {STALE_S:.0f}s"
+      )
+    finally:
+      self.held = False
 
   def __enter__(self):
     return self.acquire()

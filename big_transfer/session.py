@@ -105,6 +105,19 @@ SECTION = schema.Section(
       "the authors'), 'clip7', 'simple', or 'a {};the {}'",
     ),
     schema.Key(
+      "class_names",
+      "spaces",
+      "how text heads say class names: 'spaces' (underscores as spaces: 'aquarium fish') or "
+      "'underscores' (kept, as the authors' class lists: 'aquarium_fish')",
+    ),
+    schema.Key(
+      "text_head_order",
+      "labels",
+      "which class name a text head's column i says: 'labels' (label i's own name) or a file of "
+      "class names, one per line, in another code's order (the authors' class-name lists, "
+      "against their sorted label ids: their wiring, reproduced on purpose and labelled)",
+    ),
+    schema.Key(
       "schedule_rule", "", "'bit': BiT-HyperRule (steps, schedule, batch, MixUp, resolution)"
     ),
     schema.Key("mixup_alpha", 0.0, "MixUp's Beta parameter (0: off)"),
@@ -320,12 +333,31 @@ def resolve(config, pre_method: str | None, pre_model: str | None, data) -> tupl
     raise TransferError(f"config.head_init={config.head_init!r}: auto, zero, text or probe")
   if head == "text" and not data["class_names"]:
     raise sources.DataError(f"{config.data}: no class names for a text-initialised head")
+  if config.class_names not in ("spaces", "underscores"):
+    raise TransferError(f"config.class_names={config.class_names!r}: spaces or underscores")
   try:
     transfer.normalizes_features(config.feature_norm, pre_method)
   except ValueError as e:
     raise TransferError(str(e)) from None
   protocol.check(config)
   return config, head
+
+
+def head_names(config, data) -> list[str]:
+  """The class names a text head's columns say, in column order: the labels' own, or
+  ``text_head_order``'s file (another code's order, one name per line)."""
+  if config.text_head_order == "labels":
+    return list(data["class_names"])
+  try:
+    names = [l.strip() for l in paths.read_text(config.text_head_order).splitlines() if l.strip()]
+  except OSError as e:
+    raise TransferError(f"config.text_head_order={config.text_head_order!r}: {e}") from None
+  if len(names) != data["num_classes"]:
+    raise TransferError(
+      f"config.text_head_order={config.text_head_order!r}: {len(names)} names for "
+      f"{data['num_classes']} classes"
+    )
+  return names
 
 
 def sections() -> list:
@@ -646,11 +678,12 @@ class Session:
   def text_head(self):
     """CLIP/SLIP's zero-shot head on this run's class names and templates (computed once per
     group)."""
-    names, templates = self.data["class_names"], self.config.templates
+    names, templates = head_names(self.config, self.data), self.config.templates
+    underscores = self.config.class_names == "underscores"
     return self.group.memo(
       "_text_heads",
-      (tuple(names), str(templates)),
-      lambda: transfer.text_head(self.pre, names, templates),
+      (tuple(names), str(templates), underscores),
+      lambda: transfer.text_head(self.pre, names, templates, underscores),
     )
 
   def adamw_probe_init(self):

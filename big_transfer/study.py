@@ -548,6 +548,10 @@ def main(argv):
     _fail("--config and --workdir are required")
   workdir = FLAGS.workdir
   try:
+    paths.check_location(workdir, "--workdir")
+  except paths.URLPathError as e:
+    _fail(str(e))
+  try:
     study = load_study(FLAGS.config)
     all_runs = expand(study, workdir)
   except (ValueError, KeyError) as e:
@@ -676,14 +680,10 @@ def _report(workdir: str, study, times) -> None:
   t_report = time.time()
   out = report.write_report(workdir, study)
   times.add("report", time.time() - t_report)
-  rows, bad = report.split_rows(transfer.read_results(Workdir(workdir).results))
-  print(report.summary(report.aggregate(rows)), flush=True)
-  if bad:
-    print(
-      f"{len(bad)} row(s) left out of the tables (listed in the report): "
-      f"{bad[0][1]}{', ...' if len(bad) > 1 else ''}",
-      flush=True,
-    )
+  read = transfer.read_results(Workdir(workdir).results)
+  print(report.summary(report.aggregate(read)), flush=True)
+  for note in report.console_notes(read):
+    print(note, flush=True)
   log_lib.info(f"report: {out} (figures and every table beside it)")
 
 

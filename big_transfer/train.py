@@ -205,7 +205,7 @@ def run(config, workdir: str, *, devices=None, accept_changes=()) -> TrainState:
     return _pretrain(config, workdir, data, devices=devices)
   finally:
     if lock is not None:
-      lock.release()
+      log_lib.cleanup(lock.release)
 
 
 @dataclasses.dataclass
@@ -430,23 +430,27 @@ def fit(spec: RunSpec, workdir: str) -> TrainState:
   evaluators = spec.evaluators(trainer) if spec.evaluators is not None else []
   if evaluators and spec.points:
     raise ValueError("a fused grid runs no evaluator during training")
-  hooks = [
-    trainer_lib.LogMetrics(
-      writers,
-      every=spec.log_every,
-      total_steps=total_steps,
-      start_step=start_step,
-      batch_size=spec.batch_size,
-      skipped=skipped_total,
-      ckpt=ckpt,
-    )
-  ]
+  log_hook = trainer_lib.LogMetrics(
+    writers,
+    every=spec.log_every,
+    total_steps=total_steps,
+    start_step=start_step,
+    batch_size=spec.batch_size,
+    skipped=skipped_total,
+    ckpt=ckpt,
+    pending=loader_info.get("metrics_window"),  # the window the checkpoint was saved in
+  )
+  hooks = [log_hook]
   hooks += [trainer_lib.Evaluate(ev, every, writer, total_steps) for ev, every in evaluators]
   hooks.append(
     trainer_lib.SaveCheckpoints(
       ckpt,
       spec.checkpoint_every,
-      lambda step: {"next_batch": step, "skipped": skipped_total()},
+      lambda step: {
+        "next_batch": step,
+        "skipped": skipped_total(),
+        "metrics_window": log_hook.window(),
+      },
       before_save=lambda: [w.flush() for w in writers],
     )
   )
@@ -462,10 +466,7 @@ def fit(spec: RunSpec, workdir: str) -> TrainState:
       stop=stopper,
     )
   finally:
-    stopper.restore()
-    train_iter.close()
-    for w in writers:
-      w.close()
+    log_lib.cleanup(stopper.restore, train_iter.close, *[w.close for w in writers])
   if stopped is not None:
     raise runlock.Preempted(stopped, stopper.signum, ckpt.directory)
   mark_done(workdir, total_steps)

@@ -393,9 +393,14 @@ def check_finite(state: TrainState, ckpt) -> None:
 
 
 class LogMetrics(Hook):
-  """Every ``every`` steps (and the last): the window's mean metrics, rate and ETA to the
-  writer and the log; checks the state is finite and that no background save failed. A fused
-  grid's metrics (one value per point) go to one writer per point (``writer``: a list)."""
+  """Every ``every`` steps and at the run's last: the window's mean metrics, rate and ETA to
+  the writer and the log; checks the state is finite and that no background save failed. A
+  fused grid's metrics (one value per point) go to one writer per point (``writer``: a list).
+
+  The window in progress (the steps since the last row) is part of every checkpoint
+  (:meth:`window`, restored as ``pending``): a run stopped between two rows — preempted, or
+  killed after a checkpoint — logs, once resumed, exactly the rows an uninterrupted run
+  logs (no row at the stop, and the next row's means over all of its steps)."""
 
   def __init__(
     self,
@@ -407,19 +412,27 @@ class LogMetrics(Hook):
     batch_size: int,
     skipped: Callable[[], int],
     ckpt=None,
+    pending: list[dict] | None = None,
   ):
     self.writers = list(writer) if isinstance(writer, (list, tuple)) else [writer]
     self.every, self.total_steps = every, total_steps
     self.batch_size, self.skipped, self.ckpt = batch_size, skipped, ckpt
     self.progress = log_lib.Progress(total_steps, start_step, batch_size)
-    self.pending: list[dict] = []
+    self.pending: list[dict] = [
+      {k: np.asarray(v, np.float32) for k, v in row.items()} for row in pending or []
+    ]
 
   def first_step_done(self, step: int) -> None:
     self.progress = log_lib.Progress(self.total_steps, step, self.batch_size)
 
+  def window(self) -> list[dict]:
+    """The steps' metrics since the last row, as JSON (what a checkpoint keeps of them)."""
+    rows = jax.device_get(self.pending)
+    return [{k: np.asarray(v).tolist() for k, v in row.items()} for row in rows]
+
   def after_step(self, step, state, metrics, last):
     self.pending.append(metrics)
-    if step % self.every == 0 or last:
+    if step % self.every == 0 or step == self.total_steps:
       check_finite(state, self.ckpt)
       if self.ckpt is not None:
         self.ckpt.check()  # a failed background save stops the run now, not at the next save
@@ -494,7 +507,10 @@ class SaveCheckpoints(Hook):
     if step % self.every == 0 or last:
       check_finite(state, self.ckpt)  # never save a state that has seen a non-finite value
       if self.before_save is not None:
-        self.before_save()
+        try:
+          self.before_save()
+        except Exception as e:  # noqa: BLE001  the rows up to a checkpoint belong before it
+          raise self.ckpt.failed_before_save(step, "its metrics could not be stored", e) from None
       self.ckpt.save(step, state.to_dict(), self.loader(step))
 
   def close(self):

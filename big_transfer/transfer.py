@@ -436,7 +436,7 @@ def restore_model(pre: Pretrained, tokenizer=None):
 
 
 def text_head(
-  pre: Pretrained, class_names: Sequence[str], templates
+  pre: Pretrained, class_names: Sequence[str], templates, underscores: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
   """CLIP's zero-shot classifier as a head: kernel (dim, classes) = logit_scale x the
   prompt-ensembled, normalised text embeddings of the class names; bias 0."""
@@ -445,7 +445,7 @@ def text_head(
     raise ValueError(f"{pre.path}: a {pre.method} run without a tokenizer")
   tok = tokenizer.load(path)
   method, graphdef, params, rest = restore_model(pre, tok)
-  names = sources.prompt_names(class_names)
+  names = sources.prompt_names(class_names, underscores)
   temps = templates_of(templates)
   tokens = tok.tokenize([t.format(n) for n in names for t in temps], pre.config.text.context_length)
 

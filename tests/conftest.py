@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 # Before JAX is imported anywhere: 8 host devices for the sharding tests (the other tests use
 # a one-device mesh through train.run(devices=...)).
@@ -150,10 +151,12 @@ def gcs_emulator():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
+  faults = os.path.join(tempfile.mkdtemp(prefix="bt-gcs-"), "faults.json")  # store_outage's
   proc = subprocess.Popen(
     [sys.executable, os.path.join(ROOT, "tests", "gcs_emulator.py"), str(port), "bt-test"],
     stdout=subprocess.DEVNULL,
     stderr=subprocess.DEVNULL,
+    env={**os.environ, "BT_GCS_FAULTS": faults},
   )
   deadline = time.time() + 30
   while True:
@@ -175,6 +178,7 @@ def gcs_emulator():
   }
   old = {k: os.environ.get(k) for k in env}
   os.environ.update(env)
+  GCS_FAULTS["path"] = faults
   yield "gs://bt-test"
   for k, v in old.items():
     if v is None:
@@ -183,6 +187,37 @@ def gcs_emulator():
       os.environ[k] = v
   proc.kill()
   proc.wait()
+
+
+GCS_FAULTS: dict = {}
+
+
+class StoreOutage:
+  """The emulated bucket's outages (tests/gcs_emulator.py, BT_GCS_FAULTS): ``start(ops=...,
+  match=..., seconds=...)`` answers matching requests 503 Service Unavailable until ``stop()``
+  (or for ``seconds``)."""
+
+  def start(self, ops=("read", "write", "list", "delete", "bucket"), match="", seconds=None):
+    import json
+    import time
+
+    fault = {"status": 503, "ops": list(ops), "match": match}
+    if seconds:
+      fault["until"] = time.time() + seconds
+    with open(GCS_FAULTS["path"] + ".tmp", "w") as f:
+      json.dump(fault, f)
+    os.replace(GCS_FAULTS["path"] + ".tmp", GCS_FAULTS["path"])
+
+  def stop(self):
+    if os.path.exists(GCS_FAULTS["path"]):
+      os.remove(GCS_FAULTS["path"])
+
+
+@pytest.fixture
+def store_outage(gcs_emulator):
+  outage = StoreOutage()
+  yield outage
+  outage.stop()
 
 
 @pytest.fixture

@@ -13,12 +13,21 @@ those GCS semantics to the emulator's handlers and changes nothing else:
     the object's generation is G (0: the object does not exist);
   - ``ifGenerationNotMatch=G`` on a read: 304 Not Modified when the generation is G;
 checked and applied under one lock, as GCS does atomically.
+
+Outages on demand: with ``BT_GCS_FAULTS`` naming a file, while that file exists and holds
+``{"status": 503, "ops": ["read", "write", "list", "delete", "bucket"], "match": "", "until":
+EPOCH}`` (every key optional), matching requests are answered with that status and
+"Service Unavailable" instead of being served: ``ops`` the kinds of request, ``match`` a
+substring of the object's name, ``until`` when the outage ends (absent: while the file exists).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import threading
+import time
 from http import HTTPStatus
 
 
@@ -85,8 +94,64 @@ def add_generations_and_preconditions() -> None:
   objects.get = wrap(get_media_through_download, is_read=False)
 
 
+def _fault() -> dict | None:
+  path = os.environ.get("BT_GCS_FAULTS")
+  if not path or not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      fault = json.load(f)
+  except (OSError, ValueError):
+    return None
+  if fault.get("until") and time.time() >= fault["until"]:
+    return None
+  return fault
+
+
+def add_faults() -> None:
+  """Every object and bucket handler answers the outage of ``BT_GCS_FAULTS`` when one is on."""
+  from gcp_storage_emulator.handlers import buckets, objects
+
+  kinds = {
+    (objects, "insert"): "write",
+    (objects, "upload_partial"): "write",
+    (objects, "xml_upload"): "write",
+    (objects, "compose"): "write",
+    (objects, "copy"): "write",
+    (objects, "rewrite"): "write",
+    (objects, "patch"): "write",
+    (objects, "download"): "read",
+    (objects, "get"): "read",
+    (objects, "ls"): "list",
+    (objects, "delete"): "delete",
+    (buckets, "get"): "bucket",
+  }
+
+  def wrap(handler, kind):
+    def handle(request, response, storage, *args, **kwargs):
+      fault = _fault()
+      name = _object_name(request) or ""
+      if (
+        fault
+        and kind in fault.get("ops", (kind,))
+        and fault.get("match", "") in name
+        and (kind != "list" or not fault.get("match"))
+      ):
+        status = int(fault.get("status", 503))
+        response.status = HTTPStatus(status)
+        response.json({"error": {"code": status, "message": "Service Unavailable"}})
+        return None
+      return handler(request, response, storage, *args, **kwargs)
+
+    return handle
+
+  for (module, name), kind in kinds.items():
+    setattr(module, name, wrap(getattr(module, name), kind))
+
+
 def main(port: int, bucket: str) -> None:
   add_generations_and_preconditions()  # before the server module binds the handlers
+  add_faults()
   from gcp_storage_emulator.server import create_server
 
   server = create_server("127.0.0.1", port, in_memory=True, default_bucket=bucket)

@@ -404,3 +404,86 @@ def test_the_data_converter_refuses_a_bucket_in_one_line(tmp_path):
     assert "\n" not in msg
   assert not os.path.exists(tmp_path / "out")
   _no_local_url_directory()
+
+
+# ---------------------------------------------------------------- outages
+
+
+def _errors(text: str) -> list[str]:
+  return [line for line in text.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.slow  # ~1 min: a run through a bucket outage that outlasts the retries
+def test_an_outage_through_a_save_is_one_line_naming_that_step_and_the_one_that_is_intact(
+  bucket_dir, store_outage
+):
+  total, every = 400, 20
+  args = [
+    f"--config={MINI}:steps={total},batch=16,width=0.125",
+    f"--config.checkpoint_every={every}",
+  ]
+  wd = f"{bucket_dir}/pretrain"
+  proc = popen_train(args + ARGS, wd, env={"BT_STORE_RETRY_S": "3"})
+  wait_until(lambda: _finished_steps(wd), proc, poll=0.2)
+  store_outage.start(ops=("write", "delete"))  # everything written from now on fails
+  out, err = proc.communicate(timeout=600)
+  store_outage.stop()
+  assert proc.returncode == 2, err[-3000:]
+  (line,) = _errors(err)  # one line, no traceback, nothing chained on top of it
+  assert "Traceback" not in err, err[-3000:]
+  intact = _finished_steps(wd)[-1]
+  assert f"saving checkpoint {wd}/checkpoints/{intact + every} failed: " in line, line
+  assert f"the previous checkpoint {wd}/checkpoints/{intact} is intact" in line, line
+  # The lock could not be removed either: said, with how the next run gets past it.
+  assert f"the lock {wd}/.lock could not be released" in out and "takes it over" in out
+  # The store back, the same command resumes from the intact checkpoint (the lock's holder is
+  # gone) and finishes.
+  out = run_cli(args + ARGS + [f"--workdir={wd}"])
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"resumed from {wd}/checkpoints/{intact}" in out.stdout
+
+
+@pytest.mark.slow  # ~40 s: a restore whose reads fail until the retries give up
+def test_a_restore_whose_reads_fail_is_retried_then_one_line(bucket_dir, store_outage):
+  args = [f"--config={MINI}:steps=10,batch=16,width=0.125", "--config.checkpoint_every=5", *ARGS]
+  wd = f"{bucket_dir}/pretrain"
+  run_cli(args + [f"--workdir={wd}"], check=True)
+  store_outage.start(ops=("read",), match="CHECKSUMS.json")
+  out = run_cli(args + [f"--workdir={wd}"], env={"BT_STORE_RETRY_S": "3"})
+  store_outage.stop()
+  assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+  (line,) = _errors(out.stderr)
+  assert f"checkpoints in {wd}/checkpoints could not be read" in line, line
+  assert "Service Unavailable" in line and "not corruption: nothing moved aside" in line
+  assert "still after 3s of retries" in line
+  assert sorted(checkpoint.find_checkpoints(wd)[1]) == [5, 10]  # nothing moved aside
+  out = run_cli(args + [f"--workdir={wd}"])  # the store back: restored, already finished
+  assert out.returncode == 0 and f"resumed from {wd}/checkpoints/10" in out.stdout, out.stderr
+
+
+def test_a_bucket_that_does_not_exist_is_one_line_before_anything_runs(gcs_emulator, tmp_path):
+  for module, config in (
+    ("big_transfer.train", f"--config={MINI}"),
+    ("big_transfer.study", f"--config={ROOT}/configs/mini/study.py"),
+    ("big_transfer.report", None),
+  ):
+    out = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        module,
+        *([config] if config else []),
+        "--workdir=gs://no-such-bucket/x",
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
+    assert out.returncode == 2, (module, out.stderr[-2000:])
+    (line,) = out.stderr.strip().splitlines()
+    assert line == (
+      "error: --workdir gs://no-such-bucket/x: the bucket gs://no-such-bucket does not exist or "
+      "cannot be reached"
+    ), (module, line)
+  _no_local_url_directory()

@@ -224,6 +224,45 @@ def test_imagefolder_accounts_for_every_file_and_keeps_empty_classes(tmp_path, c
   assert manifest["splits"]["train"]["per_class"] == {"cat": 4, "dog": 3}
 
 
+def test_imagefolder_links_and_unicode_names_never_drop_or_split_a_class(tmp_path, capsys):
+  import unicodedata
+
+  src = tmp_path / "src"
+  for cls in ("caff", "cat"):
+    (src / cls).mkdir(parents=True)
+    for i in range(2):
+      (src / cls / f"{i}.jpg").write_bytes(_jpeg())
+  # A class named on macOS (decomposed: 'cafe' + a combining accent) sorts before 'caff' as
+  # typed there and after it as typed elsewhere: named in composed form, it has one id.
+  nfd = unicodedata.normalize("NFD", "café")
+  (src / nfd).mkdir()
+  (src / nfd / "0.jpg").write_bytes(_jpeg())
+  # A symlinked folder inside a class folder: its images are counted (nested), or with
+  # --recursive written as the class's, never silently dropped.
+  extra = tmp_path / "extra"
+  extra.mkdir()
+  for i in range(3):
+    (extra / f"{i}.jpg").write_bytes(_jpeg())
+  (src / "cat" / "more").symlink_to(extra, target_is_directory=True)
+  manifest, _ = _convert(["imagefolder", str(src), str(tmp_path / "a"), "--workers=1"], capsys)
+  assert manifest["class_names"] == ["caff", "café", "cat"]
+  assert all(unicodedata.is_normalized("NFC", n) for n in manifest["class_names"])
+  assert manifest["skipped"] == {"nested": 3}
+  manifest, _ = _convert(
+    ["imagefolder", str(src), str(tmp_path / "b"), "--workers=1", "--recursive"], capsys
+  )
+  assert manifest["splits"]["train"]["per_class"] == {"caff": 2, "café": 1, "cat": 5}
+  # One class name written both ways, side by side: refused in one line.
+  (src / "café").mkdir()
+  with pytest.raises(SystemExit, match="are the same class name 'café' written two ways"):
+    convert.main(["imagefolder", str(src), str(tmp_path / "c"), "--workers=1"])
+  (src / "café").rmdir()
+  # A class folder that is a link to another: its images would be written under two labels.
+  (src / "kitten").symlink_to(src / "cat", target_is_directory=True)
+  with pytest.raises(SystemExit, match="'cat' and 'kitten' are the same folder"):
+    convert.main(["imagefolder", str(src), str(tmp_path / "d"), "--workers=1"])
+
+
 def test_csv_rows_with_bad_labels_short_rows_or_path_like_splits_are_counted_not_written(
   tmp_path, capsys
 ):

@@ -452,6 +452,7 @@ def test_lp_ft_starts_from_the_authors_adamw_probe_head(pretrained, tmp_path):
   assert row["recipe"]["probe_init"] == "zero"
 
 
+@pytest.mark.slow  # ~1 min: a grid trained fused and one by one
 def test_a_fused_learning_rate_grid_equals_the_points_trained_one_by_one(pretrained, tmp_path):
   """fuse_grid: the grid's points that share batch and length train as one vmapped program
   (one state per point on the same batches); each point's numbers, the choice and the row are
@@ -482,6 +483,7 @@ def test_a_fused_learning_rate_grid_equals_the_points_trained_one_by_one(pretrai
   ) == [fused]
 
 
+@pytest.mark.slow  # ~1 min: eight short fine-tuning runs
 def test_few_shot_batches_padded_to_one_shape_train_as_their_own_rows_and_compile_once(
   pretrained, tmp_path
 ):
@@ -515,3 +517,33 @@ def test_few_shot_batches_padded_to_one_shape_train_as_their_own_rows_and_compil
     pad = [r["train/loss"] for r in read_metrics(str(tmp_path / "pad5" / f"lr_{lr}"))]
     own = [r["train/loss"] for r in read_metrics(str(tmp_path / "nopad5" / f"lr_{lr}"))]
     np.testing.assert_allclose(pad, own, rtol=rtol)
+
+
+def test_a_pretrained_run_that_does_not_exist_is_one_line_naming_the_nearest_and_writes_nothing(
+  pretrained, tmp_path
+):
+  typo = pretrained["supervised"] + "d"  # .../supervisedd
+  wd = tmp_path / "ft"
+  with pytest.raises(checkpoint.CheckpointError) as e:
+    run_ft(tmp_path, "ft", f"pretrained={typo}")
+  assert f"no such run {typo!r}" in str(e.value)
+  assert f"the nearest run directory there is {pretrained['supervised']!r}" in str(e.value)
+  assert not wd.exists()  # nothing written
+
+
+def test_a_text_head_can_be_wired_in_another_codes_class_order_on_purpose(pretrained, tmp_path):
+  """``text_head_order``: a file of class names in another code's order (the authors' lists,
+  not in their label order) makes column i say that file's i-th name — their wiring,
+  reproduced on purpose and recorded in every row; the default says each label's own name."""
+  arg = f"pretrained={pretrained['clip']},protocol=zeroshot"
+  right = finetune.Session(ft_config(arg), "/nonexistent")
+  names = list(right.data["class_names"])
+  order = tmp_path / "their_order.txt"
+  order.write_text("\n".join(reversed(names)) + "\n")
+  wrong = finetune.Session(ft_config(arg, text_head_order=str(order)), "/nonexistent")
+  np.testing.assert_allclose(wrong.text_head()[0], right.text_head()[0][:, ::-1], rtol=1e-5)
+  (row,) = run_ft(tmp_path, "zs", arg, text_head_order=str(order))
+  assert row["recipe"]["text_head_order"] == str(order)
+  order.write_text("one\ntwo\n")
+  with pytest.raises(finetune.TransferError, match="2 names for 10 classes"):
+    finetune.Session(ft_config(arg, text_head_order=str(order)), "/nonexistent").text_head()

@@ -43,11 +43,12 @@ def test_two_processes_match_the_single_process_run(tmp_path):
   train.run(c, ref_wd, devices=one_device())
   np.testing.assert_allclose(losses(mp_wd), losses(ref_wd), rtol=2e-5, atol=2e-5)
   # The loader's position is the step (nothing per process): one small record beside the
-  # shared arrays, with the skipped-record count of both processes.
+  # shared arrays, with the skipped-record count of both processes (and the metrics window in
+  # progress: none at a logged step).
   import json
 
   loader = os.path.join(mp_wd, "checkpoints", "6", "loader", "metadata")
-  assert json.load(open(loader)) == {"next_batch": 6, "skipped": 0}
+  assert json.load(open(loader)) == {"next_batch": 6, "skipped": 0, "metrics_window": []}
   # Metrics come from process 0 only: one row per logged step.
   steps = [r["step"] for r in read_metrics(mp_wd) if "train/loss" in r]
   assert steps == [1, 2, 3, 4, 5, 6]

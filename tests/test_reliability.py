@@ -172,6 +172,34 @@ def test_sigterm_finishes_the_step_saves_and_the_restart_loses_no_step(tmp_path)
   assert leaves_equal(got["opt_state"], ref["opt_state"])
 
 
+@pytest.mark.slow  # ~1 min: a run preempted and resumed, and an uninterrupted one
+def test_a_resumed_runs_metrics_rows_equal_an_uninterrupted_runs(tmp_path):
+  """Stopped between two rows (SIGTERM), the run saves the window in progress with its
+  checkpoint: resumed, it logs exactly the rows an uninterrupted run logs — no row at the stop,
+  the next row's means over all of its steps."""
+  args = [
+    f"--config={MINI}:steps=300,batch=16,width=0.125",
+    "--config.checkpoint_every=1000",
+    *ARGS,
+    "--config.log_every=50",
+  ]
+  ref_wd, wd = str(tmp_path / "ref"), str(tmp_path / "run")
+  steps = lambda w: [r["step"] for r in read_metrics(w) if "train/loss" in r]
+  proc = popen_train(args, wd)
+  wait_until(lambda: os.path.exists(os.path.join(wd, "metrics.jsonl")) and steps(wd), proc)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 75, err[-2000:]
+  stopped = int(err.split("stopped: SIGTERM at step ")[1].split(":")[0])
+  assert stopped < 300 and stopped % 50, "stopped on a logged step: nothing to test"
+  assert steps(wd)[-1] < stopped  # no row at the stop itself
+  run_cli(args + [f"--workdir={wd}"], check=True)
+  run_cli(args + [f"--workdir={ref_wd}"], check=True)
+  keys = ("step", "train/loss", "train/grad_norm", "train/param_norm", "train/lr")
+  rows = lambda w: [tuple(r[k] for k in keys) for r in read_metrics(w) if "train/loss" in r]
+  assert rows(wd) == rows(ref_wd)  # every row, number for number
+
+
 # ---------------------------------------------------------------- one run per workdir
 
 
@@ -422,6 +450,61 @@ def test_a_run_resumed_on_two_processes_continues_the_same_global_stream(tmp_pat
   assert "resuming with accepted changes" in out.stdout and "total_steps 4 -> 8" in out.stdout
   assert _logged_steps(wd) == list(range(1, 9))
   np.testing.assert_allclose(losses(wd), losses(ref_wd), rtol=2e-5, atol=2e-5)
+
+
+def _two_processes(wd, steps=3000, env=None):
+  cmd = [
+    os.path.join(ROOT, "launch", "local.sh"),
+    "2",
+    "2",
+    "--",
+    "python",
+    "-m",
+    "big_transfer.train",
+    f"--config={MINI}:steps={steps},batch=16,width=0.125",
+    "--config.checkpoint_every=10000",
+    *ARGS,
+    f"--workdir={wd}",
+  ]
+  env = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, **(env or {})}
+  return subprocess.Popen(
+    cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
+
+
+def _running(wd) -> list[int]:
+  out = subprocess.run(["pgrep", "-f", f"big_transfer.train.*workdir={wd}"], capture_output=True)
+  return [int(p) for p in out.stdout.split()]
+
+
+@pytest.mark.slow  # ~1 min: two processes stopped through their launcher
+def test_the_launcher_forwards_sigterm_waits_for_the_save_and_leaves_nothing_behind(tmp_path):
+  wd = str(tmp_path)
+  proc = _two_processes(wd)
+  wait_until(lambda: len(_logged_steps(wd)) >= 10, proc)
+  proc.send_signal(signal.SIGTERM)  # what `timeout` or a scheduler sends to the launcher
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 75, out[-3000:]
+  assert "SIGTERM: forwarded to the 2 processes" in out
+  stops = [l for l in out.splitlines() if "stopped: SIGTERM at step" in l]
+  assert len(stops) == 2, out[-3000:]
+  assert _running(wd) == []  # no orphans
+
+
+@pytest.mark.slow  # ~1 min: a process killed, its peer ended in bounded time
+def test_a_process_whose_peer_died_stops_within_the_heartbeat_timeout(tmp_path):
+  import time
+
+  wd = str(tmp_path)
+  proc = _two_processes(wd, env={"BT_HEARTBEAT_TIMEOUT_S": "10"})
+  wait_until(lambda: len(_logged_steps(wd)) >= 10, proc)
+  os.kill(max(_running(wd)), signal.SIGKILL)  # a host gone
+  t0 = time.time()
+  out, _ = proc.communicate(timeout=300)
+  assert time.time() - t0 < 60, "the surviving process hung"
+  assert proc.returncode != 0 and _running(wd) == []
+  assert "was ended by JAX's coordination service after a peer process died" in out, out[-3000:]
+  assert "was killed (SIGKILL)" in out
 
 
 @pytest.mark.slow  # ~2 minutes

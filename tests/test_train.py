@@ -488,3 +488,66 @@ def test_every_config_takes_its_cadence_from_the_one_place():
   assert (c.log_every, c.checkpoint_every, c.data_threads) == (20, 7, 2)
   with pytest.raises(config_lib.ConfigError, match="cadence preset 'tpu': not one of mini"):
     config_lib.cadence(c, "tpu")
+
+
+def test_every_user_facing_error_reaches_one_line_through_the_entrypoints(capsys):
+  """Each error class that means bad input (not a bug) ends an entrypoint with one ``error:``
+  line and exit 2, wherever it is raised — EvalConfigError from evaluators built inside fit,
+  a URLPathError from the path layer, a TransferError ..."""
+  from absl import flags as absl_flags
+
+  from big_transfer import app, checkpoint, finetune, paths, runlock, schema
+  from big_transfer.data import ops, pipeline, sources
+  from big_transfer.evaluators.common import EvalConfigError
+  from big_transfer.identity import IdentityError
+
+  classes = [
+    config_lib.ConfigError,
+    schema.SectionError,
+    sources.DataError,
+    pipeline.SkipError,
+    ops.PreprocessError,
+    EvalConfigError,
+    app.UserError,
+    IdentityError,
+    checkpoint.CheckpointError,
+    runlock.LockError,
+    paths.URLPathError,
+    finetune.TransferError,
+  ]
+  app.define_flags()
+  absl_flags.FLAGS(["prog", f"--config={MINI}", "--workdir=/tmp/bt_never_written"])
+  for cls in classes:
+
+    def run(config, workdir, accept_changes=(), cls=cls):
+      raise cls(f"bad input of kind {cls.__name__}")
+
+    with pytest.raises(SystemExit) as exit_:
+      app.main_of(run, (finetune.TransferError,))([])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and err == [f"error: bad input of kind {cls.__name__}"], cls
+  absl_flags.FLAGS.unparse_flags()
+
+
+def test_a_workdir_that_is_almost_a_url_or_of_an_unknown_scheme_is_one_line(tmp_path):
+  for workdir, says in (
+    ("gs:/bucket/x", "is not a URL (one slash); did you mean gs://bucket/x?"),
+    ("s3://bucket/x", "s3:// is not supported here"),
+  ):
+    for module in ("big_transfer.train", "big_transfer.study", "big_transfer.report"):
+      config = {
+        "big_transfer.train": [f"--config={MINI}"],
+        "big_transfer.study": [f"--config={ROOT}/configs/mini/study.py"],
+        "big_transfer.report": [],
+      }[module]
+      out = subprocess.run(
+        [sys.executable, "-m", module, *config, f"--workdir={workdir}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+      )
+      assert out.returncode == 2, (module, out.stderr[-2000:])
+      (line,) = out.stderr.strip().splitlines()
+      assert line.startswith("error: --workdir") and says in line, (module, line)
+      assert not os.listdir(tmp_path), (module, os.listdir(tmp_path))  # nothing written

@@ -40,6 +40,7 @@ import re
 import sys
 import tarfile
 import time
+import unicodedata
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -199,9 +200,24 @@ def read_tar(path: str, split: str) -> Iterator[Item]:
 
 
 def _files_under(root: str) -> list[str]:
-  return sorted(
-    os.path.relpath(os.path.join(dp, f), root) for dp, _, fs in os.walk(root) for f in fs
-  )
+  """Every file below ``root`` (relative paths, sorted), symlinked folders followed — each real
+  folder once, so a link back up the tree ends there instead of looping."""
+  out, seen = [], set()
+
+  def walk(d: str, rel: str):
+    real = os.path.realpath(d)
+    if real in seen:
+      return
+    seen.add(real)
+    for e in sorted(os.listdir(d)):
+      full = os.path.join(d, e)
+      if os.path.isdir(full):
+        walk(full, os.path.join(rel, e))
+      elif os.path.isfile(full):
+        out.append(os.path.join(rel, e))
+
+  walk(root, "")
+  return sorted(out)
 
 
 def is_hidden(path: str) -> bool:
@@ -265,10 +281,9 @@ def list_imagefolder(
         for e in names
         if os.path.isfile(os.path.join(root, e))
       ]
-    for cls in names:
-      cdir = os.path.join(root, cls)
-      if not os.path.isdir(cdir):
-        continue
+    folders = class_folders(root, [n for n in names if os.path.isdir(os.path.join(root, n))])
+    for cls, folder in folders:
+      cdir = os.path.join(root, folder)
       classes.add(cls)
       for rel in _files_under(cdir):
         nested = os.sep in rel
@@ -282,6 +297,31 @@ def list_imagefolder(
           )
         )
   return items, sorted(classes)
+
+
+def class_folders(root: str, folders: list[str]) -> list[tuple[str, str]]:
+  """(class name, folder) of each class folder, the name in Unicode's composed form (NFC): a
+  name typed on macOS (decomposed, NFD) and the same name typed elsewhere are one class, with
+  the same id on every machine. Two folders that are one class after that, or one folder under
+  two names (a symlink to another class folder: its images would be written under two
+  labels), are refused in one line."""
+  out, by_name, by_real = [], {}, {}
+  for folder in sorted(folders):
+    name = unicodedata.normalize("NFC", folder)
+    if name in by_name:
+      raise SystemExit(
+        f"error: imagefolder {root!r}: folders {by_name[name]!r} and {folder!r} are the same "
+        f"class name {name!r} written two ways (Unicode NFC and NFD): merge them into one folder"
+      )
+    real = os.path.realpath(os.path.join(root, folder))
+    if real in by_real:
+      raise SystemExit(
+        f"error: imagefolder {root!r}: class folders {by_real[real]!r} and {folder!r} are the "
+        f"same folder ({real}): its images would be written under two labels; remove the link"
+      )
+    by_name[name], by_real[real] = folder, folder
+    out.append((name, folder))
+  return sorted(out)
 
 
 def _stable_split(key: str, split_fraction: float) -> str:

@@ -465,10 +465,11 @@ def _imagenet_names() -> dict[str, str]:
     return dict(line.rstrip("\n").split("\t") for line in f if not line.startswith("#"))
 
 
-def prompt_names(class_names: Sequence[str]) -> list[str]:
-  """Class names as a prompt or caption says them: underscores as spaces, and WordNet ids
-  (ImageNet's folder names, TFDS imagenet2012's labels: 'n01440764') as the readable names
-  OpenAI's CLIP notebook gives them ('tench'); a WordNet id outside ImageNet-1K is an error."""
+def prompt_names(class_names: Sequence[str], underscores: bool = False) -> list[str]:
+  """Class names as a prompt or caption says them: underscores as spaces (``underscores``: kept,
+  as the authors' class lists did: 'aquarium_fish'), and WordNet ids (ImageNet's folder names,
+  TFDS imagenet2012's labels: 'n01440764') as the readable names OpenAI's CLIP notebook gives
+  them ('tench'); a WordNet id outside ImageNet-1K is an error."""
   names = [str(n) for n in class_names]
   if any(_WNID.match(n) for n in names):
     table = _imagenet_names()
@@ -479,7 +480,7 @@ def prompt_names(class_names: Sequence[str]) -> list[str]:
         f"{IMAGENET_NAMES}; name the classes in the data instead"
       )
     names = [table.get(n, n) for n in names]
-  return [n.replace("_", " ") for n in names]
+  return names if underscores else [n.replace("_", " ") for n in names]
 
 
 class TemplateCaptions:

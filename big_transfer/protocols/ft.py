@@ -120,6 +120,9 @@ class Protocol(base.Protocol):
       "decay": c.optimizer.decay,
       "grad_clip_norm": c.optimizer.grad_clip_norm,
       "warmup_cap": c.warmup_cap,
+      # steps: ceil(epochs x n / batch) full batches (theirs: epochs x ceil(n / batch), the
+      # last batch of each epoch short)
+      "steps_rule": "ceil(epochs*n/batch)",
       **probe_recipe(s),
     }
 
@@ -145,7 +148,9 @@ def probe_recipe(s) -> dict:
   if s.head_init != "probe":
     return {}
   solver = s.probe_head_solver()
-  out = {"probe_solver": solver}
+  # The probe's training features: the evaluation preprocessing, and its last epoch (theirs:
+  # the training augmentation, computed once, and the probe epoch best on test).
+  out = {"probe_solver": solver, "probe_features": "eval_pp, last epoch"}
   if solver == "adamw":
     out["probe_init"] = "text" if s.adamw_probe_init() is not None else "zero"
   return out

@@ -59,9 +59,16 @@ class Protocol(base.Protocol):
   sections = (SECTION,)
 
   def recipe(self, s) -> dict:
-    if s.config.lp.solver != "adamw":
-      return {}
-    return {"probe_init": "text" if s.adamw_probe_init() is not None else "zero"}
+    """Every row records its solver and the grid it chose over (the authors' plain probe is
+    an AdamW head; a closed-form ridge is ours)."""
+    c = s.config.lp
+    out = {"lp_solver": c.solver}
+    if c.solver == "adamw":
+      out["lp_grid"] = {"lr": [c.adamw_lr], "epochs": c.adamw_epochs}
+      out["probe_init"] = "text" if s.adamw_probe_init() is not None else "zero"
+    else:
+      out["lp_grid"] = {"l2": list(c.l2_grid)}
+    return out
 
   def run(self, s, base_row: dict) -> list[dict]:
     solver = s.config.lp.solver

@@ -1,8 +1,10 @@
 r"""Transfer as the study ran it: AdamW (weight decay 0.1), cosine with 500 warm-up steps, batch
 128, 128 epochs, lr grid {1e-4, 3e-4, 1e-3, 3e-3} chosen on a validation split carved from the
-training data; 224px bicubic, RandAugment (m9, mstd 0.5), colour jitter 0.4, random erasing
-0.25; evaluation at 256 -> centre crop 224, ImageNet mean/std. CLIP heads start from the class
-names' prompt-ensembled text embeddings, others at zero.
+training data; 224px bicubic, timm 0.4.12's RandAugment (m9, mstd 0.5; with it on, timm applies
+no colour jitter, so neither does this config), random erasing 0.25; evaluation at 256 -> centre
+crop 224, ImageNet mean/std. CLIP heads start from the class names' prompt-ensembled text
+embeddings, others at zero. Compute in float32 for training, as the authors trained (no
+autocast in their loops); ``--config.dtype=bfloat16`` for speed, recorded in every row.
 
   python -m big_transfer.finetune \
       --config=configs/finetune/default.py:pretrained=/runs/clip_laion,data=tfds:cifar100,shots=5 \
@@ -45,7 +47,7 @@ def get_config(arg=None):
   c.lrs = tuple(float(x) for x in a.lrs.split(";"))
   c.total_epochs = a.epochs
   c.results_file = a.results
-  c.dtype = "bfloat16"
+  c.dtype = "float32"  # theirs: fp32 training (fp16 autocast only in evaluation)
   config_lib.cadence(c, "accelerator", log_every=50, checkpoint_every=1000)
   if a.bit:
     c.schedule_rule = "bit"

@@ -265,7 +265,8 @@ def get_config(arg=None):
     ds("caltech_camera_traps", f"arrayrecord:{a.root}/caltech_camera_traps", 13553, 15),
   ]
   c.transfer_config = "configs/finetune/default.py"
-  c.transfer_overrides = {"data_dir": a.tfds_data_dir}
+  # Class names as their lists say them ('aquarium_fish'), for the text heads.
+  c.transfer_overrides = {"data_dir": a.tfds_data_dir, "class_names": "underscores"}
   if a.paper_grid:  # the authors' grid per downstream set
     for d in c.downstream:
       d["overrides"].update(paper_grid=d["name"])
