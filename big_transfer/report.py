@@ -1107,9 +1107,12 @@ def mini_study_paragraph(agg: dict[tuple, dict]) -> str:
   )
 
 
-# How far the README's numbers may move between machines and thread counts (floating-point
-# reduction order; fine-tuning amplifies it over its steps): the README says so.
-README_TOLERANCE = {"probes": 0.5, "fine-tuning": 3.0}
+# How far the README's numbers may move between machines and thread counts: the order of
+# floating-point reductions changes the pre-trained weights themselves (a few hundred chaotic
+# steps), and every number after them. Measured between one and two cores of one machine: the
+# probes' and zero-shot numbers of the paragraph by up to 4.3 points, fine-tuning's by 1.9.
+# The README says so.
+README_TOLERANCE = {"probes": 5.0, "fine-tuning": 3.0}
 
 
 def readme_block(text: str) -> str:
@@ -1124,7 +1127,10 @@ def paragraph_differences(written: str, fresh: str) -> list[str]:
   (every comparison the paragraph makes), and any number by more than README_TOLERANCE (the
   probes' and zero-shot numbers before 'Full fine-tuning', fine-tuning's after)."""
   number = re.compile(r"\d+\.\d")
-  words = lambda t: number.sub("#", " ".join(t.split()))
+  # Numbers masked, and a ranked list's order too: two sources within a point of each other
+  # may swap between machines; the claims around it may not.
+  ranked = re.compile(r"\((?:[\w ]+ #, )+[\w ]+ #%\)")
+  words = lambda t: ranked.sub("(ranked)", number.sub("#", " ".join(t.split())))
   out = []
   if words(written) != words(fresh):
     out.append(f"the words differ: README {words(written)!r}; fresh {words(fresh)!r}")

@@ -2,7 +2,7 @@
 # Regenerates the README's mini-study numbers, sentences and figures from a fresh run of the
 # final code: the mini study in a new workdir, its report, then the README block and
 # docs/mini_study_*.png rewritten from the results (python -m big_transfer.report --readme).
-#   bash launch/readme_numbers.sh [WORKDIR]      (default: runs/mini_study_readme; about 15 min on 2 cores)
+#   bash launch/readme_numbers.sh [WORKDIR]      (default: runs/mini_study_readme; about 6 min on 2 cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 wd="${1:-runs/mini_study_readme}"
