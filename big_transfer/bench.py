@@ -130,14 +130,28 @@ def bench_pipeline(images: int, height: int, width: int, seconds: float) -> list
   rng = np.random.default_rng(0)
   train_pp = "decode|inception_crop(224)|flip_lr|normalize('imagenet')"
   eval_pp = "decode|resize_small(256)|central_crop(224)|normalize('imagenet')"
-  fused, unfused = ops.parse(train_pp), ops.parse(train_pp, fuse=False)
-  eval_fused = ops.parse(eval_pp)
+  paper_eval = "decode|resize_small(256, method='bicubic')|central_crop(224)|normalize('imagenet')"
+
+  def opencv(pp):  # what antialiasing (the default: PIL's resampling) costs
+    return (
+      pp.replace("(224)|flip", "(224, antialias=False)|flip")
+      .replace("(256)", "(256, antialias=False)")
+      .replace("'bicubic')", "'bicubic', antialias=False)")
+    )
+
+  chains = {
+    "train_chain_fused": ops.parse(train_pp),
+    "train_chain_unfused": ops.parse(train_pp, fuse=False),
+    "train_chain_fused_opencv": ops.parse(opencv(train_pp)),
+    "eval_chain_fused": ops.parse(eval_pp),
+    "eval_chain_fused_opencv": ops.parse(opencv(eval_pp)),
+    "eval_chain_bicubic": ops.parse(paper_eval),
+    "eval_chain_bicubic_opencv": ops.parse(opencv(paper_eval)),
+  }
   cases = {
     "raw_decode_simplejpeg": lambda d: simplejpeg.decode_jpeg(d),
     "raw_decode_pil": lambda d: np.asarray(Image.open(io.BytesIO(d)).convert("RGB")),
-    "train_chain_fused": lambda d: fused({"image": d}, rng),
-    "train_chain_unfused": lambda d: unfused({"image": d}, rng),
-    "eval_chain_fused": lambda d: eval_fused({"image": d}, rng),
+    **{name: (lambda d, op=op: op({"image": d}, rng)) for name, op in chains.items()},
   }
   rates = _rates(cases, data, seconds)
   raw = rates["raw_decode_simplejpeg"]

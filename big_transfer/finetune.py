@@ -141,14 +141,22 @@ def recipe_of(s: Session) -> dict[str, Any]:
     else ("imagenet" if "normalize('imagenet')" in c.pp_eval else "other"),
     "pp_train": c.pp_train,
     "dtype": c.dtype,  # training compute
-    "eval_dtype": c.dtype,  # evaluation compute (the same here)
-    "resize": "bicubic without antialiasing (OpenCV)",
+    "eval_dtype": c.eval_dtype or c.dtype,  # evaluation and frozen-feature compute
+    "resize": resize_recipe(c.pp_eval),
   }
   if s.head_init == "text":
     out["templates"] = c.templates
     out["class_names"] = c.class_names
     out["text_head_order"] = c.text_head_order
   return {**out, **s.protocol.recipe(s)}
+
+
+def resize_recipe(pp: str) -> str:
+  """How an evaluation chain resizes, in the words the report compares with the authors'."""
+  method = "bicubic" if "bicubic" in pp else "bilinear"
+  if "antialias=False" in pp.replace(" ", ""):
+    return f"{method} without antialiasing (OpenCV)"
+  return f"PIL {method}, antialiased"
 
 
 def pretrain_fields(pre) -> dict[str, Any]:

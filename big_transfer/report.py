@@ -832,8 +832,8 @@ AUTHORS_RECIPE = {
   ),
   "probe_features": (
     "train_pp, best-test epoch",
-    "LP-FT probe on evaluation-preprocessed features, its last epoch (theirs: features through "
-    "the training augmentation, the probe epoch best on test — a choice on test we never make)",
+    "LP-FT probe on features by {ours} (theirs: features through the training augmentation, "
+    "the probe epoch best on test — a choice on test we never make)",
   ),
   "eval_dtype": ("float16", "evaluation in {ours} (theirs: float16 autocast)"),
   "lp_solver": ("adamw", "linear probe by {ours} (theirs: an AdamW head; no published LP cell)"),

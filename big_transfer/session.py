@@ -121,6 +121,12 @@ SECTION = schema.Section(
       "schedule_rule", "", "'bit': BiT-HyperRule (steps, schedule, batch, MixUp, resolution)"
     ),
     schema.Key("mixup_alpha", 0.0, "MixUp's Beta parameter (0: off)"),
+    schema.Key(
+      "eval_dtype",
+      "",
+      "evaluation and frozen-feature compute: '' (as dtype), float32, bfloat16, or float16 "
+      "(the authors' fp16 autocast); parameters stay float32, cast on use",
+    ),
     schema.Key("results_file", "", "also append rows here (the study's results table)"),
     schema.Key(
       "feature_cache",
@@ -333,6 +339,10 @@ def resolve(config, pre_method: str | None, pre_model: str | None, data) -> tupl
     raise TransferError(f"config.head_init={config.head_init!r}: auto, zero, text or probe")
   if head == "text" and not data["class_names"]:
     raise sources.DataError(f"{config.data}: no class names for a text-initialised head")
+  if config.eval_dtype not in ("", *transfer.COMPUTE_DTYPES):
+    raise TransferError(
+      f"config.eval_dtype={config.eval_dtype!r}: '' or one of {', '.join(transfer.COMPUTE_DTYPES)}"
+    )
   if config.class_names not in ("spaces", "underscores"):
     raise TransferError(f"config.class_names={config.class_names!r}: spaces or underscores")
   try:
@@ -490,7 +500,9 @@ class Session:
       elif self.head_init == "probe":
         solver = self.probe_head_solver()
         kernel, bias, chosen, scores = self.probe(
-          solver, init=self.adamw_probe_init() if solver == "adamw" else None
+          solver,
+          init=self.adamw_probe_init() if solver == "adamw" else None,
+          augmented=self.config.lp.lp_ft_features == "train_pp",
         )
         self._head = (kernel, bias)
         self.log(
@@ -531,8 +543,8 @@ class Session:
     """The name of a cached feature tensor: everything that changes a feature — the weights
     (pre-trained checkpoint and its checksums, or the seed of a run from scratch), the
     architecture, how the head sees the tower, the base source the rows are read from, the
-    evaluation preprocessing and the dtype. Shots, seeds and test subsampling pick rows of it
-    (they are indices into the base, applied after the cache)."""
+    evaluation preprocessing and the evaluation dtype. Shots, seeds and test subsampling pick
+    rows of it (they are indices into the base, applied after the cache)."""
     c, m = self.config, self.method
     weights = (
       [paths.resolve(self.pre.path), self.pre.step, self.pre.fingerprint]
@@ -550,7 +562,7 @@ class Session:
       m.normalize,
       list(identity),
       c.pp_eval,
-      c.dtype,
+      c.eval_dtype or c.dtype,
     ]
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:20]
@@ -624,14 +636,17 @@ class Session:
       ),
     )
 
-  def features(self, weights: Weights, split: str | None, source=None):
+  def features(self, weights: Weights, split: str | None, source=None, augmented: bool = False):
     """(features, labels) of a split (or ``source``) as the head sees them (frozen tower), host
     float32. Each process reads its share of every batch; the gathered rows come back in source
-    order on every process (by _index), so a probe is the same on any number of hosts."""
+    order on every process (by _index), so a probe is the same on any number of hosts.
+    ``augmented``: through ``pp_train`` instead, one pass whose randomness is the run's seed
+    (the same images on any number of hosts and on a rerun)."""
     with log_lib.timed("features and probes"):
       batches = pipeline.eval_dataset(
         self.data[split] if source is None else source,
-        pp=self.config.pp_eval,
+        pp=self.config.pp_train if augmented else self.config.pp_eval,
+        seed=self.config.seed if augmented else 0,
         batch_size=self.eval_batch_size(),
         keys=("image", "label"),
         process_index=jax.process_index(),
@@ -642,13 +657,17 @@ class Session:
     return out["x"].astype(np.float32), out["y"]
 
   # --------------------------------------------------------------- probes and heads
-  def probe(self, solver: str | None = None, init=None):
+  def probe(self, solver: str | None = None, init=None, augmented: bool = False):
     """The linear probe on the pre-trained tower's frozen features by ``solver`` (default
     ``lp.solver``): (kernel, bias, chosen value, {value: val accuracy}). ``init``: the
-    (kernel, bias) the AdamW probe starts from (default zero)."""
+    (kernel, bias) the AdamW probe starts from (default zero). ``augmented``: its training
+    features through ``pp_train`` (one pass, computed once; validation's stay evaluation's)."""
     c = self.config.lp
     solver = solver or c.solver
-    tx, ty = self.frozen_features("train")
+    if augmented:
+      tx, ty = self.features(self.frozen_weights(), "train", augmented=True)
+    else:
+      tx, ty = self.frozen_features("train")
     vx, vy = self.frozen_features("val")
     n = self.data["num_classes"]
     with log_lib.timed("features and probes"):

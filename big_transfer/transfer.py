@@ -279,6 +279,19 @@ def normalizes_features(feature_norm: str, pre_method: str | None) -> bool:
   return feature_norm == "l2"
 
 
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def computing_in(model: nnx.Module, dtype) -> nnx.Module:
+  """``model`` with every module computing in ``dtype`` (parameters as stored, cast where
+  used: what an autocast does). Call inside the traced function that merged the model: the
+  change is to that trace's copy, never to the stored graph."""
+  for _, m in model.iter_modules():
+    if getattr(m, "dtype", None) is not None:
+      m.dtype = dtype
+  return model
+
+
 class TransferMethod(methods.Method):
   """Supervised fine-tuning of a Classifier (softmax cross-entropy, label smoothing, MixUp);
   plugs into the Trainer like a pre-training method."""
@@ -297,6 +310,8 @@ class TransferMethod(methods.Method):
     self.normalize = normalizes_features(config.feature_norm, pre.method if pre else None)
     self.mixup = float(config.mixup_alpha)
     self.label_smoothing = float(config.label_smoothing)
+    eval_dtype = config.get("eval_dtype", "")
+    self.eval_dtype = COMPUTE_DTYPES[eval_dtype] if eval_dtype else self.dtype
 
   def program_key(self) -> tuple:
     """What the classifier's programs compute with (see methods.Method.program_key): every
@@ -310,6 +325,7 @@ class TransferMethod(methods.Method):
       self.normalize,
       self.num_classes,
       str(jnp.dtype(self.dtype)),
+      str(jnp.dtype(self.eval_dtype)),
       self.mixup,
       self.label_smoothing,
     )
@@ -330,8 +346,13 @@ class TransferMethod(methods.Method):
   def predictions(self):
     return {"metrics": self.eval_metrics, "features": self.features}
 
+  def _evaluating(self, model):
+    return model if self.eval_dtype == self.dtype else computing_in(model, self.eval_dtype)
+
   def features(self, model, images):
-    return model.features(images.astype(self.dtype)).astype(jnp.float32)
+    """Frozen features (linear probes, LP-FT's probe, zero-shot), computed in ``eval_dtype``."""
+    model = self._evaluating(model)
+    return model.features(images.astype(self.eval_dtype)).astype(jnp.float32)
 
   def loss(self, model, batch, rngs=None):
     """Cross-entropy over the batch; a batch padded to a fixed shape (``_mask``: 1 for its real
@@ -356,7 +377,8 @@ class TransferMethod(methods.Method):
     return jnp.sum(per * w) / n, {"accuracy": jnp.sum(correct * w) / n}
 
   def eval_metrics(self, model, batch):
-    logits = model(batch["image"].astype(self.dtype))[0].astype(jnp.float32)
+    model = self._evaluating(model)
+    logits = model(batch["image"].astype(self.eval_dtype))[0].astype(jnp.float32)
     return {"accuracy": (logits.argmax(-1) == batch["label"]).astype(jnp.float32)}
 
 

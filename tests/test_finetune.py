@@ -355,6 +355,29 @@ def test_transfer_defaults_are_the_authors_recipe_and_the_texts_is_one_value_awa
     config_lib.validate(bad)
 
 
+def test_the_paper_config_evaluates_in_float16_as_the_authors_autocast_and_trains_in_float32(
+  pretrained, tmp_path
+):
+  paper = config_lib.load(os.path.join(ROOT, "configs", "finetune", "default.py"))
+  assert (paper.dtype, paper.eval_dtype) == ("float32", "float16")
+  arg = f"pretrained={pretrained['supervised']},protocol=lp,shots=2"
+  feats = {}
+  for dt in ("", "float16"):
+    s = finetune.Session(ft_config(arg, eval_dtype=dt), "/nonexistent")
+    feats[dt], _ = s.frozen_features("test")
+    assert finetune.recipe_of(s)["eval_dtype"] == (dt or "float32")
+  # Features computed in half precision: close to float32's, not the same numbers.
+  assert feats[""].dtype == feats["float16"].dtype == np.float32
+  assert not np.array_equal(feats[""], feats["float16"])
+  scale = np.abs(feats[""]).max()
+  np.testing.assert_allclose(feats["float16"], feats[""], atol=1e-2 * scale)
+  # The run's rows say so, and its evaluation took the same half-precision path.
+  row = run_ft(tmp_path, "lp16", arg, eval_dtype="float16")[0]
+  assert row["recipe"]["eval_dtype"] == "float16" and row["recipe"]["dtype"] == "float32"
+  with pytest.raises(finetune.TransferError, match="config.eval_dtype='half'"):
+    run_ft(tmp_path, "bad", arg, eval_dtype="half")
+
+
 def test_simclr_features_are_l2_normalised_before_the_head(pretrained):
   for norm, expect in (("auto", True), ("none", False)):
     s = finetune.Session(
@@ -450,6 +473,29 @@ def test_lp_ft_starts_from_the_authors_adamw_probe_head(pretrained, tmp_path):
   assert (row["recipe"]["grad_clip_norm"], row["recipe"]["decay"]) == (1.0, "all")
   assert (row["recipe"]["warmup_cap"], row["recipe"]["feature_norm"]) == (0.0, "none")
   assert row["recipe"]["probe_init"] == "zero"
+  assert row["recipe"]["probe_features"] == "train_pp, last epoch"
+
+
+def test_lp_ft_probe_fits_augmented_training_features_computed_once_as_the_authors(pretrained):
+  arg = f"pretrained={pretrained['supervised']},protocol=lp_ft,shots=5"
+  s = finetune.Session(ft_config(arg), "/nonexistent")
+  assert s.config.lp.lp_ft_features == "train_pp"  # random_crop(32) of resize(36) here
+  w = s.frozen_weights()
+  plain, y = s.frozen_features("train")
+  aug, y2 = s.features(w, "train", augmented=True)
+  np.testing.assert_array_equal(y, y2)
+  assert not np.allclose(aug, plain, atol=1e-3)  # through the training augmentation
+  np.testing.assert_array_equal(aug, s.features(w, "train", augmented=True)[0])  # seeded
+  other = finetune.Session(ft_config(arg + ",seed=1", shot_seed=0), "/nonexistent")
+  assert not np.allclose(other.features(w, "train", augmented=True)[0], aug, atol=1e-3)
+  # The probe the run starts from is the one fitted on them (and eval_pp's is another).
+  kernel, bias, _, _ = s.probe("adamw", augmented=True)
+  np.testing.assert_array_equal(s.start_head()[0], kernel)
+  ev = finetune.Session(ft_config(arg, **{"lp.lp_ft_features": "eval_pp"}), "/nonexistent")
+  assert not np.array_equal(ev.start_head()[0], kernel)
+  assert finetune.recipe_of(ev)["probe_features"] == "eval_pp, last epoch"
+  with pytest.raises(finetune.TransferError, match="lp.lp_ft_features='test'"):
+    finetune.Session(ft_config(arg, **{"lp.lp_ft_features": "test"}), "/nonexistent")
 
 
 @pytest.mark.slow  # ~1 min: a grid trained fused and one by one

@@ -650,7 +650,8 @@ def train_dataset(source, **kwargs) -> TrainBatches:
 
 class EvalBatches:
   """Every example once across processes, in fixed-shape batches with ``_mask`` and
-  ``_index``; iterate it once per evaluation."""
+  ``_index``; iterate it once per evaluation. A random ``pp`` draws each example's randomness
+  from (``seed``, its position): the same on every pass and any number of processes."""
 
   def __init__(
     self,
@@ -664,6 +665,7 @@ class EvalBatches:
     threads: int = 8,
     bind: dict | None = None,
     skipped: SkipCounter | None = None,
+    seed: int = 0,
   ):
     if batch_size % process_count:
       raise ValueError(f"batch_size {batch_size} is not divisible by {process_count} processes")
@@ -675,7 +677,7 @@ class EvalBatches:
     )
     self.num_batches = -(-self.n // batch_size)
     self.skipped = skipped if skipped is not None else SkipCounter(pp)
-    self._builder = _Builder(source, pp, 0, keys, bind, shuffle=False, threads=threads)
+    self._builder = _Builder(source, pp, seed, keys, bind, shuffle=False, threads=threads)
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     state = {"template": None}

@@ -148,9 +148,9 @@ def probe_recipe(s) -> dict:
   if s.head_init != "probe":
     return {}
   solver = s.probe_head_solver()
-  # The probe's training features: the evaluation preprocessing, and its last epoch (theirs:
-  # the training augmentation, computed once, and the probe epoch best on test).
-  out = {"probe_solver": solver, "probe_features": "eval_pp, last epoch"}
+  # The probe's training features (lp.lp_ft_features), and its last epoch (theirs: the training
+  # augmentation, computed once, and the probe epoch best on test — never chosen here).
+  out = {"probe_solver": solver, "probe_features": f"{s.config.lp.lp_ft_features}, last epoch"}
   if solver == "adamw":
     out["probe_init"] = "text" if s.adamw_probe_init() is not None else "zero"
   return out

@@ -22,6 +22,10 @@ def _check(config) -> None:
     raise schema.SectionError(f"config.lp.solver={config.lp.solver!r}: one of {', '.join(SOLVERS)}")
   if config.lp.lp_ft_solver not in ("adamw", "lp"):
     raise schema.SectionError(f"config.lp.lp_ft_solver={config.lp.lp_ft_solver!r}: adamw or lp")
+  if config.lp.lp_ft_features not in ("train_pp", "eval_pp"):
+    raise schema.SectionError(
+      f"config.lp.lp_ft_features={config.lp.lp_ft_features!r}: train_pp or eval_pp"
+    )
 
 
 SECTION = schema.Section(
@@ -44,6 +48,13 @@ SECTION = schema.Section(
     schema.Key("adamw_epochs", 128.0, "the adamw solver's epochs"),
     schema.Key("adamw_lr", 3e-3, "the adamw solver's learning rate"),
     schema.Key("lp_ft_solver", "adamw", "LP-FT's first stage: 'adamw' (theirs) or 'lp' (solver)"),
+    schema.Key(
+      "lp_ft_features",
+      "train_pp",
+      "the training features LP-FT's probe fits: 'train_pp' (the training images through "
+      "pp_train — augmented — in one pass seeded by the run's seed, computed once: the "
+      "authors') or 'eval_pp' (the evaluation preprocessing, as plain probes)",
+    ),
   ),
   check=_check,
 )

@@ -4,7 +4,9 @@ training data; 224px bicubic, timm 0.4.12's RandAugment (m9, mstd 0.5; with it o
 no colour jitter, so neither does this config), random erasing 0.25; evaluation at 256 -> centre
 crop 224, ImageNet mean/std. CLIP heads start from the class names' prompt-ensembled text
 embeddings, others at zero. Compute in float32 for training, as the authors trained (no
-autocast in their loops); ``--config.dtype=bfloat16`` for speed, recorded in every row.
+autocast in their loops), and in float16 for evaluation and frozen features, as their fp16
+autocast did; ``--config.dtype=bfloat16`` / ``--config.eval_dtype=float32`` otherwise, recorded
+in every row.
 
   python -m big_transfer.finetune \
       --config=configs/finetune/default.py:pretrained=/runs/clip_laion,data=tfds:cifar100,shots=5 \
@@ -47,7 +49,8 @@ def get_config(arg=None):
   c.lrs = tuple(float(x) for x in a.lrs.split(";"))
   c.total_epochs = a.epochs
   c.results_file = a.results
-  c.dtype = "float32"  # theirs: fp32 training (fp16 autocast only in evaluation)
+  c.dtype = "float32"  # theirs: fp32 training
+  c.eval_dtype = "float16"  # theirs: fp16 autocast in evaluation
   config_lib.cadence(c, "accelerator", log_every=50, checkpoint_every=1000)
   if a.bit:
     c.schedule_rule = "bit"
