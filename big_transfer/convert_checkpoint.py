@@ -233,7 +233,7 @@ def export_timm(workdir: str, out: str) -> dict[str, Any]:
     # config where it is still there.
     pc = _run_config(transfer.workdir_of(config.pretrained)) if config.pretrained else None
     pre = types.SimpleNamespace(config=pc, method=pc.method) if pc is not None else None
-    model, kwargs = transfer.backbone_spec(config, pre)
+    model, kwargs = transfer.backbone_spec(config.model, config.model_kwargs.to_dict(), pre)
     tower = "backbone"
     extra = {f"head/{k}": v for k, v in transfer.flatten(params.get("head", {})).items()}
   else:

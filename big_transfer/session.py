@@ -434,7 +434,8 @@ class Session:
     self.data = views(with_model(config, pre_model), group.opened(with_model(config, pre_model)))
     config, self.head_init = resolve(config, self.pre and self.pre.method, pre_model, self.data)
     self.config, self.protocol = config, protocol_of(config)
-    self.method = transfer.TransferMethod(config, self.pre, self.data["num_classes"])
+    self.classifier_spec = transfer.ClassifierSpec.of(config)
+    self.method = transfer.TransferMethod(self.classifier_spec, self.pre)
     self.mesh = group.mesh(config)
     self.trainer = trainer_lib.Trainer(
       self.method,

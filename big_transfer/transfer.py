@@ -251,14 +251,14 @@ class Classifier(nnx.Module):
     return self.head(f), {"pre_logits": f}
 
 
-def backbone_spec(config, pre: Pretrained | None) -> tuple[str, dict]:
+def backbone_spec(model: str, model_kwargs: dict, pre: Pretrained | None) -> tuple[str, dict]:
   """(model name, kwargs) of the image tower: the pre-trained run's unless the transfer config
-  names one; transfer's model_kwargs override (e.g. a ViT's image_size)."""
-  name = config.model or (pre.config.model if pre else "")
+  names one (``model``); its ``model_kwargs`` override (e.g. a ViT's image_size)."""
+  name = model or (pre.config.model if pre else "")
   if not name:
     raise ValueError("config.model: empty, and no pre-trained run to take it from")
   kwargs = dict(pre.config.model_kwargs) if pre and name == pre.config.model else {}
-  kwargs.update(config.model_kwargs.to_dict())
+  kwargs.update(model_kwargs)
   if pre is not None and methods.has_text_tower(pre.method):
     if models.parse(name)[1].get("version") == "clip":
       kwargs.setdefault("embed_dim", pre.config.clip.embed_dim)
@@ -292,26 +292,55 @@ def computing_in(model: nnx.Module, dtype) -> nnx.Module:
   return model
 
 
+@dataclasses.dataclass(frozen=True)
+class ClassifierSpec:
+  """What a transfer run's classifier computes with, resolved once from its config at the
+  run's entry (``session.resolve``; as ``train.RunSpec`` is for a run's length and cadence):
+  the modules below it take these explicit values, never the config."""
+
+  model: str  # '' = the pre-trained run's
+  num_classes: int
+  model_kwargs: dict = dataclasses.field(default_factory=dict)
+  dtype: str = "float32"  # training compute
+  eval_dtype: str = ""  # evaluation and frozen features ('' = dtype)
+  feature_norm: str = "auto"
+  mixup_alpha: float = 0.0
+  label_smoothing: float = 0.0
+
+  @classmethod
+  def of(cls, config) -> ClassifierSpec:
+    """From a resolved transfer config (its class count filled in)."""
+    return cls(
+      model=config.model,
+      num_classes=int(config.num_classes),
+      model_kwargs=config.model_kwargs.to_dict(),
+      dtype=config.dtype,
+      eval_dtype=config.get("eval_dtype", ""),
+      feature_norm=config.feature_norm,
+      mixup_alpha=float(config.mixup_alpha),
+      label_smoothing=float(config.label_smoothing),
+    )
+
+
 class TransferMethod(methods.Method):
   """Supervised fine-tuning of a Classifier (softmax cross-entropy, label smoothing, MixUp);
-  plugs into the Trainer like a pre-training method."""
+  plugs into the Trainer like a pre-training method. Built from a :class:`ClassifierSpec`."""
 
   name = "transfer"
   traits = methods.Traits(image_tower="backbone", needs_labels=True)
   batch_keys = ("image", "label")
 
-  def __init__(self, config, pre: Pretrained | None, num_classes: int):
-    super().__init__(config, {"num_classes": num_classes})
-    self.pre, self.num_classes = pre, num_classes
-    self.model_name, self.model_kwargs = backbone_spec(config, pre)
+  def __init__(self, spec: ClassifierSpec, pre: Pretrained | None):
+    super().__init__({"dtype": spec.dtype}, {"num_classes": spec.num_classes})
+    self.spec, self.pre, self.num_classes = spec, pre, spec.num_classes
+    self.model_name, self.model_kwargs = backbone_spec(spec.model, spec.model_kwargs, pre)
     is_clip = pre is not None and methods.has_text_tower(pre.method)
     has_proj = is_clip and pre.params().get("image_projection") is not None
     self.projection_dim = pre.config.clip.embed_dim if has_proj else 0
-    self.normalize = normalizes_features(config.feature_norm, pre.method if pre else None)
-    self.mixup = float(config.mixup_alpha)
-    self.label_smoothing = float(config.label_smoothing)
-    eval_dtype = config.get("eval_dtype", "")
-    self.eval_dtype = COMPUTE_DTYPES[eval_dtype] if eval_dtype else self.dtype
+    self.normalize = normalizes_features(spec.feature_norm, pre.method if pre else None)
+    self.mixup = spec.mixup_alpha
+    self.label_smoothing = spec.label_smoothing
+    self.eval_dtype = COMPUTE_DTYPES[spec.eval_dtype] if spec.eval_dtype else self.dtype
 
   def program_key(self) -> tuple:
     """What the classifier's programs compute with (see methods.Method.program_key): every
