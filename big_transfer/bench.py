@@ -31,7 +31,6 @@ against the raw decode measured in the same process.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import gzip
 import io
@@ -55,7 +54,7 @@ from absl import logging as absl_logging
 from PIL import Image, ImageDraw, ImageFilter
 
 from big_transfer import checkpoint as ckpt_lib
-from big_transfer import config_lib, methods, optim, sharding, train
+from big_transfer import cli, config_lib, methods, optim, sharding, train
 from big_transfer import logging as log_lib
 from big_transfer import trainer as trainer_lib
 from big_transfer.app import UserError
@@ -1044,10 +1043,6 @@ def bench_variants(base_args: list[str], variants: list[str], rounds: int) -> li
   return out_rows
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-  """The docstring as written, and every flag's default."""
-
-
 def bench_fuse(
   model: str,
   batch_size: int,
@@ -1358,102 +1353,90 @@ def _bench_slurm(config, workdir, workers, env, ours) -> dict[str, Any]:
   }
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(
-    prog="python -m big_transfer.bench", description=__doc__, formatter_class=_HelpFormatter
+def command() -> cli.Command:
+  c = cli.Command("big_transfer.bench", __doc__)
+  c.enum(
+    "what",
+    None,
+    ("model", "pipeline", "loader", "tokenizer", "study", "fuse"),
+    "what to measure (default: model when --model is given, else pipeline)",
   )
-  p.add_argument(
-    "--what",
-    choices=("model", "pipeline", "loader", "tokenizer", "study", "fuse"),
-    default=None,
-    help="default: model when --model is given, else pipeline",
+  c.string("model", None, "e.g. resnet50, vit_s16, vit_b16, clip_rn50")
+  c.enum(
+    "method", "supervised", ("supervised", "clip", "simclr", "slip"), "model: the step's method"
   )
-  p.add_argument("--model", default=None, help="e.g. resnet50, vit_s16, vit_b16, clip_rn50")
-  p.add_argument(
-    "--method",
-    default="supervised",
-    choices=("supervised", "clip", "simclr", "slip"),
-    help="model: the step's method",
+  c.integer("batch_size", 16, "global batch")
+  c.integer("resolution", 224, "model: image side")
+  c.integer("steps", 10, "model: timed steps")
+  c.enum("dtype", "float32", ("float32", "bfloat16"), "model: compute dtype")
+  c.enum(
+    "data",
+    "synthetic",
+    ("synthetic", "pipeline"),
+    "model: the loop's data (pipeline: JPEGs through the study chain)",
   )
-  p.add_argument("--batch_size", type=int, default=16, help="global batch")
-  p.add_argument("--resolution", type=int, default=224, help="model: image side")
-  p.add_argument("--steps", type=int, default=10, help="model: timed steps")
-  p.add_argument(
-    "--dtype", default="float32", choices=("float32", "bfloat16"), help="model: compute dtype"
+  c.enum("loop", "on", ("on", "off"), "off: the bare step only (quick comparisons of XLA flags)")
+  c.enum(
+    "torch", "auto", ("auto", "off"), "the PyTorch side-by-side when torch and timm are installed"
   )
-  p.add_argument(
-    "--data",
-    default="synthetic",
-    choices=("synthetic", "pipeline"),
-    help="model: the loop's data (pipeline: JPEGs through the study chain)",
-  )
-  p.add_argument(
-    "--loop",
-    default="on",
-    choices=("on", "off"),
-    help="off: the bare step only (quick comparisons of XLA flags)",
-  )
-  p.add_argument(
-    "--torch",
-    default="auto",
-    choices=("auto", "off"),
-    help="the PyTorch side-by-side when torch and timm are installed",
-  )
-  p.add_argument("--images", type=int, default=200, help="pipeline/loader: JPEGs made")
-  p.add_argument("--height", type=int, default=375, help="pipeline/loader: JPEG height")
-  p.add_argument("--width", type=int, default=500, help="pipeline/loader: JPEG width")
-  p.add_argument("--seconds", type=float, default=3.0, help="about this much time per case")
-  p.add_argument(
-    "--variants",
-    default=None,
-    help="';'-separated 'xla:FLAGS' / 'args:ARGS' variants of the bare step, each "
+  c.integer("images", 200, "pipeline/loader: JPEGs made")
+  c.integer("height", 375, "pipeline/loader: JPEG height")
+  c.integer("width", 500, "pipeline/loader: JPEG width")
+  c.number("seconds", 3.0, "about this much time per case")
+  c.string(
+    "variants",
+    None,
+    "';'-separated 'xla:FLAGS' / 'args:ARGS' variants of the bare step, each "
     "in its own process, baseline first (e.g. 'xla:;xla:--xla_cpu_use_xnnpack"
     "=true;args:--dtype=bfloat16')",
   )
-  p.add_argument("--rounds", type=int, default=2, help="variants: rounds of each")
-  p.add_argument(
-    "--workers",
-    default="0,1,2",
-    help="loader: comma-separated worker counts to measure; study: the worker count",
+  c.integer("rounds", 2, "variants: rounds of each")
+  c.string(
+    "workers",
+    "0,1,2",
+    "loader: comma-separated worker counts to measure; study: the worker count",
+    metavar="N[,N...]",
   )
-  p.add_argument(
-    "--study_config",
-    default="configs/mini/study.py",
-    help="study: the study whose transfer stage is timed sequentially and as workers",
+  c.string(
+    "study_config",
+    "configs/mini/study.py",
+    "study: the study whose transfer stage is timed sequentially and as workers",
+    metavar="FILE",
   )
-  p.add_argument("--points", type=int, default=2, help="fuse: grid points (learning rates)")
-  p.add_argument(
-    "--baseline",
-    default="",
-    metavar="DIR",
-    help="study: a checkout of earlier code (git worktree add DIR REV) whose transfer stage "
+  c.integer("points", 2, "fuse: grid points (learning rates)")
+  c.string(
+    "baseline",
+    "",
+    "study: a checkout of earlier code (git worktree add DIR REV) whose transfer stage "
     "runs on the same pre-trained arms, compared cell by cell",
-  )
-  p.add_argument(
-    "--tolerance",
-    type=float,
-    default=0.02,
-    help="study: the largest accuracy difference a cell may have against the baseline's",
-  )
-  p.add_argument(
-    "--data_workers", type=int, default=0, help="model: the training loop's data worker processes"
-  )
-  p.add_argument(
-    "--model_kwargs",
-    action="append",
-    default=None,
-    help='JSON, e.g. \'{"width": 0.5}\'; repeated ones are merged, later keys '
-    'winning (so a variant\'s kwargs add to the base run\'s)',
-  )
-  p.add_argument(
-    "--profile",
-    default=None,
     metavar="DIR",
-    help="model: also trace two bare steps into DIR (TensorBoard / Perfetto) and "
+  )
+  c.number(
+    "tolerance",
+    0.02,
+    "study: the largest accuracy difference a cell may have against the baseline's",
+  )
+  c.integer("data_workers", 0, "model: the training loop's data worker processes")
+  c.repeated(
+    "model_kwargs",
+    'JSON, e.g. \'{"width": 0.5}\'; repeated ones are merged, later keys '
+    "winning (so a variant's kwargs add to the base run's)",
+    metavar="JSON",
+  )
+  c.string(
+    "profile",
+    None,
+    "model: also trace two bare steps into DIR (TensorBoard / Perfetto) and "
     "print a 'profile' row: ms per step by what the operations compute "
     "(convolution, matmul, layout copies, ...) and the slowest operations",
+    metavar="DIR",
   )
-  args = p.parse_args(argv)
+  return c
+
+
+def main(argv=None):
+  p = command()
+  args = p.parse(argv)
   model_kwargs = {}
   for text in args.model_kwargs or []:
     try:

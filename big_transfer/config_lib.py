@@ -22,7 +22,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_dict
 
-from big_transfer import methods, models, optim, schema
+from big_transfer import cli, methods, models, optim, schema
 from big_transfer.evaluators import common as evals_lib
 
 
@@ -273,11 +273,12 @@ def _clean(e: BaseException) -> str:
 
 
 def usage(program: str) -> str:
-  """``--help`` of an absl entrypoint: its docstring (the examples) and every flag it defines,
-  with its help and default (absl alone lists none of them and exits 1)."""
+  """``--help`` of an absl entrypoint in the one help format of every entry point
+  (``cli.render``): its docstring (the examples) and every flag it defines, with its help and
+  default (absl alone lists none of them and exits 1)."""
   main = sys.modules.get("__main__")
   doc = (getattr(main, "__doc__", None) or "").strip()
-  lines = [doc, "", "flags:"] if doc else [f"usage: {program} [flags]", "", "flags:"]
+  module = getattr(getattr(main, "__spec__", None), "name", None) or program
   by_module = flags.FLAGS.flags_by_module_dict()
   mine = [
     f
@@ -287,18 +288,25 @@ def usage(program: str) -> str:
     for f in fs
   ]
   mine += [flags.FLAGS["verbosity"]] if "verbosity" in flags.FLAGS else []
-  seen = set()
+  entries, seen = [], set()
   for f in mine:
     if f.name in seen:
       continue
     seen.add(f.name)
-    default = f.default_as_str if f.name != "config" else "(required)"
-    lines.append(f"  --{f.name}: {f.help} (default: {default})")
-  lines.append(
-    "  --config.KEY=VALUE: override any key of the config (--print_config lists "
-    "them with their values)"
+    shown = {"config": "FILE[:ARGS]", "workdir": "DIR"}.get(f.name)
+    entries.append(cli.flag_entry(f, shown, required=f.name in ("config", "workdir")))
+  entries.append(
+    (
+      "--config.KEY=VALUE (repeatable)",
+      "override any key of the config"
+      + (" (--print_config lists them with their values)" if "print_config" in flags.FLAGS else ""),
+    )
   )
-  return "\n".join(lines)
+  return cli.render(
+    doc,
+    f"python -m {module} --config=FILE[:ARGS] --workdir=DIR [--config.KEY=VALUE ...] [flags]",
+    flag_entries=entries,
+  )
 
 
 def describe(config, extra: tuple = ()) -> str:
@@ -489,31 +497,43 @@ def flags_parser(argv: list[str]) -> list[str]:
     sys.exit(2)
   try:
     return flags.FLAGS(argv)
-  except Exception as e:  # noqa: BLE001  (absl and ml_collections raise many kinds)
-    cause = e
-    while cause.__context__ is not None and isinstance(cause, flags.Error):
-      cause = cause.__context__
-    text = _clean(cause)
-    try:
-      explained = explain_flag_error(argv)
-    except Exception:  # noqa: BLE001  never hide the original error behind a second one
-      explained = None
-    if explained:
-      print(f"error: {explained}", file=sys.stderr)
+  except flags.UnrecognizedFlagError as e:
+    if not e.flagname.startswith("config."):
+      main = getattr(sys.modules.get("__main__"), "__spec__", None)
+      where = f" (python -m {main.name} --help lists what it takes)" if main else ""
+      print(f"error: {cli.unknown_flag(e.flagname, list(flags.FLAGS))}{where}", file=sys.stderr)
       sys.exit(2)
-    bad = [
-      a.split("=")[0]
-      for a in argv[1:]
-      if a.startswith("--config.") and a.split("=")[0].rsplit(".", 1)[-1] in text
-    ]
-    if "Traceback" in text:  # an exception inside the config file: keep its last line
-      config_arg = next((a for a in argv[1:] if a.startswith("--config=")), "--config")
-      msg = f"{config_arg[2:]}: " + re.split(r"\b\w*(?:Error|Exception): ", text)[-1]
-    elif isinstance(cause, (KeyError, AttributeError)) and bad:
-      msg = f"unknown config key {bad[0][2:]!r} ({text})"
-    elif bad:
-      msg = f"bad value for {bad[0][2:]}: {text}"
-    else:
-      msg = text
-    print(f"error: {msg}", file=sys.stderr)
+    return _flag_error(argv, e)
+  except Exception as e:  # noqa: BLE001  (absl and ml_collections raise many kinds)
+    return _flag_error(argv, e)
+
+
+def _flag_error(argv: list[str], e: Exception):
+  """A command line absl or the config cannot take: one ``error:`` line, exit 2."""
+  cause = e
+  while cause.__context__ is not None and isinstance(cause, flags.Error):
+    cause = cause.__context__
+  text = _clean(cause)
+  try:
+    explained = explain_flag_error(argv)
+  except Exception:  # noqa: BLE001  never hide the original error behind a second one
+    explained = None
+  if explained:
+    print(f"error: {explained}", file=sys.stderr)
     sys.exit(2)
+  bad = [
+    a.split("=")[0]
+    for a in argv[1:]
+    if a.startswith("--config.") and a.split("=")[0].rsplit(".", 1)[-1] in text
+  ]
+  if "Traceback" in text:  # an exception inside the config file: keep its last line
+    config_arg = next((a for a in argv[1:] if a.startswith("--config=")), "--config")
+    msg = f"{config_arg[2:]}: " + re.split(r"\b\w*(?:Error|Exception): ", text)[-1]
+  elif isinstance(cause, (KeyError, AttributeError)) and bad:
+    msg = f"unknown config key {bad[0][2:]!r} ({text})"
+  elif bad:
+    msg = f"bad value for {bad[0][2:]}: {text}"
+  else:
+    msg = text
+  print(f"error: {msg}", file=sys.stderr)
+  sys.exit(2)

@@ -22,7 +22,6 @@ pretrained_cfg_overlay=pretrained_cfg, **kwargs)`` builds it with these weights.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -36,7 +35,7 @@ import numpy as np
 from flax import nnx
 
 from big_transfer import checkpoint as ckpt_lib
-from big_transfer import config_lib, interop, methods, paths, transfer
+from big_transfer import cli, config_lib, interop, methods, paths, transfer
 from big_transfer import state as state_lib
 from big_transfer.app import write_config
 from big_transfer.checkpoint import CheckpointError
@@ -330,45 +329,57 @@ def save_state_dict(sd: dict[str, np.ndarray], out: str):
   torch.save({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, out)
 
 
-def main(argv=None) -> int:
-  p = argparse.ArgumentParser(
-    prog="python -m big_transfer.convert_checkpoint",
-    description=__doc__.split("\n\n")[0],
-    epilog=__doc__.split("\n\n", 1)[1],
-    formatter_class=argparse.RawDescriptionHelpFormatter,
+def command() -> cli.Command:
+  c = cli.Command(
+    "big_transfer.convert_checkpoint",
+    __doc__,
+    args=[cli.Arg("src", "checkpoint file (or, with --to, a run's workdir)")],
+    usage="SRC (--from=FORMAT | --to=FORMAT) --out=OUT [flags]",
   )
-  p.add_argument("src", help="checkpoint file (or, with --to, a run's workdir)")
-  g = p.add_mutually_exclusive_group(required=True)
-  g.add_argument(
-    "--from",
+  c.enum(
+    "from",
+    None,
+    interop.FORMATS,
+    "import a checkpoint file of this format into a workdir",
     dest="fmt",
-    choices=interop.FORMATS,
-    help="import a checkpoint file of this format into a workdir",
   )
-  g.add_argument(
-    "--to",
-    choices=("openclip", "timm"),
-    help="export a run: openclip (a CLIP model), timm (any image tower timm has)",
+  c.enum(
+    "to",
+    None,
+    ("openclip", "timm"),
+    "export a run: openclip (a CLIP model), timm (any image tower timm has)",
   )
-  p.add_argument(
-    "--model",
-    default=None,
-    help="ours (vit_b16, resnet50, bit_r50x1, clip_rn50) or the source's name "
+  c.string(
+    "model",
+    None,
+    "ours (vit_b16, resnet50, bit_r50x1, clip_rn50) or the source's name "
     "(ViT-B-32-quickgelu, vit_base_patch16_224, resnetv2_50x1_bit)",
   )
-  p.add_argument(
-    "--act",
-    default=None,
-    choices=("gelu", "gelu_tanh", "quick_gelu"),
-    help="override the transformer activation (not stored in checkpoints)",
+  c.enum(
+    "act",
+    None,
+    ("gelu", "gelu_tanh", "quick_gelu"),
+    "override the transformer activation (not stored in checkpoints)",
   )
-  p.add_argument(
-    "--out",
-    required=True,
-    help="a new workdir (--from), or the exported file (--to: .pt or .safetensors; "
+  c.string(
+    "out",
+    None,
+    "a new workdir (--from), or the exported file (--to: .pt or .safetensors; "
     "<out>.json is written beside it)",
+    required=True,
   )
-  args = p.parse_args(argv)
+  c.check(
+    lambda a: (
+      "one of --from=FORMAT (import) or --to=FORMAT (export) is needed"
+      if (a.fmt is None) == (a.to is None)
+      else None
+    )
+  )
+  return c
+
+
+def main(argv=None) -> int:
+  args = command().parse(argv)
   try:
     if args.to:
       export = export_openclip if args.to == "openclip" else export_timm

@@ -16,7 +16,6 @@ Which arms form a comparison is read from the rows' ``tags.group`` (set by the s
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from big_transfer import methods, paths, published, transfer
+from big_transfer import cli, methods, paths, published, transfer
 from big_transfer.workdir import Workdir
 
 SHOT_ORDER = ("1", "5", "10", "20", "25", "50", "100", "200", "full")
@@ -1177,29 +1176,29 @@ def rewrite_readme(readme: str, workdir: str, figures: str = "") -> None:
   os.replace(readme + ".tmp", readme)
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(
-    prog="python -m big_transfer.report",
-    description=__doc__.split("\n\n")[0],
-    epilog="example: python -m big_transfer.report --workdir=runs/mini_study",
-  )
-  p.add_argument(
-    "--workdir",
+def command() -> cli.Command:
+  c = cli.Command("big_transfer.report", __doc__)
+  c.string(
+    "workdir",
+    None,
+    "a study's directory: reads results.jsonl, writes report/ (report.md, the figures, specs.json)",
     required=True,
-    help="a study's directory: reads results.jsonl, writes report/ (report.md, "
-    "the figures, specs.json)",
+    metavar="DIR",
   )
-  p.add_argument(
-    "--readme",
-    default="",
-    help="also rewrite this README's mini-study block (numbers and sentences) "
+  c.string(
+    "readme",
+    "",
+    "also rewrite this README's mini-study block (numbers and sentences) "
     "from the results and copy the figures to the docs/ beside it (the mini study's "
     "workdir only)",
+    metavar="FILE",
   )
-  p.add_argument(
-    "--figures", default="", help="with --readme: copy the figures here instead (created)"
-  )
-  args = p.parse_args(argv)
+  c.string("figures", "", "with --readme: copy the figures here instead (created)", metavar="DIR")
+  return c
+
+
+def main(argv=None):
+  args = command().parse(argv)
   try:
     paths.check_location(args.workdir, "--workdir")
     print(write_report(args.workdir))

@@ -77,6 +77,30 @@ def test_a_lock_in_a_bucket_is_created_once_refuses_a_second_run_and_is_taken_ov
   _no_local_url_directory()
 
 
+def test_urls_go_through_gcsfs_where_tensorflow_is_installed_too(tmp_path):
+  """etils.epath (ours, Orbax's checkpoint files) switches gs:// to TensorFlow's gfile whenever
+  TensorFlow is importable: in an environment that also prepares TFDS data, bucket checkpoints
+  then bypassed gcsfs (its retries, the emulator) and failed against the emulator."""
+  fake = tmp_path / "site" / "tensorflow"
+  fake.mkdir(parents=True)
+  (fake / "__init__.py").write_text("")  # importable: what etils checks
+  probe = (
+    "import big_transfer; from etils import epath; "
+    "print(type(epath.Path('gs://b/x')._backend).__name__)"
+  )
+  env = {k: v for k, v in os.environ.items() if k != "EPATH_USE_TF"}
+  env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), ROOT])
+  out = subprocess.run(
+    [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120
+  )
+  assert out.stdout.strip() == "_FileSystemSpecBackend", out.stdout + out.stderr[-1000:]
+  env["EPATH_USE_TF"] = "1"  # the user's own choice is kept
+  out = subprocess.run(
+    [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120
+  )
+  assert out.stdout.strip() == "_TfBackend", out.stdout + out.stderr[-1000:]
+
+
 def test_checkpoints_in_a_bucket_are_verified_and_a_corrupt_one_falls_back(bucket_dir):
   wd = f"{bucket_dir}/ckpt"
   mesh = jax.sharding.SingleDeviceSharding(jax.devices()[0])

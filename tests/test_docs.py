@@ -62,7 +62,7 @@ def test_convert_help_lists_merge_and_a_conversion_without_dst_is_one_line():
     text=True,
     timeout=120,
   )
-  assert out.returncode == 0 and "{imagefolder,webdataset,csv,coco,merge}" in out.stdout
+  assert out.returncode == 0 and "imagefolder | webdataset | csv | coco | merge" in out.stdout
   assert "'merge DST' (no SRC)" in " ".join(out.stdout.split())
   bad = subprocess.run(
     [sys.executable, "-m", "big_transfer.data.convert", "csv", "x.csv"],

@@ -386,10 +386,10 @@ def test_help_lists_every_flag_and_print_config_every_key(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-1000:]
     for flag in (
-      "--config:",
-      "--workdir:",
-      "--num_processes:",
-      "--print_config:",
+      "--config=FILE[:ARGS]  (required)",
+      "--workdir=DIR  (required)",
+      "--num_processes=INT",
+      "--[no]print_config",
       "--config.KEY=VALUE",
     ):
       assert flag in out.stdout, (module, flag)
@@ -402,36 +402,66 @@ def test_help_lists_every_flag_and_print_config_every_key(tmp_path):
   )
 
 
-def test_every_argparse_entrypoint_helps_with_an_example():
-  """--help of the argparse entrypoints: exit 0, a description, an example command, and a
-  help text on every flag."""
+ENTRY_POINTS = (
+  "big_transfer.train",
+  "big_transfer.finetune",
+  "big_transfer.study",
+  "big_transfer.report",
+  "big_transfer.convert_checkpoint",
+  "big_transfer.bench",
+  "big_transfer.data.prepare",
+  "big_transfer.data.convert",
+  "big_transfer.data.tokenizer",
+)
+
+
+def test_every_entry_point_has_one_help_format_and_one_line_for_a_misspelt_flag():
+  """All nine ``python -m`` entry points parse with absl flags and print help one way
+  (cli.render): the docstring with an example command, a usage line, then every flag on its own
+  line with its help text indented below it; a misspelt flag is one line naming the nearest."""
   import re
 
-  for module in (
-    "big_transfer.report",
-    "big_transfer.convert_checkpoint",
-    "big_transfer.bench",
-    "big_transfer.data.prepare",
-    "big_transfer.data.convert",
-    "big_transfer.data.tokenizer",
-  ):
-    out = subprocess.run(
-      [sys.executable, "-m", module, "--help"],
+  def start(module, *argv):
+    return subprocess.Popen(
+      [sys.executable, "-m", module, *argv],
       cwd=ROOT,
-      capture_output=True,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
       text=True,
-      timeout=120,
     )
-    assert out.returncode == 0, (module, out.stderr[-500:])
-    assert re.search(rf"python -m {module} [a-z-]", out.stdout), module  # not the usage line
-    options = out.stdout.split("options:", 1)[1]
-    # a flag line with nothing after its metavar, and no indented help below it: no help text
-    lines = options.splitlines()
-    for i, line in enumerate(lines):
-      m = re.match(r"^  (-\w, )?--\w+( \S+)?\s*$", line)
-      if m and "--help" not in line:
-        nxt = lines[i + 1] if i + 1 < len(lines) else ""
-        assert nxt.startswith(" " * 10), (module, line)
+
+  helps = {m: start(m, "--help") for m in ENTRY_POINTS}
+  for module, proc in helps.items():
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, (module, err[-500:])
+    assert re.search(rf"python -m {module} [a-z'-]", out.split("usage:")[0]), module  # example
+    usage = [l for l in out.splitlines() if l.startswith("usage: ")]
+    assert usage and usage[0].startswith(f"usage: python -m {module} "), module
+    if module == "big_transfer.data.tokenizer":  # subcommands: each lists its own flags
+      assert re.search(r"^commands:\n  train\n {6}learn", out, re.M), out
+      continue
+    listed = out.split("\nflags:\n", 1)[1].splitlines()
+    entries = [i for i, l in enumerate(listed) if l.startswith("  --")]
+    assert len(entries) >= 3, module
+    for i in entries:  # a flag, then its meaning indented below it
+      assert listed[i + 1].startswith(" " * 6) and listed[i + 1].strip(), (module, listed[i])
+  misspelt = {  # a flag each has, misspelt (the tokenizer: its command)
+    "big_transfer.convert_checkpoint": ("x", "--otu=y", "--out"),
+    "big_transfer.bench": ("--modle=resnet18", "--model"),
+    "big_transfer.data.prepare": ("cifar10", "--data_dri=/tmp/x", "--data_dir"),
+    "big_transfer.data.convert": ("csv", "a", "b", "--wrokers=1", "--workers"),
+    "big_transfer.data.tokenizer": ("trian", "train"),
+  }
+  bad = {
+    m: start(m, *misspelt.get(m, ("--wrokdir=/tmp/x", "--workdir"))[:-1]) for m in ENTRY_POINTS
+  }
+  for module, proc in bad.items():
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, (module, err[-500:])
+    (line,) = err.strip().splitlines()
+    near = misspelt.get(module, ("--workdir",))[-1]
+    assert line.startswith("error: unknown ") and f"; did you mean {near}? (" in line, line
+    assert line.endswith(f"(python -m {module} --help lists what it takes)"), line
 
 
 def test_every_config_key_is_declared_once_by_the_module_that_reads_it_with_its_meaning():

@@ -26,7 +26,6 @@ writes the same manifest a single run would have written.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import csv
 import dataclasses
@@ -37,7 +36,6 @@ import multiprocessing
 import os
 import posixpath
 import re
-import sys
 import tarfile
 import time
 import unicodedata
@@ -50,7 +48,7 @@ from array_record.python import array_record_data_source as ards
 from array_record.python import array_record_module as arm
 from PIL import Image
 
-from big_transfer import paths
+from big_transfer import cli, paths
 from big_transfer.data import sources
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif")
@@ -829,123 +827,105 @@ def _progress(i, n, t0):
   print(f"  shard {i}/{n} done, {i / dt:.2f} shards/s, eta {eta:.0f}s", flush=True)
 
 
-def _split_name(text: str) -> str:
-  if not safe_split(text):
-    raise argparse.ArgumentTypeError(f"{text!r} is not a plain split name (letters, digits, _)")
-  return text
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-  """The docstring's examples as written, and every flag's default."""
-
-
-def parse_args(argv):
-  p = argparse.ArgumentParser(
-    prog="python -m big_transfer.data.convert",
-    description=__doc__.split("\n\n")[0],
-    epilog=__doc__.split("\n\n")[1],
-    formatter_class=_HelpFormatter,
+def command() -> cli.Command:
+  c = cli.Command(
+    "big_transfer.data.convert",
+    __doc__,
+    args=[
+      cli.Arg(
+        "kind",
+        "what SRC is; 'merge DST' (no SRC) writes the manifest of a conversion "
+        "split across hosts (--num_shards) once every host is done",
+        choices=("imagefolder", "webdataset", "csv", "coco", "merge"),
+      ),
+      cli.Arg(
+        "src",
+        "image folder, tar file / directory / glob, CSV file, or COCO "
+        "annotations (FILE or SPLIT=FILE,SPLIT=FILE); merge: DST",
+      ),
+      cli.Arg("dst", "output directory (ArrayRecord shards + manifest.json)", nargs="?"),
+    ],
+    usage="KIND SRC DST [flags]  |  merge DST",
   )
-  p.add_argument(
-    "kind",
-    choices=("imagefolder", "webdataset", "csv", "coco", "merge"),
-    help="what SRC is; 'merge DST' (no SRC) writes the manifest of a conversion "
-    "split across hosts (--num_shards) once every host is done",
+  c.integer(
+    "workers", max(1, (os.cpu_count() or 2) - 1), "processes that decode and re-encode images"
   )
-  p.add_argument(
-    "src",
-    help="image folder, tar file / directory / glob, CSV file, or COCO "
-    "annotations (FILE or SPLIT=FILE,SPLIT=FILE); merge: DST",
+  c.integer(
+    "output_shards",
+    0,
+    "output shards (imagefolder/csv/coco; 0: ~10k examples each; webdataset: one per input tar)",
   )
-  p.add_argument("dst", nargs="?", help="output directory (ArrayRecord shards + manifest.json)")
-  p.add_argument(
-    "--workers",
-    type=int,
-    default=max(1, (os.cpu_count() or 2) - 1),
-    help="processes that decode and re-encode images",
-  )
-  p.add_argument(
-    "--output_shards",
-    type=int,
-    default=0,
-    help="output shards (imagefolder/csv/coco; default ~10k examples each; "
-    "webdataset: one per input tar)",
-  )
-  p.add_argument(
-    "--num_shards",
-    type=int,
-    default=1,
-    help="hosts sharing this conversion (each runs it with its --shard_index; "
+  c.integer(
+    "num_shards",
+    1,
+    "hosts sharing this conversion (each runs it with its --shard_index; "
     "then `convert merge DST` on one)",
   )
-  p.add_argument("--shard_index", type=int, default=0, help="this host's index")
-  p.add_argument(
-    "--max_side",
-    type=int,
-    default=0,
-    help="re-encode images whose longer side exceeds this (JPEG); 0: never",
-  )
-  p.add_argument("--quality", type=int, default=95, help="JPEG quality of re-encoded images")
-  p.add_argument(
-    "--max_pixels", type=int, default=89_478_485, help="refuse larger images (decompression bombs)"
-  )
-  p.add_argument(
-    "--split_fraction",
-    type=float,
-    default=0.0,
-    help="imagefolder SRC/<class>/<image>, or csv without --split_column: "
+  c.integer("shard_index", 0, "this host's index")
+  c.integer("max_side", 0, "re-encode images whose longer side exceeds this (JPEG); 0: never")
+  c.integer("quality", 95, "JPEG quality of re-encoded images")
+  c.integer("max_pixels", 89_478_485, "refuse larger images (decompression bombs)")
+  c.number(
+    "split_fraction",
+    0.0,
+    "imagefolder SRC/<class>/<image>, or csv without --split_column: "
     "fraction of images put in 'test' (a stable hash of the path)",
   )
-  p.add_argument(
-    "--recursive",
-    action="store_true",
-    help="imagefolder: images in folders inside a class folder belong to it "
+  c.boolean(
+    "recursive",
+    False,
+    "imagefolder: images in folders inside a class folder belong to it "
     "(default: skipped as 'nested')",
   )
-  p.add_argument(
-    "--split", default="train", type=_split_name, help="webdataset: the split these shards form"
-  )
-  p.add_argument(
-    "--allow_missing_text", action="store_true", help="webdataset: keep images without a caption"
-  )
-  p.add_argument("--image_column", default="image", help="csv: the image path column")
-  p.add_argument("--label_column", default=None, help="csv: the class name column")
-  p.add_argument("--caption_column", default=None, help="csv: the caption column")
-  p.add_argument(
-    "--split_column", default=None, help="csv: a column naming each row's split (else --split)"
-  )
-  p.add_argument(
-    "--images",
-    default=None,
-    help="coco: the directory file_name is relative to; csv: the directory "
+  c.string("split", "train", "webdataset: the split these shards form")
+  c.boolean("allow_missing_text", False, "webdataset: keep images without a caption")
+  c.string("image_column", "image", "csv: the image path column")
+  c.string("label_column", None, "csv: the class name column")
+  c.string("caption_column", None, "csv: the caption column")
+  c.string("split_column", None, "csv: a column naming each row's split (else --split)")
+  c.string(
+    "images",
+    None,
+    "coco: the directory file_name is relative to; csv: the directory "
     "relative image paths are under (default: the CSV's)",
+    metavar="DIR",
   )
-  p.add_argument(
-    "--label_names",
-    default=None,
-    help="csv: a JSON file naming numeric labels ({\"0\": \"name\", ...} or a "
+  c.string(
+    "label_names",
+    None,
+    "csv: a JSON file naming numeric labels ({\"0\": \"name\", ...} or a "
     "list of names), e.g. Kaggle's label_num_to_disease_map.json",
+    metavar="FILE",
   )
-  p.add_argument(
-    "--skip_categories",
-    default="",
-    help="coco: comma-separated category names to leave out (e.g. empty)",
+  c.string("skip_categories", "", "coco: comma-separated category names to leave out (e.g. empty)")
+  c.check(
+    lambda a: (
+      None
+      if safe_split(a.split)
+      else f"--split={a.split!r} is not a plain split name (letters, digits, _)"
+    )
   )
-  return p.parse_args(argv)
+  c.check(
+    lambda a: (
+      f"merge takes one argument, DST (python -m big_transfer.data.convert merge {a.src})"
+      if a.kind == "merge" and a.dst is not None
+      else None
+    )
+  )
+  c.check(
+    lambda a: (
+      f"{a.kind} needs SRC and DST (python -m big_transfer.data.convert {a.kind} SRC DST)"
+      if a.kind != "merge" and a.dst is None
+      else None
+    )
+  )
+  return c
 
 
 def main(argv=None):
-  argv = sys.argv[1:] if argv is None else list(argv)
-  if argv[:1] == ["merge"]:
-    if len(argv) != 2:
-      raise SystemExit("usage: python -m big_transfer.data.convert merge DST")
-    return merge(argv[1])
-  args = parse_args(argv)
-  if args.dst is None:
-    raise SystemExit(
-      f"error: {args.kind} needs SRC and DST (python -m big_transfer.data.convert "
-      f"{args.kind} SRC DST)"
-    )
+  args = command().parse(argv)
+  if args.kind == "merge":
+    return merge(args.src)
   args.max_side = args.max_side or None
   return run(args.kind, args.src, args.dst, args)
 

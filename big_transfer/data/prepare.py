@@ -16,12 +16,12 @@ names this command.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import sys
 import time
 
+from big_transfer import cli
 from big_transfer.data import sources
 from big_transfer.logging import quiet_absl
 
@@ -100,38 +100,43 @@ def prepare(name: str, data_dir: str, manual_dir: str | None = None) -> str:
   )
 
 
-def parse_args(argv):
-  p = argparse.ArgumentParser(
-    prog="python -m big_transfer.data.prepare",
-    description="Prepare TFDS datasets as ArrayRecord (what tfds: data specs read).",
-    epilog="example: python -m big_transfer.data.prepare study --data_dir=/data/tfds",
-    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+def command() -> cli.Command:
+  c = cli.Command(
+    "big_transfer.data.prepare",
+    __doc__,
+    args=[
+      cli.Arg(
+        "names",
+        f"TFDS names (cifar100, eurosat/rgb, ...) or 'study' for {', '.join(STUDY)}",
+        nargs="+",
+        metavar="NAME",
+      )
+    ],
   )
-  p.add_argument(
-    "names",
-    nargs="+",
-    metavar="NAME",
-    help=f"TFDS names (cifar100, eurosat/rgb, ...) or 'study' for {', '.join(STUDY)}",
-  )
-  p.add_argument(
-    "--data_dir",
-    default=None,
-    help="where to write (default: $TFDS_DATA_DIR or ~/tensorflow_datasets); "
+  c.string(
+    "data_dir",
+    None,
+    "where to write (default: $TFDS_DATA_DIR or ~/tensorflow_datasets); "
     "runs read it through --config.data_dir or $TFDS_DATA_DIR",
+    metavar="DIR",
   )
-  p.add_argument(
-    "--manual_dir",
-    default=None,
-    help="files you downloaded by hand (default: DATA_DIR/downloads/manual)",
+  c.string(
+    "manual_dir",
+    None,
+    "files you downloaded by hand (default: DATA_DIR/downloads/manual)",
+    metavar="DIR",
   )
-  p.add_argument(
-    "--imports", default="", help="comma-separated modules to import first (builders of your own)"
+  c.string(
+    "imports",
+    "",
+    "comma-separated modules to import first (builders of your own)",
+    metavar="MODULES",
   )
-  return p.parse_args(argv)
+  return c
 
 
 def main(argv=None) -> int:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
+  args = command().parse(argv)
   data_dir = os.path.expanduser(args.data_dir) if args.data_dir else sources.tfds_data_dir()
   for module in filter(None, (m.strip() for m in args.imports.split(","))):
     try:

@@ -25,7 +25,6 @@ the pair itself: the same captions always give the same vocabulary.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import functools
 import gzip
@@ -39,6 +38,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import regex
 
+from big_transfer import cli
 from big_transfer.data import sources
 
 SOT, EOT = "<start_of_text>", "<end_of_text>"
@@ -371,31 +371,31 @@ def load(path: str, vocab_size: int | None = None) -> Tokenizer:
   return Tokenizer.from_file(path, vocab_size)
 
 
+def command() -> cli.Command:
+  module = "big_transfer.data.tokenizer"
+  t = cli.Command(
+    f"{module} train",
+    "Learn a BPE vocabulary from a source's captions.",
+    args=[cli.Arg("spec", "a data spec with captions (builtin:, tfds:, arrayrecord:)")],
+    summary="learn a BPE vocabulary from a source's captions",
+  )
+  t.integer("vocab_size", 8192, "tokens")
+  t.integer("max_captions", 200_000, "captions read, evenly spaced")
+  t.string("out", None, "the merges file to write", required=True, metavar="FILE")
+  e = cli.Command(
+    f"{module} encode",
+    "Print the token ids of a text.",
+    args=[cli.Arg("vocab", "a merges file, or 'clip'"), cli.Arg("text", "the text")],
+    summary="print the token ids of a text",
+  )
+  e.integer("context_length", 77, "tokens per text (padded or cut)")
+  return cli.Command(module, __doc__, commands={"train": t, "encode": e})
+
+
 def main(argv=None):
-  p = argparse.ArgumentParser(
-    prog="python -m big_transfer.data.tokenizer",
-    description=__doc__.split("\n\n")[0],
-    epilog="\n\n".join(__doc__.split("\n\n")[1:3]),
-    formatter_class=argparse.RawDescriptionHelpFormatter,
-  )
-  sub = p.add_subparsers(dest="cmd", required=True)
-  t = sub.add_parser("train", help="learn a BPE vocabulary from a source's captions")
-  t.add_argument("spec", help="a data spec with captions (builtin:, tfds:, arrayrecord:)")
-  t.add_argument("--vocab_size", type=int, default=8192, help="tokens (default 8192)")
-  t.add_argument(
-    "--max_captions",
-    type=int,
-    default=200_000,
-    help="captions read, evenly spaced (default 200000)",
-  )
-  t.add_argument("--out", required=True, help="the merges file to write")
-  e = sub.add_parser("encode", help="print the token ids of a text")
-  e.add_argument("vocab", help="a merges file, or 'clip'")
-  e.add_argument("text")
-  e.add_argument("--context_length", type=int, default=77, help="(default 77)")
-  args = p.parse_args(argv)
+  args = command().parse(argv)
   try:
-    if args.cmd == "train":
+    if args.command == "train":
       texts = captions_of(sources.open_source(args.spec), args.max_captions)
       if not texts:
         raise ValueError(f"{args.spec}: no captions")
