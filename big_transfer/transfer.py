@@ -241,7 +241,7 @@ class Classifier(nnx.Module):
     _, out = self.backbone(x, train=train, rngs=rngs, **extra)
     f = out["pre_logits"]
     if self.projection is not None:
-      f = f @ self.projection.value.astype(f.dtype)
+      f = f @ self.projection.get_value().astype(f.dtype)
     if self.normalize:
       f = losses.l2_normalize(f).astype(f.dtype)
     return f

@@ -67,10 +67,9 @@ class CLIPModel(nnx.Module):
     """(embedding, pre_logits) of a batch of images."""
     _, out = self.image(images, train=train, rngs=rngs)
     x = out["pre_logits"]
-    emb = (
-      x @ self.image_projection.value.astype(x.dtype) if self.image_projection is not None else x
-    )
-    return emb, x
+    if self.image_projection is None:
+      return x, x
+    return x @ self.image_projection.get_value().astype(x.dtype), x
 
   def encode_text(self, tokens):
     return self.text(tokens)
@@ -188,7 +187,7 @@ class Method(Base):
     )
 
   def logit_scale(self, model):
-    return jnp.exp(jnp.minimum(model.logit_scale.value, math.log(self.scale_max)))
+    return jnp.exp(jnp.minimum(model.logit_scale.get_value(), math.log(self.scale_max)))
 
   bench_optimizer = {"name": "adamw", "lr": 1e-3, "weight_decay": 0.1}
 
@@ -216,7 +215,7 @@ class Method(Base):
   def _contrastive(self, model, img, txt):
     scale = self.logit_scale(model)
     if self.sigmoid:
-      loss, acc = losses.siglip_sigmoid(img, txt, scale, model.logit_bias.value)
+      loss, acc = losses.siglip_sigmoid(img, txt, scale, model.logit_bias.get_value())
     else:
       loss, acc = losses.clip_softmax(img, txt, scale)
     return loss, {"contrastive_accuracy": acc, "logit_scale": scale}

@@ -60,7 +60,7 @@ class Conv(nnx.Conv):
     self.pointwise = pointwise
 
   def _weight(self):
-    return self.kernel.value
+    return self.kernel.get_value()
 
   def __call__(self, x):
     w = self._weight()
@@ -88,7 +88,7 @@ class Conv(nnx.Conv):
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
       )
     if self.bias is not None:
-      y = y + self.bias.value.astype(dtype)
+      y = y + self.bias.get_value().astype(dtype)
     return y
 
 
@@ -100,7 +100,7 @@ class StdConv(Conv):
     self.eps = eps
 
   def _weight(self):
-    w = self.kernel.value
+    w = self.kernel.get_value()
     mean = jnp.mean(w, axis=(0, 1, 2), keepdims=True)
     var = jnp.var(w, axis=(0, 1, 2), keepdims=True)
     return (w - mean) * jax.lax.rsqrt(var + self.eps)
@@ -260,7 +260,7 @@ class AttentionPool(nnx.Module):
     n, h, w, d = x.shape
     x = x.reshape(n, h * w, d)
     x = jnp.concatenate([x.mean(axis=1, keepdims=True), x], axis=1)
-    pos = self.pos_embed.value
+    pos = self.pos_embed.get_value()
     if pos.shape[0] != x.shape[1]:
       pos = resample_grid_embedding(pos, h, w, num_prefix=1)
     x = x + pos.astype(x.dtype)

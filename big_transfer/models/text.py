@@ -61,7 +61,7 @@ class TextTransformer(nnx.Module):
     n, t = tokens.shape
     if t > self.context_length:
       raise ValueError(f"{t} tokens exceed the text tower's context of {self.context_length}")
-    x = self.token_embed(tokens) + self.pos_embed.value[:t].astype(
+    x = self.token_embed(tokens) + self.pos_embed.get_value()[:t].astype(
       self.token_embed.dtype or jnp.float32
     )
     causal = jnp.tril(jnp.ones((t, t), bool))[None, None]  # position i sees 0..i
@@ -69,4 +69,4 @@ class TextTransformer(nnx.Module):
       x = block(x, mask=causal)
     x = self.norm(x)
     pooled = x[jnp.arange(n), self.eot_positions(tokens)]
-    return pooled @ self.projection.value.astype(pooled.dtype)
+    return pooled @ self.projection.get_value().astype(pooled.dtype)

@@ -194,11 +194,11 @@ class ViT(nnx.Module):
     n, gh, gw, c = x.shape
     x = x.reshape(n, gh * gw, c)
     n_prefix = 1 if self.cls_token is not None else 0
-    pos = self.pos_embed.value
+    pos = self.pos_embed.get_value()
     if pos.shape[0] != gh * gw + n_prefix:  # another resolution than the one trained at
       pos = resample_grid_embedding(pos, gh, gw, num_prefix=n_prefix)
     if self.cls_token is not None:
-      cls = jnp.broadcast_to(self.cls_token.value, (n, 1, c)).astype(x.dtype)
+      cls = jnp.broadcast_to(self.cls_token.get_value(), (n, 1, c)).astype(x.dtype)
       x = jnp.concatenate([cls, x], axis=1)
     x = x + pos.astype(x.dtype)
     if self.ln_pre is not None:
