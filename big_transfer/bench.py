@@ -1438,7 +1438,7 @@ def main(argv=None):
   p = command()
   args = p.parse(argv)
   model_kwargs = {}
-  for text in args.model_kwargs or []:
+  for text in args.model_kwargs:
     try:
       model_kwargs.update(json.loads(text))
     except (json.JSONDecodeError, TypeError, ValueError):

@@ -131,7 +131,7 @@ class Command:
       name = next((a for a in head if not a.startswith("-")), None)
       if name is None:
         if any(a in HELP_ARGS for a in head):
-          self.exit_help(0)
+          self.exit_help()
         self.error(f"a command is needed: {' | '.join(self.commands)}")
       if name not in self.commands:
         self.error(f"unknown command {name!r}{_nearest(name, self.commands)}")
@@ -140,7 +140,7 @@ class Command:
       args.command = name
       return args
     if any(a in HELP_ARGS for a in head):
-      self.exit_help(0)
+      self.exit_help()
     try:
       rest = self.flags([self.prog, *argv])[1:]
     except flags.UnrecognizedFlagError as e:
@@ -190,15 +190,11 @@ class Command:
       )
 
   def error(self, message: str) -> NoReturn:
-    """One ``error:`` line, exit 2: the message, and where the help is unless it names a
-    command line itself."""
-    hint = "" if self.module.split()[0] in message else f" ({self.prog} --help lists what it takes)"
-    print(f"error: {message}{hint}", file=sys.stderr)
-    raise SystemExit(2)
+    fail(self.module, message)
 
-  def exit_help(self, code: int) -> NoReturn:
+  def exit_help(self) -> NoReturn:
     print(self.help())
-    raise SystemExit(code)
+    raise SystemExit(0)
 
   # -- help -------------------------------------------------------------------------------------
 
@@ -240,6 +236,16 @@ def _arg_help(arg: Arg) -> str:
   return text + (" (optional)" if arg.nargs == "?" else "")
 
 
+def fail(module: str, message: str) -> NoReturn:
+  """A command line an entry point cannot take: one ``error:`` line, exit 2 — the message, and
+  where the help is unless the message names a command line itself (or the module is not
+  known: '')."""
+  named = not module or module.split()[0] in message
+  hint = "" if named else f" (python -m {module} --help lists what it takes)"
+  print(f"error: {message}{hint}", file=sys.stderr)
+  raise SystemExit(2)
+
+
 def unknown_flag(name: str, names) -> str:
   """The line for a flag an entry point does not have, with the nearest one it has."""
   return f"unknown flag --{name}{_nearest(name, names, '--')}"
@@ -272,7 +278,7 @@ def metavar(flag) -> str:
   return flag.name.upper()
 
 
-def flag_entry(flag, shown: str | None = None, required: bool = False, note: str = "") -> tuple:
+def flag_entry(flag, shown: str | None = None, required: bool = False) -> tuple:
   """(left, help) of one flag in the help's list."""
   if isinstance(flag.parser, flags.BooleanParser):
     left = f"--[no]{flag.name}"
@@ -289,7 +295,7 @@ def flag_entry(flag, shown: str | None = None, required: bool = False, note: str
     elif isinstance(default, list):
       default = ",".join(map(str, default))
     left += f"  (default: {default})"
-  meaning = " ".join((note or flag.help or "").split())
+  meaning = " ".join((flag.help or "").split())
   if getattr(flag.parser, "enum_values", None):  # absl puts the choices before an enum's help
     meaning = meaning.removeprefix(f"<{'|'.join(flag.parser.enum_values)}>: ")
   return left, meaning

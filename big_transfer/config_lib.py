@@ -276,9 +276,8 @@ def usage(program: str) -> str:
   """``--help`` of an absl entrypoint in the one help format of every entry point
   (``cli.render``): its docstring (the examples) and every flag it defines, with its help and
   default (absl alone lists none of them and exits 1)."""
-  main = sys.modules.get("__main__")
-  doc = (getattr(main, "__doc__", None) or "").strip()
-  module = getattr(getattr(main, "__spec__", None), "name", None) or program
+  doc = (getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip()
+  module = _entry_module() or program
   by_module = flags.FLAGS.flags_by_module_dict()
   mine = [
     f
@@ -485,6 +484,11 @@ def _key_type(config, key: str):
     return type(node[leaf])
 
 
+def _entry_module() -> str | None:
+  """The running entry point's module (``python -m big_transfer.train``: big_transfer.train)."""
+  return getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None)
+
+
 def flags_parser(argv: list[str]) -> list[str]:
   """absl flag parsing for entrypoints: ``--help`` lists the entrypoint's flags (exit 0); a bad
   flag or config override is one line, exit 2."""
@@ -499,10 +503,7 @@ def flags_parser(argv: list[str]) -> list[str]:
     return flags.FLAGS(argv)
   except flags.UnrecognizedFlagError as e:
     if not e.flagname.startswith("config."):
-      main = getattr(sys.modules.get("__main__"), "__spec__", None)
-      where = f" (python -m {main.name} --help lists what it takes)" if main else ""
-      print(f"error: {cli.unknown_flag(e.flagname, list(flags.FLAGS))}{where}", file=sys.stderr)
-      sys.exit(2)
+      cli.fail(_entry_module() or "", cli.unknown_flag(e.flagname, list(flags.FLAGS)))
     return _flag_error(argv, e)
   except Exception as e:  # noqa: BLE001  (absl and ml_collections raise many kinds)
     return _flag_error(argv, e)
